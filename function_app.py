@@ -1,0 +1,190 @@
+"""Azure Functions app (Python v2 model): wiring only. Each function parses its trigger, calls mapping/, shapes the output."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import azure.functions as func
+
+from mapping import events, messages
+from mapping.errors import (
+    InvalidNameError,
+    InvalidRequestError,
+    MappingError,
+    PayloadTooLargeError,
+    StorageError,
+    UserOfflineError,
+)
+from mapping.invocation import parse_invocation
+from mapping.keys import normalize_user_name
+from mapping.send import parse_send_body, send_to_user
+from mapping.store import default_store
+from mapping.sweep import sweep
+
+logger = logging.getLogger(__name__)
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+
+HUB = "%SIGNALR_HUB%"
+SIGNALR_CONNECTION = "AzureSignalRConnectionString"
+PRINCIPAL_HEADER = "x-ms-client-principal-name"
+
+
+@app.function_name("negotiate")
+@app.route(route="negotiate", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@app.generic_input_binding(
+    arg_name="connection_info",
+    type="signalRConnectionInfo",
+    hub_name=HUB,
+    user_id="{headers.x-ms-client-principal-name}",
+    connection_string_setting=SIGNALR_CONNECTION,
+)
+async def negotiate(req: func.HttpRequest, connection_info: str) -> func.HttpResponse:
+    """Hand an authenticated client its SignalR URL and access token."""
+    principal = (req.headers.get(PRINCIPAL_HEADER) or "").strip()
+    if not principal:
+        return _json(401, {"error": "sign in first: no authenticated principal"})
+    try:
+        normalize_user_name(principal)
+    except InvalidNameError as error:
+        return _json(400, {"error": f"the signed-in user name is not usable: {error}"})
+    return func.HttpResponse(connection_info, status_code=200, mimetype="application/json")
+
+
+@app.function_name("connected")
+@app.generic_trigger(
+    arg_name="invocation",
+    type="signalRTrigger",
+    hub_name=HUB,
+    category="connections",
+    event="connected",
+    connection_string_setting=SIGNALR_CONNECTION,
+)
+@app.generic_output_binding(
+    arg_name="signalr", type="signalR", hub_name=HUB, connection_string_setting=SIGNALR_CONNECTION
+)
+async def connected(invocation: str, signalr: func.Out[str]) -> None:
+    """Map a new connection to its user; raising makes SignalR refuse the connection, so none goes unmapped."""
+    _send(signalr, await events.on_connected(default_store(), parse_invocation(invocation)))
+
+
+@app.function_name("disconnected")
+@app.generic_trigger(
+    arg_name="invocation",
+    type="signalRTrigger",
+    hub_name=HUB,
+    category="connections",
+    event="disconnected",
+    connection_string_setting=SIGNALR_CONNECTION,
+)
+@app.generic_output_binding(
+    arg_name="signalr", type="signalR", hub_name=HUB, connection_string_setting=SIGNALR_CONNECTION
+)
+async def disconnected(invocation: str, signalr: func.Out[str]) -> None:
+    """Remove a closed connection's row and announce the user offline when it was their last."""
+    _send(signalr, await events.on_disconnected(default_store(), parse_invocation(invocation)))
+
+
+@app.function_name("send_message")
+@app.generic_trigger(
+    arg_name="invocation",
+    type="signalRTrigger",
+    hub_name=HUB,
+    category="messages",
+    event="send",
+    connection_string_setting=SIGNALR_CONNECTION,
+)
+@app.generic_output_binding(
+    arg_name="signalr", type="signalR", hub_name=HUB, connection_string_setting=SIGNALR_CONNECTION
+)
+async def send_message(invocation: str, signalr: func.Out[str]) -> None:
+    """Deliver a client's `send(to, message)` to every live connection of the recipient."""
+    _send(signalr, await events.on_send(default_store(), parse_invocation(invocation)))
+
+
+@app.function_name("send")
+@app.route(route="send", methods=["POST"])
+@app.generic_output_binding(
+    arg_name="signalr", type="signalR", hub_name=HUB, connection_string_setting=SIGNALR_CONNECTION
+)
+async def send(req: func.HttpRequest, signalr: func.Out[str]) -> func.HttpResponse:
+    """Send a message to every live connection of a user."""
+    sender = (req.headers.get(PRINCIPAL_HEADER) or "").strip() or None
+    try:
+        request = parse_send_body(req.get_body())
+        deliveries = await send_to_user(default_store(), request, sender=sender)
+    except MappingError as error:
+        return _error(error)
+    _send(signalr, deliveries)
+    return _json(200, {"to": request.to, "delivered": len(deliveries)})
+
+
+@app.function_name("online_users")
+@app.route(route="users", methods=["GET"])
+async def online_users(req: func.HttpRequest) -> func.HttpResponse:
+    """List users with at least one live connection, a page at a time."""
+    try:
+        page = await default_store().online_users(
+            limit=_limit(req.params.get("limit")), cursor=req.params.get("next") or None
+        )
+    except MappingError as error:
+        return _error(error)
+    users = [{"user": user.user, "connections": user.connections} for user in page.users]
+    return _json(200, {"users": users, "next": page.next})
+
+
+@app.function_name("user_presence")
+@app.route(route="users/{user}", methods=["GET"])
+async def user_presence(req: func.HttpRequest) -> func.HttpResponse:
+    """Tell whether a user is online, with their live connections."""
+    try:
+        user = normalize_user_name(req.route_params.get("user", ""))
+        connections = await default_store().connections_of(user)
+    except MappingError as error:
+        return _error(error)
+    body = {"user": user, "online": bool(connections), "connections": [c.to_json() for c in connections]}
+    return _json(200, body)
+
+
+@app.function_name("sweep")
+@app.timer_trigger(arg_name="timer", schedule="%SWEEP_SCHEDULE%", run_on_startup=False, use_monitor=True)
+async def sweep_stale(timer: func.TimerRequest) -> None:
+    """Remove rows whose lease ran out (SignalR's disconnect callback is best-effort)."""
+    if timer.past_due:
+        logger.info("sweep: running late")
+    await sweep(default_store())
+
+
+def _send(signalr: func.Out[str], outgoing: list[messages.Message]) -> None:
+    if value := messages.encode(outgoing):
+        signalr.set(value)
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return 100
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidRequestError("limit must be a whole number between 1 and 1000") from None
+
+
+def _error(error: MappingError) -> func.HttpResponse:
+    if isinstance(error, PayloadTooLargeError):
+        return _json(413, {"error": str(error)})
+    if isinstance(error, InvalidRequestError | InvalidNameError):
+        return _json(400, {"error": str(error)})
+    if isinstance(error, UserOfflineError):
+        return _json(404, {"error": str(error)})
+    retry_after = error.retry_after_seconds if isinstance(error, StorageError) else 30
+    logger.error("request failed: %s", error)
+    return _json(503, {"error": "the connection store is unavailable, try again later"}, retry_after=retry_after)
+
+
+def _json(status: int, body: dict[str, Any], *, retry_after: int | None = None) -> func.HttpResponse:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return func.HttpResponse(
+        json.dumps(body, ensure_ascii=False), status_code=status, mimetype="application/json", headers=headers
+    )

@@ -1,0 +1,51 @@
+"""Map SignalR users to their connections in Azure Table Storage: the library behind the function app."""
+
+from mapping.entity import ConnectionEntity
+from mapping.errors import (
+    ConfigurationError,
+    InvalidNameError,
+    InvalidRequestError,
+    MappingError,
+    PayloadTooLargeError,
+    StorageError,
+    StorageUnavailableError,
+    UserOfflineError,
+)
+from mapping.events import on_connected, on_disconnected, on_send
+from mapping.invocation import Invocation, parse_invocation
+from mapping.keys import connection_key, normalize_user_name, user_key
+from mapping.send import SendRequest, parse_send_body, send_to_user
+from mapping.settings import Settings, get_settings
+from mapping.store import ConnectionStore, UsersPage, default_store, reset_default_store
+from mapping.sweep import SweepResult, sweep
+
+__all__ = [
+    "ConfigurationError",
+    "ConnectionEntity",
+    "ConnectionStore",
+    "InvalidNameError",
+    "InvalidRequestError",
+    "Invocation",
+    "MappingError",
+    "PayloadTooLargeError",
+    "SendRequest",
+    "Settings",
+    "StorageError",
+    "StorageUnavailableError",
+    "SweepResult",
+    "UserOfflineError",
+    "UsersPage",
+    "connection_key",
+    "default_store",
+    "get_settings",
+    "normalize_user_name",
+    "on_connected",
+    "on_disconnected",
+    "on_send",
+    "parse_invocation",
+    "parse_send_body",
+    "reset_default_store",
+    "send_to_user",
+    "sweep",
+    "user_key",
+]

@@ -1,0 +1,106 @@
+"""The ConnectionEntity row: one per SignalR connection, partitioned by user."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from mapping.keys import connection_key, normalize_connection_id, normalize_user_name, user_key
+
+MAX_USER_AGENT_LENGTH = 512
+
+
+def utc_now() -> datetime:
+    """Return the current time as a timezone-aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """Return `moment` in UTC; a naive datetime is refused rather than guessed at."""
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime: use timezone-aware UTC datetimes")
+    return moment.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionEntity:
+    """A user's SignalR connection, leased until `last_seen` plus the TTL."""
+
+    user_name: str
+    connection_id: str
+    hub: str
+    connected_at: datetime
+    last_seen: datetime
+    user_agent: str = ""
+    etag: str | None = field(default=None, compare=False)
+
+    @classmethod
+    def new(
+        cls, user_name: str, connection_id: str, *, hub: str, user_agent: str = "", now: datetime | None = None
+    ) -> ConnectionEntity:
+        """Build the row for a connection that has just opened (names validated and normalised)."""
+        moment = as_utc(now) if now is not None else utc_now()
+        return cls(
+            user_name=normalize_user_name(user_name),
+            connection_id=normalize_connection_id(connection_id),
+            hub=hub,
+            connected_at=moment,
+            last_seen=moment,
+            user_agent=(user_agent or "")[:MAX_USER_AGENT_LENGTH],
+        )
+
+    @property
+    def partition_key(self) -> str:
+        """Return the row's PartitionKey (the escaped, casefolded user name)."""
+        return user_key(self.user_name)
+
+    @property
+    def row_key(self) -> str:
+        """Return the row's RowKey (the escaped connection id)."""
+        return connection_key(self.connection_id)
+
+    def is_live(self, *, ttl: timedelta, now: datetime | None = None) -> bool:
+        """Return whether the lease still holds: `last_seen` within `ttl` of now."""
+        return self.last_seen > (now or utc_now()) - ttl
+
+    def to_table(self) -> dict[str, Any]:
+        """Return the row as azure-data-tables expects it."""
+        return {
+            "PartitionKey": self.partition_key,
+            "RowKey": self.row_key,
+            "UserName": self.user_name,
+            "ConnectionId": self.connection_id,
+            "Hub": self.hub,
+            "ConnectedAt": self.connected_at,
+            "LastSeen": self.last_seen,
+            "UserAgent": self.user_agent,
+        }
+
+    @classmethod
+    def from_table(cls, row: Mapping[str, Any], *, etag: str | None = None) -> ConnectionEntity:
+        """Build an entity from a row read from the table."""
+        return cls(
+            user_name=str(row.get("UserName") or ""),
+            connection_id=str(row.get("ConnectionId") or ""),
+            hub=str(row.get("Hub") or ""),
+            connected_at=as_utc(row["ConnectedAt"]),
+            last_seen=as_utc(row["LastSeen"]),
+            user_agent=str(row.get("UserAgent") or ""),
+            etag=etag,
+        )
+
+    def to_json(self) -> dict[str, str]:
+        """Return the public JSON shape of a connection (the presence endpoint's `connections` items)."""
+        return {
+            "connectionId": self.connection_id,
+            "hub": self.hub,
+            "connectedAt": _iso(self.connected_at),
+            "lastSeen": _iso(self.last_seen),
+            "userAgent": self.user_agent,
+        }
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

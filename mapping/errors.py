@@ -1,0 +1,39 @@
+"""One exception tree for the mapping library; Azure errors are translated into it in store.py."""
+
+from __future__ import annotations
+
+
+class MappingError(Exception):
+    """Root of every error the mapping library raises."""
+
+
+class ConfigurationError(MappingError):
+    """An app setting is missing or malformed."""
+
+
+class InvalidNameError(MappingError, ValueError):
+    """A user name or connection id breaks the naming rules."""
+
+
+class InvalidRequestError(MappingError, ValueError):
+    """A send request, a page token or another caller input is malformed."""
+
+
+class PayloadTooLargeError(InvalidRequestError):
+    """A request body is over the size limit."""
+
+
+class UserOfflineError(MappingError):
+    """The recipient of a message has no live connection."""
+
+
+class StorageError(MappingError):
+    """Table Storage failed or could not be reached; the operation did not take effect."""
+
+    def __init__(self, message: str, *, retry_after_seconds: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class StorageUnavailableError(StorageError):
+    """Table Storage could not be reached, timed out, or is throttling."""

@@ -1,0 +1,75 @@
+"""What the app does on each SignalR event; each handler returns the messages to send."""
+
+from __future__ import annotations
+
+import logging
+
+from mapping.errors import InvalidNameError, InvalidRequestError, UserOfflineError
+from mapping.invocation import Invocation
+from mapping.messages import Message, error_message, presence_message
+from mapping.send import parse_send_arguments, send_to_user
+from mapping.store import ConnectionStore
+
+logger = logging.getLogger(__name__)
+
+
+async def on_connected(store: ConnectionStore, event: Invocation) -> list[Message]:
+    """Map a new connection to its user; announce the user online on their first live connection."""
+    if not event.user_id or not event.connection_id:
+        logger.warning("connected: connection %s has no user id; not mapped", event.connection_id)
+        return []
+    presence = store.settings.presence_events
+    try:
+        outcome = await store.connect(
+            event.user_id,
+            event.connection_id,
+            hub=event.hub,
+            user_agent=event.header("User-Agent"),
+            check_presence=presence,
+        )
+    except InvalidNameError as error:
+        logger.warning("connected: connection not mapped: %s", error)
+        return []
+    logger.info("connected: %s", outcome.entity.connection_id)
+    if presence and outcome.came_online:
+        return [presence_message(outcome.entity.user_name, online=True)]
+    return []
+
+
+async def on_disconnected(store: ConnectionStore, event: Invocation) -> list[Message]:
+    """Remove a closed connection's row; announce the user offline when no live connection is left."""
+    if not event.user_id or not event.connection_id:
+        return []
+    presence = store.settings.presence_events
+    try:
+        outcome = await store.disconnect(event.user_id, event.connection_id, check_presence=presence)
+    except InvalidNameError as error:
+        logger.warning("disconnected: ignored: %s", error)
+        return []
+    if presence and outcome.went_offline:
+        return [presence_message(outcome.user_name, online=False)]
+    return []
+
+
+async def on_send(store: ConnectionStore, event: Invocation) -> list[Message]:
+    """Deliver a client's `send(to, message)` to the recipient, or answer the caller with one error."""
+    if not event.connection_id:
+        logger.warning("send: event without a connection id ignored")
+        return []
+    if event.user_id:
+        await _refresh(store, event.user_id, event.connection_id)
+    try:
+        request = parse_send_arguments(event.arguments)
+        return await send_to_user(store, request, sender=event.user_id)
+    except InvalidRequestError as error:
+        return [error_message(event.connection_id, str(error))]
+    except UserOfflineError:
+        return [error_message(event.connection_id, "recipient is offline", to=request.to)]
+
+
+async def _refresh(store: ConnectionStore, user_id: str, connection_id: str) -> None:
+    try:
+        if not await store.touch(user_id, connection_id):
+            logger.info("send: caller %s has no row to refresh", connection_id)
+    except InvalidNameError as error:
+        logger.warning("send: caller not refreshed: %s", error)

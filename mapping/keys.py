@@ -1,0 +1,93 @@
+"""User name and connection id rules, and their escaping into Table Storage keys.
+
+A name is NFC-normalised and stripped, must then be 1-256 characters, and may hold any Unicode
+scalar value. Keys percent-encode only what Table Storage forbids (`/ \\ # ?`, U+0000-U+001F,
+U+007F-U+009F) and `%` itself, so ordinary names and SignalR connection ids are stored verbatim.
+User keys are casefolded: users compare case-insensitively, connection ids do not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+
+from mapping.errors import InvalidNameError
+
+MAX_NAME_LENGTH = 256
+# Table Storage keys hold at most 1 KiB of UTF-16 (512 code units; Azurite counts 512 characters).
+MAX_KEY_UTF16_UNITS = 512
+# A key whose escaped form would not fit keeps this much of it, then a digest.
+_LONG_KEY_PREFIX_UNITS = 400
+
+_ESCAPED = re.compile(r"[/\\#?%\x00-\x1f\x7f-\x9f]")
+_ESCAPE_SEQUENCE = re.compile(r"(?:%[0-9A-F]{2})+")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def normalize_user_name(name: object) -> str:
+    """Return the canonical display form of a user name, or raise InvalidNameError."""
+    return _normalize(name, what="user name")
+
+
+def normalize_connection_id(connection_id: object) -> str:
+    """Return a connection id stripped and NFC-normalised, or raise InvalidNameError."""
+    return _normalize(connection_id, what="connection id")
+
+
+def user_key(name: object) -> str:
+    """Return the PartitionKey for a user: the casefolded name, escaped."""
+    folded = unicodedata.normalize("NFC", normalize_user_name(name).casefold())
+    return _fit(escape_key(folded))
+
+
+def connection_key(connection_id: object) -> str:
+    """Return the RowKey for a connection id: the id, escaped (case preserved)."""
+    return _fit(escape_key(normalize_connection_id(connection_id)))
+
+
+def escape_key(text: str) -> str:
+    """Percent-encode the characters Table Storage forbids in keys, and `%` itself."""
+    return _ESCAPED.sub(lambda match: "".join(f"%{byte:02X}" for byte in match.group().encode()), text)
+
+
+def unescape_key(key: str) -> str:
+    """Invert escape_key."""
+    return _ESCAPE_SEQUENCE.sub(lambda match: bytes.fromhex(match.group().replace("%", "")).decode(), key)
+
+
+def _normalize(value: object, *, what: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidNameError(f"{what} must be a string")
+    if _SURROGATE.search(value):
+        raise InvalidNameError(f"{what} is not valid Unicode")
+    normalized = unicodedata.normalize("NFC", value).strip()
+    if not normalized:
+        raise InvalidNameError(f"{what} must not be empty")
+    if len(normalized) > MAX_NAME_LENGTH:
+        raise InvalidNameError(f"{what} must be at most {MAX_NAME_LENGTH} characters")
+    return normalized
+
+
+def _fit(key: str) -> str:
+    # Rare: a long name of escaped or case-expanding characters. Keep the key deterministic and
+    # within the limit; the row still stores the name as received. `%~` never occurs in an escaped
+    # key (every `%` there starts `%XX`), so a shortened key cannot equal an ordinary one.
+    if _utf16_units(key) <= MAX_KEY_UTF16_UNITS:
+        return key
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return f"{_prefix(key, _LONG_KEY_PREFIX_UNITS)}%~{digest}"
+
+
+def _prefix(key: str, units: int) -> str:
+    # Cut by UTF-16 units, never inside a `%XX` sequence.
+    end, used = 0, 0
+    while end < len(key) and used + _utf16_units(key[end]) <= units:
+        used += _utf16_units(key[end])
+        end += 1
+    partial = key.rfind("%", max(0, end - 2), end)
+    return key[:partial] if partial != -1 else key[:end]
+
+
+def _utf16_units(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2

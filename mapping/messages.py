@@ -1,0 +1,40 @@
+"""The SignalR output messages the app sends: deliveries, presence broadcasts and errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from mapping.entity import ConnectionEntity
+
+Message = dict[str, Any]
+
+PRESENCE_TARGET = "presence"
+ERROR_TARGET = "error"
+
+
+def delivery_messages(
+    connections: Iterable[ConnectionEntity], *, target: str, sender: str | None, to: str, message: Any
+) -> list[Message]:
+    """Return one message per connection, carrying `{from, to, message}`."""
+    payload = {"from": sender, "to": to, "message": message}
+    return [
+        {"target": target, "connectionId": connection.connection_id, "arguments": [payload]}
+        for connection in connections
+    ]
+
+
+def presence_message(user: str, *, online: bool) -> Message:
+    """Return the hub-wide broadcast that a user came online or went offline."""
+    return {"target": PRESENCE_TARGET, "arguments": [{"user": user, "online": online}]}
+
+
+def error_message(connection_id: str, error: str, **details: Any) -> Message:
+    """Return an error addressed to one connection only."""
+    return {"target": ERROR_TARGET, "connectionId": connection_id, "arguments": [{"error": error, **details}]}
+
+
+def encode(messages: Sequence[Message]) -> str | None:
+    """Return the `signalR` output value: a JSON array string, or None when there is nothing to send."""
+    return json.dumps(list(messages), ensure_ascii=False) if messages else None

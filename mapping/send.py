@@ -1,0 +1,71 @@
+"""Sending a message to every live connection of a user: the request rules and the delivery."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from mapping.errors import InvalidNameError, InvalidRequestError, PayloadTooLargeError, UserOfflineError
+from mapping.keys import normalize_user_name
+from mapping.messages import Message, delivery_messages
+from mapping.store import ConnectionStore
+
+MAX_BODY_BYTES = 64 * 1024
+DEFAULT_TARGET = "newMessage"
+MAX_TARGET_LENGTH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class SendRequest:
+    """A validated message for a user: the recipient's name, any JSON value, and the client method."""
+
+    to: str
+    message: Any
+    target: str = DEFAULT_TARGET
+
+
+def parse_send_body(body: bytes) -> SendRequest:
+    """Parse an HTTP send body `{"to", "message", "target"?}`, or raise InvalidRequestError."""
+    if len(body) > MAX_BODY_BYTES:
+        raise PayloadTooLargeError(f"the body must be at most {MAX_BODY_BYTES} bytes")
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise InvalidRequestError("the body must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError("the body must be a JSON object")
+    if "message" not in data:
+        raise InvalidRequestError("'message' is required")
+    target = data.get("target", DEFAULT_TARGET)
+    if not isinstance(target, str) or not target.strip() or len(target) > MAX_TARGET_LENGTH:
+        raise InvalidRequestError(f"'target' must be a non-empty string of at most {MAX_TARGET_LENGTH} characters")
+    return SendRequest(to=_recipient(data.get("to")), message=data["message"], target=target)
+
+
+def parse_send_arguments(arguments: list[Any] | None) -> SendRequest:
+    """Parse the arguments of a client's `send(to, message)` call, or raise InvalidRequestError."""
+    if arguments is None or len(arguments) != 2:
+        raise InvalidRequestError("send expects two arguments: (to, message)")
+    if len(json.dumps(arguments[1], ensure_ascii=False).encode()) > MAX_BODY_BYTES:
+        raise PayloadTooLargeError(f"the message must be at most {MAX_BODY_BYTES} bytes")
+    return SendRequest(to=_recipient(arguments[0]), message=arguments[1])
+
+
+async def send_to_user(store: ConnectionStore, request: SendRequest, *, sender: str | None) -> list[Message]:
+    """Return one delivery per live connection of the recipient; raise UserOfflineError when there is none."""
+    connections = await store.connections_of(request.to)
+    if not connections:
+        raise UserOfflineError(f"user {request.to!r} has no live connection")
+    return delivery_messages(
+        connections, target=request.target, sender=sender, to=request.to, message=request.message
+    )
+
+
+def _recipient(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequestError("'to' must be a non-empty string")
+    try:
+        return normalize_user_name(value)
+    except InvalidNameError as error:
+        raise InvalidRequestError(f"'to' is not a valid user name: {error}") from None

@@ -1,0 +1,151 @@
+"""Settings read once from the Functions app settings (environment variables) into a frozen dataclass."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+
+from mapping.errors import ConfigurationError
+
+# Connections: each is set either as a plain value (a connection string) or as an identity-based
+# section `<NAME>__...` (`__tableServiceUri`, `__serviceUri`, `__accountName`, `__clientId`, ...).
+CONNECTION_SETTINGS: tuple[str, ...] = (
+    "AzureWebJobsStorage",
+    "MAPPING_STORAGE",
+    "AzureSignalRConnectionString",
+)
+# Plain values; each has a default, but a deployment sets them all explicitly.
+VALUE_SETTINGS: tuple[str, ...] = (
+    "MAPPING_TABLE",
+    "MAPPING_TTL_SECONDS",
+    "SIGNALR_HUB",
+    "PRESENCE_EVENTS",
+    "SWEEP_SCHEDULE",
+)
+# Every app setting the app reads, by name: the one list deployment templates are checked against.
+APP_SETTING_NAMES: tuple[str, ...] = CONNECTION_SETTINGS + VALUE_SETTINGS
+
+DEFAULT_TABLE = "Connections"
+DEFAULT_TTL_SECONDS = 600
+DEFAULT_HUB = "chat"
+DEFAULT_SWEEP_SCHEDULE = "0 */5 * * * *"
+
+_TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
+_HUB_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConnection:
+    """How to reach the table: a connection string, or an endpoint plus a managed identity."""
+
+    connection_string: str | None = None
+    table_service_uri: str | None = None
+    client_id: str | None = None
+    source: str = "MAPPING_STORAGE"
+
+    def __repr__(self) -> str:
+        # Connection strings hold account keys: never let them reach a log through repr().
+        kind = "connection string" if self.connection_string else f"identity at {self.table_service_uri}"
+        return f"StorageConnection({kind} from {self.source})"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The app settings the mapping library uses, validated."""
+
+    storage: StorageConnection
+    table_name: str = DEFAULT_TABLE
+    ttl: timedelta = timedelta(seconds=DEFAULT_TTL_SECONDS)
+    hub: str = DEFAULT_HUB
+    presence_events: bool = True
+    sweep_schedule: str = DEFAULT_SWEEP_SCHEDULE
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate every setting from `environ` (default: the process environment)."""
+        env = os.environ if environ is None else environ
+        return cls(
+            storage=_storage_connection(env),
+            table_name=_table_name(env),
+            ttl=timedelta(seconds=_positive_int(env, "MAPPING_TTL_SECONDS", DEFAULT_TTL_SECONDS)),
+            hub=_hub_name(env),
+            presence_events=_boolean(env, "PRESENCE_EVENTS", default=True),
+            sweep_schedule=_value(env, "SWEEP_SCHEDULE") or DEFAULT_SWEEP_SCHEDULE,
+        )
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """Return the process-wide settings, read from the environment on first use."""
+    return Settings.from_environment()
+
+
+def _value(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    return value or None
+
+
+def _storage_connection(env: Mapping[str, str]) -> StorageConnection:
+    for name in ("MAPPING_STORAGE", "AzureWebJobsStorage"):
+        if connection_string := _value(env, name):
+            return StorageConnection(connection_string=connection_string, source=name)
+        if uri := _value(env, f"{name}__tableServiceUri"):
+            return StorageConnection(
+                table_service_uri=uri.rstrip("/"), client_id=_value(env, f"{name}__clientId"), source=name
+            )
+    if account := _value(env, "AzureWebJobsStorage__accountName"):
+        return StorageConnection(
+            table_service_uri=f"https://{account}.table.core.windows.net",
+            client_id=_value(env, "AzureWebJobsStorage__clientId"),
+            source="AzureWebJobsStorage",
+        )
+    raise ConfigurationError(
+        "no table storage connection: set MAPPING_STORAGE (a connection string) or "
+        "MAPPING_STORAGE__tableServiceUri, or AzureWebJobsStorage"
+    )
+
+
+def _table_name(env: Mapping[str, str]) -> str:
+    name = _value(env, "MAPPING_TABLE") or DEFAULT_TABLE
+    if not _TABLE_NAME.match(name) or name.lower() == "tables":
+        raise ConfigurationError(
+            f"MAPPING_TABLE {name!r} is not a valid table name (3-63 letters and digits, starting with a letter)"
+        )
+    return name
+
+
+def _hub_name(env: Mapping[str, str]) -> str:
+    hub = _value(env, "SIGNALR_HUB") or DEFAULT_HUB
+    if not _HUB_NAME.match(hub):
+        raise ConfigurationError(f"SIGNALR_HUB {hub!r} is not a valid hub name")
+    return hub
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = _value(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a whole number of seconds, got {raw!r}") from None
+    if value < 1:
+        raise ConfigurationError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+def _boolean(env: Mapping[str, str], name: str, *, default: bool) -> bool:
+    raw = _value(env, name)
+    if raw is None:
+        return default
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise ConfigurationError(f"{name} must be true or false, got {raw!r}")
