@@ -158,7 +158,8 @@ class ConnectionStore:
         table = await self._table()
         try:
             with _translated("touch"):
-                await table.update_entity(patch, mode=UpdateMode.MERGE, match_condition=MatchConditions.IfPresent)
+                # The SDK's default condition sends `If-Match: *`: a missing row fails, never reappears.
+                await table.update_entity(patch, mode=UpdateMode.MERGE)
         except _RowMissing:
             return False
         return True
@@ -387,9 +388,12 @@ def _decode_cursor(cursor: str) -> str:
         raise InvalidRequestError("next is not a cursor this API returned")
     body = cursor[len(_CURSOR_PREFIX) :]
     try:
-        return base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
+        after = base64.b64decode(body + "=" * (-len(body) % 4), altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidRequestError("next is not a cursor this API returned") from None
+        after = ""
+    if not after:
+        raise InvalidRequestError("next is not a cursor this API returned")
+    return after
 
 
 _default_store: ConnectionStore | None = None

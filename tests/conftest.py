@@ -1,0 +1,163 @@
+"""Test fixtures: a real Azurite started once per run from node_modules, a fresh table per test."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from azure.core.exceptions import ResourceNotFoundError
+from azure.data.tables.aio import TableClient, TableServiceClient
+
+from mapping.settings import Settings, StorageConnection
+from mapping.store import ConnectionStore, reset_default_store
+
+ROOT = Path(__file__).resolve().parent.parent
+AZURITE = ROOT / "node_modules" / ".bin" / "azurite-table"
+DEV_ACCOUNT = "devstoreaccount1"
+# Azurite's published development key; not a secret.
+DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+@dataclass(frozen=True)
+class Azurite:
+    """A running Azurite table service."""
+
+    port: int
+
+    @property
+    def connection_string(self) -> str:
+        """Return a connection string for this Azurite's table endpoint."""
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_KEY};"
+            f"TableEndpoint=http://127.0.0.1:{self.port}/{DEV_ACCOUNT};"
+        )
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    """Start Azurite's table service (in memory) on a free port for the whole test run."""
+    if not AZURITE.exists():
+        pytest.fail(f"{AZURITE} is missing: run `npm ci` (make install) first")
+    workdir = tempfile.mkdtemp(prefix="azurite-")
+    for _attempt in range(3):
+        port = free_port()
+        process = subprocess.Popen(  # noqa: S603 - a fixed local binary
+            [
+                str(AZURITE),
+                "--tableHost",
+                "127.0.0.1",
+                "--tablePort",
+                str(port),
+                "--inMemoryPersistence",
+                "--disableTelemetry",
+                "--silent",
+            ],
+            cwd=workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        if _wait_listening(port, process, timeout=30):
+            break
+        process.kill()
+        process.wait()
+    else:
+        pytest.fail("Azurite did not start")
+    try:
+        yield Azurite(port)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def unique_table_name() -> str:
+    """Return a table name no other test uses."""
+    return f"t{uuid.uuid4().hex[:20]}"
+
+
+def make_settings(connection_string: str, table: str, **overrides: object) -> Settings:
+    """Build settings for a store on the given storage and table."""
+    values: dict[str, object] = {
+        "storage": StorageConnection(connection_string=connection_string),
+        "table_name": table,
+        **overrides,
+    }
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def store(azurite: Azurite) -> AsyncIterator[ConnectionStore]:
+    """A store on its own fresh table in Azurite, dropped after the test."""
+    store = ConnectionStore(make_settings(azurite.connection_string, unique_table_name()), retry_total=1)
+    yield store
+    await store.close()
+    await drop_table(azurite, store.settings.table_name)
+
+
+async def drop_table(azurite: Azurite, table: str) -> None:
+    """Delete a table from Azurite (a missing one is fine)."""
+    async with TableServiceClient.from_connection_string(azurite.connection_string) as service:
+        await service.delete_table(table)
+
+
+@pytest.fixture
+async def app_env(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[dict[str, str]]:
+    """App settings in the environment for the function app, on a fresh table; the app's store is reset around it."""
+    env = {
+        "MAPPING_STORAGE": azurite.connection_string,
+        "MAPPING_TABLE": unique_table_name(),
+        "MAPPING_TTL_SECONDS": "600",
+        "SIGNALR_HUB": "chat",
+        "PRESENCE_EVENTS": "true",
+        "SWEEP_SCHEDULE": "0 */5 * * * *",
+    }
+    for name in list(os.environ):
+        if name.startswith(("MAPPING_", "AzureWebJobsStorage")):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    await reset_default_store()
+    yield env
+    await reset_default_store()
+    await drop_table(azurite, env["MAPPING_TABLE"])
+
+
+async def table_rows(azurite: Azurite, table: str) -> list[dict[str, object]]:
+    """Read every row of a table straight from Azurite, bypassing the store."""
+    async with TableClient.from_connection_string(azurite.connection_string, table) as client:
+        try:
+            return [dict(row) async for row in client.list_entities()]
+        except ResourceNotFoundError:
+            return []

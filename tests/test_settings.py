@@ -1,0 +1,101 @@
+"""Settings: read by their app-setting names, validated, connection fallbacks."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from mapping.errors import ConfigurationError
+from mapping.settings import APP_SETTING_NAMES, Settings
+
+
+def test_defaults_apply_when_only_a_connection_is_set() -> None:
+    """Every setting but the storage connection has a default."""
+    settings = Settings.from_environment({"MAPPING_STORAGE": "UseDevelopmentStorage=true"})
+    assert settings.table_name == "Connections"
+    assert settings.ttl == timedelta(seconds=600)
+    assert settings.hub == "chat"
+    assert settings.presence_events is True
+    assert settings.sweep_schedule == "0 */5 * * * *"
+    assert settings.storage.connection_string == "UseDevelopmentStorage=true"
+
+
+def test_every_setting_is_read_by_its_app_setting_name() -> None:
+    """Each documented name changes the corresponding field."""
+    settings = Settings.from_environment(
+        {
+            "MAPPING_STORAGE": "UseDevelopmentStorage=true",
+            "MAPPING_TABLE": "Links2",
+            "MAPPING_TTL_SECONDS": "90",
+            "SIGNALR_HUB": "news_feed",
+            "PRESENCE_EVENTS": "False",
+            "SWEEP_SCHEDULE": "*/30 * * * * *",
+        }
+    )
+    assert (settings.table_name, settings.ttl, settings.hub) == ("Links2", timedelta(seconds=90), "news_feed")
+    assert settings.presence_events is False
+    assert settings.sweep_schedule == "*/30 * * * * *"
+    assert {"MAPPING_TABLE", "MAPPING_TTL_SECONDS", "SIGNALR_HUB", "PRESENCE_EVENTS"} <= set(APP_SETTING_NAMES)
+
+
+def test_mapping_storage_wins_over_the_host_storage() -> None:
+    """MAPPING_STORAGE is used when both it and AzureWebJobsStorage are set."""
+    settings = Settings.from_environment({"MAPPING_STORAGE": "A=1", "AzureWebJobsStorage": "B=2"})
+    assert settings.storage.connection_string == "A=1"
+
+
+def test_identity_connection_with_client_id() -> None:
+    """MAPPING_STORAGE__tableServiceUri and __clientId select a managed identity."""
+    settings = Settings.from_environment(
+        {
+            "MAPPING_STORAGE__tableServiceUri": "https://acct.table.core.windows.net/",
+            "MAPPING_STORAGE__clientId": "1111-2222",
+            "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+        }
+    )
+    assert settings.storage.connection_string is None
+    assert settings.storage.table_service_uri == "https://acct.table.core.windows.net"
+    assert settings.storage.client_id == "1111-2222"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"AzureWebJobsStorage": "UseDevelopmentStorage=true"}, ("UseDevelopmentStorage=true", None, None)),
+        (
+            {"AzureWebJobsStorage__tableServiceUri": "https://h.table.core.windows.net", "AzureWebJobsStorage__clientId": "c"},
+            (None, "https://h.table.core.windows.net", "c"),
+        ),
+        ({"AzureWebJobsStorage__accountName": "hostacct"}, (None, "https://hostacct.table.core.windows.net", None)),
+    ],
+)
+def test_host_storage_fallbacks(env: dict[str, str], expected: tuple[str | None, str | None, str | None]) -> None:
+    """Without MAPPING_STORAGE, AzureWebJobsStorage and its identity forms are used."""
+    storage = Settings.from_environment(env).storage
+    assert (storage.connection_string, storage.table_service_uri, storage.client_id) == expected
+    assert storage.source == "AzureWebJobsStorage"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"MAPPING_STORAGE": "x", "MAPPING_TTL_SECONDS": "ten"},
+        {"MAPPING_STORAGE": "x", "MAPPING_TTL_SECONDS": "0"},
+        {"MAPPING_STORAGE": "x", "MAPPING_TABLE": "no-dashes"},
+        {"MAPPING_STORAGE": "x", "MAPPING_TABLE": "ab"},
+        {"MAPPING_STORAGE": "x", "PRESENCE_EVENTS": "maybe"},
+        {"MAPPING_STORAGE": "x", "SIGNALR_HUB": "bad hub"},
+    ],
+)
+def test_bad_settings_raise_a_configuration_error(env: dict[str, str]) -> None:
+    """A missing connection or a malformed value is a ConfigurationError naming the setting."""
+    with pytest.raises(ConfigurationError):
+        Settings.from_environment(env)
+
+
+def test_repr_never_shows_a_connection_string() -> None:
+    """Settings can be logged without leaking the account key."""
+    settings = Settings.from_environment({"MAPPING_STORAGE": "AccountName=a;AccountKey=SECRETKEY=="})
+    assert "SECRETKEY" not in repr(settings)

@@ -1,0 +1,203 @@
+"""The Table-backed store against a real Azurite: rows, leases, presence decisions, paging, concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from conftest import Azurite, table_rows
+from mapping.errors import InvalidNameError, InvalidRequestError
+from mapping.keys import connection_key, user_key
+from mapping.store import ConnectionStore
+
+TTL = timedelta(seconds=600)
+
+
+def ago(seconds: float) -> datetime:
+    """Return a UTC time `seconds` in the past."""
+    return datetime.now(UTC) - timedelta(seconds=seconds)
+
+
+async def test_connect_writes_one_row_with_every_property(store: ConnectionStore, azurite: Azurite) -> None:
+    """The row holds the documented keys and properties, with UTC datetimes and a bounded user agent."""
+    moment = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    await store.connect("Alice", "conn-1", hub="chat", user_agent="UA" * 400, now=moment)
+    [row] = await table_rows(azurite, store.settings.table_name)
+    assert row["PartitionKey"] == "alice"
+    assert row["RowKey"] == "conn-1"
+    assert row["UserName"] == "Alice"
+    assert row["ConnectionId"] == "conn-1"
+    assert row["Hub"] == "chat"
+    assert row["ConnectedAt"] == moment
+    assert row["LastSeen"] == moment
+    assert row["UserAgent"] == ("UA" * 400)[:512]
+
+
+async def test_multi_tab_user_goes_offline_only_when_the_last_tab_closes(store: ConnectionStore) -> None:
+    """Presence: online on the first connection, offline on the last disconnect, silent in between."""
+    first = await store.connect("alice", "tab-1")
+    second = await store.connect("alice", "tab-2")
+    assert (first.came_online, second.came_online) == (True, False)
+    assert [c.connection_id for c in await store.connections_of("alice")] == ["tab-1", "tab-2"]
+    assert (await store.disconnect("alice", "tab-1")).went_offline is False
+    assert (await store.disconnect("alice", "tab-2")).went_offline is True
+    assert await store.connections_of("alice") == []
+
+
+async def test_repeated_events_are_idempotent(store: ConnectionStore, azurite: Azurite) -> None:
+    """A duplicated connected event keeps one row; a duplicated disconnected event is harmless."""
+    await store.connect("bob", "c1")
+    again = await store.connect("bob", "c1")
+    assert again.came_online is True  # still the user's only (oldest) live connection
+    assert len(await table_rows(azurite, store.settings.table_name)) == 1
+    await store.disconnect("bob", "c1")
+    outcome = await store.disconnect("bob", "c1")
+    assert outcome.went_offline is True
+    assert await table_rows(azurite, store.settings.table_name) == []
+
+
+async def test_names_compare_case_insensitively_everywhere(store: ConnectionStore) -> None:
+    """Connect as `Alice`, look up as `ALICE`, disconnect as `aLiCe`."""
+    await store.connect("Alice", "c1")
+    [connection] = await store.connections_of("ALICE")
+    assert connection.user_name == "Alice"
+    assert (await store.disconnect("aLiCe", "c1")).went_offline is True
+    assert await store.connections_of("alice") == []
+
+
+@pytest.mark.parametrize("name", ["a/b", "back\\slash", "hash#tag", "what?", "100%", "ctl\x01\x1f\x7f\x9f", "/\\#?%"])
+async def test_names_with_forbidden_characters_work(store: ConnectionStore, azurite: Azurite, name: str) -> None:
+    """Every character Table Storage forbids in keys is escaped, stored and found again."""
+    await store.connect(name, "id/with#odd?chars")
+    [row] = await table_rows(azurite, store.settings.table_name)
+    assert row["UserName"] == name
+    assert row["ConnectionId"] == "id/with#odd?chars"
+    assert row["PartitionKey"] == user_key(name)
+    assert row["RowKey"] == connection_key("id/with#odd?chars")
+    [connection] = await store.connections_of(name)
+    assert connection.connection_id == "id/with#odd?chars"
+    assert (await store.disconnect(name, "id/with#odd?chars")).went_offline is True
+
+
+async def test_a_name_of_256_escaped_characters_is_stored(store: ConnectionStore) -> None:
+    """The longest valid name made only of escaped characters still fits a Table key."""
+    name = "#" * 256
+    await store.connect(name, "c1")
+    assert [c.user_name for c in await store.connections_of(name)] == [name]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "x' or PartitionKey ne 'y",
+        "' or 1 eq 1 or '",
+        "alice' or PartitionKey gt '",
+        "@pk",
+        "x and LastSeen gt datetime'2000-01-01T00:00:00Z'",
+    ],
+)
+async def test_odata_injection_in_names_reads_nothing_else(store: ConnectionStore, name: str) -> None:
+    """A name that looks like filter syntax is only ever a value: it never matches another user's rows."""
+    await store.connect("alice", "victim")
+    await store.connect("zed", "other")
+    assert await store.connections_of(name) == []
+    await store.connect(name, "attacker")
+    assert [c.connection_id for c in await store.connections_of(name)] == ["attacker"]
+
+
+async def test_expired_rows_are_ignored_by_readers(store: ConnectionStore) -> None:
+    """A row whose LastSeen is older than the TTL counts for nothing: not listed, not online."""
+    await store.connect("carol", "old", now=ago(TTL.total_seconds() + 5))
+    assert await store.connections_of("carol") == []
+    assert (await store.online_users()).users == []
+    fresh = await store.connect("carol", "new")
+    assert fresh.came_online is True
+    assert [c.connection_id for c in await store.connections_of("carol")] == ["new"]
+
+
+async def test_disconnect_announces_offline_when_only_expired_rows_remain(store: ConnectionStore) -> None:
+    """A user whose other rows are expired leases is offline after their live connection closes."""
+    await store.connect("dave", "stale", now=ago(TTL.total_seconds() * 2))
+    await store.connect("dave", "live")
+    assert (await store.disconnect("dave", "live")).went_offline is True
+
+
+async def test_touch_refreshes_last_seen_but_never_resurrects(store: ConnectionStore, azurite: Azurite) -> None:
+    """touch moves LastSeen of an existing row forward and reports a missing row without creating it."""
+    await store.connect("erin", "c1", now=ago(TTL.total_seconds() - 1))
+    assert await store.touch("erin", "c1") is True
+    [connection] = await store.connections_of("erin")
+    assert connection.last_seen > ago(5)
+    assert connection.connected_at < ago(TTL.total_seconds() - 10)
+    assert await store.touch("erin", "gone") is False
+    assert len(await table_rows(azurite, store.settings.table_name)) == 1
+
+
+async def test_online_users_pages_through_every_live_user_once(store: ConnectionStore) -> None:
+    """Pages of `limit` users follow `next` to the end; connections are counted per user; expired users are absent."""
+    expected = {f"user{i:02d}": 1 + i % 3 for i in range(23)}
+    await asyncio.gather(
+        *(store.connect(user, f"{user}-{n}") for user, count in expected.items() for n in range(count))
+    )
+    await store.connect("ghost", "g1", now=ago(TTL.total_seconds() + 1))
+    seen: dict[str, int] = {}
+    cursor: str | None = None
+    pages = 0
+    while True:
+        page = await store.online_users(limit=5, cursor=cursor)
+        pages += 1
+        assert len(page.users) <= 5
+        for user in page.users:
+            assert user.user not in seen
+            seen[user.user] = user.connections
+        if page.next is None:
+            break
+        cursor = page.next
+    assert seen == expected
+    assert pages == 5
+
+
+@pytest.mark.parametrize("limit", [0, -1, 1001])
+async def test_online_users_rejects_out_of_range_limits(store: ConnectionStore, limit: int) -> None:
+    """limit must be between 1 and 1000."""
+    with pytest.raises(InvalidRequestError):
+        await store.online_users(limit=limit)
+
+
+@pytest.mark.parametrize("cursor", ["garbage", "u1.!!!", "u1.//8", "x" * 5000])
+async def test_online_users_rejects_forged_cursors(store: ConnectionStore, cursor: str) -> None:
+    """A `next` value the API did not issue is an InvalidRequestError, not a storage error."""
+    with pytest.raises(InvalidRequestError):
+        await store.online_users(cursor=cursor)
+
+
+async def test_invalid_names_never_reach_storage(store: ConnectionStore, azurite: Azurite) -> None:
+    """Empty and over-long names are rejected before anything is written."""
+    for name in ["", "   ", "x" * 257]:
+        with pytest.raises(InvalidNameError):
+            await store.connect(name, "c1")
+    with pytest.raises(InvalidNameError):
+        await store.connect("alice", "")
+    assert await table_rows(azurite, store.settings.table_name) == []
+
+
+async def test_hundreds_of_concurrent_events_lose_nothing(store: ConnectionStore, azurite: Azurite) -> None:
+    """400 concurrent connects then 200 concurrent disconnects leave exactly the expected rows."""
+    connections = [(f"user{i % 40}", f"conn-{i}") for i in range(400)]
+    await asyncio.gather(*(store.connect(user, conn) for user, conn in connections))
+    closing = [c for i, c in enumerate(connections) if (i // 40) % 2 == 0]
+    staying = [c for i, c in enumerate(connections) if (i // 40) % 2 == 1]
+    outcomes = await asyncio.gather(*(store.disconnect(user, conn) for user, conn in closing))
+    rows = await table_rows(azurite, store.settings.table_name)
+    assert sorted((r["PartitionKey"], r["RowKey"]) for r in rows) == sorted(staying)
+    assert not any(outcome.went_offline for outcome in outcomes)  # every user keeps half of their tabs
+
+
+async def test_concurrent_first_connections_announce_online_at_least_once(store: ConnectionStore) -> None:
+    """When many tabs of a fresh user open at once, at least one of them announces the user online."""
+    for round_ in range(5):
+        user = f"burst{round_}"
+        outcomes = await asyncio.gather(*(store.connect(user, f"tab{n}") for n in range(8)))
+        assert sum(outcome.came_online for outcome in outcomes) >= 1
