@@ -1,0 +1,120 @@
+"""Invoke the app's functions the way the Functions host does: from `app.get_functions()`, with real request objects."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import azure.functions as func
+from azure.functions.decorators.function_app import Function
+
+import function_app
+
+# get_functions() builds the list once per app; a second call would raise about duplicate names.
+FUNCTIONS: dict[str, Function] = {fn.get_function_name(): fn for fn in function_app.app.get_functions()}
+
+
+class Out:
+    """Stands in for `func.Out[str]`: remembers what the function set."""
+
+    def __init__(self) -> None:
+        self.value: str | None = None
+
+    def set(self, value: str) -> None:
+        """Record the output value."""
+        self.value = value
+
+    def get(self) -> str | None:
+        """Return the recorded output value."""
+        return self.value
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """Return the SignalR messages set, decoded from the JSON array (empty when unset)."""
+        if self.value is None:
+            return []
+        decoded = json.loads(self.value)
+        assert isinstance(decoded, list), "the signalR output must be a JSON array"
+        return decoded
+
+
+def bindings(name: str) -> list[dict[str, Any]]:
+    """Return a function's binding metadata as the host reads it (function.json form)."""
+    bindings: list[dict[str, Any]] = json.loads(FUNCTIONS[name].get_function_json())["bindings"]
+    return bindings
+
+
+def binding(name: str, binding_type: str) -> dict[str, Any]:
+    """Return the one binding of a given type of a function."""
+    [found] = [b for b in bindings(name) if b["type"] == binding_type]
+    return found
+
+
+def invocation(
+    event: str,
+    *,
+    connection_id: str | None = "conn-1",
+    user_id: str | None = "alice",
+    arguments: list[Any] | None = None,
+    category: str | None = None,
+    hub: str = "chat",
+    headers: Mapping[str, str] | None = None,
+    error: str | None = None,
+) -> str:
+    """Return a SignalR trigger payload as the extension produces it: PascalCase keys, nulls included."""
+    return json.dumps(
+        {
+            "Arguments": arguments,
+            "Error": error,
+            "Category": category or ("messages" if event not in ("connected", "disconnected") else "connections"),
+            "Event": event,
+            "Hub": hub,
+            "ConnectionId": connection_id,
+            "UserId": user_id,
+            "Headers": dict(headers or {"User-Agent": "pytest-client/1.0"}),
+            "Query": {},
+            "Claims": {},
+        }
+    )
+
+
+def http_request(
+    method: str,
+    route: str,
+    *,
+    body: bytes | str | dict[str, Any] | list[Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+    params: Mapping[str, str] | None = None,
+    route_params: Mapping[str, str] | None = None,
+) -> func.HttpRequest:
+    """Build the `func.HttpRequest` the host would pass for a call to `/api/<route>`."""
+    raw = json.dumps(body).encode() if isinstance(body, dict | list) else body
+    raw = raw.encode() if isinstance(raw, str) else raw
+    return func.HttpRequest(
+        method=method,
+        url=f"http://localhost:7071/api/{route}",
+        headers=dict(headers or {}),
+        params=dict(params or {}),
+        route_params=dict(route_params or {}),
+        body=raw or b"",
+    )
+
+
+async def call(name: str, **arguments: Any) -> Any:
+    """Run a function's Python code with the arguments the host would bind."""
+    return await FUNCTIONS[name].get_user_function()(**arguments)
+
+
+async def http(name: str, request: func.HttpRequest, **outputs: Out) -> tuple[int, Any, func.HttpResponse]:
+    """Call an HTTP function; return its status, decoded JSON body and the response."""
+    response: func.HttpResponse = await call(name, req=request, **outputs)
+    assert response.mimetype == "application/json"
+    return response.status_code, json.loads(response.get_body()), response
+
+
+async def signalr_event(name: str, payload: str) -> Out:
+    """Call a SignalR-triggered function; return its `signalR` output."""
+    out = Out()
+    await call(name, invocation=payload, signalr=out)
+    return out

@@ -1,0 +1,72 @@
+"""Registration metadata: the triggers, bindings, routes, methods and auth levels the host indexes."""
+
+from __future__ import annotations
+
+import pytest
+
+from functions_host import FUNCTIONS, binding, bindings
+
+SIGNALR_EVENTS = {
+    "connected": ("connections", "connected"),
+    "disconnected": ("connections", "disconnected"),
+    "send_message": ("messages", "send"),
+}
+HTTP_ROUTES = {
+    "negotiate": ("negotiate", ["POST"], "ANONYMOUS"),
+    "send": ("send", ["POST"], "FUNCTION"),
+    "online_users": ("users", ["GET"], "FUNCTION"),
+    "user_presence": ("users/{user}", ["GET"], "FUNCTION"),
+}
+
+
+def test_the_app_has_the_eight_functions() -> None:
+    """Exactly the eight documented functions are registered."""
+    assert set(FUNCTIONS) == set(SIGNALR_EVENTS) | set(HTTP_ROUTES) | {"sweep"}
+
+
+@pytest.mark.parametrize(("name", "expected"), HTTP_ROUTES.items())
+def test_http_routes_methods_and_auth_levels(name: str, expected: tuple[str, list[str], str]) -> None:
+    """Each HTTP trigger has its route, methods and auth level, and returns through `$return`."""
+    trigger = binding(name, "httpTrigger")
+    assert (trigger["route"], trigger["methods"], trigger["authLevel"]) == expected
+    assert binding(name, "http")["name"] == "$return"
+
+
+def test_negotiate_binds_connection_info_for_the_authenticated_user() -> None:
+    """negotiate's input is signalRConnectionInfo on the configured hub, user id from the principal header."""
+    info = binding("negotiate", "signalRConnectionInfo")
+    assert info["direction"] == "IN"
+    assert info["hubName"] == "%SIGNALR_HUB%"
+    assert info["userId"] == "{headers.x-ms-client-principal-name}"
+    assert info["connectionStringSetting"] == "AzureSignalRConnectionString"
+
+
+@pytest.mark.parametrize(("name", "expected"), SIGNALR_EVENTS.items())
+def test_signalr_triggers_and_outputs(name: str, expected: tuple[str, str]) -> None:
+    """Each SignalR function triggers on its category and event of `%SIGNALR_HUB%` and has a signalR output."""
+    trigger = binding(name, "signalRTrigger")
+    assert (trigger["category"], trigger["event"]) == expected
+    assert trigger["hubName"] == "%SIGNALR_HUB%"
+    assert trigger["connectionStringSetting"] == "AzureSignalRConnectionString"
+    assert trigger["name"] == "invocation"
+    output = binding(name, "signalR")
+    assert (output["direction"], output["hubName"], output["name"]) == ("OUT", "%SIGNALR_HUB%", "signalr")
+
+
+def test_http_send_has_a_signalr_output() -> None:
+    """The HTTP send function delivers through a signalR output on the configured hub."""
+    output = binding("send", "signalR")
+    assert (output["direction"], output["hubName"]) == ("OUT", "%SIGNALR_HUB%")
+
+
+def test_presence_endpoints_send_nothing() -> None:
+    """The read-only endpoints have no signalR output."""
+    for name in ("online_users", "user_presence"):
+        assert not [b for b in bindings(name) if b["type"] == "signalR"]
+
+
+def test_sweep_runs_on_the_configured_schedule() -> None:
+    """The sweep is a timer on `%SWEEP_SCHEDULE%` that does not run on startup."""
+    timer = binding("sweep", "timerTrigger")
+    assert timer["schedule"] == "%SWEEP_SCHEDULE%"
+    assert timer["runOnStartup"] is False
