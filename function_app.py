@@ -1,4 +1,4 @@
-"""Azure Functions app (Python v2 model): wiring only. Each function parses its trigger, calls mapping/, shapes the output."""
+"""Azure Functions app (Python v2 model), wiring only: parse each trigger, call mapping/, shape the output."""
 
 from __future__ import annotations
 

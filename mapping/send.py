@@ -57,9 +57,7 @@ async def send_to_user(store: ConnectionStore, request: SendRequest, *, sender: 
     connections = await store.connections_of(request.to)
     if not connections:
         raise UserOfflineError(f"user {request.to!r} has no live connection")
-    return delivery_messages(
-        connections, target=request.target, sender=sender, to=request.to, message=request.message
-    )
+    return delivery_messages(connections, target=request.target, sender=sender, to=request.to, message=request.message)
 
 
 def _recipient(value: object) -> str:

@@ -305,9 +305,7 @@ class ConnectionStore:
         table_name = self.settings.table_name
         if storage.connection_string:
             try:
-                return TableClient.from_connection_string(
-                    storage.connection_string, table_name, **self._client_options
-                )
+                return TableClient.from_connection_string(storage.connection_string, table_name, **self._client_options)
             except ValueError:
                 raise StorageError(f"the connection string in {storage.source} is malformed") from None
         assert storage.table_service_uri is not None
@@ -344,7 +342,7 @@ def _translated(action: str) -> Iterator[None]:
         raise _storage_error(action, error) from None
     except (ResourceNotFoundError, ResourceModifiedError) as error:
         raise _RowMissing(f"{action}: row missing or changed ({error.status_code})") from None
-    except (AzureError, OSError, asyncio.TimeoutError) as error:
+    except (TimeoutError, AzureError, OSError) as error:
         raise _storage_error(action, error) from None
 
 

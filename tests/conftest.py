@@ -69,7 +69,7 @@ def azurite() -> Iterator[Azurite]:
     workdir = tempfile.mkdtemp(prefix="azurite-")
     for _attempt in range(3):
         port = free_port()
-        process = subprocess.Popen(  # noqa: S603 - a fixed local binary
+        process = subprocess.Popen(
             [
                 str(AZURITE),
                 "--tableHost",

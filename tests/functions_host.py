@@ -12,7 +12,7 @@ from azure.functions.decorators.function_app import Function
 import function_app
 
 # get_functions() builds the list once per app; a second call would raise about duplicate names.
-FUNCTIONS: dict[str, Function] = {fn.get_function_name(): fn for fn in function_app.app.get_functions()}
+FUNCTIONS: dict[str, Function] = {str(fn.get_function_name()): fn for fn in function_app.app.get_functions()}
 
 
 class Out:
@@ -106,9 +106,9 @@ async def call(name: str, **arguments: Any) -> Any:
     return await FUNCTIONS[name].get_user_function()(**arguments)
 
 
-async def http(name: str, request: func.HttpRequest, **outputs: Out) -> tuple[int, Any, func.HttpResponse]:
+async def http(name: str, request: func.HttpRequest, **inputs_and_outputs: Any) -> tuple[int, Any, func.HttpResponse]:
     """Call an HTTP function; return its status, decoded JSON body and the response."""
-    response: func.HttpResponse = await call(name, req=request, **outputs)
+    response: func.HttpResponse = await call(name, req=request, **inputs_and_outputs)
     assert response.mimetype == "application/json"
     return response.status_code, json.loads(response.get_body()), response
 

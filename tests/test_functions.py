@@ -47,7 +47,9 @@ async def test_negotiate_without_a_principal_is_401() -> None:
     """No `x-ms-client-principal-name` header: 401 with a JSON error, no token handed out."""
     for headers in ({}, {"x-ms-client-principal-name": "   "}):
         status, body, _ = await http(
-            "negotiate", http_request("POST", "negotiate", headers=headers), connection_info='{"url":"u","accessToken":"t"}'
+            "negotiate",
+            http_request("POST", "negotiate", headers=headers),
+            connection_info='{"url":"u","accessToken":"t"}',
         )
         assert status == 401
         assert "error" in body
@@ -113,7 +115,9 @@ async def test_connected_without_a_user_id_is_not_mapped(
         json.dumps({"ConnectionId": "", "UserId": "alice"}),
     ],
 )
-async def test_malformed_connected_payloads_raise_nothing(app_env: dict[str, str], azurite: Azurite, payload: str) -> None:
+async def test_malformed_connected_payloads_raise_nothing(
+    app_env: dict[str, str], azurite: Azurite, payload: str
+) -> None:
     """Payloads of the wrong shape are not mapped and do not raise (only storage failures refuse a connection)."""
     out = await signalr_event("connected", payload)
     assert out.value is None
@@ -274,7 +278,7 @@ async def test_http_send_ignores_expired_connections() -> None:
         {"to": "bob", "message": "x", "target": 5},
         {"to": "bob", "message": "x", "target": None},
         {"to": "bob", "message": "x", "target": ""},
-            b"[" * 60000,
+        b"[" * 60000,
     ],
 )
 async def test_http_send_bad_bodies_are_400_and_send_nothing(body: Any) -> None:

@@ -64,7 +64,10 @@ def test_identity_connection_with_client_id() -> None:
     [
         ({"AzureWebJobsStorage": "UseDevelopmentStorage=true"}, ("UseDevelopmentStorage=true", None, None)),
         (
-            {"AzureWebJobsStorage__tableServiceUri": "https://h.table.core.windows.net", "AzureWebJobsStorage__clientId": "c"},
+            {
+                "AzureWebJobsStorage__tableServiceUri": "https://h.table.core.windows.net",
+                "AzureWebJobsStorage__clientId": "c",
+            },
             (None, "https://h.table.core.windows.net", "c"),
         ),
         ({"AzureWebJobsStorage__accountName": "hostacct"}, (None, "https://hostacct.table.core.windows.net", None)),
