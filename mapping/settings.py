@@ -94,7 +94,8 @@ def _value(env: Mapping[str, str], name: str) -> str | None:
 def _storage_connection(env: Mapping[str, str]) -> StorageConnection:
     for name in ("MAPPING_STORAGE", "AzureWebJobsStorage"):
         if connection_string := _value(env, name):
-            return StorageConnection(connection_string=connection_string, source=name)
+            # `UseDevelopmentStorage=true;` is common; the SDK recognises it only without the `;`.
+            return StorageConnection(connection_string=connection_string.rstrip("; "), source=name)
         if uri := _value(env, f"{name}__tableServiceUri"):
             return StorageConnection(
                 table_service_uri=uri.rstrip("/"), client_id=_value(env, f"{name}__clientId"), source=name

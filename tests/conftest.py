@@ -61,37 +61,32 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float)
     return False
 
 
-@pytest.fixture(scope="session")
-def azurite() -> Iterator[Azurite]:
-    """Start Azurite's table service (in memory) on a free port for the whole test run."""
+@contextlib.contextmanager
+def running_azurite(*, port: int | None = None) -> Iterator[Azurite]:
+    """Run Azurite's table service in memory on `port` (default: a free one) until the block ends."""
     if not AZURITE.exists():
         pytest.fail(f"{AZURITE} is missing: run `npm ci` (make install) first")
     workdir = tempfile.mkdtemp(prefix="azurite-")
     for _attempt in range(3):
-        port = free_port()
+        chosen = port or free_port()
         process = subprocess.Popen(
             [
-                str(AZURITE),
-                "--tableHost",
-                "127.0.0.1",
-                "--tablePort",
-                str(port),
-                "--inMemoryPersistence",
-                "--disableTelemetry",
-                "--silent",
+                *(str(AZURITE), "--tableHost", "127.0.0.1", "--tablePort", str(chosen)),
+                *("--inMemoryPersistence", "--disableTelemetry", "--silent"),
             ],
             cwd=workdir,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
         )
-        if _wait_listening(port, process, timeout=30):
+        if _wait_listening(chosen, process, timeout=30):
             break
         process.kill()
         process.wait()
     else:
+        shutil.rmtree(workdir, ignore_errors=True)
         pytest.fail("Azurite did not start")
     try:
-        yield Azurite(port)
+        yield Azurite(chosen)
     finally:
         process.terminate()
         try:
@@ -100,6 +95,13 @@ def azurite() -> Iterator[Azurite]:
             process.kill()
             process.wait()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    """Start Azurite's table service (in memory) on a free port for the whole test run."""
+    with running_azurite() as service:
+        yield service
 
 
 def unique_table_name() -> str:

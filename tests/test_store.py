@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from conftest import Azurite, table_rows
+from conftest import Azurite, running_azurite, table_rows
 from mapping.errors import InvalidNameError, InvalidRequestError
 from mapping.keys import connection_key, user_key
+from mapping.settings import Settings
 from mapping.store import ConnectionStore
 
 TTL = timedelta(seconds=600)
@@ -201,3 +203,24 @@ async def test_concurrent_first_connections_announce_online_at_least_once(store:
         user = f"burst{round_}"
         outcomes = await asyncio.gather(*(store.connect(user, f"tab{n}") for n in range(8)))
         assert sum(outcome.came_online for outcome in outcomes) >= 1
+
+
+def port_is_free(port: int) -> bool:
+    """Return whether nothing listens on 127.0.0.1:`port`."""
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.parametrize("connection_string", ["UseDevelopmentStorage=true", "UseDevelopmentStorage=true;"])
+async def test_use_development_storage_reaches_azurite_on_its_default_port(connection_string: str) -> None:
+    """The sample's `UseDevelopmentStorage=true` (with or without `;`) works against Azurite on port 10002."""
+    if not port_is_free(10002):
+        pytest.skip("port 10002 is taken; UseDevelopmentStorage=true needs exactly that port")
+    settings = Settings.from_environment({"MAPPING_STORAGE": connection_string, "MAPPING_TABLE": "DevStorage"})
+    with running_azurite(port=10002):
+        store = ConnectionStore(settings, retry_total=0)
+        try:
+            assert (await store.connect("alice", "c1")).came_online is True
+            assert [c.connection_id for c in await store.connections_of("alice")] == ["c1"]
+        finally:
+            await store.close()
