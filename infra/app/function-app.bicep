@@ -1,0 +1,236 @@
+// The function app: Flex Consumption (FC1), Python 3.11, one user-assigned managed identity for
+// everything it reaches, App Service Authentication (Microsoft Entra ID) in front of it.
+
+@description('Name of the function app (globally unique; it becomes <name>.azurewebsites.net).')
+param name string
+
+@description('Name of the Flex Consumption plan.')
+param planName string
+
+@description('Azure region of the plan and the function app; it must offer Flex Consumption.')
+param location string = resourceGroup().location
+
+@description('Tags applied to the plan and the function app.')
+param tags object = {}
+
+@description('azd service name from azure.yaml; azd finds the app to deploy to by this tag.')
+param serviceName string = 'api'
+
+@description('Resource id of the user-assigned managed identity the app runs as.')
+param identityId string
+
+@description('Client id of the user-assigned managed identity (the __clientId of every identity-based connection).')
+param identityClientId string
+
+@description('Name of the storage account for host storage, the deployment package and the Connections table.')
+param storageAccountName string
+
+@description('Blob container that holds the deployment package.')
+param deploymentContainerName string
+
+@description('Host name of the Azure SignalR Service instance (<name>.service.signalr.net).')
+param signalRHostName string
+
+@description('Name of the Application Insights component.')
+param applicationInsightsName string
+
+@description('SignalR hub name, used by every SignalR binding as %SIGNALR_HUB%.')
+param signalRHubName string
+
+@description('Table that holds the user-to-connection map.')
+param mappingTableName string
+
+@description('Lease length in seconds: a connection row whose LastSeen is older is not live.')
+@minValue(1)
+param mappingTtlSeconds int
+
+@description('Whether presence changes (a user comes online or goes offline) are broadcast to the hub.')
+param presenceEvents bool
+
+@description('NCRONTAB schedule (six fields, seconds first, UTC) of the stale-row sweeper.')
+param sweepSchedule string
+
+@description('Most instances the app may scale out to (Flex Consumption allows 40 to 1000).')
+@minValue(40)
+@maxValue(1000)
+param maximumInstanceCount int = 100
+
+@description('Memory of each instance in MB.')
+@allowed([
+  2048
+  4096
+])
+param instanceMemoryMB int = 2048
+
+@description('Browser origins allowed to call the app\'s HTTP functions (CORS); empty allows none.')
+param corsAllowedOrigins array = []
+
+@description('Application (client) id of the Microsoft Entra app registration that App Service Authentication validates tokens for.')
+param authClientId string
+
+@description('Tenant id whose Microsoft Entra ID issues the tokens App Service Authentication accepts.')
+param authTenantId string
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: storageAccountName
+}
+
+resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = {
+  name: applicationInsightsName
+}
+
+resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
+  name: planName
+  location: location
+  tags: tags
+  kind: 'functionapp'
+  sku: {
+    tier: 'FlexConsumption'
+    name: 'FC1'
+  }
+  properties: {
+    reserved: true
+  }
+}
+
+resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
+  name: name
+  location: location
+  tags: union(tags, { 'azd-service-name': serviceName })
+  kind: 'functionapp,linux'
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${identityId}': {}
+    }
+  }
+  properties: {
+    serverFarmId: plan.id
+    httpsOnly: true
+    publicNetworkAccess: 'Enabled'
+    siteConfig: {
+      minTlsVersion: '1.2'
+      scmMinTlsVersion: '1.2'
+      ftpsState: 'Disabled'
+      http20Enabled: true
+      cors: {
+        allowedOrigins: corsAllowedOrigins
+        supportCredentials: false
+      }
+    }
+    functionAppConfig: {
+      deployment: {
+        storage: {
+          type: 'blobContainer'
+          value: '${storage.properties.primaryEndpoints.blob}${deploymentContainerName}'
+          authentication: {
+            type: 'UserAssignedIdentity'
+            userAssignedIdentityResourceId: identityId
+          }
+        }
+      }
+      scaleAndConcurrency: {
+        maximumInstanceCount: maximumInstanceCount
+        instanceMemoryMB: instanceMemoryMB
+      }
+      runtime: {
+        name: 'python'
+        version: '3.11'
+      }
+    }
+  }
+}
+
+// Every setting the app reads (mapping/settings.py, APP_SETTING_NAMES) is set here. Connections are
+// identity-based sections (<NAME>__serviceUri, __credential, __clientId): no key, no connection string.
+// FUNCTIONS_WORKER_RUNTIME and FUNCTIONS_EXTENSION_VERSION are not set: Flex Consumption takes the
+// runtime from functionAppConfig and rejects those settings.
+resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
+  parent: functionApp
+  name: 'appsettings'
+  properties: {
+    AzureWebJobsStorage__credential: 'managedidentity'
+    AzureWebJobsStorage__clientId: identityClientId
+    AzureWebJobsStorage__blobServiceUri: storage.properties.primaryEndpoints.blob
+    AzureWebJobsStorage__queueServiceUri: storage.properties.primaryEndpoints.queue
+    AzureWebJobsStorage__tableServiceUri: storage.properties.primaryEndpoints.table
+    MAPPING_STORAGE__tableServiceUri: storage.properties.primaryEndpoints.table
+    MAPPING_STORAGE__credential: 'managedidentity'
+    MAPPING_STORAGE__clientId: identityClientId
+    MAPPING_TABLE: mappingTableName
+    MAPPING_TTL_SECONDS: string(mappingTtlSeconds)
+    AzureSignalRConnectionString__serviceUri: 'https://${signalRHostName}'
+    AzureSignalRConnectionString__credential: 'managedidentity'
+    AzureSignalRConnectionString__clientId: identityClientId
+    SIGNALR_HUB: signalRHubName
+    PRESENCE_EVENTS: presenceEvents ? 'true' : 'false'
+    SWEEP_SCHEDULE: sweepSchedule
+    // Not a credential: the component refuses telemetry without a Microsoft Entra token
+    // (DisableLocalAuth), which the next setting makes the SDK fetch with the managed identity.
+    APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
+    APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+  }
+}
+
+// App Service Authentication (Easy Auth) with Microsoft Entra ID. Unauthenticated requests still
+// reach the app (AllowAnonymous): the SignalR upstream webhook and the function-key routes must keep
+// working, and negotiate answers 401 itself when no user is signed in. What matters is that the
+// platform validates bearer tokens, sets x-ms-client-principal-* from a valid token and strips any
+// copy a client sends, so negotiate can trust x-ms-client-principal-name.
+resource authSettings 'Microsoft.Web/sites/config@2024-04-01' = {
+  parent: functionApp
+  name: 'authsettingsV2'
+  properties: {
+    platform: {
+      enabled: true
+    }
+    globalValidation: {
+      requireAuthentication: false
+      unauthenticatedClientAction: 'AllowAnonymous'
+    }
+    identityProviders: {
+      azureActiveDirectory: {
+        enabled: true
+        registration: {
+          clientId: authClientId
+          openIdIssuer: '${environment().authentication.loginEndpoint}${authTenantId}/v2.0'
+        }
+        validation: {
+          allowedAudiences: [
+            authClientId
+            'api://${authClientId}'
+          ]
+        }
+      }
+    }
+    login: {
+      tokenStore: {
+        enabled: false
+      }
+    }
+    httpSettings: {
+      requireHttps: true
+    }
+  }
+}
+
+// No FTP or basic-auth (publishing password) deployments: azd deploys with a Microsoft Entra token.
+resource ftpPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2023-12-01' = {
+  parent: functionApp
+  name: 'ftp'
+  properties: {
+    allow: false
+  }
+}
+
+resource scmPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2023-12-01' = {
+  parent: functionApp
+  name: 'scm'
+  properties: {
+    allow: false
+  }
+}
+
+output name string = functionApp.name
+output defaultHostName string = functionApp.properties.defaultHostName
+output uri string = 'https://${functionApp.properties.defaultHostName}'

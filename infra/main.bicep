@@ -1,0 +1,185 @@
+// azd entry point: one resource group with the function app (Flex Consumption, Python 3.11), its
+// user-assigned managed identity, storage (shared-key access off), Azure SignalR Service (Serverless),
+// Application Insights with Log Analytics, and the role assignments that let the identity reach them.
+targetScope = 'subscription'
+
+@minLength(1)
+@maxLength(64)
+@description('Name of the azd environment; it seeds the unique suffix of every resource name and the azd-env-name tag.')
+param environmentName string
+
+@minLength(1)
+@description('Azure region of every resource; it must offer Flex Consumption (az functionapp list-flexconsumption-locations).')
+@metadata({
+  azd: {
+    type: 'location'
+  }
+})
+param location string
+
+@description('Name of the resource group to create; empty gives rg-<environmentName>.')
+param resourceGroupName string = ''
+
+@minLength(36)
+@maxLength(36)
+@description('Application (client) id of the Microsoft Entra app registration whose tokens App Service Authentication accepts (azd env set AUTH_CLIENT_ID <id>).')
+param authClientId string
+
+@description('Tenant id of the app registration; defaults to the tenant of the subscription being deployed to.')
+param authTenantId string = tenant().tenantId
+
+@description('Azure SignalR Service SKU: Free_F1 (20 connections, one per subscription, no SLA), Standard_S1 or Premium_P1.')
+@allowed([
+  'Free_F1'
+  'Standard_S1'
+  'Premium_P1'
+])
+param signalRSku string = 'Free_F1'
+
+@description('Azure SignalR Service units (1,000 connections each on Standard and Premium); Free_F1 always has 1.')
+@minValue(1)
+@maxValue(100)
+param signalRCapacity int = 1
+
+@description('SignalR hub name (SIGNALR_HUB); clients connect to this hub.')
+param signalRHubName string = 'chat'
+
+@description('Table that holds the user-to-connection map (MAPPING_TABLE).')
+param mappingTableName string = 'Connections'
+
+@description('Lease length in seconds (MAPPING_TTL_SECONDS): a connection row whose LastSeen is older is not live.')
+@minValue(1)
+param mappingTtlSeconds int = 600
+
+@description('Broadcast presence changes to the hub (PRESENCE_EVENTS).')
+param presenceEvents bool = true
+
+@description('NCRONTAB schedule of the stale-row sweeper (SWEEP_SCHEDULE): six fields, seconds first, UTC.')
+param sweepSchedule string = '0 */5 * * * *'
+
+@description('Most instances the function app may scale out to (40 to 1000).')
+@minValue(40)
+@maxValue(1000)
+param maximumInstanceCount int = 100
+
+@description('Memory of each function app instance in MB.')
+@allowed([
+  2048
+  4096
+])
+param instanceMemoryMB int = 2048
+
+@description('Browser origins allowed to call the function app (CORS), for example the chat page\'s origin; empty allows none.')
+param corsAllowedOrigins array = []
+
+var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
+var tags = {
+  'azd-env-name': environmentName
+}
+var functionAppName = 'func-${resourceToken}'
+// The name stays within the 63 characters a container name allows.
+var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(resourceToken, 7)}'
+
+resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: !empty(resourceGroupName) ? resourceGroupName : 'rg-${environmentName}'
+  location: location
+  tags: tags
+}
+
+module identity 'core/identity/user-assigned-identity.bicep' = {
+  name: 'identity'
+  scope: rg
+  params: {
+    name: 'id-func-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module monitoring 'core/monitor/monitoring.bicep' = {
+  name: 'monitoring'
+  scope: rg
+  params: {
+    logAnalyticsName: 'log-${resourceToken}'
+    applicationInsightsName: 'appi-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module storage 'core/storage/storage-account.bicep' = {
+  name: 'storage'
+  scope: rg
+  params: {
+    name: 'st${resourceToken}'
+    location: location
+    tags: tags
+    deploymentContainerName: deploymentContainerName
+    tableName: mappingTableName
+  }
+}
+
+module signalR 'core/signalr/signalr.bicep' = {
+  name: 'signalr'
+  scope: rg
+  params: {
+    name: 'sigr-${resourceToken}'
+    location: location
+    tags: tags
+    skuName: signalRSku
+    capacity: signalRCapacity
+  }
+}
+
+module rbac 'app/rbac.bicep' = {
+  name: 'rbac'
+  scope: rg
+  params: {
+    principalId: identity.outputs.principalId
+    storageAccountName: storage.outputs.name
+    signalRName: signalR.outputs.name
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+  }
+}
+
+module functionApp 'app/function-app.bicep' = {
+  name: 'function-app'
+  scope: rg
+  params: {
+    name: functionAppName
+    planName: 'plan-${resourceToken}'
+    location: location
+    tags: tags
+    serviceName: 'api'
+    identityId: identity.outputs.id
+    identityClientId: identity.outputs.clientId
+    storageAccountName: storage.outputs.name
+    deploymentContainerName: storage.outputs.deploymentContainerName
+    signalRHostName: signalR.outputs.hostName
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    signalRHubName: signalRHubName
+    mappingTableName: storage.outputs.tableName
+    mappingTtlSeconds: mappingTtlSeconds
+    presenceEvents: presenceEvents
+    sweepSchedule: sweepSchedule
+    maximumInstanceCount: maximumInstanceCount
+    instanceMemoryMB: instanceMemoryMB
+    corsAllowedOrigins: corsAllowedOrigins
+    authClientId: authClientId
+    authTenantId: authTenantId
+  }
+  // The identity must hold its storage roles before the app first starts and fetches its package.
+  dependsOn: [
+    rbac
+  ]
+}
+
+output AZURE_LOCATION string = location
+output AZURE_TENANT_ID string = tenant().tenantId
+output AZURE_RESOURCE_GROUP string = rg.name
+output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.name
+output SERVICE_API_NAME string = functionApp.outputs.name
+output SERVICE_API_URI string = functionApp.outputs.uri
+output AZURE_SIGNALR_NAME string = signalR.outputs.name
+output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
+output SIGNALR_HUB string = signalRHubName

@@ -1,0 +1,415 @@
+"""Offline checks of the deployment template (infra/, azure.yaml) against the settings the app reads.
+
+The Bicep compiler is not available here, so these tests read the Bicep text directly: a small scanner that
+skips strings and comments finds the `{...}` block of a resource and the `key: value` lines in it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from mapping.settings import APP_SETTING_NAMES, CONNECTION_SETTINGS, VALUE_SETTINGS
+
+ROOT = Path(__file__).resolve().parent.parent
+INFRA = ROOT / "infra"
+FUNCTION_APP_BICEP = INFRA / "app" / "function-app.bicep"
+RBAC_BICEP = INFRA / "app" / "rbac.bicep"
+MAIN_BICEP = INFRA / "main.bicep"
+MONITORING_BICEP = INFRA / "core" / "monitor" / "monitoring.bicep"
+STORAGE_BICEP = INFRA / "core" / "storage" / "storage-account.bicep"
+SIGNALR_BICEP = INFRA / "core" / "signalr" / "signalr.bicep"
+LOCAL_SETTINGS_SAMPLE = ROOT / "local.settings.sample.json"
+
+# Built-in role ids (Azure built-in roles; PLATFORM.md and the deployment issue), by variable name in rbac.bicep.
+ROLE_IDS: dict[str, str] = {
+    "storageBlobDataOwnerRoleId": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
+    "storageQueueDataContributorRoleId": "974c5e8b-45b9-4653-ba55-5f855dd0fb88",
+    "storageTableDataContributorRoleId": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
+    "signalRServiceOwnerRoleId": "7e4f1700-ea5a-4f59-8f37-079cfe29dce3",
+    "monitoringMetricsPublisherRoleId": "3913510d-42f4-4e42-8a64-420c390055eb",
+}
+
+# Text that marks a key, a SAS or a connection string in an app-setting value.
+_SECRET_MARKERS = re.compile(
+    r"accountkey\s*=|accesskey\s*=|sharedaccesskey|sharedaccesssignature|[?&;]sig=|defaultendpointsprotocol"
+    r"|endpoint\s*=|listkeys\s*\(|listconnectionstrings|primarykey|secondarykey|primaryconnectionstring"
+    r"|secondaryconnectionstring|connectionstring|masterkey|password|secret",
+    re.IGNORECASE,
+)
+# The one "connection string" a Functions app needs: Application Insights'. It holds the component's
+# instrumentation key, an identifier that grants nothing once the component has DisableLocalAuth: true.
+_APPINSIGHTS_SETTING = "APPLICATIONINSIGHTS_CONNECTION_STRING"
+_APPINSIGHTS_VALUE = re.compile(r"^\w+\.properties\.ConnectionString$")
+
+
+def _strip_comments(text: str) -> str:
+    """Return Bicep text with // and /* */ comments blanked out (strings are kept, offsets preserved)."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        if text.startswith("//", i):
+            end = text.find("\n", i)
+            end = n if end < 0 else end
+            out.append(" " * (end - i))
+            i = end
+        elif text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            end = n if end < 0 else end + 2
+            out.append(re.sub(r"[^\n]", " ", text[i:end]))
+            i = end
+        elif text[i] == "'":
+            end = i + 1
+            while end < n and text[end] != "'":
+                end += 2 if text[end] == "\\" else 1
+            out.append(text[i : end + 1])
+            i = end + 1
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def _block_at(text: str, start: int) -> str:
+    """Return the `{...}` block that opens at or after `start`, braces inside strings ignored."""
+    opening = text.index("{", start)
+    depth, i, n = 0, opening, len(text)
+    while i < n:
+        char = text[i]
+        if char == "'":
+            i += 1
+            while i < n and text[i] != "'":
+                i += 2 if text[i] == "\\" else 1
+        elif char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return text[opening : i + 1]
+        i += 1
+    raise AssertionError(f"unbalanced braces after offset {start}")
+
+
+def _bicep(path: Path) -> str:
+    """Read a Bicep file with its comments blanked out."""
+    return _strip_comments(path.read_text(encoding="utf-8"))
+
+
+def _resource_block(text: str, config_name: str) -> str:
+    """Return the body of the resource whose `name:` is the literal `config_name`."""
+    for match in re.finditer(r"^resource\s+\w+\s+'[^']+'\s*=\s*\{", text, re.MULTILINE):
+        block = _block_at(text, match.start())
+        if re.search(rf"^\s*name:\s*'{re.escape(config_name)}'\s*$", block, re.MULTILINE):
+            return block
+    raise AssertionError(f"no resource named {config_name!r}")
+
+
+def _resource_of_type(text: str, resource_type: str) -> str:
+    """Return the body of the only resource of `resource_type` (for example Microsoft.Insights/components)."""
+    pattern = rf"^resource\s+\w+\s+'{re.escape(resource_type)}@[^']+'\s*=\s*\{{"
+    blocks = [_block_at(text, match.start()) for match in re.finditer(pattern, text, re.MULTILINE)]
+    assert len(blocks) == 1, f"expected one {resource_type}, found {len(blocks)}"
+    return blocks[0]
+
+
+def _property_block(block: str, key: str) -> str:
+    """Return the `{...}` value of the first `key: {` inside `block`."""
+    match = re.search(rf"^\s*{re.escape(key)}:\s*\{{", block, re.MULTILINE)
+    assert match, f"no {key}: {{ ... }} in block"
+    return _block_at(block, match.start())
+
+
+def _flat_entries(block: str) -> dict[str, str]:
+    """Return the `key: value` lines directly inside a flat object block, keys unquoted."""
+    inner = block.strip()[1:-1]
+    entries: dict[str, str] = {}
+    for line in inner.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        match = re.fullmatch(r"('[^']+'|[A-Za-z_][A-Za-z0-9_]*)\s*:\s*(.+)", line)
+        assert match, f"not a flat key: value line: {line!r}"
+        key, value = match.group(1).strip("'"), match.group(2).strip()
+        assert not value.startswith(("{", "[")), f"{key} is not a flat value: {value!r}"
+        assert key not in entries, f"{key} is set twice"
+        entries[key] = value
+    return entries
+
+
+def _app_settings() -> dict[str, str]:
+    """Return the function app's app settings (name to Bicep expression) from function-app.bicep."""
+    resource = _resource_block(_bicep(FUNCTION_APP_BICEP), "appsettings")
+    return _flat_entries(_property_block(resource, "properties"))
+
+
+def _is_set(name: str, settings: Mapping[str, object], *, connection: bool) -> bool:
+    """Tell whether `name` is set: as itself, or for a connection also as an identity-based `name__...` section."""
+    if name in settings:
+        return True
+    return connection and any(key.startswith(f"{name}__") and len(key) > len(name) + 2 for key in settings)
+
+
+def _holds_secret(value: str) -> bool:
+    """Tell whether a setting value looks like a key, a SAS or a connection string."""
+    return bool(_SECRET_MARKERS.search(value))
+
+
+def _local_values() -> dict[str, str]:
+    """Return the Values section of local.settings.sample.json."""
+    data = json.loads(LOCAL_SETTINGS_SAMPLE.read_text(encoding="utf-8"))
+    values = data["Values"]
+    assert isinstance(values, dict)
+    return {str(key): str(value) for key, value in values.items()}
+
+
+def _is_local_development_value(value: str) -> bool:
+    """Tell whether a connection-ish value is a well-known local one: Azurite, or a SignalR emulator on localhost."""
+    if value.strip() == "UseDevelopmentStorage=true":
+        return True
+    parts = {
+        key.strip().lower(): val.strip() for key, _, val in (item.partition("=") for item in value.split(";") if item)
+    }
+    endpoint = urlsplit(parts.get("endpoint", ""))
+    return endpoint.scheme == "http" and endpoint.hostname in {"localhost", "127.0.0.1"}
+
+
+def test_setting_names_come_from_the_settings_module() -> None:
+    """The one list of settings is non-empty and split into connections and plain values without overlap."""
+    assert APP_SETTING_NAMES
+    assert set(APP_SETTING_NAMES) == set(CONNECTION_SETTINGS) | set(VALUE_SETTINGS)
+    assert not set(CONNECTION_SETTINGS) & set(VALUE_SETTINGS)
+
+
+@pytest.mark.parametrize("name", APP_SETTING_NAMES)
+def test_every_setting_is_in_the_bicep_app_settings(name: str) -> None:
+    """Each setting the app reads is set by the function app's appsettings (connections as NAME or NAME__...)."""
+    assert _is_set(name, _app_settings(), connection=name in CONNECTION_SETTINGS), (
+        f"{name} missing in {FUNCTION_APP_BICEP}"
+    )
+
+
+@pytest.mark.parametrize("name", CONNECTION_SETTINGS)
+def test_connections_are_identity_based_in_bicep(name: str) -> None:
+    """Each connection is an identity section naming the managed identity, never a plain connection string."""
+    settings = _app_settings()
+    assert name not in settings, f"{name} is set as a plain value (a connection string); use {name}__... instead"
+    assert settings.get(f"{name}__credential") == "'managedidentity'", f"{name}__credential is not managedidentity"
+    assert settings.get(f"{name}__clientId") == "identityClientId", f"{name}__clientId is not the identity's client id"
+    endpoints = [key for key in settings if re.fullmatch(rf"{name}__(\w+ServiceUri|serviceUri)", key)]
+    assert endpoints, f"{name} has no __...ServiceUri endpoint"
+
+
+def test_mapping_storage_points_at_the_table_endpoint() -> None:
+    """The app's table connection uses the storage account's table endpoint and the identity's client id."""
+    settings = _app_settings()
+    assert settings["MAPPING_STORAGE__tableServiceUri"] == "storage.properties.primaryEndpoints.table"
+    assert settings["MAPPING_STORAGE__clientId"] == "identityClientId"
+
+
+def test_signalr_connection_points_at_the_service() -> None:
+    """The SignalR bindings reach the service by its https endpoint with the managed identity."""
+    settings = _app_settings()
+    assert settings["AzureSignalRConnectionString__serviceUri"] == "'https://${signalRHostName}'"
+    assert settings["AzureSignalRConnectionString__credential"] == "'managedidentity'"
+
+
+def test_no_bicep_app_setting_holds_a_key_or_connection_string() -> None:
+    """No app setting value in the Bicep carries a key, a SAS or a connection string."""
+    offenders = {
+        name: value for name, value in _app_settings().items() if name != _APPINSIGHTS_SETTING and _holds_secret(value)
+    }
+    assert not offenders, f"settings that hold a key or connection string: {offenders}"
+
+
+def test_application_insights_uses_entra_authentication() -> None:
+    """App Insights' connection string comes from the component, which refuses key-only telemetry."""
+    settings = _app_settings()
+    assert _APPINSIGHTS_VALUE.match(settings[_APPINSIGHTS_SETTING]), settings[_APPINSIGHTS_SETTING]
+    assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == "'ClientId=${identityClientId};Authorization=AAD'"
+    component = _resource_of_type(_bicep(MONITORING_BICEP), "Microsoft.Insights/components")
+    assert re.search(r"^\s*DisableLocalAuth:\s*true\s*$", component, re.MULTILINE)
+
+
+def test_no_template_file_reads_keys() -> None:
+    """No Bicep file lists keys or connection strings, and no output or parameter is marked secure."""
+    for path in sorted(INFRA.rglob("*.bicep")):
+        text = _bicep(path)
+        assert not re.search(r"list(keys|connectionstrings|secrets)\s*\(", text, re.IGNORECASE), path
+        assert not re.search(r"\.list\w*\(", text), path
+        assert "@secure" not in text, path
+
+
+def test_flex_consumption_python_311() -> None:
+    """The app runs on a Flex Consumption (FC1) plan with Python 3.11 and identity-based deployment storage."""
+    text = _bicep(FUNCTION_APP_BICEP)
+    assert re.search(r"tier:\s*'FlexConsumption'", text)
+    assert re.search(r"name:\s*'FC1'", text)
+    runtime = _property_block(text, "runtime")
+    assert re.search(r"name:\s*'python'", runtime)
+    assert re.search(r"version:\s*'3\.11'", runtime)
+    authentication = _property_block(_property_block(text, "deployment"), "authentication")
+    assert re.search(r"type:\s*'UserAssignedIdentity'", authentication)
+    assert "FUNCTIONS_WORKER_RUNTIME" not in _app_settings()
+
+
+def test_function_app_hardening() -> None:
+    """The function app answers only over HTTPS with TLS 1.2 or later and has FTP and basic publishing off."""
+    site = _bicep(FUNCTION_APP_BICEP)
+    assert re.search(r"^\s*httpsOnly:\s*true\s*$", site, re.MULTILINE)
+    assert re.search(r"^\s*minTlsVersion:\s*'1\.2'\s*$", site, re.MULTILINE)
+    assert re.search(r"^\s*ftpsState:\s*'Disabled'\s*$", site, re.MULTILINE)
+    for policy in ("ftp", "scm"):
+        assert re.search(r"allow:\s*false", _resource_block(site, policy)), policy
+
+
+def test_storage_has_shared_key_access_off() -> None:
+    """The storage account refuses shared keys and old TLS and serves HTTPS only."""
+    text = _bicep(STORAGE_BICEP)
+    assert re.search(r"^\s*allowSharedKeyAccess:\s*false\s*$", text, re.MULTILINE)
+    assert re.search(r"^\s*minimumTlsVersion:\s*'TLS1_2'\s*$", text, re.MULTILINE)
+    assert re.search(r"^\s*supportsHttpsTrafficOnly:\s*true\s*$", text, re.MULTILINE)
+    assert re.search(r"^\s*allowBlobPublicAccess:\s*false\s*$", text, re.MULTILINE)
+
+
+def test_signalr_is_serverless_with_local_auth_off() -> None:
+    """Azure SignalR Service runs in Serverless mode with access keys disabled and no upstream key in Bicep."""
+    text = _bicep(SIGNALR_BICEP)
+    assert re.search(r"flag:\s*'ServiceMode'\s*\n\s*value:\s*'Serverless'", text)
+    assert re.search(r"^\s*disableLocalAuth:\s*true\s*$", text, re.MULTILINE)
+    assert "upstream" not in text
+    assert "runtime/webhooks" not in text
+
+
+@pytest.mark.parametrize(("variable", "role_id"), sorted(ROLE_IDS.items()))
+def test_role_id_variables(variable: str, role_id: str) -> None:
+    """Each role id sits in a named, commented variable and is assigned with a guid(...) name."""
+    raw = RBAC_BICEP.read_text(encoding="utf-8")
+    match = re.search(rf"^((?://[^\n]*\n)+)var {variable} = '([0-9a-f-]+)'\s*$", raw, re.MULTILINE)
+    assert match, f"no commented `var {variable} = '<guid>'` in {RBAC_BICEP}"
+    assert match.group(2) == role_id, f"{variable} is {match.group(2)}, expected {role_id}"
+    text = _bicep(RBAC_BICEP)
+    assert re.search(rf"name:\s*guid\([^)]*\b{variable}\)", text), f"no assignment named guid(..., {variable})"
+    assert re.search(rf"roleDefinitions',\s*{variable}\)", text), f"{variable} is not used as a roleDefinitionId"
+
+
+def test_role_assignments_are_all_named_with_guid() -> None:
+    """Every role assignment in the template is named with guid(...), so redeploying finds the same one."""
+    text = _bicep(RBAC_BICEP)
+    blocks = [
+        _block_at(text, match.start())
+        for match in re.finditer(r"^resource\s+\w+\s+'Microsoft\.Authorization/roleAssignments@", text, re.MULTILINE)
+    ]
+    assert len(blocks) == len(ROLE_IDS)
+    for block in blocks:
+        assert re.search(r"^\s*name:\s*guid\(", block, re.MULTILINE), block
+
+
+def test_authentication_is_on_and_lets_anonymous_requests_through() -> None:
+    """authsettingsV2 turns on Microsoft Entra ID with the client id parameter and lets unauthenticated calls in."""
+    auth = _property_block(_resource_block(_bicep(FUNCTION_APP_BICEP), "authsettingsV2"), "properties")
+    assert re.search(r"enabled:\s*true", _property_block(auth, "platform"))
+    validation = _property_block(auth, "globalValidation")
+    assert re.search(r"unauthenticatedClientAction:\s*'AllowAnonymous'", validation)
+    assert re.search(r"requireAuthentication:\s*false", validation)
+    entra = _property_block(_property_block(auth, "identityProviders"), "azureActiveDirectory")
+    assert re.search(r"^\s*enabled:\s*true\s*$", entra, re.MULTILINE)
+    registration = _property_block(entra, "registration")
+    assert re.search(r"clientId:\s*authClientId\s*$", registration, re.MULTILINE)
+    assert re.search(r"openIdIssuer:\s*'.+/v2\.0'", registration)
+    assert "clientSecret" not in auth
+
+
+def test_auth_client_id_is_a_required_parameter() -> None:
+    """main.bicep requires the app registration's client id and main.parameters.json fills it from azd env."""
+    main = _bicep(MAIN_BICEP)
+    assert re.search(r"^param authClientId string\s*$", main, re.MULTILINE), "authClientId must have no default"
+    assert re.search(r"authClientId:\s*authClientId", main)
+    parameters = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))["parameters"]
+    assert parameters["authClientId"]["value"] == "${AUTH_CLIENT_ID}"
+
+
+def test_every_parameter_has_a_description() -> None:
+    """Every `param` in every Bicep file is preceded by a @description decorator."""
+    missing: list[str] = []
+    for path in sorted(INFRA.rglob("*.bicep")):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for index, line in enumerate(lines):
+            if not line.startswith("param "):
+                continue
+            decorators: list[str] = []
+            back = index - 1
+            while back >= 0 and (lines[back].startswith("@") or lines[back].startswith((" ", "}", "]", ")"))):
+                decorators.append(lines[back])
+                back -= 1
+            if not any(d.startswith("@description(") for d in decorators):
+                missing.append(f"{path.relative_to(ROOT)}:{index + 1}: {line}")
+    assert not missing, "parameters without @description:\n" + "\n".join(missing)
+
+
+def test_azure_yaml_deploys_a_function_and_runs_the_postdeploy_hook() -> None:
+    """azure.yaml deploys one Python function service and runs the postdeploy hook on POSIX and Windows."""
+    text = (ROOT / "azure.yaml").read_text(encoding="utf-8")
+    assert re.search(r"^\s+host:\s*function\s*$", text, re.MULTILINE)
+    assert re.search(r"^\s+language:\s*python\s*$", text, re.MULTILINE)
+    assert re.search(r"run:\s*\./infra/hooks/postdeploy\.sh", text)
+    assert re.search(r"run:\s*\./infra/hooks/postdeploy\.ps1", text)
+    for hook in ("postdeploy.sh", "postdeploy.ps1"):
+        assert (INFRA / "hooks" / hook).is_file()
+    main = _bicep(MAIN_BICEP)
+    for output in ("AZURE_RESOURCE_GROUP", "AZURE_FUNCTION_APP_NAME", "AZURE_SIGNALR_NAME", "SIGNALR_HUB"):
+        assert re.search(rf"^output {output} string", main, re.MULTILINE), f"the hook needs output {output}"
+
+
+@pytest.mark.parametrize("name", APP_SETTING_NAMES)
+def test_every_setting_is_in_the_local_settings_sample(name: str) -> None:
+    """Each setting the app reads appears in local.settings.sample.json (connections as NAME or NAME__...)."""
+    assert _is_set(name, _local_values(), connection=name in CONNECTION_SETTINGS), f"{name} missing in the sample"
+
+
+def test_local_settings_sample_holds_only_local_development_secrets() -> None:
+    """Connection-ish values in the sample are only Azurite's or a SignalR emulator's on localhost."""
+    connection_like = {
+        name: value
+        for name, value in _local_values().items()
+        if _holds_secret(value) or "usedevelopmentstorage" in value.lower()
+    }
+    assert connection_like, "expected the sample's Azurite and SignalR emulator values"
+    offenders = {name: value for name, value in connection_like.items() if not _is_local_development_value(value)}
+    assert not offenders, f"non-local connection values in {LOCAL_SETTINGS_SAMPLE.name}: {offenders}"
+
+
+@pytest.mark.parametrize(
+    ("value", "secret"),
+    [
+        ("'DefaultEndpointsProtocol=https;AccountName=x;AccountKey=abc=='", True),
+        ("storage.listKeys().keys[0].value", True),
+        ("'Endpoint=https://x.service.signalr.net;AccessKey=abc;Version=1.0;'", True),
+        ("'https://x.blob.core.windows.net/c?sv=2022&sig=abc'", True),
+        ("signalR.listKeys().primaryConnectionString", True),
+        ("storage.properties.primaryEndpoints.table", False),
+        ("'managedidentity'", False),
+        ("string(mappingTtlSeconds)", False),
+    ],
+)
+def test_secret_detector(value: str, secret: bool) -> None:
+    """The secret detector used above flags keys, SAS tokens and connection strings and nothing else."""
+    assert _holds_secret(value) is secret
+
+
+@pytest.mark.parametrize(
+    ("value", "local"),
+    [
+        ("UseDevelopmentStorage=true", True),
+        ("Endpoint=http://localhost;Port=8888;AccessKey=ABC;Version=1.0;", True),
+        ("Endpoint=https://x.service.signalr.net;AccessKey=ABC;Version=1.0;", False),
+        ("DefaultEndpointsProtocol=https;AccountName=x;AccountKey=abc==", False),
+    ],
+)
+def test_local_development_value_detector(value: str, local: bool) -> None:
+    """Only Azurite's shorthand and a localhost SignalR endpoint count as local development values."""
+    assert _is_local_development_value(value) is local
