@@ -2,6 +2,23 @@
 
 Every storage detail lives here: the client, keys in filters, batches, and the translation of Azure
 errors into `mapping.errors`. Callers see ConnectionEntity values and typed errors only.
+
+Besides the connection rows, the table holds an expiry index so that the sweep reads only what may be
+stale. An index entry lives in partition `%~x<bucket start, epoch seconds>` (`%~` never starts a user
+key: escaped keys use `%` only as `%XX`), names one connection row by its keys, and says "this row's
+LastSeen fell in this bucket when it was written". Invariants:
+
+1. An index entry is written *before* the row write that sets LastSeen into its bucket (connect,
+   refresh). So every row has an entry for the bucket of its current LastSeen; a crash between the two
+   writes leaves only an entry without a row, never a row without an entry.
+2. Entries are never trusted alone: before acting, the sweep reads the row. No row: the entry is
+   dropped. Row's LastSeen in a later bucket (refreshed since): the entry is dropped, the later entry
+   covers the row. Only a row whose LastSeen still lies in or before the entry's bucket is swept.
+3. Row deletes and refreshes by the sweep are conditional on the ETag it read, so a row refreshed or
+   replaced meanwhile is left alone (its newer entry, per 1, covers it).
+4. An entry is dropped only after its row was dealt with; a crash in between leaves the entry, which
+   the next sweep reads again (and, per 2, drops). So no live row is deleted, and no stale row is left
+   without an entry that will bring it back to the sweep.
 """
 
 from __future__ import annotations
@@ -10,11 +27,14 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
+import hashlib
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, ParamSpec, TypeVar
 
 from azure.core import MatchConditions
 from azure.core.credentials_async import AsyncTokenCredential
@@ -30,7 +50,8 @@ from azure.data.tables import TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient
 
 from mapping.entity import ConnectionEntity, as_utc, utc_now
-from mapping.errors import InvalidRequestError, StorageError, StorageUnavailableError
+from mapping.errors import ConfigurationError, InvalidRequestError, StorageError, StorageUnavailableError
+from mapping.identity import identity_credential
 from mapping.keys import connection_key, normalize_user_name, user_key
 from mapping.settings import Settings, get_settings
 
@@ -41,6 +62,13 @@ MAX_PAGE_LIMIT = 1000
 _PAGE_SIZE = 1000
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _CURSOR_PREFIX = "u1."
+INDEX_PREFIX = "%~x"
+_READ_CONCURRENCY = 16
+_WRITE_CONCURRENCY = 8
+_REFRESH_MEMORY = 100_000  # connections whose last refresh time an instance remembers
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +81,10 @@ class ConnectOutcome:
 
 @dataclass(frozen=True, slots=True)
 class DisconnectOutcome:
-    """What disconnecting did: the user's name (normalised) and whether no live connection is left."""
+    """What disconnecting did: the user's name (normalised), and whether this removed their last live connection."""
 
     user_name: str
+    removed: bool
     went_offline: bool
 
 
@@ -76,11 +105,52 @@ class UsersPage:
 
 
 @dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """An expiry-index entry: the connection row (by its keys) whose LastSeen fell in `bucket`."""
+
+    bucket: str
+    key: str
+    user_key: str
+    connection_key: str
+
+    @property
+    def bucket_start(self) -> datetime:
+        """Return the start of the entry's time bucket."""
+        return datetime.fromtimestamp(int(self.bucket[len(INDEX_PREFIX) :]), UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredConnection:
+    """A connection row as read for the sweep: its keys, its ETag and its entity."""
+
+    partition_key: str
+    row_key: str
+    etag: str
+    entity: ConnectionEntity
+
+
+@dataclass(frozen=True, slots=True)
 class DeleteOutcome:
     """What a conditional bulk delete did: rows deleted, and rows skipped (gone or changed meanwhile)."""
 
     deleted: int
     skipped: int
+
+
+def _recreating_table(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Forget the table client when the table turned out to be missing, so the next call creates it again."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(*args, **kwargs)
+        except _TableMissing:
+            store = args[0]
+            assert isinstance(store, ConnectionStore)
+            await store.close()
+            raise
+
+    return wrapper
 
 
 class ConnectionStore:
@@ -106,9 +176,11 @@ class ConnectionStore:
         self._client: TableClient | None = None
         self._credential: AsyncTokenCredential | None = None
         self._lock = asyncio.Lock()
+        self._refreshed: OrderedDict[tuple[str, str], datetime] = OrderedDict()
 
-    # -- the public API -------------------------------------------------------------------------
+    # -- connection events ----------------------------------------------------------------------
 
+    @_recreating_table
     async def connect(
         self,
         user_name: str,
@@ -119,14 +191,15 @@ class ConnectionStore:
         now: datetime | None = None,
         check_presence: bool = True,
     ) -> ConnectOutcome:
-        """Write (or refresh) the row of a connection that opened; say whether the user came online."""
+        """Write the row of a connection that opened; say whether the user came online with it."""
         entity = ConnectionEntity.new(
             user_name, connection_id, hub=hub or self.settings.hub, user_agent=user_agent, now=now
         )
         table = await self._table()
-        with _translated("connect"):
-            await table.upsert_entity(entity.to_table(), mode=UpdateMode.MERGE)
-        if not check_presence:
+        await self._write_index(table, entity.partition_key, entity.row_key, entity.last_seen)
+        created = await self._create_or_refresh(table, entity)
+        self._remember_refresh(entity.partition_key, entity.row_key, entity.last_seen)
+        if not (check_presence and created):
             return ConnectOutcome(entity, came_online=False)
         live = await self._live_rows(entity.partition_key, now=entity.last_seen, select=["RowKey", "ConnectedAt"])
         # Announce online from the oldest live connection only: two tabs opening at once then
@@ -134,42 +207,63 @@ class ConnectionStore:
         oldest = min(((row["ConnectedAt"], row["RowKey"]) for row in live), default=None)
         return ConnectOutcome(entity, came_online=oldest is None or oldest[1] == entity.row_key)
 
+    @_recreating_table
     async def disconnect(
         self, user_name: str, connection_id: str, *, now: datetime | None = None, check_presence: bool = True
     ) -> DisconnectOutcome:
-        """Delete a connection's row (a missing row is fine); say whether the user has no live connection left."""
+        """Delete a connection's row (a missing row is fine); say whether that left the user offline."""
         name = normalize_user_name(user_name)
         partition, row = user_key(name), connection_key(connection_id)
         table = await self._table()
-        with _translated("disconnect"):
-            await table.delete_entity(partition, row)
+        self._refreshed.pop((partition, row), None)
+        try:
+            with _translated("disconnect"):
+                # A one-operation transaction, unlike delete_entity, tells whether the row existed.
+                await table.submit_transaction([("delete", {"PartitionKey": partition, "RowKey": row})])
+        except _RowMissing:
+            return DisconnectOutcome(name, removed=False, went_offline=False)
         if not check_presence:
-            return DisconnectOutcome(name, went_offline=False)
+            return DisconnectOutcome(name, removed=True, went_offline=False)
         live = await self._live_rows(partition, now=now, select=["RowKey"], limit=1)
-        return DisconnectOutcome(name, went_offline=not live)
+        return DisconnectOutcome(name, removed=True, went_offline=not live)
 
+    @_recreating_table
     async def touch(self, user_name: str, connection_id: str, *, now: datetime | None = None) -> bool:
-        """Refresh a connection's `LastSeen`; return False when its row no longer exists."""
-        patch = {
-            "PartitionKey": user_key(user_name),
-            "RowKey": connection_key(connection_id),
-            "LastSeen": as_utc(now) if now else utc_now(),
-        }
+        """Refresh a connection's `LastSeen` (at most once per quarter lease); False when its row is gone."""
+        partition, row = user_key(user_name), connection_key(connection_id)
+        moment = as_utc(now) if now else utc_now()
+        last = self._refreshed.get((partition, row))
+        if last is not None and moment - last < self.settings.ttl / 4:
+            return True
         table = await self._table()
+        await self._write_index(table, partition, row, moment)
         try:
             with _translated("touch"):
                 # The SDK's default condition sends `If-Match: *`: a missing row fails, never reappears.
-                await table.update_entity(patch, mode=UpdateMode.MERGE)
+                await table.update_entity(
+                    {"PartitionKey": partition, "RowKey": row, "LastSeen": moment}, mode=UpdateMode.MERGE
+                )
         except _RowMissing:
+            self._refreshed.pop((partition, row), None)
             return False
+        self._remember_refresh(partition, row, moment)
         return True
 
+    # -- readers --------------------------------------------------------------------------------
+
+    @_recreating_table
     async def connections_of(self, user_name: str, *, now: datetime | None = None) -> list[ConnectionEntity]:
         """Return the live connections of a user (case-insensitive), oldest first."""
         rows = await self._live_rows(user_key(user_name), now=now)
         entities = [ConnectionEntity.from_table(row, etag=row.metadata.get("etag")) for row in rows]
         return sorted(entities, key=lambda entity: (entity.connected_at, entity.connection_id))
 
+    @_recreating_table
+    async def has_live_connection(self, partition_key: str, *, now: datetime | None = None) -> bool:
+        """Return whether the user with this PartitionKey has a live connection."""
+        return bool(await self._live_rows(partition_key, now=now, select=["RowKey"], limit=1))
+
+    @_recreating_table
     async def online_users(
         self, *, limit: int = 100, cursor: str | None = None, now: datetime | None = None
     ) -> UsersPage:
@@ -198,24 +292,75 @@ class ConnectionStore:
                 users.append(OnlineUser(str(row.get("UserName") or ""), 1))
         return UsersPage(users, next=None)
 
-    async def expired_pages(self, *, now: datetime | None = None) -> AsyncIterator[list[ConnectionEntity]]:
-        """Yield pages of rows whose lease has run out, across the whole table."""
-        table = await self._table()
-        with _translated("find expired rows"):
-            pages = table.query_entities(
-                "LastSeen le @cutoff", parameters={"cutoff": self._cutoff(now)}, results_per_page=_PAGE_SIZE
-            ).by_page()
-            async for page in pages:
-                yield [ConnectionEntity.from_table(row, etag=row.metadata.get("etag")) async for row in page]
+    # -- the sweep's primitives -----------------------------------------------------------------
 
-    async def delete_unchanged(self, entities: Sequence[ConnectionEntity]) -> DeleteOutcome:
-        """Delete rows unless they changed since read (ETag), in batches of at most 100 per partition."""
-        deleted = skipped = 0
-        for batch in _batches(entities):
-            done, gone = await self._delete_batch(batch)
-            deleted += done
-            skipped += gone
-        return DeleteOutcome(deleted=deleted, skipped=skipped)
+    def bucket_width(self) -> timedelta:
+        """Return the width of the expiry index's time buckets: a tenth of the lease, 1 s to 5 min."""
+        return min(max(self.settings.ttl / 10, timedelta(seconds=1)), timedelta(minutes=5))
+
+    async def expiry_pages(self, *, before: datetime) -> AsyncIterator[list[IndexEntry]]:
+        """Yield pages of index entries of the buckets that ended before `before`, oldest first."""
+        table = await self._table()
+        upper = self._bucket(as_utc(before))
+        try:
+            with _translated("read the expiry index"):
+                pages = table.query_entities(
+                    "PartitionKey ge @lower and PartitionKey lt @upper",
+                    parameters={"lower": INDEX_PREFIX, "upper": upper},
+                    results_per_page=_PAGE_SIZE,
+                ).by_page()
+                async for page in pages:
+                    yield [_index_entry(row) async for row in page]
+        except _TableMissing:
+            await self.close()
+            raise
+
+    @_recreating_table
+    async def read_connections(self, entries: Sequence[IndexEntry]) -> list[StoredConnection | None]:
+        """Read the rows the entries point to (None where a row is gone), a bounded number at a time."""
+        table = await self._table()
+        slots = asyncio.Semaphore(_READ_CONCURRENCY)
+
+        async def read(entry: IndexEntry) -> StoredConnection | None:
+            async with slots:
+                try:
+                    with _translated("read a connection"):
+                        row = await table.get_entity(entry.user_key, entry.connection_key)
+                except _RowMissing:
+                    return None
+            etag = str(row.metadata.get("etag"))
+            entity = ConnectionEntity.from_table(row, etag=etag)
+            return StoredConnection(entry.user_key, entry.connection_key, etag, entity)
+
+        return list(await asyncio.gather(*(read(entry) for entry in entries)))
+
+    @_recreating_table
+    async def refresh_unchanged(self, stored: StoredConnection, *, now: datetime | None = None) -> bool:
+        """Move a row's LastSeen to now unless it changed since read (ETag); False when it did."""
+        moment = as_utc(now) if now else utc_now()
+        table = await self._table()
+        await self._write_index(table, stored.partition_key, stored.row_key, moment)
+        patch = {"PartitionKey": stored.partition_key, "RowKey": stored.row_key, "LastSeen": moment}
+        try:
+            with _translated("refresh a connection"):
+                await table.update_entity(
+                    patch, mode=UpdateMode.MERGE, etag=stored.etag, match_condition=MatchConditions.IfNotModified
+                )
+        except _RowMissing:
+            return False
+        return True
+
+    @_recreating_table
+    async def delete_unchanged(self, rows: Sequence[StoredConnection]) -> DeleteOutcome:
+        """Delete rows unless they changed since read (ETag), at most 100 per batch and partition."""
+        operations = [(row.partition_key, row.row_key, row.etag) for row in rows]
+        return await self._delete_in_batches(operations, action="delete stale rows")
+
+    @_recreating_table
+    async def drop_index_entries(self, entries: Sequence[IndexEntry]) -> DeleteOutcome:
+        """Delete expiry-index entries (missing ones are fine), at most 100 per batch and bucket."""
+        operations = [(entry.bucket, entry.key, None) for entry in entries]
+        return await self._delete_in_batches(operations, action="drop index entries")
 
     async def close(self) -> None:
         """Close the table client and any credential; the next call opens them again."""
@@ -231,6 +376,50 @@ class ConnectionStore:
 
     def _cutoff(self, now: datetime | None) -> datetime:
         return (as_utc(now) if now else utc_now()) - self.settings.ttl
+
+    def _bucket(self, moment: datetime) -> str:
+        width = int(self.bucket_width().total_seconds())
+        start = int(moment.timestamp()) // width * width
+        return f"{INDEX_PREFIX}{start:012d}"
+
+    async def _write_index(self, table: TableClient, partition: str, row: str, last_seen: datetime) -> None:
+        entry = {
+            "PartitionKey": self._bucket(last_seen),
+            "RowKey": hashlib.sha256(f"{partition}\x00{row}".encode()).hexdigest(),
+            "UserKey": partition,
+            "ConnectionKey": row,
+        }
+        with _translated("write the expiry index"):
+            await table.upsert_entity(entry, mode=UpdateMode.REPLACE)
+
+    async def _create_or_refresh(self, table: TableClient, entity: ConnectionEntity) -> bool:
+        # A repeated connected event keeps the first ConnectedAt and announces nothing.
+        for _attempt in range(3):
+            try:
+                with _translated("connect"):
+                    await table.create_entity(entity.to_table())
+                return True
+            except _RowExists:
+                pass
+            patch = {
+                "PartitionKey": entity.partition_key,
+                "RowKey": entity.row_key,
+                "LastSeen": entity.last_seen,
+                "UserAgent": entity.user_agent,
+            }
+            try:
+                with _translated("connect"):
+                    await table.update_entity(patch, mode=UpdateMode.MERGE)
+                return False
+            except _RowMissing:
+                continue  # deleted between the two calls: create it again
+        raise StorageError("connect: the row kept changing; try again")
+
+    def _remember_refresh(self, partition: str, row: str, moment: datetime) -> None:
+        self._refreshed[(partition, row)] = moment
+        self._refreshed.move_to_end((partition, row))
+        while len(self._refreshed) > _REFRESH_MEMORY:
+            self._refreshed.popitem(last=False)
 
     async def _live_rows(
         self, partition: str, *, now: datetime | None, select: list[str] | None = None, limit: int | None = None
@@ -250,25 +439,31 @@ class ConnectionStore:
                     break
         return rows
 
-    async def _delete_batch(self, batch: list[ConnectionEntity]) -> tuple[int, int]:
+    async def _delete_in_batches(
+        self, operations: Sequence[tuple[str, str, str | None]], *, action: str
+    ) -> DeleteOutcome:
+        slots = asyncio.Semaphore(_WRITE_CONCURRENCY)
+
+        async def delete(batch: list[tuple[str, str, str | None]]) -> tuple[int, int]:
+            async with slots:
+                return await self._delete_batch(batch, action=action)
+
+        outcomes = await asyncio.gather(*(delete(batch) for batch in _batches(operations)))
+        return DeleteOutcome(deleted=sum(done for done, _ in outcomes), skipped=sum(gone for _, gone in outcomes))
+
+    async def _delete_batch(self, batch: list[tuple[str, str, str | None]], *, action: str) -> tuple[int, int]:
         # One failing operation fails the whole transaction: drop it (its row is gone or was
-        # refreshed since read, both fine to leave) and retry the rest.
+        # changed since read, both fine to leave) and retry the rest.
         pending = list(batch)
         skipped = 0
         table = await self._table()
         while pending:
-            operations = [
-                ("delete", entity.to_table(), {"etag": entity.etag, "match_condition": MatchConditions.IfNotModified})
-                if entity.etag
-                else ("delete", entity.to_table())
-                for entity in pending
-            ]
             try:
-                with _translated("delete expired rows"):
-                    await table.submit_transaction(operations)
+                with _translated(action):
+                    await table.submit_transaction([_delete_operation(*operation) for operation in pending])
             except _RowMissing as missing:
                 failed = missing.index if missing.index is not None and missing.index < len(pending) else 0
-                logger.debug("sweep: row %s changed or vanished meanwhile; retrying the rest", failed)
+                logger.debug("%s: operation %s found its row changed or gone; retrying the rest", action, failed)
                 pending.pop(failed)
                 skipped += 1
                 continue
@@ -307,10 +502,32 @@ class ConnectionStore:
             try:
                 return TableClient.from_connection_string(storage.connection_string, table_name, **self._client_options)
             except ValueError:
-                raise StorageError(f"the connection string in {storage.source} is malformed") from None
+                raise ConfigurationError(f"the connection string in {storage.source} is malformed") from None
         assert storage.table_service_uri is not None
-        self._credential = _identity_credential(storage.client_id)
-        return TableClient(storage.table_service_uri, table_name, credential=self._credential, **self._client_options)
+        credential = identity_credential(storage.client_id)
+        try:
+            client = TableClient(storage.table_service_uri, table_name, credential=credential, **self._client_options)
+        except ValueError as error:
+            asyncio.get_running_loop().create_task(credential.close())
+            raise ConfigurationError(f"{storage.source}__tableServiceUri is not usable: {error}") from None
+        self._credential = credential
+        return client
+
+
+def _delete_operation(partition: str, row: str, etag: str | None) -> tuple[str, dict[str, str], dict[str, Any]]:
+    keys = {"PartitionKey": partition, "RowKey": row}
+    if etag:
+        return ("delete", keys, {"etag": etag, "match_condition": MatchConditions.IfNotModified})
+    return ("delete", keys, {})
+
+
+def _index_entry(row: Any) -> IndexEntry:
+    return IndexEntry(
+        bucket=row["PartitionKey"],
+        key=row["RowKey"],
+        user_key=str(row.get("UserKey") or ""),
+        connection_key=str(row.get("ConnectionKey") or ""),
+    )
 
 
 class _RowMissing(StorageError):
@@ -321,12 +538,12 @@ class _RowMissing(StorageError):
         self.index = index
 
 
-def _identity_credential(client_id: str | None) -> AsyncTokenCredential:
-    from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
+class _RowExists(StorageError):
+    """Internal: a create found the row already there."""
 
-    if client_id:
-        return ManagedIdentityCredential(client_id=client_id)
-    return DefaultAzureCredential()
+
+class _TableMissing(StorageUnavailableError):
+    """The table was deleted while the process ran; the next call creates it again."""
 
 
 @contextlib.contextmanager
@@ -336,14 +553,24 @@ def _translated(action: str) -> Iterator[None]:
         yield
     except StorageError:
         raise
-    except TableTransactionError as error:
-        if error.status_code in (404, 412):
+    except HttpResponseError as error:
+        if _error_code(error) == "TableNotFound":
+            logger.warning("table storage: the table is gone (%s); it is created again on the next call", action)
+            raise _TableMissing(f"the table disappeared ({action})") from None
+        if isinstance(error, TableTransactionError) and error.status_code in (404, 412):
             raise _RowMissing(f"{action}: a row changed meanwhile", index=error.index) from None
+        if isinstance(error, ResourceNotFoundError | ResourceModifiedError):
+            raise _RowMissing(f"{action}: row missing or changed ({error.status_code})") from None
+        if isinstance(error, ResourceExistsError):
+            raise _RowExists(f"{action}: the row exists") from None
         raise _storage_error(action, error) from None
-    except (ResourceNotFoundError, ResourceModifiedError) as error:
-        raise _RowMissing(f"{action}: row missing or changed ({error.status_code})") from None
     except (TimeoutError, AzureError, OSError) as error:
         raise _storage_error(action, error) from None
+
+
+def _error_code(error: HttpResponseError) -> str | None:
+    code = getattr(error, "error_code", None)
+    return str(code.value if hasattr(code, "value") else code) if code else None
 
 
 def _storage_error(action: str, error: BaseException) -> StorageError:
@@ -368,10 +595,10 @@ def _retry_after(error: BaseException) -> int:
         return 5
 
 
-def _batches(entities: Sequence[ConnectionEntity]) -> Iterator[list[ConnectionEntity]]:
-    by_partition: dict[str, list[ConnectionEntity]] = {}
-    for entity in entities:
-        by_partition.setdefault(entity.partition_key, []).append(entity)
+def _batches(operations: Sequence[tuple[str, str, str | None]]) -> Iterator[list[tuple[str, str, str | None]]]:
+    by_partition: dict[str, list[tuple[str, str, str | None]]] = {}
+    for operation in operations:
+        by_partition.setdefault(operation[0], []).append(operation)
     for rows in by_partition.values():
         for start in range(0, len(rows), MAX_BATCH):
             yield rows[start : start + MAX_BATCH]

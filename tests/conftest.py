@@ -19,7 +19,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables.aio import TableClient, TableServiceClient
 
 from mapping.settings import Settings, StorageConnection
-from mapping.store import ConnectionStore, reset_default_store
+from mapping.store import INDEX_PREFIX, ConnectionStore, reset_default_store
 
 ROOT = Path(__file__).resolve().parent.parent
 AZURITE = ROOT / "node_modules" / ".bin" / "azurite-table"
@@ -156,10 +156,20 @@ async def app_env(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> AsyncIte
     await drop_table(azurite, env["MAPPING_TABLE"])
 
 
-async def table_rows(azurite: Azurite, table: str) -> list[dict[str, object]]:
+async def all_rows(azurite: Azurite, table: str) -> list[dict[str, object]]:
     """Read every row of a table straight from Azurite, bypassing the store."""
     async with TableClient.from_connection_string(azurite.connection_string, table) as client:
         try:
             return [dict(row) async for row in client.list_entities()]
         except ResourceNotFoundError:
             return []
+
+
+async def table_rows(azurite: Azurite, table: str) -> list[dict[str, object]]:
+    """Read the connection rows of a table (not the expiry index) straight from Azurite."""
+    return [row for row in await all_rows(azurite, table) if not str(row["PartitionKey"]).startswith(INDEX_PREFIX)]
+
+
+async def index_rows(azurite: Azurite, table: str) -> list[dict[str, object]]:
+    """Read the expiry-index entries of a table straight from Azurite."""
+    return [row for row in await all_rows(azurite, table) if str(row["PartitionKey"]).startswith(INDEX_PREFIX)]
