@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SHELL := bash
 
-.PHONY: install test lint run azurite validate-infra clean
+.PHONY: install install-bench test lint run azurite validate-infra bench-sweep clean
 
 # Python packages into .venv, Azurite into node_modules; redone only when the pins change.
 install: $(VENV)/.installed node_modules/.installed
@@ -18,6 +18,9 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
+
+install-bench: install
+	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
 
 # Every test, against an Azurite the tests start themselves.
 test: install
@@ -40,6 +43,10 @@ run: install
 # Azurite alone, in the foreground (for running `func start` yourself).
 azurite: install
 	node_modules/.bin/azurite --inMemoryPersistence --disableTelemetry
+
+# One sweep's cost at 1k, 10k and 50k live rows, beside the old full-table scan (a few minutes).
+bench-sweep: install-bench
+	$(BIN)/python -m bench.sweep_scale
 
 # Offline checks of the Bicep template (pycep-parser and checkov, each in its own venv).
 validate-infra:

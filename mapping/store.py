@@ -31,7 +31,7 @@ import functools
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
@@ -164,14 +164,17 @@ class ConnectionStore:
         retry_backoff_factor: float = 0.2,
         connection_timeout: float = 5.0,
         read_timeout: float = 10.0,
+        client_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.settings = settings
+        # client_options: further azure-core keywords for the TableClient (e.g. `raw_response_hook`).
         self._client_options: dict[str, Any] = {
             "retry_total": retry_total,
             "retry_backoff_factor": retry_backoff_factor,
             "retry_backoff_max": 4,
             "connection_timeout": connection_timeout,
             "read_timeout": read_timeout,
+            **(client_options or {}),
         }
         self._client: TableClient | None = None
         self._credential: AsyncTokenCredential | None = None
