@@ -140,6 +140,14 @@ def liveness_for(connection: SignalRConnection | None) -> SignalRLiveness | None
     return _checkers[connection]
 
 
+async def close_checkers() -> None:
+    """Close and forget the process's checkers (for shutdown and tests)."""
+    checkers = list(_checkers.values())
+    _checkers.clear()
+    for checker in checkers:
+        await checker.close()
+
+
 def _b64(data: str | bytes) -> str:
     raw = data.encode() if isinstance(data, str) else data
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")

@@ -18,6 +18,7 @@ import pytest
 from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables.aio import TableClient, TableServiceClient
 
+from mapping.liveness import close_checkers
 from mapping.settings import Settings, StorageConnection
 from mapping.store import INDEX_PREFIX, ConnectionStore, reset_default_store
 
@@ -153,6 +154,7 @@ async def app_env(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> AsyncIte
     await reset_default_store()
     yield env
     await reset_default_store()
+    await close_checkers()
     await drop_table(azurite, env["MAPPING_TABLE"])
 
 
