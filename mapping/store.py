@@ -26,6 +26,7 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
 )
+from azure.core.pipeline import PipelineResponse
 from azure.data.tables import TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient
 
@@ -41,6 +42,8 @@ MAX_PAGE_LIMIT = 1000
 _PAGE_SIZE = 1000
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _CURSOR_PREFIX = "u1."
+_MAX_RETRY_AFTER_SLEEP = 2.0
+_SERVER_RETRY_AFTER = "x-mapping-server-retry-after"  # the server's Retry-After, before _on_response capped it
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,20 +95,28 @@ class ConnectionStore:
         *,
         retry_total: int = 3,
         retry_backoff_factor: float = 0.2,
-        connection_timeout: float = 5.0,
-        read_timeout: float = 10.0,
+        connection_timeout: float = 3.0,
+        read_timeout: float = 5.0,
+        retry_timeout: float = 12.0,
     ) -> None:
+        # Bounded worst case of one storage call: attempts start only within `retry_timeout`, and the
+        # last one may still take `connection_timeout + read_timeout`: 12 + 3 + 5 = 20 s by default,
+        # far inside the Functions timeout (host.json: 5 minutes). A server's Retry-After is obeyed
+        # for at most _MAX_RETRY_AFTER_SLEEP seconds per attempt (see _on_response).
         self.settings = settings
         self._client_options: dict[str, Any] = {
             "retry_total": retry_total,
             "retry_backoff_factor": retry_backoff_factor,
-            "retry_backoff_max": 4,
+            "retry_backoff_max": 2,
             "connection_timeout": connection_timeout,
             "read_timeout": read_timeout,
+            "timeout": retry_timeout,
+            "raw_response_hook": self._on_response,
         }
         self._client: TableClient | None = None
         self._credential: AsyncTokenCredential | None = None
         self._lock = asyncio.Lock()
+        self._table_missing = False
 
     # -- the public API -------------------------------------------------------------------------
 
@@ -276,22 +287,36 @@ class ConnectionStore:
         return 0, skipped
 
     async def _table(self) -> TableClient:
-        if self._client is not None:
+        if self._client is not None and not self._table_missing:
             return self._client
         async with self._lock:
             if self._client is None:
                 self._client = await self._open_table()
+            elif self._table_missing:
+                # The table vanished under the cached client (deleted, or an emulator restarted):
+                # create it again, as on first use, instead of failing until the process restarts.
+                await self._create_table(self._client)
+                self._table_missing = False
         return self._client
+
+    def _on_response(self, response: PipelineResponse[Any, Any]) -> None:
+        """SDK hook on every HTTP response, before the retry policy sees it."""
+        headers = response.http_response.headers
+        if response.http_response.status_code == 404 and headers.get("x-ms-error-code") == "TableNotFound":
+            self._table_missing = True
+        # The SDK sleeps for whatever Retry-After says before retrying; keep the server's value for
+        # the caller's hint, but let the SDK wait at most _MAX_RETRY_AFTER_SLEEP seconds.
+        for name, unit in (("Retry-After", 1.0), ("retry-after-ms", 0.001), ("x-ms-retry-after-ms", 0.001)):
+            if (value := headers.get(name)) is None:
+                continue
+            if name == "Retry-After":
+                headers[_SERVER_RETRY_AFTER] = value
+            headers[name] = f"{_capped_sleep(value, unit=unit) / unit:g}"
 
     async def _open_table(self) -> TableClient:
         client = self._new_client()
         try:
-            with _translated("create table"):
-                try:
-                    await client.create_table()
-                    logger.info("created table %s", self.settings.table_name)
-                except ResourceExistsError:
-                    pass
+            await self._create_table(client)
         except BaseException:
             await client.close()
             if self._credential is not None:
@@ -299,6 +324,14 @@ class ConnectionStore:
                 self._credential = None
             raise
         return client
+
+    async def _create_table(self, client: TableClient) -> None:
+        with _translated("create table"):
+            try:
+                await client.create_table()
+                logger.info("created table %s", self.settings.table_name)
+            except ResourceExistsError:
+                pass
 
     def _new_client(self) -> TableClient:
         storage = self.settings.storage
@@ -341,6 +374,9 @@ def _translated(action: str) -> Iterator[None]:
             raise _RowMissing(f"{action}: a row changed meanwhile", index=error.index) from None
         raise _storage_error(action, error) from None
     except (ResourceNotFoundError, ResourceModifiedError) as error:
+        if getattr(error, "error_code", None) == "TableNotFound":  # the store creates it again on its next call
+            logger.warning("table storage: the table is missing during %s", action)
+            raise StorageUnavailableError(f"the table is missing ({action})", retry_after_seconds=1) from None
         raise _RowMissing(f"{action}: row missing or changed ({error.status_code})") from None
     except (TimeoutError, AzureError, OSError) as error:
         raise _storage_error(action, error) from None
@@ -359,9 +395,18 @@ def _storage_error(action: str, error: BaseException) -> StorageError:
     return StorageUnavailableError(f"table storage is unavailable ({action})", retry_after_seconds=retry_after)
 
 
+def _capped_sleep(value: str, *, unit: float) -> float:
+    try:
+        seconds = float(value) * unit
+    except ValueError:  # an HTTP date: not worth parsing for a sleep this short
+        return _MAX_RETRY_AFTER_SLEEP
+    return max(0.0, min(seconds, _MAX_RETRY_AFTER_SLEEP))
+
+
 def _retry_after(error: BaseException) -> int:
     response = getattr(error, "response", None)
-    header = response.headers.get("Retry-After") if response is not None else None
+    headers = response.headers if response is not None else {}
+    header = headers.get(_SERVER_RETRY_AFTER) or headers.get("Retry-After")
     try:
         return max(1, min(int(header), 300)) if header else 5
     except ValueError:

@@ -18,6 +18,7 @@ import pytest
 from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables.aio import TableClient, TableServiceClient
 
+from figures import FIGURES, Figures
 from mapping.settings import Settings, StorageConnection
 from mapping.store import ConnectionStore, reset_default_store
 
@@ -163,3 +164,10 @@ async def table_rows(azurite: Azurite, table: str) -> list[dict[str, object]]:
             return [dict(row) async for row in client.list_entities()]
         except ResourceNotFoundError:
             return []
+
+
+@pytest.fixture(scope="session")
+def figures() -> Iterator[Figures]:
+    """The reliability figures of this run, written to JSON when the session ends."""
+    yield FIGURES
+    FIGURES.write()
