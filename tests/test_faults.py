@@ -156,7 +156,7 @@ async def lane(number: int, stop: asyncio.Event, outcomes: list[Outcome], figure
 async def test_azurite_killed_mid_stream_fails_visibly_then_recovers(
     restartable: RestartableAzurite, app_on: str, figures: Figures
 ) -> None:
-    """Kill Azurite mid-stream: every event succeeds or fails visibly, none succeeds during the outage, the app recovers."""
+    """Kill Azurite mid-stream: each event succeeds or fails visibly, none succeeds in the outage, the app recovers."""
     outcomes: list[Outcome] = []
     stop = asyncio.Event()
     lanes = [asyncio.create_task(lane(n, stop, outcomes, figures)) for n in range(6)]
@@ -176,7 +176,8 @@ async def test_azurite_killed_mid_stream_fails_visibly_then_recovers(
     before = [o for o in outcomes if o.end < killed_at]
     during = [o for o in outcomes if o.start > dead_from and o.end < restart_from]
     after = [o for o in outcomes if o.start > up_at]
-    assert before and all(o.ok for o in before), "everything works before the fault"
+    assert before
+    assert all(o.ok for o in before), "everything works before the fault"
     assert during, "events ran during the outage"
     assert not [o for o in during if o.ok], "nothing succeeds while storage is down"
     figures.add("storage_faults", "events_during_outage", len(during))
