@@ -19,8 +19,6 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import random
-import time
-from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
