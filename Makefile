@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SHELL := bash
 
-.PHONY: install install-bench test lint run azurite validate-infra bench-sweep clean
+.PHONY: install install-bench test lint reliability run azurite validate-infra bench-sweep clean
 
 # Python packages into .venv, Azurite into node_modules; redone only when the pins change.
 install: $(VENV)/.installed node_modules/.installed
@@ -25,6 +25,12 @@ install-bench: install
 # Every test, against an Azurite the tests start themselves.
 test: install
 	$(BIN)/python -m pytest
+
+# Fault, storm, fuzz and security tests; their figures become docs/reliability.md.
+reliability: install
+	rm -f .reliability/figures.json
+	$(BIN)/python -m pytest -m reliability
+	$(BIN)/python tests/reliability_page.py .reliability/figures.json docs/reliability.md
 
 lint: install
 	$(BIN)/ruff check .
@@ -53,4 +59,4 @@ validate-infra:
 	bash infra/validate.sh
 
 clean:
-	rm -rf $(VENV) .venv-infra node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .venv-infra node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis .reliability

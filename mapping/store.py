@@ -27,14 +27,13 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import functools
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.credentials_async import AsyncTokenCredential
@@ -46,6 +45,7 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
 )
+from azure.core.pipeline import PipelineResponse
 from azure.data.tables import TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient
 
@@ -66,9 +66,8 @@ INDEX_PREFIX = "%~x"
 _READ_CONCURRENCY = 16
 _WRITE_CONCURRENCY = 8
 _REFRESH_MEMORY = 100_000  # connections whose last refresh time an instance remembers
-
-P = ParamSpec("P")
-R = TypeVar("R")
+_MAX_RETRY_AFTER_SLEEP = 2.0
+_SERVER_RETRY_AFTER = "x-mapping-server-retry-after"  # the server's Retry-After, before _on_response capped it
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,22 +136,6 @@ class DeleteOutcome:
     skipped: int
 
 
-def _recreating_table(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Forget the table client when the table turned out to be missing, so the next call creates it again."""
-
-    @functools.wraps(method)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await method(*args, **kwargs)
-        except _TableMissing:
-            store = args[0]
-            assert isinstance(store, ConnectionStore)
-            await store.close()
-            raise
-
-    return wrapper
-
-
 class ConnectionStore:
     """The user -> connections map in one Azure table; one instance (and one client) per process."""
 
@@ -162,28 +145,38 @@ class ConnectionStore:
         *,
         retry_total: int = 3,
         retry_backoff_factor: float = 0.2,
-        connection_timeout: float = 5.0,
-        read_timeout: float = 10.0,
+        connection_timeout: float = 3.0,
+        read_timeout: float = 5.0,
+        retry_timeout: float = 12.0,
         client_options: Mapping[str, Any] | None = None,
     ) -> None:
+        # Bounded worst case of one storage call: attempts start only within `retry_timeout`, and the
+        # last one may still take `connection_timeout + read_timeout`: 12 + 3 + 5 = 20 s by default,
+        # far inside the Functions timeout (host.json: 5 minutes). A server's Retry-After is obeyed
+        # for at most _MAX_RETRY_AFTER_SLEEP seconds per attempt (see _on_response).
         self.settings = settings
-        # client_options: further azure-core keywords for the TableClient (e.g. `raw_response_hook`).
+        # client_options: further azure-core keywords for the TableClient; a `raw_response_hook` among
+        # them runs after the store's own.
+        extra_options = dict(client_options or {})
+        self._response_hook: Callable[[Any], None] | None = extra_options.pop("raw_response_hook", None)
         self._client_options: dict[str, Any] = {
             "retry_total": retry_total,
             "retry_backoff_factor": retry_backoff_factor,
-            "retry_backoff_max": 4,
+            "retry_backoff_max": 2,
             "connection_timeout": connection_timeout,
             "read_timeout": read_timeout,
-            **(client_options or {}),
+            "timeout": retry_timeout,
+            **extra_options,
+            "raw_response_hook": self._on_response,
         }
         self._client: TableClient | None = None
         self._credential: AsyncTokenCredential | None = None
         self._lock = asyncio.Lock()
         self._refreshed: OrderedDict[tuple[str, str], datetime] = OrderedDict()
+        self._table_missing = False
 
     # -- connection events ----------------------------------------------------------------------
 
-    @_recreating_table
     async def connect(
         self,
         user_name: str,
@@ -210,7 +203,6 @@ class ConnectionStore:
         oldest = min(((row["ConnectedAt"], row["RowKey"]) for row in live), default=None)
         return ConnectOutcome(entity, came_online=oldest is None or oldest[1] == entity.row_key)
 
-    @_recreating_table
     async def disconnect(
         self, user_name: str, connection_id: str, *, now: datetime | None = None, check_presence: bool = True
     ) -> DisconnectOutcome:
@@ -230,7 +222,6 @@ class ConnectionStore:
         live = await self._live_rows(partition, now=now, select=["RowKey"], limit=1)
         return DisconnectOutcome(name, removed=True, went_offline=not live)
 
-    @_recreating_table
     async def touch(self, user_name: str, connection_id: str, *, now: datetime | None = None) -> bool:
         """Refresh a connection's `LastSeen` (at most once per quarter lease); False when its row is gone."""
         partition, row = user_key(user_name), connection_key(connection_id)
@@ -254,19 +245,16 @@ class ConnectionStore:
 
     # -- readers --------------------------------------------------------------------------------
 
-    @_recreating_table
     async def connections_of(self, user_name: str, *, now: datetime | None = None) -> list[ConnectionEntity]:
         """Return the live connections of a user (case-insensitive), oldest first."""
         rows = await self._live_rows(user_key(user_name), now=now)
         entities = [ConnectionEntity.from_table(row, etag=row.metadata.get("etag")) for row in rows]
         return sorted(entities, key=lambda entity: (entity.connected_at, entity.connection_id))
 
-    @_recreating_table
     async def has_live_connection(self, partition_key: str, *, now: datetime | None = None) -> bool:
         """Return whether the user with this PartitionKey has a live connection."""
         return bool(await self._live_rows(partition_key, now=now, select=["RowKey"], limit=1))
 
-    @_recreating_table
     async def online_users(
         self, *, limit: int = 100, cursor: str | None = None, now: datetime | None = None
     ) -> UsersPage:
@@ -302,23 +290,18 @@ class ConnectionStore:
         return min(max(self.settings.ttl / 10, timedelta(seconds=1)), timedelta(minutes=5))
 
     async def expiry_pages(self, *, before: datetime) -> AsyncIterator[list[IndexEntry]]:
-        """Yield pages of index entries of the buckets that ended before `before`, oldest first."""
+        """Yield pages of index entries of the buckets that began before `before`, oldest first."""
         table = await self._table()
-        upper = self._bucket(as_utc(before))
-        try:
-            with _translated("read the expiry index"):
-                pages = table.query_entities(
-                    "PartitionKey ge @lower and PartitionKey lt @upper",
-                    parameters={"lower": INDEX_PREFIX, "upper": upper},
-                    results_per_page=_PAGE_SIZE,
-                ).by_page()
-                async for page in pages:
-                    yield [_index_entry(row) async for row in page]
-        except _TableMissing:
-            await self.close()
-            raise
+        upper = self._bucket(as_utc(before) + self.bucket_width())
+        with _translated("read the expiry index"):
+            pages = table.query_entities(
+                "PartitionKey ge @lower and PartitionKey lt @upper",
+                parameters={"lower": INDEX_PREFIX, "upper": upper},
+                results_per_page=_PAGE_SIZE,
+            ).by_page()
+            async for page in pages:
+                yield [_index_entry(row) async for row in page]
 
-    @_recreating_table
     async def read_connections(self, entries: Sequence[IndexEntry]) -> list[StoredConnection | None]:
         """Read the rows the entries point to (None where a row is gone), a bounded number at a time."""
         table = await self._table()
@@ -337,7 +320,6 @@ class ConnectionStore:
 
         return list(await asyncio.gather(*(read(entry) for entry in entries)))
 
-    @_recreating_table
     async def refresh_unchanged(self, stored: StoredConnection, *, now: datetime | None = None) -> bool:
         """Move a row's LastSeen to now unless it changed since read (ETag); False when it did."""
         moment = as_utc(now) if now else utc_now()
@@ -353,13 +335,11 @@ class ConnectionStore:
             return False
         return True
 
-    @_recreating_table
     async def delete_unchanged(self, rows: Sequence[StoredConnection]) -> DeleteOutcome:
         """Delete rows unless they changed since read (ETag), at most 100 per batch and partition."""
         operations = [(row.partition_key, row.row_key, row.etag) for row in rows]
         return await self._delete_in_batches(operations, action="delete stale rows")
 
-    @_recreating_table
     async def drop_index_entries(self, entries: Sequence[IndexEntry]) -> DeleteOutcome:
         """Delete expiry-index entries (missing ones are fine), at most 100 per batch and bucket."""
         operations = [(entry.bucket, entry.key, None) for entry in entries]
@@ -474,22 +454,38 @@ class ConnectionStore:
         return 0, skipped
 
     async def _table(self) -> TableClient:
-        if self._client is not None:
+        if self._client is not None and not self._table_missing:
             return self._client
         async with self._lock:
             if self._client is None:
                 self._client = await self._open_table()
+            elif self._table_missing:
+                # The table vanished under the cached client (deleted, or an emulator restarted):
+                # create it again, as on first use, instead of failing until the process restarts.
+                await self._create_table(self._client)
+                self._table_missing = False
         return self._client
+
+    def _on_response(self, response: PipelineResponse[Any, Any]) -> None:
+        """SDK hook on every HTTP response, before the retry policy sees it."""
+        headers = response.http_response.headers
+        if response.http_response.status_code == 404 and headers.get("x-ms-error-code") == "TableNotFound":
+            self._table_missing = True
+        # The SDK sleeps for whatever Retry-After says before retrying; keep the server's value for
+        # the caller's hint, but let the SDK wait at most _MAX_RETRY_AFTER_SLEEP seconds.
+        for name, unit in (("Retry-After", 1.0), ("retry-after-ms", 0.001), ("x-ms-retry-after-ms", 0.001)):
+            if (value := headers.get(name)) is None:
+                continue
+            if name == "Retry-After":
+                headers[_SERVER_RETRY_AFTER] = value
+            headers[name] = f"{_capped_sleep(value, unit=unit) / unit:g}"
+        if self._response_hook is not None:
+            self._response_hook(response)
 
     async def _open_table(self) -> TableClient:
         client = self._new_client()
         try:
-            with _translated("create table"):
-                try:
-                    await client.create_table()
-                    logger.info("created table %s", self.settings.table_name)
-                except ResourceExistsError:
-                    pass
+            await self._create_table(client)
         except BaseException:
             await client.close()
             if self._credential is not None:
@@ -497,6 +493,14 @@ class ConnectionStore:
                 self._credential = None
             raise
         return client
+
+    async def _create_table(self, client: TableClient) -> None:
+        with _translated("create table"):
+            try:
+                await client.create_table()
+                logger.info("created table %s", self.settings.table_name)
+            except ResourceExistsError:
+                pass
 
     def _new_client(self) -> TableClient:
         storage = self.settings.storage
@@ -546,7 +550,7 @@ class _RowExists(StorageError):
 
 
 class _TableMissing(StorageUnavailableError):
-    """The table was deleted while the process ran; the next call creates it again."""
+    """The table was deleted while the process ran; the next call creates it again (see _on_response)."""
 
 
 @contextlib.contextmanager
@@ -559,7 +563,7 @@ def _translated(action: str) -> Iterator[None]:
     except HttpResponseError as error:
         if _error_code(error) == "TableNotFound":
             logger.warning("table storage: the table is gone (%s); it is created again on the next call", action)
-            raise _TableMissing(f"the table disappeared ({action})") from None
+            raise _TableMissing(f"the table disappeared ({action})", retry_after_seconds=1) from None
         if isinstance(error, TableTransactionError) and error.status_code in (404, 412):
             raise _RowMissing(f"{action}: a row changed meanwhile", index=error.index) from None
         if isinstance(error, ResourceNotFoundError | ResourceModifiedError):
@@ -589,9 +593,18 @@ def _storage_error(action: str, error: BaseException) -> StorageError:
     return StorageUnavailableError(f"table storage is unavailable ({action})", retry_after_seconds=retry_after)
 
 
+def _capped_sleep(value: str, *, unit: float) -> float:
+    try:
+        seconds = float(value) * unit
+    except ValueError:  # an HTTP date: not worth parsing for a sleep this short
+        return _MAX_RETRY_AFTER_SLEEP
+    return max(0.0, min(seconds, _MAX_RETRY_AFTER_SLEEP))
+
+
 def _retry_after(error: BaseException) -> int:
     response = getattr(error, "response", None)
-    header = response.headers.get("Retry-After") if response is not None else None
+    headers = response.headers if response is not None else {}
+    header = headers.get(_SERVER_RETRY_AFTER) or headers.get("Retry-After")
     try:
         return max(1, min(int(header), 300)) if header else 5
     except ValueError:

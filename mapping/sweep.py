@@ -1,7 +1,8 @@
 """Stale-row removal: the timer function is the TTL that Table Storage does not have.
 
-The sweep reads only the expiry index's buckets that ended before its cutoff (a key-range query,
-never a filter on a property across the table), so its cost follows the stale rows, not the table.
+The sweep reads only the expiry index's buckets that began before its cutoff (a key-range query,
+never a filter on a property across the table), so its cost follows the stale rows, not the table:
+every row older than the cutoff, plus at most the rows of the one bucket that straddles it.
 For each entry it reads the row the entry names and acts on what it finds (see the invariants in
 `mapping.store`):
 
@@ -70,7 +71,7 @@ async def sweep(
     emptied: dict[str, str] = {}
     async for entries in store.expiry_pages(before=cutoff):
         result.entries_read += len(entries)
-        await _sweep_page(store, entries, liveness=liveness, now=moment, result=result, emptied=emptied)
+        await _sweep_page(store, entries, liveness=liveness, now=moment, cutoff=cutoff, result=result, emptied=emptied)
         if time.monotonic() > deadline:
             result.complete = False
             logger.warning("sweep: time budget spent; the next run resumes")
@@ -97,6 +98,7 @@ async def _sweep_page(
     *,
     liveness: SignalRLiveness | None,
     now: datetime,
+    cutoff: datetime,
     result: SweepResult,
     emptied: dict[str, str],
 ) -> None:
@@ -108,8 +110,9 @@ async def _sweep_page(
     for entry, row in zip(entries, rows, strict=True):
         if row is None or row.entity.last_seen >= entry.bucket_start + store.bucket_width():
             done.append(entry)  # no row, or the row was refreshed into a later bucket
-        else:
+        elif row.entity.last_seen < cutoff:
             candidates.append((entry, row))
+        # else: the entry's bucket straddles the cutoff and this row is not due yet; keep the entry
     verdicts = await _verdicts([row for _, row in candidates], store=store, liveness=liveness, now=now)
     result.checked += len(candidates) if liveness else 0
     for (entry, row), verdict in zip(candidates, verdicts, strict=True):

@@ -18,6 +18,7 @@ import pytest
 from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables.aio import TableClient, TableServiceClient
 
+from figures import FIGURES, Figures
 from mapping.liveness import close_checkers
 from mapping.settings import Settings, StorageConnection
 from mapping.store import INDEX_PREFIX, ConnectionStore, reset_default_store
@@ -175,3 +176,10 @@ async def table_rows(azurite: Azurite, table: str) -> list[dict[str, object]]:
 async def index_rows(azurite: Azurite, table: str) -> list[dict[str, object]]:
     """Read the expiry-index entries of a table straight from Azurite."""
     return [row for row in await all_rows(azurite, table) if str(row["PartitionKey"]).startswith(INDEX_PREFIX)]
+
+
+@pytest.fixture(scope="session")
+def figures() -> Iterator[Figures]:
+    """The reliability figures of this run, written to JSON when the session ends."""
+    yield FIGURES
+    FIGURES.write()
