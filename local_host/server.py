@@ -63,7 +63,8 @@ def create_app(
     app.router.add_post(SIGNALR_WEBHOOK, signalr_webhook)
     prefix = "/" + route_prefix.strip("/") if route_prefix.strip("/") else ""
     app.router.add_route("*", prefix + "/{tail:.*}", http_trigger)
-    for url_prefix, directory in (static or {}).items():
+    # Longest prefix first, so `/vendor/x` is not swallowed by `/`.
+    for url_prefix, directory in sorted((static or {}).items(), key=lambda item: -len(item[0].rstrip("/"))):
         app.router.add_get(url_prefix.rstrip("/") + "/{path:.*}", _static_handler(directory))
     app.on_startup.append(_start_timers)
     app.on_cleanup.append(_stop)
