@@ -69,6 +69,7 @@ def create_app(config: EmulatorConfig) -> web.Application:
     app.router.add_get("/client", client_socket)
     _add_rest_routes(app)
     app.router.add_post("/admin/drop-next-disconnect", drop_next_disconnect)
+    app.router.add_get("/admin/drop-next-disconnect", drop_status)
     app.router.add_get("/admin/connections", list_connections)
     app.router.add_get("/health", health)
     app.on_shutdown.append(_close_connections)
@@ -515,6 +516,14 @@ async def drop_next_disconnect(request: web.Request) -> web.Response:
     faults = request.app[FAULTS]
     faults.drop_disconnected = count
     return web.json_response({"dropNextDisconnected": count, "droppedSoFar": list(faults.dropped)})
+
+
+async def drop_status(request: web.Request) -> web.Response:
+    """Tell how many disconnected calls will still be dropped, and which connections' calls were (loopback only)."""
+    if request.remote not in LOOPBACK:
+        return _error(403, "the admin API answers loopback callers only")
+    faults = request.app[FAULTS]
+    return web.json_response({"dropNextDisconnected": faults.drop_disconnected, "droppedSoFar": list(faults.dropped)})
 
 
 async def list_connections(request: web.Request) -> web.Response:
