@@ -222,8 +222,8 @@ async def test_connected_failure_refuses_the_client(azurite: Azurite, clients: S
 
 @pytest.fixture(scope="module")
 def leasing_stack(azurite: Azurite) -> Iterator[Stack]:
-    """A stack with 8 s leases, a sweep every second and a 3 s client timeout, for lost and late disconnects."""
-    with running_stack(azurite, ttl_seconds=8, sweep_schedule="* * * * * *", client_timeout=3, keepalive=1) as running:
+    """A stack with 12 s leases, a sweep every second and a 3 s client timeout, for lost and late disconnects."""
+    with running_stack(azurite, ttl_seconds=12, sweep_schedule="* * * * * *", client_timeout=3, keepalive=1) as running:
         yield running
 
 
@@ -265,5 +265,5 @@ async def test_missed_pings_disconnect_the_client(azurite: Azurite, leasing_stac
     async def gone() -> bool:
         return not await rows_of(azurite, leasing_stack, alice)
 
-    # Sooner than the 8 s lease could expire: the disconnected event removed it, not the sweep.
-    await wait_until(gone, within=4, what="the row of the timed-out connection to be deleted")
+    # Sooner than the 12 s lease could expire: the disconnected event removed it, not the sweep.
+    await wait_until(gone, within=6, what="the row of the timed-out connection to be deleted")
