@@ -22,10 +22,12 @@ STORAGE+=";TableEndpoint=http://127.0.0.1:$TABLE_PORT/devstoreaccount1;"
 SIGNALR="Endpoint=http://localhost;Port=$EMULATOR_PORT;AccessKey=$ACCESS_KEY;Version=1.0;"
 
 pids=()
+workdir=""
 stop() {
   trap - INT TERM EXIT
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  rm -rf "${workdir:-}"
   echo "local stack stopped"
 }
 trap stop INT TERM EXIT

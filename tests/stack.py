@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -128,6 +129,7 @@ def running_stack(
     finally:
         for process in reversed(processes):
             _stop(process)
+        shutil.rmtree(logs, ignore_errors=True)
 
 
 def unique_user(prefix: str) -> str:
