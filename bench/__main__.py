@@ -1,0 +1,126 @@
+"""Run the benchmarks against an Azurite of their own and write the report: `python -m bench [--smoke] [--out DIR]`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from azurite import running_azurite
+from bench.coldstart import measure_cold_start
+from bench.load import Sample, drive, summarise
+from bench.report import write_report
+from bench.roundtrips import count_round_trips
+from bench.workload import EVENTS, IMPLS, app_environment, prepared
+
+logger = logging.getLogger("bench")
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CONCURRENCY = (1, 8, 32)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much to run: operations and seconds per cell, warm-up operations, cold-start repetitions."""
+
+    max_ops: int
+    max_seconds: float
+    warmup: int
+    cold_repetitions: int
+
+
+FULL = Plan(max_ops=1500, max_seconds=4.0, warmup=20, cold_repetitions=9)
+SMOKE = Plan(max_ops=6, max_seconds=0.5, warmup=2, cold_repetitions=1)
+
+
+async def measure_events(connection: str, plan: Plan) -> list[Sample]:
+    """Measure every event x concurrency x implementation, each on a fresh table."""
+    samples: list[Sample] = []
+    for event in EVENTS:
+        for concurrency in CONCURRENCY:
+            for impl in IMPLS:
+                count = plan.warmup + plan.max_ops
+                async with prepared(
+                    impl, event, connection, concurrency=concurrency, count=count, verify_below=plan.warmup + 3
+                ) as op:
+                    await drive(op, concurrency=min(concurrency, plan.warmup), first=0, max_ops=plan.warmup, max_seconds=60)
+                    latencies, seconds = await drive(
+                        op, concurrency=concurrency, first=plan.warmup, max_ops=plan.max_ops, max_seconds=plan.max_seconds
+                    )
+                sample = summarise(event.name, impl, concurrency, latencies, seconds)
+                logger.info(
+                    "%-10s c=%-2d %-5s %6d ops %8.1f ops/s p50 %7.2f ms p99 %7.2f ms",
+                    event.name, concurrency, impl, sample.ops, sample.throughput, sample.p50_ms, sample.p99_ms,
+                )
+                samples.append(sample)
+    return samples
+
+
+def environment() -> dict[str, Any]:
+    """Describe the machine and the versions the numbers were taken on."""
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+        platform.processor(),
+    ) if Path("/proc/cpuinfo").exists() else platform.processor()
+    import os
+
+    versions = {name: metadata.version(name) for name in ("azure-functions", "azure-data-tables", "azure-core", "aiohttp", "requests")}
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": versions,
+        "azurite": json.loads((Path(__file__).resolve().parent.parent / "package.json").read_text())["devDependencies"]["azurite"],
+    }
+
+
+async def run(plan: Plan, out: Path, *, smoke: bool) -> None:
+    """Run everything against a fresh Azurite and write the report into `out`."""
+    started = time.monotonic()
+    with running_azurite() as azurite:
+        connection = azurite.connection_string
+        logger.info("Azurite on port %d; measuring events", azurite.port)
+        samples = await measure_events(connection, plan)
+        logger.info("counting round trips")
+        round_trips = await count_round_trips(connection)
+        logger.info("measuring cold start")
+        cold = await asyncio.to_thread(
+            measure_cold_start, repetitions=plan.cold_repetitions, app_env=app_environment(connection, "coldstart")
+        )
+    results = {
+        "environment": environment(),
+        "plan": {**plan.__dict__, "concurrency": list(CONCURRENCY), "smoke": smoke},
+        "samples": [sample.to_json() for sample in samples],
+        "round_trips": round_trips,
+        "cold_start": cold,
+        "duration_seconds": round(time.monotonic() - started, 1),
+    }
+    write_report(results, out)
+    logger.info("wrote %s in %.0f s", out / "latest.md", time.monotonic() - started)
+
+
+def main() -> None:
+    """Parse the command line and run."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="a few iterations only: checks that the bench works")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where to write latest.md, latest.json and the plots")
+    arguments = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("azure").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # the naive client's "connection pool is full" at c=32
+    arguments.out.mkdir(parents=True, exist_ok=True)
+    asyncio.run(run(SMOKE if arguments.smoke else FULL, arguments.out, smoke=arguments.smoke))
+
+
+if __name__ == "__main__":
+    main()
