@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SHELL := bash
 
-.PHONY: install test lint run azurite validate-infra clean
+.PHONY: install test lint bench bench-smoke run azurite validate-infra clean
 
 # Python packages into .venv, Azurite into node_modules; redone only when the pins change.
 install: $(VENV)/.installed node_modules/.installed
@@ -22,6 +22,18 @@ node_modules/.installed: package.json package-lock.json
 # Every test, against an Azurite the tests start themselves.
 test: install
 	$(BIN)/python -m pytest
+
+# Benchmarks against an Azurite of their own: writes bench/results/latest.md, latest.json and the plots.
+bench: install $(VENV)/.bench-installed
+	PYTHONPATH=tests $(BIN)/python -m bench
+
+# A few iterations of every benchmark, written to a temporary directory: checks the bench still works (CI).
+bench-smoke: install $(VENV)/.bench-installed
+	out=$$(mktemp -d); trap 'rm -rf "$$out"' EXIT; PYTHONPATH=tests $(BIN)/python -m bench --smoke --out "$$out"
+
+$(VENV)/.bench-installed: $(VENV)/.installed requirements-bench.txt
+	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
+	touch $@
 
 lint: install
 	$(BIN)/ruff check .

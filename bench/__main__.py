@@ -51,14 +51,26 @@ async def measure_events(connection: str, plan: Plan) -> list[Sample]:
                 async with prepared(
                     impl, event, connection, concurrency=concurrency, count=count, verify_below=plan.warmup + 3
                 ) as op:
-                    await drive(op, concurrency=min(concurrency, plan.warmup), first=0, max_ops=plan.warmup, max_seconds=60)
+                    await drive(
+                        op, concurrency=min(concurrency, plan.warmup), first=0, max_ops=plan.warmup, max_seconds=60
+                    )
                     latencies, seconds = await drive(
-                        op, concurrency=concurrency, first=plan.warmup, max_ops=plan.max_ops, max_seconds=plan.max_seconds
+                        op,
+                        concurrency=concurrency,
+                        first=plan.warmup,
+                        max_ops=plan.max_ops,
+                        max_seconds=plan.max_seconds,
                     )
                 sample = summarise(event.name, impl, concurrency, latencies, seconds)
                 logger.info(
                     "%-10s c=%-2d %-5s %6d ops %8.1f ops/s p50 %7.2f ms p99 %7.2f ms",
-                    event.name, concurrency, impl, sample.ops, sample.throughput, sample.p50_ms, sample.p99_ms,
+                    event.name,
+                    concurrency,
+                    impl,
+                    sample.ops,
+                    sample.throughput,
+                    sample.p50_ms,
+                    sample.p99_ms,
                 )
                 samples.append(sample)
     return samples
@@ -66,13 +78,24 @@ async def measure_events(connection: str, plan: Plan) -> list[Sample]:
 
 def environment() -> dict[str, Any]:
     """Describe the machine and the versions the numbers were taken on."""
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-        platform.processor(),
-    ) if Path("/proc/cpuinfo").exists() else platform.processor()
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor()
+    )
     import os
 
-    versions = {name: metadata.version(name) for name in ("azure-functions", "azure-data-tables", "azure-core", "aiohttp", "requests")}
+    versions = {
+        name: metadata.version(name)
+        for name in ("azure-functions", "azure-data-tables", "azure-core", "aiohttp", "requests")
+    }
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
@@ -80,7 +103,9 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": versions,
-        "azurite": json.loads((Path(__file__).resolve().parent.parent / "package.json").read_text())["devDependencies"]["azurite"],
+        "azurite": json.loads((Path(__file__).resolve().parent.parent / "package.json").read_text())["devDependencies"][
+            "azurite"
+        ],
     }
 
 
@@ -117,6 +142,7 @@ def main() -> None:
     arguments = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("azure").setLevel(logging.WARNING)
+    logging.getLogger("mapping").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.ERROR)  # the naive client's "connection pool is full" at c=32
     arguments.out.mkdir(parents=True, exist_ok=True)
     asyncio.run(run(SMOKE if arguments.smoke else FULL, arguments.out, smoke=arguments.smoke))

@@ -10,6 +10,7 @@ process instead of opening one per call, and it skips the app's validation and l
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -31,10 +32,8 @@ class NaiveFunctions:
 
     def _create_table(self) -> None:
         # The anti-pattern: a round trip on every call to create a table that exists.
-        try:
+        with contextlib.suppress(ResourceExistsError):
             self.client.create_table()
-        except ResourceExistsError:
-            pass
 
     def _rows_of(self, user: str) -> list[Any]:
         # The anti-pattern: user input pasted into the filter.
@@ -67,10 +66,8 @@ class NaiveFunctions:
         event = json.loads(invocation)
         user, connection = event["UserId"], event["ConnectionId"]
         self._create_table()
-        try:
+        with contextlib.suppress(ResourceNotFoundError):
             self.client.delete_entity(user, connection)
-        except ResourceNotFoundError:
-            pass
         if not self._rows_of(user):
             signalr.set(json.dumps([{"target": "presence", "arguments": [{"user": user, "online": False}]}]))
 

@@ -118,9 +118,9 @@ def _handler(upstream_port: int, recorder: Recorder) -> type[BaseHTTPRequestHand
             self.end_headers()
             self.wfile.write(payload)
 
-        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_MERGE = do_HEAD = _forward  # noqa: N815
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_MERGE = do_HEAD = _forward
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+        def log_message(self, format: str, *args: object) -> None:
             """Keep the benchmark's output quiet."""
 
     return Handler

@@ -47,7 +47,7 @@ async def _event_counts(
     event = Event(kind, kind, kind, connections)
     results: dict[str, Any] = {}
     for impl in ("floor", "ours", "naive"):
-        if cold and impl != "ours" or impl == "naive" and not presence:
+        if (cold and impl != "ours") or (impl == "naive" and not presence):
             continue  # only the app keeps per-process state; the naive way has no presence switch
         async with fresh_table(direct) as table:
             # Two rows per user to disconnect: index 0 warms up, index 1 is counted.
@@ -133,14 +133,20 @@ async def _sweep_counts(proxy: CountingProxy, direct: str, *, expired: int, user
             )
         finally:
             await seeder.close()
-        store = ConnectionStore(Settings(StorageConnection(connection_string=connection_string(proxy.port)), table_name=table, ttl=TTL))
+        store = ConnectionStore(
+            Settings(StorageConnection(connection_string=connection_string(proxy.port)), table_name=table, ttl=TTL)
+        )
         try:
             await store.connections_of("warm-up")  # opens the client and the table, like any earlier call would
             with proxy.counting() as counts:
                 try:
                     result: Any = await sweep(store)
-                    outcome = dataclasses.asdict(result) if dataclasses.is_dataclass(result) else repr(result)
-                except Exception as error:  # noqa: BLE001 - a sweep that needs more than a table is reported, not fatal
+                    outcome = (
+                        dataclasses.asdict(result)
+                        if dataclasses.is_dataclass(result) and not isinstance(result, type)
+                        else repr(result)
+                    )
+                except Exception as error:  # a sweep that needs more than a table is reported, not fatal
                     outcome = f"failed: {type(error).__name__}: {error}"
         finally:
             await store.close()
@@ -166,7 +172,10 @@ async def count_round_trips(direct: str) -> list[dict[str, Any]]:
             rows.append({"scenario": label, **await _event_counts(proxy, direct, **options)})
         sweeps = [
             (f"sweep, 0 expired among {SWEEP_ROWS} live rows", {"expired": 0, "users": 1, "live": SWEEP_ROWS}),
-            (f"sweep, {SWEEP_ROWS} expired rows of {SWEEP_ROWS} users", {"expired": SWEEP_ROWS, "users": SWEEP_ROWS, "live": SWEEP_ROWS}),
+            (
+                f"sweep, {SWEEP_ROWS} expired rows of {SWEEP_ROWS} users",
+                {"expired": SWEEP_ROWS, "users": SWEEP_ROWS, "live": SWEEP_ROWS},
+            ),
             (f"sweep, {SWEEP_ROWS} expired rows of 1 user", {"expired": SWEEP_ROWS, "users": 1, "live": SWEEP_ROWS}),
         ]
         for label, options in sweeps:

@@ -136,9 +136,7 @@ def _payloads(event: Event, tag: str, count: int) -> list[Any]:
             http_request("POST", "send", body={"to": RECIPIENT, "message": {"text": "hello", "n": i}})
             for i in range(count)
         ]
-    return [
-        http_request("GET", f"users/{RECIPIENT}", route_params={"user": RECIPIENT}) for _ in range(count)
-    ]
+    return [http_request("GET", f"users/{RECIPIENT}", route_params={"user": RECIPIENT}) for _ in range(count)]
 
 
 def _check_http(response: func.HttpResponse, event: Event, *, deep: bool) -> None:
@@ -204,7 +202,9 @@ def floor(event: Event, client: Floor, tag: str, *, verify_below: int) -> Op:
     return read
 
 
-def naive(event: Event, functions: NaiveFunctions, payloads: list[Any], pool: ThreadPoolExecutor, *, verify_below: int) -> Op:
+def naive(
+    event: Event, functions: NaiveFunctions, payloads: list[Any], pool: ThreadPoolExecutor, *, verify_below: int
+) -> Op:
     """The anti-pattern's synchronous function, run on a worker thread as the host runs sync functions."""
     loop = asyncio.get_running_loop()
 

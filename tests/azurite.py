@@ -69,7 +69,7 @@ def running_azurite(*, port: int | None = None) -> Iterator[Azurite]:
     workdir = tempfile.mkdtemp(prefix="azurite-")
     for _attempt in range(3):
         chosen = port or free_port()
-        process = subprocess.Popen(  # noqa: S603 - a fixed local executable and arguments
+        process = subprocess.Popen(
             [
                 *(str(AZURITE), "--tableHost", "127.0.0.1", "--tablePort", str(chosen)),
                 *("--inMemoryPersistence", "--disableTelemetry", "--silent"),

@@ -17,6 +17,7 @@ from mapping.store import ConnectionStore, reset_default_store
 # Re-exported for the test modules, which import them from here.
 __all__ = ["DEV_KEY", "Azurite", "free_port", "running_azurite"]
 
+
 @pytest.fixture(scope="session")
 def azurite() -> Iterator[Azurite]:
     """Start Azurite's table service (in memory) on a free port for the whole test run."""
