@@ -18,6 +18,7 @@ class Sample:
     event: str
     impl: str
     concurrency: int
+    round: int
     ops: int
     seconds: float
     throughput: float
@@ -58,13 +59,16 @@ async def drive(
     return latencies, time.perf_counter() - start
 
 
-def summarise(event: str, impl: str, concurrency: int, latencies: list[float], seconds: float) -> Sample:
+def summarise(
+    event: str, impl: str, concurrency: int, latencies: list[float], seconds: float, *, round_: int = 1
+) -> Sample:
     """Turn raw latencies into a Sample (milliseconds, operations per second)."""
     ordered = sorted(latencies)
     return Sample(
         event=event,
         impl=impl,
         concurrency=concurrency,
+        round=round_,
         ops=len(ordered),
         seconds=round(seconds, 4),
         throughput=round(len(ordered) / seconds, 2) if seconds > 0 else 0.0,

@@ -66,7 +66,9 @@ def markdown(results: dict[str, Any]) -> str:
         + ", ".join(f"{name} {version}" for name, version in env["packages"].items())
         + f", Azurite {env['azurite']} (in memory, on 127.0.0.1).",
         f"- Each cell: a fresh table, {plan['warmup']} warm-up operations, then up to {plan['max_ops']} operations or "
-        f"{plan['max_seconds']:g} s (whichever comes first) from {', '.join(map(str, levels))} concurrent callers.",
+        f"{plan['max_seconds']:g} s (whichever comes first) from {', '.join(map(str, levels))} concurrent callers; "
+        f"the whole matrix {plan['rounds']} time(s), alternate rounds in reverse order of implementation, and each "
+        "cell's best round (highest throughput) reported. Every round is in latest.json (`all_rounds`).",
         "",
         "## Headline",
         "",

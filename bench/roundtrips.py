@@ -20,8 +20,6 @@ from mapping.settings import Settings, StorageConnection
 from mapping.store import ConnectionStore
 from mapping.sweep import sweep
 
-SWEEP_ROWS = 100
-
 
 def _counted(counts: Counter[str]) -> dict[str, Any]:
     return {"total": sum(counts.values()), "by_operation": dict(sorted(counts.items()))}
@@ -153,7 +151,7 @@ async def _sweep_counts(proxy: CountingProxy, direct: str, *, expired: int, user
     return {"ours": _counted(counts), "result": outcome}
 
 
-async def count_round_trips(direct: str) -> list[dict[str, Any]]:
+async def count_round_trips(direct: str, *, sweep_rows: int = 100) -> list[dict[str, Any]]:
     """Count the table requests of each event and of a few sweeps; return one row per scenario."""
     rows: list[dict[str, Any]] = []
     with CountingProxy(_port_of(direct)) as proxy:
@@ -171,12 +169,12 @@ async def count_round_trips(direct: str) -> list[dict[str, Any]]:
         for label, options in scenarios:
             rows.append({"scenario": label, **await _event_counts(proxy, direct, **options)})
         sweeps = [
-            (f"sweep, 0 expired among {SWEEP_ROWS} live rows", {"expired": 0, "users": 1, "live": SWEEP_ROWS}),
+            (f"sweep, 0 expired among {sweep_rows} live rows", {"expired": 0, "users": 1, "live": sweep_rows}),
             (
-                f"sweep, {SWEEP_ROWS} expired rows of {SWEEP_ROWS} users",
-                {"expired": SWEEP_ROWS, "users": SWEEP_ROWS, "live": SWEEP_ROWS},
+                f"sweep, {sweep_rows} expired rows of {sweep_rows} users",
+                {"expired": sweep_rows, "users": sweep_rows, "live": sweep_rows},
             ),
-            (f"sweep, {SWEEP_ROWS} expired rows of 1 user", {"expired": SWEEP_ROWS, "users": 1, "live": SWEEP_ROWS}),
+            (f"sweep, {sweep_rows} expired rows of 1 user", {"expired": sweep_rows, "users": 1, "live": sweep_rows}),
         ]
         for label, options in sweeps:
             rows.append({"scenario": label, **await _sweep_counts(proxy, direct, **options)})
