@@ -39,7 +39,7 @@ class Plan:
     sweep_rows: int
 
 
-FULL = Plan(rounds=2, max_ops=800, max_seconds=3.0, warmup=20, cold_repetitions=9, sweep_rows=100)
+FULL = Plan(rounds=2, max_ops=600, max_seconds=2.5, warmup=20, cold_repetitions=9, sweep_rows=100)
 SMOKE = Plan(rounds=1, max_ops=6, max_seconds=0.5, warmup=2, cold_repetitions=1, sweep_rows=10)
 
 

@@ -165,7 +165,8 @@ def markdown(results: dict[str, Any]) -> str:
         "SignalR samples: synchronous functions and a synchronous `TableClient`, the table created on every call, "
         "the filter built by pasting the user name into the string, no lease check. Sync functions run on a worker "
         "thread, here one thread per concurrent caller. It shares one client per process (kinder than a client per "
-        "call).",
+        "call); at 32 callers that client's connection pool (requests' default, 10 connections) overflows, which "
+        "is part of the naive way's cost.",
         "- Connect and disconnect use a new user per operation, so each announces presence (online / offline). The "
         "send and presence recipient has its connections seeded before the cell.",
         "- Azurite is not Azure: it runs on the same cores, in memory, one loopback hop away. The absolute figures "
