@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ from bench.workload import EVENTS, IMPLS, Event, app_environment, prepared
 
 logger = logging.getLogger("bench")
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
 CONCURRENCY = (1, 8, 32)
 
 
@@ -84,35 +86,29 @@ async def measure_events(connection: str, plan: Plan) -> tuple[list[Sample], lis
 
 def environment() -> dict[str, Any]:
     """Describe the machine and the versions the numbers were taken on."""
-    cpu = (
-        next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")
-            ),
-            platform.processor(),
-        )
-        if Path("/proc/cpuinfo").exists()
-        else platform.processor()
-    )
-    import os
-
     versions = {
         name: metadata.version(name)
         for name in ("azure-functions", "azure-data-tables", "azure-core", "aiohttp", "requests")
     }
+    package = json.loads((ROOT / "package.json").read_text())
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
-        "cpu_model": cpu,
+        "cpu_model": _cpu_model(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": versions,
-        "azurite": json.loads((Path(__file__).resolve().parent.parent / "package.json").read_text())["devDependencies"][
-            "azurite"
-        ],
+        "azurite": package["devDependencies"]["azurite"],
     }
+
+
+def _cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
 
 
 async def run(plan: Plan, out: Path, *, smoke: bool) -> None:

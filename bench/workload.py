@@ -47,7 +47,12 @@ EVENTS = (
     Event("send_1", "HTTP send to a user with 1 connection", "send", 1),
     Event("send_10", "HTTP send to a user with 10 connections", "send", 10),
     Event("send_100", "HTTP send to a user with 100 connections", "send", 100),
-    Event("presence", f"GET users/{{user}} (user with {PRESENCE_CONNECTIONS} connections)", "presence", 10),
+    Event(
+        "presence",
+        f"GET users/{{user}} (user with {PRESENCE_CONNECTIONS} connections)",
+        "presence",
+        PRESENCE_CONNECTIONS,
+    ),
 )
 
 Op = Callable[[int], Awaitable[object]]
