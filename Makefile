@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SHELL := bash
 
-.PHONY: install install-bench install-browser test lint reliability run run-func azurite validate-infra bench-sweep clean
+.PHONY: install install-browser test lint reliability bench bench-smoke bench-sweep run run-func azurite validate-infra clean
 
 # Ports of the local stack (`make run HOST_PORT=7072 EMULATOR_PORT=8889`).
 HOST_PORT ?= 7071
@@ -27,9 +27,6 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
 
-install-bench: install
-	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
-
 # Debian's Chromium for the browser test, installed only when missing (needs root or sudo).
 install-browser:
 	@test -x /usr/bin/chromium || { \
@@ -45,6 +42,18 @@ reliability: install
 	rm -f .reliability/figures.json
 	$(BIN)/python -m pytest -m reliability
 	$(BIN)/python tests/reliability_page.py .reliability/figures.json docs/reliability.md
+
+# Benchmarks against an Azurite of their own: writes bench/results/latest.md, latest.json and the plots.
+bench: install $(VENV)/.bench-installed
+	PYTHONPATH=tests $(BIN)/python -m bench
+
+# A few iterations of every benchmark, written to a temporary directory: checks the bench still works (CI).
+bench-smoke: install $(VENV)/.bench-installed
+	out=$$(mktemp -d); trap 'rm -rf "$$out"' EXIT; PYTHONPATH=tests $(BIN)/python -m bench --smoke --out "$$out"
+
+$(VENV)/.bench-installed: $(VENV)/.installed requirements-bench.txt
+	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
+	touch $@
 
 lint: install
 	$(BIN)/ruff check .
@@ -67,8 +76,8 @@ azurite: install
 	node_modules/.bin/azurite --inMemoryPersistence --disableTelemetry
 
 # One sweep's cost at 1k, 10k and 50k live rows, beside the old full-table scan (a few minutes).
-bench-sweep: install-bench
-	$(BIN)/python -m bench.sweep_scale
+bench-sweep: install $(VENV)/.bench-installed
+	PYTHONPATH=tests $(BIN)/python -m bench.sweep_scale
 
 # Offline checks of the Bicep template (pycep-parser and checkov, each in its own venv).
 validate-infra:

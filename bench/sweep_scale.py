@@ -26,7 +26,8 @@ from azure.data.tables.aio import TableClient
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import make_settings, running_azurite, unique_table_name  # noqa: E402
+from azurite import running_azurite  # noqa: E402
+from conftest import make_settings, unique_table_name  # noqa: E402
 from mapping.store import ConnectionStore  # noqa: E402
 from mapping.sweep import sweep  # noqa: E402
 

@@ -19,7 +19,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from conftest import ROOT, Azurite, _wait_listening, free_port, unique_table_name
+from azurite import ROOT, Azurite, _wait_listening, free_port
+from conftest import unique_table_name
 
 DRIVER = ROOT / "tests" / "e2e" / "signalr_driver.mjs"
 ACCESS_KEY = "e2e-primary-key-0123456789abcdefghijklmnopqrstuv"

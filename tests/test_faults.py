@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from conftest import AZURITE, Azurite, free_port, make_settings, table_rows, unique_table_name
+from azurite import AZURITE, Azurite, free_port
+from conftest import make_settings, table_rows, unique_table_name
 from faultproxy import CUT, HANG, PASS, Fault, FaultProxy, fault_proxy
 from figures import Figures
 from functions_host import Out, http, http_request, invocation, signalr_event

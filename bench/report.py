@@ -1,0 +1,261 @@
+"""Write the results: latest.json (raw), latest.md (tables and ratios) and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+
+from bench.workload import EVENTS, IMPLS
+
+COLOURS = {"floor": "#7f7f7f", "ours": "#1f77b4", "naive": "#d62728"}
+LABELS = {event.name: event.label for event in EVENTS}
+
+
+def write_report(results: dict[str, Any], out: Path) -> None:
+    """Write latest.json, latest.md and the plots into `out`."""
+    (out / "latest.json").write_text(json.dumps(results, indent=1) + "\n")
+    samples = {(s["event"], s["concurrency"], s["impl"]): s for s in results["samples"]}
+    concurrency: list[int] = results["plan"]["concurrency"]
+    _plot_throughput(samples, concurrency, out / "throughput.png")
+    _plot_latency(samples, concurrency, out / "latency.png")
+    _plot_cold_start(results["cold_start"], out / "coldstart.png")
+    (out / "latest.md").write_text(markdown(results))
+
+
+def ratios(samples: dict[tuple[str, int, str], dict[str, Any]], event: str, level: int) -> dict[str, float]:
+    """Return the cost ratios of one cell: time per operation (1 / throughput) and p50 latency."""
+    floor, ours, naive = (samples[(event, level, impl)] for impl in IMPLS)
+    return {
+        "ours_floor": floor["throughput"] / ours["throughput"],
+        "naive_ours": ours["throughput"] / naive["throughput"],
+        "ours_floor_p50": ours["p50_ms"] / floor["p50_ms"],
+        "naive_ours_p50": naive["p50_ms"] / ours["p50_ms"],
+    }
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """Render the whole report as Markdown."""
+    env, plan = results["environment"], results["plan"]
+    samples = {(s["event"], s["concurrency"], s["impl"]): s for s in results["samples"]}
+    levels: list[int] = plan["concurrency"]
+    all_ratios = {(e.name, c): ratios(samples, e.name, c) for e in EVENTS for c in levels}
+    lines = [
+        "# Benchmarks: what each event costs",
+        "",
+        "Produced by `make bench` (see the README's *Benchmarks* section); the raw figures are in",
+        "[latest.json](latest.json). Do not edit by hand.",
+        "",
+    ]
+    if plan["smoke"]:
+        lines += [
+            "> **Smoke run** (a few operations per cell): it checks that the bench works; its figures mean nothing.",
+            "",
+        ]
+    lines += [
+        f"- Run: {env['date']}, {results['duration_seconds']:.0f} s in all.",
+        f"- Machine: {env['cpus']} CPUs ({env['cpu_model']}), {env['platform']}, Python {env['python']}; "
+        "Azurite and the benchmark share those cores.",
+        "- Packages: "
+        + ", ".join(f"{name} {version}" for name, version in env["packages"].items())
+        + f", Azurite {env['azurite']} (in memory, on 127.0.0.1).",
+        f"- Each cell: a fresh table, {plan['warmup']} warm-up operations, then up to {plan['max_ops']} operations or "
+        f"{plan['max_seconds']:g} s (whichever comes first) from {', '.join(map(str, levels))} concurrent callers; "
+        f"the whole matrix {plan['rounds']} time(s), alternate rounds in reverse order of implementation, and each "
+        "cell's best round (highest throughput) reported. Every round is in latest.json (`all_rounds`).",
+        "",
+        "## Headline",
+        "",
+        *_headline(all_ratios, levels),
+        "",
+        "## Ratios",
+        "",
+        "Cost per operation (1 / throughput) and median latency. **ours/floor**: how far the app is above the bare "
+        "SDK calls (1.00 = at the floor). **naive/ours**: how many times more the naive way costs than the app.",
+        "",
+        "| event | callers | ours/floor (cost) | naive/ours (cost) | ours/floor (p50) | naive/ours (p50) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for event in EVENTS:
+        for level in levels:
+            r = all_ratios[(event.name, level)]
+            lines.append(
+                f"| {event.label} | {level} | {r['ours_floor']:.2f} | {r['naive_ours']:.2f} | "
+                f"{r['ours_floor_p50']:.2f} | {r['naive_ours_p50']:.2f} |"
+            )
+    lines += [
+        "",
+        "## Throughput and latency",
+        "",
+        "Operations per second, and p50 / p99 latency in milliseconds.",
+        "",
+        "| event | callers | floor ops/s | ours ops/s | naive ops/s "
+        "| floor p50 / p99 | ours p50 / p99 | naive p50 / p99 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for event in EVENTS:
+        for level in levels:
+            cells = [samples[(event.name, level, impl)] for impl in IMPLS]
+            throughput = " | ".join(f"{cell['throughput']:.0f}" for cell in cells)
+            latency = " | ".join(f"{cell['p50_ms']:.1f} / {cell['p99_ms']:.1f}" for cell in cells)
+            lines.append(f"| {event.label} | {level} | {throughput} | {latency} |")
+    lines += [
+        "",
+        "![Throughput per event](throughput.png)",
+        "",
+        "![Latency per event](latency.png)",
+        "",
+        "## Table round trips per event",
+        "",
+        "HTTP requests to the table service, counted on the wire by a proxy in front of Azurite, one event after a "
+        "warm-up call (the process already has its client and its table), except where the row says otherwise.",
+        "",
+        "| event | floor | ours | naive | ours, by request |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for row in results["round_trips"]:
+        counts = [str(row[impl]["total"]) if impl in row else "–" for impl in IMPLS]
+        detail = ", ".join(f"{op} {n}" for op, n in row["ours"]["by_operation"].items())
+        if "result" in row:
+            outcome = row["result"]
+            detail += f" → {outcome}" if isinstance(outcome, str) else f" (sweep result: {_fields(outcome)})"
+        lines.append(f"| {row['scenario']} | {' | '.join(counts)} | {detail} |")
+    naive_extra = "the naive way adds a create-table request to every event"
+    lines += [
+        "",
+        f"The app makes the floor's requests and no more; {naive_extra}. Against real Table Storage each request is "
+        "a network round trip (milliseconds in-region), so these counts carry over to Azure when the local timings "
+        "do not.",
+        "",
+        "## Cold start",
+        "",
+        "Each case in a fresh interpreter (this machine's Python, `.pyc` files already written), "
+        "interleaved, median of the runs. *In-process* is timed inside the interpreter around the imports; "
+        "*process* is the whole child process from spawn to exit, as seen by the parent.",
+        "",
+        "| case | in-process median ms | min | max | process median ms | runs |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in results["cold_start"]:
+        lines.append(
+            f"| {row['case']} | {row['median_ms']:.1f} | {row['min_ms']:.1f} | {row['max_ms']:.1f} | "
+            f"{row['process_median_ms']:.1f} | {row['repetitions']} |"
+        )
+    lines += [
+        "",
+        "![Cold start](coldstart.png)",
+        "",
+        "## How it was measured",
+        "",
+        "- **ours**: the app's functions taken from `function_app.app.get_functions()` and called with what the host "
+        "passes: the SignalR trigger's invocation JSON (PascalCase keys) and an `Out` stand-in, or a real "
+        "`func.HttpRequest`. Async functions, so the callers are coroutines on one event loop, as in the Python "
+        "worker. "
+        "Every answer is checked (status, presence message, delivered count).",
+        "- **floor** (`bench/floor.py`): the bare `azure.data.tables.aio` calls the event needs, on one shared "
+        "client: upsert + live-rows query (connect), delete + one-row live query (disconnect), one live-rows query "
+        "(send, presence). No parsing, validation, key escaping or output.",
+        "- **naive** (`bench/naive.py`, the anti-pattern baseline, never used by the app): the style of the original "
+        "SignalR samples: synchronous functions and a synchronous `TableClient`, the table created on every call, "
+        "the filter built by pasting the user name into the string, no lease check. Sync functions run on a worker "
+        "thread, here one thread per concurrent caller. It shares one client per process (kinder than a client per "
+        "call); at 32 callers that client's connection pool (requests' default, 10 connections) overflows, which "
+        "is part of the naive way's cost.",
+        "- Connect and disconnect use a new user per operation, so each announces presence (online / offline). The "
+        "send and presence recipient has its connections seeded before the cell.",
+        "- Azurite is not Azure: it runs on the same cores, in memory, one loopback hop away. The absolute figures "
+        "are this machine's; the ratios, and above all the round-trip counts, are what to read.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _fields(outcome: dict[str, Any]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in outcome.items())
+
+
+def _headline(all_ratios: dict[tuple[str, int], dict[str, float]], levels: list[int]) -> list[str]:
+    lines = []
+    for level in (levels[0], levels[-1]):
+        at_level = {event: r for (event, c), r in all_ratios.items() if c == level}
+        ours_floor = [r["ours_floor"] for r in at_level.values()]
+        naive_ours = [r["naive_ours"] for r in at_level.values()]
+        lines.append(
+            f"- With {level} caller{'s' if level > 1 else ''}: ours costs {min(ours_floor):.2f}–{max(ours_floor):.2f}× "
+            f"the floor (median {statistics.median(ours_floor):.2f}×); the naive way costs "
+            f"{min(naive_ours):.2f}–{max(naive_ours):.2f}× ours (median {statistics.median(naive_ours):.2f}×)."
+        )
+    lines.append(
+        "- Round trips: the app makes exactly the floor's table requests per event; the naive way makes one more on "
+        "every event (the table creation), e.g. 3 instead of 2 for connect with presence, 2 instead of 1 for send."
+    )
+    return lines
+
+
+def _grid() -> tuple[Any, list[Any]]:
+    figure, axes = plt.subplots(2, 3, figsize=(15, 8), constrained_layout=True)
+    return figure, list(axes.flat)
+
+
+def _plot_throughput(samples: dict[tuple[str, int, str], dict[str, Any]], levels: list[int], path: Path) -> None:
+    figure, axes = _grid()
+    for axis, event in zip(axes, EVENTS, strict=True):
+        for offset, impl in enumerate(IMPLS):
+            values = [samples[(event.name, level, impl)]["throughput"] for level in levels]
+            positions = [i + (offset - 1) * 0.27 for i in range(len(levels))]
+            axis.bar(positions, values, width=0.27, label=impl, color=COLOURS[impl])
+        axis.set_title(event.label, fontsize=9)
+        axis.set_xticks(range(len(levels)), [f"{level} callers" for level in levels])
+        axis.set_ylabel("operations / s")
+    axes[0].legend()
+    figure.suptitle("Throughput per event (higher is better)")
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def _plot_latency(samples: dict[tuple[str, int, str], dict[str, Any]], levels: list[int], path: Path) -> None:
+    figure, axes = _grid()
+    for axis, event in zip(axes, EVENTS, strict=True):
+        for offset, impl in enumerate(IMPLS):
+            cells = [samples[(event.name, level, impl)] for level in levels]
+            positions = [i + (offset - 1) * 0.27 for i in range(len(levels))]
+            axis.bar(positions, [c["p50_ms"] for c in cells], width=0.27, label=f"{impl} p50", color=COLOURS[impl])
+            axis.scatter(positions, [c["p99_ms"] for c in cells], marker="_", s=200, color="black", zorder=3)
+        axis.set_title(event.label, fontsize=9)
+        axis.set_xticks(range(len(levels)), [f"{level} callers" for level in levels])
+        axis.set_ylabel("ms (bar p50, dash p99)")
+    axes[0].legend()
+    figure.suptitle("Latency per event (lower is better)")
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def _plot_cold_start(rows: list[dict[str, Any]], path: Path) -> None:
+    figure, axis = plt.subplots(figsize=(11, 3.5), constrained_layout=True)
+    labels = [_wrap(row["case"]) for row in rows]
+    axis.barh(labels, [row["median_ms"] for row in rows], color="#1f77b4", label="in-process")
+    axis.scatter([row["process_median_ms"] for row in rows], labels, color="black", marker="|", s=200, label="process")
+    axis.invert_yaxis()
+    axis.set_xlabel("median ms")
+    axis.tick_params(axis="y", labelsize=7)
+    axis.legend(loc="lower right")
+    figure.suptitle("Cold start: importing the app beside its dependencies alone")
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def _wrap(text: str, width: int = 60) -> str:
+    words, lines, current = text.split(), [], ""
+    for word in words:
+        if current and len(current) + len(word) + 1 > width:
+            lines.append(current)
+            current = word
+        else:
+            current = f"{current} {word}".strip()
+    return "\n".join([*lines, current])

@@ -1,0 +1,186 @@
+"""Table round trips per event, counted on the wire by a proxy in front of Azurite."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+from azurite import connection_string
+from bench.floor import Floor
+from bench.naive import NaiveFunctions
+from bench.proxy import CountingProxy
+from bench.workload import RECIPIENT, TTL, Event, app_environment, fresh_table, seed, use_app_settings
+from functions_host import FUNCTIONS, Out, http_request, invocation
+from mapping.entity import utc_now
+from mapping.settings import Settings, StorageConnection
+from mapping.store import ConnectionStore
+from mapping.sweep import sweep
+
+
+def _counted(counts: Counter[str]) -> dict[str, Any]:
+    return {"total": sum(counts.values()), "by_operation": dict(sorted(counts.items()))}
+
+
+async def _count(proxy: CountingProxy, action: Callable[[], Awaitable[object]]) -> dict[str, Any]:
+    with proxy.counting() as counts:
+        await action()
+    return _counted(counts)
+
+
+async def _count_sync(proxy: CountingProxy, action: Callable[[], object]) -> dict[str, Any]:
+    with proxy.counting() as counts:
+        await asyncio.to_thread(action)
+    return _counted(counts)
+
+
+async def _event_counts(
+    proxy: CountingProxy, direct: str, *, kind: str, connections: int = 0, presence: bool = True, cold: bool = False
+) -> dict[str, Any]:
+    """Count one event for ours, the floor and (with presence on) the naive way; each on a warmed-up client."""
+    via_proxy = connection_string(proxy.port)
+    event = Event(kind, kind, kind, connections)
+    results: dict[str, Any] = {}
+    for impl in ("floor", "ours", "naive"):
+        if (cold and impl != "ours") or (impl == "naive" and not presence):
+            continue  # only the app keeps per-process state; the naive way has no presence switch
+        async with fresh_table(direct) as table:
+            # Two rows per user to disconnect: index 0 warms up, index 1 is counted.
+            await seed(direct, table, event, tag="rt", count=2)
+            results[impl] = await _count_impl(impl, proxy, via_proxy, table, event, presence=presence, cold=cold)
+    return results
+
+
+async def _count_impl(
+    impl: str, proxy: CountingProxy, via_proxy: str, table: str, event: Event, *, presence: bool, cold: bool
+) -> dict[str, Any]:
+    user = {0: "u0-rt", 1: "u1-rt"}
+    conn = {0: "c0-rt", 1: "c1-rt"}
+    if impl == "floor":
+        client = Floor(via_proxy, table, ttl=TTL)
+        try:
+            if event.kind == "connect":
+                await client.connect(user[0], conn[0], presence=presence)
+                return await _count(proxy, lambda: client.connect(user[1], conn[1], presence=presence))
+            if event.kind == "disconnect":
+                await client.disconnect(user[0], conn[0], presence=presence)
+                return await _count(proxy, lambda: client.disconnect(user[1], conn[1], presence=presence))
+            await client.connections_of(RECIPIENT)
+            return await _count(proxy, lambda: client.connections_of(RECIPIENT))
+        finally:
+            await client.close()
+    if impl == "naive":
+        functions = NaiveFunctions(via_proxy, table)
+        try:
+            return await _count_sync(proxy, lambda: _naive_call(functions, event, user[1], conn[1]))
+        finally:
+            functions.close()
+    await use_app_settings(app_environment(via_proxy, table, presence=presence))
+    try:
+        if not cold:
+            await _ours_call(event, user[0], conn[0])
+        return await _count(proxy, lambda: _ours_call(event, user[1], conn[1]))
+    finally:
+        await use_app_settings({})
+
+
+def _naive_call(functions: NaiveFunctions, event: Event, user: str, conn: str) -> None:
+    if event.kind == "connect":
+        functions.connected(invocation("connected", connection_id=conn, user_id=user), Out())
+    elif event.kind == "disconnect":
+        functions.disconnected(invocation("disconnected", connection_id=conn, user_id=user), Out())
+    elif event.kind == "send":
+        functions.send(http_request("POST", "send", body={"to": RECIPIENT, "message": "hi"}), Out())
+    else:
+        functions.user_presence(http_request("GET", "users/bob", route_params={"user": RECIPIENT}))
+
+
+async def _ours_call(event: Event, user: str, conn: str) -> None:
+    if event.kind in ("connect", "disconnect"):
+        name = "connected" if event.kind == "connect" else "disconnected"
+        payload = invocation(name, connection_id=conn, user_id=user)
+        await FUNCTIONS[name].get_user_function()(invocation=payload, signalr=Out())
+    elif event.kind == "send":
+        request = http_request("POST", "send", body={"to": RECIPIENT, "message": "hi"})
+        response = await FUNCTIONS["send"].get_user_function()(req=request, signalr=Out())
+        assert response.status_code == 200, response.get_body()
+    else:
+        request = http_request("GET", "users/bob", route_params={"user": RECIPIENT})
+        response = await FUNCTIONS["user_presence"].get_user_function()(req=request)
+        assert response.status_code == 200, response.get_body()
+
+
+async def _sweep_counts(proxy: CountingProxy, direct: str, *, expired: int, users: int, live: int) -> dict[str, Any]:
+    """Count one `sweep(store)` over `expired` expired rows spread over `users` users, beside `live` live rows."""
+    async with fresh_table(direct) as table:
+        seeder = ConnectionStore(Settings(StorageConnection(connection_string=direct), table_name=table, ttl=TTL))
+        past = utc_now() - TTL - timedelta(minutes=5)
+        limit = asyncio.Semaphore(32)
+
+        async def connect(user: str, conn: str, *, expired: bool) -> None:
+            async with limit:
+                await seeder.connect(user, conn, hub="chat", now=past if expired else None, check_presence=False)
+
+        try:
+            await asyncio.gather(
+                *(connect(f"x{i % users}", f"xc{i}", expired=True) for i in range(expired)),
+                *(connect(f"l{i}", f"lc{i}", expired=False) for i in range(live)),
+            )
+        finally:
+            await seeder.close()
+        store = ConnectionStore(
+            Settings(StorageConnection(connection_string=connection_string(proxy.port)), table_name=table, ttl=TTL)
+        )
+        try:
+            await store.connections_of("warm-up")  # opens the client and the table, like any earlier call would
+            with proxy.counting() as counts:
+                try:
+                    result: Any = await sweep(store)
+                    outcome = (
+                        dataclasses.asdict(result)
+                        if dataclasses.is_dataclass(result) and not isinstance(result, type)
+                        else repr(result)
+                    )
+                except Exception as error:  # a sweep that needs more than a table is reported, not fatal
+                    outcome = f"failed: {type(error).__name__}: {error}"
+        finally:
+            await store.close()
+    return {"ours": _counted(counts), "result": outcome}
+
+
+async def count_round_trips(direct: str, *, sweep_rows: int = 100) -> list[dict[str, Any]]:
+    """Count the table requests of each event and of a few sweeps; return one row per scenario."""
+    rows: list[dict[str, Any]] = []
+    with CountingProxy(_port_of(direct)) as proxy:
+        scenarios: list[tuple[str, dict[str, Any]]] = [
+            ("connect, presence on", {"kind": "connect"}),
+            ("connect, presence off", {"kind": "connect", "presence": False}),
+            ("first connect in a new process (presence on)", {"kind": "connect", "cold": True}),
+            ("disconnect, presence on", {"kind": "disconnect"}),
+            ("disconnect, presence off", {"kind": "disconnect", "presence": False}),
+            ("HTTP send, user with 1 connection", {"kind": "send", "connections": 1}),
+            ("HTTP send, user with 10 connections", {"kind": "send", "connections": 10}),
+            ("HTTP send, user with 100 connections", {"kind": "send", "connections": 100}),
+            ("GET users/{user} (10 connections)", {"kind": "presence", "connections": 10}),
+        ]
+        for label, options in scenarios:
+            rows.append({"scenario": label, **await _event_counts(proxy, direct, **options)})
+        sweeps = [
+            (f"sweep, 0 expired among {sweep_rows} live rows", {"expired": 0, "users": 1, "live": sweep_rows}),
+            (
+                f"sweep, {sweep_rows} expired rows of {sweep_rows} users",
+                {"expired": sweep_rows, "users": sweep_rows, "live": sweep_rows},
+            ),
+            (f"sweep, {sweep_rows} expired rows of 1 user", {"expired": sweep_rows, "users": 1, "live": sweep_rows}),
+        ]
+        for label, options in sweeps:
+            rows.append({"scenario": label, **await _sweep_counts(proxy, direct, **options)})
+    return rows
+
+
+def _port_of(connection: str) -> int:
+    endpoint = next(part for part in connection.split(";") if part.startswith("TableEndpoint="))
+    return int(endpoint.split(":")[-1].split("/")[0])

@@ -1,0 +1,257 @@
+"""The benchmarked events, each in three implementations: ours (the app's functions), the floor, the naive way.
+
+Every cell runs on a fresh table in Azurite, seeded with what its event needs, and is dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import azure.functions as func
+from azure.data.tables.aio import TableServiceClient
+
+from bench.floor import Floor
+from bench.naive import NaiveFunctions
+from functions_host import FUNCTIONS, Out, http_request, invocation
+from mapping.entity import ConnectionEntity
+from mapping.store import reset_default_store
+
+IMPLS = ("floor", "ours", "naive")
+TTL = timedelta(seconds=600)
+RECIPIENT = "bob"
+PRESENCE_CONNECTIONS = 10
+
+
+@dataclass(frozen=True)
+class Event:
+    """A benchmarked event: its name, what it says in the report, and the recipient's connection count."""
+
+    name: str
+    label: str
+    kind: str
+    connections: int = 0
+
+
+EVENTS = (
+    Event("connect", "connect (SignalR connected, presence on)", "connect"),
+    Event("disconnect", "disconnect (SignalR disconnected, presence on)", "disconnect"),
+    Event("send_1", "HTTP send to a user with 1 connection", "send", 1),
+    Event("send_10", "HTTP send to a user with 10 connections", "send", 10),
+    Event("send_100", "HTTP send to a user with 100 connections", "send", 100),
+    Event(
+        "presence",
+        f"GET users/{{user}} (user with {PRESENCE_CONNECTIONS} connections)",
+        "presence",
+        PRESENCE_CONNECTIONS,
+    ),
+)
+
+Op = Callable[[int], Awaitable[object]]
+
+
+def app_environment(connection_string: str, table: str, *, presence: bool = True) -> dict[str, str]:
+    """Return the app settings the function app reads, for a given storage and table."""
+    return {
+        "MAPPING_STORAGE": connection_string,
+        "MAPPING_TABLE": table,
+        "MAPPING_TTL_SECONDS": str(int(TTL.total_seconds())),
+        "SIGNALR_HUB": "chat",
+        "PRESENCE_EVENTS": "true" if presence else "false",
+        "SWEEP_SCHEDULE": "0 */5 * * * *",
+    }
+
+
+async def use_app_settings(env: dict[str, str]) -> None:
+    """Point the function app's process-wide store at new settings (it reopens on the next call)."""
+    for name in list(os.environ):
+        if name.startswith(("MAPPING_", "AzureWebJobsStorage")):
+            del os.environ[name]
+    os.environ.update(env)
+    await reset_default_store()
+
+
+def new_table_name() -> str:
+    """Return a table name for one cell."""
+    return f"b{uuid.uuid4().hex[:20]}"
+
+
+@asynccontextmanager
+async def fresh_table(connection_string: str) -> AsyncIterator[str]:
+    """Create a table for the block and delete it afterwards."""
+    name = new_table_name()
+    async with TableServiceClient.from_connection_string(connection_string) as service:
+        await service.create_table(name)
+        try:
+            yield name
+        finally:
+            await service.delete_table(name)
+
+
+def user_of(tag: str, index: int) -> str:
+    """Return the user name of operation `index` in a cell."""
+    return f"u{index}-{tag}"
+
+
+def connection_of(tag: str, index: int) -> str:
+    """Return the connection id of operation `index` in a cell."""
+    return f"c{index}-{tag}"
+
+
+async def seed(connection_string: str, table: str, event: Event, *, tag: str, count: int) -> None:
+    """Write the rows an event needs, as the app writes them: one per user to disconnect, or the recipient's."""
+    service = TableServiceClient.from_connection_string(connection_string)
+    async with service, service.get_table_client(table) as client:
+        if event.kind == "disconnect":
+            limit = asyncio.Semaphore(32)
+
+            async def put(index: int) -> None:
+                async with limit:
+                    row = ConnectionEntity.new(user_of(tag, index), connection_of(tag, index), hub="chat")
+                    await client.upsert_entity(row.to_table())
+
+            await asyncio.gather(*(put(index) for index in range(count)))
+        elif event.connections:
+            rows = [
+                ConnectionEntity.new(RECIPIENT, f"{RECIPIENT}-c{j}", hub="chat", user_agent="bench/1.0").to_table()
+                for j in range(event.connections)
+            ]
+            for start in range(0, len(rows), 100):
+                await client.submit_transaction([("upsert", row) for row in rows[start : start + 100]])
+
+
+def _payloads(event: Event, tag: str, count: int) -> list[Any]:
+    """Pre-build the host's inputs (trigger payloads or HTTP requests) so building them is not timed."""
+    if event.kind in ("connect", "disconnect"):
+        name = "connected" if event.kind == "connect" else "disconnected"
+        return [
+            invocation(name, connection_id=connection_of(tag, i), user_id=user_of(tag, i), hub="chat")
+            for i in range(count)
+        ]
+    if event.kind == "send":
+        return [
+            http_request("POST", "send", body={"to": RECIPIENT, "message": {"text": "hello", "n": i}})
+            for i in range(count)
+        ]
+    return [http_request("GET", f"users/{RECIPIENT}", route_params={"user": RECIPIENT}) for _ in range(count)]
+
+
+def _check_http(response: func.HttpResponse, event: Event, *, deep: bool) -> None:
+    if response.status_code != 200:
+        raise AssertionError(f"{event.name}: HTTP {response.status_code} {response.get_body()!r}")
+    if deep:
+        body = json.loads(response.get_body())
+        found = body["delivered"] if event.kind == "send" else len(body["connections"])
+        if found != event.connections:
+            raise AssertionError(f"{event.name}: expected {event.connections} connections, got {found}")
+
+
+def _check_out(out: Out, event: Event, *, deep: bool) -> None:
+    if out.value is None:
+        raise AssertionError(f"{event.name}: no presence message was output")
+    if deep:
+        [message] = out.messages
+        expected = event.kind == "connect"
+        if message["target"] != "presence" or message["arguments"][0]["online"] is not expected:
+            raise AssertionError(f"{event.name}: unexpected output {out.value}")
+
+
+def ours(event: Event, payloads: list[Any], *, verify_below: int) -> Op:
+    """Call the app's function as the host does (from `app.get_functions()`); check each answer."""
+    if event.kind in ("connect", "disconnect"):
+        function = FUNCTIONS["connected" if event.kind == "connect" else "disconnected"].get_user_function()
+
+        async def trigger(index: int) -> None:
+            out = Out()
+            await function(invocation=payloads[index], signalr=out)
+            _check_out(out, event, deep=index < verify_below)
+
+        return trigger
+    if event.kind == "send":
+        send = FUNCTIONS["send"].get_user_function()
+
+        async def http_send(index: int) -> None:
+            out = Out()
+            response = await send(req=payloads[index], signalr=out)
+            _check_http(response, event, deep=index < verify_below)
+
+        return http_send
+    presence = FUNCTIONS["user_presence"].get_user_function()
+
+    async def http_presence(index: int) -> None:
+        _check_http(await presence(req=payloads[index]), event, deep=index < verify_below)
+
+    return http_presence
+
+
+def floor(event: Event, client: Floor, tag: str, *, verify_below: int) -> Op:
+    """The bare SDK calls of the event."""
+    if event.kind == "connect":
+        return lambda index: client.connect(user_of(tag, index), connection_of(tag, index))
+    if event.kind == "disconnect":
+        return lambda index: client.disconnect(user_of(tag, index), connection_of(tag, index))
+
+    async def read(index: int) -> None:
+        rows = await client.connections_of(RECIPIENT)
+        if index < verify_below and len(rows) != event.connections:
+            raise AssertionError(f"{event.name}: the floor read {len(rows)} rows")
+
+    return read
+
+
+def naive(
+    event: Event, functions: NaiveFunctions, payloads: list[Any], pool: ThreadPoolExecutor, *, verify_below: int
+) -> Op:
+    """The anti-pattern's synchronous function, run on a worker thread as the host runs sync functions."""
+    loop = asyncio.get_running_loop()
+
+    def run(index: int) -> None:
+        if event.kind in ("connect", "disconnect"):
+            out = Out()
+            handler = functions.connected if event.kind == "connect" else functions.disconnected
+            handler(payloads[index], out)
+            _check_out(out, event, deep=index < verify_below)
+        elif event.kind == "send":
+            _check_http(functions.send(payloads[index], Out()), event, deep=index < verify_below)
+        else:
+            _check_http(functions.user_presence(payloads[index]), event, deep=index < verify_below)
+
+    return lambda index: loop.run_in_executor(pool, run, index)
+
+
+@asynccontextmanager
+async def prepared(
+    impl: str, event: Event, connection_string: str, *, concurrency: int, count: int, verify_below: int
+) -> AsyncIterator[Op]:
+    """Set up one cell (fresh table, seed rows, the implementation's client) and yield its operation."""
+    tag = uuid.uuid4().hex[:8]
+    async with fresh_table(connection_string) as table:
+        await seed(connection_string, table, event, tag=tag, count=count)
+        if impl == "ours":
+            await use_app_settings(app_environment(connection_string, table))
+            try:
+                yield ours(event, _payloads(event, tag, count), verify_below=verify_below)
+            finally:
+                await reset_default_store()
+        elif impl == "floor":
+            client = Floor(connection_string, table, ttl=TTL)
+            try:
+                yield floor(event, client, tag, verify_below=verify_below)
+            finally:
+                await client.close()
+        else:
+            functions = NaiveFunctions(connection_string, table)
+            pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="naive")
+            try:
+                yield naive(event, functions, _payloads(event, tag, count), pool, verify_below=verify_below)
+            finally:
+                pool.shutdown(wait=True)
+                functions.close()
