@@ -217,6 +217,9 @@ class ConnectionStore:
                 await table.submit_transaction([("delete", {"PartitionKey": partition, "RowKey": row})])
         except _RowMissing:
             return DisconnectOutcome(name, removed=False, went_offline=False)
+        except _BatchRejected:
+            with _translated("disconnect"):
+                await table.delete_entity(partition, row)  # cannot tell whether it existed: assume it did
         if not check_presence:
             return DisconnectOutcome(name, removed=True, went_offline=False)
         live = await self._live_rows(partition, now=now, select=["RowKey"], limit=1)
@@ -444,6 +447,8 @@ class ConnectionStore:
             try:
                 with _translated(action):
                     await table.submit_transaction([_delete_operation(*operation) for operation in pending])
+            except _BatchRejected:
+                return await self._delete_one_by_one(pending, action=action, skipped=skipped)
             except _RowMissing as missing:
                 failed = missing.index if missing.index is not None and missing.index < len(pending) else 0
                 logger.debug("%s: operation %s found its row changed or gone; retrying the rest", action, failed)
@@ -452,6 +457,22 @@ class ConnectionStore:
                 continue
             return len(pending), skipped
         return 0, skipped
+
+    async def _delete_one_by_one(
+        self, pending: list[tuple[str, str, str | None]], *, action: str, skipped: int
+    ) -> tuple[int, int]:
+        # A transaction the service refuses must not block the rest: delete its rows singly.
+        table = await self._table()
+        deleted = 0
+        for partition, row, etag in pending:
+            condition = MatchConditions.IfNotModified if etag else None
+            try:
+                with _translated(action):
+                    await table.delete_entity(partition, row, etag=etag, match_condition=condition)
+                deleted += 1
+            except _RowMissing:
+                skipped += 1
+        return deleted, skipped
 
     async def _table(self) -> TableClient:
         if self._client is not None and not self._table_missing:
@@ -545,6 +566,10 @@ class _RowMissing(StorageError):
         self.index = index
 
 
+class _BatchRejected(StorageError):
+    """Internal: the service refused a transaction as malformed (seen with U+2028/U+2029 in keys on Azurite)."""
+
+
 class _RowExists(StorageError):
     """Internal: a create found the row already there."""
 
@@ -566,6 +591,8 @@ def _translated(action: str) -> Iterator[None]:
             raise _TableMissing(f"the table disappeared ({action})", retry_after_seconds=1) from None
         if isinstance(error, TableTransactionError) and error.status_code in (404, 412):
             raise _RowMissing(f"{action}: a row changed meanwhile", index=error.index) from None
+        if isinstance(error, TableTransactionError) and error.status_code == 400:
+            raise _BatchRejected(f"{action}: the transaction was rejected") from None
         if isinstance(error, ResourceNotFoundError | ResourceModifiedError):
             raise _RowMissing(f"{action}: row missing or changed ({error.status_code})") from None
         if isinstance(error, ResourceExistsError):

@@ -298,3 +298,16 @@ async def test_settings_select_the_liveness_check(store: ConnectionStore) -> Non
     assert liveness_for(None) is None
     connection = SignalRConnection(endpoint="http://127.0.0.1:1", access_key="k")
     assert liveness_for(connection) is liveness_for(dataclasses.replace(connection))
+
+
+async def test_rows_whose_keys_a_transaction_cannot_carry_are_still_swept(
+    store: ConnectionStore, azurite: Azurite
+) -> None:
+    """Keys holding U+2028/U+2029 make Azurite refuse a batch; the sweep deletes those rows singly and goes on."""
+    stale = ago(TTL.total_seconds() + 120)
+    await store.connect("line\u2028sep", "c\u2029", now=stale)
+    await store.connect("plain", "p1", now=stale)
+    result = await sweep(store, now=NOW)
+    assert result.deleted == 2
+    assert await table_rows(azurite, store.settings.table_name) == []
+    assert await index_rows(azurite, store.settings.table_name) == []
