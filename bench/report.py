@@ -149,6 +149,10 @@ def markdown(results: dict[str, Any]) -> str:
         )
     lines += [
         "",
+        "Importing `function_app` loads fewer modules than its dependencies alone: `azure.identity.aio` is imported "
+        "only for an identity-based storage connection, and azure-core imports `aiohttp` when the first client is "
+        "created, which the last row (first answer) includes.",
+        "",
         "![Cold start](coldstart.png)",
         "",
         "## How it was measured",
