@@ -4,7 +4,15 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SHELL := bash
 
-.PHONY: install test lint bench bench-smoke run azurite validate-infra clean
+.PHONY: install install-browser test lint reliability bench bench-smoke bench-sweep run run-func azurite validate-infra clean
+
+# Ports of the local stack (`make run HOST_PORT=7072 EMULATOR_PORT=8889`).
+HOST_PORT ?= 7071
+EMULATOR_PORT ?= 8888
+AZURITE_BLOB_PORT ?= 10000
+AZURITE_QUEUE_PORT ?= 10001
+AZURITE_TABLE_PORT ?= 10002
+export HOST_PORT EMULATOR_PORT AZURITE_BLOB_PORT AZURITE_QUEUE_PORT AZURITE_TABLE_PORT
 
 # Python packages into .venv, Azurite into node_modules; redone only when the pins change.
 install: $(VENV)/.installed node_modules/.installed
@@ -19,9 +27,21 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
 
-# Every test, against an Azurite the tests start themselves.
-test: install
+# Debian's Chromium for the browser test, installed only when missing (needs root or sudo).
+install-browser:
+	@test -x /usr/bin/chromium || { \
+	  sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$sudo apt-get update && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y chromium; }
+
+# Every test, end-to-end ones included, against an Azurite the tests start themselves.
+test: install install-browser
 	$(BIN)/python -m pytest
+
+# Fault, storm, fuzz and security tests; their figures become docs/reliability.md.
+reliability: install
+	rm -f .reliability/figures.json
+	$(BIN)/python -m pytest -m reliability
+	$(BIN)/python tests/reliability_page.py .reliability/figures.json docs/reliability.md
 
 # Benchmarks against an Azurite of their own: writes bench/results/latest.md, latest.json and the plots.
 bench: install $(VENV)/.bench-installed
@@ -40,22 +60,28 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# Run the app locally: Azurite (blob, queue, table; in memory) plus Azure Functions Core Tools (`func`).
+# The whole system locally: Azurite (in memory), the SignalR emulator, the local host and the demo page.
 run: install
+	@test -f local.settings.json || { cp local.settings.sample.json local.settings.json; echo "created local.settings.json from the sample"; }
+	@PYTHON=$(BIN)/python bash scripts/run-local.sh
+
+# The same with Azure Functions Core Tools (`func`) instead of the local host.
+run-func: install
 	@command -v func >/dev/null || { echo "Azure Functions Core Tools (func) is not installed: see README, 'Run it locally'"; exit 1; }
 	@test -f local.settings.json || { cp local.settings.sample.json local.settings.json; echo "created local.settings.json from the sample"; }
-	@node_modules/.bin/azurite --silent --inMemoryPersistence --disableTelemetry & \
-	  azurite=$$!; trap 'kill $$azurite 2>/dev/null' EXIT INT TERM; \
-	  for _ in $$(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/10002) 2>/dev/null && break; sleep 0.2; done; \
-	  . $(BIN)/activate && func start
+	@MODE=func PYTHON=$(BIN)/python bash scripts/run-local.sh
 
 # Azurite alone, in the foreground (for running `func start` yourself).
 azurite: install
 	node_modules/.bin/azurite --inMemoryPersistence --disableTelemetry
+
+# One sweep's cost at 1k, 10k and 50k live rows, beside the old full-table scan (a few minutes).
+bench-sweep: install $(VENV)/.bench-installed
+	PYTHONPATH=tests $(BIN)/python -m bench.sweep_scale
 
 # Offline checks of the Bicep template (pycep-parser and checkov, each in its own venv).
 validate-infra:
 	bash infra/validate.sh
 
 clean:
-	rm -rf $(VENV) .venv-infra node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .venv-infra node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis .reliability

@@ -21,7 +21,6 @@ from mapping.invocation import parse_invocation
 from mapping.keys import normalize_user_name
 from mapping.send import parse_send_body, send_to_user
 from mapping.store import default_store
-from mapping.sweep import sweep
 
 logger = logging.getLogger(__name__)
 
@@ -150,11 +149,14 @@ async def user_presence(req: func.HttpRequest) -> func.HttpResponse:
 
 @app.function_name("sweep")
 @app.timer_trigger(arg_name="timer", schedule="%SWEEP_SCHEDULE%", run_on_startup=False, use_monitor=True)
-async def sweep_stale(timer: func.TimerRequest) -> None:
-    """Remove rows whose lease ran out (SignalR's disconnect callback is best-effort)."""
+@app.generic_output_binding(
+    arg_name="signalr", type="signalR", hub_name=HUB, connection_string_setting=SIGNALR_CONNECTION
+)
+async def sweep_stale(timer: func.TimerRequest, signalr: func.Out[str]) -> None:
+    """Remove stale rows (SignalR's disconnect callback is best-effort) and announce who went offline."""
     if timer.past_due:
         logger.info("sweep: running late")
-    await sweep(default_store())
+    _send(signalr, await events.on_timer(default_store()))
 
 
 def _send(signalr: func.Out[str], outgoing: list[messages.Message]) -> None:

@@ -1,9 +1,11 @@
 """THE FLOOR: the bare azure-data-tables async calls each event needs, and nothing else.
 
 No function wrapper, no parsing, no validation, no key escaping, no output messages: one shared
-async TableClient and the same table requests the app makes (an upsert plus a live-rows query on
-connect, a delete plus a one-row live query on disconnect, one live-rows query to send or to read
-presence). The app cannot do less work on the table than this.
+async TableClient and the same table requests the app's design makes (on connect the expiry-index
+entry, the row, and with presence a live-rows query; a delete plus a one-row live query on
+disconnect; one live-rows query to send or to read presence). The app cannot do less work on the
+table than this. (Without the expiry index a connect would be one write less; the index is what
+keeps the sweep's cost proportional to the stale rows.)
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ class Floor:
     async def connect(self, user: str, connection: str, *, presence: bool = True) -> None:
         """Upsert the row; with presence, read the user's live rows."""
         now = datetime.now(UTC)
+        bucket = int(now.timestamp()) // 60 * 60
+        entry = {"PartitionKey": f"%~x{bucket:012d}", "RowKey": f"{user}|{connection}", "UserKey": user}
+        await self.client.upsert_entity(entry, mode=UpdateMode.REPLACE)
         row = {"PartitionKey": user, "RowKey": connection, "ConnectedAt": now, "LastSeen": now}
         await self.client.upsert_entity(row, mode=UpdateMode.MERGE)
         if presence:

@@ -51,6 +51,10 @@ param mappingTableName string = 'Connections'
 @minValue(1)
 param mappingTtlSeconds int = 600
 
+@description('Hard limit in seconds (MAPPING_MAX_AGE_SECONDS): a row the SignalR service cannot vouch for is removed once its LastSeen is this old.')
+@minValue(1)
+param mappingMaxAgeSeconds int = 86400
+
 @description('Broadcast presence changes to the hub (PRESENCE_EVENTS).')
 param presenceEvents bool = true
 
@@ -160,6 +164,7 @@ module functionApp 'app/function-app.bicep' = {
     signalRHubName: signalRHubName
     mappingTableName: storage.outputs.tableName
     mappingTtlSeconds: mappingTtlSeconds
+    mappingMaxAgeSeconds: mappingMaxAgeSeconds
     presenceEvents: presenceEvents
     sweepSchedule: sweepSchedule
     maximumInstanceCount: maximumInstanceCount

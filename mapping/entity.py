@@ -85,8 +85,8 @@ class ConnectionEntity:
             user_name=str(row.get("UserName") or ""),
             connection_id=str(row.get("ConnectionId") or ""),
             hub=str(row.get("Hub") or ""),
-            connected_at=as_utc(row["ConnectedAt"]),
-            last_seen=as_utc(row["LastSeen"]),
+            connected_at=_stored_time(row.get("ConnectedAt")),
+            last_seen=_stored_time(row.get("LastSeen")),
             user_agent=str(row.get("UserAgent") or ""),
             etag=etag,
         )
@@ -100,6 +100,13 @@ class ConnectionEntity:
             "lastSeen": _iso(self.last_seen),
             "userAgent": self.user_agent,
         }
+
+
+def _stored_time(value: Any) -> datetime:
+    # A row written by something else may lack a time or hold a naive one: read it as long expired.
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.min.replace(tzinfo=UTC)
 
 
 def _iso(moment: datetime) -> str:

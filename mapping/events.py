@@ -6,9 +6,11 @@ import logging
 
 from mapping.errors import InvalidNameError, InvalidRequestError, UserOfflineError
 from mapping.invocation import Invocation
+from mapping.liveness import liveness_for
 from mapping.messages import Message, error_message, presence_message
 from mapping.send import parse_send_arguments, send_to_user
 from mapping.store import ConnectionStore
+from mapping.sweep import sweep
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,12 @@ async def on_send(store: ConnectionStore, event: Invocation) -> list[Message]:
         return [error_message(event.connection_id, str(error))]
     except UserOfflineError:
         return [error_message(event.connection_id, "recipient is offline", to=request.to)]
+
+
+async def on_timer(store: ConnectionStore) -> list[Message]:
+    """Sweep stale rows (liveness-checked when SignalR is configured); announce users who went offline."""
+    result = await sweep(store, liveness=liveness_for(store.settings.signalr))
+    return [presence_message(user, online=False) for user in result.offline_users]
 
 
 async def _refresh(store: ConnectionStore, user_id: str, connection_id: str) -> None:

@@ -48,7 +48,7 @@ def _load(payload: str | bytes | Mapping[str, Any]) -> Mapping[str, Any]:
         return payload
     try:
         data = json.loads(payload)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from mapping.errors import InvalidNameError, InvalidRequestError, PayloadTooLargeError, UserOfflineError
 from mapping.keys import normalize_user_name
-from mapping.messages import Message, delivery_messages
+from mapping.messages import MAX_JSON_DEPTH, Message, delivery_messages, load_json, within_depth
 from mapping.store import ConnectionStore
 
 MAX_BODY_BYTES = 64 * 1024
@@ -30,9 +30,11 @@ def parse_send_body(body: bytes) -> SendRequest:
     if len(body) > MAX_BODY_BYTES:
         raise PayloadTooLargeError(f"the body must be at most {MAX_BODY_BYTES} bytes")
     try:
-        data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise InvalidRequestError("the body must be a JSON object") from None
+        data = load_json(body.decode("utf-8-sig"), max_depth=MAX_JSON_DEPTH + 1)
+    except UnicodeDecodeError:
+        raise InvalidRequestError("the body must be UTF-8 JSON") from None
+    except ValueError as error:
+        raise InvalidRequestError(f"the body is not valid JSON: {error}") from None
     if not isinstance(data, dict):
         raise InvalidRequestError("the body must be a JSON object")
     if "message" not in data:
@@ -47,7 +49,13 @@ def parse_send_arguments(arguments: list[Any] | None) -> SendRequest:
     """Parse the arguments of a client's `send(to, message)` call, or raise InvalidRequestError."""
     if arguments is None or len(arguments) != 2:
         raise InvalidRequestError("send expects two arguments: (to, message)")
-    if len(json.dumps(arguments[1], ensure_ascii=False).encode()) > MAX_BODY_BYTES:
+    if not within_depth(arguments[1], MAX_JSON_DEPTH):
+        raise InvalidRequestError(f"the message must nest at most {MAX_JSON_DEPTH} levels")
+    try:
+        size = len(json.dumps(arguments[1], ensure_ascii=False, allow_nan=False).encode())
+    except ValueError:
+        raise InvalidRequestError("the message must be plain JSON (no NaN or Infinity)") from None
+    if size > MAX_BODY_BYTES:
         raise PayloadTooLargeError(f"the message must be at most {MAX_BODY_BYTES} bytes")
     return SendRequest(to=_recipient(arguments[0]), message=arguments[1])
 

@@ -8,6 +8,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from urllib.parse import urlsplit, urlunsplit
 
 from mapping.errors import ConfigurationError
 
@@ -25,14 +26,17 @@ VALUE_SETTINGS: tuple[str, ...] = (
     "SIGNALR_HUB",
     "PRESENCE_EVENTS",
     "SWEEP_SCHEDULE",
+    "MAPPING_MAX_AGE_SECONDS",
 )
 # Every app setting the app reads, by name: the one list deployment templates are checked against.
 APP_SETTING_NAMES: tuple[str, ...] = CONNECTION_SETTINGS + VALUE_SETTINGS
 
 DEFAULT_TABLE = "Connections"
 DEFAULT_TTL_SECONDS = 600
+DEFAULT_MAX_AGE_SECONDS = 24 * 3600
 DEFAULT_HUB = "chat"
 DEFAULT_SWEEP_SCHEDULE = "0 */5 * * * *"
+MAX_SECONDS = 366 * 24 * 3600  # durations above a year are configuration mistakes
 
 _TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
 _HUB_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
@@ -56,6 +60,19 @@ class StorageConnection:
 
 
 @dataclass(frozen=True, slots=True)
+class SignalRConnection:
+    """How to reach the SignalR Service REST API: an endpoint plus an access key or a managed identity."""
+
+    endpoint: str
+    access_key: str | None = None
+    client_id: str | None = None
+
+    def __repr__(self) -> str:
+        auth = "access key" if self.access_key else "identity"
+        return f"SignalRConnection({self.endpoint}, {auth})"
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The app settings the mapping library uses, validated."""
 
@@ -65,6 +82,8 @@ class Settings:
     hub: str = DEFAULT_HUB
     presence_events: bool = True
     sweep_schedule: str = DEFAULT_SWEEP_SCHEDULE
+    max_age: timedelta = timedelta(seconds=DEFAULT_MAX_AGE_SECONDS)
+    signalr: SignalRConnection | None = None
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -77,6 +96,8 @@ class Settings:
             hub=_hub_name(env),
             presence_events=_boolean(env, "PRESENCE_EVENTS", default=True),
             sweep_schedule=_value(env, "SWEEP_SCHEDULE") or DEFAULT_SWEEP_SCHEDULE,
+            max_age=timedelta(seconds=_positive_int(env, "MAPPING_MAX_AGE_SECONDS", DEFAULT_MAX_AGE_SECONDS)),
+            signalr=_signalr_connection(env),
         )
 
 
@@ -112,6 +133,36 @@ def _storage_connection(env: Mapping[str, str]) -> StorageConnection:
     )
 
 
+def _signalr_connection(env: Mapping[str, str]) -> SignalRConnection | None:
+    name = "AzureSignalRConnectionString"
+    if raw := _value(env, name):
+        return _parse_signalr_connection_string(raw)
+    if uri := _value(env, f"{name}__serviceUri"):
+        return SignalRConnection(endpoint=uri.rstrip("/"), client_id=_value(env, f"{name}__clientId"))
+    return None
+
+
+def _parse_signalr_connection_string(raw: str) -> SignalRConnection:
+    parts: dict[str, str] = {}
+    for part in raw.split(";"):
+        key, sep, value = part.partition("=")
+        if sep:
+            parts[key.strip().lower()] = value.strip()
+    endpoint = parts.get("endpoint", "").rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", endpoint):
+        raise ConfigurationError("AzureSignalRConnectionString has no valid Endpoint=https://...")
+    if port := parts.get("port"):
+        if not port.isdigit():
+            raise ConfigurationError("AzureSignalRConnectionString has a Port that is not a number")
+        url = urlsplit(endpoint)
+        endpoint = str(urlunsplit(url._replace(netloc=f"{url.hostname}:{port}")))
+    if access_key := parts.get("accesskey"):
+        return SignalRConnection(endpoint=endpoint, access_key=access_key)
+    if parts.get("authtype", "").lower() in {"azure.msi", "azure"}:
+        return SignalRConnection(endpoint=endpoint, client_id=parts.get("clientid") or None)
+    raise ConfigurationError("AzureSignalRConnectionString has neither AccessKey= nor AuthType=azure.msi")
+
+
 def _table_name(env: Mapping[str, str]) -> str:
     name = _value(env, "MAPPING_TABLE") or DEFAULT_TABLE
     if not _TABLE_NAME.match(name) or name.lower() == "tables":
@@ -128,7 +179,7 @@ def _hub_name(env: Mapping[str, str]) -> str:
     return hub
 
 
-def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+def _positive_int(env: Mapping[str, str], name: str, default: int, *, maximum: int = MAX_SECONDS) -> int:
     raw = _value(env, name)
     if raw is None:
         return default
@@ -136,8 +187,8 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise ConfigurationError(f"{name} must be a whole number of seconds, got {raw!r}") from None
-    if value < 1:
-        raise ConfigurationError(f"{name} must be at least 1, got {value}")
+    if not 1 <= value <= maximum:
+        raise ConfigurationError(f"{name} must be between 1 and {maximum}, got {value}")
     return value
 
 

@@ -2,6 +2,23 @@
 
 Every storage detail lives here: the client, keys in filters, batches, and the translation of Azure
 errors into `mapping.errors`. Callers see ConnectionEntity values and typed errors only.
+
+Besides the connection rows, the table holds an expiry index so that the sweep reads only what may be
+stale. An index entry lives in partition `%~x<bucket start, epoch seconds>` (`%~` never starts a user
+key: escaped keys use `%` only as `%XX`), names one connection row by its keys, and says "this row's
+LastSeen fell in this bucket when it was written". Invariants:
+
+1. An index entry is written *before* the row write that sets LastSeen into its bucket (connect,
+   refresh). So every row has an entry for the bucket of its current LastSeen; a crash between the two
+   writes leaves only an entry without a row, never a row without an entry.
+2. Entries are never trusted alone: before acting, the sweep reads the row. No row: the entry is
+   dropped. Row's LastSeen in a later bucket (refreshed since): the entry is dropped, the later entry
+   covers the row. Only a row whose LastSeen still lies in or before the entry's bucket is swept.
+3. Row deletes and refreshes by the sweep are conditional on the ETag it read, so a row refreshed or
+   replaced meanwhile is left alone (its newer entry, per 1, covers it).
+4. An entry is dropped only after its row was dealt with; a crash in between leaves the entry, which
+   the next sweep reads again (and, per 2, drops). So no live row is deleted, and no stale row is left
+   without an entry that will bring it back to the sweep.
 """
 
 from __future__ import annotations
@@ -10,10 +27,12 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hashlib
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.core import MatchConditions
@@ -26,11 +45,13 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
 )
+from azure.core.pipeline import PipelineResponse
 from azure.data.tables import TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient
 
 from mapping.entity import ConnectionEntity, as_utc, utc_now
-from mapping.errors import InvalidRequestError, StorageError, StorageUnavailableError
+from mapping.errors import ConfigurationError, InvalidRequestError, StorageError, StorageUnavailableError
+from mapping.identity import identity_credential
 from mapping.keys import connection_key, normalize_user_name, user_key
 from mapping.settings import Settings, get_settings
 
@@ -41,6 +62,12 @@ MAX_PAGE_LIMIT = 1000
 _PAGE_SIZE = 1000
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _CURSOR_PREFIX = "u1."
+INDEX_PREFIX = "%~x"
+_READ_CONCURRENCY = 16
+_WRITE_CONCURRENCY = 8
+_REFRESH_MEMORY = 100_000  # connections whose last refresh time an instance remembers
+_MAX_RETRY_AFTER_SLEEP = 2.0
+_SERVER_RETRY_AFTER = "x-mapping-server-retry-after"  # the server's Retry-After, before _on_response capped it
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +80,10 @@ class ConnectOutcome:
 
 @dataclass(frozen=True, slots=True)
 class DisconnectOutcome:
-    """What disconnecting did: the user's name (normalised) and whether no live connection is left."""
+    """What disconnecting did: the user's name (normalised), and whether this removed their last live connection."""
 
     user_name: str
+    removed: bool
     went_offline: bool
 
 
@@ -76,6 +104,31 @@ class UsersPage:
 
 
 @dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """An expiry-index entry: the connection row (by its keys) whose LastSeen fell in `bucket`."""
+
+    bucket: str
+    key: str
+    user_key: str
+    connection_key: str
+
+    @property
+    def bucket_start(self) -> datetime:
+        """Return the start of the entry's time bucket."""
+        return datetime.fromtimestamp(int(self.bucket[len(INDEX_PREFIX) :]), UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredConnection:
+    """A connection row as read for the sweep: its keys, its ETag and its entity."""
+
+    partition_key: str
+    row_key: str
+    etag: str
+    entity: ConnectionEntity
+
+
+@dataclass(frozen=True, slots=True)
 class DeleteOutcome:
     """What a conditional bulk delete did: rows deleted, and rows skipped (gone or changed meanwhile)."""
 
@@ -92,22 +145,37 @@ class ConnectionStore:
         *,
         retry_total: int = 3,
         retry_backoff_factor: float = 0.2,
-        connection_timeout: float = 5.0,
-        read_timeout: float = 10.0,
+        connection_timeout: float = 3.0,
+        read_timeout: float = 5.0,
+        retry_timeout: float = 12.0,
+        client_options: Mapping[str, Any] | None = None,
     ) -> None:
+        # Bounded worst case of one storage call: attempts start only within `retry_timeout`, and the
+        # last one may still take `connection_timeout + read_timeout`: 12 + 3 + 5 = 20 s by default,
+        # far inside the Functions timeout (host.json: 5 minutes). A server's Retry-After is obeyed
+        # for at most _MAX_RETRY_AFTER_SLEEP seconds per attempt (see _on_response).
         self.settings = settings
+        # client_options: further azure-core keywords for the TableClient; a `raw_response_hook` among
+        # them runs after the store's own.
+        extra_options = dict(client_options or {})
+        self._response_hook: Callable[[Any], None] | None = extra_options.pop("raw_response_hook", None)
         self._client_options: dict[str, Any] = {
             "retry_total": retry_total,
             "retry_backoff_factor": retry_backoff_factor,
-            "retry_backoff_max": 4,
+            "retry_backoff_max": 2,
             "connection_timeout": connection_timeout,
             "read_timeout": read_timeout,
+            "timeout": retry_timeout,
+            **extra_options,
+            "raw_response_hook": self._on_response,
         }
         self._client: TableClient | None = None
         self._credential: AsyncTokenCredential | None = None
         self._lock = asyncio.Lock()
+        self._refreshed: OrderedDict[tuple[str, str], datetime] = OrderedDict()
+        self._table_missing = False
 
-    # -- the public API -------------------------------------------------------------------------
+    # -- connection events ----------------------------------------------------------------------
 
     async def connect(
         self,
@@ -119,14 +187,15 @@ class ConnectionStore:
         now: datetime | None = None,
         check_presence: bool = True,
     ) -> ConnectOutcome:
-        """Write (or refresh) the row of a connection that opened; say whether the user came online."""
+        """Write the row of a connection that opened; say whether the user came online with it."""
         entity = ConnectionEntity.new(
             user_name, connection_id, hub=hub or self.settings.hub, user_agent=user_agent, now=now
         )
         table = await self._table()
-        with _translated("connect"):
-            await table.upsert_entity(entity.to_table(), mode=UpdateMode.MERGE)
-        if not check_presence:
+        await self._write_index(table, entity.partition_key, entity.row_key, entity.last_seen)
+        created = await self._create_or_refresh(table, entity)
+        self._remember_refresh(entity.partition_key, entity.row_key, entity.last_seen)
+        if not (check_presence and created):
             return ConnectOutcome(entity, came_online=False)
         live = await self._live_rows(entity.partition_key, now=entity.last_seen, select=["RowKey", "ConnectedAt"])
         # Announce online from the oldest live connection only: two tabs opening at once then
@@ -137,38 +206,54 @@ class ConnectionStore:
     async def disconnect(
         self, user_name: str, connection_id: str, *, now: datetime | None = None, check_presence: bool = True
     ) -> DisconnectOutcome:
-        """Delete a connection's row (a missing row is fine); say whether the user has no live connection left."""
+        """Delete a connection's row (a missing row is fine); say whether that left the user offline."""
         name = normalize_user_name(user_name)
         partition, row = user_key(name), connection_key(connection_id)
         table = await self._table()
-        with _translated("disconnect"):
-            await table.delete_entity(partition, row)
+        self._refreshed.pop((partition, row), None)
+        try:
+            with _translated("disconnect"):
+                # A one-operation transaction, unlike delete_entity, tells whether the row existed.
+                await table.submit_transaction([("delete", {"PartitionKey": partition, "RowKey": row})])
+        except _RowMissing:
+            return DisconnectOutcome(name, removed=False, went_offline=False)
         if not check_presence:
-            return DisconnectOutcome(name, went_offline=False)
+            return DisconnectOutcome(name, removed=True, went_offline=False)
         live = await self._live_rows(partition, now=now, select=["RowKey"], limit=1)
-        return DisconnectOutcome(name, went_offline=not live)
+        return DisconnectOutcome(name, removed=True, went_offline=not live)
 
     async def touch(self, user_name: str, connection_id: str, *, now: datetime | None = None) -> bool:
-        """Refresh a connection's `LastSeen`; return False when its row no longer exists."""
-        patch = {
-            "PartitionKey": user_key(user_name),
-            "RowKey": connection_key(connection_id),
-            "LastSeen": as_utc(now) if now else utc_now(),
-        }
+        """Refresh a connection's `LastSeen` (at most once per quarter lease); False when its row is gone."""
+        partition, row = user_key(user_name), connection_key(connection_id)
+        moment = as_utc(now) if now else utc_now()
+        last = self._refreshed.get((partition, row))
+        if last is not None and moment - last < self.settings.ttl / 4:
+            return True
         table = await self._table()
+        await self._write_index(table, partition, row, moment)
         try:
             with _translated("touch"):
                 # The SDK's default condition sends `If-Match: *`: a missing row fails, never reappears.
-                await table.update_entity(patch, mode=UpdateMode.MERGE)
+                await table.update_entity(
+                    {"PartitionKey": partition, "RowKey": row, "LastSeen": moment}, mode=UpdateMode.MERGE
+                )
         except _RowMissing:
+            self._refreshed.pop((partition, row), None)
             return False
+        self._remember_refresh(partition, row, moment)
         return True
+
+    # -- readers --------------------------------------------------------------------------------
 
     async def connections_of(self, user_name: str, *, now: datetime | None = None) -> list[ConnectionEntity]:
         """Return the live connections of a user (case-insensitive), oldest first."""
         rows = await self._live_rows(user_key(user_name), now=now)
         entities = [ConnectionEntity.from_table(row, etag=row.metadata.get("etag")) for row in rows]
         return sorted(entities, key=lambda entity: (entity.connected_at, entity.connection_id))
+
+    async def has_live_connection(self, partition_key: str, *, now: datetime | None = None) -> bool:
+        """Return whether the user with this PartitionKey has a live connection."""
+        return bool(await self._live_rows(partition_key, now=now, select=["RowKey"], limit=1))
 
     async def online_users(
         self, *, limit: int = 100, cursor: str | None = None, now: datetime | None = None
@@ -198,24 +283,67 @@ class ConnectionStore:
                 users.append(OnlineUser(str(row.get("UserName") or ""), 1))
         return UsersPage(users, next=None)
 
-    async def expired_pages(self, *, now: datetime | None = None) -> AsyncIterator[list[ConnectionEntity]]:
-        """Yield pages of rows whose lease has run out, across the whole table."""
+    # -- the sweep's primitives -----------------------------------------------------------------
+
+    def bucket_width(self) -> timedelta:
+        """Return the width of the expiry index's time buckets: a tenth of the lease, 1 s to 5 min."""
+        return min(max(self.settings.ttl / 10, timedelta(seconds=1)), timedelta(minutes=5))
+
+    async def expiry_pages(self, *, before: datetime) -> AsyncIterator[list[IndexEntry]]:
+        """Yield pages of index entries of the buckets that began before `before`, oldest first."""
         table = await self._table()
-        with _translated("find expired rows"):
+        upper = self._bucket(as_utc(before) + self.bucket_width())
+        with _translated("read the expiry index"):
             pages = table.query_entities(
-                "LastSeen le @cutoff", parameters={"cutoff": self._cutoff(now)}, results_per_page=_PAGE_SIZE
+                "PartitionKey ge @lower and PartitionKey lt @upper",
+                parameters={"lower": INDEX_PREFIX, "upper": upper},
+                results_per_page=_PAGE_SIZE,
             ).by_page()
             async for page in pages:
-                yield [ConnectionEntity.from_table(row, etag=row.metadata.get("etag")) async for row in page]
+                yield [_index_entry(row) async for row in page]
 
-    async def delete_unchanged(self, entities: Sequence[ConnectionEntity]) -> DeleteOutcome:
-        """Delete rows unless they changed since read (ETag), in batches of at most 100 per partition."""
-        deleted = skipped = 0
-        for batch in _batches(entities):
-            done, gone = await self._delete_batch(batch)
-            deleted += done
-            skipped += gone
-        return DeleteOutcome(deleted=deleted, skipped=skipped)
+    async def read_connections(self, entries: Sequence[IndexEntry]) -> list[StoredConnection | None]:
+        """Read the rows the entries point to (None where a row is gone), a bounded number at a time."""
+        table = await self._table()
+        slots = asyncio.Semaphore(_READ_CONCURRENCY)
+
+        async def read(entry: IndexEntry) -> StoredConnection | None:
+            async with slots:
+                try:
+                    with _translated("read a connection"):
+                        row = await table.get_entity(entry.user_key, entry.connection_key)
+                except _RowMissing:
+                    return None
+            etag = str(row.metadata.get("etag"))
+            entity = ConnectionEntity.from_table(row, etag=etag)
+            return StoredConnection(entry.user_key, entry.connection_key, etag, entity)
+
+        return list(await asyncio.gather(*(read(entry) for entry in entries)))
+
+    async def refresh_unchanged(self, stored: StoredConnection, *, now: datetime | None = None) -> bool:
+        """Move a row's LastSeen to now unless it changed since read (ETag); False when it did."""
+        moment = as_utc(now) if now else utc_now()
+        table = await self._table()
+        await self._write_index(table, stored.partition_key, stored.row_key, moment)
+        patch = {"PartitionKey": stored.partition_key, "RowKey": stored.row_key, "LastSeen": moment}
+        try:
+            with _translated("refresh a connection"):
+                await table.update_entity(
+                    patch, mode=UpdateMode.MERGE, etag=stored.etag, match_condition=MatchConditions.IfNotModified
+                )
+        except _RowMissing:
+            return False
+        return True
+
+    async def delete_unchanged(self, rows: Sequence[StoredConnection]) -> DeleteOutcome:
+        """Delete rows unless they changed since read (ETag), at most 100 per batch and partition."""
+        operations = [(row.partition_key, row.row_key, row.etag) for row in rows]
+        return await self._delete_in_batches(operations, action="delete stale rows")
+
+    async def drop_index_entries(self, entries: Sequence[IndexEntry]) -> DeleteOutcome:
+        """Delete expiry-index entries (missing ones are fine), at most 100 per batch and bucket."""
+        operations = [(entry.bucket, entry.key, None) for entry in entries]
+        return await self._delete_in_batches(operations, action="drop index entries")
 
     async def close(self) -> None:
         """Close the table client and any credential; the next call opens them again."""
@@ -231,6 +359,50 @@ class ConnectionStore:
 
     def _cutoff(self, now: datetime | None) -> datetime:
         return (as_utc(now) if now else utc_now()) - self.settings.ttl
+
+    def _bucket(self, moment: datetime) -> str:
+        width = int(self.bucket_width().total_seconds())
+        start = int(moment.timestamp()) // width * width
+        return f"{INDEX_PREFIX}{start:012d}"
+
+    async def _write_index(self, table: TableClient, partition: str, row: str, last_seen: datetime) -> None:
+        entry = {
+            "PartitionKey": self._bucket(last_seen),
+            "RowKey": hashlib.sha256(f"{partition}\x00{row}".encode()).hexdigest(),
+            "UserKey": partition,
+            "ConnectionKey": row,
+        }
+        with _translated("write the expiry index"):
+            await table.upsert_entity(entry, mode=UpdateMode.REPLACE)
+
+    async def _create_or_refresh(self, table: TableClient, entity: ConnectionEntity) -> bool:
+        # A repeated connected event keeps the first ConnectedAt and announces nothing.
+        for _attempt in range(3):
+            try:
+                with _translated("connect"):
+                    await table.create_entity(entity.to_table())
+                return True
+            except _RowExists:
+                pass
+            patch = {
+                "PartitionKey": entity.partition_key,
+                "RowKey": entity.row_key,
+                "LastSeen": entity.last_seen,
+                "UserAgent": entity.user_agent,
+            }
+            try:
+                with _translated("connect"):
+                    await table.update_entity(patch, mode=UpdateMode.MERGE)
+                return False
+            except _RowMissing:
+                continue  # deleted between the two calls: create it again
+        raise StorageError("connect: the row kept changing; try again")
+
+    def _remember_refresh(self, partition: str, row: str, moment: datetime) -> None:
+        self._refreshed[(partition, row)] = moment
+        self._refreshed.move_to_end((partition, row))
+        while len(self._refreshed) > _REFRESH_MEMORY:
+            self._refreshed.popitem(last=False)
 
     async def _live_rows(
         self, partition: str, *, now: datetime | None, select: list[str] | None = None, limit: int | None = None
@@ -250,25 +422,31 @@ class ConnectionStore:
                     break
         return rows
 
-    async def _delete_batch(self, batch: list[ConnectionEntity]) -> tuple[int, int]:
+    async def _delete_in_batches(
+        self, operations: Sequence[tuple[str, str, str | None]], *, action: str
+    ) -> DeleteOutcome:
+        slots = asyncio.Semaphore(_WRITE_CONCURRENCY)
+
+        async def delete(batch: list[tuple[str, str, str | None]]) -> tuple[int, int]:
+            async with slots:
+                return await self._delete_batch(batch, action=action)
+
+        outcomes = await asyncio.gather(*(delete(batch) for batch in _batches(operations)))
+        return DeleteOutcome(deleted=sum(done for done, _ in outcomes), skipped=sum(gone for _, gone in outcomes))
+
+    async def _delete_batch(self, batch: list[tuple[str, str, str | None]], *, action: str) -> tuple[int, int]:
         # One failing operation fails the whole transaction: drop it (its row is gone or was
-        # refreshed since read, both fine to leave) and retry the rest.
+        # changed since read, both fine to leave) and retry the rest.
         pending = list(batch)
         skipped = 0
         table = await self._table()
         while pending:
-            operations = [
-                ("delete", entity.to_table(), {"etag": entity.etag, "match_condition": MatchConditions.IfNotModified})
-                if entity.etag
-                else ("delete", entity.to_table())
-                for entity in pending
-            ]
             try:
-                with _translated("delete expired rows"):
-                    await table.submit_transaction(operations)
+                with _translated(action):
+                    await table.submit_transaction([_delete_operation(*operation) for operation in pending])
             except _RowMissing as missing:
                 failed = missing.index if missing.index is not None and missing.index < len(pending) else 0
-                logger.debug("sweep: row %s changed or vanished meanwhile; retrying the rest", failed)
+                logger.debug("%s: operation %s found its row changed or gone; retrying the rest", action, failed)
                 pending.pop(failed)
                 skipped += 1
                 continue
@@ -276,22 +454,38 @@ class ConnectionStore:
         return 0, skipped
 
     async def _table(self) -> TableClient:
-        if self._client is not None:
+        if self._client is not None and not self._table_missing:
             return self._client
         async with self._lock:
             if self._client is None:
                 self._client = await self._open_table()
+            elif self._table_missing:
+                # The table vanished under the cached client (deleted, or an emulator restarted):
+                # create it again, as on first use, instead of failing until the process restarts.
+                await self._create_table(self._client)
+                self._table_missing = False
         return self._client
+
+    def _on_response(self, response: PipelineResponse[Any, Any]) -> None:
+        """SDK hook on every HTTP response, before the retry policy sees it."""
+        headers = response.http_response.headers
+        if response.http_response.status_code == 404 and headers.get("x-ms-error-code") == "TableNotFound":
+            self._table_missing = True
+        # The SDK sleeps for whatever Retry-After says before retrying; keep the server's value for
+        # the caller's hint, but let the SDK wait at most _MAX_RETRY_AFTER_SLEEP seconds.
+        for name, unit in (("Retry-After", 1.0), ("retry-after-ms", 0.001), ("x-ms-retry-after-ms", 0.001)):
+            if (value := headers.get(name)) is None:
+                continue
+            if name == "Retry-After":
+                headers[_SERVER_RETRY_AFTER] = value
+            headers[name] = f"{_capped_sleep(value, unit=unit) / unit:g}"
+        if self._response_hook is not None:
+            self._response_hook(response)
 
     async def _open_table(self) -> TableClient:
         client = self._new_client()
         try:
-            with _translated("create table"):
-                try:
-                    await client.create_table()
-                    logger.info("created table %s", self.settings.table_name)
-                except ResourceExistsError:
-                    pass
+            await self._create_table(client)
         except BaseException:
             await client.close()
             if self._credential is not None:
@@ -300,6 +494,14 @@ class ConnectionStore:
             raise
         return client
 
+    async def _create_table(self, client: TableClient) -> None:
+        with _translated("create table"):
+            try:
+                await client.create_table()
+                logger.info("created table %s", self.settings.table_name)
+            except ResourceExistsError:
+                pass
+
     def _new_client(self) -> TableClient:
         storage = self.settings.storage
         table_name = self.settings.table_name
@@ -307,10 +509,32 @@ class ConnectionStore:
             try:
                 return TableClient.from_connection_string(storage.connection_string, table_name, **self._client_options)
             except ValueError:
-                raise StorageError(f"the connection string in {storage.source} is malformed") from None
+                raise ConfigurationError(f"the connection string in {storage.source} is malformed") from None
         assert storage.table_service_uri is not None
-        self._credential = _identity_credential(storage.client_id)
-        return TableClient(storage.table_service_uri, table_name, credential=self._credential, **self._client_options)
+        credential = identity_credential(storage.client_id)
+        try:
+            client = TableClient(storage.table_service_uri, table_name, credential=credential, **self._client_options)
+        except ValueError as error:
+            asyncio.get_running_loop().create_task(credential.close())
+            raise ConfigurationError(f"{storage.source}__tableServiceUri is not usable: {error}") from None
+        self._credential = credential
+        return client
+
+
+def _delete_operation(partition: str, row: str, etag: str | None) -> tuple[str, dict[str, str], dict[str, Any]]:
+    keys = {"PartitionKey": partition, "RowKey": row}
+    if etag:
+        return ("delete", keys, {"etag": etag, "match_condition": MatchConditions.IfNotModified})
+    return ("delete", keys, {})
+
+
+def _index_entry(row: Any) -> IndexEntry:
+    return IndexEntry(
+        bucket=row["PartitionKey"],
+        key=row["RowKey"],
+        user_key=str(row.get("UserKey") or ""),
+        connection_key=str(row.get("ConnectionKey") or ""),
+    )
 
 
 class _RowMissing(StorageError):
@@ -321,12 +545,12 @@ class _RowMissing(StorageError):
         self.index = index
 
 
-def _identity_credential(client_id: str | None) -> AsyncTokenCredential:
-    from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
+class _RowExists(StorageError):
+    """Internal: a create found the row already there."""
 
-    if client_id:
-        return ManagedIdentityCredential(client_id=client_id)
-    return DefaultAzureCredential()
+
+class _TableMissing(StorageUnavailableError):
+    """The table was deleted while the process ran; the next call creates it again (see _on_response)."""
 
 
 @contextlib.contextmanager
@@ -336,14 +560,24 @@ def _translated(action: str) -> Iterator[None]:
         yield
     except StorageError:
         raise
-    except TableTransactionError as error:
-        if error.status_code in (404, 412):
+    except HttpResponseError as error:
+        if _error_code(error) == "TableNotFound":
+            logger.warning("table storage: the table is gone (%s); it is created again on the next call", action)
+            raise _TableMissing(f"the table disappeared ({action})", retry_after_seconds=1) from None
+        if isinstance(error, TableTransactionError) and error.status_code in (404, 412):
             raise _RowMissing(f"{action}: a row changed meanwhile", index=error.index) from None
+        if isinstance(error, ResourceNotFoundError | ResourceModifiedError):
+            raise _RowMissing(f"{action}: row missing or changed ({error.status_code})") from None
+        if isinstance(error, ResourceExistsError):
+            raise _RowExists(f"{action}: the row exists") from None
         raise _storage_error(action, error) from None
-    except (ResourceNotFoundError, ResourceModifiedError) as error:
-        raise _RowMissing(f"{action}: row missing or changed ({error.status_code})") from None
     except (TimeoutError, AzureError, OSError) as error:
         raise _storage_error(action, error) from None
+
+
+def _error_code(error: HttpResponseError) -> str | None:
+    code = getattr(error, "error_code", None)
+    return str(code.value if hasattr(code, "value") else code) if code else None
 
 
 def _storage_error(action: str, error: BaseException) -> StorageError:
@@ -359,19 +593,28 @@ def _storage_error(action: str, error: BaseException) -> StorageError:
     return StorageUnavailableError(f"table storage is unavailable ({action})", retry_after_seconds=retry_after)
 
 
+def _capped_sleep(value: str, *, unit: float) -> float:
+    try:
+        seconds = float(value) * unit
+    except ValueError:  # an HTTP date: not worth parsing for a sleep this short
+        return _MAX_RETRY_AFTER_SLEEP
+    return max(0.0, min(seconds, _MAX_RETRY_AFTER_SLEEP))
+
+
 def _retry_after(error: BaseException) -> int:
     response = getattr(error, "response", None)
-    header = response.headers.get("Retry-After") if response is not None else None
+    headers = response.headers if response is not None else {}
+    header = headers.get(_SERVER_RETRY_AFTER) or headers.get("Retry-After")
     try:
         return max(1, min(int(header), 300)) if header else 5
     except ValueError:
         return 5
 
 
-def _batches(entities: Sequence[ConnectionEntity]) -> Iterator[list[ConnectionEntity]]:
-    by_partition: dict[str, list[ConnectionEntity]] = {}
-    for entity in entities:
-        by_partition.setdefault(entity.partition_key, []).append(entity)
+def _batches(operations: Sequence[tuple[str, str, str | None]]) -> Iterator[list[tuple[str, str, str | None]]]:
+    by_partition: dict[str, list[tuple[str, str, str | None]]] = {}
+    for operation in operations:
+        by_partition.setdefault(operation[0], []).append(operation)
     for rows in by_partition.values():
         for start in range(0, len(rows), MAX_BATCH):
             yield rows[start : start + MAX_BATCH]

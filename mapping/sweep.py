@@ -1,40 +1,159 @@
 """Stale-row removal: the timer function is the TTL that Table Storage does not have.
 
-For now the sweep is age-based: it pages through every row whose `LastSeen` is older than the lease
-and deletes it, unless the row changed since it was read (ETag), at most 100 per batch and
-partition. A row a disconnect removed meanwhile is skipped, not an error.
+The sweep reads only the expiry index's buckets that began before its cutoff (a key-range query,
+never a filter on a property across the table), so its cost follows the stale rows, not the table:
+every row older than the cutoff, plus at most the rows of the one bucket that straddles it.
+For each entry it reads the row the entry names and acts on what it finds (see the invariants in
+`mapping.store`):
+
+- no row, or a row whose LastSeen moved to a later bucket: the entry is dropped;
+- with a SignalR connection configured, every row past half its lease is checked with the service
+  (`HEAD .../connections/{id}`): alive → LastSeen is refreshed; gone → the row is deleted; unknown →
+  kept for the next sweep, unless LastSeen is older than MAPPING_MAX_AGE_SECONDS, then deleted;
+- without one, a row past its lease is deleted (age-based).
+
+Deletes and refreshes are conditional on the row's ETag. The sweep stops at its time budget and the
+next run resumes where it stopped (the entries it did not reach are still there). When it removes a
+user's last live connection, the user is reported offline.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
-from datetime import datetime
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from mapping.entity import as_utc, utc_now
-from mapping.store import ConnectionStore
+from mapping.liveness import Liveness, SignalRLiveness
+from mapping.store import ConnectionStore, IndexEntry, StoredConnection
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_TIME_BUDGET = timedelta(minutes=4)  # the Functions timeout in host.json is 5 minutes
+_PRESENCE_CONCURRENCY = 16
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)
 class SweepResult:
-    """What one sweep did: expired rows found, deleted, and skipped because they changed or vanished."""
+    """What one sweep read and did."""
 
-    expired: int
-    deleted: int
-    skipped: int
+    entries_read: int = 0
+    rows_read: int = 0
+    checked: int = 0
+    refreshed: int = 0
+    deleted: int = 0
+    kept: int = 0
+    entries_dropped: int = 0
+    offline_users: list[str] = field(default_factory=list)
+    complete: bool = True
+
+    @property
+    def entities_read(self) -> int:
+        """Return the table entities the sweep read: index entries plus connection rows."""
+        return self.entries_read + self.rows_read
 
 
-async def sweep(store: ConnectionStore, *, now: datetime | None = None) -> SweepResult:
-    """Delete every row whose lease ran out before `now` (default: the current time)."""
+async def sweep(
+    store: ConnectionStore,
+    *,
+    liveness: SignalRLiveness | None = None,
+    now: datetime | None = None,
+    time_budget: timedelta = DEFAULT_TIME_BUDGET,
+) -> SweepResult:
+    """Remove stale connection rows (liveness-checked when `liveness` is given); report users gone offline."""
     moment = as_utc(now) if now else utc_now()
-    expired = deleted = skipped = 0
-    async for page in store.expired_pages(now=moment):
-        expired += len(page)
-        outcome = await store.delete_unchanged(page)
-        deleted += outcome.deleted
-        skipped += outcome.skipped
-    result = SweepResult(expired=expired, deleted=deleted, skipped=skipped)
-    logger.info("sweep: %d expired rows, %d deleted, %d skipped", expired, deleted, skipped)
+    ttl = store.settings.ttl
+    cutoff = moment - (ttl / 2 if liveness else ttl)
+    deadline = time.monotonic() + time_budget.total_seconds()
+    result = SweepResult()
+    emptied: dict[str, str] = {}
+    async for entries in store.expiry_pages(before=cutoff):
+        result.entries_read += len(entries)
+        await _sweep_page(store, entries, liveness=liveness, now=moment, cutoff=cutoff, result=result, emptied=emptied)
+        if time.monotonic() > deadline:
+            result.complete = False
+            logger.warning("sweep: time budget spent; the next run resumes")
+            break
+    if store.settings.presence_events:
+        result.offline_users = await _gone_offline(store, emptied, now=moment)
+    logger.info(
+        "sweep: %d entries, %d rows read, %d checked, %d refreshed, %d deleted, %d kept, %d users offline%s",
+        result.entries_read,
+        result.rows_read,
+        result.checked,
+        result.refreshed,
+        result.deleted,
+        result.kept,
+        len(result.offline_users),
+        "" if result.complete else " (incomplete)",
+    )
     return result
+
+
+async def _sweep_page(
+    store: ConnectionStore,
+    entries: list[IndexEntry],
+    *,
+    liveness: SignalRLiveness | None,
+    now: datetime,
+    cutoff: datetime,
+    result: SweepResult,
+    emptied: dict[str, str],
+) -> None:
+    rows = await store.read_connections(entries)
+    result.rows_read += sum(row is not None for row in rows)
+    done: list[IndexEntry] = []
+    stale: list[StoredConnection] = []
+    candidates: list[tuple[IndexEntry, StoredConnection]] = []
+    for entry, row in zip(entries, rows, strict=True):
+        if row is None or row.entity.last_seen >= entry.bucket_start + store.bucket_width():
+            done.append(entry)  # no row, or the row was refreshed into a later bucket
+        elif row.entity.last_seen < cutoff:
+            candidates.append((entry, row))
+        # else: the entry's bucket straddles the cutoff and this row is not due yet; keep the entry
+    verdicts = await _verdicts([row for _, row in candidates], store=store, liveness=liveness, now=now)
+    result.checked += len(candidates) if liveness else 0
+    for (entry, row), verdict in zip(candidates, verdicts, strict=True):
+        if verdict is Liveness.ALIVE:
+            if await store.refresh_unchanged(row, now=now):
+                result.refreshed += 1
+            done.append(entry)
+        elif verdict is Liveness.GONE:
+            stale.append(row)
+            done.append(entry)
+        else:
+            result.kept += 1
+    if stale:
+        outcome = await store.delete_unchanged(stale)
+        result.deleted += outcome.deleted
+        emptied.update({row.partition_key: row.entity.user_name for row in stale})
+    if done:
+        result.entries_dropped += (await store.drop_index_entries(done)).deleted
+
+
+async def _verdicts(
+    rows: list[StoredConnection], *, store: ConnectionStore, liveness: SignalRLiveness | None, now: datetime
+) -> list[Liveness]:
+    if liveness is None:
+        expired = now - store.settings.ttl
+        return [Liveness.GONE if row.entity.last_seen < expired else Liveness.UNKNOWN for row in rows]
+    answers = await asyncio.gather(*(liveness.check(row.entity.hub, row.entity.connection_id) for row in rows))
+    too_old = now - store.settings.max_age
+    return [
+        Liveness.GONE if answer is Liveness.UNKNOWN and row.entity.last_seen < too_old else answer
+        for row, answer in zip(rows, answers, strict=True)
+    ]
+
+
+async def _gone_offline(store: ConnectionStore, emptied: dict[str, str], *, now: datetime) -> list[str]:
+    slots = asyncio.Semaphore(_PRESENCE_CONCURRENCY)
+
+    async def offline(partition: str) -> bool:
+        async with slots:
+            return not await store.has_live_connection(partition, now=now)
+
+    partitions = list(emptied)
+    answers = await asyncio.gather(*(offline(partition) for partition in partitions))
+    return [emptied[partition] for partition, gone in zip(partitions, answers, strict=True) if gone]

@@ -11,8 +11,10 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables.aio import TableClient, TableServiceClient
 
 from azurite import DEV_KEY, Azurite, free_port, running_azurite
+from figures import FIGURES, Figures
+from mapping.liveness import close_checkers
 from mapping.settings import Settings, StorageConnection
-from mapping.store import ConnectionStore, reset_default_store
+from mapping.store import INDEX_PREFIX, ConnectionStore, reset_default_store
 
 # Re-exported for the test modules, which import them from here.
 __all__ = ["DEV_KEY", "Azurite", "free_port", "running_azurite"]
@@ -74,13 +76,31 @@ async def app_env(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> AsyncIte
     await reset_default_store()
     yield env
     await reset_default_store()
+    await close_checkers()
     await drop_table(azurite, env["MAPPING_TABLE"])
 
 
-async def table_rows(azurite: Azurite, table: str) -> list[dict[str, object]]:
+async def all_rows(azurite: Azurite, table: str) -> list[dict[str, object]]:
     """Read every row of a table straight from Azurite, bypassing the store."""
     async with TableClient.from_connection_string(azurite.connection_string, table) as client:
         try:
             return [dict(row) async for row in client.list_entities()]
         except ResourceNotFoundError:
             return []
+
+
+async def table_rows(azurite: Azurite, table: str) -> list[dict[str, object]]:
+    """Read the connection rows of a table (not the expiry index) straight from Azurite."""
+    return [row for row in await all_rows(azurite, table) if not str(row["PartitionKey"]).startswith(INDEX_PREFIX)]
+
+
+async def index_rows(azurite: Azurite, table: str) -> list[dict[str, object]]:
+    """Read the expiry-index entries of a table straight from Azurite."""
+    return [row for row in await all_rows(azurite, table) if str(row["PartitionKey"]).startswith(INDEX_PREFIX)]
+
+
+@pytest.fixture(scope="session")
+def figures() -> Iterator[Figures]:
+    """The reliability figures of this run, written to JSON when the session ends."""
+    yield FIGURES
+    FIGURES.write()

@@ -144,10 +144,21 @@ async def test_duplicate_events_keep_one_row(app_env: dict[str, str], azurite: A
     assert await table_rows(azurite, app_env["MAPPING_TABLE"]) == []
 
 
-async def test_disconnect_of_an_unknown_connection_is_fine() -> None:
-    """A disconnected event for a connection never mapped raises nothing."""
+async def test_disconnect_of_an_unknown_connection_announces_nothing() -> None:
+    """A disconnected event for a connection never mapped raises nothing and broadcasts nothing."""
     out = await disconnect("nobody", "never-seen")
-    assert out.messages in ([], [{"target": "presence", "arguments": [{"user": "nobody", "online": False}]}])
+    assert out.value is None
+
+
+async def test_repeated_events_announce_presence_once(app_env: dict[str, str], azurite: Azurite) -> None:
+    """A repeated connected event keeps the first ConnectedAt and stays silent; so does a repeated disconnected."""
+    assert len((await connect("eve", "e1")).messages) == 1
+    [first] = await table_rows(azurite, app_env["MAPPING_TABLE"])
+    assert (await connect("eve", "e1")).value is None
+    [again] = await table_rows(azurite, app_env["MAPPING_TABLE"])
+    assert again["ConnectedAt"] == first["ConnectedAt"]
+    assert len((await disconnect("eve", "e1")).messages) == 1
+    assert (await disconnect("eve", "e1")).value is None
 
 
 async def test_presence_events_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -378,11 +389,43 @@ async def test_online_users_bad_query_is_400(params: dict[str, str]) -> None:
 # -- the timer ---------------------------------------------------------------------------------
 
 
-async def test_timer_sweep_removes_expired_rows(app_env: dict[str, str], azurite: Azurite) -> None:
-    """The timer function deletes expired rows and keeps live ones."""
+async def test_timer_sweep_removes_expired_rows_and_announces_offline(
+    app_env: dict[str, str], azurite: Azurite
+) -> None:
+    """The timer deletes expired rows, keeps live ones and broadcasts offline for users it emptied."""
     store = default_store()
-    await store.connect("old", "o1", now=datetime.now(UTC) - timedelta(hours=1))
+    await store.connect("Old", "o1", now=datetime.now(UTC) - timedelta(hours=1))
     await connect("new", "n1")
-    await call("sweep", timer=TimerRequest(past_due=True))
+    out = Out()
+    await call("sweep", timer=TimerRequest(past_due=True), signalr=out)
     rows = await table_rows(azurite, app_env["MAPPING_TABLE"])
     assert [row["PartitionKey"] for row in rows] == ["new"]
+    assert out.messages == [{"target": "presence", "arguments": [{"user": "Old", "online": False}]}]
+
+
+async def test_timer_sweep_with_nothing_stale_sends_nothing() -> None:
+    """A sweep that removes nothing leaves the signalR output unset."""
+    await connect("fresh", "f1")
+    out = Out()
+    await call("sweep", timer=TimerRequest(past_due=False), signalr=out)
+    assert out.value is None
+
+
+async def test_timer_sweep_asks_signalr_when_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With AzureSignalRConnectionString set, the timer checks rows past half their lease with the service."""
+    from mapping.store import reset_default_store
+    from signalr_rest import signalr_rest
+
+    async with signalr_rest() as rest:
+        monkeypatch.setenv("AzureSignalRConnectionString", rest.connection_string)
+        await reset_default_store()
+        rest.answers["alive"] = [200]
+        rest.answers["lost"] = [404]
+        half_lease_ago = datetime.now(UTC) - timedelta(seconds=400)
+        await default_store().connect("zoe", "alive", now=half_lease_ago)
+        await default_store().connect("zoe", "lost", now=half_lease_ago)
+        out = Out()
+        await call("sweep", timer=TimerRequest(past_due=False), signalr=out)
+        assert sorted(rest.requests) == ["alive", "lost"]
+        assert [c.connection_id for c in await default_store().connections_of("zoe")] == ["alive"]
+        assert out.value is None

@@ -66,7 +66,9 @@ def test_presence_endpoints_send_nothing() -> None:
 
 
 def test_sweep_runs_on_the_configured_schedule() -> None:
-    """The sweep is a timer on `%SWEEP_SCHEDULE%` that does not run on startup."""
+    """The sweep is a timer on `%SWEEP_SCHEDULE%` that does not run on startup and can broadcast presence."""
     timer = binding("sweep", "timerTrigger")
     assert timer["schedule"] == "%SWEEP_SCHEDULE%"
     assert timer["runOnStartup"] is False
+    output = binding("sweep", "signalR")
+    assert (output["direction"], output["hubName"], output["name"]) == ("OUT", "%SIGNALR_HUB%", "signalr")

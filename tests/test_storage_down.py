@@ -127,7 +127,7 @@ async def test_signalr_triggers_raise_when_storage_is_down(app_on_dead_storage: 
 async def test_timer_sweep_raises_when_storage_is_down(app_on_dead_storage: str) -> None:
     """A failed sweep is a failed function run, not a silent success."""
     with pytest.raises(StorageError):
-        await call("sweep", timer=TimerRequest(past_due=False))
+        await call("sweep", timer=TimerRequest(past_due=False), signalr=Out())
 
 
 async def test_missing_configuration_is_visible(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from conftest import Azurite, running_azurite, table_rows
-from mapping.errors import InvalidNameError, InvalidRequestError
+from conftest import Azurite, drop_table, index_rows, running_azurite, table_rows
+from mapping.errors import InvalidNameError, InvalidRequestError, StorageUnavailableError
 from mapping.keys import connection_key, user_key
 from mapping.settings import Settings
-from mapping.store import ConnectionStore
+from mapping.store import INDEX_PREFIX, ConnectionStore
 
 TTL = timedelta(seconds=600)
 
@@ -49,15 +49,38 @@ async def test_multi_tab_user_goes_offline_only_when_the_last_tab_closes(store: 
 
 
 async def test_repeated_events_are_idempotent(store: ConnectionStore, azurite: Azurite) -> None:
-    """A duplicated connected event keeps one row; a duplicated disconnected event is harmless."""
-    await store.connect("bob", "c1")
+    """A duplicated connected event keeps one row and its ConnectedAt; a duplicated disconnected event is harmless."""
+    first = await store.connect("bob", "c1", now=datetime(2026, 1, 1, tzinfo=UTC) + TTL)
     again = await store.connect("bob", "c1")
-    assert again.came_online is True  # still the user's only (oldest) live connection
-    assert len(await table_rows(azurite, store.settings.table_name)) == 1
-    await store.disconnect("bob", "c1")
-    outcome = await store.disconnect("bob", "c1")
-    assert outcome.went_offline is True
+    assert (first.came_online, again.came_online) == (True, False)
+    [row] = await table_rows(azurite, store.settings.table_name)
+    assert row["ConnectedAt"] == first.entity.connected_at
+    assert row["LastSeen"] == again.entity.last_seen
+    gone = await store.disconnect("bob", "c1")
+    repeated = await store.disconnect("bob", "c1")
+    assert (gone.removed, gone.went_offline) == (True, True)
+    assert (repeated.removed, repeated.went_offline) == (False, False)
     assert await table_rows(azurite, store.settings.table_name) == []
+
+
+async def test_every_connect_writes_its_index_entry_first(store: ConnectionStore, azurite: Azurite) -> None:
+    """Each connection row has an expiry-index entry naming it, in the bucket of its LastSeen."""
+    await store.connect("Quinn/Q", "c#1")
+    [entry] = await index_rows(azurite, store.settings.table_name)
+    assert (entry["UserKey"], entry["ConnectionKey"]) == (user_key("quinn/q"), connection_key("c#1"))
+    [row] = await table_rows(azurite, store.settings.table_name)
+    bucket_start = int(str(entry["PartitionKey"]).removeprefix(INDEX_PREFIX))
+    width = store.bucket_width().total_seconds()
+    assert bucket_start <= row["LastSeen"].timestamp() < bucket_start + width  # type: ignore[attr-defined]
+
+
+async def test_a_deleted_table_is_created_again(store: ConnectionStore, azurite: Azurite) -> None:
+    """If the table is deleted while the process runs, one call fails visibly and the next recreates it."""
+    await store.connect("rita", "r1")
+    await drop_table(azurite, store.settings.table_name)
+    with pytest.raises(StorageUnavailableError):
+        await store.connections_of("rita")
+    assert (await store.connect("rita", "r2")).came_online is True
 
 
 async def test_names_compare_case_insensitively_everywhere(store: ConnectionStore) -> None:

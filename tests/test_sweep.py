@@ -1,81 +1,300 @@
-"""The age-based sweep against a real Azurite: what goes, what stays, and rows that change meanwhile."""
+"""The sweep against a real Azurite: the expiry index, its drift cases, liveness checks, presence, cost."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
-from conftest import Azurite, table_rows
+import pytest
+
+from conftest import Azurite, index_rows, table_rows
+from mapping.liveness import SignalRLiveness
+from mapping.settings import SignalRConnection
 from mapping.store import ConnectionStore
 from mapping.sweep import sweep
+from signalr_rest import ACCESS_KEY, SignalRRest, signalr_rest
 
 TTL = timedelta(seconds=600)
+NOW = datetime.now(UTC).replace(microsecond=0)
 
 
 def ago(seconds: float) -> datetime:
-    """Return a UTC time `seconds` in the past."""
-    return datetime.now(UTC) - timedelta(seconds=seconds)
+    """Return a UTC time `seconds` before the test run's reference time."""
+    return NOW - timedelta(seconds=seconds)
+
+
+def keys(rows: list[dict[str, object]]) -> list[tuple[object, object]]:
+    """Return the sorted (PartitionKey, RowKey) pairs of rows."""
+    return sorted((row["PartitionKey"], row["RowKey"]) for row in rows)
+
+
+@pytest.fixture
+async def service() -> AsyncIterator[tuple[SignalRRest, SignalRLiveness]]:
+    """A loopback SignalR REST stand-in and a liveness checker pointed at it."""
+    async with signalr_rest() as rest:
+        checker = SignalRLiveness(SignalRConnection(endpoint=rest.endpoint, access_key=ACCESS_KEY))
+        yield rest, checker
+        await checker.close()
+
+
+# -- age-based (no SignalR connection) ---------------------------------------------------------
 
 
 async def test_sweep_removes_expired_rows_and_keeps_live_ones(store: ConnectionStore, azurite: Azurite) -> None:
-    """Only rows whose LastSeen is older than the TTL are deleted."""
-    await store.connect("alice", "old", now=ago(TTL.total_seconds() + 1))
-    await store.connect("alice", "new")
+    """Only rows whose LastSeen is older than the TTL are deleted, and their index entries go with them."""
+    await store.connect("alice", "old", now=ago(TTL.total_seconds() + 120))
+    await store.connect("alice", "new", now=NOW)
     await store.connect("bob", "old", now=ago(TTL.total_seconds() * 10))
-    await store.connect("carol", "almost", now=ago(TTL.total_seconds() - 30))
-    result = await sweep(store)
-    assert (result.expired, result.deleted, result.skipped) == (2, 2, 0)
-    rows = await table_rows(azurite, store.settings.table_name)
-    assert sorted((r["PartitionKey"], r["RowKey"]) for r in rows) == [("alice", "new"), ("carol", "almost")]
+    await store.connect("carol", "almost", now=ago(TTL.total_seconds() - 120))
+    result = await sweep(store, now=NOW)
+    assert result.deleted == 2
+    assert keys(await table_rows(azurite, store.settings.table_name)) == [("alice", "new"), ("carol", "almost")]
+    assert len(await index_rows(azurite, store.settings.table_name)) == 2
+
+
+async def test_sweep_reports_users_whose_last_connection_it_removed(store: ConnectionStore) -> None:
+    """A user left with no live connection is reported offline; a user with another live tab is not."""
+    stale = ago(TTL.total_seconds() + 120)
+    await store.connect("Dora", "d1", now=stale)
+    await store.connect("Eve", "e1", now=stale)
+    await store.connect("eve", "e2", now=NOW)
+    result = await sweep(store, now=NOW)
+    assert result.offline_users == ["Dora"]
 
 
 async def test_sweep_deletes_a_partition_of_more_than_a_hundred_rows(store: ConnectionStore, azurite: Azurite) -> None:
     """A user with 250 expired rows is cleared in batches of at most 100, their live row kept."""
-    stale = ago(TTL.total_seconds() + 60)
+    stale = ago(TTL.total_seconds() + 120)
     await asyncio.gather(*(store.connect("crowd", f"c{i:03d}", now=stale) for i in range(250)))
-    await store.connect("crowd", "alive")
-    result = await sweep(store)
-    assert (result.expired, result.deleted) == (250, 250)
-    rows = await table_rows(azurite, store.settings.table_name)
-    assert [r["RowKey"] for r in rows] == ["alive"]
+    await store.connect("crowd", "alive", now=NOW)
+    result = await sweep(store, now=NOW)
+    assert result.deleted == 250
+    assert [r["RowKey"] for r in await table_rows(azurite, store.settings.table_name)] == ["alive"]
+    assert result.offline_users == []
 
 
 async def test_sweep_follows_continuation_across_pages(store: ConnectionStore, azurite: Azurite) -> None:
     """More expired rows than one query page (1,000) across many partitions are all removed."""
     stale = ago(TTL.total_seconds() * 3)
     await asyncio.gather(*(store.connect(f"user{i % 150}", f"c{i}", now=stale) for i in range(1100)))
-    result = await sweep(store)
+    result = await sweep(store, now=NOW)
     assert result.deleted == 1100
     assert await table_rows(azurite, store.settings.table_name) == []
+    assert await index_rows(azurite, store.settings.table_name) == []
+    assert len(result.offline_users) == 150
+
+
+async def test_sweep_reads_only_the_stale_part_of_the_table(store: ConnectionStore) -> None:
+    """With 600 live rows and 30 stale ones, the sweep reads about two entities per stale row, not the table."""
+    await asyncio.gather(*(store.connect(f"live{i % 60}", f"l{i}", now=NOW) for i in range(600)))
+    await asyncio.gather(*(store.connect(f"gone{i}", f"g{i}", now=ago(TTL.total_seconds() + 120)) for i in range(30)))
+    result = await sweep(store, now=NOW)
+    assert result.deleted == 30
+    assert result.entities_read <= 2 * 30 + 10
+
+
+async def test_a_live_but_quiet_row_is_never_read_by_an_age_based_sweep(store: ConnectionStore) -> None:
+    """A row inside its lease lies in a bucket the sweep does not read."""
+    await store.connect("quiet", "q1", now=ago(TTL.total_seconds() / 2))
+    result = await sweep(store, now=NOW)
+    assert (result.entries_read, result.rows_read, result.deleted) == (0, 0, 0)
+
+
+# -- drift between the index and the rows ------------------------------------------------------
+
+
+async def test_an_entry_whose_row_was_never_written_is_dropped(store: ConnectionStore, azurite: Azurite) -> None:
+    """A crash between the index write and the row write leaves an entry that the sweep drops, touching nothing else."""
+    await store.connect("frank", "f1", now=ago(TTL.total_seconds() + 120))
+    await store.disconnect("frank", "f1")  # the row is gone, its entry stays: same state as a crash
+    await store.connect("other", "o1", now=NOW)
+    result = await sweep(store, now=NOW)
+    assert (result.entries_read, result.rows_read, result.deleted, result.entries_dropped) == (1, 0, 0, 1)
+    assert keys(await table_rows(azurite, store.settings.table_name)) == [("other", "o1")]
+    assert len(await index_rows(azurite, store.settings.table_name)) == 1
+
+
+async def test_a_row_refreshed_into_a_later_bucket_survives(store: ConnectionStore, azurite: Azurite) -> None:
+    """A refresh writes a newer entry; the sweep drops the old one and keeps the row."""
+    await store.connect("gina", "g1", now=ago(TTL.total_seconds() + 120))
+    assert await store.touch("gina", "g1", now=NOW) is True
+    assert len(await index_rows(azurite, store.settings.table_name)) == 2
+    result = await sweep(store, now=NOW)
+    assert (result.deleted, result.entries_dropped) == (0, 1)
+    assert [c.connection_id for c in await store.connections_of("gina", now=NOW)] == ["g1"]
+    assert len(await index_rows(azurite, store.settings.table_name)) == 1
+
+
+async def test_a_row_refreshed_between_read_and_delete_survives(store: ConnectionStore) -> None:
+    """The conditional delete leaves a row whose ETag changed after the sweep read it."""
+    stale = ago(TTL.total_seconds() + 120)
+    await store.connect("hank", "quiet", now=stale)
+    await store.connect("hank", "talking", now=stale)
+    [entries] = [page async for page in store.expiry_pages(before=ago(TTL.total_seconds()))]
+    rows = [row for row in await store.read_connections(entries) if row is not None]
+    assert await store.touch("hank", "talking", now=NOW) is True
+    outcome = await store.delete_unchanged(rows)
+    assert (outcome.deleted, outcome.skipped) == (1, 1)
+    assert [c.connection_id for c in await store.connections_of("hank", now=NOW)] == ["talking"]
 
 
 async def test_a_row_removed_by_a_disconnect_meanwhile_is_skipped(store: ConnectionStore, azurite: Azurite) -> None:
     """When a disconnect deletes a row between the sweep's read and its batch, the rest of the batch still goes."""
-    stale = ago(TTL.total_seconds() + 5)
+    stale = ago(TTL.total_seconds() + 120)
     for i in range(5):
-        await store.connect("erin", f"c{i}", now=stale)
-    [page] = [page async for page in store.expired_pages()]
-    await store.disconnect("erin", "c2")
-    outcome = await store.delete_unchanged(page)
+        await store.connect("ivan", f"c{i}", now=stale)
+    [entries] = [page async for page in store.expiry_pages(before=ago(TTL.total_seconds()))]
+    rows = [row for row in await store.read_connections(entries) if row is not None]
+    await store.disconnect("ivan", "c2")
+    outcome = await store.delete_unchanged(rows)
     assert (outcome.deleted, outcome.skipped) == (4, 1)
     assert await table_rows(azurite, store.settings.table_name) == []
 
 
-async def test_a_row_refreshed_meanwhile_survives(store: ConnectionStore, azurite: Azurite) -> None:
-    """A row touched after the sweep read it has a new ETag, so the conditional delete leaves it."""
-    stale = ago(TTL.total_seconds() + 5)
-    await store.connect("frank", "quiet", now=stale)
-    await store.connect("frank", "talking", now=stale)
-    [page] = [page async for page in store.expired_pages()]
-    assert await store.touch("frank", "talking") is True
-    outcome = await store.delete_unchanged(page)
-    assert (outcome.deleted, outcome.skipped) == (1, 1)
-    assert [c.connection_id for c in await store.connections_of("frank")] == ["talking"]
+async def test_an_entry_left_by_a_crash_after_the_row_delete_is_dropped_next_time(
+    store: ConnectionStore, azurite: Azurite
+) -> None:
+    """If the sweep dies after deleting a row but before dropping its entry, the next sweep drops the entry."""
+    await store.connect("judy", "j1", now=ago(TTL.total_seconds() + 120))
+    [entries] = [page async for page in store.expiry_pages(before=ago(TTL.total_seconds()))]
+    rows = [row for row in await store.read_connections(entries) if row is not None]
+    await store.delete_unchanged(rows)  # ... and the process dies here
+    result = await sweep(store, now=NOW)
+    assert (result.rows_read, result.entries_dropped) == (0, 1)
+    assert await index_rows(azurite, store.settings.table_name) == []
 
 
-async def test_sweep_of_an_empty_table_does_nothing(store: ConnectionStore) -> None:
-    """A sweep with nothing expired reports zeros."""
-    await store.connect("gina", "c1")
-    result = await sweep(store)
-    assert (result.expired, result.deleted, result.skipped) == (0, 0, 0)
-    assert len(await store.connections_of("gina")) == 1
+async def test_a_spent_time_budget_stops_the_sweep_and_the_next_run_resumes(store: ConnectionStore) -> None:
+    """With no time left the sweep stops after a page and says so; the next run finishes the work."""
+    stale = ago(TTL.total_seconds() + 120)
+    await asyncio.gather(*(store.connect(f"u{i % 12}", f"c{i}", now=stale) for i in range(1200)))
+    first = await sweep(store, now=NOW, time_budget=timedelta(0))
+    assert first.complete is False
+    assert 0 < first.deleted < 1200
+    second = await sweep(store, now=NOW)
+    assert second.complete is True
+    assert first.deleted + second.deleted == 1200
+
+
+async def test_refreshes_write_at_most_once_per_quarter_lease(store: ConnectionStore, azurite: Azurite) -> None:
+    """Message events within a quarter lease of the last refresh write nothing."""
+    await store.connect("kate", "k1", now=NOW)
+    await store.touch("kate", "k1", now=NOW + TTL / 8)
+    [row] = await table_rows(azurite, store.settings.table_name)
+    assert row["LastSeen"] == NOW
+    await store.touch("kate", "k1", now=NOW + TTL / 2)
+    [row] = await table_rows(azurite, store.settings.table_name)
+    assert row["LastSeen"] == NOW + TTL / 2
+
+
+# -- liveness-checked --------------------------------------------------------------------------
+
+
+async def test_a_live_quiet_connection_survives_any_number_of_sweeps(
+    store: ConnectionStore, service: tuple[SignalRRest, SignalRLiveness]
+) -> None:
+    """The service says 200: each sweep past half the lease refreshes the row instead of deleting it."""
+    rest, checker = service
+    rest.answers["q1"] = [200]
+    await store.connect("quiet", "q1", now=NOW)
+    moment = NOW
+    for _ in range(5):
+        moment += TTL * 0.75
+        result = await sweep(store, liveness=checker, now=moment)
+        assert (result.checked, result.refreshed, result.deleted) == (1, 1, 0)
+        assert [c.connection_id for c in await store.connections_of("quiet", now=moment)] == ["q1"]
+    assert rest.rejected_tokens == 0
+
+
+async def test_a_lost_disconnect_is_gone_after_at_most_two_sweeps(
+    store: ConnectionStore, service: tuple[SignalRRest, SignalRLiveness]
+) -> None:
+    """Once the service says 404, the row is deleted within two sweeps and the user reported offline."""
+    rest, checker = service
+    rest.answers["lost"] = [404]
+    await store.connect("Lena", "lost", now=NOW)
+    offline: list[str] = []
+    for step in (1, 2):
+        result = await sweep(store, liveness=checker, now=NOW + TTL * 0.6 * step)
+        offline += result.offline_users
+    assert await store.connections_of("lena", now=NOW) == []
+    assert offline == ["Lena"]
+
+
+async def test_an_unknown_answer_keeps_the_row_until_the_hard_limit(
+    store: ConnectionStore, service: tuple[SignalRRest, SignalRLiveness]
+) -> None:
+    """500 from the service keeps the row for the next sweep, until LastSeen is older than the max age."""
+    rest, checker = service
+    rest.answers["flaky"] = [500]
+    await store.connect("mike", "flaky", now=NOW)
+    kept = await sweep(store, liveness=checker, now=NOW + TTL)
+    assert (kept.checked, kept.kept, kept.deleted) == (1, 1, 0)
+    again = await sweep(store, liveness=checker, now=NOW + TTL * 2)
+    assert (again.kept, again.deleted) == (1, 0)
+    final = await sweep(store, liveness=checker, now=NOW + store.settings.max_age + timedelta(seconds=1))
+    assert final.deleted == 1
+
+
+async def test_throttling_is_honoured_then_answered(
+    store: ConnectionStore, service: tuple[SignalRRest, SignalRLiveness]
+) -> None:
+    """A 429 with Retry-After pauses and retries: the following 404 still deletes the row."""
+    rest, checker = service
+    rest.answers["busy"] = [429, 404]
+    await store.connect("nina", "busy", now=NOW)
+    result = await sweep(store, liveness=checker, now=NOW + TTL)
+    assert result.deleted == 1
+    assert rest.requests.count("busy") == 2
+
+
+async def test_liveness_checks_only_rows_past_half_the_lease(
+    store: ConnectionStore, service: tuple[SignalRRest, SignalRLiveness]
+) -> None:
+    """Rows younger than half the lease are not asked about."""
+    rest, checker = service
+    await store.connect("olga", "young", now=NOW)
+    await store.connect("olga", "older", now=ago(TTL.total_seconds() * 0.6))
+    rest.answers["older"] = [200]
+    result = await sweep(store, liveness=checker, now=NOW)
+    assert rest.requests == ["older"]
+    assert result.refreshed == 1
+
+
+async def test_connection_ids_with_odd_characters_are_asked_about_exactly(
+    store: ConnectionStore, service: tuple[SignalRRest, SignalRLiveness]
+) -> None:
+    """Connection ids are percent-encoded in the REST path and the token's audience matches it."""
+    rest, checker = service
+    odd = "a/b#c?d %e"
+    rest.answers[odd] = [404]
+    await store.connect("pia", odd, now=NOW)
+    result = await sweep(store, liveness=checker, now=NOW + TTL)
+    assert rest.requests == [odd]
+    assert (result.deleted, rest.rejected_tokens) == (1, 0)
+
+
+async def test_an_unreachable_service_is_unknown_not_gone(store: ConnectionStore) -> None:
+    """When the service cannot be reached, rows are kept rather than deleted."""
+    from conftest import free_port
+
+    checker = SignalRLiveness(
+        SignalRConnection(endpoint=f"http://127.0.0.1:{free_port()}", access_key=ACCESS_KEY), timeout_seconds=1
+    )
+    try:
+        await store.connect("quinn", "q1", now=NOW)
+        result = await sweep(store, liveness=checker, now=NOW + TTL)
+        assert (result.kept, result.deleted) == (1, 0)
+    finally:
+        await checker.close()
+
+
+async def test_settings_select_the_liveness_check(store: ConnectionStore) -> None:
+    """A SignalR connection in the settings gives the timer a checker; none gives an age-based sweep."""
+    from mapping.liveness import liveness_for
+
+    assert liveness_for(None) is None
+    connection = SignalRConnection(endpoint="http://127.0.0.1:1", access_key="k")
+    assert liveness_for(connection) is liveness_for(dataclasses.replace(connection))

@@ -44,6 +44,10 @@ param mappingTableName string
 @minValue(1)
 param mappingTtlSeconds int
 
+@description('Hard limit in seconds: a row the SignalR service cannot vouch for is removed once its LastSeen is this old.')
+@minValue(1)
+param mappingMaxAgeSeconds int
+
 @description('Whether presence changes (a user comes online or goes offline) are broadcast to the hub.')
 param presenceEvents bool
 
@@ -159,6 +163,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     MAPPING_STORAGE__clientId: identityClientId
     MAPPING_TABLE: mappingTableName
     MAPPING_TTL_SECONDS: string(mappingTtlSeconds)
+    MAPPING_MAX_AGE_SECONDS: string(mappingMaxAgeSeconds)
     AzureSignalRConnectionString__serviceUri: 'https://${signalRHostName}'
     AzureSignalRConnectionString__credential: 'managedidentity'
     AzureSignalRConnectionString__clientId: identityClientId

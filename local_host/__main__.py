@@ -1,0 +1,98 @@
+"""Run the function app locally: `python -m local_host --port 7071` (HTTP, SignalR and timer triggers)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from local_host import settings
+from local_host.functions import load_functions
+from local_host.server import SIGNALR_WEBHOOK, create_app
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Read the command line."""
+    parser = argparse.ArgumentParser(prog="python -m local_host", description=__doc__)
+    parser.add_argument("--host", default=os.environ.get("LOCAL_HOST_HOST", "localhost"), help="interface to listen on")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("LOCAL_HOST_PORT", "7071")))
+    parser.add_argument("--app", default="function_app:app", help="module:attribute of the func.FunctionApp")
+    parser.add_argument("--settings", type=Path, default=Path("local.settings.json"), help="local.settings.json path")
+    parser.add_argument("--host-json", type=Path, default=Path("host.json"))
+    parser.add_argument(
+        "--setting", action="append", default=[], metavar="NAME=VALUE", help="an app setting that wins over the file"
+    )
+    parser.add_argument(
+        "--static", action="append", default=[], metavar="URL_PREFIX=DIR", help="also serve a directory (local only)"
+    )
+    parser.add_argument("--log-level", default=os.environ.get("LOCAL_HOST_LOG_LEVEL", "INFO"))
+    return parser.parse_args(argv)
+
+
+def _pairs(items: list[str], what: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"{what} must look like NAME=VALUE, not {item!r}")
+        pairs[name] = value
+    return pairs
+
+
+def _route_prefix(host_json: Path) -> str:
+    try:
+        document: Any = json.loads(host_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "api"
+    prefix = document.get("extensions", {}).get("http", {}).get("routePrefix", "api")
+    return str(prefix)
+
+
+def _load_app(reference: str) -> Any:
+    module_name, _, attribute = reference.partition(":")
+    sys.path.insert(0, os.getcwd())
+    return getattr(importlib.import_module(module_name), attribute or "app")
+
+
+async def serve(args: argparse.Namespace) -> None:
+    """Load the settings and the app, then serve until SIGINT or SIGTERM."""
+    settings.apply({**settings.load_local_settings(args.settings), **_pairs(args.setting, "--setting")})
+    static = {prefix: Path(directory) for prefix, directory in _pairs(args.static, "--static").items()}
+    specs = load_functions(_load_app(args.app))
+    app = create_app(specs, route_prefix=_route_prefix(args.host_json), static=static)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
+    await runner.setup()
+    await web.TCPSite(runner, args.host, args.port).start()
+    base = f"http://{'localhost' if args.host in ('', '0.0.0.0', '::') else args.host}:{args.port}"  # noqa: S104
+    print(
+        f"Local host: {base}/{_route_prefix(args.host_json).strip('/')}/ (SignalR upstream {base}{SIGNALR_WEBHOOK})",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s host %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("azure").setLevel(logging.WARNING)
+    asyncio.run(serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Ask Azure SignalR Service whether a connection is still open (data-plane REST API, 2022-06-01)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import enum
+import hashlib
+import hmac
+import json
+import logging
+import time
+from urllib.parse import quote
+
+import aiohttp
+from azure.core.credentials_async import AsyncTokenCredential
+
+from mapping.identity import identity_credential
+from mapping.settings import SignalRConnection
+
+logger = logging.getLogger(__name__)
+
+API_VERSION = "2022-06-01"
+TOKEN_SCOPE = "https://signalr.azure.com/.default"  # noqa: S105 - an OAuth scope, not a secret
+_TOKEN_LIFETIME_SECONDS = 3600
+_MAX_RETRY_AFTER_SECONDS = 30
+
+
+class Liveness(enum.Enum):
+    """What the service said about a connection."""
+
+    ALIVE = "alive"  # 200: the connection is open
+    GONE = "gone"  # 404: the service does not know it
+    UNKNOWN = "unknown"  # anything else: ask again later
+
+
+class SignalRLiveness:
+    """Checks connections with `HEAD /api/hubs/{hub}/connections/{id}`: bounded concurrency, timeouts, 429-aware."""
+
+    def __init__(
+        self,
+        connection: SignalRConnection,
+        *,
+        concurrency: int = 16,
+        timeout_seconds: float = 5.0,
+        max_attempts: int = 3,
+    ) -> None:
+        self.connection = connection
+        self._slots = asyncio.Semaphore(concurrency)
+        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._max_attempts = max_attempts
+        self._paused_until = 0.0
+        self._session: aiohttp.ClientSession | None = None
+        self._credential: AsyncTokenCredential | None = None
+        self._token: tuple[str, float] | None = None
+
+    async def check(self, hub: str, connection_id: str) -> Liveness:
+        """Return whether the service still has the connection; UNKNOWN when it cannot say."""
+        url = f"{self.connection.endpoint}/api/hubs/{quote(hub, safe='')}/connections/{quote(connection_id, safe='')}"
+        for _attempt in range(self._max_attempts):
+            await self._wait_if_throttled()
+            async with self._slots:
+                status, retry_after = await self._head(url)
+            if status == 200:
+                return Liveness.ALIVE
+            if status == 404:
+                return Liveness.GONE
+            if status != 429:
+                return Liveness.UNKNOWN
+            self._throttle(retry_after)
+        return Liveness.UNKNOWN
+
+    async def close(self) -> None:
+        """Close the HTTP session and any credential."""
+        session, credential = self._session, self._credential
+        self._session = self._credential = None
+        if session is not None:
+            await session.close()
+        if credential is not None:
+            await credential.close()
+
+    async def _head(self, url: str) -> tuple[int | None, float | None]:
+        try:
+            headers = {"Authorization": f"Bearer {await self._bearer(url)}"}
+            async with self._http().head(url, params={"api-version": API_VERSION}, headers=headers) as response:
+                return response.status, _retry_after(response.headers.get("Retry-After"))
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            logger.warning("liveness check failed: %s", type(error).__name__)
+            return None, None
+        except Exception as error:  # a credential failure must not stop the sweep; the row is kept
+            logger.warning("liveness check could not authenticate: %s", type(error).__name__)
+            return None, None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    async def _bearer(self, url: str) -> str:
+        if self.connection.access_key:
+            return access_key_token(self.connection.access_key, audience=url)
+        if self._token and self._token[1] > time.time() + 60:
+            return self._token[0]
+        if self._credential is None:
+            self._credential = identity_credential(self.connection.client_id)
+        token = await self._credential.get_token(TOKEN_SCOPE)
+        self._token = (token.token, float(token.expires_on))
+        return token.token
+
+    async def _wait_if_throttled(self) -> None:
+        delay = self._paused_until - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    def _throttle(self, retry_after: float | None) -> None:
+        # One 429 pauses every check of this instance: the service throttles per instance, not per call.
+        pause = retry_after if retry_after is not None else 1.0
+        self._paused_until = max(self._paused_until, time.monotonic() + pause)
+        logger.info("liveness checks throttled for %.1f s", pause)
+
+
+def access_key_token(access_key: str, *, audience: str, lifetime_seconds: int = _TOKEN_LIFETIME_SECONDS) -> str:
+    """Return an HS256 JWT for the SignalR REST API: `aud` the request URL (no query), `exp` soon after now."""
+    header = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")))
+    claims = _b64(json.dumps({"aud": audience, "exp": int(time.time()) + lifetime_seconds}, separators=(",", ":")))
+    signing_input = f"{header}.{claims}"
+    signature = hmac.new(access_key.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{_b64(signature)}"
+
+
+_checkers: dict[SignalRConnection, SignalRLiveness] = {}
+
+
+def liveness_for(connection: SignalRConnection | None) -> SignalRLiveness | None:
+    """Return the process's checker for a SignalR connection, or None when there is none (age-based sweep)."""
+    if connection is None:
+        return None
+    if connection not in _checkers:
+        _checkers[connection] = SignalRLiveness(connection)
+    return _checkers[connection]
+
+
+async def close_checkers() -> None:
+    """Close and forget the process's checkers (for shutdown and tests)."""
+    checkers = list(_checkers.values())
+    _checkers.clear()
+    for checker in checkers:
+        await checker.close()
+
+
+def _b64(data: str | bytes) -> str:
+    raw = data.encode() if isinstance(data, str) else data
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _retry_after(header: str | None) -> float | None:
+    try:
+        return min(max(float(header), 0.0), _MAX_RETRY_AFTER_SECONDS) if header else None
+    except ValueError:
+        return None

@@ -1,0 +1,1 @@
+"""A local Azure SignalR Service emulator (serverless mode) for development and end-to-end tests."""

@@ -1,0 +1,92 @@
+"""Run the emulator: `python -m signalr_emulator --port 8888 --upstream http://localhost:7071/runtime/webhooks/signalr`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from signalr_emulator.server import EmulatorConfig, create_app
+
+# Development keys, published in the README and local.settings.sample.json; not secrets.
+DEFAULT_ACCESS_KEY = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ABCDEFGH"
+DEFAULT_SECONDARY_KEY = "HGFEDCBA9876543210ZYXWVUTSRQPONMLKJIHGFEDCBA"
+DEFAULT_UPSTREAM = "http://localhost:7071/runtime/webhooks/signalr"
+
+
+def connection_string(public_url: str, access_key: str) -> str:
+    """Return the connection string for `AzureSignalRConnectionString`, in the service's documented format."""
+    parts = urlsplit(public_url)
+    port = f"Port={parts.port};" if parts.port else ""
+    return f"Endpoint={parts.scheme}://{parts.hostname};{port}AccessKey={access_key};Version=1.0;"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Read the command line; each option also has an environment variable."""
+    env = os.environ.get
+    parser = argparse.ArgumentParser(prog="python -m signalr_emulator", description=__doc__)
+    parser.add_argument("--host", default=env("SIGNALR_EMULATOR_HOST", "localhost"), help="interface to listen on")
+    parser.add_argument("--port", type=int, default=int(env("SIGNALR_EMULATOR_PORT", "8888")))
+    parser.add_argument(
+        "--public-url",
+        default=env("SIGNALR_EMULATOR_PUBLIC_URL"),
+        help="URL clients use (default http://localhost:PORT)",
+    )
+    parser.add_argument("--upstream", default=env("SIGNALR_EMULATOR_UPSTREAM", DEFAULT_UPSTREAM), help="upstream URL")
+    parser.add_argument("--access-key", default=env("SIGNALR_EMULATOR_ACCESS_KEY", DEFAULT_ACCESS_KEY))
+    parser.add_argument("--secondary-key", default=env("SIGNALR_EMULATOR_SECONDARY_KEY", DEFAULT_SECONDARY_KEY))
+    parser.add_argument(
+        "--client-timeout",
+        type=float,
+        default=float(env("SIGNALR_EMULATOR_CLIENT_TIMEOUT", "30")),
+        help="seconds without any message from a client before it counts as gone",
+    )
+    parser.add_argument(
+        "--keepalive", type=float, default=float(env("SIGNALR_EMULATOR_KEEPALIVE", "15")), help="ping interval"
+    )
+    parser.add_argument("--upstream-timeout", type=float, default=20.0, help="seconds to wait for the app")
+    parser.add_argument("--log-level", default=env("SIGNALR_EMULATOR_LOG_LEVEL", "INFO"))
+    return parser.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    """Run until SIGINT or SIGTERM."""
+    public_url = (args.public_url or f"http://localhost:{args.port}").rstrip("/")
+    config = EmulatorConfig(
+        public_url=public_url,
+        keys=[args.access_key, args.secondary_key],
+        upstream_url=args.upstream,
+        client_timeout=args.client_timeout,
+        keepalive_interval=args.keepalive,
+        upstream_timeout=args.upstream_timeout,
+    )
+    runner = web.AppRunner(create_app(config), handle_signals=False, shutdown_timeout=5)
+    await runner.setup()
+    await web.TCPSite(runner, args.host, args.port).start()
+    print(f"SignalR emulator: {public_url} (upstream {args.upstream})", flush=True)
+    print(f"  AzureSignalRConnectionString={connection_string(public_url, args.access_key)}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s emulator %(levelname)s %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    asyncio.run(serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

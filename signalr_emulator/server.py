@@ -1,0 +1,590 @@
+"""The emulator's HTTP surface: client negotiate and WebSocket, the data-plane REST API, and a loopback admin API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp import WSMsgType, web
+
+from signalr_emulator import protocol, tokens
+from signalr_emulator.registry import ClientConnection, PendingConnection, Registry, send_to
+from signalr_emulator.upstream import CONNECTIONS, MESSAGES, Caller, Upstream
+
+logger = logging.getLogger(__name__)
+
+API_VERSIONS = frozenset({"2022-06-01"})
+MAX_BODY_BYTES = 1024 * 1024
+HUB_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_`,.\[\]]{0,127}$")
+LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
+PENDING_SECONDS = 60.0
+HANDSHAKE_TIMEOUT = 15.0
+
+
+@dataclass
+class EmulatorConfig:
+    """How the emulator behaves."""
+
+    public_url: str
+    keys: list[str]
+    upstream_url: str
+    client_timeout: float = 30.0
+    keepalive_interval: float = 15.0
+    upstream_timeout: float = 20.0
+
+
+@dataclass
+class Faults:
+    """Faults injected through the admin API."""
+
+    drop_disconnected: int = 0
+    dropped: list[str] = field(default_factory=list)
+
+
+REGISTRY = web.AppKey("registry", Registry)
+CONFIG = web.AppKey("config", EmulatorConfig)
+UPSTREAM = web.AppKey("upstream", Upstream)
+FAULTS = web.AppKey("faults", Faults)
+TASKS = web.AppKey("tasks", set[asyncio.Task[None]])
+
+
+def create_app(config: EmulatorConfig) -> web.Application:
+    """Build the emulator's aiohttp application."""
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_cors])
+    app[CONFIG] = config
+    app[REGISTRY] = Registry()
+    app[UPSTREAM] = Upstream(config.upstream_url, config.keys, timeout=config.upstream_timeout)
+    app[FAULTS] = Faults()
+    app[TASKS] = set()
+    app.router.add_post("/client/negotiate", negotiate)
+    app.router.add_get("/client/", client_socket)
+    app.router.add_get("/client", client_socket)
+    _add_rest_routes(app)
+    app.router.add_post("/admin/drop-next-disconnect", drop_next_disconnect)
+    app.router.add_get("/admin/drop-next-disconnect", drop_status)
+    app.router.add_get("/admin/connections", list_connections)
+    app.router.add_get("/health", health)
+    app.on_shutdown.append(_close_connections)
+    app.on_cleanup.append(_close_upstream)
+    return app
+
+
+# ---- client side --------------------------------------------------------------------------------
+
+
+async def negotiate(request: web.Request) -> web.Response:
+    """Answer a client's negotiate (negotiateVersion 1) after checking its access token."""
+    hub = request.query.get("hub", "")
+    if not HUB_NAME.match(hub):
+        return _error(400, "a valid 'hub' query parameter is required")
+    try:
+        claims = _client_claims(request, hub)
+    except tokens.TokenError as error:
+        return _error(401, str(error))
+    connection_id = _new_id()
+    token = _new_id()
+    request.app[REGISTRY].add_pending(
+        token,
+        PendingConnection(
+            connection_id=connection_id,
+            hub=hub,
+            user_id=tokens.user_id(claims),
+            claims=tuple(tokens.user_claims(claims)),
+            expires=time.monotonic() + PENDING_SECONDS,
+        ),
+    )
+    body = {
+        "negotiateVersion": 1,
+        "connectionId": connection_id,
+        "connectionToken": token,
+        "availableTransports": [{"transport": "WebSockets", "transferFormats": ["Text", "Binary"]}],
+    }
+    return web.json_response(body)
+
+
+async def client_socket(request: web.Request) -> web.StreamResponse:
+    """Run one client's WebSocket: handshake, connected upstream, then records until it closes."""
+    hub = request.query.get("hub", "")
+    if not HUB_NAME.match(hub):
+        return _error(400, "a valid 'hub' query parameter is required")
+    try:
+        _client_claims(request, hub)
+    except tokens.TokenError as error:
+        return _error(401, str(error))
+    registry = request.app[REGISTRY]
+    pending = registry.take_pending(request.query.get("id", ""))
+    if pending is None or pending.hub.casefold() != hub.casefold():
+        return _error(404, "No Connection with that ID")
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        return _error(400, "only the WebSockets transport is supported")
+    socket = web.WebSocketResponse(max_msg_size=MAX_BODY_BYTES)
+    await socket.prepare(request)
+    caller = Caller(
+        hub=pending.hub,
+        connection_id=pending.connection_id,
+        user_id=pending.user_id,
+        claims=pending.claims,
+        query=_client_query(request),
+        user_agent=request.headers.get("User-Agent", ""),
+    )
+    connection = ClientConnection(caller, socket)
+    # Registered before the connected event, so the app can already send to it (delivered after the handshake).
+    registry.add(connection)
+    try:
+        if await _handshake(request.app, connection):
+            try:
+                await _serve(request.app, connection)
+            finally:
+                registry.remove(connection)
+                await _disconnected(request.app, connection)
+    finally:
+        registry.remove(connection)
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await socket.close()
+    return socket
+
+
+async def _handshake(app: web.Application, connection: ClientConnection) -> bool:
+    """Read the handshake, call connected upstream, answer; False when the connection is refused."""
+    try:
+        message = await connection.socket.receive(timeout=HANDSHAKE_TIMEOUT)
+    except TimeoutError:
+        return False
+    if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+        return False
+    text = message.data if message.type == WSMsgType.TEXT else message.data.decode("utf-8", "replace")
+    records, _rest = protocol.split_records(text)
+    if not records:
+        connection.backlog = None
+        await connection.send(protocol.encode({"error": "Handshake request is incomplete."}))
+        return False
+    if problem := protocol.parse_handshake(records[0]):
+        connection.backlog = None
+        await connection.send(protocol.encode({"error": problem}))
+        return False
+    result = await app[UPSTREAM].call(connection.caller, category=CONNECTIONS, event="connected", body={"type": 10})
+    if not result.ok:
+        logger.info("connection %s refused: connected upstream answered %d", connection.id, result.status)
+        connection.backlog = None
+        await connection.send(
+            protocol.encode({"error": f"The connection was refused by the upstream ({result.status})."})
+        )
+        return False
+    await connection.open(protocol.HANDSHAKE_OK)
+    logger.info("connected %s (user %s) to hub %s", connection.id, connection.caller.user_id, connection.caller.hub)
+    for extra in records[1:]:
+        await _on_record(app, connection, extra)
+    return True
+
+
+async def _serve(app: web.Application, connection: ClientConnection) -> None:
+    """Pump records until the client or the service closes; keep alive and time out silent clients."""
+    config = app[CONFIG]
+    invocations: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    worker = asyncio.create_task(_forward_invocations(app, connection, invocations))
+    keepalive = asyncio.create_task(_keep_alive(connection, config))
+    buffer = ""
+    try:
+        while not connection.socket.closed:
+            remaining = config.client_timeout - (time.monotonic() - connection.last_received)
+            if remaining <= 0:
+                connection.close_error = (
+                    f"Connection timed out: no message from the client within {config.client_timeout:g} seconds."
+                )
+                await connection.close(connection.close_error)
+                break
+            try:
+                message = await connection.socket.receive(timeout=remaining)
+            except TimeoutError:
+                continue
+            if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                break
+            if message.type == WSMsgType.ERROR:
+                connection.close_error = f"WebSocket error: {connection.socket.exception()}"
+                break
+            if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                continue
+            connection.last_received = time.monotonic()
+            text = message.data if message.type == WSMsgType.TEXT else message.data.decode("utf-8", "replace")
+            records, buffer = protocol.split_records(buffer + text)
+            for record in records:
+                try:
+                    parsed = protocol.parse_record(record)
+                except protocol.ProtocolError as error:
+                    await connection.close(f"Connection closed with an error: {error}")
+                    return
+                if parsed.get("type") == protocol.CLOSE:
+                    return
+                if parsed.get("type") == protocol.INVOCATION:
+                    invocations.put_nowait(parsed)
+    finally:
+        keepalive.cancel()
+        # Invocations the client sent before it left reach the app before its disconnected event.
+        await invocations.join()
+        worker.cancel()
+        await asyncio.gather(keepalive, worker, return_exceptions=True)
+
+
+async def _on_record(app: web.Application, connection: ClientConnection, record: str) -> None:
+    with contextlib.suppress(protocol.ProtocolError):
+        parsed = protocol.parse_record(record)
+        if parsed.get("type") == protocol.INVOCATION:
+            await _invoke_upstream(app, connection, parsed)
+
+
+async def _forward_invocations(
+    app: web.Application, connection: ClientConnection, queue: asyncio.Queue[dict[str, Any]]
+) -> None:
+    """Forward the client's invocations upstream one at a time, in order."""
+    while True:
+        message = await queue.get()
+        try:
+            await _invoke_upstream(app, connection, message)
+        except Exception:
+            logger.exception("forwarding an invocation of %s failed", connection.id)
+        finally:
+            queue.task_done()
+
+
+async def _invoke_upstream(app: web.Application, connection: ClientConnection, message: dict[str, Any]) -> None:
+    target = message.get("target")
+    if not isinstance(target, str) or not target:
+        return
+    body: dict[str, Any] = {"type": protocol.INVOCATION, "target": target, "arguments": message.get("arguments") or []}
+    invocation_id = message.get("invocationId")
+    if isinstance(invocation_id, str):
+        body["invocationId"] = invocation_id
+    result = await app[UPSTREAM].call(connection.caller, category=MESSAGES, event=target, body=body)
+    if not isinstance(invocation_id, str):
+        return
+    if not result.ok:
+        await connection.send(protocol.completion_error(invocation_id, f"Upstream failed ({result.status})."))
+    elif result.body:
+        # The app answers an invocation with hub-protocol records (a completion): pass them on as they are.
+        text = result.body.decode("utf-8", "replace")
+        await connection.send(text if text.endswith(protocol.RECORD_SEPARATOR) else text + protocol.RECORD_SEPARATOR)
+
+
+async def _keep_alive(connection: ClientConnection, config: EmulatorConfig) -> None:
+    while not connection.socket.closed:
+        await asyncio.sleep(config.keepalive_interval)
+        await connection.send(protocol.PING_FRAME)
+
+
+async def _disconnected(app: web.Application, connection: ClientConnection) -> None:
+    faults = app[FAULTS]
+    logger.info("disconnected %s (%s)", connection.id, connection.close_error or "closed")
+    if faults.drop_disconnected > 0:
+        faults.drop_disconnected -= 1
+        faults.dropped.append(connection.id)
+        logger.warning("dropped the disconnected upstream call for %s (fault injection)", connection.id)
+        return
+    body: dict[str, Any] = {"type": protocol.DISCONNECTED}
+    if connection.close_error:
+        body["error"] = connection.close_error
+    await app[UPSTREAM].call(connection.caller, category=CONNECTIONS, event="disconnected", body=body)
+
+
+def _client_claims(request: web.Request, hub: str) -> dict[str, Any]:
+    config = request.app[CONFIG]
+    token = request.query.get("access_token") or _bearer(request)
+    audiences = [f"{base}/client/?hub={hub}" for base in _bases(request, config)]
+    return tokens.verify(token, config.keys, audiences=audiences)
+
+
+def _client_query(request: web.Request) -> str:
+    hidden = {"id", "access_token", "hub", "negotiateVersion"}
+    kept = [(k, v) for k, v in request.query.items() if k not in hidden]
+    return "?" + urlencode(kept) if kept else ""
+
+
+# ---- data-plane REST API ------------------------------------------------------------------------
+
+
+def _add_rest_routes(app: web.Application) -> None:
+    base = "/api/hubs/{hub}"
+    router = app.router
+    router.add_post(base + "/:send", rest_broadcast)
+    router.add_post(base + "/connections/{connection}/:send", rest_send_connection)
+    router.add_route("HEAD", base + "/connections/{connection}", rest_connection_exists)
+    router.add_delete(base + "/connections/{connection}", rest_close_connection)
+    router.add_delete(base + "/connections/{connection}/groups", rest_connection_leave_all)
+    router.add_post(base + "/users/{user}/:send", rest_send_user)
+    router.add_route("HEAD", base + "/users/{user}", rest_user_exists)
+    router.add_route("HEAD", base + "/users/{user}/groups/{group}", rest_user_in_group)
+    router.add_put(base + "/users/{user}/groups/{group}", rest_user_join)
+    router.add_delete(base + "/users/{user}/groups/{group}", rest_user_leave)
+    router.add_delete(base + "/users/{user}/groups", rest_user_leave_all)
+    router.add_post(base + "/groups/{group}/:send", rest_send_group)
+    router.add_route("HEAD", base + "/groups/{group}", rest_group_exists)
+    router.add_put(base + "/groups/{group}/connections/{connection}", rest_connection_join)
+    router.add_delete(base + "/groups/{group}/connections/{connection}", rest_connection_leave)
+
+
+async def _authorised(request: web.Request) -> str | web.Response:
+    """Check api-version, hub name and the bearer token; return the hub, or the error response."""
+    if request.query.get("api-version") not in API_VERSIONS:
+        return _error(400, f"api-version must be one of {sorted(API_VERSIONS)}")
+    hub = request.match_info["hub"]
+    if not HUB_NAME.match(hub):
+        return _error(400, f"invalid hub name {hub!r}")
+    config = request.app[CONFIG]
+    audiences = [base + request.rel_url.raw_path for base in _bases(request, config)]
+    try:
+        tokens.verify(_bearer(request), config.keys, audiences=audiences)
+    except tokens.TokenError as error:
+        return _error(401, str(error))
+    return hub
+
+
+async def _payload(request: web.Request) -> str | web.Response:
+    """Read a `{"target", "arguments"}` body into the invocation record to send."""
+    try:
+        body = json.loads(await request.read())
+    except ValueError:
+        return _error(400, "the body must be JSON")
+    if not isinstance(body, dict) or not isinstance(body.get("target"), str) or not body["target"]:
+        return _error(400, "the body must be an object with a non-empty string 'target'")
+    arguments = body.get("arguments")
+    if arguments is None:
+        arguments = []
+    if not isinstance(arguments, list):
+        return _error(400, "'arguments' must be an array")
+    return protocol.invocation(body["target"], arguments)
+
+
+async def _send(request: web.Request, pick: str) -> web.Response:
+    hub = await _authorised(request)
+    if isinstance(hub, web.Response):
+        return hub
+    record = await _payload(request)
+    if isinstance(record, web.Response):
+        return record
+    registry = request.app[REGISTRY]
+    excluded = set(request.query.getall("excluded", []))
+    if pick == "all":
+        targets = registry.of_hub(hub)
+    elif pick == "connection":
+        found = registry.connection(hub, request.match_info["connection"])
+        targets = [found] if found else []
+    elif pick == "user":
+        targets = registry.of_user(hub, request.match_info["user"])
+    else:
+        targets = registry.of_group(hub, request.match_info["group"])
+    sent = await send_to([t for t in targets if t.id not in excluded], record)
+    logger.info("REST send to %s in %s: %d connection(s)", pick, hub, sent)
+    return web.Response(status=202)
+
+
+async def rest_broadcast(request: web.Request) -> web.Response:
+    """POST /api/hubs/{hub}/:send: every connection of the hub."""
+    return await _send(request, "all")
+
+
+async def rest_send_connection(request: web.Request) -> web.Response:
+    """POST /api/hubs/{hub}/connections/{id}/:send."""
+    return await _send(request, "connection")
+
+
+async def rest_send_user(request: web.Request) -> web.Response:
+    """POST /api/hubs/{hub}/users/{user}/:send."""
+    return await _send(request, "user")
+
+
+async def rest_send_group(request: web.Request) -> web.Response:
+    """POST /api/hubs/{hub}/groups/{group}/:send."""
+    return await _send(request, "group")
+
+
+async def _exists(request: web.Request, check: str) -> web.Response:
+    hub = await _authorised(request)
+    if isinstance(hub, web.Response):
+        return hub
+    registry = request.app[REGISTRY]
+    info = request.match_info
+    if check == "connection":
+        found = registry.connection(hub, info["connection"]) is not None
+    elif check == "user":
+        found = bool(registry.of_user(hub, info["user"]))
+    elif check == "group":
+        found = bool(registry.of_group(hub, info["group"]))
+    else:
+        found = registry.user_in_group(hub, info["group"], info["user"])
+    return web.Response(status=200 if found else 404)
+
+
+async def rest_connection_exists(request: web.Request) -> web.Response:
+    """HEAD /api/hubs/{hub}/connections/{id}: 200 alive, 404 gone."""
+    return await _exists(request, "connection")
+
+
+async def rest_user_exists(request: web.Request) -> web.Response:
+    """HEAD /api/hubs/{hub}/users/{user}: 200 when the user has a live connection."""
+    return await _exists(request, "user")
+
+
+async def rest_group_exists(request: web.Request) -> web.Response:
+    """HEAD /api/hubs/{hub}/groups/{group}: 200 when the group has a live connection."""
+    return await _exists(request, "group")
+
+
+async def rest_user_in_group(request: web.Request) -> web.Response:
+    """HEAD /api/hubs/{hub}/users/{user}/groups/{group}."""
+    return await _exists(request, "user-group")
+
+
+async def rest_close_connection(request: web.Request) -> web.Response:
+    """DELETE /api/hubs/{hub}/connections/{id}[?reason=]: close a client connection."""
+    hub = await _authorised(request)
+    if isinstance(hub, web.Response):
+        return hub
+    found = request.app[REGISTRY].connection(hub, request.match_info["connection"])
+    if found is not None:
+        await found.close(request.query.get("reason") or None)
+    return web.Response(status=200)
+
+
+async def _membership(request: web.Request, *, add: bool, every_group: bool = False) -> web.Response:
+    hub = await _authorised(request)
+    if isinstance(hub, web.Response):
+        return hub
+    registry = request.app[REGISTRY]
+    info = request.match_info
+    connection_id, user = info.get("connection"), info.get("user")
+    if every_group:
+        registry.remove_from_all_groups(hub, connection_id=connection_id, user=user)
+    elif add:
+        if connection_id is not None and registry.connection(hub, connection_id) is None:
+            return _error(404, "the connection does not exist")
+        registry.add_to_group(hub, info["group"], connection_id=connection_id, user=user)
+    else:
+        registry.remove_from_group(hub, info["group"], connection_id=connection_id, user=user)
+    return web.Response(status=200)
+
+
+async def rest_connection_join(request: web.Request) -> web.Response:
+    """PUT /api/hubs/{hub}/groups/{group}/connections/{id}."""
+    return await _membership(request, add=True)
+
+
+async def rest_connection_leave(request: web.Request) -> web.Response:
+    """DELETE /api/hubs/{hub}/groups/{group}/connections/{id}."""
+    return await _membership(request, add=False)
+
+
+async def rest_connection_leave_all(request: web.Request) -> web.Response:
+    """DELETE /api/hubs/{hub}/connections/{id}/groups."""
+    return await _membership(request, add=False, every_group=True)
+
+
+async def rest_user_join(request: web.Request) -> web.Response:
+    """PUT /api/hubs/{hub}/users/{user}/groups/{group}."""
+    return await _membership(request, add=True)
+
+
+async def rest_user_leave(request: web.Request) -> web.Response:
+    """DELETE /api/hubs/{hub}/users/{user}/groups/{group}."""
+    return await _membership(request, add=False)
+
+
+async def rest_user_leave_all(request: web.Request) -> web.Response:
+    """DELETE /api/hubs/{hub}/users/{user}/groups."""
+    return await _membership(request, add=False, every_group=True)
+
+
+# ---- admin (loopback only) and health -----------------------------------------------------------
+
+
+async def drop_next_disconnect(request: web.Request) -> web.Response:
+    """Make the emulator skip the next `count` (default 1) disconnected upstream calls, as a crashed app would."""
+    if request.remote not in LOOPBACK:
+        return _error(403, "the admin API answers loopback callers only")
+    try:
+        count = int(request.query.get("count", "1"))
+    except ValueError:
+        return _error(400, "count must be a whole number")
+    if not 0 <= count <= 1000:
+        return _error(400, "count must be between 0 and 1000")
+    faults = request.app[FAULTS]
+    faults.drop_disconnected = count
+    return web.json_response({"dropNextDisconnected": count, "droppedSoFar": list(faults.dropped)})
+
+
+async def drop_status(request: web.Request) -> web.Response:
+    """Tell how many disconnected calls will still be dropped, and which connections' calls were (loopback only)."""
+    if request.remote not in LOOPBACK:
+        return _error(403, "the admin API answers loopback callers only")
+    faults = request.app[FAULTS]
+    return web.json_response({"dropNextDisconnected": faults.drop_disconnected, "droppedSoFar": list(faults.dropped)})
+
+
+async def list_connections(request: web.Request) -> web.Response:
+    """List live connections (loopback only): id, hub, user."""
+    if request.remote not in LOOPBACK:
+        return _error(403, "the admin API answers loopback callers only")
+    connections = [
+        {"connectionId": c.id, "hub": c.caller.hub, "userId": c.caller.user_id}
+        for c in request.app[REGISTRY].connections.values()
+    ]
+    return web.json_response({"connections": connections})
+
+
+async def health(_request: web.Request) -> web.Response:
+    """Answer 200 while the emulator runs."""
+    return web.json_response({"status": "ok"})
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+
+@web.middleware
+async def _cors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Let browser pages on other origins use the client endpoints, as the service's CORS setting `*` does."""
+    origin = request.headers.get("Origin")
+    if request.method == "OPTIONS" and origin and request.path.startswith("/client"):
+        response: web.StreamResponse = web.Response(status=204)
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = request.headers.get("Access-Control-Request-Headers", "")
+        response.headers["Access-Control-Max-Age"] = "600"
+    else:
+        response = await handler(request)
+    if origin and request.path.startswith("/client") and not response.prepared:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Allow-Credentials"] = "true"
+        response.headers["Vary"] = "Origin"
+    return response
+
+
+def _bases(request: web.Request, config: EmulatorConfig) -> list[str]:
+    """The endpoint URLs a token's audience may name: the configured public URL, or the URL the caller used."""
+    return [config.public_url.rstrip("/"), f"{request.scheme}://{request.host}"]
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    return header[7:].strip() if header[:7].lower() == "bearer " else None
+
+
+def _new_id() -> str:
+    return secrets.token_urlsafe(16).rstrip("=")
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+async def _close_connections(app: web.Application) -> None:
+    for connection in list(app[REGISTRY].connections.values()):
+        await connection.close("The service is shutting down.")
+
+
+async def _close_upstream(app: web.Application) -> None:
+    await app[UPSTREAM].close()

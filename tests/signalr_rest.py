@@ -1,0 +1,87 @@
+"""A loopback stand-in for the SignalR Service REST API's connection-existence check (HEAD, 2022-06-01)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+ACCESS_KEY = "loopback-test-access-key-0123456789abcdef"
+
+
+@dataclass
+class SignalRRest:
+    """What the stand-in answers per connection id, and what it was asked."""
+
+    endpoint: str = ""
+    answers: dict[str, list[int]] = field(default_factory=dict)  # connection id -> statuses, last one repeats
+    default_status: int = 404
+    retry_after: str = "0"
+    requests: list[str] = field(default_factory=list)
+    rejected_tokens: int = 0
+
+    @property
+    def connection_string(self) -> str:
+        """Return the AzureSignalRConnectionString that points the app here."""
+        host, port = self.endpoint.removeprefix("http://").split(":")
+        return f"Endpoint=http://{host};Port={port};AccessKey={ACCESS_KEY};Version=1.0;"
+
+    def answer(self, connection_id: str) -> int:
+        """Return the next status for a connection id."""
+        statuses = self.answers.get(connection_id)
+        if not statuses:
+            return self.default_status
+        return statuses.pop(0) if len(statuses) > 1 else statuses[0]
+
+
+def _valid_token(header: str, audience: str) -> bool:
+    token = header.removeprefix("Bearer ")
+    try:
+        signing_input, signature = token.rsplit(".", 1)
+        claims = json.loads(base64.urlsafe_b64decode(signing_input.split(".")[1] + "=="))
+    except (ValueError, IndexError):
+        return False
+    expected = base64.urlsafe_b64encode(
+        hmac.new(ACCESS_KEY.encode(), signing_input.encode(), hashlib.sha256).digest()
+    ).rstrip(b"=")
+    fresh = isinstance(claims.get("exp"), int) and claims["exp"] > time.time()
+    return hmac.compare_digest(expected, signature.encode()) and claims.get("aud") == audience and fresh
+
+
+@asynccontextmanager
+async def signalr_rest() -> AsyncIterator[SignalRRest]:
+    """Serve `HEAD /api/hubs/{hub}/connections/{id}` on 127.0.0.1 with JWT checks, until the block ends."""
+    state = SignalRRest()
+
+    async def head_connection(request: web.Request) -> web.Response:
+        connection_id = request.match_info["connection"]
+        audience = f"{state.endpoint}{request.rel_url.raw_path}"
+        if request.query.get("api-version") != "2022-06-01" or not _valid_token(
+            request.headers.get("Authorization", ""), audience
+        ):
+            state.rejected_tokens += 1
+            return web.Response(status=401)
+        state.requests.append(connection_id)
+        status = state.answer(connection_id)
+        headers = {"Retry-After": state.retry_after} if status == 429 else None
+        return web.Response(status=status, headers=headers)
+
+    app = web.Application()
+    app.router.add_route("HEAD", "/api/hubs/{hub}/connections/{connection}", head_connection)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    state.endpoint = f"http://127.0.0.1:{port}"
+    try:
+        yield state
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,260 @@
+"""The local stack for end-to-end tests: the emulator and the local host as processes, and Node SignalR clients."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from azurite import ROOT, Azurite, _wait_listening, free_port
+from conftest import unique_table_name
+
+DRIVER = ROOT / "tests" / "e2e" / "signalr_driver.mjs"
+ACCESS_KEY = "e2e-primary-key-0123456789abcdefghijklmnopqrstuv"
+SECONDARY_KEY = "e2e-secondary-key-0123456789abcdefghijklmnopqrstu"
+WAIT_SECONDS = 30.0
+HUB = "chat"
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A running emulator and local host on free ports, with the table the app uses."""
+
+    host_url: str
+    emulator_url: str
+    table: str
+    logs: Path
+
+    @property
+    def api(self) -> str:
+        """Return the base URL SignalR clients are given (`<host>/api`)."""
+        return f"{self.host_url}/api"
+
+    def log_tail(self, lines: int = 60) -> str:
+        """Return the end of both processes' logs, for failure messages."""
+        parts = []
+        for name in ("emulator.log", "host.log"):
+            path = self.logs / name
+            text = path.read_text(errors="replace").splitlines()[-lines:] if path.exists() else []
+            parts.append(f"--- {name}\n" + "\n".join(text))
+        return "\n".join(parts)
+
+
+def _start(command: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as sink:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+    if not _wait_listening(port, process, timeout=60):
+        process.kill()
+        process.wait()
+        raise RuntimeError(f"{command[2]} did not start: " + log.read_text(errors="replace")[-3000:])
+    return process
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def running_stack(
+    azurite: Azurite,
+    *,
+    ttl_seconds: int = 600,
+    sweep_schedule: str = "0 */5 * * * *",
+    client_timeout: float = 30.0,
+    keepalive: float = 15.0,
+    static: dict[str, Path] | None = None,
+) -> Iterator[Stack]:
+    """Start the emulator and the local host for the app on a fresh table; stop both when the block ends."""
+    logs = Path(tempfile.mkdtemp(prefix="e2e-stack-"))
+    table = unique_table_name()
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        for attempt in range(3):
+            emulator_port, host_port = free_port(), free_port()
+            emulator_url, host_url = f"http://127.0.0.1:{emulator_port}", f"http://127.0.0.1:{host_port}"
+            values = {
+                "FUNCTIONS_WORKER_RUNTIME": "python",
+                "MAPPING_STORAGE": azurite.connection_string,
+                "MAPPING_TABLE": table,
+                "MAPPING_TTL_SECONDS": str(ttl_seconds),
+                "SIGNALR_HUB": HUB,
+                "PRESENCE_EVENTS": "true",
+                "SWEEP_SCHEDULE": sweep_schedule,
+                "AzureSignalRConnectionString": (
+                    f"Endpoint=http://127.0.0.1;Port={emulator_port};AccessKey={ACCESS_KEY};Version=1.0;"
+                ),
+            }
+            settings = logs / "local.settings.json"
+            settings.write_text(json.dumps({"IsEncrypted": False, "Values": values}))
+            emulator = [
+                *(sys.executable, "-m", "signalr_emulator", "--host", "127.0.0.1", "--port", str(emulator_port)),
+                *("--public-url", emulator_url, "--upstream", f"{host_url}/runtime/webhooks/signalr"),
+                *("--access-key", ACCESS_KEY, "--secondary-key", SECONDARY_KEY),
+                *("--client-timeout", str(client_timeout), "--keepalive", str(keepalive)),
+            ]
+            host = [
+                *(sys.executable, "-m", "local_host", "--host", "127.0.0.1", "--port", str(host_port)),
+                *("--settings", str(settings)),
+            ]
+            for prefix, directory in (static or {}).items():
+                host += ["--static", f"{prefix}={directory}"]
+            try:
+                processes.append(_start(emulator, emulator_port, logs / "emulator.log"))
+                processes.append(_start(host, host_port, logs / "host.log"))
+                break
+            except RuntimeError:
+                for process in processes:
+                    _stop(process)
+                processes.clear()
+                if attempt == 2:
+                    raise
+        yield Stack(host_url=host_url, emulator_url=emulator_url, table=table, logs=logs)
+    finally:
+        for process in reversed(processes):
+            _stop(process)
+        shutil.rmtree(logs, ignore_errors=True)
+
+
+def unique_user(prefix: str) -> str:
+    """Return a user name no other test uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def wait_until(check: Callable[[], Any], *, within: float = WAIT_SECONDS, what: str = "condition") -> Any:
+    """Poll an async or sync check every 100 ms until it returns something truthy; fail after `within` seconds."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"timed out after {within:g}s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+class SignalRClients:
+    """Real `@microsoft/signalr` clients in one Node process, driven over JSON lines."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.events: list[dict[str, Any]] = []
+        self._changed = asyncio.Condition()
+        self._next = 0
+        self._process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> SignalRClients:
+        self._process = await asyncio.create_subprocess_exec(
+            "node", str(DRIVER), cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "NODE_NO_WARNINGS": "1"},
+        )  # fmt: skip
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._process is not None
+        assert self._process.stdin is not None
+        with contextlib.suppress(ConnectionError):
+            self._process.stdin.close()
+        try:
+            await asyncio.wait_for(self._process.wait(), timeout=15)
+        except TimeoutError:
+            self._process.kill()
+            await self._process.wait()
+        if self._reader is not None:
+            await self._reader
+
+    async def _read(self) -> None:
+        assert self._process is not None
+        assert self._process.stdout is not None
+        async for line in self._process.stdout:
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                async with self._changed:
+                    self.events.append(event)
+                    self._changed.notify_all()
+
+    async def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], *, within: float = WAIT_SECONDS, what: str = "an event"
+    ) -> dict[str, Any]:
+        """Return the first event (past or future) matching `predicate`; fail after `within` seconds."""
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(lambda: any(map(predicate, self.events))), within)
+            except TimeoutError:
+                pytest.fail(f"timed out waiting for {what}; events: {self.events[-20:]}\n{self.stack.log_tail()}")
+            return next(event for event in self.events if predicate(event))
+
+    async def command(self, op: str, **fields: Any) -> dict[str, Any]:
+        """Send one command to the driver and return its answer (raises when the client call failed)."""
+        assert self._process is not None
+        assert self._process.stdin is not None
+        self._next += 1
+        request = self._next
+        self._process.stdin.write((json.dumps({"req": request, "op": op, **fields}) + "\n").encode())
+        await self._process.stdin.drain()
+        answer = await self.wait_for(lambda e: e.get("req") == request, what=f"the answer to {op}")
+        if answer["event"] == "failed":
+            raise ClientCallFailed(answer["error"])
+        return answer
+
+    async def connect(self, client: str, user: str | None, **options: Any) -> str:
+        """Negotiate through the app and open a connection; return its connection id."""
+        answer = await self.command("connect", id=client, url=self.stack.api, user=user, **options)
+        return str(answer["connectionId"])
+
+    async def send(self, client: str, method: str, *args: Any) -> None:
+        """Call `connection.send(method, ...args)` (fire-and-forget)."""
+        await self.command("send", id=client, method=method, args=list(args))
+
+    async def stop(self, client: str) -> None:
+        """Stop a connection cleanly."""
+        await self.command("stop", id=client)
+
+    def received(self, client: str, target: str) -> list[list[Any]]:
+        """Return the arguments of every `target` message a client received so far."""
+        return [e["args"] for e in self.events if e.get("id") == client and e.get("target") == target]
+
+    async def wait_message(
+        self, client: str, target: str, match: Callable[[list[Any]], bool] = lambda _args: True
+    ) -> list[Any]:
+        """Wait until a client receives a matching `target` message; return its arguments."""
+        event = await self.wait_for(
+            lambda e: e.get("id") == client and e.get("target") == target and match(e["args"]),
+            what=f"{client} to receive {target}",
+        )
+        return list(event["args"])
+
+
+class ClientCallFailed(Exception):
+    """A SignalR client call (start, send, invoke) failed."""
+
+
+async def api(stack: Stack, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+    """Call the app's HTTP API on the local host; return status and decoded JSON (or None)."""
+    async with aiohttp.ClientSession() as session, session.request(method, f"{stack.api}/{path}", **kwargs) as response:
+        text = await response.text()
+        try:
+            return response.status, json.loads(text) if text else None
+        except ValueError:
+            return response.status, text
