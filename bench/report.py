@@ -150,6 +150,10 @@ def markdown(results: dict[str, Any]) -> str:
         )
     lines += [
         "",
+        "Importing `function_app` loads fewer modules than its dependencies alone: `azure.identity.aio` is imported "
+        "only for an identity-based storage connection, and azure-core imports `aiohttp` when the first client is "
+        "created, which the last row (first answer) includes.",
+        "",
         "![Cold start](coldstart.png)",
         "",
         "## How it was measured",
@@ -193,7 +197,10 @@ def _round_trip_summary(rows: list[dict[str, Any]]) -> str:
 
 
 def _fields(outcome: dict[str, Any]) -> str:
-    return ", ".join(f"{key} {value}" for key, value in outcome.items())
+    # Lists (e.g. the users a sweep took offline) are shown by their length; the JSON keeps them whole.
+    return ", ".join(
+        f"{key} {len(value) if isinstance(value, list | tuple) else value}" for key, value in outcome.items()
+    )
 
 
 def _headline(all_ratios: dict[tuple[str, int], dict[str, float]], levels: list[int]) -> list[str]:
