@@ -88,10 +88,15 @@ def running_azurite(*, port: int | None = None) -> Iterator[Azurite]:
     try:
         yield Azurite(chosen)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=10)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def stop_process(process: subprocess.Popen[bytes], *, timeout: float) -> None:
+    """Terminate a process we started; kill it if it has not exited within `timeout` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

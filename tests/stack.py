@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from azurite import ROOT, Azurite, _wait_listening, free_port
+from azurite import ROOT, Azurite, _wait_listening, free_port, stop_process
 from conftest import unique_table_name
 
 DRIVER = ROOT / "tests" / "e2e" / "signalr_driver.mjs"
@@ -64,12 +64,7 @@ def _start(command: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    stop_process(process, timeout=15)
 
 
 @contextlib.contextmanager
