@@ -182,6 +182,7 @@ def _signature(connection_id: str, key: str) -> str:
         ({"X-ASRS-Event": None}, "application/json", 400),
         ({"X-ASRS-Event": "nosuchevent"}, "application/json", 404),
         ({"X-ASRS-Signature": _signature("c1", "wrong-key-0123456789abcdefghijklmnopq")}, "application/json", 401),
+        ({"X-ASRS-Signature": None}, "application/json", 401),
         ({"X-ASRS-Signature": "sha256=00," + _signature("c1", ACCESS_KEY).upper()}, "application/json", 200),
     ],
 )
