@@ -152,6 +152,8 @@ def write_report(results: list[Measurement], out: Path) -> None:
         "one sweep of each kind per size, in one run.",
         "The full scan's filter on `LastSeen` makes the service read every row (Azure: every entity of the",
         "table, in pages of at most 1,000 entities or 5 s); the index sweep reads the expired buckets only.",
+        "Azurite filters its in-memory rows quickly, so here the full scan's wall time does not grow with the",
+        "table; on Azure its cost (scanned entities, pages, time) does, while the index sweep's stays flat.",
         "",
         "| live rows | sweep | table requests | entities returned | entities the service scans | rows deleted |"
         " wall time (s) |",
@@ -178,8 +180,9 @@ def plot(results: list[Measurement], path: Path) -> None:
     for kind in dict.fromkeys(r.kind for r in results):
         rows = [r for r in results if r.kind == kind]
         left.plot([r.live_rows for r in rows], [r.seconds for r in rows], marker="o", label=kind)
-        right.plot([r.live_rows for r in rows], [r.requests for r in rows], marker="o", label=kind)
-    for axis, label in ((left, "wall time of one sweep (s)"), (right, "table requests per sweep")):
+        right.plot([r.live_rows for r in rows], [r.scanned for r in rows], marker="o", label=kind)
+    right.set_yscale("log")
+    for axis, label in ((left, "wall time of one sweep (s)"), (right, "entities the service scans")):
         axis.set_xscale("log")
         axis.set_xlabel("live rows")
         axis.set_ylabel(label)
@@ -196,7 +199,12 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 50000])
     parser.add_argument("--stale", type=int, default=100)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "sweep")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the report from sweep.json")
     args = parser.parse_args()
+    if args.report_only:
+        saved = json.loads((args.out / "sweep.json").read_text())
+        write_report([Measurement(**entry) for entry in saved], args.out)
+        return
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logger.setLevel(logging.INFO)
     logging.getLogger("azure").setLevel(logging.WARNING)
