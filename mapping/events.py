@@ -9,7 +9,7 @@ from mapping.invocation import Invocation
 from mapping.liveness import liveness_for
 from mapping.messages import Message, error_message, presence_message
 from mapping.send import parse_send_arguments, send_to_user
-from mapping.store import ConnectionStore
+from mapping.store import ConnectionStore, PresenceChange
 from mapping.sweep import sweep
 
 logger = logging.getLogger(__name__)
@@ -33,9 +33,7 @@ async def on_connected(store: ConnectionStore, event: Invocation) -> list[Messag
         logger.warning("connected: connection not mapped: %s", error)
         return []
     logger.info("connected: %s", outcome.entity.connection_id)
-    if presence and outcome.came_online:
-        return [presence_message(outcome.entity.user_name, online=True)]
-    return []
+    return _announced(outcome.presence)
 
 
 async def on_disconnected(store: ConnectionStore, event: Invocation) -> list[Message]:
@@ -48,9 +46,7 @@ async def on_disconnected(store: ConnectionStore, event: Invocation) -> list[Mes
     except InvalidNameError as error:
         logger.warning("disconnected: ignored: %s", error)
         return []
-    if presence and outcome.went_offline:
-        return [presence_message(outcome.user_name, online=False)]
-    return []
+    return _announced(outcome.presence)
 
 
 async def on_send(store: ConnectionStore, event: Invocation) -> list[Message]:
@@ -72,7 +68,13 @@ async def on_send(store: ConnectionStore, event: Invocation) -> list[Message]:
 async def on_timer(store: ConnectionStore) -> list[Message]:
     """Sweep stale rows (liveness-checked when SignalR is configured); announce users who went offline."""
     result = await sweep(store, liveness=liveness_for(store.settings.signalr))
-    return [presence_message(user, online=False) for user in result.offline_users]
+    return [presence_message(c.user, online=c.online, version=c.version) for c in result.presence]
+
+
+def _announced(change: PresenceChange | None) -> list[Message]:
+    if change is None:
+        return []
+    return [presence_message(change.user, online=change.online, version=change.version)]
 
 
 async def _refresh(store: ConnectionStore, user_id: str, connection_id: str) -> None:

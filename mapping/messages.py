@@ -27,9 +27,9 @@ def delivery_messages(
     ]
 
 
-def presence_message(user: str, *, online: bool) -> Message:
-    """Return the hub-wide broadcast that a user came online or went offline."""
-    return {"target": PRESENCE_TARGET, "arguments": [{"user": user, "online": online}]}
+def presence_message(user: str, *, online: bool, version: int) -> Message:
+    """Return the hub-wide broadcast that a user came online or went offline (a higher version is newer)."""
+    return {"target": PRESENCE_TARGET, "arguments": [{"user": user, "online": online, "version": version}]}
 
 
 def error_message(connection_id: str, error: str, **details: Any) -> Message:

@@ -19,6 +19,20 @@ LastSeen fell in this bucket when it was written". Invariants:
 4. An entry is dropped only after its row was dealt with; a crash in between leaves the entry, which
    the next sweep reads again (and, per 2, drops). So no live row is deleted, and no stale row is left
    without an entry that will bring it back to the sweep.
+
+With presence events on, each user partition also holds a presence row (RowKey `%~p`, no LastSeen, so
+no reader of connections sees it): the state last announced (`Online`) and its number (`Version`).
+Presence messages carry that number, and the message with the highest number is the user's state:
+
+5. Every change to a user's connection rows (create, delete) is followed by a *bump*: a write of a
+   fresh random `Bump` value into the presence row (in the same transaction where the keys allow).
+6. Only the writer of the latest bump may decide: it reads the live rows and the presence row, and
+   acts only if `Bump` is still its own; a change of state is written conditional on that read's
+   ETag, with `Version + 1`, and only then announced. A later bump makes the write fail, and the later
+   writer decides instead.
+7. Hence the last bump's writer reads after every row change and its write succeeds: once the events
+   of a user stop, the highest announced version matches the user's connection rows, whatever order
+   the instances ran in.
 """
 
 from __future__ import annotations
@@ -29,6 +43,7 @@ import binascii
 import contextlib
 import hashlib
 import logging
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -63,6 +78,7 @@ _PAGE_SIZE = 1000
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _CURSOR_PREFIX = "u1."
 INDEX_PREFIX = "%~x"
+PRESENCE_ROW = "%~p"  # a user's presence row; `%~` never starts a connection key either
 _READ_CONCURRENCY = 16
 _WRITE_CONCURRENCY = 8
 _REFRESH_MEMORY = 100_000  # connections whose last refresh time an instance remembers
@@ -71,20 +87,39 @@ _SERVER_RETRY_AFTER = "x-mapping-server-retry-after"  # the server's Retry-After
 
 
 @dataclass(frozen=True, slots=True)
+class PresenceChange:
+    """A change of a user's announced presence; of all changes of a user, the highest version is current."""
+
+    user: str
+    online: bool
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectOutcome:
-    """What connecting did: the row written, and whether the user just came online."""
+    """What connecting did: the row written, and the presence change to announce, if any."""
 
     entity: ConnectionEntity
-    came_online: bool
+    presence: PresenceChange | None = None
+
+    @property
+    def came_online(self) -> bool:
+        """Return whether this connect announces the user online."""
+        return self.presence is not None and self.presence.online
 
 
 @dataclass(frozen=True, slots=True)
 class DisconnectOutcome:
-    """What disconnecting did: the user's name (normalised), and whether this removed their last live connection."""
+    """What disconnecting did: the user's name (normalised), whether a row went, and the presence change."""
 
     user_name: str
     removed: bool
-    went_offline: bool
+    presence: PresenceChange | None = None
+
+    @property
+    def went_offline(self) -> bool:
+        """Return whether this disconnect announces the user offline."""
+        return self.presence is not None and not self.presence.online
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,15 +228,16 @@ class ConnectionStore:
         )
         table = await self._table()
         await self._write_index(table, entity.partition_key, entity.row_key, entity.last_seen)
-        created = await self._create_or_refresh(table, entity)
+        if not check_presence:
+            await self._create_or_refresh(table, entity)
+            self._remember_refresh(entity.partition_key, entity.row_key, entity.last_seen)
+            return ConnectOutcome(entity)
+        bump = await self._create_and_bump(table, entity)
         self._remember_refresh(entity.partition_key, entity.row_key, entity.last_seen)
-        if not (check_presence and created):
-            return ConnectOutcome(entity, came_online=False)
-        live = await self._live_rows(entity.partition_key, now=entity.last_seen, select=["RowKey", "ConnectedAt"])
-        # Announce online from the oldest live connection only: two tabs opening at once then
-        # announce once (or, if their reads interleave, twice), never zero times.
-        oldest = min(((row["ConnectedAt"], row["RowKey"]) for row in live), default=None)
-        return ConnectOutcome(entity, came_online=oldest is None or oldest[1] == entity.row_key)
+        if bump is None:  # a repeated connected event: the row was there, nothing changed
+            return ConnectOutcome(entity)
+        change = await self._decide_presence(entity.partition_key, entity.user_name, bump=bump, now=entity.last_seen)
+        return ConnectOutcome(entity, change)
 
     async def disconnect(
         self, user_name: str, connection_id: str, *, now: datetime | None = None, check_presence: bool = True
@@ -211,20 +247,35 @@ class ConnectionStore:
         partition, row = user_key(name), connection_key(connection_id)
         table = await self._table()
         self._refreshed.pop((partition, row), None)
+        bump = uuid.uuid4().hex if check_presence else None
+        operations: list[tuple[str, dict[str, str], dict[str, Any]]] = [
+            ("delete", {"PartitionKey": partition, "RowKey": row}, {})
+        ]
+        if bump is not None:
+            operations.append(_bump_operation(partition, bump))
         try:
             with _translated("disconnect"):
-                # A one-operation transaction, unlike delete_entity, tells whether the row existed.
-                await table.submit_transaction([("delete", {"PartitionKey": partition, "RowKey": row})])
+                # A transaction, unlike delete_entity, tells whether the row existed.
+                await table.submit_transaction(operations)
         except (_RowMissing, _BatchRejected):
             # Rare (a repeated event), or a key a transaction cannot carry (Azurite answers 400 or even 404
             # for U+2028/U+2029 inside a batch): settle it with single-entity calls.
             deleted, _ = await self._delete_one_by_one([(partition, row, None)], action="disconnect")
             if not deleted:
-                return DisconnectOutcome(name, removed=False, went_offline=False)
-        if not check_presence:
-            return DisconnectOutcome(name, removed=True, went_offline=False)
-        live = await self._live_rows(partition, now=now, select=["RowKey"], limit=1)
-        return DisconnectOutcome(name, removed=True, went_offline=not live)
+                return DisconnectOutcome(name, removed=False)
+            if bump is not None:
+                await self._bump(table, partition, bump)
+        if bump is None:
+            return DisconnectOutcome(name, removed=True)
+        change = await self._decide_presence(partition, name, bump=bump, now=now)
+        return DisconnectOutcome(name, removed=True, presence=change)
+
+    async def settle_presence(self, user_name: str, *, now: datetime | None = None) -> PresenceChange | None:
+        """After rows of a user changed outside connect/disconnect (the sweep), bump and decide their presence."""
+        partition = user_key(user_name)
+        bump = uuid.uuid4().hex
+        await self._bump(await self._table(), partition, bump)
+        return await self._decide_presence(partition, normalize_user_name(user_name), bump=bump, now=now)
 
     async def touch(self, user_name: str, connection_id: str, *, now: datetime | None = None) -> bool:
         """Refresh a connection's `LastSeen` (at most once per quarter lease); False when its row is gone."""
@@ -402,6 +453,73 @@ class ConnectionStore:
                 continue  # deleted between the two calls: create it again
         raise StorageError("connect: the row kept changing; try again")
 
+    async def _create_and_bump(self, table: TableClient, entity: ConnectionEntity) -> str | None:
+        """Create the row and bump the presence row; return the bump, or None when the row was there."""
+        bump = uuid.uuid4().hex
+        try:
+            with _translated("connect"):
+                await table.submit_transaction(
+                    [("create", entity.to_table()), _bump_operation(entity.partition_key, bump)]
+                )
+            return bump
+        except (_RowExists, _RowMissing, _BatchRejected):
+            pass  # the row exists, or a key a transaction cannot carry: single-entity calls decide
+        if not await self._create_or_refresh(table, entity):
+            return None
+        await self._bump(table, entity.partition_key, bump)
+        return bump
+
+    async def _bump(self, table: TableClient, partition: str, bump: str) -> None:
+        _, keys, options = _bump_operation(partition, bump)
+        with _translated("bump presence"):
+            await table.upsert_entity(keys, **options)
+
+    async def _decide_presence(
+        self, partition: str, user_name: str, *, bump: str, now: datetime | None
+    ) -> PresenceChange | None:
+        """Announce the user's state if `bump` is still the latest and the state differs from the last announced."""
+        state, online = await self._presence_view(partition, now=now)
+        if state is None or state.get("Bump") != bump:
+            return None  # a later change of this user's rows decides instead (invariant 6)
+        if state.get("Online") is online:
+            return None
+        version = int(state.get("Version") or 0) + 1
+        patch = {"PartitionKey": partition, "RowKey": PRESENCE_ROW, "Online": online, "Version": version}
+        table = await self._table()
+        try:
+            with _translated("record presence"):
+                await table.update_entity(
+                    patch,
+                    mode=UpdateMode.MERGE,
+                    etag=state.metadata.get("etag"),
+                    match_condition=MatchConditions.IfNotModified,
+                )
+        except _RowMissing:
+            return None  # bumped meanwhile: that writer decides
+        return PresenceChange(user_name, online, version)
+
+    async def _presence_view(self, partition: str, *, now: datetime | None) -> tuple[Any | None, bool]:
+        """Read a user's presence row and whether they have a live connection, in one query."""
+        table = await self._table()
+        state: Any | None = None
+        online = False
+        with _translated("read presence"):
+            rows = table.query_entities(
+                # Spaces around the parentheses: the SDK finds @parameters by splitting on spaces.
+                "PartitionKey eq @pk and ( RowKey eq @presence or LastSeen gt @cutoff )",
+                parameters={"pk": partition, "presence": PRESENCE_ROW, "cutoff": self._cutoff(now)},
+                select=["RowKey", "Online", "Version", "Bump"],
+                results_per_page=_PAGE_SIZE,
+            )
+            async for row in rows:
+                if row["RowKey"] == PRESENCE_ROW:
+                    state = row
+                else:
+                    online = True
+                if state is not None and online:
+                    break
+        return state, online
+
     def _remember_refresh(self, partition: str, row: str, moment: datetime) -> None:
         self._refreshed[(partition, row)] = moment
         self._refreshed.move_to_end((partition, row))
@@ -559,6 +677,10 @@ def _delete_operation(partition: str, row: str, etag: str | None) -> tuple[str, 
     return ("delete", keys, {})
 
 
+def _bump_operation(partition: str, bump: str) -> tuple[str, dict[str, str], dict[str, Any]]:
+    return ("upsert", {"PartitionKey": partition, "RowKey": PRESENCE_ROW, "Bump": bump}, {"mode": UpdateMode.MERGE})
+
+
 def _index_entry(row: Any) -> IndexEntry:
     return IndexEntry(
         bucket=row["PartitionKey"],
@@ -601,6 +723,8 @@ def _translated(action: str) -> Iterator[None]:
             raise _TableMissing(f"the table disappeared ({action})", retry_after_seconds=1) from None
         if isinstance(error, TableTransactionError) and error.status_code in (404, 412):
             raise _RowMissing(f"{action}: a row changed meanwhile", index=error.index) from None
+        if isinstance(error, TableTransactionError) and error.status_code == 409:
+            raise _RowExists(f"{action}: a row exists") from None
         if isinstance(error, TableTransactionError) and error.status_code == 400:
             raise _BatchRejected(f"{action}: the transaction was rejected") from None
         if isinstance(error, ResourceNotFoundError | ResourceModifiedError):

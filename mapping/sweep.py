@@ -13,8 +13,9 @@ For each entry it reads the row the entry names and acts on what it finds (see t
 - without one, a row past its lease is deleted (age-based).
 
 Deletes and refreshes are conditional on the row's ETag. The sweep stops at its time budget and the
-next run resumes where it stopped (the entries it did not reach are still there). When it removes a
-user's last live connection, the user is reported offline.
+next run resumes where it stopped (the entries it did not reach are still there). With presence
+events on, every user whose rows it deleted gets a presence decision (see `mapping.store`): when that
+leaves the user without a live connection, the change to offline is reported with its version.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from datetime import datetime, timedelta
 
 from mapping.entity import as_utc, utc_now
 from mapping.liveness import Liveness, SignalRLiveness
-from mapping.store import ConnectionStore, IndexEntry, StoredConnection
+from mapping.store import ConnectionStore, IndexEntry, PresenceChange, StoredConnection
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +47,13 @@ class SweepResult:
     deleted: int = 0
     kept: int = 0
     entries_dropped: int = 0
-    offline_users: list[str] = field(default_factory=list)
+    presence: list[PresenceChange] = field(default_factory=list)
     complete: bool = True
+
+    @property
+    def offline_users(self) -> list[str]:
+        """Return the users this sweep announces offline."""
+        return [change.user for change in self.presence if not change.online]
 
     @property
     def entities_read(self) -> int:
@@ -77,7 +83,7 @@ async def sweep(
             logger.warning("sweep: time budget spent; the next run resumes")
             break
     if store.settings.presence_events:
-        result.offline_users = await _gone_offline(store, emptied, now=moment)
+        result.presence = await _settle_presence(store, emptied, now=moment)
     logger.info(
         "sweep: %d entries, %d rows read, %d checked, %d refreshed, %d deleted, %d kept, %d users offline%s",
         result.entries_read,
@@ -147,13 +153,12 @@ async def _verdicts(
     ]
 
 
-async def _gone_offline(store: ConnectionStore, emptied: dict[str, str], *, now: datetime) -> list[str]:
+async def _settle_presence(store: ConnectionStore, emptied: dict[str, str], *, now: datetime) -> list[PresenceChange]:
     slots = asyncio.Semaphore(_PRESENCE_CONCURRENCY)
 
-    async def offline(partition: str) -> bool:
+    async def settle(user_name: str) -> PresenceChange | None:
         async with slots:
-            return not await store.has_live_connection(partition, now=now)
+            return await store.settle_presence(user_name, now=now)
 
-    partitions = list(emptied)
-    answers = await asyncio.gather(*(offline(partition) for partition in partitions))
-    return [emptied[partition] for partition, gone in zip(partitions, answers, strict=True) if gone]
+    changes = await asyncio.gather(*(settle(user_name) for user_name in emptied.values()))
+    return [change for change in changes if change is not None]

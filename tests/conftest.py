@@ -14,7 +14,7 @@ from azurite import DEV_KEY, Azurite, free_port, running_azurite
 from figures import FIGURES, Figures
 from mapping.liveness import close_checkers
 from mapping.settings import Settings, StorageConnection
-from mapping.store import INDEX_PREFIX, ConnectionStore, reset_default_store
+from mapping.store import INDEX_PREFIX, PRESENCE_ROW, ConnectionStore, reset_default_store
 
 # Re-exported for the test modules, which import them from here.
 __all__ = ["DEV_KEY", "Azurite", "free_port", "running_azurite"]
@@ -90,8 +90,17 @@ async def all_rows(azurite: Azurite, table: str) -> list[dict[str, object]]:
 
 
 async def table_rows(azurite: Azurite, table: str) -> list[dict[str, object]]:
-    """Read the connection rows of a table (not the expiry index) straight from Azurite."""
-    return [row for row in await all_rows(azurite, table) if not str(row["PartitionKey"]).startswith(INDEX_PREFIX)]
+    """Read the connection rows of a table (not the expiry index, not presence rows) straight from Azurite."""
+    return [
+        row
+        for row in await all_rows(azurite, table)
+        if not str(row["PartitionKey"]).startswith(INDEX_PREFIX) and row["RowKey"] != PRESENCE_ROW
+    ]
+
+
+async def presence_rows(azurite: Azurite, table: str) -> dict[str, dict[str, object]]:
+    """Read the presence rows of a table straight from Azurite, by user key."""
+    return {str(row["PartitionKey"]): row for row in await all_rows(azurite, table) if row["RowKey"] == PRESENCE_ROW}
 
 
 async def index_rows(azurite: Azurite, table: str) -> list[dict[str, object]]:

@@ -36,7 +36,9 @@ async def _replay(lanes: list[list[Event]], concurrency: int) -> list[dict[str, 
                 except Exception as failure:  # recorded and asserted on by the test: no event may fail
                     out, error = None, f"{type(failure).__name__}: {failure}"
                 presence = [
-                    m["arguments"][0]["online"] for m in (out.messages if out else []) if m["target"] == "presence"
+                    (m["arguments"][0]["version"], m["arguments"][0]["online"])
+                    for m in (out.messages if out else [])
+                    if m["target"] == "presence"
                 ]
                 records.append(
                     {"id": event_id, "function": function, "user": user, "connection": connection,

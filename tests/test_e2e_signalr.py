@@ -91,16 +91,22 @@ async def test_http_send_reaches_every_tab_of_the_user_and_nobody_else(stack: St
     assert clients.received("b1", "newMessage") == []
 
 
+def announces(arguments: list[Any], user: str, *, online: bool) -> bool:
+    """Return whether a presence message's arguments say `user` is (or is not) online, with a version."""
+    [change] = arguments
+    return {**change, "version": 0} == {"user": user, "online": online, "version": 0} and change["version"] > 0
+
+
 async def test_presence_on_first_and_last_connection(stack: Stack, clients: SignalRClients) -> None:
     """Online is announced on the first connection only, offline on the last disconnect only."""
     alice = unique_user("alice")
     await clients.connect("watcher", unique_user("watcher"), targets=["presence"])
 
     def presence(online: bool) -> list[list[Any]]:
-        return [a for a in clients.received("watcher", "presence") if a == [{"user": alice, "online": online}]]
+        return [a for a in clients.received("watcher", "presence") if announces(a, alice, online=online)]
 
     first = await clients.connect("a1", alice)
-    await clients.wait_message("watcher", "presence", lambda a: a == [{"user": alice, "online": True}])
+    await clients.wait_message("watcher", "presence", lambda a: announces(a, alice, online=True))
     second = await clients.connect("a2", alice)
     await clients.stop("a1")
     assert first != second
@@ -110,9 +116,10 @@ async def test_presence_on_first_and_last_connection(stack: Stack, clients: Sign
 
     await wait_until(only_second_left, what="the first connection's row to go")
     await clients.stop("a2")
-    await clients.wait_message("watcher", "presence", lambda a: a == [{"user": alice, "online": False}])
+    await clients.wait_message("watcher", "presence", lambda a: announces(a, alice, online=False))
     assert len(presence(True)) == 1
     assert len(presence(False)) == 1
+    assert presence(True)[0][0]["version"] < presence(False)[0][0]["version"]
 
 
 async def test_client_send_reaches_the_recipient(stack: Stack, clients: SignalRClients) -> None:
@@ -291,5 +298,5 @@ async def test_a_quiet_live_client_outlives_its_lease_and_a_lost_one_is_swept_wi
         async with session.post(f"{leasing_stack.emulator_url}/admin/drop-next-disconnect") as response:
             assert response.status == 200
         await clients.stop("q")
-        await clients.wait_message("w", "presence", lambda a: a == [{"user": quiet, "online": False}])
+        await clients.wait_message("w", "presence", lambda a: announces(a, quiet, online=False))
     assert await rows_of(azurite, leasing_stack, quiet) == []

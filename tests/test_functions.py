@@ -78,19 +78,24 @@ async def test_negotiate_rejects_an_unusable_user_name() -> None:
 async def test_connected_maps_the_connection_and_announces_online(app_env: dict[str, str], azurite: Azurite) -> None:
     """The first connection writes the row and broadcasts presence online to the hub."""
     out = await connect("Alice", "c1", headers={"user-agent": "Mozilla/5.0"})
-    assert out.messages == [{"target": "presence", "arguments": [{"user": "Alice", "online": True}]}]
+    assert out.messages == [{"target": "presence", "arguments": [{"user": "Alice", "online": True, "version": 1}]}]
     [row] = await table_rows(azurite, app_env["MAPPING_TABLE"])
     assert (row["PartitionKey"], row["RowKey"], row["UserName"], row["Hub"]) == ("alice", "c1", "Alice", "chat")
     assert row["UserAgent"] == "Mozilla/5.0"
 
 
 async def test_multi_tab_presence_through_the_functions() -> None:
-    """Online once on the first tab, offline once when the last tab closes, nothing in between."""
-    assert len((await connect("alice", "tab1")).messages) == 1
+    """Online once on the first tab, offline once when the last tab closes, nothing in between; versions grow."""
+    assert (await connect("alice", "tab1")).messages[0]["arguments"][0]["version"] == 1
     assert (await connect("ALICE", "tab2")).value is None
     assert (await disconnect("alice", "tab1")).value is None
     out = await disconnect("Alice", "tab2")
-    assert out.messages == [{"target": "presence", "arguments": [{"user": "Alice", "online": False}]}]
+    assert out.messages == [{"target": "presence", "arguments": [{"user": "Alice", "online": False, "version": 2}]}]
+    assert (await connect("alice", "tab3")).messages[0]["arguments"][0] == {
+        "user": "alice",
+        "online": True,
+        "version": 3,
+    }
 
 
 async def test_connected_without_a_user_id_is_not_mapped(
@@ -400,7 +405,7 @@ async def test_timer_sweep_removes_expired_rows_and_announces_offline(
     await call("sweep", timer=TimerRequest(past_due=True), signalr=out)
     rows = await table_rows(azurite, app_env["MAPPING_TABLE"])
     assert [row["PartitionKey"] for row in rows] == ["new"]
-    assert out.messages == [{"target": "presence", "arguments": [{"user": "Old", "online": False}]}]
+    assert out.messages == [{"target": "presence", "arguments": [{"user": "Old", "online": False, "version": 2}]}]
 
 
 async def test_timer_sweep_with_nothing_stale_sends_nothing() -> None:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from conftest import Azurite, drop_table, index_rows, running_azurite, table_rows
+from conftest import Azurite, drop_table, index_rows, make_settings, running_azurite, table_rows, unique_table_name
 from mapping.errors import InvalidNameError, InvalidRequestError, StorageUnavailableError
 from mapping.keys import connection_key, user_key
 from mapping.settings import Settings
-from mapping.store import INDEX_PREFIX, ConnectionStore
+from mapping.store import INDEX_PREFIX, ConnectionStore, PresenceChange
 
 TTL = timedelta(seconds=600)
 
@@ -137,8 +138,8 @@ async def test_expired_rows_are_ignored_by_readers(store: ConnectionStore) -> No
     await store.connect("carol", "old", now=ago(TTL.total_seconds() + 5))
     assert await store.connections_of("carol") == []
     assert (await store.online_users()).users == []
-    fresh = await store.connect("carol", "new")
-    assert fresh.came_online is True
+    # Nobody was told carol left (a lapsed lease is announced by the sweep), so a new tab announces nothing.
+    assert (await store.connect("carol", "new")).presence is None
     assert [c.connection_id for c in await store.connections_of("carol")] == ["new"]
 
 
@@ -220,12 +221,35 @@ async def test_hundreds_of_concurrent_events_lose_nothing(store: ConnectionStore
     assert not any(outcome.went_offline for outcome in outcomes)  # every user keeps half of their tabs
 
 
-async def test_concurrent_first_connections_announce_online_at_least_once(store: ConnectionStore) -> None:
-    """When many tabs of a fresh user open at once, at least one of them announces the user online."""
+async def test_concurrent_first_connections_announce_online_exactly_once(store: ConnectionStore) -> None:
+    """When many tabs of a fresh user open at once, exactly one of them announces the user online."""
     for round_ in range(5):
         user = f"burst{round_}"
         outcomes = await asyncio.gather(*(store.connect(user, f"tab{n}") for n in range(8)))
-        assert sum(outcome.came_online for outcome in outcomes) >= 1
+        assert [outcome.presence for outcome in outcomes if outcome.presence] == [PresenceChange(user, True, 1)]
+
+
+async def test_racing_instances_leave_the_true_state_at_the_highest_version(azurite: Azurite) -> None:
+    """Connects and disconnects of one user racing on two instances: the newest announcement is the truth."""
+    table = unique_table_name()
+    instances = [ConnectionStore(make_settings(azurite.connection_string, table)) for _ in range(2)]
+    rng = random.Random(7)
+    try:
+        for round_ in range(30):
+            user = f"racer{round_}"
+            events = [(instance, "connect", f"c{n}") for n, instance in enumerate(instances)]
+            events += [(instances[rng.randrange(2)], "disconnect", f"c{n}") for n in range(2) if rng.random() < 0.7]
+            rng.shuffle(events)
+            outcomes = await asyncio.gather(*(getattr(store, action)(user, tab) for store, action, tab in events))
+            changes = sorted((o.presence.version, o.presence.online) for o in outcomes if o.presence is not None)
+            online = bool(await instances[0].connections_of(user))
+            assert len({version for version, _ in changes}) == len(changes), user
+            assert changes, user
+            assert changes[-1][1] is online, (user, events, changes)
+    finally:
+        for store in instances:
+            await store.close()
+        await drop_table(azurite, table)
 
 
 def port_is_free(port: int) -> bool:
@@ -251,7 +275,7 @@ async def test_use_development_storage_reaches_azurite_on_its_default_port(conne
 
 async def test_disconnect_of_a_key_a_transaction_cannot_carry(store: ConnectionStore, azurite: Azurite) -> None:
     """A name with U+2028 (found by fuzzing) disconnects cleanly although Azurite refuses it inside a batch."""
-    await store.connect("0\u20280", "c1")
+    assert (await store.connect("0\u20280", "c1")).presence == PresenceChange("0\u20280", True, 1)
     outcome = await store.disconnect("0\u20280", "c1")
-    assert (outcome.removed, outcome.went_offline) == (True, True)
+    assert (outcome.removed, outcome.presence) == (True, PresenceChange("0\u20280", False, 2))
     assert await table_rows(azurite, store.settings.table_name) == []

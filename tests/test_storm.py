@@ -5,12 +5,11 @@ their connect, and lost disconnects. Afterwards every connection still open send
 (refreshing its lease), and a sweep removes every row not refreshed since: the table must then hold
 exactly the open connections.
 
-"Last presence event" is defined as: a user's presence messages from every worker, ordered by the
-time their function run completed (CLOCK_MONOTONIC, one clock for all processes on this machine);
-the last one must equal the user's true final state (online iff a connection is still open). That
-is checked for every user whose connect and disconnect never ran at the same time on two instances
-(presence messages carry no order); a user with a lost, reordered or re-delivered connect depends on
-the sweep to remove a ghost row, and the sweep's offline announcement then counts as that user's last event.
+"Last presence event" is defined as: of a user's presence messages from every worker and the sweep,
+the one with the highest version. It must equal the user's true final state (online iff a connection
+is still open) for every user, including those whose connect and disconnect ran at the same time on
+two instances (counted as "raced"), and no version may be announced twice. A user with a lost
+disconnect depends on the sweep to remove the ghost row and announce them offline.
 For every user, the state the API reports after the sweep must equal the true state.
 """
 
@@ -19,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import random
-import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -162,7 +160,6 @@ async def test_storm_leaves_exactly_the_open_connections(
     sweepers = [ConnectionStore(make_settings(azurite.connection_string, app_env["MAPPING_TABLE"])) for _ in range(2)]
     try:
         results = await asyncio.gather(*(sweep(s, now=heartbeat_from + ttl) for s in sweepers))
-        swept_at = time.monotonic()
     finally:
         for sweeper in sweepers:
             await sweeper.close()
@@ -181,22 +178,20 @@ async def test_storm_leaves_exactly_the_open_connections(
     page = await default_store().online_users(limit=1000)
     assert sorted(u.user for u in page.users) == sorted(u for u, online in truth.items() if online)
 
-    # Presence: the last message per user, by completion time, matches the truth, the sweep's offline
-    # announcements for users whose ghost rows it removed included.
-    last: dict[str, tuple[float, bool]] = {}
+    # Presence: for every user, the announcement with the highest version (the sweep's included) matches
+    # the truth, whatever order the instances ran in; versions never repeat.
+    announced: dict[str, list[tuple[int, bool]]] = {}
     for record in records:
-        for online in record["presence"]:
-            if record["user"] not in last or record["end"] >= last[record["user"]][0]:
-                last[record["user"]] = (record["end"], online)
+        announced.setdefault(record["user"], []).extend(tuple(change) for change in record["presence"])
     for result in results:
-        last.update({user: (swept_at, False) for user in result.offline_users})
-    # Presence messages carry no order: when a connect and a disconnect of one user run at the same
-    # time on two instances, either may finish last (a known gap, see README). Those users are counted,
-    # not checked.
-    raced = users_with_overlapping_connect_and_disconnect(records)
-    checked = [user for user in truth if user not in raced]
-    wrong = {user: last.get(user) for user in checked if last.get(user, (0, False))[1] != truth[user]}
+        for change in result.presence:
+            announced.setdefault(change.user, []).append((change.version, change.online))
+    repeated = {user: changes for user, changes in announced.items() if len({v for v, _ in changes}) != len(changes)}
+    assert repeated == {}
+    latest = {user: max(changes)[1] for user, changes in announced.items() if changes}
+    wrong = {user: latest.get(user) for user, online in truth.items() if latest.get(user, False) != online}
     assert wrong == {}
+    raced = users_with_overlapping_connect_and_disconnect(records)
 
     total = len(records) + len(beat_records)
     # Replay time only (process start-up excluded): first event start to last event end, per phase.
@@ -212,7 +207,7 @@ async def test_storm_leaves_exactly_the_open_connections(
     figures.put("storm", "lost_disconnects", sum(c.lost_disconnect for c in log.connections))
     figures.put("storm", "stale_rows_swept", sum(r.deleted for r in results))
     figures.put("storm", "rows_lost", len(lost))
-    figures.put("storm", "presence_users_checked", len(checked))
+    figures.put("storm", "presence_users_checked", len(truth))
     figures.put("storm", "presence_users_raced", len(raced))
     figures.put("storm", "presence_users_with_ghost_rows", len({c.user for c in log.connections if c.ghost_prone}))
     figures.put("storm", "presence_mismatches", len(wrong))
