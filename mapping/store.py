@@ -306,10 +306,6 @@ class ConnectionStore:
         entities = [ConnectionEntity.from_table(row, etag=row.metadata.get("etag")) for row in rows]
         return sorted(entities, key=lambda entity: (entity.connected_at, entity.connection_id))
 
-    async def has_live_connection(self, partition_key: str, *, now: datetime | None = None) -> bool:
-        """Return whether the user with this PartitionKey has a live connection."""
-        return bool(await self._live_rows(partition_key, now=now, select=["RowKey"], limit=1))
-
     async def online_users(
         self, *, limit: int = 100, cursor: str | None = None, now: datetime | None = None
     ) -> UsersPage:
@@ -526,23 +522,15 @@ class ConnectionStore:
         while len(self._refreshed) > _REFRESH_MEMORY:
             self._refreshed.popitem(last=False)
 
-    async def _live_rows(
-        self, partition: str, *, now: datetime | None, select: list[str] | None = None, limit: int | None = None
-    ) -> list[Any]:
+    async def _live_rows(self, partition: str, *, now: datetime | None) -> list[Any]:
         table = await self._table()
-        rows: list[Any] = []
         with _translated("read connections"):
             query = table.query_entities(
                 "PartitionKey eq @pk and LastSeen gt @cutoff",
                 parameters={"pk": partition, "cutoff": self._cutoff(now)},
-                select=select,
-                results_per_page=limit or _PAGE_SIZE,
+                results_per_page=_PAGE_SIZE,
             )
-            async for row in query:
-                rows.append(row)
-                if limit is not None and len(rows) >= limit:
-                    break
-        return rows
+            return [row async for row in query]
 
     async def _delete_in_batches(
         self, operations: Sequence[tuple[str, str, str | None]], *, action: str
