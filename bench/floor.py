@@ -20,9 +20,10 @@ from azure.core import MatchConditions
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 
+from mapping.store import PRESENCE_ROW
+
 LIVE = "PartitionKey eq @pk and LastSeen gt @cutoff"
 LIVE_AND_PRESENCE = "PartitionKey eq @pk and ( RowKey eq @presence or LastSeen gt @cutoff )"
-PRESENCE = "%~p"
 
 
 class Floor:
@@ -72,24 +73,24 @@ class Floor:
         await self._record_presence(user)
 
     def _bump(self, user: str) -> tuple[str, dict[str, str], dict[str, Any]]:
-        keys = {"PartitionKey": user, "RowKey": PRESENCE, "Bump": uuid.uuid4().hex}
+        keys = {"PartitionKey": user, "RowKey": PRESENCE_ROW, "Bump": uuid.uuid4().hex}
         return ("upsert", keys, {"mode": UpdateMode.MERGE})
 
     async def _record_presence(self, user: str) -> None:
         cutoff = datetime.now(UTC) - self.ttl
         query = self.client.query_entities(
             LIVE_AND_PRESENCE,
-            parameters={"pk": user, "presence": PRESENCE, "cutoff": cutoff},
+            parameters={"pk": user, "presence": PRESENCE_ROW, "cutoff": cutoff},
             select=["RowKey", "Online", "Version"],
         )
         rows = [row async for row in query]
-        state = next((row for row in rows if row["RowKey"] == PRESENCE), None)
+        state = next((row for row in rows if row["RowKey"] == PRESENCE_ROW), None)
         online = len(rows) > (state is not None)
         if state is None or state.get("Online") is online:
             return
         patch = {
             "PartitionKey": user,
-            "RowKey": PRESENCE,
+            "RowKey": PRESENCE_ROW,
             "Online": online,
             "Version": int(state.get("Version") or 0) + 1,
         }

@@ -85,6 +85,8 @@ _REFRESH_MEMORY = 100_000  # connections whose last refresh time an instance rem
 _MAX_RETRY_AFTER_SLEEP = 2.0
 _SERVER_RETRY_AFTER = "x-mapping-server-retry-after"  # the server's Retry-After, before _on_response capped it
 
+_Operation = tuple[str, dict[str, str], dict[str, Any]]  # one operation of a table transaction
+
 
 @dataclass(frozen=True, slots=True)
 class PresenceChange:
@@ -228,13 +230,13 @@ class ConnectionStore:
         )
         table = await self._table()
         await self._write_index(table, entity.partition_key, entity.row_key, entity.last_seen)
-        if not check_presence:
+        if check_presence:
+            bump = await self._create_and_bump(table, entity)
+        else:
+            bump = None
             await self._create_or_refresh(table, entity)
-            self._remember_refresh(entity.partition_key, entity.row_key, entity.last_seen)
-            return ConnectOutcome(entity)
-        bump = await self._create_and_bump(table, entity)
         self._remember_refresh(entity.partition_key, entity.row_key, entity.last_seen)
-        if bump is None:  # a repeated connected event: the row was there, nothing changed
+        if bump is None:  # presence off, or a repeated connected event (the row was there, nothing changed)
             return ConnectOutcome(entity)
         change = await self._decide_presence(entity.partition_key, entity.user_name, bump=bump, now=entity.last_seen)
         return ConnectOutcome(entity, change)
@@ -248,9 +250,7 @@ class ConnectionStore:
         table = await self._table()
         self._refreshed.pop((partition, row), None)
         bump = uuid.uuid4().hex if check_presence else None
-        operations: list[tuple[str, dict[str, str], dict[str, Any]]] = [
-            ("delete", {"PartitionKey": partition, "RowKey": row}, {})
-        ]
+        operations: list[_Operation] = [("delete", {"PartitionKey": partition, "RowKey": row}, {})]
         if bump is not None:
             operations.append(_bump_operation(partition, bump))
         try:
@@ -658,14 +658,14 @@ class ConnectionStore:
         return client
 
 
-def _delete_operation(partition: str, row: str, etag: str | None) -> tuple[str, dict[str, str], dict[str, Any]]:
+def _delete_operation(partition: str, row: str, etag: str | None) -> _Operation:
     keys = {"PartitionKey": partition, "RowKey": row}
     if etag:
         return ("delete", keys, {"etag": etag, "match_condition": MatchConditions.IfNotModified})
     return ("delete", keys, {})
 
 
-def _bump_operation(partition: str, bump: str) -> tuple[str, dict[str, str], dict[str, Any]]:
+def _bump_operation(partition: str, bump: str) -> _Operation:
     return ("upsert", {"PartitionKey": partition, "RowKey": PRESENCE_ROW, "Bump": bump}, {"mode": UpdateMode.MERGE})
 
 
