@@ -20,7 +20,7 @@ from azure.core import MatchConditions
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 
-from mapping.store import PRESENCE_ROW
+from mapping.presence import PRESENCE_ROW
 
 LIVE = "PartitionKey eq @pk and LastSeen gt @cutoff"
 LIVE_AND_PRESENCE = "PartitionKey eq @pk and ( RowKey eq @presence or LastSeen gt @cutoff )"

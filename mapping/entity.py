@@ -35,6 +35,7 @@ class ConnectionEntity:
     last_seen: datetime
     user_agent: str = ""
     etag: str | None = field(default=None, compare=False)
+    index_bucket: str | None = field(default=None, compare=False)  # the expiry-index bucket naming this row
 
     @classmethod
     def new(
@@ -76,6 +77,7 @@ class ConnectionEntity:
             "ConnectedAt": self.connected_at,
             "LastSeen": self.last_seen,
             "UserAgent": self.user_agent,
+            **({"IndexBucket": self.index_bucket} if self.index_bucket else {}),
         }
 
     @classmethod
@@ -89,6 +91,7 @@ class ConnectionEntity:
             last_seen=_stored_time(row.get("LastSeen")),
             user_agent=str(row.get("UserAgent") or ""),
             etag=etag,
+            index_bucket=str(row["IndexBucket"]) if row.get("IndexBucket") else None,
         )
 
     def to_json(self) -> dict[str, str]:

@@ -37,3 +37,23 @@ class StorageError(MappingError):
 
 class StorageUnavailableError(StorageError):
     """Table Storage could not be reached, timed out, or is throttling."""
+
+
+class ConflictError(StorageError):
+    """A write met a row that changed, vanished or already existed; read again and decide again."""
+
+    def __init__(self, message: str, *, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index  # in a transaction: the operation that failed, when the service says
+
+
+class RowChangedError(ConflictError):
+    """The row was missing, or its ETag no longer matched (404 or 412)."""
+
+
+class RowExistsError(ConflictError):
+    """A create found the row already there (409)."""
+
+
+class BatchRejectedError(StorageError):
+    """The service refused a transaction as malformed (seen with U+2028/U+2029 in keys on Azurite)."""

@@ -8,8 +8,9 @@ from mapping.errors import InvalidNameError, InvalidRequestError, UserOfflineErr
 from mapping.invocation import Invocation
 from mapping.liveness import liveness_for
 from mapping.messages import Message, error_message, presence_message
+from mapping.presence import PresenceChange
 from mapping.send import parse_send_arguments, send_to_user
-from mapping.store import ConnectionStore, PresenceChange
+from mapping.store import ConnectionStore
 from mapping.sweep import sweep
 
 logger = logging.getLogger(__name__)
@@ -20,14 +21,9 @@ async def on_connected(store: ConnectionStore, event: Invocation) -> list[Messag
     if not event.user_id or not event.connection_id:
         logger.warning("connected: connection %s has no user id; not mapped", event.connection_id)
         return []
-    presence = store.settings.presence_events
     try:
         outcome = await store.connect(
-            event.user_id,
-            event.connection_id,
-            hub=event.hub,
-            user_agent=event.header("User-Agent"),
-            check_presence=presence,
+            event.user_id, event.connection_id, hub=event.hub, user_agent=event.header("User-Agent")
         )
     except InvalidNameError as error:
         logger.warning("connected: connection not mapped: %s", error)
@@ -40,9 +36,8 @@ async def on_disconnected(store: ConnectionStore, event: Invocation) -> list[Mes
     """Remove a closed connection's row; announce the user offline when no live connection is left."""
     if not event.user_id or not event.connection_id:
         return []
-    presence = store.settings.presence_events
     try:
-        outcome = await store.disconnect(event.user_id, event.connection_id, check_presence=presence)
+        outcome = await store.disconnect(event.user_id, event.connection_id)
     except InvalidNameError as error:
         logger.warning("disconnected: ignored: %s", error)
         return []
@@ -54,15 +49,14 @@ async def on_send(store: ConnectionStore, event: Invocation) -> list[Message]:
     if not event.connection_id:
         logger.warning("send: event without a connection id ignored")
         return []
-    if event.user_id:
-        await _refresh(store, event.user_id, event.connection_id)
+    revived = await _refresh(store, event.user_id, event.connection_id) if event.user_id else []
     try:
         request = parse_send_arguments(event.arguments)
-        return await send_to_user(store, request, sender=event.user_id)
+        return revived + await send_to_user(store, request, sender=event.user_id)
     except InvalidRequestError as error:
-        return [error_message(event.connection_id, str(error))]
+        return [*revived, error_message(event.connection_id, str(error))]
     except UserOfflineError:
-        return [error_message(event.connection_id, "recipient is offline", to=request.to)]
+        return [*revived, error_message(event.connection_id, "recipient is offline", to=request.to)]
 
 
 async def on_timer(store: ConnectionStore) -> list[Message]:
@@ -77,9 +71,13 @@ def _announced(change: PresenceChange | None) -> list[Message]:
     return [presence_message(change.user, online=change.online, version=change.version)]
 
 
-async def _refresh(store: ConnectionStore, user_id: str, connection_id: str) -> None:
+async def _refresh(store: ConnectionStore, user_id: str, connection_id: str) -> list[Message]:
+    """Refresh the caller's lease; a lease made live again after it lapsed is a presence change."""
     try:
-        if not await store.touch(user_id, connection_id):
-            logger.info("send: caller %s has no row to refresh", connection_id)
+        outcome = await store.touch(user_id, connection_id)
     except InvalidNameError as error:
         logger.warning("send: caller not refreshed: %s", error)
+        return []
+    if not outcome.found:
+        logger.info("send: caller %s has no row to refresh", connection_id)
+    return _announced(outcome.presence)

@@ -10,6 +10,7 @@ import hmac
 import json
 import logging
 import time
+from typing import Protocol
 from urllib.parse import quote
 
 import aiohttp
@@ -32,6 +33,14 @@ class Liveness(enum.Enum):
     ALIVE = "alive"  # 200: the connection is open
     GONE = "gone"  # 404: the service does not know it
     UNKNOWN = "unknown"  # anything else: ask again later
+
+
+class LivenessCheck(Protocol):
+    """Asks whether a connection is still open; the sweep's seam to the service (and to test fakes)."""
+
+    async def check(self, hub: str, connection_id: str) -> Liveness:
+        """Return ALIVE, GONE, or UNKNOWN when the service cannot say."""
+        ...
 
 
 class SignalRLiveness:

@@ -1,21 +1,24 @@
 """Stale-row removal: the timer function is the TTL that Table Storage does not have.
 
-The sweep reads only the expiry index's buckets that began before its cutoff (a key-range query,
-never a filter on a property across the table), so its cost follows the stale rows, not the table:
-every row older than the cutoff, plus at most the rows of the one bucket that straddles it.
-For each entry it reads the row the entry names and acts on what it finds (see the invariants in
-`mapping.store`):
+The sweep reads only the expiry index's buckets that began before its cutoff (`mapping.expiry`), so
+its cost follows the stale rows, not the table. It groups the entries by user and, for each user,
+reads the partition once (rows and presence row) and acts on what it finds:
 
-- no row, or a row whose LastSeen moved to a later bucket: the entry is dropped;
-- with a SignalR connection configured, every row past half its lease is checked with the service
-  (`HEAD .../connections/{id}`): alive → LastSeen is refreshed; gone → the row is deleted; unknown →
-  kept for the next sweep, unless LastSeen is older than MAPPING_MAX_AGE_SECONDS, then deleted;
-- without one, a row past its lease is deleted (age-based).
+- an entry whose row is gone, or whose row names a later entry (refreshed since), is spent;
+- a row past the cutoff is judged: with a SignalR connection, rows past half their lease are asked
+  about (`HEAD .../connections/{id}`): alive → LastSeen is refreshed; gone → deleted; unknown → kept
+  for the next sweep, unless LastSeen is older than MAPPING_MAX_AGE_SECONDS, then deleted; without
+  one, a row past its lease is deleted (age-based);
+- the verdicts and the user's presence decision commit in one transaction (`mapping.presence`, P2),
+  and the user's spent entries are dropped only after it (expiry E3);
+- with presence events on, every change of state is announced, and so is the recorded state of a
+  user whose announcement an event may have lost (presence P5).
 
-Deletes and refreshes are conditional on the row's ETag. The sweep stops at its time budget and the
-next run resumes where it stopped (the entries it did not reach are still there). With presence
-events on, every user whose rows it deleted gets a presence decision (see `mapping.store`): when that
-leaves the user without a live connection, the change to offline is reported with its version.
+The sweep keeps to its time budget inside a page: a user is started only while time is left, and
+each liveness check is bounded by what is left; rows not judged keep their entries for the next run.
+A failure for one user is logged and leaves that user's entries for the next run; it never costs
+another user's announcement (the timer raises only when it failed before deciding anything, since a
+function that raises has all its outputs dropped).
 """
 
 from __future__ import annotations
@@ -23,17 +26,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from mapping.entity import as_utc, utc_now
-from mapping.liveness import Liveness, SignalRLiveness
-from mapping.store import ConnectionStore, IndexEntry, PresenceChange, StoredConnection
+from mapping.entity import ConnectionEntity, as_utc, utc_now
+from mapping.errors import MappingError, StorageError
+from mapping.expiry import IndexEntry
+from mapping.keys import unescape_key, user_key
+from mapping.liveness import Liveness, LivenessCheck
+from mapping.presence import PresenceChange
+from mapping.store import ConnectionStore, UserView
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIME_BUDGET = timedelta(minutes=4)  # the Functions timeout in host.json is 5 minutes
-_PRESENCE_CONCURRENCY = 16
+_USER_CONCURRENCY = 16
+_WRITE_RESERVE = 0.2  # share of the budget kept for the writes after the last liveness check
 
 
 @dataclass(slots=True)
@@ -42,13 +51,26 @@ class SweepResult:
 
     entries_read: int = 0
     rows_read: int = 0
+    users_read: int = 0
     checked: int = 0
     refreshed: int = 0
     deleted: int = 0
     kept: int = 0
     entries_dropped: int = 0
+    failed_users: int = 0
     presence: list[PresenceChange] = field(default_factory=list)
     complete: bool = True
+    _positions: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def announce(self, change: PresenceChange) -> None:
+        """Add a presence message; a user met twice in one sweep (across pages) is announced once, newest."""
+        key = user_key(change.user)
+        position = self._positions.get(key)
+        if position is None:
+            self._positions[key] = len(self.presence)
+            self.presence.append(change)
+        elif change.version > self.presence[position].version:
+            self.presence[position] = change
 
     @property
     def offline_users(self) -> list[str]:
@@ -57,44 +79,57 @@ class SweepResult:
 
     @property
     def entities_read(self) -> int:
-        """Return the table entities the sweep read: index entries plus connection rows."""
+        """Return the table entities the sweep read: index entries plus the rows of the users it read."""
         return self.entries_read + self.rows_read
+
+
+@dataclass(frozen=True, slots=True)
+class _Clock:
+    """The sweep's moment and deadlines (monotonic seconds)."""
+
+    now: datetime
+    cutoff: datetime
+    deadline: float
+    checks_deadline: float
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
 
 
 async def sweep(
     store: ConnectionStore,
     *,
-    liveness: SignalRLiveness | None = None,
+    liveness: LivenessCheck | None = None,
     now: datetime | None = None,
     time_budget: timedelta = DEFAULT_TIME_BUDGET,
 ) -> SweepResult:
-    """Remove stale connection rows (liveness-checked when `liveness` is given); report users gone offline."""
+    """Remove stale connection rows (liveness-checked when `liveness` is given); report presence changes."""
     moment = as_utc(now) if now else utc_now()
     ttl = store.settings.ttl
-    cutoff = moment - (ttl / 2 if liveness else ttl)
-    deadline = time.monotonic() + time_budget.total_seconds()
-    result = SweepResult()
-    emptied: dict[str, str] = {}
-    async for entries in store.expiry_pages(before=cutoff):
-        result.entries_read += len(entries)
-        await _sweep_page(store, entries, liveness=liveness, now=moment, cutoff=cutoff, result=result, emptied=emptied)
-        if time.monotonic() > deadline:
-            result.complete = False
-            logger.warning("sweep: time budget spent; the next run resumes")
-            break
-    if store.settings.presence_events:
-        result.presence = await _settle_presence(store, emptied, now=moment)
-    logger.info(
-        "sweep: %d entries, %d rows read, %d checked, %d refreshed, %d deleted, %d kept, %d users offline%s",
-        result.entries_read,
-        result.rows_read,
-        result.checked,
-        result.refreshed,
-        result.deleted,
-        result.kept,
-        len(result.offline_users),
-        "" if result.complete else " (incomplete)",
+    budget = time_budget.total_seconds()
+    start = time.monotonic()
+    clock = _Clock(
+        now=moment,
+        cutoff=moment - (ttl / 2 if liveness else ttl),
+        deadline=start + budget,
+        checks_deadline=start + budget * (1 - _WRITE_RESERVE),
     )
+    result = SweepResult()
+    try:
+        async for entries in store.index.pages(before=clock.cutoff):
+            if clock.left() <= 0:
+                result.complete = False
+                break
+            result.entries_read += len(entries)
+            await _sweep_page(store, entries, liveness=liveness, clock=clock, result=result)
+    except StorageError:
+        if not result.presence:
+            raise  # nothing decided yet: fail visibly; the next run starts over
+        logger.exception("sweep: stopped early; %d announcements kept, the next run resumes", len(result.presence))
+        result.complete = False
+    if clock.left() <= 0:
+        result.complete = False
+    _log(result)
     return result
 
 
@@ -102,63 +137,142 @@ async def _sweep_page(
     store: ConnectionStore,
     entries: list[IndexEntry],
     *,
-    liveness: SignalRLiveness | None,
-    now: datetime,
-    cutoff: datetime,
+    liveness: LivenessCheck | None,
+    clock: _Clock,
     result: SweepResult,
-    emptied: dict[str, str],
 ) -> None:
-    rows = await store.read_connections(entries)
-    result.rows_read += sum(row is not None for row in rows)
-    done: list[IndexEntry] = []
-    stale: list[StoredConnection] = []
-    candidates: list[tuple[IndexEntry, StoredConnection]] = []
-    for entry, row in zip(entries, rows, strict=True):
-        if row is None or row.entity.last_seen >= entry.bucket_start + store.bucket_width():
-            done.append(entry)  # no row, or the row was refreshed into a later bucket
-        elif row.entity.last_seen < cutoff:
-            candidates.append((entry, row))
-        # else: the entry's bucket straddles the cutoff and this row is not due yet; keep the entry
-    verdicts = await _verdicts([row for _, row in candidates], store=store, liveness=liveness, now=now)
-    result.checked += len(candidates) if liveness else 0
-    for (entry, row), verdict in zip(candidates, verdicts, strict=True):
-        if verdict is Liveness.ALIVE:
-            if await store.refresh_unchanged(row, now=now):
-                result.refreshed += 1
-            done.append(entry)
-        elif verdict is Liveness.GONE:
-            stale.append(row)
-            done.append(entry)
-        else:
-            result.kept += 1
-    if stale:
-        outcome = await store.delete_unchanged(stale)
-        result.deleted += outcome.deleted
-        emptied.update({row.partition_key: row.entity.user_name for row in stale})
+    by_user: dict[str, list[IndexEntry]] = {}
+    for entry in entries:
+        by_user.setdefault(entry.user_key, []).append(entry)
+    slots = asyncio.Semaphore(_USER_CONCURRENCY)
+
+    async def settle(user_key: str, user_entries: list[IndexEntry]) -> list[IndexEntry]:
+        async with slots:
+            if clock.left() <= 0:
+                result.complete = False
+                return []
+            try:
+                return await _sweep_user(store, user_key, user_entries, liveness=liveness, clock=clock, result=result)
+            except MappingError as error:
+                result.failed_users += 1
+                logger.warning("sweep: a user was left for the next run: %s", error)
+                return []
+
+    spent = await asyncio.gather(*(settle(user, user_entries) for user, user_entries in by_user.items()))
+    done = [entry for entries_of_user in spent for entry in entries_of_user]
     if done:
-        result.entries_dropped += (await store.drop_index_entries(done)).deleted
+        try:
+            await store.index.drop(done)
+            result.entries_dropped += len(done)
+        except StorageError as error:
+            logger.warning("sweep: spent entries stay for the next run: %s", error)
+
+
+async def _sweep_user(
+    store: ConnectionStore,
+    user_key: str,
+    entries: list[IndexEntry],
+    *,
+    liveness: LivenessCheck | None,
+    clock: _Clock,
+    result: SweepResult,
+) -> list[IndexEntry]:
+    """Judge one user's due rows, commit the verdicts with the presence decision; return the spent entries."""
+    view = await store.read_user(user_key)
+    result.users_read += 1
+    result.rows_read += len(view.rows)
+    spent: list[IndexEntry] = []
+    due: list[tuple[IndexEntry, ConnectionEntity]] = []
+    row_gone = False
+    for entry in entries:
+        row = view.rows.get(entry.connection_key)
+        if row is None:
+            row_gone = True
+            spent.append(entry)
+        elif not _covers(entry, row, store):
+            spent.append(entry)  # refreshed since: a later entry covers the row (E2)
+        elif row.last_seen < clock.cutoff:
+            due.append((entry, row))
+        # else: the entry's bucket straddles the cutoff and this row is not due yet; keep the entry
+    verdicts = await _verdicts([row for _, row in due], store=store, liveness=liveness, clock=clock)
+    result.checked += len(due) if liveness else 0
+    gone = {
+        row.row_key: row.etag or "" for (_, row), verdict in zip(due, verdicts, strict=True) if verdict is Liveness.GONE
+    }
+    alive = {
+        row.row_key: row.etag or ""
+        for (_, row), verdict in zip(due, verdicts, strict=True)
+        if verdict is Liveness.ALIVE
+    }
+    spent += [entry for (entry, _), verdict in zip(due, verdicts, strict=True) if verdict is not Liveness.UNKNOWN]
+    result.kept += sum(verdict is Liveness.UNKNOWN for verdict in verdicts)
+    if Liveness.UNKNOWN in verdicts and time.monotonic() >= clock.checks_deadline:
+        result.complete = False  # some rows went unasked for want of time
+    settled = await store.settle(view, user_name=_user_name(view, user_key), gone=gone, alive=alive, now=clock.now)
+    result.deleted += settled.deleted
+    result.refreshed += settled.refreshed
+    announce = settled.change
+    if announce is None and store.settings.presence_events:
+        # P5: an event may have recorded a change and failed before announcing it.
+        maybe_lost = any(entry.announces_online for entry in entries) or (row_gone and not settled.online)
+        announce = settled.recorded.announced_as(_user_name(view, user_key)) if maybe_lost else None
+    if announce is not None:
+        result.announce(announce)
+    return spent
+
+
+def _covers(entry: IndexEntry, row: ConnectionEntity, store: ConnectionStore) -> bool:
+    """Return whether `entry` is the row's current entry (E2, E4)."""
+    if row.index_bucket is not None:
+        return row.index_bucket == entry.bucket
+    return row.last_seen < entry.bucket_start + store.bucket_width()  # a row written before IndexBucket existed
 
 
 async def _verdicts(
-    rows: list[StoredConnection], *, store: ConnectionStore, liveness: SignalRLiveness | None, now: datetime
+    rows: Sequence[ConnectionEntity], *, store: ConnectionStore, liveness: LivenessCheck | None, clock: _Clock
 ) -> list[Liveness]:
+    if not rows:
+        return []
     if liveness is None:
-        expired = now - store.settings.ttl
-        return [Liveness.GONE if row.entity.last_seen < expired else Liveness.UNKNOWN for row in rows]
-    answers = await asyncio.gather(*(liveness.check(row.entity.hub, row.entity.connection_id) for row in rows))
-    too_old = now - store.settings.max_age
+        expired = clock.now - store.settings.ttl
+        return [Liveness.GONE if row.last_seen < expired else Liveness.UNKNOWN for row in rows]
+    answers = await asyncio.gather(*(_bounded_check(liveness, row, clock) for row in rows))
+    too_old = clock.now - store.settings.max_age
     return [
-        Liveness.GONE if answer is Liveness.UNKNOWN and row.entity.last_seen < too_old else answer
+        Liveness.GONE if answer is Liveness.UNKNOWN and row.last_seen < too_old else answer
         for row, answer in zip(rows, answers, strict=True)
     ]
 
 
-async def _settle_presence(store: ConnectionStore, emptied: dict[str, str], *, now: datetime) -> list[PresenceChange]:
-    slots = asyncio.Semaphore(_PRESENCE_CONCURRENCY)
+async def _bounded_check(liveness: LivenessCheck, row: ConnectionEntity, clock: _Clock) -> Liveness:
+    left = clock.checks_deadline - time.monotonic()
+    if left <= 0:
+        return Liveness.UNKNOWN  # no time to ask: kept, asked again next run
+    try:
+        return await asyncio.wait_for(liveness.check(row.hub, row.connection_id), timeout=left)
+    except TimeoutError:
+        return Liveness.UNKNOWN
 
-    async def settle(user_name: str) -> PresenceChange | None:
-        async with slots:
-            return await store.settle_presence(user_name, now=now)
 
-    changes = await asyncio.gather(*(settle(user_name) for user_name in emptied.values()))
-    return [change for change in changes if change is not None]
+def _user_name(view: UserView, user_key: str) -> str:
+    for row in view.rows.values():
+        if row.user_name:
+            return row.user_name
+    return view.presence.user_name or unescape_key(user_key)
+
+
+def _log(result: SweepResult) -> None:
+    logger.info(
+        "sweep: %d entries, %d users, %d rows read, %d checked, %d refreshed, %d deleted, %d kept, "
+        "%d presence messages, %d users failed%s",
+        result.entries_read,
+        result.users_read,
+        result.rows_read,
+        result.checked,
+        result.refreshed,
+        result.deleted,
+        result.kept,
+        len(result.presence),
+        result.failed_users,
+        "" if result.complete else " (incomplete)",
+    )

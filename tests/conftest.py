@@ -14,7 +14,9 @@ from azurite import DEV_KEY, Azurite, free_port, running_azurite
 from figures import FIGURES, Figures
 from mapping.liveness import close_checkers
 from mapping.settings import Settings, StorageConnection
-from mapping.store import INDEX_PREFIX, PRESENCE_ROW, ConnectionStore, reset_default_store
+from mapping.expiry import INDEX_PREFIX
+from mapping.presence import PRESENCE_ROW
+from mapping.store import ConnectionStore, reset_default_store
 
 # Re-exported for the test modules, which import them from here.
 __all__ = ["DEV_KEY", "Azurite", "free_port", "running_azurite"]

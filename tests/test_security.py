@@ -69,7 +69,7 @@ async def test_odata_injection_in_store_calls_reaches_no_other_row(
     assert outcome.came_online
     assert [c.connection_id for c in await store.connections_of(payload)] == [payload.strip()]
     assert (await store.disconnect(payload, payload)).went_offline
-    assert not await store.touch(payload, "alice-1")
+    assert not (await store.touch(payload, "alice-1")).found
     rows = await table_rows(azurite, store.settings.table_name)
     assert sorted(str(row["RowKey"]) for row in rows) == ["alice-1", "bob-1"]
     # A cursor carrying the payload is only a start key: every user listed sorts after it.

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from conftest import Azurite, index_rows, table_rows
-from mapping.liveness import SignalRLiveness
+from mapping.liveness import Liveness, SignalRLiveness
 from mapping.settings import SignalRConnection
 from mapping.store import ConnectionStore
 from mapping.sweep import sweep
@@ -23,6 +23,25 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 def ago(seconds: float) -> datetime:
     """Return a UTC time `seconds` before the test run's reference time."""
     return NOW - timedelta(seconds=seconds)
+
+
+async def seed(store: ConnectionStore, connections: list[tuple[str, str]], *, now: datetime) -> None:
+    """Connect many tabs: users concurrently, each user's tabs one after another (as a browser opens them)."""
+    by_user: dict[str, list[str]] = {}
+    for user, connection in connections:
+        by_user.setdefault(user, []).append(connection)
+
+    async def open_tabs(user: str, tabs: list[str]) -> None:
+        for tab in tabs:
+            await store.connect(user, tab, now=now)
+
+    slots = asyncio.Semaphore(32)
+
+    async def bounded(user: str, tabs: list[str]) -> None:
+        async with slots:
+            await open_tabs(user, tabs)
+
+    await asyncio.gather(*(bounded(user, tabs) for user, tabs in by_user.items()))
 
 
 def keys(rows: list[dict[str, object]]) -> list[tuple[object, object]]:
@@ -67,7 +86,7 @@ async def test_sweep_reports_users_whose_last_connection_it_removed(store: Conne
 async def test_sweep_deletes_a_partition_of_more_than_a_hundred_rows(store: ConnectionStore, azurite: Azurite) -> None:
     """A user with 250 expired rows is cleared in batches of at most 100, their live row kept."""
     stale = ago(TTL.total_seconds() + 120)
-    await asyncio.gather(*(store.connect("crowd", f"c{i:03d}", now=stale) for i in range(250)))
+    await seed(store, [("crowd", f"c{i:03d}") for i in range(250)], now=stale)
     await store.connect("crowd", "alive", now=NOW)
     result = await sweep(store, now=NOW)
     assert result.deleted == 250
@@ -78,7 +97,7 @@ async def test_sweep_deletes_a_partition_of_more_than_a_hundred_rows(store: Conn
 async def test_sweep_follows_continuation_across_pages(store: ConnectionStore, azurite: Azurite) -> None:
     """More expired rows than one query page (1,000) across many partitions are all removed."""
     stale = ago(TTL.total_seconds() * 3)
-    await asyncio.gather(*(store.connect(f"user{i % 150}", f"c{i}", now=stale) for i in range(1100)))
+    await seed(store, [(f"user{i % 150}", f"c{i}") for i in range(1100)], now=stale)
     result = await sweep(store, now=NOW)
     assert result.deleted == 1100
     assert await table_rows(azurite, store.settings.table_name) == []
@@ -119,7 +138,7 @@ async def test_an_entry_whose_row_was_never_written_is_dropped(store: Connection
 async def test_a_row_refreshed_into_a_later_bucket_survives(store: ConnectionStore, azurite: Azurite) -> None:
     """A refresh writes a newer entry; the sweep drops the old one and keeps the row."""
     await store.connect("gina", "g1", now=ago(TTL.total_seconds() + 120))
-    assert await store.touch("gina", "g1", now=NOW) is True
+    assert (await store.touch("gina", "g1", now=NOW)).found is True
     assert len(await index_rows(azurite, store.settings.table_name)) == 2
     result = await sweep(store, now=NOW)
     assert (result.deleted, result.entries_dropped) == (0, 1)
@@ -128,54 +147,88 @@ async def test_a_row_refreshed_into_a_later_bucket_survives(store: ConnectionSto
 
 
 async def test_a_row_refreshed_between_read_and_delete_survives(store: ConnectionStore) -> None:
-    """The conditional delete leaves a row whose ETag changed after the sweep read it."""
+    """The sweep's delete is conditional: a row whose ETag changed after the sweep read it stays."""
     stale = ago(TTL.total_seconds() + 120)
     await store.connect("hank", "quiet", now=stale)
     await store.connect("hank", "talking", now=stale)
-    [entries] = [page async for page in store.expiry_pages(before=ago(TTL.total_seconds()))]
-    rows = [row for row in await store.read_connections(entries) if row is not None]
-    assert await store.touch("hank", "talking", now=NOW) is True
-    outcome = await store.delete_unchanged(rows)
-    assert (outcome.deleted, outcome.skipped) == (1, 1)
+    view = await store.read_user("hank")
+    judged = {key: row.etag or "" for key, row in view.rows.items()}
+    assert (await store.touch("hank", "talking", now=NOW)).found is True
+    settled = await store.settle(view, user_name="hank", gone=judged, alive={}, now=NOW)
+    assert settled.deleted == 1
     assert [c.connection_id for c in await store.connections_of("hank", now=NOW)] == ["talking"]
+    assert settled.online is True  # still online through the refreshed tab
+    assert settled.change is None or settled.change.online is True  # at most a repeat of the recorded pair (P4)
 
 
 async def test_a_row_removed_by_a_disconnect_meanwhile_is_skipped(store: ConnectionStore, azurite: Azurite) -> None:
-    """When a disconnect deletes a row between the sweep's read and its batch, the rest of the batch still goes."""
+    """When a disconnect deletes a row between the sweep's read and its transaction, the rest still goes."""
     stale = ago(TTL.total_seconds() + 120)
     for i in range(5):
         await store.connect("ivan", f"c{i}", now=stale)
-    [entries] = [page async for page in store.expiry_pages(before=ago(TTL.total_seconds()))]
-    rows = [row for row in await store.read_connections(entries) if row is not None]
-    await store.disconnect("ivan", "c2")
-    outcome = await store.delete_unchanged(rows)
-    assert (outcome.deleted, outcome.skipped) == (4, 1)
+    view = await store.read_user("ivan")
+    judged = {key: row.etag or "" for key, row in view.rows.items()}
+    await store.disconnect("ivan", "c2", now=NOW)
+    settled = await store.settle(view, user_name="ivan", gone=judged, alive={}, now=NOW)
+    assert settled.deleted == 4
     assert await table_rows(azurite, store.settings.table_name) == []
 
 
 async def test_an_entry_left_by_a_crash_after_the_row_delete_is_dropped_next_time(
     store: ConnectionStore, azurite: Azurite
 ) -> None:
-    """If the sweep dies after deleting a row but before dropping its entry, the next sweep drops the entry."""
+    """If the sweep dies after deleting a user's rows but before dropping the entries, the next sweep drops
+    them and repeats the user's recorded offline state (the first sweep's announcement was lost)."""
     await store.connect("judy", "j1", now=ago(TTL.total_seconds() + 120))
-    [entries] = [page async for page in store.expiry_pages(before=ago(TTL.total_seconds()))]
-    rows = [row for row in await store.read_connections(entries) if row is not None]
-    await store.delete_unchanged(rows)  # ... and the process dies here
+    view = await store.read_user("judy")
+    settled = await store.settle(view, user_name="judy", gone={"j1": view.rows["j1"].etag or ""}, alive={}, now=NOW)
+    assert settled.change is not None and settled.change.online is False  # ... and the process dies here
     result = await sweep(store, now=NOW)
-    assert (result.rows_read, result.entries_dropped) == (0, 1)
+    assert (result.deleted, result.entries_dropped) == (0, 1)
+    assert result.presence == [settled.change]
     assert await index_rows(azurite, store.settings.table_name) == []
 
 
+class SlowService:
+    """A liveness check that takes `seconds` per connection and then says GONE (a blackholed service, nearly)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.asked = 0
+
+    async def check(self, hub: str, connection_id: str) -> Liveness:
+        """Answer GONE after a delay."""
+        self.asked += 1
+        await asyncio.sleep(self.seconds)
+        return Liveness.GONE
+
+
 async def test_a_spent_time_budget_stops_the_sweep_and_the_next_run_resumes(store: ConnectionStore) -> None:
-    """With no time left the sweep stops after a page and says so; the next run finishes the work."""
+    """With no time left the sweep stops before the first page and says so; the next run does the work."""
     stale = ago(TTL.total_seconds() + 120)
-    await asyncio.gather(*(store.connect(f"u{i % 12}", f"c{i}", now=stale) for i in range(1200)))
+    await seed(store, [(f"u{i % 12}", f"c{i}") for i in range(60)], now=stale)
     first = await sweep(store, now=NOW, time_budget=timedelta(0))
-    assert first.complete is False
-    assert 0 < first.deleted < 1200
+    assert (first.complete, first.deleted) == (False, 0)
     second = await sweep(store, now=NOW)
-    assert second.complete is True
-    assert first.deleted + second.deleted == 1200
+    assert (second.complete, second.deleted) == (True, 60)
+
+
+async def test_the_budget_holds_inside_a_page_of_slow_checks(store: ConnectionStore, azurite: Azurite) -> None:
+    """Checks that outlast the budget are cut off inside the page: the sweep ends near its budget, acts on the
+    verdicts it has, keeps the rest for the next run, which finishes them."""
+    await seed(store, [(f"slow{i}", "c") for i in range(40)], now=NOW)
+    service = SlowService(seconds=0.5)
+    started = asyncio.get_running_loop().time()
+    first = await sweep(store, liveness=service, now=NOW + TTL * 0.6, time_budget=timedelta(seconds=1.5))
+    elapsed = asyncio.get_running_loop().time() - started
+    assert first.complete is False
+    assert 0 < first.deleted < 40
+    assert first.kept == 40 - first.deleted
+    assert elapsed < 1.5 + 1.0  # the budget, plus the writes of what was decided
+    assert len(first.offline_users) == first.deleted
+    second = await sweep(store, liveness=SlowService(seconds=0), now=NOW + TTL * 0.6)
+    assert first.deleted + second.deleted == 40
+    assert await table_rows(azurite, store.settings.table_name) == []
 
 
 async def test_refreshes_write_at_most_once_per_quarter_lease(store: ConnectionStore, azurite: Azurite) -> None:

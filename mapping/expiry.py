@@ -1,0 +1,148 @@
+"""The expiry index: what lets the sweep read only what may be stale, never the whole table.
+
+An entry lives in partition `%~x<bucket start, epoch seconds>` (`%~` never starts a user key: escaped
+keys use `%` only as `%XX`), is keyed by a digest of the connection row's keys, and names that row.
+The sweep reads the buckets that began before its cutoff: a key-range query, whatever the table holds.
+Invariants (each named by the test that checks it):
+
+E1. An entry is written *before* the row write that puts the row's LastSeen into its bucket, and the
+    row records that bucket (`IndexBucket`). A crash between the two leaves an entry without a row,
+    never a row without an entry. (test_store: test_every_connect_writes_its_index_entry_first)
+E2. Entries are never trusted alone: the sweep reads the row's partition first. No row, or a row whose
+    `IndexBucket` names another entry (refreshed since), means the entry is spent; only a row whose
+    LastSeen is past the cutoff is acted on. (test_sweep: test_a_row_refreshed_into_a_later_bucket_survives)
+E3. An entry is dropped only after its row was dealt with (the user's transaction committed); a crash
+    in between leaves the entry, which the next sweep reads again.
+    (test_crash_points: every sweep crash point)
+E4. Whether an entry is spent is read from the row (`IndexBucket`), never recomputed from today's
+    bucket width, and whether a row is due is judged against today's lease: so changing
+    MAPPING_TTL_SECONDS orphans no row and evicts no live one.
+    (test_sweep: test_lowering_the_lease_orphans_no_row, test_raising_the_lease_evicts_no_live_row)
+E5. An entry written before a change that brings a user online carries `Online = true`: when the
+    sweep reaches it, it repeats the user's presence (mapping.presence, P5).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from mapping.entity import as_utc
+from mapping.errors import BatchRejectedError, RowChangedError
+from mapping.table import MAX_BATCH, Operation, Table, delete, upsert
+
+INDEX_PREFIX = "%~x"
+_MIN_WIDTH = timedelta(seconds=1)
+_MAX_WIDTH = timedelta(minutes=5)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """An expiry-index entry: the connection row (by its keys) whose LastSeen fell in `bucket`."""
+
+    bucket: str
+    key: str
+    user_key: str
+    connection_key: str
+    announces_online: bool = False
+
+    @property
+    def bucket_start(self) -> datetime:
+        """Return the start of the entry's time bucket."""
+        return datetime.fromtimestamp(int(self.bucket[len(INDEX_PREFIX) :]), UTC)
+
+
+class ExpiryIndex:
+    """The expiry index in the app's table: entries by time bucket, each naming one connection row."""
+
+    def __init__(self, table: Table, *, ttl: timedelta) -> None:
+        self._table = table
+        self.width = min(max(ttl / 10, _MIN_WIDTH), _MAX_WIDTH)
+
+    def bucket(self, moment: datetime) -> str:
+        """Return the partition key of the bucket that holds `moment`."""
+        width = int(self.width.total_seconds())
+        start = int(as_utc(moment).timestamp()) // width * width
+        return f"{INDEX_PREFIX}{start:012d}"
+
+    def entry(self, partition: str, row: str, last_seen: datetime, *, announces_online: bool = False) -> Operation:
+        """Return the write of the entry for a row whose LastSeen becomes `last_seen` (merged: a flag stays)."""
+        entity: dict[str, Any] = {
+            "PartitionKey": self.bucket(last_seen),
+            "RowKey": entry_key(partition, row),
+            "UserKey": partition,
+            "ConnectionKey": row,
+        }
+        if announces_online:
+            entity["Online"] = True
+        return upsert(entity)
+
+    async def write(self, partition: str, row: str, last_seen: datetime, *, announces_online: bool = False) -> str:
+        """Write the entry for a row before its LastSeen becomes `last_seen` (E1); return the bucket."""
+        operation = self.entry(partition, row, last_seen, announces_online=announces_online)
+        await self._table.write(operation, action="write the expiry index")
+        return str(operation[1]["PartitionKey"])
+
+    async def write_many(self, operations: Sequence[Operation]) -> None:
+        """Write entries (from `entry`), one transaction per bucket and hundred."""
+        by_bucket: dict[str, list[Operation]] = {}
+        for operation in operations:
+            by_bucket.setdefault(str(operation[1]["PartitionKey"]), []).append(operation)
+        for chunk in (ops[i : i + MAX_BATCH] for ops in by_bucket.values() for i in range(0, len(ops), MAX_BATCH)):
+            try:
+                await self._table.transact(chunk, action="write the expiry index")
+            except BatchRejectedError:
+                for operation in chunk:
+                    await self._table.write(operation, action="write the expiry index")
+
+    async def pages(self, *, before: datetime) -> AsyncIterator[list[IndexEntry]]:
+        """Yield pages of the entries of buckets that began before `before`, oldest first."""
+        upper = self.bucket(as_utc(before) + self.width)
+        async for page in self._table.pages(
+            "PartitionKey ge @lower and PartitionKey lt @upper",
+            {"lower": INDEX_PREFIX, "upper": upper},
+            action="read the expiry index",
+        ):
+            yield [_index_entry(row) for row in page]
+
+    async def drop(self, entries: Sequence[IndexEntry]) -> None:
+        """Delete spent entries (missing ones are fine), one transaction per bucket and hundred (E3)."""
+        by_bucket: dict[str, list[IndexEntry]] = {}
+        for entry in entries:
+            by_bucket.setdefault(entry.bucket, []).append(entry)
+        for chunk in (ops[i : i + MAX_BATCH] for ops in by_bucket.values() for i in range(0, len(ops), MAX_BATCH)):
+            await self._drop_chunk(chunk)
+
+    async def _drop_chunk(self, chunk: list[IndexEntry]) -> None:
+        pending = list(chunk)
+        while pending:
+            try:
+                await self._table.transact(
+                    [delete(entry.bucket, entry.key) for entry in pending], action="drop index entries"
+                )
+                return
+            except RowChangedError as missing:  # already gone: leave it out and try the rest
+                failed = missing.index if missing.index is not None and missing.index < len(pending) else 0
+                pending.pop(failed)
+            except BatchRejectedError:
+                for entry in pending:
+                    await self._table.write(delete(entry.bucket, entry.key), action="drop an index entry")
+                return
+
+
+def entry_key(partition: str, row: str) -> str:
+    """Return the RowKey of a connection row's index entries (the same in every bucket)."""
+    return hashlib.sha256(f"{partition}\x00{row}".encode()).hexdigest()
+
+
+def _index_entry(row: Mapping[str, Any]) -> IndexEntry:
+    return IndexEntry(
+        bucket=str(row["PartitionKey"]),
+        key=str(row["RowKey"]),
+        user_key=str(row.get("UserKey") or ""),
+        connection_key=str(row.get("ConnectionKey") or ""),
+        announces_online=row.get("Online") is True,
+    )

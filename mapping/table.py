@@ -1,0 +1,327 @@
+"""The table layer: one Azure table client per process, and the only place Azure SDK errors are translated.
+
+Every other module talks to Table Storage through `Table`: queries, point reads, writes and
+transactions, each answering with plain entities or raising from the `mapping.errors` tree. A
+conditional write that meets a changed, missing or existing row raises a `ConflictError`, which a
+caller must treat as "read again": after a write that committed but was answered with an error, the
+SDK's retry meets the write's own result (409, 404, 412), so a conflict never proves that somebody
+else wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
+from azure.core.pipeline import PipelineResponse
+from azure.data.tables import TableTransactionError, UpdateMode
+from azure.data.tables.aio import TableClient
+
+from mapping.errors import (
+    BatchRejectedError,
+    ConfigurationError,
+    RowChangedError,
+    RowExistsError,
+    StorageError,
+    StorageUnavailableError,
+)
+from mapping.identity import identity_credential
+from mapping.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH = 100  # Table Storage: at most 100 operations per transaction, one partition.
+PAGE_SIZE = 1000
+_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_MAX_RETRY_AFTER_SLEEP = 2.0
+_SERVER_RETRY_AFTER = "x-mapping-server-retry-after"  # the server's Retry-After, before _on_response capped it
+
+Entity = Mapping[str, Any]
+Operation = tuple[str, dict[str, Any], dict[str, Any]]  # one operation of a table transaction
+
+
+def create(entity: Mapping[str, Any]) -> Operation:
+    """Return a transaction operation that inserts `entity` (fails if the row exists)."""
+    return ("create", dict(entity), {})
+
+
+def merge(entity: Mapping[str, Any], *, etag: str | None = None) -> Operation:
+    """Return an operation that merges `entity` into an existing row (If-Match `etag`, or any ETag)."""
+    if etag:
+        return ("update", dict(entity), {"mode": UpdateMode.MERGE, "etag": etag, "match_condition": _IF_MATCH})
+    return ("update", dict(entity), {"mode": UpdateMode.MERGE})
+
+
+def upsert(entity: Mapping[str, Any]) -> Operation:
+    """Return an operation that merges `entity` into its row, creating the row if missing."""
+    return ("upsert", dict(entity), {"mode": UpdateMode.MERGE})
+
+
+def delete(partition: str, row: str, *, etag: str | None = None) -> Operation:
+    """Return an operation that deletes a row (If-Match `etag`, or any ETag)."""
+    keys: dict[str, Any] = {"PartitionKey": partition, "RowKey": row}
+    if etag:
+        return ("delete", keys, {"etag": etag, "match_condition": _IF_MATCH})
+    return ("delete", keys, {})
+
+
+_IF_MATCH = MatchConditions.IfNotModified
+
+
+class Table:
+    """The app's table: created on first use, created again if it vanishes; one client per process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        retry_total: int = 3,
+        retry_backoff_factor: float = 0.2,
+        connection_timeout: float = 3.0,
+        read_timeout: float = 5.0,
+        retry_timeout: float = 12.0,
+        client_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        # Bounded worst case of one storage call: attempts start only within `retry_timeout`, and the
+        # last one may still take `connection_timeout + read_timeout`: 12 + 3 + 5 = 20 s by default,
+        # far inside the Functions timeout (host.json: 5 minutes). A server's Retry-After is obeyed
+        # for at most _MAX_RETRY_AFTER_SLEEP seconds per attempt (see _on_response).
+        self.settings = settings
+        extra_options = dict(client_options or {})
+        # client_options: further azure-core keywords; a `raw_response_hook` among them runs after ours.
+        self._response_hook: Callable[[Any], None] | None = extra_options.pop("raw_response_hook", None)
+        self._client_options: dict[str, Any] = {
+            "retry_total": retry_total,
+            "retry_backoff_factor": retry_backoff_factor,
+            "retry_backoff_max": 2,
+            "connection_timeout": connection_timeout,
+            "read_timeout": read_timeout,
+            "timeout": retry_timeout,
+            **extra_options,
+            "raw_response_hook": self._on_response,
+        }
+        self._client: TableClient | None = None
+        self._credential: AsyncTokenCredential | None = None
+        self._lock = asyncio.Lock()
+        self._table_missing = False
+
+    async def query(
+        self, query: str, parameters: Mapping[str, Any], *, action: str, select: list[str] | None = None
+    ) -> list[Entity]:
+        """Return every entity a parameterised filter matches."""
+        return [entity async for page in self.pages(query, parameters, action=action, select=select) for entity in page]
+
+    async def pages(
+        self, query: str, parameters: Mapping[str, Any], *, action: str, select: list[str] | None = None
+    ) -> AsyncIterator[list[Entity]]:
+        """Yield the entities a parameterised filter matches, one service page at a time."""
+        client = await self._table()
+        with translated(action):
+            pages = client.query_entities(
+                query, parameters=dict(parameters), select=select, results_per_page=PAGE_SIZE
+            ).by_page()
+            async for page in pages:
+                yield [entity async for entity in page]
+
+    async def get(self, partition: str, row: str, *, action: str) -> Entity | None:
+        """Return one row, or None when it does not exist."""
+        client = await self._table()
+        try:
+            with translated(action):
+                return await client.get_entity(partition, row)
+        except RowChangedError:
+            return None
+
+    async def write(self, operation: Operation, *, action: str) -> None:
+        """Carry out one operation on its own (a `create`, `merge`, `upsert` or `delete`)."""
+        kind, entity, options = operation
+        client = await self._table()
+        with translated(action):
+            if kind == "create":
+                await client.create_entity(entity)
+            elif kind == "update":
+                await client.update_entity(entity, **options)
+            elif kind == "upsert":
+                await client.upsert_entity(entity, **options)
+            elif kind == "delete":
+                await client.delete_entity(entity["PartitionKey"], entity["RowKey"], **options)
+            else:
+                raise ValueError(f"unknown table operation {kind!r}")
+
+    async def transact(self, operations: Sequence[Operation], *, action: str) -> None:
+        """Carry out up to 100 operations on one partition, all or none."""
+        if not operations:
+            return
+        if len(operations) > MAX_BATCH:
+            raise ValueError(f"a transaction holds at most {MAX_BATCH} operations")
+        client = await self._table()
+        with translated(action):
+            await client.submit_transaction(list(operations))
+
+    async def close(self) -> None:
+        """Close the client and any credential; the next call opens them again."""
+        async with self._lock:
+            client, credential = self._client, self._credential
+            self._client = self._credential = None
+        if client is not None:
+            await client.close()
+        if credential is not None:
+            await credential.close()
+
+    async def _table(self) -> TableClient:
+        if self._client is not None and not self._table_missing:
+            return self._client
+        async with self._lock:
+            if self._client is None:
+                self._client = await self._open_table()
+            elif self._table_missing:
+                # The table vanished under the cached client (deleted, or an emulator restarted):
+                # create it again, as on first use, instead of failing until the process restarts.
+                await self._create_table(self._client)
+                self._table_missing = False
+        return self._client
+
+    def _on_response(self, response: PipelineResponse[Any, Any]) -> None:
+        """SDK hook on every HTTP response, before the retry policy sees it."""
+        headers = response.http_response.headers
+        if response.http_response.status_code == 404 and headers.get("x-ms-error-code") == "TableNotFound":
+            self._table_missing = True
+        # The SDK sleeps for whatever Retry-After says before retrying; keep the server's value for
+        # the caller's hint, but let the SDK wait at most _MAX_RETRY_AFTER_SLEEP seconds.
+        for name, unit in (("Retry-After", 1.0), ("retry-after-ms", 0.001), ("x-ms-retry-after-ms", 0.001)):
+            if (value := headers.get(name)) is None:
+                continue
+            if name == "Retry-After":
+                headers[_SERVER_RETRY_AFTER] = value
+            headers[name] = f"{_capped_sleep(value, unit=unit) / unit:g}"
+        if self._response_hook is not None:
+            self._response_hook(response)
+
+    async def _open_table(self) -> TableClient:
+        client = self._new_client()
+        try:
+            await self._create_table(client)
+        except BaseException:
+            await client.close()
+            if self._credential is not None:
+                await self._credential.close()
+                self._credential = None
+            raise
+        return client
+
+    async def _create_table(self, client: TableClient) -> None:
+        with translated("create table"):
+            try:
+                await client.create_table()
+                logger.info("created table %s", self.settings.table_name)
+            except ResourceExistsError:
+                pass
+
+    def _new_client(self) -> TableClient:
+        storage = self.settings.storage
+        table_name = self.settings.table_name
+        if storage.connection_string:
+            try:
+                return TableClient.from_connection_string(storage.connection_string, table_name, **self._client_options)
+            except ValueError:
+                raise ConfigurationError(f"the connection string in {storage.source} is malformed") from None
+        assert storage.table_service_uri is not None
+        credential = identity_credential(storage.client_id)
+        try:
+            client = TableClient(storage.table_service_uri, table_name, credential=credential, **self._client_options)
+        except ValueError as error:
+            asyncio.get_running_loop().create_task(credential.close())
+            raise ConfigurationError(f"{storage.source}__tableServiceUri is not usable: {error}") from None
+        self._credential = credential
+        return client
+
+
+class _TableMissing(StorageUnavailableError):
+    """The table was deleted while the process ran; the next call creates it again (see _on_response)."""
+
+
+@contextlib.contextmanager
+def translated(action: str) -> Iterator[None]:
+    """Turn Azure SDK and transport errors into the mapping error tree."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except HttpResponseError as error:
+        if _error_code(error) == "TableNotFound":
+            logger.warning("table storage: the table is gone (%s); it is created again on the next call", action)
+            raise _TableMissing(f"the table disappeared ({action})", retry_after_seconds=1) from None
+        if isinstance(error, TableTransactionError):
+            raise _transaction_error(action, error) from None
+        if isinstance(error, ResourceNotFoundError | ResourceModifiedError):
+            raise RowChangedError(f"{action}: row missing or changed ({error.status_code})") from None
+        if isinstance(error, ResourceExistsError):
+            raise RowExistsError(f"{action}: the row exists") from None
+        raise _storage_error(action, error) from None
+    except (TimeoutError, AzureError, OSError) as error:
+        raise _storage_error(action, error) from None
+
+
+def _transaction_error(action: str, error: TableTransactionError) -> StorageError:
+    if error.status_code in (404, 412):
+        return RowChangedError(f"{action}: a row changed meanwhile", index=error.index)
+    if error.status_code == 409:
+        return RowExistsError(f"{action}: a row exists", index=error.index)
+    if error.status_code == 400:
+        return BatchRejectedError(f"{action}: the transaction was rejected")
+    return _storage_error(action, error)
+
+
+def _error_code(error: HttpResponseError) -> str | None:
+    code = getattr(error, "error_code", None)
+    return str(code.value if hasattr(code, "value") else code) if code else None
+
+
+def _storage_error(action: str, error: BaseException) -> StorageError:
+    if isinstance(error, ClientAuthenticationError):
+        logger.error("table storage refused the credentials during %s: %s", action, type(error).__name__)
+        return StorageError(f"table storage refused the credentials ({action})")
+    status = error.status_code if isinstance(error, HttpResponseError) else None
+    if status is not None and status not in _TRANSIENT_STATUS:
+        logger.error("table storage answered %s during %s", status, action)
+        return StorageError(f"table storage answered {status} ({action})")
+    retry_after = _retry_after(error)
+    logger.warning("table storage unavailable during %s: %s", action, type(error).__name__)
+    return StorageUnavailableError(f"table storage is unavailable ({action})", retry_after_seconds=retry_after)
+
+
+def _capped_sleep(value: str, *, unit: float) -> float:
+    try:
+        seconds = float(value) * unit
+    except ValueError:  # an HTTP date: not worth parsing for a sleep this short
+        return _MAX_RETRY_AFTER_SLEEP
+    return max(0.0, min(seconds, _MAX_RETRY_AFTER_SLEEP))
+
+
+def _retry_after(error: BaseException) -> int:
+    response = getattr(error, "response", None)
+    headers = response.headers if response is not None else {}
+    header = headers.get(_SERVER_RETRY_AFTER) or headers.get("Retry-After")
+    try:
+        return max(1, min(int(header), 300)) if header else 5
+    except ValueError:
+        return 5
+
+
+def int_value(value: Any) -> int:
+    """Return an integer property as read (Int64 values arrive wrapped in an EntityProperty)."""
+    raw = getattr(value, "value", value)
+    return int(raw) if isinstance(raw, int | str) and str(raw).lstrip("-").isdigit() else 0
