@@ -116,13 +116,15 @@ async def _ours_call(event: Event, user: str, conn: str) -> None:
 async def _sweep_counts(proxy: CountingProxy, direct: str, *, expired: int, users: int, live: int) -> dict[str, Any]:
     """Count one `sweep(store)` over `expired` expired rows spread over `users` users, beside `live` live rows."""
     async with fresh_table(direct) as table:
-        seeder = ConnectionStore(Settings(StorageConnection(connection_string=direct), table_name=table, ttl=TTL))
+        seeder = ConnectionStore(
+            Settings(StorageConnection(connection_string=direct), table_name=table, ttl=TTL, presence_events=False)
+        )
         past = utc_now() - TTL - timedelta(minutes=5)
         limit = asyncio.Semaphore(32)
 
         async def connect(user: str, conn: str, *, expired: bool) -> None:
             async with limit:
-                await seeder.connect(user, conn, hub="chat", now=past if expired else None, check_presence=False)
+                await seeder.connect(user, conn, hub="chat", now=past if expired else None)
 
         try:
             await asyncio.gather(

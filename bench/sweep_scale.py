@@ -82,7 +82,7 @@ async def seed(store: ConnectionStore, *, first: int, count: int, now: datetime,
     async def one(index: int) -> None:
         async with slots:
             user = f"user{index // per_user:07d}"
-            await store.connect(user, f"conn{index:08d}", now=now, check_presence=False)
+            await store.connect(user, f"conn{index:08d}", now=now)
 
     await asyncio.gather(*(one(index) for index in range(first, first + count)))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -20,7 +20,7 @@ _SKIPPED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "co
 class Fault:
     """What the proxy does with one request: pass it, answer a status, delay it, cut or hang the connection."""
 
-    kind: str  # "pass", "status", "delay", "cut", "hang"
+    kind: str  # "pass", "status", "commit", "delay", "cut", "hang"
     status: int = 0
     retry_after: str | None = None
     seconds: float = 0.0
@@ -29,6 +29,11 @@ class Fault:
     def answer(cls, status: int, *, retry_after: str | None = None) -> Fault:
         """Answer `status` without reaching Azurite."""
         return cls("status", status=status, retry_after=retry_after)
+
+    @classmethod
+    def committed(cls, status: int = 500) -> Fault:
+        """Pass the request on (it takes effect), then answer `status` instead of Azurite's answer."""
+        return cls("commit", status=status)
 
     @classmethod
     def delay(cls, seconds: float) -> Fault:
@@ -48,6 +53,7 @@ class FaultProxy:
         self.upstream = f"http://127.0.0.1:{upstream_port}"
         self.queue: deque[Fault] = deque()
         self.default = PASS
+        self.rule: Callable[[web.Request, bytes], Fault | None] | None = None  # picks a fault by the request itself
         self.requests = 0
         self.injected: Counter[str] = Counter()
         self.port = 0
@@ -86,10 +92,12 @@ class FaultProxy:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
+        body = await request.read()
         fault = self.queue.popleft() if self.queue else self.default
+        if self.rule is not None and (chosen := self.rule(request, body)) is not None:
+            fault = chosen
         if fault.kind != "pass":
             self.injected[fault.kind if fault.kind != "status" else str(fault.status)] += 1
-        body = await request.read()
         if fault.kind == "status":
             headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
             return web.json_response({"odata.error": {"code": "ServerBusy"}}, status=fault.status, headers=headers)
@@ -101,6 +109,9 @@ class FaultProxy:
             await asyncio.Event().wait()
         if fault.kind == "delay":
             await asyncio.sleep(fault.seconds)
+        if fault.kind == "commit":
+            await self._forward(request, body)
+            return web.json_response({"odata.error": {"code": "OperationTimedOut"}}, status=fault.status)
         return await self._forward(request, body)
 
     async def _forward(self, request: web.Request, body: bytes) -> web.Response:

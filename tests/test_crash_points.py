@@ -1,0 +1,294 @@
+"""Crash points, enumerated: every storage request of every event, failed in each way, and the system converges.
+
+For each event the suite first runs it cleanly through a fault proxy and counts its table requests.
+Then, for each request k and each mode, it sets the same state up again on a fresh table, runs the
+event with request k failed, lifts the fault and runs the recovery the design promises (the sweeps
+of `mapping.presence`, P5), asserting at each sweep where convergence is promised:
+
+- the highest version announced for each user states what `GET /api/users/{user}` says;
+- no version names two states (over every announcement and the recorded presence rows);
+- once the leases lapse, only the connections the service still has keep rows, and nobody else is
+  announced online.
+
+Modes: an outage from request k on (longer than the retries); request k committing and answered 500
+(the SDK's retry meets its own result); request k committing, then an outage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from conftest import Azurite, drop_table, make_settings, presence_rows, table_rows, unique_table_name
+from faultproxy import PASS, Fault, FaultProxy, fault_proxy
+from figures import Figures
+from mapping.errors import StorageError
+from mapping.liveness import Liveness
+from mapping.presence import PresenceChange
+from mapping.store import ConnectionStore
+from mapping.sweep import sweep
+
+pytestmark = pytest.mark.reliability
+
+TTL = timedelta(seconds=600)
+T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+NEXT_SWEEP = T0 + timedelta(minutes=5)  # the next run of the shipped schedule
+AFTER_LEASES = T0 + TTL + timedelta(minutes=6)  # every lease taken at T0 has lapsed by the sweep after it
+OUTAGE = Fault.answer(503)
+MODES: dict[str, Callable[[], tuple[Fault, Fault]]] = {
+    "outage": lambda: (OUTAGE, OUTAGE),
+    "committed, answered 500": lambda: (Fault.committed(500), PASS),
+    "committed, then outage": lambda: (Fault.committed(500), OUTAGE),
+}
+
+
+class Service:
+    """What the SignalR service says about connections: a fake of the LivenessCheck seam."""
+
+    def __init__(self, answers: dict[str, Liveness]) -> None:
+        self.answers = answers
+
+    async def check(self, hub: str, connection_id: str) -> Liveness:
+        """Answer from the table of answers; unknown connections are GONE."""
+        return self.answers.get(connection_id, Liveness.GONE)
+
+
+@dataclass
+class World:
+    """One crash case: the stores (direct and through the proxy), the announcements heard, the service."""
+
+    azurite: Azurite
+    store: ConnectionStore
+    proxied: ConnectionStore
+    proxy: FaultProxy
+    heard: list[PresenceChange] = field(default_factory=list)
+    service: Service | None = None
+
+    def hear(self, *changes: PresenceChange | None) -> None:
+        """Record announcements that reached clients."""
+        self.heard += [change for change in changes if change is not None]
+
+    async def sweep(self, store: ConnectionStore, now: datetime) -> None:
+        """Run one sweep and record what it announces."""
+        result = await sweep(store, liveness=self.service, now=now)
+        self.hear(*result.presence)
+
+
+Step = Callable[[World, ConnectionStore], Awaitable[None]]
+
+
+async def connect(world: World, store: ConnectionStore, user: str, tab: str, now: datetime) -> None:
+    """A connected event; its announcement is heard only if the function returns."""
+    world.hear((await store.connect(user, tab, now=now)).presence)
+
+
+async def disconnect(world: World, store: ConnectionStore, user: str, tab: str, now: datetime) -> None:
+    """A disconnected event."""
+    world.hear((await store.disconnect(user, tab, now=now)).presence)
+
+
+async def message(world: World, store: ConnectionStore, user: str, tab: str, now: datetime) -> None:
+    """A client message: the caller's lease is refreshed (a revival is announced)."""
+    world.hear((await store.touch(user, tab, now=now)).presence)
+
+
+@dataclass(frozen=True)
+class Case:
+    """An event to enumerate: the state before it, the event, and the service's answers (None: age-based)."""
+
+    name: str
+    setup: Step
+    event: Step
+    service: dict[str, Liveness] | None = None
+
+
+def _case(name: str, setup: Step, event: Step, service: dict[str, Liveness] | None = None) -> Case:
+    return Case(name, setup, event, service)
+
+
+async def _nothing(world: World, store: ConnectionStore) -> None:
+    return None
+
+
+CASES = [
+    _case("first connect", _nothing, lambda w, s: connect(w, s, "ada", "a1", T0)),
+    _case(
+        "second connect",
+        lambda w, s: connect(w, s, "ada", "a1", T0),
+        lambda w, s: connect(w, s, "ada", "a2", T0 + timedelta(seconds=1)),
+    ),
+    _case(
+        "last disconnect",
+        lambda w, s: connect(w, s, "ada", "a1", T0),
+        lambda w, s: disconnect(w, s, "ada", "a1", T0 + timedelta(seconds=1)),
+    ),
+    _case(
+        "other disconnect",
+        lambda w, s: _all(connect(w, s, "ada", "a1", T0), connect(w, s, "ada", "a2", T0)),
+        lambda w, s: disconnect(w, s, "ada", "a1", T0 + timedelta(seconds=1)),
+    ),
+    _case(
+        "client message",
+        lambda w, s: connect(w, s, "ada", "a1", T0 - TTL / 3),
+        lambda w, s: message(w, s, "ada", "a1", T0),
+    ),
+    _case(
+        "client message reviving a lapsed lease",
+        lambda w, s: _all(
+            connect(w, s, "ada", "a1", T0 - TTL * 2),
+            connect(w, s, "ada", "a2", T0 - timedelta(seconds=2)),
+            disconnect(w, s, "ada", "a2", T0 - timedelta(seconds=1)),  # a1 lapsed: ada announced offline
+        ),
+        lambda w, s: message(w, s, "ada", "a1", T0),
+    ),
+    _case(
+        "sweep removing a last row",
+        lambda w, s: _all(connect(w, s, "ada", "a1", T0 - TTL * 2), connect(w, s, "bob", "b1", T0 - TTL * 2)),
+        lambda w, s: w.sweep(s, T0),
+    ),
+    _case(
+        "sweep refreshing a row",
+        lambda w, s: connect(w, s, "ada", "a1", T0 - TTL * 0.6),
+        lambda w, s: w.sweep(s, T0),
+        service={"a1": Liveness.ALIVE},
+    ),
+    _case(
+        "sweep with liveness checks",
+        lambda w, s: _all(
+            connect(w, s, "ada", "a1", T0 - TTL * 0.6),
+            connect(w, s, "bob", "b1", T0 - TTL * 0.6),
+            connect(w, s, "cy", "c1", T0 - TTL * 0.6),
+            connect(w, s, "cy", "c2", T0 - TTL * 1.5),
+        ),
+        lambda w, s: w.sweep(s, T0),
+        service={"a1": Liveness.ALIVE, "b1": Liveness.GONE, "c1": Liveness.UNKNOWN, "c2": Liveness.ALIVE},
+    ),
+]
+
+
+async def _all(*steps: Awaitable[None]) -> None:
+    for step in steps:
+        await step
+
+
+@pytest.fixture(scope="module")
+async def proxy(azurite: Azurite) -> AsyncIterator[FaultProxy]:
+    """One fault proxy in front of the test Azurite for the whole module."""
+    async with fault_proxy(azurite.port) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def world(azurite: Azurite, proxy: FaultProxy, case: Case) -> AsyncIterator[World]:
+    """A fresh table, a direct store and a store through the proxy (few, fast retries), both warmed up."""
+    table = unique_table_name()
+    options = {"retry_total": 1, "retry_backoff_factor": 0.01, "retry_timeout": 2.0, "read_timeout": 2.0}
+    store = ConnectionStore(make_settings(azurite.connection_string, table, ttl=TTL))
+    proxied = ConnectionStore(make_settings(proxied_connection(azurite, proxy), table, ttl=TTL), **options)
+    proxy.plan(then=PASS)
+    await store.connections_of("warm-up")
+    await proxied.connections_of("warm-up")
+    service = Service(case.service) if case.service is not None else None
+    try:
+        yield World(azurite, store, proxied, proxy, service=service)
+    finally:
+        proxy.plan(then=PASS)
+        await proxied.close()
+        await store.close()
+        await drop_table(azurite, table)
+
+
+def proxied_connection(azurite: Azurite, proxy: FaultProxy) -> str:
+    """Return the connection string of the test Azurite, through the proxy."""
+    return azurite.connection_string.replace(f":{azurite.port}/", f":{proxy.port}/")
+
+
+async def requests_of(azurite: Azurite, proxy: FaultProxy, case: Case) -> int:
+    """Run the event cleanly and return how many table requests it made."""
+    async with world(azurite, proxy, case) as w:
+        await case.setup(w, w.proxied)
+        before = proxy.requests
+        await case.event(w, w.proxied)
+        return proxy.requests - before
+
+
+async def assert_converged(w: World, *, now: datetime, leases_lapsed: bool, label: str) -> None:
+    """Each user's highest announced version states what GET says; no version names two states."""
+    named: dict[tuple[str, int], set[bool]] = {}
+    for change in w.heard:
+        named.setdefault((change.user.casefold(), change.version), set()).add(change.online)
+    for user_key_, row in (await presence_rows_of(w)).items():
+        if row.get("Version") is not None:
+            named.setdefault((user_key_, int(getattr(row["Version"], "value", row["Version"]))), set()).add(
+                bool(row["Online"])
+            )
+    assert all(len(states) == 1 for states in named.values()), (label, named)
+    users = {change.user.casefold() for change in w.heard} | {"ada", "bob", "cy"}
+    for user in sorted(users):
+        online = bool(await w.store.connections_of(user, now=now))
+        mine = [change for change in w.heard if change.user.casefold() == user]
+        announced = max(mine, key=lambda change: change.version).online if mine else False
+        assert announced is online, (label, user, online, sorted((c.version, c.online) for c in mine))
+    if leases_lapsed:
+        # Rows stay only for connections the service still has, or cannot say about (kept to the max age).
+        kept = {key for key, answer in (w.service.answers if w.service else {}).items() if answer is not Liveness.GONE}
+        rows = {str(row["ConnectionId"]) for row in await table_rows_of(w)}
+        assert rows <= kept, (label, rows, kept)
+
+
+async def presence_rows_of(w: World) -> dict[str, dict[str, object]]:
+    """The presence rows of the world's table."""
+    return await presence_rows(w.azurite, w.store.settings.table_name)
+
+
+async def table_rows_of(w: World) -> list[dict[str, object]]:
+    """The connection rows of the world's table."""
+    return await table_rows(w.azurite, w.store.settings.table_name)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+async def test_every_crash_point_converges(azurite: Azurite, proxy: FaultProxy, figures: Figures, case: Case) -> None:
+    """Fail each table request of the event in each of three ways; the recovery sweeps make presence true."""
+    total = await requests_of(azurite, proxy, case)
+    assert total > 0
+    converged_next = 0
+    for k in range(1, total + 1):
+        for mode, faults in MODES.items():
+            label = f"{case.name}: request {k} of {total}, {mode}"
+            fault, after = faults()
+            async with world(azurite, proxy, case) as w:
+                await case.setup(w, w.proxied)
+                proxy.plan(*([PASS] * (k - 1)), fault, then=after)
+                with contextlib.suppress(StorageError):  # a function that raises: its outputs are lost
+                    await case.event(w, w.proxied)
+                proxy.plan(then=PASS)
+                await w.sweep(w.store, NEXT_SWEEP)
+                with contextlib.suppress(AssertionError):
+                    await assert_converged(w, now=NEXT_SWEEP, leases_lapsed=False, label=label)
+                    converged_next += 1
+                if promised_at_next_sweep(case, k, total, mode):
+                    await assert_converged(w, now=NEXT_SWEEP, leases_lapsed=False, label=label)
+                await w.sweep(w.store, AFTER_LEASES)
+                await w.sweep(w.store, AFTER_LEASES + timedelta(minutes=5))
+                await assert_converged(w, now=AFTER_LEASES + timedelta(minutes=5), leases_lapsed=True, label=label)
+    points = total * len(MODES)
+    print(f"\n{case.name}: {total} requests, {points} crash points, {points} converged, {converged_next} next sweep")
+    figures.put(
+        "crash_points",
+        case.name,
+        {"requests": total, "points": points, "converged": points, "next_sweep": converged_next},
+    )
+
+
+def promised_at_next_sweep(case: Case, k: int, total: int, mode: str) -> bool:
+    """Return whether the design promises convergence by the next sweep (presence P5) for this crash point.
+
+    An event whose last request (its transaction) committed before an outage has recorded a decision
+    that nothing outside the user's partition points to; the sweep finds it when it reaches the
+    user's index entries, within one lease. Everything else converges by the next sweep.
+    """
+    return case.name.startswith("sweep") or not (k == total and mode == "committed, then outage")
