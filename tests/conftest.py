@@ -12,10 +12,10 @@ from azure.data.tables.aio import TableClient, TableServiceClient
 
 from azurite import DEV_KEY, Azurite, free_port, running_azurite
 from figures import FIGURES, Figures
-from mapping.liveness import close_checkers
-from mapping.settings import Settings, StorageConnection
 from mapping.expiry import INDEX_PREFIX
+from mapping.liveness import close_checkers
 from mapping.presence import PRESENCE_ROW
+from mapping.settings import Settings, StorageConnection
 from mapping.store import ConnectionStore, reset_default_store
 
 # Re-exported for the test modules, which import them from here.

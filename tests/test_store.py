@@ -11,10 +11,10 @@ import pytest
 
 from conftest import Azurite, drop_table, index_rows, make_settings, running_azurite, table_rows, unique_table_name
 from mapping.errors import InvalidNameError, InvalidRequestError, StorageUnavailableError
-from mapping.keys import connection_key, user_key
-from mapping.settings import Settings
 from mapping.expiry import INDEX_PREFIX
+from mapping.keys import connection_key, user_key
 from mapping.presence import PresenceChange
+from mapping.settings import Settings
 from mapping.store import ConnectionStore
 
 TTL = timedelta(seconds=600)
@@ -279,7 +279,8 @@ async def test_use_development_storage_reaches_azurite_on_its_default_port(conne
 async def test_disconnect_of_a_key_a_transaction_cannot_carry(store: ConnectionStore, azurite: Azurite) -> None:
     """A name with U+2028 (found by fuzzing) disconnects cleanly although Azurite refuses it inside a batch."""
     online = (await store.connect("0\u20280", "c1")).presence
-    assert online is not None and online.online is True
+    assert online is not None
+    assert online.online is True
     outcome = await store.disconnect("0\u20280", "c1")
     assert outcome.removed is True
     assert outcome.presence == PresenceChange("0\u20280", False, outcome.presence.version if outcome.presence else 0)

@@ -182,7 +182,8 @@ async def test_an_entry_left_by_a_crash_after_the_row_delete_is_dropped_next_tim
     await store.connect("judy", "j1", now=ago(TTL.total_seconds() + 120))
     view = await store.read_user("judy")
     settled = await store.settle(view, user_name="judy", gone={"j1": view.rows["j1"].etag or ""}, alive={}, now=NOW)
-    assert settled.change is not None and settled.change.online is False  # ... and the process dies here
+    assert settled.change is not None
+    assert settled.change.online is False
     result = await sweep(store, now=NOW)
     assert (result.deleted, result.entries_dropped) == (0, 1)
     assert result.presence == [settled.change]
