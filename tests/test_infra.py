@@ -455,6 +455,14 @@ def test_easy_auth_limits_client_applications_and_audiences() -> None:
         assert setting in section, f"README's deploy section does not document {setting}"
 
 
+def test_readme_says_what_was_verified_offline_and_what_needs_a_deployment() -> None:
+    """README's deploy section documents make smoke-azure and splits offline checks from deployment-only ones."""
+    section = _readme_deploy_section()
+    assert "make smoke-azure" in section
+    assert re.search(r"verified offline", section, re.IGNORECASE)
+    assert re.search(r"only a real deployment", section, re.IGNORECASE)
+
+
 def test_storage_has_shared_key_access_off() -> None:
     """The storage account refuses shared keys and old TLS and serves HTTPS only."""
     text = _bicep(STORAGE_BICEP)
