@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SHELL := bash
 
-.PHONY: install install-browser test lint reliability bench bench-smoke bench-sweep run run-func azurite validate-infra clean
+.PHONY: install install-browser test lint reliability bench bench-smoke bench-sweep run run-func azurite validate-infra smoke-azure smoke-local clean
 
 # Ports of the local stack (`make run HOST_PORT=7072 EMULATOR_PORT=8889`).
 HOST_PORT ?= 7071
@@ -82,6 +82,19 @@ bench-sweep: install $(VENV)/.bench-installed
 # Offline checks of the Bicep template (pycep-parser and checkov, each in its own venv).
 validate-infra:
 	bash infra/validate.sh
+
+# After `azd up`: check the deployed app (pass/fail table; exit 1 on any failure). Reads the azd environment's
+# outputs; the function key comes from `az`. SMOKE_ACCESS_TOKEN=<token for the app registration> adds the
+# SignalR client steps. Keys and tokens are never printed.
+smoke-azure: install
+	@command -v azd >/dev/null || { echo "smoke-azure: the Azure Developer CLI (azd) is not installed"; exit 2; }
+	@env_file=$$(mktemp); trap 'rm -f "$$env_file"' EXIT; \
+	  azd env get-values >"$$env_file" || { echo "smoke-azure: azd env get-values failed (run azd up first)"; exit 2; }; \
+	  $(BIN)/python scripts/smoke.py azure --env-file "$$env_file"
+
+# The same checks against a local stack started with `make run` (Azure-only steps are SKIP).
+smoke-local: install
+	$(BIN)/python scripts/smoke.py local --url http://localhost:$(HOST_PORT)
 
 clean:
 	rm -rf $(VENV) .venv-infra node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis .reliability

@@ -1,4 +1,4 @@
-// azd entry point: one resource group with the function app (Flex Consumption, Python 3.11), its
+// azd entry point: one resource group with the function app (Flex Consumption, Python), its
 // user-assigned managed identity, storage (shared-key access off), Azure SignalR Service (Serverless),
 // Application Insights with Log Analytics, and the role assignments that let the identity reach them.
 targetScope = 'subscription'
@@ -8,8 +8,44 @@ targetScope = 'subscription'
 @description('Name of the azd environment; it seeds the unique suffix of every resource name and the azd-env-name tag.')
 param environmentName string
 
+// The regions that offered Flex Consumption when this list was taken (the list of the official Flex
+// Consumption quickstart template, without its early-access region eastus2euap). Check the current list
+// with `az functionapp list-flexconsumption-locations --output table` and add a new region here.
 @minLength(1)
 @description('Azure region of every resource; it must offer Flex Consumption (az functionapp list-flexconsumption-locations).')
+@allowed([
+  'australiaeast'
+  'australiasoutheast'
+  'brazilsouth'
+  'canadacentral'
+  'centralindia'
+  'centralus'
+  'eastasia'
+  'eastus'
+  'eastus2'
+  'francecentral'
+  'germanywestcentral'
+  'italynorth'
+  'japaneast'
+  'koreacentral'
+  'northcentralus'
+  'northeurope'
+  'norwayeast'
+  'southafricanorth'
+  'southcentralus'
+  'southeastasia'
+  'southindia'
+  'spaincentral'
+  'swedencentral'
+  'uaenorth'
+  'uksouth'
+  'ukwest'
+  'westcentralus'
+  'westeurope'
+  'westus'
+  'westus2'
+  'westus3'
+])
 @metadata({
   azd: {
     type: 'location'
@@ -28,7 +64,32 @@ param authClientId string
 @description('Tenant id of the app registration; defaults to the tenant of the subscription being deployed to.')
 param authTenantId string = tenant().tenantId
 
-@description('Azure SignalR Service SKU: Free_F1 (20 connections, one per subscription, no SLA), Standard_S1 or Premium_P1.')
+@description('Client (application) ids, comma-separated, whose tokens App Service Authentication accepts (the token\'s appid/azp claim); empty accepts any client application of the tenant (azd env set AUTH_ALLOWED_APPLICATIONS <id>,<id>).')
+param authAllowedApplications string = ''
+
+@description('Token audiences, comma-separated, that App Service Authentication accepts; empty means the app registration\'s client id and api://<client id> (azd env set AUTH_ALLOWED_AUDIENCES <aud>,<aud>).')
+param authAllowedAudiences string = ''
+
+@description('Object id of the person (or service principal) running azd (AZURE_PRINCIPAL_ID); when set, it gets Storage Table Data Contributor and SignalR Service Owner, to run the sweep or the library from their machine. Empty assigns nothing.')
+param principalId string = ''
+
+@description('Kind of principalId (AZURE_PRINCIPAL_TYPE): User, or ServicePrincipal when a pipeline deploys.')
+@allowed([
+  'User'
+  'ServicePrincipal'
+  'Group'
+])
+param principalType string = 'User'
+
+@description('Python version of the function app (Flex Consumption runs 3.10 to 3.12).')
+@allowed([
+  '3.10'
+  '3.11'
+  '3.12'
+])
+param pythonVersion string = '3.11'
+
+@description('Azure SignalR Service SKU: Free_F1 (20 connections, 20,000 messages a day, no SLA; at most five Free units per subscription and region), Standard_S1 or Premium_P1.')
 @allowed([
   'Free_F1'
   'Standard_S1'
@@ -36,9 +97,28 @@ param authTenantId string = tenant().tenantId
 ])
 param signalRSku string = 'Free_F1'
 
-@description('Azure SignalR Service units (1,000 connections each on Standard and Premium); Free_F1 always has 1.')
-@minValue(1)
-@maxValue(100)
+@description('Azure SignalR Service units (1,000 connections each on Standard and Premium): 1 to 10, then multiples of 10 up to 100; Free_F1 always has 1.')
+@allowed([
+  1
+  2
+  3
+  4
+  5
+  6
+  7
+  8
+  9
+  10
+  20
+  30
+  40
+  50
+  60
+  70
+  80
+  90
+  100
+])
 param signalRCapacity int = 1
 
 @description('SignalR hub name (SIGNALR_HUB); clients connect to this hub.')
@@ -77,6 +157,9 @@ param instanceMemoryMB int = 2048
 param corsAllowedOrigins array = []
 
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
+// Comma-separated parameters (azd env values are strings) as arrays; client ids and audiences hold no spaces.
+var allowedApplications = empty(authAllowedApplications) ? [] : split(replace(authAllowedApplications, ' ', ''), ',')
+var allowedAudiences = empty(authAllowedAudiences) ? [] : split(replace(authAllowedAudiences, ' ', ''), ',')
 var tags = {
   'azd-env-name': environmentName
 }
@@ -146,6 +229,18 @@ module rbac 'app/rbac.bicep' = {
   }
 }
 
+// The person running azd may reach the table and the SignalR Service from their machine (optional).
+module deployerAccess 'app/deployer-access.bicep' = if (!empty(principalId)) {
+  name: 'deployer-access'
+  scope: rg
+  params: {
+    principalId: principalId
+    principalType: principalType
+    storageAccountName: storage.outputs.name
+    signalRName: signalR.outputs.name
+  }
+}
+
 module functionApp 'app/function-app.bicep' = {
   name: 'function-app'
   scope: rg
@@ -172,6 +267,9 @@ module functionApp 'app/function-app.bicep' = {
     corsAllowedOrigins: corsAllowedOrigins
     authClientId: authClientId
     authTenantId: authTenantId
+    authAllowedApplications: allowedApplications
+    authAllowedAudiences: allowedAudiences
+    pythonVersion: pythonVersion
   }
   // The identity must hold its storage roles before the app first starts and fetches its package.
   dependsOn: [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -24,6 +25,9 @@ MAIN_BICEP = INFRA / "main.bicep"
 MONITORING_BICEP = INFRA / "core" / "monitor" / "monitoring.bicep"
 STORAGE_BICEP = INFRA / "core" / "storage" / "storage-account.bicep"
 SIGNALR_BICEP = INFRA / "core" / "signalr" / "signalr.bicep"
+DEPLOYER_ACCESS_BICEP = INFRA / "app" / "deployer-access.bicep"
+MAIN_PARAMETERS = INFRA / "main.parameters.json"
+README = ROOT / "README.md"
 LOCAL_SETTINGS_SAMPLE = ROOT / "local.settings.sample.json"
 
 # Built-in role ids (Azure built-in roles; PLATFORM.md and the deployment issue), by variable name in rbac.bicep.
@@ -141,6 +145,49 @@ def _flat_entries(block: str) -> dict[str, str]:
     return entries
 
 
+def _param_decorators(path: Path, name: str) -> str:
+    """Return the decorator lines (comments blanked) directly above `param <name>` in a Bicep file."""
+    lines = _bicep(path).splitlines()
+    for index, line in enumerate(lines):
+        if re.match(rf"^param {re.escape(name)}\b", line):
+            back = index
+            while back > 0 and (lines[back - 1].startswith("@") or lines[back - 1].startswith((" ", "}", "]", ")"))):
+                back -= 1
+            return "\n".join(lines[back:index])
+    raise AssertionError(f"no param {name} in {path}")
+
+
+def _param_line(path: Path, name: str) -> str:
+    """Return the `param <name> ...` line of a Bicep file."""
+    match = re.search(rf"^param {re.escape(name)}\b.*$", _bicep(path), re.MULTILINE)
+    assert match, f"no param {name} in {path}"
+    return match.group(0).strip()
+
+
+def _allowed(path: Path, name: str) -> list[str | int]:
+    """Return the values of a parameter's `@allowed([...])` decorator (strings unquoted, numbers as int)."""
+    match = re.search(r"@allowed\(\[(.*?)\]\)", _param_decorators(path, name), re.DOTALL)
+    assert match, f"param {name} in {path} has no @allowed list"
+    values: list[str | int] = []
+    for item in match.group(1).split():
+        values.append(item.strip("'") if item.startswith("'") else int(item))
+    return values
+
+
+def _symbolic_resources(text: str) -> dict[str, str]:
+    """Return every resource's body by its symbolic name."""
+    return {
+        match.group(1): _block_at(text, match.start())
+        for match in re.finditer(r"^resource\s+(\w+)\s+'[^']+'\s*=", text, re.MULTILINE)
+    }
+
+
+def _depends_on(block: str) -> list[str]:
+    """Return the symbolic names in a resource's top-level `dependsOn: [...]` list (empty when it has none)."""
+    match = re.search(r"^  dependsOn:\s*\[(.*?)\]", block, re.MULTILINE | re.DOTALL)
+    return match.group(1).split() if match else []
+
+
 def _app_settings() -> dict[str, str]:
     """Return the function app's app settings (name to Bicep expression) from function-app.bicep."""
     resource = _resource_block(_bicep(FUNCTION_APP_BICEP), "appsettings")
@@ -165,6 +212,14 @@ def _local_values() -> dict[str, str]:
     values = data["Values"]
     assert isinstance(values, dict)
     return {str(key): str(value) for key, value in values.items()}
+
+
+def _readme_deploy_section() -> str:
+    """Return README's "Deploy to Azure" section."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index("\n## Deploy to Azure")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end >= 0 else len(text)]
 
 
 def _is_local_development_value(value: str) -> bool:
@@ -244,17 +299,29 @@ def test_no_template_file_reads_keys() -> None:
         assert "@secure" not in text, path
 
 
-def test_flex_consumption_python_311() -> None:
-    """The app runs on a Flex Consumption (FC1) plan with Python 3.11 and identity-based deployment storage."""
+def test_flex_consumption_python_runtime() -> None:
+    """The app runs on a Flex Consumption (FC1) plan, Python from a parameter, identity-based deployment storage."""
     text = _bicep(FUNCTION_APP_BICEP)
     assert re.search(r"tier:\s*'FlexConsumption'", text)
     assert re.search(r"name:\s*'FC1'", text)
     runtime = _property_block(text, "runtime")
     assert re.search(r"name:\s*'python'", runtime)
-    assert re.search(r"version:\s*'3\.11'", runtime)
+    assert re.search(r"version:\s*pythonVersion\s*$", runtime, re.MULTILINE)
     authentication = _property_block(_property_block(text, "deployment"), "authentication")
     assert re.search(r"type:\s*'UserAssignedIdentity'", authentication)
     assert "FUNCTIONS_WORKER_RUNTIME" not in _app_settings()
+
+
+def test_python_version_is_a_parameter_defaulting_to_the_tested_version() -> None:
+    """pythonVersion allows what Flex runs (3.10-3.12) and defaults to the Python the tests and mypy use."""
+    tested = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["mypy"]["python_version"]
+    assert tested == "3.11"
+    for path in (MAIN_BICEP, FUNCTION_APP_BICEP):
+        assert _allowed(path, "pythonVersion") == ["3.10", "3.11", "3.12"], path
+        assert _param_line(path, "pythonVersion") == f"param pythonVersion string = '{tested}'", path
+    assert re.search(r"^\s*pythonVersion:\s*pythonVersion\s*$", _bicep(MAIN_BICEP), re.MULTILINE)
+    parameters = json.loads(MAIN_PARAMETERS.read_text(encoding="utf-8"))["parameters"]
+    assert parameters["pythonVersion"]["value"] == f"${{PYTHON_VERSION={tested}}}"
 
 
 def test_function_app_hardening() -> None:
@@ -262,9 +329,138 @@ def test_function_app_hardening() -> None:
     site = _bicep(FUNCTION_APP_BICEP)
     assert re.search(r"^\s*httpsOnly:\s*true\s*$", site, re.MULTILINE)
     assert re.search(r"^\s*minTlsVersion:\s*'1\.2'\s*$", site, re.MULTILINE)
-    assert re.search(r"^\s*ftpsState:\s*'Disabled'\s*$", site, re.MULTILINE)
     for policy in ("ftp", "scm"):
         assert re.search(r"allow:\s*false", _resource_block(site, policy)), policy
+
+
+def test_no_ftps_state_anywhere() -> None:
+    """No Bicep file sets siteConfig.ftpsState, which Flex Consumption rejects (ARM error 51021)."""
+    for path in sorted(INFRA.rglob("*.bicep")):
+        assert "ftpsState" not in _bicep(path), path
+
+
+def test_site_config_holds_only_properties_flex_documents() -> None:
+    """siteConfig keeps only minTlsVersion and cors; http20Enabled and scmMinTlsVersion are not confirmed for Flex."""
+    site = _symbolic_resources(_bicep(FUNCTION_APP_BICEP))["functionApp"]
+    site_config = _property_block(site, "siteConfig")
+    keys = re.findall(r"^      (\w+):", site_config, re.MULTILINE)
+    assert keys == ["minTlsVersion", "cors"], keys
+
+
+def test_site_config_writes_are_chained_with_depends_on() -> None:
+    """appsettings, authsettingsV2 and the two publishing policies are written one at a time, never in parallel."""
+    resources = _symbolic_resources(_bicep(FUNCTION_APP_BICEP))
+    parent = re.compile(r"^  parent:\s*functionApp\s*$", re.MULTILINE)
+    children = {name: block for name, block in resources.items() if parent.search(block)}
+    config_names = {name: re.search(r"^  name:\s*'([^']+)'", block, re.M) for name, block in children.items()}
+    assert {name: match.group(1) for name, match in config_names.items() if match} == {
+        "appSettings": "appsettings",
+        "authSettings": "authsettingsV2",
+        "ftpPublishing": "ftp",
+        "scmPublishing": "scm",
+    }
+    assert _depends_on(children["appSettings"]) == []
+    assert _depends_on(children["authSettings"]) == ["appSettings"]
+    assert _depends_on(children["ftpPublishing"]) == ["authSettings"]
+    assert _depends_on(children["scmPublishing"]) == ["ftpPublishing"]
+
+
+def test_location_is_limited_to_flex_consumption_regions() -> None:
+    """location allows only Flex Consumption regions, and the README says how to check the current list."""
+    regions = _allowed(MAIN_BICEP, "location")
+    assert all(isinstance(region, str) and re.fullmatch(r"[a-z0-9]+", region) for region in regions), regions
+    assert len(regions) == len(set(regions)) >= 20
+    assert {"eastus", "westeurope", "australiaeast", "swedencentral"} <= set(regions)
+    assert "eastus2euap" not in regions  # an early-access region, not for general use
+    raw = MAIN_BICEP.read_text(encoding="utf-8")
+    assert "az functionapp list-flexconsumption-locations" in raw
+    assert "az functionapp list-flexconsumption-locations" in _readme_deploy_section()
+
+
+def test_signalr_capacity_allows_only_valid_unit_counts() -> None:
+    """SignalR units are 1-10 or a multiple of 10 up to 100, in main.bicep and in the SignalR module."""
+    valid = [*range(1, 11), *range(20, 101, 10)]
+    assert _allowed(MAIN_BICEP, "signalRCapacity") == valid
+    assert _allowed(SIGNALR_BICEP, "capacity") == valid
+    for path in (MAIN_BICEP, SIGNALR_BICEP):
+        decorators = _param_decorators(path, "signalRCapacity" if path == MAIN_BICEP else "capacity")
+        assert "@minValue" not in decorators, path
+        assert "@maxValue" not in decorators, path
+
+
+def test_free_tier_limit_is_five_units_per_subscription_and_region() -> None:
+    """The Free_F1 text states the real limit (five Free units per subscription and region), nowhere 'one'."""
+    for path in (MAIN_BICEP, SIGNALR_BICEP):
+        text = path.read_text(encoding="utf-8")
+        assert "five Free units per subscription and region" in text, path
+        assert "one per subscription" not in text, path
+    assert "one per subscription" not in README.read_text(encoding="utf-8")
+
+
+def test_deployer_gets_table_and_signalr_roles_when_principal_id_is_set() -> None:
+    """An optional principalId (AZURE_PRINCIPAL_ID) gets Storage Table Data Contributor and SignalR Service Owner."""
+    main = _bicep(MAIN_BICEP)
+    assert _param_line(MAIN_BICEP, "principalId") == "param principalId string = ''"
+    assert _allowed(MAIN_BICEP, "principalType") == ["User", "ServicePrincipal", "Group"]
+    assert re.search(r"module deployerAccess 'app/deployer-access\.bicep' = if \(!empty\(principalId\)\)", main)
+    parameters = json.loads(MAIN_PARAMETERS.read_text(encoding="utf-8"))["parameters"]
+    assert parameters["principalId"]["value"] == "${AZURE_PRINCIPAL_ID}"
+    assert parameters["principalType"]["value"] == "${AZURE_PRINCIPAL_TYPE=User}"
+    text = _bicep(DEPLOYER_ACCESS_BICEP)
+    assignments = [
+        block
+        for name, block in _symbolic_resources(text).items()
+        if re.search(rf"^resource {name} 'Microsoft\.Authorization/roleAssignments@", text, re.MULTILINE)
+    ]
+    expected = {
+        "storageTableDataContributorRoleId": (ROLE_IDS["storageTableDataContributorRoleId"], "storage"),
+        "signalRServiceOwnerRoleId": (ROLE_IDS["signalRServiceOwnerRoleId"], "signalR"),
+    }
+    assert len(assignments) == len(expected)
+    for variable, (role_id, scope) in expected.items():
+        assert re.search(rf"^var {variable} = '{role_id}'\s*$", text, re.MULTILINE), variable
+        block = next(b for b in assignments if f"roleDefinitions', {variable})" in b)
+        assert re.search(rf"^\s*name:\s*guid\({scope}\.id, principalId, {variable}\)", block, re.MULTILINE)
+        assert re.search(rf"^\s*scope:\s*{scope}\s*$", block, re.MULTILINE)
+        assert re.search(r"^\s*principalType:\s*principalType\s*$", block, re.MULTILINE)
+
+
+def test_easy_auth_limits_client_applications_and_audiences() -> None:
+    """authsettingsV2 takes allowed client applications and audiences from parameters, filled from the azd env."""
+    text = _bicep(FUNCTION_APP_BICEP)
+    auth = _property_block(_resource_block(text, "authsettingsV2"), "properties")
+    entra = _property_block(_property_block(auth, "identityProviders"), "azureActiveDirectory")
+    validation = _property_block(entra, "validation")
+    assert re.search(r"^\s*allowedAudiences:\s*allowedAudiences\s*$", validation, re.MULTILINE)
+    assert re.search(r"^\s*defaultAuthorizationPolicy:\s*defaultAuthorizationPolicy\s*$", validation, re.MULTILINE)
+    policy = re.search(r"^var defaultAuthorizationPolicy = (.*?)\n}", text, re.MULTILINE | re.DOTALL)
+    assert policy, "no var defaultAuthorizationPolicy"
+    assert re.search(r"empty\(authAllowedApplications\) \? \{\} : \{", policy.group(1))
+    assert re.search(r"allowedApplications:\s*authAllowedApplications", policy.group(1))
+    audiences = re.search(r"^var allowedAudiences = (.*?)\] : authAllowedAudiences$", text, re.MULTILINE | re.DOTALL)
+    assert audiences, "allowedAudiences must fall back to the client id only when authAllowedAudiences is empty"
+    assert "authClientId" in audiences.group(1)
+    assert "'api://${authClientId}'" in audiences.group(1)
+    for name in ("authAllowedApplications", "authAllowedAudiences"):
+        assert _param_line(FUNCTION_APP_BICEP, name) == f"param {name} array = []"
+        assert _param_line(MAIN_BICEP, name) == f"param {name} string = ''"
+    main = _bicep(MAIN_BICEP)
+    assert re.search(r"^\s*authAllowedApplications:\s*allowedApplications\s*$", main, re.MULTILINE)
+    assert re.search(r"^\s*authAllowedAudiences:\s*allowedAudiences\s*$", main, re.MULTILINE)
+    parameters = json.loads(MAIN_PARAMETERS.read_text(encoding="utf-8"))["parameters"]
+    assert parameters["authAllowedApplications"]["value"] == "${AUTH_ALLOWED_APPLICATIONS}"
+    assert parameters["authAllowedAudiences"]["value"] == "${AUTH_ALLOWED_AUDIENCES}"
+    section = _readme_deploy_section()
+    for setting in ("AUTH_ALLOWED_APPLICATIONS", "AUTH_ALLOWED_AUDIENCES", "AZURE_PRINCIPAL_ID", "PYTHON_VERSION"):
+        assert setting in section, f"README's deploy section does not document {setting}"
+
+
+def test_readme_says_what_was_verified_offline_and_what_needs_a_deployment() -> None:
+    """README's deploy section documents make smoke-azure and splits offline checks from deployment-only ones."""
+    section = _readme_deploy_section()
+    assert "make smoke-azure" in section
+    assert re.search(r"verified offline", section, re.IGNORECASE)
+    assert re.search(r"only a real deployment", section, re.IGNORECASE)
 
 
 def test_storage_has_shared_key_access_off() -> None:

@@ -1,5 +1,5 @@
-// The function app: Flex Consumption (FC1), Python 3.11, one user-assigned managed identity for
-// everything it reaches, App Service Authentication (Microsoft Entra ID) in front of it.
+// The function app: Flex Consumption (FC1), Python (3.11 by default), one user-assigned managed identity
+// for everything it reaches, App Service Authentication (Microsoft Entra ID) in front of it.
 
 @description('Name of the function app (globally unique; it becomes <name>.azurewebsites.net).')
 param name string
@@ -75,6 +75,29 @@ param authClientId string
 @description('Tenant id whose Microsoft Entra ID issues the tokens App Service Authentication accepts.')
 param authTenantId string
 
+@description('Client (application) ids whose tokens App Service Authentication accepts (the token\'s appid/azp claim); empty accepts any client application of the tenant.')
+param authAllowedApplications array = []
+
+@description('Audiences (aud claim) App Service Authentication accepts; empty means the app registration\'s client id and api://<client id>.')
+param authAllowedAudiences array = []
+
+@description('Python version of the Flex Consumption runtime.')
+@allowed([
+  '3.10'
+  '3.11'
+  '3.12'
+])
+param pythonVersion string = '3.11'
+
+var allowedAudiences = empty(authAllowedAudiences) ? [
+  authClientId
+  'api://${authClientId}'
+] : authAllowedAudiences
+// An empty policy restricts nothing; allowedApplications is set only when the list is not empty.
+var defaultAuthorizationPolicy = empty(authAllowedApplications) ? {} : {
+  allowedApplications: authAllowedApplications
+}
+
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
 }
@@ -112,11 +135,12 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     serverFarmId: plan.id
     httpsOnly: true
     publicNetworkAccess: 'Enabled'
+    // Only siteConfig properties that Flex Consumption accepts. ftpsState is rejected there (ARM error
+    // 51021): FTP is turned off by the ftp basicPublishingCredentialsPolicies below instead.
+    // http20Enabled and scmMinTlsVersion are left out: the Flex Consumption documentation does not
+    // list them, and the platform defaults apply.
     siteConfig: {
       minTlsVersion: '1.2'
-      scmMinTlsVersion: '1.2'
-      ftpsState: 'Disabled'
-      http20Enabled: true
       cors: {
         allowedOrigins: corsAllowedOrigins
         supportCredentials: false
@@ -139,11 +163,15 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       }
       runtime: {
         name: 'python'
-        version: '3.11'
+        version: pythonVersion
       }
     }
   }
 }
+
+// The site's config resources (appsettings, authsettingsV2, the two basicPublishingCredentialsPolicies)
+// are written one after the other: parallel writes to one site's configuration race (lost app settings,
+// 409 Conflict). The chain is appSettings -> authSettings -> ftpPublishing -> scmPublishing.
 
 // Every setting the app reads (mapping/settings.py, APP_SETTING_NAMES) is set here. Connections are
 // identity-based sections (<NAME>__serviceUri, __credential, __clientId): no key, no connection string.
@@ -200,11 +228,11 @@ resource authSettings 'Microsoft.Web/sites/config@2024-04-01' = {
           clientId: authClientId
           openIdIssuer: '${environment().authentication.loginEndpoint}${authTenantId}/v2.0'
         }
+        // Tokens must be issued for one of the allowed audiences and, when authAllowedApplications
+        // is set, to one of those client applications; anything else is refused by the platform.
         validation: {
-          allowedAudiences: [
-            authClientId
-            'api://${authClientId}'
-          ]
+          allowedAudiences: allowedAudiences
+          defaultAuthorizationPolicy: defaultAuthorizationPolicy
         }
       }
     }
@@ -217,6 +245,9 @@ resource authSettings 'Microsoft.Web/sites/config@2024-04-01' = {
       requireHttps: true
     }
   }
+  dependsOn: [
+    appSettings
+  ]
 }
 
 // No FTP or basic-auth (publishing password) deployments: azd deploys with a Microsoft Entra token.
@@ -226,6 +257,9 @@ resource ftpPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2
   properties: {
     allow: false
   }
+  dependsOn: [
+    authSettings
+  ]
 }
 
 resource scmPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2023-12-01' = {
@@ -234,6 +268,9 @@ resource scmPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2
   properties: {
     allow: false
   }
+  dependsOn: [
+    ftpPublishing
+  ]
 }
 
 output name string = functionApp.name

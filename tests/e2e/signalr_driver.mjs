@@ -1,6 +1,8 @@
 // Drives real @microsoft/signalr Node clients for the end-to-end tests.
 // Commands arrive as JSON lines on stdin; events leave as JSON lines on stdout.
 //   {"req": 1, "op": "connect", "id": "a1", "url": "http://127.0.0.1:7071/api", "user": "alice", "targets": ["newMessage"]}
+//   {"req": 1, "op": "connect", "id": "a1", "url": "https://<app>/api", "accessToken": "<Entra token>"}
+//     (a bearer token for negotiate, as App Service Authentication expects; never echoed back)
 //   {"req": 2, "op": "send", "id": "a1", "method": "send", "args": ["bob", "hi"]}
 //   {"req": 3, "op": "invoke", "id": "a1", "method": "send", "args": ["bob", "hi"]}
 //   {"req": 4, "op": "stop", "id": "a1"}
@@ -20,8 +22,10 @@ function emit(event) {
 async function connect(command) {
   const headers = command.user ? { "x-ms-client-principal-name": command.user } : {};
   if (command.userAgent) headers["User-Agent"] = command.userAgent;
+  const options = { headers, transport: signalR.HttpTransportType.WebSockets };
+  if (command.accessToken) options.accessTokenFactory = () => command.accessToken;
   const connection = new signalR.HubConnectionBuilder()
-    .withUrl(command.url, { headers, transport: signalR.HttpTransportType.WebSockets })
+    .withUrl(command.url, options)
     .withServerTimeout(command.serverTimeoutMs ?? 30000)
     .withKeepAliveInterval(command.keepAliveMs ?? 15000)
     .configureLogging(signalR.LogLevel.Warning)

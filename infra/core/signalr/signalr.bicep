@@ -12,7 +12,7 @@ param location string = resourceGroup().location
 @description('Tags applied to the SignalR Service instance.')
 param tags object = {}
 
-@description('SKU: Free_F1 (20 connections, 20,000 messages a day, one per subscription, no SLA), Standard_S1 or Premium_P1 (1,000 connections per unit).')
+@description('SKU: Free_F1 (20 connections, 20,000 messages a day, no SLA; at most five Free units per subscription and region), Standard_S1 or Premium_P1 (1,000 connections per unit).')
 @allowed([
   'Free_F1'
   'Standard_S1'
@@ -21,8 +21,27 @@ param tags object = {}
 param skuName string = 'Free_F1'
 
 @description('Units of the SKU (Standard and Premium: 1 to 10, then multiples of 10 up to 100); Free_F1 always has 1.')
-@minValue(1)
-@maxValue(100)
+@allowed([
+  1
+  2
+  3
+  4
+  5
+  6
+  7
+  8
+  9
+  10
+  20
+  30
+  40
+  50
+  60
+  70
+  80
+  90
+  100
+])
 param capacity int = 1
 
 @description('Browser origins allowed to connect to the service; the client still needs an access token from negotiate.')
