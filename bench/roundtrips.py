@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 from azurite import connection_string
-from bench.floor import Floor
+from bench.floor import Floor, MinimalFloor
 from bench.naive import NaiveFunctions
 from bench.proxy import CountingProxy
 from bench.workload import RECIPIENT, TTL, Event, app_environment, fresh_table, seed, use_app_settings
@@ -38,20 +38,44 @@ async def _count_sync(proxy: CountingProxy, action: Callable[[], object]) -> dic
 
 
 async def _event_counts(
-    proxy: CountingProxy, direct: str, *, kind: str, connections: int = 0, presence: bool = True, cold: bool = False
+    proxy: CountingProxy,
+    direct: str,
+    *,
+    kind: str,
+    connections: int = 0,
+    presence: bool = True,
+    cold: bool = False,
+    other_tabs: int = 0,
 ) -> dict[str, Any]:
-    """Count one event for ours, the floor and (with presence on) the naive way; each on a warmed-up client."""
+    """Count one event for each implementation, each on a warmed-up client, the user having `other_tabs` open."""
     via_proxy = connection_string(proxy.port)
     event = Event(kind, kind, kind, connections)
     results: dict[str, Any] = {}
-    for impl in ("floor", "ours", "naive"):
-        if (cold and impl != "ours") or (impl == "naive" and not presence):
+    for impl in ("minimal", "floor", "ours", "naive"):
+        if (cold and impl != "ours") or (impl == "naive" and (not presence or other_tabs)):
             continue  # only the app keeps per-process state; the naive way has no presence switch
         async with fresh_table(direct) as table:
-            # Two rows per user to disconnect: index 0 warms up, index 1 is counted.
+            # Two users: index 0 warms up, index 1 is counted.
             await seed(direct, table, event, tag="rt", count=2)
+            await _open_tabs(direct, table, kind=kind, other_tabs=other_tabs)
             results[impl] = await _count_impl(impl, proxy, via_proxy, table, event, presence=presence, cold=cold)
     return results
+
+
+async def _open_tabs(direct: str, table: str, *, kind: str, other_tabs: int) -> None:
+    """Open the users' other tabs as the app would (presence row included), before the counted event."""
+    if not other_tabs:
+        return
+    store = ConnectionStore(Settings(StorageConnection(connection_string=direct), table_name=table, ttl=TTL))
+    try:
+        for index in (0, 1):
+            tabs = [f"c{index}-rt-other{n}" for n in range(other_tabs)]
+            if kind == "disconnect":
+                tabs.append(f"c{index}-rt")  # the tab to close, written through the app like the others
+            for tab in tabs:
+                await store.connect(f"u{index}-rt", tab, hub="chat")
+    finally:
+        await store.close()
 
 
 async def _count_impl(
@@ -59,8 +83,8 @@ async def _count_impl(
 ) -> dict[str, Any]:
     user = {0: "u0-rt", 1: "u1-rt"}
     conn = {0: "c0-rt", 1: "c1-rt"}
-    if impl == "floor":
-        client = Floor(via_proxy, table, ttl=TTL)
+    if impl in ("floor", "minimal"):
+        client = (Floor if impl == "floor" else MinimalFloor)(via_proxy, table, ttl=TTL)
         try:
             if event.kind == "connect":
                 await client.connect(user[0], conn[0], presence=presence)
@@ -158,10 +182,12 @@ async def count_round_trips(direct: str, *, sweep_rows: int = 100) -> list[dict[
     rows: list[dict[str, Any]] = []
     with CountingProxy(_port_of(direct)) as proxy:
         scenarios: list[tuple[str, dict[str, Any]]] = [
-            ("connect, presence on", {"kind": "connect"}),
+            ("first connect, presence on", {"kind": "connect"}),
+            ("second connect (one tab open), presence on", {"kind": "connect", "other_tabs": 1}),
             ("connect, presence off", {"kind": "connect", "presence": False}),
             ("first connect in a new process (presence on)", {"kind": "connect", "cold": True}),
-            ("disconnect, presence on", {"kind": "disconnect"}),
+            ("last disconnect, presence on", {"kind": "disconnect"}),
+            ("other disconnect (one tab stays), presence on", {"kind": "disconnect", "other_tabs": 1}),
             ("disconnect, presence off", {"kind": "disconnect", "presence": False}),
             ("HTTP send, user with 1 connection", {"kind": "send", "connections": 1}),
             ("HTTP send, user with 10 connections", {"kind": "send", "connections": 10}),

@@ -31,6 +31,7 @@ from mapping.liveness import Liveness
 from mapping.presence import PresenceChange
 from mapping.store import ConnectionStore
 from mapping.sweep import sweep
+from mapping.table import int_value
 
 pytestmark = pytest.mark.reliability
 
@@ -223,9 +224,7 @@ async def assert_converged(w: World, *, now: datetime, leases_lapsed: bool, labe
         named.setdefault((change.user.casefold(), change.version), set()).add(change.online)
     for user_key_, row in (await presence_rows_of(w)).items():
         if row.get("Version") is not None:
-            named.setdefault((user_key_, int(getattr(row["Version"], "value", row["Version"]))), set()).add(
-                bool(row["Online"])
-            )
+            named.setdefault((user_key_, int_value(row["Version"])), set()).add(bool(row["Online"]))
     assert all(len(states) == 1 for states in named.values()), (label, named)
     users = {change.user.casefold() for change in w.heard} | {"ada", "bob", "cy"}
     for user in sorted(users):

@@ -241,14 +241,13 @@ def record(figures: Figures, proxy: FaultProxy) -> None:
 
 @pytest.mark.parametrize("fault", [Fault.answer(503), Fault.answer(500), Fault.answer(503, retry_after="1")])
 async def test_transient_faults_are_retried_until_they_pass(proxy: FaultProxy, figures: Figures, fault: Fault) -> None:
-    """Two faults then a clean answer: the SDK retries the index write with backoff and the connect succeeds."""
+    """Two faults then a clean answer: the SDK retries the user read with backoff and the connect succeeds."""
     async with proxied_store(proxy) as store:
         proxy.plan(fault, fault)
         seen = proxy.requests
         assert (await store.connect("alice", "c1")).came_online
-        # two faulted index writes, the one that passed, the row's create with the presence bump, the
-        # presence read, the new presence version
-        assert proxy.requests - seen == 6
+        # two faulted reads of the user, the one that passed, the index write, the transaction
+        assert proxy.requests - seen == 5
         assert [c.connection_id for c in await store.connections_of("alice")] == ["c1"]
     record(figures, proxy)
 
@@ -268,7 +267,7 @@ async def test_a_cut_transaction_fails_visibly_and_the_next_attempt_works(proxy:
     """azure-core retries a dropped connection only for GET/PUT/DELETE/HEAD: a cut batch (POST) raises at once."""
     async with proxied_store(proxy) as store:
         await store.connect("alice", "c1")
-        proxy.plan(CUT)
+        proxy.plan(PASS, CUT)  # the user's read passes, the transaction's connection is cut
         with pytest.raises(StorageUnavailableError):
             await store.disconnect("alice", "c1")
         assert (await store.disconnect("alice", "c1")).removed
@@ -317,8 +316,8 @@ async def test_a_slow_answer_within_the_read_timeout_succeeds(proxy: FaultProxy,
         proxy.plan(Fault.delay(1.0))
         seen = proxy.requests
         assert (await store.connect("alice", "c1")).came_online
-        # index write, row create with the presence bump, presence read, new version: none retried
-        assert proxy.requests - seen == 4
+        # the user's read, the index write, the transaction: none retried
+        assert proxy.requests - seen == 3
     record(figures, proxy)
 
 

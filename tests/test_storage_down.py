@@ -65,11 +65,11 @@ async def test_rejected_credentials_are_a_storage_error(azurite: Azurite) -> Non
 async def test_the_store_recovers_once_storage_is_back(azurite: Azurite) -> None:
     """A failed first use caches nothing: the same store works when it can reach storage again."""
     store = ConnectionStore(make_settings(azurite.connection_string, "Recovers"), retry_total=0)
-    reachable = store.settings
-    store.settings = make_settings(dead_connection_string(), "Recovers")
+    reachable = store.table.settings
+    store.table.settings = make_settings(dead_connection_string(), "Recovers")
     with pytest.raises(StorageUnavailableError):
         await store.connect("alice", "c1")
-    store.settings = reachable
+    store.table.settings = reachable
     try:
         assert (await store.connect("alice", "c1")).came_online is True
     finally:
