@@ -171,10 +171,12 @@ def markdown(results: dict[str, Any]) -> str:
         "worker. "
         "Every answer is checked (status, presence message, delivered count).",
         "- **floor** (`bench/floor.py`): the bare `azure.data.tables.aio` calls the event needs, on one shared "
-        "client, making the requests of the app's design: expiry-index entry + row (connect), delete (disconnect), "
-        "and with presence the row change and the presence row's bump in one transaction, a query of the live rows "
-        "and the presence row, and the conditional write of the new version on a change; one live-rows query "
-        "(send, presence). No parsing, validation, key escaping or output.",
+        "client, making the requests of the app's design: with presence, a query of the user's partition, the "
+        "expiry-index entry (connect), and one transaction that changes the row and writes the presence row "
+        "conditional on the ETag read; without presence, entry + row (connect) and a delete (disconnect); one "
+        "live-rows query (send, presence). No parsing, validation, key escaping or output.",
+        "- **minimal** (`bench/floor.py`, round trips only): the least any correct presence needs, whatever the "
+        "design: one write per connect and disconnect and one query of the user's partition.",
         "- **naive** (`bench/naive.py`, the anti-pattern baseline, never used by the app): the style of the original "
         "SignalR samples: synchronous functions and a synchronous `TableClient`, the table created on every call, "
         "the filter built by pasting the user name into the string, no lease check. Sync functions run on a worker "

@@ -1,4 +1,4 @@
-"""One exception tree for the mapping library; Azure errors are translated into it in store.py."""
+"""One exception tree for the mapping library; Azure errors are translated into it by the table layer (table.py)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("storage_faults", "throttling", "storm", "fuzzing", "security")
+SECTIONS = ("storage_faults", "throttling", "storm", "fuzzing", "security", "crash_points")
+MODES = ("outage", "committed, answered 500", "committed, then outage")
 
 
 def render(document: dict[str, Any]) -> str:
@@ -19,7 +20,7 @@ def render(document: dict[str, Any]) -> str:
     sections: dict[str, dict[str, Any]] = document["sections"]
     if missing := [name for name in SECTIONS if name not in sections]:
         raise SystemExit(f"figures lack {', '.join(missing)}: run every reliability test (make reliability)")
-    faults, throttling, storm, fuzz, security = (sections[name] for name in SECTIONS)
+    faults, throttling, storm, fuzz, security, crash_points = (sections[name] for name in SECTIONS)
     faults_injected = faults.get("azurite_kills", 0) + throttling.get("faults_injected", 0)
     events = faults.get("events", 0) + storm.get("events", 0)
     rows_lost = faults.get("rows_lost", 0) + storm.get("rows_lost", 0)
@@ -93,8 +94,39 @@ def render(document: dict[str, Any]) -> str:
         "",
         _table(security),
         "",
+        "## Crash points (`tests/test_crash_points.py`)",
+        "",
+        "Every table request of each event, failed in each of three ways: an outage from that request on",
+        "(longer than the retries); the request committing and answered 500 (the SDK's retry meets its own",
+        "result: 409, 404 or 412); the request committing, then an outage. After each, the fault is lifted",
+        "and the recovery the design promises runs: the next sweep, then the sweeps after the leases lapse.",
+        "A point *converged* when, at every sweep where it is promised, each user's highest announced version",
+        "stated what `GET /api/users/{user}` said, no version named two states, and after the leases only the",
+        "connections the service still had kept rows. *By the next sweep* counts the points that had already",
+        "converged at the first sweep; the rest are an event whose transaction committed just before an",
+        "outage, which the sweep repairs when it reaches the user's index entries (within one lease).",
+        "",
+        _crash_table(crash_points),
+        "",
     ]
     return "\n".join(lines)
+
+
+def _crash_table(events: dict[str, Any]) -> str:
+    header = "| event | table requests | " + " | ".join(MODES) + " | by the next sweep |"
+    rows = [header, "|---|---:|" + "---:|" * len(MODES) + "---:|"]
+    totals = {"points": 0, "converged": 0, "next_sweep": 0}
+    for name, figures in events.items():
+        modes = figures["modes"]
+        cells = [f"{modes[mode]['converged']}/{modes[mode]['points']}" for mode in MODES]
+        points = sum(modes[mode]["points"] for mode in MODES)
+        next_sweep = sum(modes[mode]["next_sweep"] for mode in MODES)
+        for key in totals:
+            totals[key] += sum(modes[mode][key] for mode in MODES)
+        rows.append(f"| {name} | {figures['requests']} | {' | '.join(cells)} | {next_sweep}/{points} |")
+    points = totals["points"]
+    rows.append(f"| **all** | | | | {totals['converged']}/{points} converged | {totals['next_sweep']}/{points} |")
+    return "\n".join(rows)
 
 
 def _table(values: dict[str, Any]) -> str:
