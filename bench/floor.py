@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.data.tables import UpdateMode
+from azure.data.tables import EdmType, EntityProperty, UpdateMode
 from azure.data.tables.aio import TableClient
 
 from mapping.presence import PRESENCE_ROW
@@ -89,7 +89,9 @@ class Floor(_Client):
         state = next((row for row in rows if row["RowKey"] == PRESENCE_ROW), None)
         entity: dict[str, Any] = {"PartitionKey": user, "RowKey": PRESENCE_ROW, "Writer": uuid.uuid4().hex}
         if state is None or state.get("Online") is not online:
-            entity.update(Online=online, Version=int(datetime.now(UTC).timestamp() * 1000))
+            entity.update(
+                Online=online, Version=EntityProperty(int(datetime.now(UTC).timestamp() * 1000), EdmType.INT64)
+            )
         if state is None:
             return ("create", entity, {})
         return (

@@ -25,7 +25,8 @@ def test_classify_names_table_operations() -> None:
 
 
 async def test_proxy_counts_each_request_on_the_wire(azurite: Azurite) -> None:
-    """A first floor connect with presence is four requests (index, row + bump, query, version); the proxy sees them."""
+    """A first floor connect with presence is three requests (the user read, the index entry, the row and presence
+    transaction); the proxy sees them, and the delete after."""
     async with fresh_table(azurite.connection_string) as table:
         with CountingProxy(azurite.port) as proxy:
             floor = Floor(connection_string(proxy.port), table, ttl=timedelta(minutes=10))
@@ -35,7 +36,7 @@ async def test_proxy_counts_each_request_on_the_wire(azurite: Azurite) -> None:
                     await floor.disconnect("alice", "conn-1", presence=False)
             finally:
                 await floor.close()
-    assert counts == {"upsert (replace)": 1, "batch": 1, "query": 1, "upsert/update (merge)": 1, "delete": 1}
+    assert counts == {"query": 1, "upsert/update (merge)": 1, "batch": 1, "delete": 1}
 
 
 async def test_naive_send_delivers_what_the_app_delivers(azurite: Azurite, app_env: dict[str, str]) -> None:
