@@ -17,9 +17,9 @@ E3. An entry is dropped only after its row was dealt with (the user's transactio
 E4. Whether an entry is spent is read from the row (`IndexBucket`), never recomputed from today's
     bucket width, and whether a row is due is judged against today's lease: so changing
     MAPPING_TTL_SECONDS orphans no row and evicts no live one.
-    (test_sweep: test_lowering_the_lease_orphans_no_row, test_raising_the_lease_evicts_no_live_row)
+    (test_presence: test_lowering_the_lease_orphans_no_row, test_raising_the_lease_evicts_no_live_row)
 E5. An entry written before a change that brings a user online carries `Online = true`: when the
-    sweep reaches it, it repeats the user's presence (mapping.presence, P5).
+    sweep reaches it, it repeats the user's presence (mapping.presence, P5). (test_presence: test_a_refused_first_connect_...)
 """
 
 from __future__ import annotations

@@ -10,12 +10,12 @@ P1. A (Version, Online) pair is written only together, and each new pair takes a
     any before it: `max(recorded + 1, the decision's time in milliseconds)`. Every announcement is a
     pair as recorded, so one version never names two states, and versions keep growing when the
     table is recreated or restored from a backup (the clock has moved on).
-    (test_crash_points: no version names two states; test_store: test_versions_grow_across_a_recreated_table)
+    (test_crash_points: no version names two states; test_presence: test_versions_grow_across_a_recreated_table)
 P2. Every change to a user's connection rows (create, delete, a lapsed lease made live again) commits
     in one transaction with a write to the presence row, conditional on the ETag of the one query
     that read both the rows and the presence row. So each decision is made on the partition as it is
     when it commits; of two concurrent changes one fails and reads again.
-    (test_store: test_racing_instances_leave_the_true_state_at_the_highest_version)
+    (test_presence: test_a_decision_made_on_a_stale_read_never_commits)
 P3. The decision: the user is online iff a connection row is live after the change. When that
     differs from the recorded state, the transaction records a new pair and the change is announced.
     (test_store: test_multi_tab_user_goes_offline_only_when_the_last_tab_closes)
@@ -27,7 +27,7 @@ P5. An announcement is lost only when the invocation that recorded it fails afte
     repairs that when it reaches the user's index entries: it makes any decision that is due
     (the rows changed without one), and it repeats the recorded pair of a user whose entry was
     written before a change to online (expiry E5), or whose entry's row is gone and who is offline.
-    (test_crash_points: the "committed, then an outage" mode of every event)
+    (test_crash_points: the "committed, then outage" mode; test_presence: test_a_refused_first_connect_and_its_reconnect_end_announced_online)
 
 Convergence: once events stop, every user's highest announced version states what
 `GET /api/users/{user}` says, at the latest by the sweep that reaches the user's index entries:

@@ -248,3 +248,20 @@ async def test_a_refused_first_connect_and_its_reconnect_end_announced_online(
     assert [c.connection_id for c in await direct.connections_of("lea", now=moment)] == ["real"]
     assert heard
     assert max(heard, key=lambda change: change.version).online is True
+
+
+async def test_a_decision_made_on_a_stale_read_never_commits(store: ConnectionStore) -> None:
+    """P2: a change committed between a read and the transaction built on it fails that transaction, which
+    reads again; so a sweep that read a user with one lapsed row does not record them offline when a new tab
+    opened meanwhile."""
+    await store.connect("max", "old", now=T0 - TTL * 2)
+    view = await store.read_user("max")
+    other_instance = ConnectionStore(store.settings)
+    try:
+        await other_instance.connect("max", "new", now=T0)
+    finally:
+        await other_instance.close()
+    settled = await store.settle(view, user_name="max", gone={"old": view.rows["old"].etag or ""}, alive={}, now=T0)
+    assert (settled.deleted, settled.online) == (1, True)
+    assert (await store.read_user("max")).presence.online is True
+    assert settled.change is None or settled.change.online is True
