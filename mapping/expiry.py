@@ -19,7 +19,8 @@ E4. Whether an entry is spent is read from the row (`IndexBucket`), never recomp
     MAPPING_TTL_SECONDS orphans no row and evicts no live one.
     (test_presence: test_lowering_the_lease_orphans_no_row, test_raising_the_lease_evicts_no_live_row)
 E5. An entry written before a change that brings a user online carries `Online = true`: when the
-    sweep reaches it, it repeats the user's presence (mapping.presence, P5). (test_presence: test_a_refused_first_connect_...)
+    sweep reaches it, it repeats the user's presence (mapping.presence, P5).
+    (test_presence: test_a_refused_first_connect_and_its_reconnect_end_announced_online)
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ P5. An announcement is lost only when the invocation that recorded it fails afte
     repairs that when it reaches the user's index entries: it makes any decision that is due
     (the rows changed without one), and it repeats the recorded pair of a user whose entry was
     written before a change to online (expiry E5), or whose entry's row is gone and who is offline.
-    (test_crash_points: the "committed, then outage" mode; test_presence: test_a_refused_first_connect_and_its_reconnect_end_announced_online)
+    (test_crash_points: the "committed, then outage" mode;
+    test_presence: test_a_refused_first_connect_and_its_reconnect_end_announced_online)
 
 Convergence: once events stop, every user's highest announced version states what
 `GET /api/users/{user}` says, at the latest by the sweep that reaches the user's index entries:
