@@ -6,8 +6,8 @@ import logging
 
 from mapping.errors import InvalidNameError, InvalidRequestError, UserOfflineError
 from mapping.invocation import Invocation
-from mapping.liveness import liveness_for
-from mapping.messages import Message, error_message, presence_message
+from mapping.liveness import MAPPED_GROUP, liveness_for
+from mapping.messages import Message, error_message, join_group, presence_message
 from mapping.presence import PresenceChange
 from mapping.send import parse_send_arguments, send_to_user
 from mapping.store import ConnectionStore
@@ -29,6 +29,9 @@ async def on_connected(store: ConnectionStore, event: Invocation) -> list[Messag
         logger.warning("connected: connection not mapped: %s", error)
         return []
     logger.info("connected: %s", outcome.entity.connection_id)
+    if store.lease.reconciled:
+        # The sweep lists this group to learn which connections the service still has (no table request).
+        return [join_group(outcome.entity.connection_id, MAPPED_GROUP), *_announced(outcome.presence)]
     return _announced(outcome.presence)
 
 

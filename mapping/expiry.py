@@ -9,8 +9,10 @@ E1. An entry is written *before* the row write that puts the row's LastSeen into
     row records that bucket (`IndexBucket`). A crash between the two leaves an entry without a row,
     never a row without an entry. (test_store: test_every_connect_writes_its_index_entry_first)
 E2. Entries are never trusted alone: the sweep reads the row's partition first. No row, or a row whose
-    `IndexBucket` names another entry (refreshed since), means the entry is spent; only a row whose
-    LastSeen is past the cutoff is acted on. (test_sweep: test_a_row_refreshed_into_a_later_bucket_survives)
+    `IndexBucket` names a later bucket (refreshed since), means the entry is spent; only a row whose
+    LastSeen is past the cutoff is acted on. Of several entries naming one row, all but the latest may
+    go without reading the row: the latest covers it whether or not its row write happened.
+    (test_sweep: test_a_row_refreshed_into_a_later_bucket_survives)
 E3. An entry is dropped only after its row was dealt with (the user's transaction committed); a crash
     in between leaves the entry, which the next sweep reads again.
     (test_crash_points: every sweep crash point)
@@ -36,8 +38,6 @@ from mapping.errors import BatchRejectedError, RowChangedError
 from mapping.table import MAX_BATCH, Operation, Table, delete, upsert
 
 INDEX_PREFIX = "%~x"
-_MIN_WIDTH = timedelta(seconds=1)
-_MAX_WIDTH = timedelta(minutes=5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +59,9 @@ class IndexEntry:
 class ExpiryIndex:
     """The expiry index in the app's table: entries by time bucket, each naming one connection row."""
 
-    def __init__(self, table: Table, *, ttl: timedelta) -> None:
+    def __init__(self, table: Table, *, width: timedelta) -> None:
         self._table = table
-        self.width = min(max(ttl / 10, _MIN_WIDTH), _MAX_WIDTH)
+        self.width = width
 
     def bucket(self, moment: datetime) -> str:
         """Return the partition key of the bucket that holds `moment`."""

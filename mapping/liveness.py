@@ -1,4 +1,10 @@
-"""Ask Azure SignalR Service whether a connection is still open (data-plane REST API, 2022-06-01)."""
+"""Ask Azure SignalR Service which connections are still open (data-plane REST API).
+
+Two questions: `HEAD /api/hubs/{hub}/connections/{id}` (2022-06-01) about one connection, and, since
+2024-12-01, `GET /api/hubs/{hub}/groups/{group}/connections` listing a group's connections in pages
+of at most 200. Every mapped connection joins one hub-wide group (`MAPPED_GROUP`) when it connects,
+so one listing tells the sweep which connections the service still has.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +16,13 @@ import hmac
 import json
 import logging
 import time
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import aiohttp
 from azure.core.credentials_async import AsyncTokenCredential
+from yarl import URL
 
 from mapping.identity import identity_credential
 from mapping.settings import SignalRConnection
@@ -22,6 +30,10 @@ from mapping.settings import SignalRConnection
 logger = logging.getLogger(__name__)
 
 API_VERSION = "2022-06-01"
+LIST_API_VERSION = "2024-12-01"
+MAPPED_GROUP = "~connections"  # every mapped connection joins it; `~` is never in a room name
+_LIST_PAGE_SIZE = 200
+_UNSUPPORTED = frozenset({400, 404, 501})  # an older service: no listing
 TOKEN_SCOPE = "https://signalr.azure.com/.default"  # noqa: S105 - an OAuth scope, not a secret
 _TOKEN_LIFETIME_SECONDS = 3600
 _MAX_RETRY_AFTER_SECONDS = 30
@@ -35,11 +47,32 @@ class Liveness(enum.Enum):
     UNKNOWN = "unknown"  # anything else: ask again later
 
 
+class Listing(enum.Enum):
+    """How a group listing went."""
+
+    LISTED = "listed"  # the service listed the group: `connection_ids` is complete
+    UNSUPPORTED = "unsupported"  # an older service (404, 400, 501): ask about connections one by one
+    UNAVAILABLE = "unavailable"  # the service could not be reached or failed: nobody can be judged
+
+
+@dataclass(frozen=True, slots=True)
+class GroupMembers:
+    """A group's connections as the service listed them."""
+
+    listing: Listing
+    connection_ids: frozenset[str] = frozenset()
+    requests: int = 0
+
+
 class LivenessCheck(Protocol):
-    """Asks whether a connection is still open; the sweep's seam to the service (and to test fakes)."""
+    """Asks the service which connections are open; the sweep's seam to the service (and to test fakes)."""
 
     async def check(self, hub: str, connection_id: str) -> Liveness:
         """Return ALIVE, GONE, or UNKNOWN when the service cannot say."""
+        ...
+
+    async def members(self, hub: str, group: str, *, deadline: float) -> GroupMembers:
+        """List a group's connections (stopping at the monotonic `deadline`), or say why not."""
         ...
 
 
@@ -79,6 +112,30 @@ class SignalRLiveness:
             self._throttle(retry_after)
         return Liveness.UNKNOWN
 
+    async def members(self, hub: str, group: str, *, deadline: float) -> GroupMembers:
+        """List a group's connections page by page (2024-12-01), following `nextLink`."""
+        url: str | None = (
+            f"{self.connection.endpoint}/api/hubs/{quote(hub, safe='')}/groups/{quote(group, safe='')}/connections"
+        )
+        query: dict[str, str] | None = {"api-version": LIST_API_VERSION, "maxpagesize": str(_LIST_PAGE_SIZE)}
+        ids: set[str] = set()
+        requests = 0
+        while url is not None:
+            if time.monotonic() > deadline:
+                logger.warning("group listing: out of time after %d pages", requests)
+                return GroupMembers(Listing.UNAVAILABLE, requests=requests)
+            status, page = await self._get_page(url, query)
+            requests += 1
+            if status in _UNSUPPORTED and requests == 1:
+                logger.info("group listing not supported (%s): checking connections one by one", status)
+                return GroupMembers(Listing.UNSUPPORTED, requests=requests)
+            if status != 200 or page is None:
+                logger.warning("group listing failed (%s): no connection is judged this time", status)
+                return GroupMembers(Listing.UNAVAILABLE, requests=requests)
+            ids.update(_connection_ids(page))
+            url, query = _next_link(self.connection.endpoint, page), None
+        return GroupMembers(Listing.LISTED, frozenset(ids), requests=requests)
+
     async def close(self) -> None:
         """Close the HTTP session and any credential."""
         session, credential = self._session, self._credential
@@ -99,6 +156,28 @@ class SignalRLiveness:
         except Exception as error:  # a credential failure must not stop the sweep; the row is kept
             logger.warning("liveness check could not authenticate: %s", type(error).__name__)
             return None, None
+
+    async def _get_page(self, url: str, query: dict[str, str] | None) -> tuple[int | None, dict[str, Any] | None]:
+        for _attempt in range(self._max_attempts):
+            await self._wait_if_throttled()
+            try:
+                audience = str(URL(url).with_query(None))
+                headers = {"Authorization": f"Bearer {await self._bearer(audience)}"}
+                async with self._http().get(URL(url, encoded=True), params=query, headers=headers) as response:
+                    if response.status == 429:
+                        self._throttle(_retry_after(response.headers.get("Retry-After")))
+                        continue
+                    if response.status != 200:
+                        return response.status, None
+                    body = await response.json(content_type=None)
+                    return 200, body if isinstance(body, dict) else None
+            except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as error:
+                logger.warning("group listing failed: %s", type(error).__name__)
+                return None, None
+            except Exception as error:  # a credential failure must not stop the sweep; nothing is judged
+                logger.warning("group listing could not authenticate: %s", type(error).__name__)
+                return None, None
+        return 429, None
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -155,6 +234,21 @@ async def close_checkers() -> None:
     _checkers.clear()
     for checker in checkers:
         await checker.close()
+
+
+def _connection_ids(page: dict[str, Any]) -> list[str]:
+    value = page.get("value")
+    items = value if isinstance(value, list) else []
+    return [
+        item["connectionId"] for item in items if isinstance(item, dict) and isinstance(item.get("connectionId"), str)
+    ]
+
+
+def _next_link(endpoint: str, page: dict[str, Any]) -> str | None:
+    link = page.get("nextLink")
+    if not isinstance(link, str) or not link:
+        return None
+    return link if link.startswith(("http://", "https://")) else endpoint + "/" + link.lstrip("/")
 
 
 def _b64(data: str | bytes) -> str:

@@ -1,4 +1,4 @@
-"""The SignalR output messages the app sends: deliveries, presence broadcasts and errors."""
+"""The SignalR outputs the app sends: deliveries, presence broadcasts, errors, and group actions."""
 
 from __future__ import annotations
 
@@ -30,6 +30,11 @@ def delivery_messages(
 def presence_message(user: str, *, online: bool, version: int) -> Message:
     """Return the hub-wide broadcast that a user came online or went offline (a higher version is newer)."""
     return {"target": PRESENCE_TARGET, "arguments": [{"user": user, "online": online, "version": version}]}
+
+
+def join_group(connection_id: str, group: str) -> Message:
+    """Return the `signalR` output binding's group action that adds a connection to a group."""
+    return {"action": "add", "groupName": group, "connectionId": connection_id}
 
 
 def error_message(connection_id: str, error: str, **details: Any) -> Message:

@@ -30,6 +30,7 @@ from mapping.entity import ConnectionEntity, as_utc, utc_now
 from mapping.errors import BatchRejectedError, ConflictError, InvalidRequestError, RowChangedError, StorageError
 from mapping.expiry import ExpiryIndex
 from mapping.keys import connection_key, normalize_user_name, user_key
+from mapping.lease import Lease
 from mapping.presence import PRESENCE_ROW, PresenceChange, Recorded, decide, presence_write, recorded_from
 from mapping.settings import Settings, get_settings
 from mapping.table import MAX_BATCH, Operation, Table, create, delete, merge
@@ -102,9 +103,9 @@ class UserView:
     rows: dict[str, ConnectionEntity] = field(default_factory=dict)
     presence: Recorded = field(default_factory=Recorded)
 
-    def online(self, *, now: datetime, ttl: timedelta, without: str | None = None) -> bool:
+    def online(self, lease: Lease, *, now: datetime, without: str | None = None) -> bool:
         """Return whether a row other than `without` holds a live lease at `now`."""
-        return any(row.last_seen > now - ttl for key, row in self.rows.items() if key != without)
+        return any(lease.is_live(row.last_seen, now) for key, row in self.rows.items() if key != without)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +125,8 @@ class ConnectionStore:
     def __init__(self, settings: Settings, **table_options: Any) -> None:
         self.settings = settings
         self.table = Table(settings, **table_options)
-        self.index = ExpiryIndex(self.table, ttl=settings.ttl)
+        self.lease = Lease.of(settings)
+        self.index = ExpiryIndex(self.table, width=self.lease.bucket_width)
         self._refreshed: OrderedDict[tuple[str, str], datetime] = OrderedDict()
 
     # -- connection events ----------------------------------------------------------------------
@@ -170,7 +172,7 @@ class ConnectionStore:
             if row not in view.rows:
                 # Gone: a repeated event, or our own delete that committed and was answered with an error.
                 return DisconnectOutcome(name, removed=tried, presence=_repeat(view, name) if pending else None)
-            online = view.online(now=moment, ttl=self.settings.ttl, without=row)
+            online = view.online(self.lease, now=moment, without=row)
             version = decide(view.presence, online=online, now=moment)
             operations = [
                 delete(partition, row),
@@ -192,10 +194,9 @@ class ConnectionStore:
         partition, row = user_key(user_name), connection_key(connection_id)
         moment = as_utc(now) if now else utc_now()
         last = self._refreshed.get((partition, row))
-        ttl = self.settings.ttl
-        if last is not None and moment - last < ttl / 4:
+        if last is not None and moment - last < self.lease.refresh_every:
             return TouchOutcome(True)
-        if not self.settings.presence_events or (last is not None and moment - last < ttl / 2):
+        if not self.settings.presence_events or (last is not None and moment - last < self.lease.surely_live_within):
             # This instance refreshed the row less than half a lease ago: it is live for every reader,
             # so moving LastSeen on changes no presence decision.
             return await self._refresh_blindly(partition, row, moment)
@@ -284,7 +285,7 @@ class ConnectionStore:
                 },
                 view.presence,
             )
-            online = after.online(now=now, ttl=self.settings.ttl)
+            online = after.online(self.lease, now=now)
             version = decide(view.presence, online=online, now=now) if deciding else None
             try:
                 await self._apply(
@@ -307,7 +308,7 @@ class ConnectionStore:
 
     def bucket_width(self) -> timedelta:
         """Return the width of the expiry index's time buckets."""
-        return self.index.width
+        return self.lease.bucket_width
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -474,7 +475,7 @@ class ConnectionStore:
             self._refreshed.popitem(last=False)
 
     def _cutoff(self, now: datetime | None) -> datetime:
-        return (as_utc(now) if now else utc_now()) - self.settings.ttl
+        return self.lease.live_after(as_utc(now) if now else utc_now())
 
 
 async def _back_off(attempt: int) -> None:

@@ -24,6 +24,7 @@ function that raises has all its outputs dropped).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -31,10 +32,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from mapping.entity import ConnectionEntity, as_utc, utc_now
-from mapping.errors import MappingError, StorageError
+from mapping.errors import InvalidNameError, MappingError, StorageError
 from mapping.expiry import IndexEntry
-from mapping.keys import unescape_key, user_key
-from mapping.liveness import Liveness, LivenessCheck
+from mapping.keys import connection_key, unescape_key, user_key
+from mapping.liveness import MAPPED_GROUP, Listing, Liveness, LivenessCheck
 from mapping.presence import PresenceChange
 from mapping.store import ConnectionStore, UserView
 
@@ -57,6 +58,9 @@ class SweepResult:
     deleted: int = 0
     kept: int = 0
     entries_dropped: int = 0
+    listed: int = 0
+    listing: str = "none"
+    signalr_requests: int = 0
     failed_users: int = 0
     presence: list[PresenceChange] = field(default_factory=list)
     complete: bool = True
@@ -96,6 +100,23 @@ class _Clock:
         return self.deadline - time.monotonic()
 
 
+@dataclass(frozen=True, slots=True)
+class _Service:
+    """What this run knows of the service: how to ask it, and what its listing said (connection keys)."""
+
+    check: LivenessCheck | None = None
+    listing: Listing | None = None  # None: no listing asked (age-based, or not reconciled)
+    listed: frozenset[str] = frozenset()
+
+    @property
+    def reconciling(self) -> bool:
+        return self.listing is Listing.LISTED
+
+    @property
+    def unreachable(self) -> bool:
+        return self.listing is Listing.UNAVAILABLE
+
+
 async def sweep(
     store: ConnectionStore,
     *,
@@ -105,23 +126,24 @@ async def sweep(
 ) -> SweepResult:
     """Remove stale connection rows (liveness-checked when `liveness` is given); report presence changes."""
     moment = as_utc(now) if now else utc_now()
-    ttl = store.settings.ttl
     budget = time_budget.total_seconds()
     start = time.monotonic()
     clock = _Clock(
         now=moment,
-        cutoff=moment - (ttl / 2 if liveness else ttl),
+        cutoff=store.lease.due_before(moment, asks_service=liveness is not None),
         deadline=start + budget,
         checks_deadline=start + budget * (1 - _WRITE_RESERVE),
     )
     result = SweepResult()
+    service = await _ask_service(store, liveness, clock=clock, result=result)
+    seen: dict[str, IndexEntry] = {}
     try:
         async for entries in store.index.pages(before=clock.cutoff):
             if clock.left() <= 0:
                 result.complete = False
                 break
             result.entries_read += len(entries)
-            await _sweep_page(store, entries, liveness=liveness, clock=clock, result=result)
+            await _sweep_page(store, entries, service=service, seen=seen, clock=clock, result=result)
     except StorageError:
         if not result.presence:
             raise  # nothing decided yet: fail visibly; the next run starts over
@@ -133,14 +155,49 @@ async def sweep(
     return result
 
 
+async def _ask_service(
+    store: ConnectionStore, liveness: LivenessCheck | None, *, clock: _Clock, result: SweepResult
+) -> _Service:
+    """List the hub-wide group once per run when reconciling; otherwise HEAD checks (or age) decide."""
+    if liveness is None or not store.lease.reconciled:
+        return _Service(check=liveness)
+    members = await liveness.members(store.settings.hub, MAPPED_GROUP, deadline=clock.checks_deadline)
+    result.signalr_requests += members.requests
+    result.listing = members.listing.value
+    if members.listing is Listing.UNSUPPORTED:
+        return _Service(check=liveness)  # an older service: today's HEAD checks
+    listed = frozenset(_keys(members.connection_ids))
+    return _Service(check=liveness, listing=members.listing, listed=listed)
+
+
+def _keys(connection_ids: frozenset[str]) -> list[str]:
+    keys = []
+    for connection_id in connection_ids:
+        with contextlib.suppress(InvalidNameError):
+            keys.append(connection_key(connection_id))
+    return keys
+
+
 async def _sweep_page(
     store: ConnectionStore,
     entries: list[IndexEntry],
     *,
-    liveness: LivenessCheck | None,
+    service: _Service,
+    seen: dict[str, IndexEntry],
     clock: _Clock,
     result: SweepResult,
 ) -> None:
+    superseded: list[IndexEntry] = []
+    if service.reconciling:
+        entries, superseded = _latest_per_row(entries, seen)
+        listed = [entry for entry in entries if entry.connection_key in service.listed]
+        result.listed += len(listed)
+        entries = [entry for entry in entries if entry.connection_key not in service.listed]
+    elif service.unreachable:
+        # Nobody can be judged: read only what may be past the max age (an entry's bucket bounds its row's age).
+        oldest = clock.now - store.lease.max_age
+        result.kept += sum(entry.bucket_start >= oldest for entry in entries)
+        entries = [entry for entry in entries if entry.bucket_start < oldest]
     by_user: dict[str, list[IndexEntry]] = {}
     for entry in entries:
         by_user.setdefault(entry.user_key, []).append(entry)
@@ -152,14 +209,14 @@ async def _sweep_page(
                 result.complete = False
                 return []
             try:
-                return await _sweep_user(store, user_key, user_entries, liveness=liveness, clock=clock, result=result)
+                return await _sweep_user(store, user_key, user_entries, service=service, clock=clock, result=result)
             except MappingError as error:
                 result.failed_users += 1
                 logger.warning("sweep: a user was left for the next run: %s", error)
                 return []
 
     spent = await asyncio.gather(*(settle(user, user_entries) for user, user_entries in by_user.items()))
-    done = [entry for entries_of_user in spent for entry in entries_of_user]
+    done = superseded + [entry for entries_of_user in spent for entry in entries_of_user]
     if done:
         try:
             await store.index.drop(done)
@@ -173,7 +230,7 @@ async def _sweep_user(
     user_key: str,
     entries: list[IndexEntry],
     *,
-    liveness: LivenessCheck | None,
+    service: _Service,
     clock: _Clock,
     result: SweepResult,
 ) -> list[IndexEntry]:
@@ -194,8 +251,10 @@ async def _sweep_user(
         elif row.last_seen < clock.cutoff:
             due.append((entry, row))
         # else: the entry's bucket straddles the cutoff and this row is not due yet; keep the entry
-    verdicts = await _verdicts([row for _, row in due], store=store, liveness=liveness, clock=clock)
-    result.checked += len(due) if liveness else 0
+    verdicts = await _verdicts([row for _, row in due], store=store, service=service, clock=clock)
+    asked = service.check is not None and not service.unreachable
+    result.checked += len(due) if asked else 0
+    result.signalr_requests += len(due) if asked else 0
     gone = {
         row.row_key: row.etag or "" for (_, row), verdict in zip(due, verdicts, strict=True) if verdict is Liveness.GONE
     }
@@ -214,7 +273,8 @@ async def _sweep_user(
     announce = settled.change
     if announce is None and store.settings.presence_events:
         # P5: an event may have recorded a change and failed before announcing it.
-        maybe_lost = any(entry.announces_online for entry in entries) or (row_gone and not settled.online)
+        # Once per entry: when the sweep is done with it (a kept entry repeats nothing until then).
+        maybe_lost = any(entry.announces_online for entry in spent) or (row_gone and not settled.online)
         announce = settled.recorded.announced_as(_user_name(view, user_key)) if maybe_lost else None
     if announce is not None:
         result.announce(announce)
@@ -222,26 +282,47 @@ async def _sweep_user(
 
 
 def _covers(entry: IndexEntry, row: ConnectionEntity, store: ConnectionStore) -> bool:
-    """Return whether `entry` is the row's current entry (E2, E4)."""
+    """Return whether `entry` still covers the row: the row names no later bucket (E2, E4)."""
     if row.index_bucket is not None:
-        return row.index_bucket == entry.bucket
+        return row.index_bucket <= entry.bucket
     return row.last_seen < entry.bucket_start + store.bucket_width()  # a row written before IndexBucket existed
 
 
 async def _verdicts(
-    rows: Sequence[ConnectionEntity], *, store: ConnectionStore, liveness: LivenessCheck | None, clock: _Clock
+    rows: Sequence[ConnectionEntity], *, store: ConnectionStore, service: _Service, clock: _Clock
 ) -> list[Liveness]:
     if not rows:
         return []
-    if liveness is None:
-        expired = clock.now - store.settings.ttl
-        return [Liveness.GONE if row.last_seen < expired else Liveness.UNKNOWN for row in rows]
-    answers = await asyncio.gather(*(_bounded_check(liveness, row, clock) for row in rows))
-    too_old = clock.now - store.settings.max_age
+    lease = store.lease
+    if service.check is None:
+        return [Liveness.UNKNOWN if lease.is_live(row.last_seen, clock.now) else Liveness.GONE for row in rows]
+    if service.unreachable:
+        answers = [Liveness.UNKNOWN] * len(rows)  # nobody can be judged: kept, unless too old
+    else:
+        answers = list(await asyncio.gather(*(_bounded_check(service.check, row, clock) for row in rows)))
+    if service.reconciling:
+        # A connection the listing lacked but a HEAD finds: the listing lagged. Kept as it is, no write.
+        answers = [Liveness.UNKNOWN if answer is Liveness.ALIVE else answer for answer in answers]
+    too_old = clock.now - lease.max_age
     return [
         Liveness.GONE if answer is Liveness.UNKNOWN and row.last_seen < too_old else answer
         for row, answer in zip(rows, answers, strict=True)
     ]
+
+
+def _latest_per_row(
+    entries: list[IndexEntry], seen: dict[str, IndexEntry]
+) -> tuple[list[IndexEntry], list[IndexEntry]]:
+    """Split a page into the latest entry of each row and the older ones, which may go unread (expiry E2)."""
+    superseded: list[IndexEntry] = []
+    for entry in entries:
+        earlier = seen.get(entry.key)
+        if earlier is not None and earlier.bucket < entry.bucket:
+            superseded.append(earlier)
+        if earlier is None or earlier.bucket < entry.bucket:
+            seen[entry.key] = entry
+    dropped = {id(entry) for entry in superseded}
+    return [entry for entry in entries if id(entry) not in dropped], superseded
 
 
 async def _bounded_check(liveness: LivenessCheck, row: ConnectionEntity, clock: _Clock) -> Liveness:

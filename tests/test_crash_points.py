@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from fake_service import FakeService
 
 from conftest import Azurite, drop_table, make_settings, presence_rows, table_rows, unique_table_name
 from faultproxy import PASS, Fault, FaultProxy, fault_proxy
@@ -47,17 +48,6 @@ MODES: dict[str, Callable[[], tuple[Fault, Fault]]] = {
 }
 
 
-class Service:
-    """What the SignalR service says about connections: a fake of the LivenessCheck seam."""
-
-    def __init__(self, answers: dict[str, Liveness]) -> None:
-        self.answers = answers
-
-    async def check(self, hub: str, connection_id: str) -> Liveness:
-        """Answer from the table of answers; unknown connections are GONE."""
-        return self.answers.get(connection_id, Liveness.GONE)
-
-
 @dataclass
 class World:
     """One crash case: the stores (direct and through the proxy), the announcements heard, the service."""
@@ -67,7 +57,7 @@ class World:
     proxied: ConnectionStore
     proxy: FaultProxy
     heard: list[PresenceChange] = field(default_factory=list)
-    service: Service | None = None
+    service: FakeService | None = None
 
     def hear(self, *changes: PresenceChange | None) -> None:
         """Record announcements that reached clients."""
@@ -193,7 +183,7 @@ async def world(azurite: Azurite, proxy: FaultProxy, case: Case) -> AsyncIterato
     proxy.plan(then=PASS)
     await store.connections_of("warm-up")
     await proxied.connections_of("warm-up")
-    service = Service(case.service) if case.service is not None else None
+    service = FakeService(case.service) if case.service is not None else None
     try:
         yield World(azurite, store, proxied, proxy, service=service)
     finally:

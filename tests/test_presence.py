@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiohttp import web
+from fake_service import FakeService
 
 from conftest import Azurite, drop_table, index_rows, make_settings, table_rows, unique_table_name
 from faultproxy import Fault, FaultProxy, fault_proxy
@@ -143,16 +144,12 @@ async def test_a_repeated_connected_event_revives_a_lapsed_lease_with_an_announc
 
 async def test_a_sweep_refresh_of_a_lapsed_lease_is_announced(store: ConnectionStore) -> None:
     """A lease that lapsed while the service could not say, then found alive, is announced online again."""
-    answers = iter([Liveness.UNKNOWN, Liveness.ALIVE])
-
-    class Service:
-        async def check(self, hub: str, connection_id: str) -> Liveness:
-            return next(answers)
-
     await store.connect("hal", "h1", now=T0)
-    first = await sweep(store, liveness=Service(), now=T0 + TTL * 1.2)
+    service = FakeService({"h1": Liveness.UNKNOWN})
+    first = await sweep(store, liveness=service, now=T0 + TTL * 1.2)
     assert first.offline_users == ["hal"]  # kept for the next sweep, but no longer live
-    second = await sweep(store, liveness=Service(), now=T0 + TTL * 1.3)
+    service.answers["h1"] = Liveness.ALIVE
+    second = await sweep(store, liveness=service, now=T0 + TTL * 1.3)
     assert [(c.user, c.online) for c in second.presence] == [("hal", True)]
     assert second.presence[0].version > first.presence[0].version
 

@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from fake_service import FakeService
 
 from conftest import Azurite, index_rows, table_rows
-from mapping.liveness import Liveness, SignalRLiveness
+from mapping.liveness import SignalRLiveness
 from mapping.settings import SignalRConnection
 from mapping.store import ConnectionStore
 from mapping.sweep import sweep
@@ -190,20 +191,6 @@ async def test_an_entry_left_by_a_crash_after_the_row_delete_is_dropped_next_tim
     assert await index_rows(azurite, store.settings.table_name) == []
 
 
-class SlowService:
-    """A liveness check that takes `seconds` per connection and then says GONE (a blackholed service, nearly)."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.asked = 0
-
-    async def check(self, hub: str, connection_id: str) -> Liveness:
-        """Answer GONE after a delay."""
-        self.asked += 1
-        await asyncio.sleep(self.seconds)
-        return Liveness.GONE
-
-
 async def test_a_spent_time_budget_stops_the_sweep_and_the_next_run_resumes(store: ConnectionStore) -> None:
     """With no time left the sweep stops before the first page and says so; the next run does the work."""
     stale = ago(TTL.total_seconds() + 120)
@@ -218,7 +205,7 @@ async def test_the_budget_holds_inside_a_page_of_slow_checks(store: ConnectionSt
     """Checks that outlast the budget are cut off inside the page: the sweep ends near its budget, acts on the
     verdicts it has, keeps the rest for the next run, which finishes them."""
     await seed(store, [(f"slow{i}", "c") for i in range(40)], now=NOW)
-    service = SlowService(seconds=0.5)
+    service = FakeService(delay=0.5)
     started = asyncio.get_running_loop().time()
     first = await sweep(store, liveness=service, now=NOW + TTL * 0.6, time_budget=timedelta(seconds=1.5))
     elapsed = asyncio.get_running_loop().time() - started
@@ -227,7 +214,7 @@ async def test_the_budget_holds_inside_a_page_of_slow_checks(store: ConnectionSt
     assert first.kept == 40 - first.deleted
     assert elapsed < 1.5 + 1.0  # the budget, plus the writes of what was decided
     assert len(first.offline_users) == first.deleted
-    second = await sweep(store, liveness=SlowService(seconds=0), now=NOW + TTL * 0.6)
+    second = await sweep(store, liveness=FakeService(), now=NOW + TTL * 0.6)
     assert first.deleted + second.deleted == 40
     assert await table_rows(azurite, store.settings.table_name) == []
 

@@ -1,0 +1,186 @@
+"""Reconciliation with the service: the sweep lists the hub-wide group and judges only what the listing lacks."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from fake_service import FakeService
+
+from conftest import Azurite, drop_table, index_rows, make_settings, table_rows, unique_table_name
+from functions_host import Out, call, invocation
+from mapping.liveness import MAPPED_GROUP, Listing, Liveness
+from mapping.settings import SignalRConnection
+from mapping.store import ConnectionStore
+from mapping.sweep import sweep
+
+TTL = timedelta(seconds=600)
+T0 = datetime(2026, 8, 1, 8, 0, tzinfo=UTC)
+SIGNALR = SignalRConnection(endpoint="http://127.0.0.1:9", access_key="unused-by-the-fake")
+WRITES = frozenset({"POST", "PUT", "PATCH", "MERGE", "DELETE"})
+
+
+class Requests:
+    """Counts the table requests a store makes, by HTTP method."""
+
+    def __init__(self) -> None:
+        self.by_method: Counter[str] = Counter()
+
+    def hook(self, response: Any) -> None:
+        """The SDK's raw response hook."""
+        self.by_method[response.http_request.method] += 1
+
+    @property
+    def total(self) -> int:
+        """Return every request counted."""
+        return sum(self.by_method.values())
+
+    @property
+    def writes(self) -> int:
+        """Return the writes counted (transactions included)."""
+        return sum(count for method, count in self.by_method.items() if method in WRITES)
+
+    def reset(self) -> None:
+        """Start counting again."""
+        self.by_method.clear()
+
+
+@pytest.fixture
+async def reconciled(azurite: Azurite) -> AsyncIterator[tuple[ConnectionStore, Requests]]:
+    """A store whose settings name a SignalR connection (the reconciled lease), counting its table requests."""
+    requests = Requests()
+    settings = make_settings(azurite.connection_string, unique_table_name(), ttl=TTL, signalr=SIGNALR)
+    store = ConnectionStore(settings, client_options={"raw_response_hook": requests.hook})
+    yield store, requests
+    await store.close()
+    await drop_table(azurite, settings.table_name)
+
+
+async def test_quiet_connections_cost_no_write_and_are_never_offline(
+    reconciled: tuple[ConnectionStore, Requests],
+) -> None:
+    """Listed quiet connections, sweeps starting up to 10% late, one failed listing in a row: nobody is reported
+    offline, the table is never written, and each sweep reads the index in pages, nothing per connection."""
+    store, requests = reconciled
+    names = [f"q{index}" for index in range(40)]
+    for name in names:
+        await store.connect(name, f"{name}-tab", now=T0)
+    service = FakeService(listed=[f"{name}-tab" for name in names], listing=Listing.LISTED, default=Liveness.GONE)
+    rng = random.Random(12)
+    moment = T0
+    for run in range(12):
+        moment += timedelta(seconds=300 * (1 + rng.uniform(0, 0.1)))
+        service.listing = Listing.UNAVAILABLE if run == 5 else Listing.LISTED
+        requests.reset()
+        result = await sweep(store, liveness=service, now=moment)
+        assert (result.deleted, result.presence) == (0, []), run
+        assert requests.writes == 0, (run, requests.by_method)
+        assert requests.total <= 2, (run, requests.by_method)  # one index page (and its continuation, if any)
+        online = (await store.online_users(limit=1000, now=moment)).users
+        assert sorted(user.user for user in online) == sorted(names)
+    assert service.asked == []  # every connection was listed: no HEAD
+
+
+async def test_a_lost_disconnect_is_removed_within_two_sweeps(reconciled: tuple[ConnectionStore, Requests]) -> None:
+    """A connection the listing lacks and the service answers 404 for is deleted and its user announced offline;
+    the cost is the listing, one HEAD, and a few table requests for the stale row."""
+    store, requests = reconciled
+    for index in range(30):
+        await store.connect(f"live{index}", "tab", now=T0)
+    await store.connect("gone", "lost-tab", now=T0)
+    service = FakeService(listed=["tab"], listing=Listing.LISTED)  # all 30 live tabs share the id "tab"
+    offline: list[str] = []
+    moment = T0
+    for _ in range(2):
+        moment += timedelta(minutes=5)
+        requests.reset()
+        result = await sweep(store, liveness=service, now=moment)
+        offline += result.offline_users
+        if result.deleted:
+            assert requests.total <= 1 + 4 + 1, requests.by_method  # index page, the stale user, entry drop
+            assert result.signalr_requests <= 1 + 2
+    assert offline == ["gone"]
+    assert await store.connections_of("gone", now=moment) == []
+    assert service.asked == ["lost-tab"]
+
+
+async def test_a_connection_the_listing_lags_is_kept_without_a_write(
+    reconciled: tuple[ConnectionStore, Requests],
+) -> None:
+    """A new connection missing from a listing (the listing lags) but alive for HEAD is kept, and not written."""
+    store, requests = reconciled
+    await store.connect("new", "fresh", now=T0)
+    service = FakeService({"fresh": Liveness.ALIVE}, listed=[], listing=Listing.LISTED)
+    requests.reset()
+    result = await sweep(store, liveness=service, now=T0 + TTL * 0.6)
+    assert (result.deleted, result.refreshed, result.kept, result.presence) == (0, 0, 1, [])
+    assert requests.writes == 0
+    service.listed = {"fresh"}
+    again = await sweep(store, liveness=service, now=T0 + TTL * 1.2)
+    assert (again.listed, again.deleted) == (1, 0)
+    assert service.asked == ["fresh"]
+
+
+async def test_an_older_service_gets_head_checks(reconciled: tuple[ConnectionStore, Requests]) -> None:
+    """When the listing answers 404, 400 or 501, the sweep asks about each due connection (refresh on 200)."""
+    store, _ = reconciled
+    await store.connect("ole", "alive", now=T0)
+    await store.connect("ole", "dead", now=T0)
+    service = FakeService({"alive": Liveness.ALIVE, "dead": Liveness.GONE}, listing=Listing.UNSUPPORTED)
+    result = await sweep(store, liveness=service, now=T0 + TTL * 0.6)
+    assert (result.listing, result.refreshed, result.deleted) == ("unsupported", 1, 1)
+    assert sorted(service.asked) == ["alive", "dead"]
+    assert [c.connection_id for c in await store.connections_of("ole", now=T0 + TTL)] == ["alive"]
+
+
+async def test_an_unreachable_service_keeps_rows_until_the_max_age(
+    reconciled: tuple[ConnectionStore, Requests],
+) -> None:
+    """With the listing failing, no row is judged: rows stay live until MAPPING_MAX_AGE_SECONDS, then go."""
+    store, _ = reconciled
+    await store.connect("una", "u1", now=T0)
+    service = FakeService(listing=Listing.UNAVAILABLE)
+    kept = await sweep(store, liveness=service, now=T0 + TTL * 3)
+    assert (kept.deleted, kept.kept, kept.presence) == (0, 1, [])
+    assert service.asked == []
+    assert await store.connections_of("una", now=T0 + TTL * 3) != []
+    late = T0 + store.settings.max_age + timedelta(minutes=1)
+    gone = await sweep(store, liveness=service, now=late)
+    assert (gone.deleted, gone.offline_users) == (1, ["una"])
+
+
+async def test_older_entries_of_a_listed_chatty_connection_are_dropped_unread(
+    reconciled: tuple[ConnectionStore, Requests], azurite: Azurite
+) -> None:
+    """A talking connection leaves an entry per refresh; the sweep keeps the latest and drops the rest unread."""
+    store, requests = reconciled
+    await store.connect("chat", "c1", now=T0)
+    for step in range(1, 4):
+        assert (await store.touch("chat", "c1", now=T0 + TTL * 0.3 * step)).found
+    table = store.settings.table_name
+    assert len(await index_rows(azurite, table)) == 4
+    service = FakeService(listed=["c1"], listing=Listing.LISTED)
+    requests.reset()
+    result = await sweep(store, liveness=service, now=T0 + TTL * 2)
+    assert (result.entries_dropped, result.listed, result.users_read) == (3, 1, 0)
+    assert len(await index_rows(azurite, table)) == 1
+    assert [row["RowKey"] for row in await table_rows(azurite, table)] == ["c1"]
+
+
+async def test_connected_joins_the_hub_wide_group_when_signalr_is_configured(
+    app_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a SignalR connection configured, the connected function also outputs the group action (no table
+    request), before its presence message."""
+    from mapping.store import reset_default_store
+
+    monkeypatch.setenv("AzureSignalRConnectionString", "Endpoint=http://127.0.0.1;Port=9;AccessKey=k;Version=1.0;")
+    await reset_default_store()
+    out = Out()
+    await call("connected", invocation=invocation("connected", user_id="gia", connection_id="g1"), signalr=out)
+    assert out.messages[0] == {"action": "add", "groupName": MAPPED_GROUP, "connectionId": "g1"}
+    assert out.messages[1]["target"] == "presence"
