@@ -64,17 +64,6 @@ class SweepResult:
     failed_users: int = 0
     presence: list[PresenceChange] = field(default_factory=list)
     complete: bool = True
-    _positions: dict[str, int] = field(default_factory=dict, repr=False)
-
-    def announce(self, change: PresenceChange) -> None:
-        """Add a presence message; a user met twice in one sweep (across pages) is announced once, newest."""
-        key = user_key(change.user)
-        position = self._positions.get(key)
-        if position is None:
-            self._positions[key] = len(self.presence)
-            self.presence.append(change)
-        elif change.version > self.presence[position].version:
-            self.presence[position] = change
 
     @property
     def offline_users(self) -> list[str]:
@@ -95,9 +84,21 @@ class _Clock:
     cutoff: datetime
     deadline: float
     checks_deadline: float
+    seen: dict[str, IndexEntry] = field(default_factory=dict)  # the latest entry read per row (reconciling)
+    announced: dict[str, int] = field(default_factory=dict)  # user key -> position in result.presence
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
+
+    def announce(self, result: SweepResult, change: PresenceChange) -> None:
+        """Add a presence message; a user met twice in one sweep (across pages) is announced once, newest."""
+        key = user_key(change.user)
+        position = self.announced.get(key)
+        if position is None:
+            self.announced[key] = len(result.presence)
+            result.presence.append(change)
+        elif change.version > result.presence[position].version:
+            result.presence[position] = change
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,14 +137,13 @@ async def sweep(
     )
     result = SweepResult()
     service = await _ask_service(store, liveness, clock=clock, result=result)
-    seen: dict[str, IndexEntry] = {}
     try:
         async for entries in store.index.pages(before=clock.cutoff):
             if clock.left() <= 0:
                 result.complete = False
                 break
             result.entries_read += len(entries)
-            await _sweep_page(store, entries, service=service, seen=seen, clock=clock, result=result)
+            await _sweep_page(store, entries, service=service, clock=clock, result=result)
     except StorageError:
         if not result.presence:
             raise  # nothing decided yet: fail visibly; the next run starts over
@@ -183,13 +183,12 @@ async def _sweep_page(
     entries: list[IndexEntry],
     *,
     service: _Service,
-    seen: dict[str, IndexEntry],
     clock: _Clock,
     result: SweepResult,
 ) -> None:
     superseded: list[IndexEntry] = []
     if service.reconciling:
-        entries, superseded = _latest_per_row(entries, seen)
+        entries, superseded = _latest_per_row(entries, clock.seen)
         listed = [entry for entry in entries if entry.connection_key in service.listed]
         result.listed += len(listed)
         entries = [entry for entry in entries if entry.connection_key not in service.listed]
@@ -277,7 +276,7 @@ async def _sweep_user(
         maybe_lost = any(entry.announces_online for entry in spent) or (row_gone and not settled.online)
         announce = settled.recorded.announced_as(_user_name(view, user_key)) if maybe_lost else None
     if announce is not None:
-        result.announce(announce)
+        clock.announce(result, announce)
     return spent
 
 
