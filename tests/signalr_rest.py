@@ -1,4 +1,7 @@
-"""A loopback stand-in for the SignalR Service REST API's connection-existence check (HEAD, 2022-06-01)."""
+"""A loopback stand-in for two SignalR Service REST calls: the connection-existence check (HEAD, 2022-06-01)
+and the listing of a group's connections (GET, 2024-12-01, pages of at most 200 with a continuation token
+and a `nextLink`). For tests and benchmarks that need thousands of connections, which the emulator holds
+only as real WebSockets."""
 
 from __future__ import annotations
 
@@ -26,6 +29,14 @@ class SignalRRest:
     retry_after: str = "0"
     requests: list[str] = field(default_factory=list)
     rejected_tokens: int = 0
+    groups: dict[str, set[str]] = field(default_factory=dict)  # group -> connection ids the listing returns
+    listing_status: int = 200  # e.g. 404: a service without the 2024-12-01 listing
+    listings: int = 0  # listing requests answered (pages)
+
+    @property
+    def calls(self) -> int:
+        """Return every REST call answered: checks and listing pages."""
+        return len(self.requests) + self.listings
 
     @property
     def connection_string(self) -> str:
@@ -73,8 +84,29 @@ async def signalr_rest() -> AsyncIterator[SignalRRest]:
         headers = {"Retry-After": state.retry_after} if status == 429 else None
         return web.Response(status=status, headers=headers)
 
+    async def list_group(request: web.Request) -> web.Response:
+        audience = f"{state.endpoint}{request.rel_url.raw_path}"
+        if request.query.get("api-version") != "2024-12-01" or not _valid_token(
+            request.headers.get("Authorization", ""), audience
+        ):
+            state.rejected_tokens += 1
+            return web.Response(status=401)
+        state.listings += 1
+        if state.listing_status != 200:
+            return web.Response(status=state.listing_status)
+        size = min(int(request.query.get("maxpagesize", "200")), 200)
+        after = request.query.get("continuationToken", "")
+        members = sorted(member for member in state.groups.get(request.match_info["group"], set()) if member > after)
+        page = members[:size]
+        body: dict[str, object] = {"value": [{"connectionId": member, "userId": None} for member in page]}
+        if len(members) > size:
+            query = {"api-version": "2024-12-01", "maxpagesize": str(size), "continuationToken": page[-1]}
+            body["nextLink"] = str(request.rel_url.with_query(query))
+        return web.json_response(body)
+
     app = web.Application()
     app.router.add_route("HEAD", "/api/hubs/{hub}/connections/{connection}", head_connection)
+    app.router.add_get("/api/hubs/{hub}/groups/{group}/connections", list_group)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -13,10 +14,11 @@ from fake_service import FakeService
 
 from conftest import Azurite, drop_table, index_rows, make_settings, table_rows, unique_table_name
 from functions_host import Out, call, invocation
-from mapping.liveness import MAPPED_GROUP, Listing, Liveness
+from mapping.liveness import MAPPED_GROUP, Listing, Liveness, SignalRLiveness
 from mapping.settings import SignalRConnection
 from mapping.store import ConnectionStore
 from mapping.sweep import sweep
+from signalr_rest import ACCESS_KEY, SignalRRest, signalr_rest
 
 TTL = timedelta(seconds=600)
 T0 = datetime(2026, 8, 1, 8, 0, tzinfo=UTC)
@@ -184,3 +186,82 @@ async def test_connected_joins_the_hub_wide_group_when_signalr_is_configured(
     await call("connected", invocation=invocation("connected", user_id="gia", connection_id="g1"), signalr=out)
     assert out.messages[0] == {"action": "add", "groupName": MAPPED_GROUP, "connectionId": "g1"}
     assert out.messages[1]["target"] == "presence"
+
+
+@pytest.fixture
+async def rest() -> AsyncIterator[tuple[SignalRRest, SignalRLiveness]]:
+    """The loopback REST stand-in and a real liveness client pointed at it."""
+    async with signalr_rest() as service:
+        client = SignalRLiveness(SignalRConnection(endpoint=service.endpoint, access_key=ACCESS_KEY))
+        yield service, client
+        await client.close()
+
+
+async def test_the_listing_follows_pages_and_next_links(rest: tuple[SignalRRest, SignalRLiveness]) -> None:
+    """450 members come back in three pages of at most 200, each signed for its own URL."""
+    service, client = rest
+    service.groups[MAPPED_GROUP] = {f"c{index:03d}" for index in range(450)}
+    members = await client.members("chat", MAPPED_GROUP, deadline=time.monotonic() + 30)
+    assert members.listing is Listing.LISTED
+    assert members.connection_ids == service.groups[MAPPED_GROUP]
+    assert (members.requests, service.listings, service.rejected_tokens) == (3, 3, 0)
+
+
+@pytest.mark.parametrize(
+    ("status", "listing"),
+    [
+        (404, Listing.UNSUPPORTED),
+        (400, Listing.UNSUPPORTED),
+        (501, Listing.UNSUPPORTED),
+        (500, Listing.UNAVAILABLE),
+        (403, Listing.UNAVAILABLE),
+    ],
+)
+async def test_a_service_that_cannot_list_says_why(
+    rest: tuple[SignalRRest, SignalRLiveness], status: int, listing: Listing
+) -> None:
+    """An older service (404, 400, 501) means per-connection checks; any other failure means nobody is judged."""
+    service, client = rest
+    service.listing_status = status
+    assert (await client.members("chat", MAPPED_GROUP, deadline=time.monotonic() + 30)).listing is listing
+
+
+async def test_an_unreachable_service_cannot_list() -> None:
+    """Nothing listening: the listing is unavailable, not empty (an empty listing would delete every row)."""
+    from conftest import free_port
+
+    client = SignalRLiveness(
+        SignalRConnection(endpoint=f"http://127.0.0.1:{free_port()}", access_key=ACCESS_KEY), timeout_seconds=1
+    )
+    try:
+        members = await client.members("chat", MAPPED_GROUP, deadline=time.monotonic() + 30)
+        assert (members.listing, members.connection_ids) == (Listing.UNAVAILABLE, frozenset())
+    finally:
+        await client.close()
+
+
+async def test_a_reconciling_sweep_over_http_asks_only_about_what_the_listing_lacks(
+    azurite: Azurite, rest: tuple[SignalRRest, SignalRLiveness]
+) -> None:
+    """250 quiet listed connections and 3 lost ones: 2 listing pages and 3 HEADs, the 3 rows deleted, no other
+    write."""
+    service, client = rest
+    connection = SignalRConnection(endpoint=service.endpoint, access_key=ACCESS_KEY)
+    requests = Requests()
+    settings = make_settings(azurite.connection_string, unique_table_name(), ttl=TTL, signalr=connection)
+    store = ConnectionStore(settings, client_options={"raw_response_hook": requests.hook})
+    try:
+        for index in range(250):
+            await store.connect(f"u{index % 25}", f"live{index:03d}", now=T0)
+        for index in range(3):
+            await store.connect(f"lost{index}", f"gone{index}", now=T0)
+        service.groups[MAPPED_GROUP] = {f"live{index:03d}" for index in range(250)}
+        requests.reset()
+        result = await sweep(store, liveness=client, now=T0 + TTL * 0.6)
+        assert (result.listing, result.listed, result.deleted) == ("listed", 250, 3)
+        assert sorted(result.offline_users) == ["lost0", "lost1", "lost2"]
+        assert (service.listings, sorted(service.requests)) == (2, ["gone0", "gone1", "gone2"])
+        assert requests.writes <= 3 + 1  # one transaction per stale user, one batch of entry drops
+    finally:
+        await store.close()
+        await drop_table(azurite, settings.table_name)
