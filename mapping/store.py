@@ -163,15 +163,17 @@ class ConnectionStore:
             return DisconnectOutcome(name, removed=await self._delete_reporting(partition, row))
         moment = as_utc(now) if now else utc_now()
         writer = uuid.uuid4().hex
-        pending = False  # an attempt that would have recorded a change may have committed (P4)
+        attempts = _Attempts()
         tried = False
         for _attempt in range(_ATTEMPTS):
             view = await self.read_user(partition)
+            attempts.read(view)
             if view.presence.writer == writer:
                 return DisconnectOutcome(name, removed=True, presence=view.presence.announced_as(name))
             if row not in view.rows:
                 # Gone: a repeated event, or our own delete that committed and was answered with an error.
-                return DisconnectOutcome(name, removed=tried, presence=_repeat(view, name) if pending else None)
+                repeat = _repeat(view, name) if attempts.pending else None
+                return DisconnectOutcome(name, removed=tried, presence=repeat)
             online = view.online(self.lease, now=moment, without=row)
             version = decide(view.presence, online=online, now=moment)
             operations = [
@@ -180,13 +182,13 @@ class ConnectionStore:
             ]
             tried = True
             try:
-                await self._transact(operations, action="disconnect")
+                await self._transact(operations, action="disconnect", singly=attempts.singly)
             except ConflictError:
-                pending = pending or version is not None
-                await _back_off(_attempt)
+                await attempts.failed(view, _attempt, deciding=version is not None)
                 continue
             change = PresenceChange(name, online, version) if version is not None else None
-            return DisconnectOutcome(name, removed=True, presence=change or (_repeat(view, name) if pending else None))
+            repeat = _repeat(view, name) if attempts.pending else None
+            return DisconnectOutcome(name, removed=True, presence=change or repeat)
         raise StorageError("disconnect: the user's connections kept changing; try again")
 
     async def touch(self, user_name: str, connection_id: str, *, now: datetime | None = None) -> TouchOutcome:
@@ -267,9 +269,10 @@ class ConnectionStore:
         A conflict reads the user again and applies what still holds (P2, P4).
         """
         writer = uuid.uuid4().hex
-        pending = False
+        attempts = _Attempts()
         deciding = self.settings.presence_events
         for _attempt in range(_ATTEMPTS):
+            attempts.read(view)
             if view.presence.writer == writer:
                 return Settled(
                     online=bool(view.presence.online), recorded=view.presence, change=_repeat(view, user_name)
@@ -289,15 +292,22 @@ class ConnectionStore:
             version = decide(view.presence, online=online, now=now) if deciding else None
             try:
                 await self._apply(
-                    view, doomed, renewed, name=user_name, online=online, version=version, writer=writer, now=now
+                    view,
+                    doomed,
+                    renewed,
+                    name=user_name,
+                    online=online,
+                    version=version,
+                    writer=writer,
+                    now=now,
+                    singly=attempts.singly,
                 )
             except ConflictError:
-                pending = pending or version is not None
-                await _back_off(_attempt)
+                await attempts.failed(view, _attempt, deciding=version is not None)
                 view = await self.read_user(view.partition)
                 continue
             change = PresenceChange(user_name, online, version) if version is not None else None
-            if change is None and pending:
+            if change is None and attempts.pending:
                 change = _repeat(view, user_name)
             return Settled(len(doomed), len(renewed), change, online, view.presence)
         raise StorageError("sweep: the user's connections kept changing; left for the next run")
@@ -315,15 +325,16 @@ class ConnectionStore:
     async def _connect_deciding(self, entity: ConnectionEntity) -> ConnectOutcome:
         partition, row, name, moment = entity.partition_key, entity.row_key, entity.user_name, entity.last_seen
         writer = uuid.uuid4().hex
-        pending = False  # an attempt that would have recorded a change may have committed (P4)
+        attempts = _Attempts()
         indexed: bool | None = None  # the entry written so far: none, plain, or announcing online (E5)
         for _attempt in range(_ATTEMPTS):
             view = await self.read_user(partition)
+            attempts.read(view)
             if view.presence.writer == writer:
                 return ConnectOutcome(view.rows.get(row, entity), view.presence.announced_as(name))
             existing = view.rows.get(row)
             if existing is None:
-                pending = False  # our row is not there: no attempt of ours committed
+                attempts.pending = False  # our row is not there: no attempt of ours committed
             version = decide(view.presence, online=True, now=moment)
             if indexed is None or (version is not None and not indexed):
                 await self.index.write(partition, row, moment, announces_online=version is not None)
@@ -338,28 +349,28 @@ class ConnectionStore:
                 presence_write(partition, view.presence, writer=writer, user_name=name, online=True, version=version),
             ]
             try:
-                await self._transact(operations, action="connect")
+                await self._transact(operations, action="connect", singly=attempts.singly)
             except ConflictError:
-                pending = pending or version is not None
-                await _back_off(_attempt)
+                await attempts.failed(view, _attempt, deciding=version is not None)
                 continue
             change = PresenceChange(name, True, version) if version is not None else None
-            return ConnectOutcome(stored, change or (_repeat(view, name) if pending else None))
+            return ConnectOutcome(stored, change or (_repeat(view, name) if attempts.pending else None))
         raise StorageError("connect: the user's connections kept changing; try again")
 
     async def _refresh_deciding(self, partition: str, row: str, name: str, moment: datetime) -> TouchOutcome:
         writer = uuid.uuid4().hex
-        pending = False
+        attempts = _Attempts()
         indexed: bool | None = None
         for _attempt in range(_ATTEMPTS):
             view = await self.read_user(partition)
+            attempts.read(view)
             if view.presence.writer == writer:
                 self._remember_refresh(partition, row, moment)
                 return TouchOutcome(True, view.presence.announced_as(name))
             existing = view.rows.get(row)
             if existing is None:
                 self._refreshed.pop((partition, row), None)
-                return TouchOutcome(False, _repeat(view, name) if pending else None)
+                return TouchOutcome(False, _repeat(view, name) if attempts.pending else None)
             version = decide(view.presence, online=True, now=moment)
             if indexed is None or (version is not None and not indexed):
                 await self.index.write(partition, row, moment, announces_online=version is not None)
@@ -375,14 +386,13 @@ class ConnectionStore:
                 presence_write(partition, view.presence, writer=writer, user_name=name, online=True, version=version),
             ]
             try:
-                await self._transact(operations, action="refresh a connection")
+                await self._transact(operations, action="refresh a connection", singly=attempts.singly)
             except ConflictError:
-                pending = pending or version is not None
-                await _back_off(_attempt)
+                await attempts.failed(view, _attempt, deciding=version is not None)
                 continue
             self._remember_refresh(partition, row, moment)
             change = PresenceChange(name, True, version) if version is not None else None
-            return TouchOutcome(True, change or (_repeat(view, name) if pending else None))
+            return TouchOutcome(True, change or (_repeat(view, name) if attempts.pending else None))
         raise StorageError("touch: the user's connections kept changing; try again")
 
     async def _refresh_blindly(self, partition: str, row: str, moment: datetime) -> TouchOutcome:
@@ -408,6 +418,7 @@ class ConnectionStore:
         version: int | None,
         writer: str,
         now: datetime,
+        singly: bool = False,
     ) -> None:
         """Write a sweep's verdicts on one user: index entries first (E1), then the rows with the presence write."""
         partition = view.partition
@@ -434,16 +445,18 @@ class ConnectionStore:
         # A user with more rows than one transaction holds: the presence write goes with the last chunk.
         chunks = [operations[i : i + MAX_BATCH] for i in range(0, len(operations), MAX_BATCH)]
         for chunk in chunks:
-            await self._transact(chunk, action="sweep a user")
+            await self._transact(chunk, action="sweep a user", singly=singly)
 
-    async def _transact(self, operations: Sequence[Operation], *, action: str) -> None:
-        """Run a transaction; when the service refuses its keys (Azurite and U+2028), run it one call at a time."""
-        try:
-            await self.table.transact(operations, action=action)
-        except BatchRejectedError:
-            logger.info("%s: a transaction the service cannot carry; one call at a time", action)
-            for operation in operations:
-                await self.table.write(operation, action=action)
+    async def _transact(self, operations: Sequence[Operation], *, action: str, singly: bool = False) -> None:
+        """Run a transaction, or one call at a time when the service refuses this partition's transactions."""
+        if not singly:
+            try:
+                await self.table.transact(operations, action=action)
+                return
+            except BatchRejectedError:
+                logger.info("%s: a transaction the service cannot carry; one call at a time", action)
+        for operation in operations:
+            await self.table.write(operation, action=action)
 
     async def _create_or_refresh(self, entity: ConnectionEntity) -> None:
         # Presence off. A repeated connected event keeps the first ConnectedAt.
@@ -476,6 +489,35 @@ class ConnectionStore:
 
     def _cutoff(self, now: datetime | None) -> datetime:
         return self.lease.live_after(as_utc(now) if now else utc_now())
+
+
+class _Attempts:
+    """The memory of one read-decide-write loop (P4): whether a failed attempt may have recorded a change, and
+    whether the service refuses this partition's transactions (a conflict although nothing had changed)."""
+
+    def __init__(self) -> None:
+        self.pending = False
+        self.singly = False
+        self._failed: UserView | None = None
+
+    def read(self, view: UserView) -> None:
+        """Note a fresh read; identical to the one a failed transaction was built on: the refusal was not a race."""
+        if self._failed is not None and _same(self._failed, view):
+            # Azurite answers 404 (or 400) to a transaction whose keys it cannot parse (U+2028, U+00AD, ...).
+            logger.info("a transaction was refused with nothing changed: one call at a time for this user")
+            self.singly = True
+
+    async def failed(self, view: UserView, attempt: int, *, deciding: bool) -> None:
+        """Note a transaction that met a conflict, and wait a little before reading again."""
+        self.pending = self.pending or deciding
+        self._failed = view
+        await _back_off(attempt)
+
+
+def _same(first: UserView, second: UserView) -> bool:
+    return first.presence.etag == second.presence.etag and {k: r.etag for k, r in first.rows.items()} == {
+        k: r.etag for k, r in second.rows.items()
+    }
 
 
 async def _back_off(attempt: int) -> None:

@@ -48,7 +48,8 @@ class SignalRRest:
         """Return the next status for a connection id."""
         statuses = self.answers.get(connection_id)
         if not statuses:
-            return self.default_status
+            in_a_group = any(connection_id in members for members in self.groups.values())
+            return 200 if in_a_group else self.default_status
         return statuses.pop(0) if len(statuses) > 1 else statuses[0]
 
 

@@ -1,0 +1,262 @@
+"""Benchmark: one sweep over N quiet live connections and 100 lost disconnects, with a SignalR connection.
+
+Every connection is past half its lease (quiet: no message since), the case a sweep with a SignalR
+connection meets most. Two designs, in one run on one table:
+
+- **group listing** (the app): the sweep lists the hub-wide group (pages of 200) and asks only about
+  the connections the listing lacks;
+- **HEAD checks** (the baseline, the app's fallback for services without the 2024-12-01 listing): one
+  `HEAD` per due connection, and a refresh (index entry and row) for each one alive.
+
+SignalR is a loopback stand-in honouring the documented REST contract (`tests/signalr_rest.py`): the
+emulator holds connections only as real WebSockets, and 50,000 of them are not what this measures. The
+figures are counts on the wire (SignalR requests, table requests and writes) and the wall time.
+Goal per sweep (listing): SignalR requests <= N/200 + 2 x stale + 10; table requests <= N/200 + 4 x stale
++ 20; table writes only for the stale rows.
+
+Usage: python -m bench.reconcile_scale [--sizes 1000 10000 50000] [--stale 100] [--out bench/results/reconcile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from azurite import running_azurite  # noqa: E402
+from conftest import make_settings, unique_table_name  # noqa: E402
+from mapping.liveness import MAPPED_GROUP, SignalRLiveness  # noqa: E402
+from mapping.settings import SignalRConnection  # noqa: E402
+from mapping.store import ConnectionStore  # noqa: E402
+from mapping.sweep import sweep  # noqa: E402
+from signalr_rest import ACCESS_KEY, SignalRRest, signalr_rest  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+TTL = timedelta(seconds=600)
+CONNECTIONS_PER_USER = 20
+WRITES = frozenset({"POST", "PUT", "PATCH", "MERGE", "DELETE"})
+DESIGNS = ("group listing", "HEAD checks")
+
+
+@dataclass
+class Measurement:
+    """One sweep of one design at one size."""
+
+    live: int
+    stale: int
+    design: str
+    signalr_requests: int
+    table_requests: int
+    table_writes: int
+    deleted: int
+    offline_announced: int
+    seconds: float
+    complete: bool
+
+    @property
+    def signalr_goal(self) -> float:
+        """Return the issue's bound on SignalR requests for this size."""
+        return self.live / 200 + 2 * self.stale + 10
+
+    @property
+    def table_goal(self) -> float:
+        """Return the issue's bound on table requests for this size."""
+        return self.live / 200 + 4 * self.stale + 20
+
+
+class Requests:
+    """Counts table requests and writes through the SDK's raw response hook."""
+
+    def __init__(self) -> None:
+        self.by_method: Counter[str] = Counter()
+
+    def hook(self, response: Any) -> None:
+        """Count one request."""
+        self.by_method[response.http_request.method] += 1
+
+    def reset(self) -> None:
+        """Start counting from zero."""
+        self.by_method.clear()
+
+    @property
+    def total(self) -> int:
+        """Return all requests counted."""
+        return sum(self.by_method.values())
+
+    @property
+    def writes(self) -> int:
+        """Return the writes counted."""
+        return sum(count for method, count in self.by_method.items() if method in WRITES)
+
+
+async def seed(store: ConnectionStore, ids: list[tuple[str, str]], *, now: datetime) -> None:
+    """Connect (user, connection) pairs, users concurrently and each user's tabs in order."""
+    by_user: dict[str, list[str]] = {}
+    for user, connection in ids:
+        by_user.setdefault(user, []).append(connection)
+    slots = asyncio.Semaphore(48)
+
+    async def open_tabs(user: str, tabs: list[str]) -> None:
+        async with slots:
+            for tab in tabs:
+                await store.connect(user, tab, now=now)
+
+    await asyncio.gather(*(open_tabs(user, tabs) for user, tabs in by_user.items()))
+
+
+async def measure(sizes: list[int], stale: int, *, budget: timedelta) -> list[Measurement]:
+    """Grow one table through `sizes` quiet connections; at each size sweep it with both designs."""
+    results: list[Measurement] = []
+    with running_azurite() as azurite:
+        async with signalr_rest() as service:
+            requests = Requests()
+            connection = SignalRConnection(endpoint=service.endpoint, access_key=ACCESS_KEY)
+            settings = make_settings(
+                azurite.connection_string, unique_table_name(), ttl=TTL, signalr=connection, presence_events=True
+            )
+            store = ConnectionStore(settings, client_options={"raw_response_hook": requests.hook})
+            checker = SignalRLiveness(connection)
+            live = 0
+            moment = datetime.now(UTC)
+            try:
+                for size in sizes:
+                    fresh = [(f"user{i // CONNECTIONS_PER_USER:06d}", f"live{i:07d}") for i in range(live, size)]
+                    await seed(store, fresh, now=moment)
+                    service.groups.setdefault(MAPPED_GROUP, set()).update(connection for _, connection in fresh)
+                    live = size
+                    for design in DESIGNS:
+                        lost = [(f"lost{size}-{design[0]}{i}", f"lost{size}-{design[0]}{i}") for i in range(stale)]
+                        await seed(store, lost, now=moment)  # their disconnects never arrived: not in the group
+                        moment += TTL * 0.6  # every connection is now past half its lease
+                        service.listing_status = 200 if design == "group listing" else 404
+                        results.append(
+                            await _one_sweep(store, checker, service, requests, design, size, stale, moment, budget)
+                        )
+                        logger.info("%s", results[-1])
+            finally:
+                await checker.close()
+                await store.close()
+    return results
+
+
+async def _one_sweep(
+    store: ConnectionStore,
+    checker: SignalRLiveness,
+    service: SignalRRest,
+    requests: Requests,
+    design: str,
+    size: int,
+    stale: int,
+    moment: datetime,
+    budget: timedelta,
+) -> Measurement:
+    requests.reset()
+    service.requests.clear()
+    service.listings = 0
+    started = time.perf_counter()
+    result = await sweep(store, liveness=checker, now=moment, time_budget=budget)
+    seconds = time.perf_counter() - started
+    return Measurement(
+        live=size,
+        stale=stale,
+        design=design,
+        signalr_requests=service.calls,
+        table_requests=requests.total,
+        table_writes=requests.writes,
+        deleted=result.deleted,
+        offline_announced=len(result.offline_users),
+        seconds=seconds,
+        complete=result.complete,
+    )
+
+
+def write_report(results: list[Measurement], out: Path) -> None:
+    """Write the measurements as JSON, a markdown table and a PNG plot."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "reconcile.json").write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+    lines = [
+        "# One sweep with a SignalR connection: group listing vs. HEAD checks",
+        "",
+        "Azurite (in memory) and a loopback SignalR REST stand-in; N quiet live connections, all past half",
+        f"their lease, plus {results[0].stale} lost disconnects (rows whose connection the service no longer has).",
+        "Counts on the wire per sweep. Goals (listing): SignalR requests <= N/200 + 2 x stale + 10; table requests",
+        "<= N/200 + 4 x stale + 20; table writes only for stale rows.",
+        "",
+        "| N | design | SignalR requests (goal) | table requests (goal) | table writes | rows deleted |"
+        " offline announced | wall time (s) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.live:,} | {r.design} | {r.signalr_requests:,} (<= {r.signalr_goal:,.0f}) | {r.table_requests:,}"
+            f" (<= {r.table_goal:,.0f}) | {r.table_writes:,} | {r.deleted} | {r.offline_announced} | {r.seconds:.2f}"
+            f"{'' if r.complete else ' (incomplete)'} |"
+        )
+    lines += ["", "![reconciliation cost](reconcile.png)", ""]
+    (out / "reconcile.md").write_text("\n".join(lines))
+    plot(results, out / "reconcile.png")
+
+
+def plot(results: list[Measurement], path: Path) -> None:
+    """Plot SignalR requests, table requests and wall time per sweep against N, one line per design."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(13, 4))
+    for design in DESIGNS:
+        rows = [r for r in results if r.design == design]
+        sizes = [r.live for r in rows]
+        axes[0].plot(sizes, [r.signalr_requests for r in rows], marker="o", label=design)
+        axes[1].plot(sizes, [r.table_requests for r in rows], marker="o", label=design)
+        axes[2].plot(sizes, [r.seconds for r in rows], marker="o", label=design)
+    labels = ("SignalR requests per sweep", "table requests per sweep", "wall time of one sweep (s)")
+    for axis, label in zip(axes, labels, strict=True):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("quiet live connections")
+        axis.set_ylabel(label)
+        axis.legend()
+        axis.grid(alpha=0.3)
+    figure.suptitle(f"A sweep with {results[0].stale} lost disconnects among N quiet connections")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main() -> None:
+    """Run the benchmark from the command line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 50000])
+    parser.add_argument("--stale", type=int, default=100)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "reconcile")
+    parser.add_argument("--budget-seconds", type=float, default=1800, help="the sweep's time budget")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the report from reconcile.json")
+    args = parser.parse_args()
+    if args.report_only:
+        saved = json.loads((args.out / "reconcile.json").read_text())
+        write_report([Measurement(**entry) for entry in saved], args.out)
+        return
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logger.setLevel(logging.INFO)
+    for noisy in ("azure", "mapping"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    results = asyncio.run(measure(sorted(args.sizes), args.stale, budget=timedelta(seconds=args.budget_seconds)))
+    write_report(results, args.out)
+    print((args.out / "reconcile.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
