@@ -1,4 +1,9 @@
-"""The emulator's HTTP surface: client negotiate and WebSocket, the data-plane REST API, and a loopback admin API."""
+"""The emulator's HTTP surface: client negotiate and WebSocket, the data-plane REST API, and a loopback admin API.
+
+REST (JWT, `aud` = the request URL without its query): the 2022-06-01 routes, also under `api-version=2024-12-01`,
+and 2024-12-01's `GET /api/hubs/{hub}/groups/{group}/connections` (`maxpagesize` 1-200, default 200; `top`;
+`continuationToken`) answering `{"value": [{"connectionId", "userId"?}], "nextLink"?}`.
+"""
 
 from __future__ import annotations
 
@@ -15,13 +20,14 @@ from urllib.parse import urlencode
 
 from aiohttp import WSMsgType, web
 
-from signalr_emulator import protocol, tokens
-from signalr_emulator.registry import ClientConnection, PendingConnection, Registry, send_to
+from signalr_emulator import paging, protocol, tokens
+from signalr_emulator.registry import ClientConnection, PendingConnection, Registry, hub_key, send_to
 from signalr_emulator.upstream import CONNECTIONS, MESSAGES, Caller, Upstream
 
 logger = logging.getLogger(__name__)
 
-API_VERSIONS = frozenset({"2022-06-01"})
+API_VERSIONS = frozenset({"2022-06-01", "2024-12-01"})
+LISTING_API_VERSIONS = frozenset({"2024-12-01"})
 MAX_BODY_BYTES = 1024 * 1024
 HUB_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_`,.\[\]]{0,127}$")
 LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
@@ -54,6 +60,7 @@ CONFIG = web.AppKey("config", EmulatorConfig)
 UPSTREAM = web.AppKey("upstream", Upstream)
 FAULTS = web.AppKey("faults", Faults)
 TASKS = web.AppKey("tasks", set[asyncio.Task[None]])
+PAGING_SECRET = web.AppKey("paging_secret", bytes)
 
 
 def create_app(config: EmulatorConfig) -> web.Application:
@@ -64,6 +71,7 @@ def create_app(config: EmulatorConfig) -> web.Application:
     app[UPSTREAM] = Upstream(config.upstream_url, config.keys, timeout=config.upstream_timeout)
     app[FAULTS] = Faults()
     app[TASKS] = set()
+    app[PAGING_SECRET] = secrets.token_bytes(32)
     app.router.add_post("/client/negotiate", negotiate)
     app.router.add_get("/client/", client_socket)
     app.router.add_get("/client", client_socket)
@@ -325,14 +333,15 @@ def _add_rest_routes(app: web.Application) -> None:
     router.add_delete(base + "/users/{user}/groups", rest_user_leave_all)
     router.add_post(base + "/groups/{group}/:send", rest_send_group)
     router.add_route("HEAD", base + "/groups/{group}", rest_group_exists)
+    router.add_get(base + "/groups/{group}/connections", rest_list_group, allow_head=False)
     router.add_put(base + "/groups/{group}/connections/{connection}", rest_connection_join)
     router.add_delete(base + "/groups/{group}/connections/{connection}", rest_connection_leave)
 
 
-async def _authorised(request: web.Request) -> str | web.Response:
+async def _authorised(request: web.Request, *, versions: frozenset[str] = API_VERSIONS) -> str | web.Response:
     """Check api-version, hub name and the bearer token; return the hub, or the error response."""
-    if request.query.get("api-version") not in API_VERSIONS:
-        return _error(400, f"api-version must be one of {sorted(API_VERSIONS)}")
+    if request.query.get("api-version") not in versions:
+        return _error(400, f"api-version must be one of {sorted(versions)}")
     hub = request.match_info["hub"]
     if not HUB_NAME.match(hub):
         return _error(400, f"invalid hub name {hub!r}")
@@ -498,6 +507,51 @@ async def rest_user_leave(request: web.Request) -> web.Response:
 async def rest_user_leave_all(request: web.Request) -> web.Response:
     """DELETE /api/hubs/{hub}/users/{user}/groups."""
     return await _membership(request, add=False, every_group=True)
+
+
+async def rest_list_group(request: web.Request) -> web.Response:
+    """GET /api/hubs/{hub}/groups/{group}/connections (2024-12-01): one page of the group's live connections."""
+    hub = await _authorised(request, versions=LISTING_API_VERSIONS)
+    if isinstance(hub, web.Response):
+        return hub
+    group = request.match_info["group"]
+    secret = request.app[PAGING_SECRET]
+    try:
+        after, limit, page_size = _paging_query(request, hub_key(hub), group, secret)
+    except paging.PagingError as error:
+        return _error(400, str(error))
+    members = {c.id: c for c in request.app[REGISTRY].of_group(hub, group)}
+    page = paging.page_of(members, hub=hub_key(hub), group=group, after=after, limit=limit, page_size=page_size)
+    body: dict[str, Any] = {"value": [_member(members[i]) for i in page.ids]}
+    if page.next is not None:
+        body["nextLink"] = _next_link(request, paging.encode(page.next, secret))
+    return web.json_response(body)
+
+
+def _paging_query(request: web.Request, hub: str, group: str, secret: bytes) -> tuple[str | None, int | None, int]:
+    """Read `maxpagesize`, `top` and `continuationToken` (names case-insensitive): (after, limit, page size)."""
+    query = {name.lower(): value for name, value in request.query.items()}
+    page_size = paging.parse_count(query.get("maxpagesize"), "maxpagesize", maximum=paging.MAX_PAGE_SIZE)
+    limit = paging.parse_count(query.get("top"), "top")
+    token = query.get("continuationtoken")
+    if not token:
+        return None, limit, page_size or paging.DEFAULT_PAGE_SIZE
+    # The token carries the first request's page size and what is left of its `top`; explicit parameters win.
+    cursor = paging.decode(token, secret, hub=hub, group=group)
+    return cursor.after, cursor.remaining if limit is None else limit, page_size or cursor.page_size
+
+
+def _member(connection: ClientConnection) -> dict[str, str]:
+    member = {"connectionId": connection.id}
+    if connection.caller.user_id is not None:
+        member["userId"] = connection.caller.user_id
+    return member
+
+
+def _next_link(request: web.Request, token: str) -> str:
+    """Return the absolute URL of the next page: the URL the caller used, with the token and its api-version."""
+    query = urlencode({"continuationToken": token, "api-version": request.query["api-version"]})
+    return f"{request.scheme}://{request.host}{request.rel_url.raw_path}?{query}"
 
 
 # ---- admin (loopback only) and health -----------------------------------------------------------
