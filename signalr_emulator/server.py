@@ -3,6 +3,12 @@
 REST (JWT, `aud` = the request URL without its query): the 2022-06-01 routes, also under `api-version=2024-12-01`,
 and 2024-12-01's `GET /api/hubs/{hub}/groups/{group}/connections` (`maxpagesize` 1-200, default 200; `top`;
 `continuationToken`) answering `{"value": [{"connectionId", "userId"?}], "nextLink"?}`.
+
+Admin (loopback callers only, no token):
+- `POST /admin/drop-next-disconnect[?count=n]`, `GET` the same: skip the next disconnected upstream calls.
+- `GET /admin/connections`: the live connections.
+- `GET /admin/rest-calls`: `{"total": n, "byRoute": {"<METHOD> <route template>": n}}`, every REST call answered
+  (errors included) since the start or the last reset; `DELETE /admin/rest-calls` answers the same and resets it.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import logging
 import re
 import secrets
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -28,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 API_VERSIONS = frozenset({"2022-06-01", "2024-12-01"})
 LISTING_API_VERSIONS = frozenset({"2024-12-01"})
+REST_PREFIX = "/api/hubs/"
 MAX_BODY_BYTES = 1024 * 1024
 HUB_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_`,.\[\]]{0,127}$")
 LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
@@ -55,22 +63,35 @@ class Faults:
     dropped: list[str] = field(default_factory=list)
 
 
+@dataclass
+class RestCalls:
+    """How many REST calls the emulator answered, per method and route template."""
+
+    by_route: Counter[str] = field(default_factory=Counter)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Return the counts as the admin API shows them."""
+        return {"total": sum(self.by_route.values()), "byRoute": dict(sorted(self.by_route.items()))}
+
+
 REGISTRY = web.AppKey("registry", Registry)
 CONFIG = web.AppKey("config", EmulatorConfig)
 UPSTREAM = web.AppKey("upstream", Upstream)
 FAULTS = web.AppKey("faults", Faults)
 TASKS = web.AppKey("tasks", set[asyncio.Task[None]])
+REST_CALLS = web.AppKey("rest_calls", RestCalls)
 PAGING_SECRET = web.AppKey("paging_secret", bytes)
 
 
 def create_app(config: EmulatorConfig) -> web.Application:
     """Build the emulator's aiohttp application."""
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_cors])
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_cors, _count_rest_calls])
     app[CONFIG] = config
     app[REGISTRY] = Registry()
     app[UPSTREAM] = Upstream(config.upstream_url, config.keys, timeout=config.upstream_timeout)
     app[FAULTS] = Faults()
     app[TASKS] = set()
+    app[REST_CALLS] = RestCalls()
     app[PAGING_SECRET] = secrets.token_bytes(32)
     app.router.add_post("/client/negotiate", negotiate)
     app.router.add_get("/client/", client_socket)
@@ -79,6 +100,8 @@ def create_app(config: EmulatorConfig) -> web.Application:
     app.router.add_post("/admin/drop-next-disconnect", drop_next_disconnect)
     app.router.add_get("/admin/drop-next-disconnect", drop_status)
     app.router.add_get("/admin/connections", list_connections)
+    app.router.add_get("/admin/rest-calls", rest_calls)
+    app.router.add_delete("/admin/rest-calls", reset_rest_calls)
     app.router.add_get("/health", health)
     app.on_shutdown.append(_close_connections)
     app.on_cleanup.append(_close_upstream)
@@ -591,6 +614,23 @@ async def list_connections(request: web.Request) -> web.Response:
     return web.json_response({"connections": connections})
 
 
+async def rest_calls(request: web.Request) -> web.Response:
+    """Count the REST calls answered so far, in all and per route (loopback only)."""
+    if request.remote not in LOOPBACK:
+        return _error(403, "the admin API answers loopback callers only")
+    return web.json_response(request.app[REST_CALLS].snapshot())
+
+
+async def reset_rest_calls(request: web.Request) -> web.Response:
+    """Answer the REST call counts and start counting again from zero (loopback only)."""
+    if request.remote not in LOOPBACK:
+        return _error(403, "the admin API answers loopback callers only")
+    calls = request.app[REST_CALLS]
+    snapshot = calls.snapshot()
+    calls.by_route.clear()
+    return web.json_response(snapshot)
+
+
 async def health(_request: web.Request) -> web.Response:
     """Answer 200 while the emulator runs."""
     return web.json_response({"status": "ok"})
@@ -614,6 +654,18 @@ async def _cors(request: web.Request, handler: Any) -> web.StreamResponse:
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Access-Control-Allow-Credentials"] = "true"
         response.headers["Vary"] = "Origin"
+    return response
+
+
+@web.middleware
+async def _count_rest_calls(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Count every answered call to a REST route, by method and route template."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    finally:
+        resource = request.match_info.route.resource
+        if resource is not None and resource.canonical.startswith(REST_PREFIX):
+            request.app[REST_CALLS].by_route[f"{request.method} {resource.canonical}"] += 1
     return response
 
 
