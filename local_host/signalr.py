@@ -145,7 +145,8 @@ def _request_for(hub: str, item: Mapping[str, Any]) -> tuple[str, str, dict[str,
     """Map one output item to its REST call: (method, path, body)."""
     base = f"/api/hubs/{_segment(hub, 'the hub')}"
     fields = {key.lower(): value for key, value in item.items()}
-    if "action" in fields:
+    # As the extension's output converter: an item with a target is a message, else it must be a group action.
+    if "target" not in fields and "action" in fields:
         return _group_action(base, fields)
     target = fields.get("target")
     if not isinstance(target, str) or not target:

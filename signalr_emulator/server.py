@@ -1,4 +1,15 @@
-"""The emulator's HTTP surface: client negotiate and WebSocket, the data-plane REST API, and a loopback admin API."""
+"""The emulator's HTTP surface: client negotiate and WebSocket, the data-plane REST API, and a loopback admin API.
+
+REST (JWT, `aud` = the request URL without its query): the 2022-06-01 routes, also under `api-version=2024-12-01`,
+and 2024-12-01's `GET /api/hubs/{hub}/groups/{group}/connections` (`maxpagesize` 1-200, default 200; `top`;
+`continuationToken`) answering `{"value": [{"connectionId", "userId"?}], "nextLink"?}`.
+
+Admin (loopback callers only, no token):
+- `POST /admin/drop-next-disconnect[?count=n]`, `GET` the same: skip the next disconnected upstream calls.
+- `GET /admin/connections`: the live connections.
+- `GET /admin/rest-calls`: `{"total": n, "byRoute": {"<METHOD> <route template>": n}}`, every REST call answered
+  (errors included) since the start or the last reset; `DELETE /admin/rest-calls` answers the same and resets it.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +20,22 @@ import logging
 import re
 import secrets
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import WSMsgType, web
 
-from signalr_emulator import protocol, tokens
-from signalr_emulator.registry import ClientConnection, PendingConnection, Registry, send_to
+from signalr_emulator import paging, protocol, tokens
+from signalr_emulator.registry import ClientConnection, PendingConnection, Registry, hub_key, send_to
 from signalr_emulator.upstream import CONNECTIONS, MESSAGES, Caller, Upstream
 
 logger = logging.getLogger(__name__)
 
-API_VERSIONS = frozenset({"2022-06-01"})
+API_VERSIONS = frozenset({"2022-06-01", "2024-12-01"})
+LISTING_API_VERSIONS = frozenset({"2024-12-01"})
+REST_PREFIX = "/api/hubs/"
 MAX_BODY_BYTES = 1024 * 1024
 HUB_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_`,.\[\]]{0,127}$")
 LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
@@ -49,21 +63,36 @@ class Faults:
     dropped: list[str] = field(default_factory=list)
 
 
+@dataclass
+class RestCalls:
+    """How many REST calls the emulator answered, per method and route template."""
+
+    by_route: Counter[str] = field(default_factory=Counter)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Return the counts as the admin API shows them."""
+        return {"total": sum(self.by_route.values()), "byRoute": dict(sorted(self.by_route.items()))}
+
+
 REGISTRY = web.AppKey("registry", Registry)
 CONFIG = web.AppKey("config", EmulatorConfig)
 UPSTREAM = web.AppKey("upstream", Upstream)
 FAULTS = web.AppKey("faults", Faults)
 TASKS = web.AppKey("tasks", set[asyncio.Task[None]])
+REST_CALLS = web.AppKey("rest_calls", RestCalls)
+PAGING_SECRET = web.AppKey("paging_secret", bytes)
 
 
 def create_app(config: EmulatorConfig) -> web.Application:
     """Build the emulator's aiohttp application."""
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_cors])
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_cors, _count_rest_calls])
     app[CONFIG] = config
     app[REGISTRY] = Registry()
     app[UPSTREAM] = Upstream(config.upstream_url, config.keys, timeout=config.upstream_timeout)
     app[FAULTS] = Faults()
     app[TASKS] = set()
+    app[REST_CALLS] = RestCalls()
+    app[PAGING_SECRET] = secrets.token_bytes(32)
     app.router.add_post("/client/negotiate", negotiate)
     app.router.add_get("/client/", client_socket)
     app.router.add_get("/client", client_socket)
@@ -71,6 +100,8 @@ def create_app(config: EmulatorConfig) -> web.Application:
     app.router.add_post("/admin/drop-next-disconnect", drop_next_disconnect)
     app.router.add_get("/admin/drop-next-disconnect", drop_status)
     app.router.add_get("/admin/connections", list_connections)
+    app.router.add_get("/admin/rest-calls", rest_calls)
+    app.router.add_delete("/admin/rest-calls", reset_rest_calls)
     app.router.add_get("/health", health)
     app.on_shutdown.append(_close_connections)
     app.on_cleanup.append(_close_upstream)
@@ -325,14 +356,15 @@ def _add_rest_routes(app: web.Application) -> None:
     router.add_delete(base + "/users/{user}/groups", rest_user_leave_all)
     router.add_post(base + "/groups/{group}/:send", rest_send_group)
     router.add_route("HEAD", base + "/groups/{group}", rest_group_exists)
+    router.add_get(base + "/groups/{group}/connections", rest_list_group, allow_head=False)
     router.add_put(base + "/groups/{group}/connections/{connection}", rest_connection_join)
     router.add_delete(base + "/groups/{group}/connections/{connection}", rest_connection_leave)
 
 
-async def _authorised(request: web.Request) -> str | web.Response:
+async def _authorised(request: web.Request, *, versions: frozenset[str] = API_VERSIONS) -> str | web.Response:
     """Check api-version, hub name and the bearer token; return the hub, or the error response."""
-    if request.query.get("api-version") not in API_VERSIONS:
-        return _error(400, f"api-version must be one of {sorted(API_VERSIONS)}")
+    if request.query.get("api-version") not in versions:
+        return _error(400, f"api-version must be one of {sorted(versions)}")
     hub = request.match_info["hub"]
     if not HUB_NAME.match(hub):
         return _error(400, f"invalid hub name {hub!r}")
@@ -500,6 +532,51 @@ async def rest_user_leave_all(request: web.Request) -> web.Response:
     return await _membership(request, add=False, every_group=True)
 
 
+async def rest_list_group(request: web.Request) -> web.Response:
+    """GET /api/hubs/{hub}/groups/{group}/connections (2024-12-01): one page of the group's live connections."""
+    hub = await _authorised(request, versions=LISTING_API_VERSIONS)
+    if isinstance(hub, web.Response):
+        return hub
+    group = request.match_info["group"]
+    secret = request.app[PAGING_SECRET]
+    try:
+        after, limit, page_size = _paging_query(request, hub_key(hub), group, secret)
+    except paging.PagingError as error:
+        return _error(400, str(error))
+    members = {c.id: c for c in request.app[REGISTRY].of_group(hub, group)}
+    page = paging.page_of(members, hub=hub_key(hub), group=group, after=after, limit=limit, page_size=page_size)
+    body: dict[str, Any] = {"value": [_member(members[i]) for i in page.ids]}
+    if page.next is not None:
+        body["nextLink"] = _next_link(request, paging.encode(page.next, secret))
+    return web.json_response(body)
+
+
+def _paging_query(request: web.Request, hub: str, group: str, secret: bytes) -> tuple[str | None, int | None, int]:
+    """Read `maxpagesize`, `top` and `continuationToken` (names case-insensitive): (after, limit, page size)."""
+    query = {name.lower(): value for name, value in request.query.items()}
+    page_size = paging.parse_count(query.get("maxpagesize"), "maxpagesize", maximum=paging.MAX_PAGE_SIZE)
+    limit = paging.parse_count(query.get("top"), "top")
+    token = query.get("continuationtoken")
+    if not token:
+        return None, limit, page_size or paging.DEFAULT_PAGE_SIZE
+    # The token carries the first request's page size and what is left of its `top`; explicit parameters win.
+    cursor = paging.decode(token, secret, hub=hub, group=group)
+    return cursor.after, cursor.remaining if limit is None else limit, page_size or cursor.page_size
+
+
+def _member(connection: ClientConnection) -> dict[str, str]:
+    member = {"connectionId": connection.id}
+    if connection.caller.user_id is not None:
+        member["userId"] = connection.caller.user_id
+    return member
+
+
+def _next_link(request: web.Request, token: str) -> str:
+    """Return the absolute URL of the next page: the URL the caller used, with the token and its api-version."""
+    query = urlencode({"continuationToken": token, "api-version": request.query["api-version"]})
+    return f"{request.scheme}://{request.host}{request.rel_url.raw_path}?{query}"
+
+
 # ---- admin (loopback only) and health -----------------------------------------------------------
 
 
@@ -537,6 +614,23 @@ async def list_connections(request: web.Request) -> web.Response:
     return web.json_response({"connections": connections})
 
 
+async def rest_calls(request: web.Request) -> web.Response:
+    """Count the REST calls answered so far, in all and per route (loopback only)."""
+    if request.remote not in LOOPBACK:
+        return _error(403, "the admin API answers loopback callers only")
+    return web.json_response(request.app[REST_CALLS].snapshot())
+
+
+async def reset_rest_calls(request: web.Request) -> web.Response:
+    """Answer the REST call counts and start counting again from zero (loopback only)."""
+    if request.remote not in LOOPBACK:
+        return _error(403, "the admin API answers loopback callers only")
+    calls = request.app[REST_CALLS]
+    snapshot = calls.snapshot()
+    calls.by_route.clear()
+    return web.json_response(snapshot)
+
+
 async def health(_request: web.Request) -> web.Response:
     """Answer 200 while the emulator runs."""
     return web.json_response({"status": "ok"})
@@ -560,6 +654,18 @@ async def _cors(request: web.Request, handler: Any) -> web.StreamResponse:
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Access-Control-Allow-Credentials"] = "true"
         response.headers["Vary"] = "Origin"
+    return response
+
+
+@web.middleware
+async def _count_rest_calls(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Count every answered call to a REST route, by method and route template."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    finally:
+        resource = request.match_info.route.resource
+        if resource is not None and resource.canonical.startswith(REST_PREFIX):
+            request.app[REST_CALLS].by_route[f"{request.method} {resource.canonical}"] += 1
     return response
 
 

@@ -53,9 +53,9 @@ class Stack:
         return "\n".join(parts)
 
 
-def _start(command: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
+def _start(command: list[str], port: int, log: Path, *, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     with log.open("ab") as sink:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, env=env)
     if not _wait_listening(port, process, timeout=60):
         process.kill()
         process.wait()
@@ -76,8 +76,10 @@ def running_stack(
     client_timeout: float = 30.0,
     keepalive: float = 15.0,
     static: dict[str, Path] | None = None,
+    app: str | None = None,
 ) -> Iterator[Stack]:
-    """Start the emulator and the local host for the app on a fresh table; stop both when the block ends."""
+    """Start the emulator and the local host for the app (or `app`, a module:attribute under tests/) on a fresh
+    table; stop both when the block ends."""
     logs = Path(tempfile.mkdtemp(prefix="e2e-stack-"))
     table = unique_table_name()
     processes: list[subprocess.Popen[bytes]] = []
@@ -111,9 +113,13 @@ def running_stack(
             ]
             for prefix, directory in (static or {}).items():
                 host += ["--static", f"{prefix}={directory}"]
+            host_env = None
+            if app is not None:
+                host += ["--app", app]
+                host_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
             try:
                 processes.append(_start(emulator, emulator_port, logs / "emulator.log"))
-                processes.append(_start(host, host_port, logs / "host.log"))
+                processes.append(_start(host, host_port, logs / "host.log", env=host_env))
                 break
             except RuntimeError:
                 for process in processes:
