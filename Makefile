@@ -75,9 +75,11 @@ run-func: install
 azurite: install
 	node_modules/.bin/azurite --inMemoryPersistence --disableTelemetry
 
-# One sweep's cost at 1k, 10k and 50k live rows, beside the old full-table scan (a few minutes).
+# One sweep's cost at 1k, 10k and 50k live rows: beside the old full-table scan, and, with a SignalR
+# connection, the group listing beside per-connection HEAD checks (about ten minutes in all).
 bench-sweep: install $(VENV)/.bench-installed
 	PYTHONPATH=tests $(BIN)/python -m bench.sweep_scale
+	PYTHONPATH=tests $(BIN)/python -m bench.reconcile_scale
 
 # Offline checks of the Bicep template (pycep-parser and checkov, each in its own venv).
 validate-infra:

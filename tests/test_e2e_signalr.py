@@ -281,19 +281,26 @@ async def test_missed_pings_disconnect_the_client(azurite: Azurite, leasing_stac
 async def test_a_quiet_live_client_outlives_its_lease_and_a_lost_one_is_swept_with_presence(
     azurite: Azurite, leasing_stack: Stack
 ) -> None:
-    """The sweep asks the emulator: a connected client that never sends keeps its row past the lease; once it
-    is gone with its disconnect dropped, the sweep removes the row and broadcasts the user offline."""
+    """The sweep lists the hub-wide group at the emulator: a connected client that never sends stays online through
+    many sweeps with no write to its row and no question about it; once it is gone with its disconnect dropped, the
+    sweep removes the row within two sweeps and broadcasts the user offline."""
     quiet, watcher = unique_user("quiet"), unique_user("watcher")
     async with aiohttp.ClientSession() as session, SignalRClients(leasing_stack) as clients:
         await clients.connect("w", watcher, targets=["presence"], keepAliveMs=1000)
         # Pings keep the connection open at the service, but SignalR does not forward them to the app.
         connection_id = await clients.connect("q", quiet, keepAliveMs=1000)
         [first] = await rows_of(azurite, leasing_stack, quiet)
-        await asyncio.sleep(16)  # longer than the 12 s lease, without a single message from the client
+        async with session.delete(f"{leasing_stack.emulator_url}/admin/rest-calls") as response:
+            assert response.status == 200
+        await asyncio.sleep(16)  # longer than the 12 s lease, a sweep every second, not one message from the client
         [later] = await rows_of(azurite, leasing_stack, quiet)
         assert later["RowKey"] == connection_id
-        assert later["LastSeen"] > first["LastSeen"]  # refreshed by the sweep: the service said 200
+        assert later["LastSeen"] == first["LastSeen"]  # never written: the listing had it
         assert await connection_ids(leasing_stack, quiet) == {connection_id}
+        async with session.get(f"{leasing_stack.emulator_url}/admin/rest-calls") as response:
+            calls = (await response.json())["byRoute"]
+        assert calls.get("GET /api/hubs/{hub}/groups/{group}/connections", 0) >= 10  # one listing per sweep
+        assert calls.get("HEAD /api/hubs/{hub}/connections/{connection}", 0) == 0
 
         async with session.post(f"{leasing_stack.emulator_url}/admin/drop-next-disconnect") as response:
             assert response.status == 200
