@@ -265,3 +265,23 @@ async def test_a_reconciling_sweep_over_http_asks_only_about_what_the_listing_la
     finally:
         await store.close()
         await drop_table(azurite, settings.table_name)
+
+
+async def test_a_lost_connection_the_listing_still_shows_goes_the_sweep_after(
+    reconciled: tuple[ConnectionStore, Requests],
+) -> None:
+    """A listing that still shows a connection whose disconnect was lost keeps it one sweep; the next listing lacks
+    it, the service answers 404, and it is gone: within two sweeps."""
+    store, _ = reconciled
+    await store.connect("fox", "f1", now=T0)
+    await store.connect("fox", "f2", now=T0)
+    service = FakeService({"f1": Liveness.GONE}, listed=["f1", "f2"], listing=Listing.LISTED)
+    first = await sweep(store, liveness=service, now=T0 + TTL * 0.6)
+    assert (first.listed, first.deleted, first.presence) == (2, 0, [])
+    service.listed = {"f2"}
+    second = await sweep(store, liveness=service, now=T0 + TTL * 0.6 + timedelta(minutes=5))
+    assert (second.listed, second.deleted) == (1, 1)
+    # fox is still online through f2: at most the recorded online state is repeated (f1's entry was its first)
+    assert [(change.user, change.online) for change in second.presence] in ([], [("fox", True)])
+    assert [c.connection_id for c in await store.connections_of("fox", now=T0 + TTL * 2)] == ["f2"]
+    assert service.asked == ["f1"]
