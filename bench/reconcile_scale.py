@@ -25,14 +25,14 @@ import json
 import logging
 import sys
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+
+from table_requests import TableRequests  # noqa: E402
 
 from azurite import running_azurite  # noqa: E402
 from conftest import make_settings, unique_table_name  # noqa: E402
@@ -46,7 +46,6 @@ logger = logging.getLogger(__name__)
 
 TTL = timedelta(seconds=600)
 CONNECTIONS_PER_USER = 20
-WRITES = frozenset({"POST", "PUT", "PATCH", "MERGE", "DELETE"})
 DESIGNS = ("group listing", "HEAD checks")
 
 
@@ -76,31 +75,6 @@ class Measurement:
         return self.live / 200 + 4 * self.stale + 20
 
 
-class Requests:
-    """Counts table requests and writes through the SDK's raw response hook."""
-
-    def __init__(self) -> None:
-        self.by_method: Counter[str] = Counter()
-
-    def hook(self, response: Any) -> None:
-        """Count one request."""
-        self.by_method[response.http_request.method] += 1
-
-    def reset(self) -> None:
-        """Start counting from zero."""
-        self.by_method.clear()
-
-    @property
-    def total(self) -> int:
-        """Return all requests counted."""
-        return sum(self.by_method.values())
-
-    @property
-    def writes(self) -> int:
-        """Return the writes counted."""
-        return sum(count for method, count in self.by_method.items() if method in WRITES)
-
-
 async def seed(store: ConnectionStore, ids: list[tuple[str, str]], *, now: datetime) -> None:
     """Connect (user, connection) pairs, users concurrently and each user's tabs in order."""
     by_user: dict[str, list[str]] = {}
@@ -121,7 +95,7 @@ async def measure(sizes: list[int], stale: int, *, budget: timedelta) -> list[Me
     results: list[Measurement] = []
     with running_azurite() as azurite:
         async with signalr_rest() as service:
-            requests = Requests()
+            requests = TableRequests()
             connection = SignalRConnection(endpoint=service.endpoint, access_key=ACCESS_KEY)
             settings = make_settings(
                 azurite.connection_string, unique_table_name(), ttl=TTL, signalr=connection, presence_events=True
@@ -155,7 +129,7 @@ async def _one_sweep(
     store: ConnectionStore,
     checker: SignalRLiveness,
     service: SignalRRest,
-    requests: Requests,
+    requests: TableRequests,
     design: str,
     size: int,
     stale: int,

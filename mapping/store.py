@@ -172,8 +172,7 @@ class ConnectionStore:
                 return DisconnectOutcome(name, removed=True, presence=view.presence.announced_as(name))
             if row not in view.rows:
                 # Gone: a repeated event, or our own delete that committed and was answered with an error.
-                repeat = _repeat(view, name) if attempts.pending else None
-                return DisconnectOutcome(name, removed=tried, presence=repeat)
+                return DisconnectOutcome(name, removed=tried, presence=attempts.announce(view, name, None))
             online = view.online(self.lease, now=moment, without=row)
             version = decide(view.presence, online=online, now=moment)
             operations = [
@@ -187,8 +186,7 @@ class ConnectionStore:
                 await attempts.failed(view, _attempt, deciding=version is not None)
                 continue
             change = PresenceChange(name, online, version) if version is not None else None
-            repeat = _repeat(view, name) if attempts.pending else None
-            return DisconnectOutcome(name, removed=True, presence=change or repeat)
+            return DisconnectOutcome(name, removed=True, presence=attempts.announce(view, name, change))
         raise StorageError("disconnect: the user's connections kept changing; try again")
 
     async def touch(self, user_name: str, connection_id: str, *, now: datetime | None = None) -> TouchOutcome:
@@ -307,9 +305,7 @@ class ConnectionStore:
                 view = await self.read_user(view.partition)
                 continue
             change = PresenceChange(user_name, online, version) if version is not None else None
-            if change is None and attempts.pending:
-                change = _repeat(view, user_name)
-            return Settled(len(doomed), len(renewed), change, online, view.presence)
+            return Settled(len(doomed), len(renewed), attempts.announce(view, user_name, change), online, view.presence)
         raise StorageError("sweep: the user's connections kept changing; left for the next run")
 
     async def close(self) -> None:
@@ -326,7 +322,6 @@ class ConnectionStore:
         partition, row, name, moment = entity.partition_key, entity.row_key, entity.user_name, entity.last_seen
         writer = uuid.uuid4().hex
         attempts = _Attempts()
-        indexed: bool | None = None  # the entry written so far: none, plain, or announcing online (E5)
         for _attempt in range(_ATTEMPTS):
             view = await self.read_user(partition)
             attempts.read(view)
@@ -336,13 +331,10 @@ class ConnectionStore:
             if existing is None:
                 attempts.pending = False  # our row is not there: no attempt of ours committed
             version = decide(view.presence, online=True, now=moment)
-            if indexed is None or (version is not None and not indexed):
-                await self.index.write(partition, row, moment, announces_online=version is not None)
-                indexed = version is not None
             stored = replace(
                 entity,
                 connected_at=existing.connected_at if existing else entity.connected_at,
-                index_bucket=self.index.bucket(moment),
+                index_bucket=await self._entry_first(attempts, partition, row, moment, version=version),
             )
             operations = [
                 merge(_refresh_fields(stored), etag=existing.etag) if existing else create(stored.to_table()),
@@ -354,13 +346,12 @@ class ConnectionStore:
                 await attempts.failed(view, _attempt, deciding=version is not None)
                 continue
             change = PresenceChange(name, True, version) if version is not None else None
-            return ConnectOutcome(stored, change or (_repeat(view, name) if attempts.pending else None))
+            return ConnectOutcome(stored, attempts.announce(view, name, change))
         raise StorageError("connect: the user's connections kept changing; try again")
 
     async def _refresh_deciding(self, partition: str, row: str, name: str, moment: datetime) -> TouchOutcome:
         writer = uuid.uuid4().hex
         attempts = _Attempts()
-        indexed: bool | None = None
         for _attempt in range(_ATTEMPTS):
             view = await self.read_user(partition)
             attempts.read(view)
@@ -370,17 +361,10 @@ class ConnectionStore:
             existing = view.rows.get(row)
             if existing is None:
                 self._refreshed.pop((partition, row), None)
-                return TouchOutcome(False, _repeat(view, name) if attempts.pending else None)
+                return TouchOutcome(False, attempts.announce(view, name, None))
             version = decide(view.presence, online=True, now=moment)
-            if indexed is None or (version is not None and not indexed):
-                await self.index.write(partition, row, moment, announces_online=version is not None)
-                indexed = version is not None
-            patch = {
-                "PartitionKey": partition,
-                "RowKey": row,
-                "LastSeen": moment,
-                "IndexBucket": self.index.bucket(moment),
-            }
+            bucket = await self._entry_first(attempts, partition, row, moment, version=version)
+            patch = {"PartitionKey": partition, "RowKey": row, "LastSeen": moment, "IndexBucket": bucket}
             operations = [
                 merge(patch, etag=existing.etag),
                 presence_write(partition, view.presence, writer=writer, user_name=name, online=True, version=version),
@@ -392,8 +376,18 @@ class ConnectionStore:
                 continue
             self._remember_refresh(partition, row, moment)
             change = PresenceChange(name, True, version) if version is not None else None
-            return TouchOutcome(True, change or (_repeat(view, name) if attempts.pending else None))
+            return TouchOutcome(True, attempts.announce(view, name, change))
         raise StorageError("touch: the user's connections kept changing; try again")
+
+    async def _entry_first(
+        self, attempts: _Attempts, partition: str, row: str, moment: datetime, *, version: int | None
+    ) -> str:
+        """Write the row's index entry before the row write (E1): once, and again only to flag it (E5)."""
+        flagged = version is not None
+        if attempts.indexed is None or (flagged and not attempts.indexed):
+            await self.index.write(partition, row, moment, announces_online=flagged)
+            attempts.indexed = flagged
+        return self.index.bucket(moment)
 
     async def _refresh_blindly(self, partition: str, row: str, moment: datetime) -> TouchOutcome:
         bucket = await self.index.write(partition, row, moment)
@@ -498,7 +492,13 @@ class _Attempts:
     def __init__(self) -> None:
         self.pending = False
         self.singly = False
+        self.indexed: bool | None = None  # the entry written so far: none, plain, or announcing online (E5)
         self._failed: UserView | None = None
+
+    def announce(self, view: UserView, name: str, change: PresenceChange | None) -> PresenceChange | None:
+        """Return the change to announce: this attempt's, else the recorded pair if an earlier one may have
+        committed (P4)."""
+        return change or (_repeat(view, name) if self.pending else None)
 
     def read(self, view: UserView) -> None:
         """Note a fresh read; identical to the one a failed transaction was built on: the refusal was not a race."""

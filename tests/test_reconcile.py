@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import random
 import time
-from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from fake_service import FakeService
+from table_requests import TableRequests
 
 from conftest import Azurite, drop_table, index_rows, make_settings, table_rows, unique_table_name
 from functions_host import Out, call, invocation
@@ -23,47 +22,10 @@ from signalr_rest import ACCESS_KEY, SignalRRest, signalr_rest
 TTL = timedelta(seconds=600)
 T0 = datetime(2026, 8, 1, 8, 0, tzinfo=UTC)
 SIGNALR = SignalRConnection(endpoint="http://127.0.0.1:9", access_key="unused-by-the-fake")
-WRITES = frozenset({"POST", "PUT", "PATCH", "MERGE", "DELETE"})
-
-
-class Requests:
-    """Counts the table requests a store makes, by HTTP method."""
-
-    def __init__(self) -> None:
-        self.by_method: Counter[str] = Counter()
-
-    def hook(self, response: Any) -> None:
-        """The SDK's raw response hook."""
-        self.by_method[response.http_request.method] += 1
-
-    @property
-    def total(self) -> int:
-        """Return every request counted."""
-        return sum(self.by_method.values())
-
-    @property
-    def writes(self) -> int:
-        """Return the writes counted (transactions included)."""
-        return sum(count for method, count in self.by_method.items() if method in WRITES)
-
-    def reset(self) -> None:
-        """Start counting again."""
-        self.by_method.clear()
-
-
-@pytest.fixture
-async def reconciled(azurite: Azurite) -> AsyncIterator[tuple[ConnectionStore, Requests]]:
-    """A store whose settings name a SignalR connection (the reconciled lease), counting its table requests."""
-    requests = Requests()
-    settings = make_settings(azurite.connection_string, unique_table_name(), ttl=TTL, signalr=SIGNALR)
-    store = ConnectionStore(settings, client_options={"raw_response_hook": requests.hook})
-    yield store, requests
-    await store.close()
-    await drop_table(azurite, settings.table_name)
 
 
 async def test_quiet_connections_cost_no_write_and_are_never_offline(
-    reconciled: tuple[ConnectionStore, Requests],
+    reconciled: tuple[ConnectionStore, TableRequests],
 ) -> None:
     """Listed quiet connections, sweeps starting up to 10% late, one failed listing in a row: nobody is reported
     offline, the table is never written, and each sweep reads the index in pages, nothing per connection."""
@@ -87,7 +49,9 @@ async def test_quiet_connections_cost_no_write_and_are_never_offline(
     assert service.asked == []  # every connection was listed: no HEAD
 
 
-async def test_a_lost_disconnect_is_removed_within_two_sweeps(reconciled: tuple[ConnectionStore, Requests]) -> None:
+async def test_a_lost_disconnect_is_removed_within_two_sweeps(
+    reconciled: tuple[ConnectionStore, TableRequests],
+) -> None:
     """A connection the listing lacks and the service answers 404 for is deleted and its user announced offline;
     the cost is the listing, one HEAD, and a few table requests for the stale row."""
     store, requests = reconciled
@@ -111,7 +75,7 @@ async def test_a_lost_disconnect_is_removed_within_two_sweeps(reconciled: tuple[
 
 
 async def test_a_connection_the_listing_lags_is_kept_without_a_write(
-    reconciled: tuple[ConnectionStore, Requests],
+    reconciled: tuple[ConnectionStore, TableRequests],
 ) -> None:
     """A new connection missing from a listing (the listing lags) but alive for HEAD is kept, and not written."""
     store, requests = reconciled
@@ -127,7 +91,7 @@ async def test_a_connection_the_listing_lags_is_kept_without_a_write(
     assert service.asked == ["fresh"]
 
 
-async def test_an_older_service_gets_head_checks(reconciled: tuple[ConnectionStore, Requests]) -> None:
+async def test_an_older_service_gets_head_checks(reconciled: tuple[ConnectionStore, TableRequests]) -> None:
     """When the listing answers 404, 400 or 501, the sweep asks about each due connection (refresh on 200)."""
     store, _ = reconciled
     await store.connect("ole", "alive", now=T0)
@@ -140,7 +104,7 @@ async def test_an_older_service_gets_head_checks(reconciled: tuple[ConnectionSto
 
 
 async def test_an_unreachable_service_keeps_rows_until_the_max_age(
-    reconciled: tuple[ConnectionStore, Requests],
+    reconciled: tuple[ConnectionStore, TableRequests],
 ) -> None:
     """With the listing failing, no row is judged: rows stay live until MAPPING_MAX_AGE_SECONDS, then go."""
     store, _ = reconciled
@@ -156,7 +120,7 @@ async def test_an_unreachable_service_keeps_rows_until_the_max_age(
 
 
 async def test_older_entries_of_a_listed_chatty_connection_are_dropped_unread(
-    reconciled: tuple[ConnectionStore, Requests], azurite: Azurite
+    reconciled: tuple[ConnectionStore, TableRequests], azurite: Azurite
 ) -> None:
     """A talking connection leaves an entry per refresh; the sweep keeps the latest and drops the rest unread."""
     store, requests = reconciled
@@ -247,7 +211,7 @@ async def test_a_reconciling_sweep_over_http_asks_only_about_what_the_listing_la
     write."""
     service, client = rest
     connection = SignalRConnection(endpoint=service.endpoint, access_key=ACCESS_KEY)
-    requests = Requests()
+    requests = TableRequests()
     settings = make_settings(azurite.connection_string, unique_table_name(), ttl=TTL, signalr=connection)
     store = ConnectionStore(settings, client_options={"raw_response_hook": requests.hook})
     try:
@@ -268,7 +232,7 @@ async def test_a_reconciling_sweep_over_http_asks_only_about_what_the_listing_la
 
 
 async def test_a_lost_connection_the_listing_still_shows_goes_the_sweep_after(
-    reconciled: tuple[ConnectionStore, Requests],
+    reconciled: tuple[ConnectionStore, TableRequests],
 ) -> None:
     """A listing that still shows a connection whose disconnect was lost keeps it one sweep; the next listing lacks
     it, the service answers 404, and it is gone: within two sweeps."""

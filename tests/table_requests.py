@@ -1,0 +1,33 @@
+"""Counting a store's table requests by HTTP method, through the SDK's raw response hook (tests and bench)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+WRITES = frozenset({"POST", "PUT", "PATCH", "MERGE", "DELETE"})
+
+
+class TableRequests:
+    """Counts the table requests a store makes, by HTTP method; pass `hook` as `raw_response_hook`."""
+
+    def __init__(self) -> None:
+        self.by_method: Counter[str] = Counter()
+
+    def hook(self, response: Any) -> None:
+        """The SDK's raw response hook: count one request."""
+        self.by_method[response.http_request.method] += 1
+
+    @property
+    def total(self) -> int:
+        """Return every request counted."""
+        return sum(self.by_method.values())
+
+    @property
+    def writes(self) -> int:
+        """Return the writes counted (transactions included)."""
+        return sum(count for method, count in self.by_method.items() if method in WRITES)
+
+    def reset(self) -> None:
+        """Start counting again."""
+        self.by_method.clear()
