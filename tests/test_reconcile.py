@@ -24,6 +24,17 @@ T0 = datetime(2026, 8, 1, 8, 0, tzinfo=UTC)
 SIGNALR = SignalRConnection(endpoint="http://127.0.0.1:9", access_key="unused-by-the-fake")
 
 
+@pytest.fixture
+async def reconciled(azurite: Azurite) -> AsyncIterator[tuple[ConnectionStore, TableRequests]]:
+    """A store whose settings name a SignalR connection (the reconciled lease), counting its table requests."""
+    requests = TableRequests()
+    settings = make_settings(azurite.connection_string, unique_table_name(), ttl=TTL, signalr=SIGNALR)
+    store = ConnectionStore(settings, client_options={"raw_response_hook": requests.hook})
+    yield store, requests
+    await store.close()
+    await drop_table(azurite, settings.table_name)
+
+
 async def test_quiet_connections_cost_no_write_and_are_never_offline(
     reconciled: tuple[ConnectionStore, TableRequests],
 ) -> None:
