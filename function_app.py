@@ -8,7 +8,7 @@ from typing import Any
 
 import azure.functions as func
 
-from mapping import events, messages
+from mapping import events, messages, runtime
 from mapping.errors import (
     InvalidNameError,
     InvalidRequestError,
@@ -20,7 +20,6 @@ from mapping.errors import (
 from mapping.invocation import parse_invocation
 from mapping.keys import normalize_user_name
 from mapping.send import parse_send_body, send_to_user
-from mapping.store import default_store
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ async def negotiate(req: func.HttpRequest, connection_info: str) -> func.HttpRes
 )
 async def connected(invocation: str, signalr: func.Out[str]) -> None:
     """Map a new connection to its user; raising makes SignalR refuse the connection, so none goes unmapped."""
-    _send(signalr, await events.on_connected(default_store(), parse_invocation(invocation)))
+    _send(signalr, await events.on_connected(runtime.store(), parse_invocation(invocation)))
 
 
 @app.function_name("disconnected")
@@ -83,7 +82,7 @@ async def connected(invocation: str, signalr: func.Out[str]) -> None:
 )
 async def disconnected(invocation: str, signalr: func.Out[str]) -> None:
     """Remove a closed connection's row and announce the user offline when it was their last."""
-    _send(signalr, await events.on_disconnected(default_store(), parse_invocation(invocation)))
+    _send(signalr, await events.on_disconnected(runtime.store(), parse_invocation(invocation)))
 
 
 @app.function_name("send_message")
@@ -100,7 +99,7 @@ async def disconnected(invocation: str, signalr: func.Out[str]) -> None:
 )
 async def send_message(invocation: str, signalr: func.Out[str]) -> None:
     """Deliver a client's `send(to, message)` to every live connection of the recipient."""
-    _send(signalr, await events.on_send(default_store(), parse_invocation(invocation)))
+    _send(signalr, await events.on_send(runtime.store(), parse_invocation(invocation)))
 
 
 @app.function_name("send")
@@ -113,7 +112,7 @@ async def send(req: func.HttpRequest, signalr: func.Out[str]) -> func.HttpRespon
     sender = (req.headers.get(PRINCIPAL_HEADER) or "").strip() or None
     try:
         request = parse_send_body(req.get_body())
-        deliveries = await send_to_user(default_store(), request, sender=sender)
+        deliveries = await send_to_user(runtime.store(), request, sender=sender)
     except MappingError as error:
         return _error(error)
     _send(signalr, deliveries)
@@ -125,7 +124,7 @@ async def send(req: func.HttpRequest, signalr: func.Out[str]) -> func.HttpRespon
 async def online_users(req: func.HttpRequest) -> func.HttpResponse:
     """List users with at least one live connection, a page at a time."""
     try:
-        page = await default_store().online_users(
+        page = await runtime.store().online_users(
             limit=_limit(req.params.get("limit")), cursor=req.params.get("next") or None
         )
     except MappingError as error:
@@ -140,7 +139,7 @@ async def user_presence(req: func.HttpRequest) -> func.HttpResponse:
     """Tell whether a user is online, with their live connections."""
     try:
         user = normalize_user_name(req.route_params.get("user", ""))
-        connections = await default_store().connections_of(user)
+        connections = await runtime.store().connections_of(user)
     except MappingError as error:
         return _error(error)
     body = {"user": user, "online": bool(connections), "connections": [c.to_json() for c in connections]}
@@ -156,7 +155,8 @@ async def sweep_stale(timer: func.TimerRequest, signalr: func.Out[str]) -> None:
     """Remove stale rows (SignalR's disconnect callback is best-effort) and announce who went offline."""
     if timer.past_due:
         logger.info("sweep: running late")
-    _send(signalr, await events.on_timer(default_store()))
+    store = runtime.store()
+    _send(signalr, await events.on_timer(store, liveness=runtime.liveness_for(store.settings.signalr)))
 
 
 def _send(signalr: func.Out[str], outgoing: list[messages.Message]) -> None:

@@ -216,26 +216,6 @@ def access_key_token(access_key: str, *, audience: str, lifetime_seconds: int = 
     return f"{signing_input}.{_b64(signature)}"
 
 
-_checkers: dict[SignalRConnection, SignalRLiveness] = {}
-
-
-def liveness_for(connection: SignalRConnection | None) -> SignalRLiveness | None:
-    """Return the process's checker for a SignalR connection, or None when there is none (age-based sweep)."""
-    if connection is None:
-        return None
-    if connection not in _checkers:
-        _checkers[connection] = SignalRLiveness(connection)
-    return _checkers[connection]
-
-
-async def close_checkers() -> None:
-    """Close and forget the process's checkers (for shutdown and tests)."""
-    checkers = list(_checkers.values())
-    _checkers.clear()
-    for checker in checkers:
-        await checker.close()
-
-
 def _connection_ids(page: dict[str, Any]) -> list[str]:
     value = page.get("value")
     items = value if isinstance(value, list) else []

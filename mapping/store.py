@@ -32,7 +32,7 @@ from mapping.expiry import ExpiryIndex
 from mapping.keys import connection_key, normalize_user_name, user_key
 from mapping.lease import Lease
 from mapping.presence import PRESENCE_ROW, PresenceChange, Recorded, decide, presence_write, recorded_from
-from mapping.settings import Settings, get_settings
+from mapping.settings import Settings
 from mapping.table import MAX_BATCH, Operation, Table, create, delete, merge
 
 logger = logging.getLogger(__name__)
@@ -561,23 +561,3 @@ def _decode_cursor(cursor: str) -> str:
     if not after:
         raise InvalidRequestError("next is not a cursor this API returned")
     return after
-
-
-_default_store: ConnectionStore | None = None
-
-
-def default_store() -> ConnectionStore:
-    """Return the process-wide store, built from the app settings on first use."""
-    global _default_store
-    if _default_store is None:
-        _default_store = ConnectionStore(get_settings())
-    return _default_store
-
-
-async def reset_default_store() -> None:
-    """Close the process-wide store and forget it and the settings (for tests and reconfiguration)."""
-    global _default_store
-    store, _default_store = _default_store, None
-    get_settings.cache_clear()
-    if store is not None:
-        await store.close()

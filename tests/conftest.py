@@ -12,11 +12,11 @@ from azure.data.tables.aio import TableClient, TableServiceClient
 
 from azurite import DEV_KEY, Azurite, free_port, running_azurite
 from figures import FIGURES, Figures
+from mapping import runtime
 from mapping.expiry import INDEX_PREFIX
-from mapping.liveness import close_checkers
 from mapping.presence import PRESENCE_ROW
 from mapping.settings import Settings, StorageConnection
-from mapping.store import ConnectionStore, reset_default_store
+from mapping.store import ConnectionStore
 
 # Re-exported for the test modules, which import them from here.
 __all__ = ["DEV_KEY", "Azurite", "free_port", "running_azurite"]
@@ -75,10 +75,9 @@ async def app_env(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> AsyncIte
             monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    await reset_default_store()
+    await runtime.reset()
     yield env
-    await reset_default_store()
-    await close_checkers()
+    await runtime.reset()
     await drop_table(azurite, env["MAPPING_TABLE"])
 
 

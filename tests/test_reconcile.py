@@ -153,10 +153,10 @@ async def test_connected_joins_the_hub_wide_group_when_signalr_is_configured(
 ) -> None:
     """With a SignalR connection configured, the connected function also outputs the group action (no table
     request), before its presence message."""
-    from mapping.store import reset_default_store
+    from mapping import runtime
 
     monkeypatch.setenv("AzureSignalRConnectionString", "Endpoint=http://127.0.0.1;Port=9;AccessKey=k;Version=1.0;")
-    await reset_default_store()
+    await runtime.reset()
     out = Out()
     await call("connected", invocation=invocation("connected", user_id="gia", connection_id="g1"), signalr=out)
     assert out.messages[0] == {"action": "add", "groupName": MAPPED_GROUP, "connectionId": "g1"}

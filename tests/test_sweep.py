@@ -334,7 +334,7 @@ async def test_an_unreachable_service_is_unknown_not_gone(store: ConnectionStore
 
 async def test_settings_select_the_liveness_check(store: ConnectionStore) -> None:
     """A SignalR connection in the settings gives the timer a checker; none gives an age-based sweep."""
-    from mapping.liveness import liveness_for
+    from mapping.runtime import liveness_for
 
     assert liveness_for(None) is None
     connection = SignalRConnection(endpoint="http://127.0.0.1:1", access_key="k")
