@@ -15,7 +15,7 @@ from bench.naive import NaiveFunctions
 from bench.proxy import CountingProxy
 from bench.workload import RECIPIENT, TTL, Event, app_environment, fresh_table, seed, use_app_settings
 from functions_host import FUNCTIONS, Out, http_request, invocation
-from mapping.entity import utc_now
+from mapping.clock import utc_now
 from mapping.settings import Settings, StorageConnection
 from mapping.store import ConnectionStore
 from mapping.sweep import sweep

@@ -67,6 +67,8 @@ class GroupMembers:
 class LivenessCheck(Protocol):
     """Asks the service which connections are open; the sweep's seam to the service (and to test fakes)."""
 
+    asks_service: bool  # False: no service to ask, a row's age alone decides (`AgeOnly`)
+
     async def check(self, hub: str, connection_id: str) -> Liveness:
         """Return ALIVE, GONE, or UNKNOWN when the service cannot say."""
         ...
@@ -76,8 +78,27 @@ class LivenessCheck(Protocol):
         ...
 
 
+class AgeOnly:
+    """The check of a deployment without SignalR REST access: it never asks, so a row's age alone decides."""
+
+    asks_service = False
+
+    async def check(self, hub: str, connection_id: str) -> Liveness:
+        """Return UNKNOWN: nobody is asked; the sweep judges the row by its age."""
+        return Liveness.UNKNOWN
+
+    async def members(self, hub: str, group: str, *, deadline: float) -> GroupMembers:
+        """Return UNSUPPORTED: there is no listing to ask for."""
+        return GroupMembers(Listing.UNSUPPORTED)
+
+
+AGE_ONLY = AgeOnly()
+
+
 class SignalRLiveness:
     """Checks connections with `HEAD /api/hubs/{hub}/connections/{id}`: bounded concurrency, timeouts, 429-aware."""
+
+    asks_service = True
 
     def __init__(
         self,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mapping.liveness import SignalRLiveness
+from mapping.liveness import AGE_ONLY, LivenessCheck, SignalRLiveness
 from mapping.settings import Settings, SignalRConnection
 from mapping.store import ConnectionStore
 
@@ -27,10 +27,10 @@ def store() -> ConnectionStore:
     return _store
 
 
-def liveness_for(connection: SignalRConnection | None) -> SignalRLiveness | None:
-    """Return the process's checker for a SignalR connection, or None when there is none (age-based sweep)."""
+def liveness_for(connection: SignalRConnection | None) -> LivenessCheck:
+    """Return the process's checker for a SignalR connection, or the age-only check when there is none."""
     if connection is None:
-        return None
+        return AGE_ONLY
     if connection not in _checkers:
         _checkers[connection] = SignalRLiveness(connection)
     return _checkers[connection]

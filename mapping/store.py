@@ -26,7 +26,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from mapping.entity import ConnectionEntity, as_utc, utc_now
+from mapping.clock import Clock, moment_of, utc_now
+from mapping.entity import ConnectionEntity
 from mapping.errors import BatchRejectedError, ConflictError, InvalidRequestError, RowChangedError, StorageError
 from mapping.expiry import ExpiryIndex
 from mapping.keys import connection_key, normalize_user_name, user_key
@@ -122,8 +123,9 @@ class Settled:
 class ConnectionStore:
     """The user -> connections map in one Azure table; one instance (and one client) per process."""
 
-    def __init__(self, settings: Settings, **table_options: Any) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock = utc_now, **table_options: Any) -> None:
         self.settings = settings
+        self.clock = clock
         self.table = Table(settings, **table_options)
         self.lease = Lease.of(settings)
         self.index = ExpiryIndex(self.table, width=self.lease.bucket_width)
@@ -142,7 +144,7 @@ class ConnectionStore:
     ) -> ConnectOutcome:
         """Write the row of a connection that opened; say whether the user came online with it."""
         entity = ConnectionEntity.new(
-            user_name, connection_id, hub=hub or self.settings.hub, user_agent=user_agent, now=now
+            user_name, connection_id, hub=hub or self.settings.hub, user_agent=user_agent, now=self.now(now)
         )
         if not self.settings.presence_events:
             bucket = await self.index.write(entity.partition_key, entity.row_key, entity.last_seen)
@@ -161,7 +163,7 @@ class ConnectionStore:
         self._refreshed.pop((partition, row), None)
         if not self.settings.presence_events:
             return DisconnectOutcome(name, removed=await self._delete_reporting(partition, row))
-        moment = as_utc(now) if now else utc_now()
+        moment = self.now(now)
         writer = uuid.uuid4().hex
         attempts = _Attempts()
         tried = False
@@ -192,7 +194,7 @@ class ConnectionStore:
     async def touch(self, user_name: str, connection_id: str, *, now: datetime | None = None) -> TouchOutcome:
         """Refresh a connection's `LastSeen` (at most once per quarter lease); a lapsed lease made live is announced."""
         partition, row = user_key(user_name), connection_key(connection_id)
-        moment = as_utc(now) if now else utc_now()
+        moment = self.now(now)
         last = self._refreshed.get((partition, row))
         if last is not None and moment - last < self.lease.refresh_every:
             return TouchOutcome(True)
@@ -311,6 +313,10 @@ class ConnectionStore:
     async def close(self) -> None:
         """Close the table client and any credential; the next call opens them again."""
         await self.table.close()
+
+    def now(self, now: datetime | None = None) -> datetime:
+        """Return `now` in UTC when given (callers pin the time), else the store's clock's current time."""
+        return moment_of(now, self.clock)
 
     def bucket_width(self) -> timedelta:
         """Return the width of the expiry index's time buckets."""
@@ -482,7 +488,7 @@ class ConnectionStore:
             self._refreshed.popitem(last=False)
 
     def _cutoff(self, now: datetime | None) -> datetime:
-        return self.lease.live_after(as_utc(now) if now else utc_now())
+        return self.lease.live_after(self.now(now))
 
 
 class _Attempts:
