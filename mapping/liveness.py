@@ -9,11 +9,7 @@ so one listing tells the sweep which connections the service still has.
 from __future__ import annotations
 
 import asyncio
-import base64
 import enum
-import hashlib
-import hmac
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -24,6 +20,7 @@ import aiohttp
 from azure.core.credentials_async import AsyncTokenCredential
 from yarl import URL
 
+from mapping.access_token import access_key_token
 from mapping.identity import identity_credential
 from mapping.settings import SignalRConnection
 
@@ -35,7 +32,6 @@ MAPPED_GROUP = "~connections"  # every mapped connection joins it; `~` is never 
 _LIST_PAGE_SIZE = 200
 _UNSUPPORTED = frozenset({400, 404, 501})  # an older service: no listing
 TOKEN_SCOPE = "https://signalr.azure.com/.default"  # noqa: S105 - an OAuth scope, not a secret
-_TOKEN_LIFETIME_SECONDS = 3600
 _MAX_RETRY_AFTER_SECONDS = 30
 
 
@@ -228,15 +224,6 @@ class SignalRLiveness:
         logger.info("liveness checks throttled for %.1f s", pause)
 
 
-def access_key_token(access_key: str, *, audience: str, lifetime_seconds: int = _TOKEN_LIFETIME_SECONDS) -> str:
-    """Return an HS256 JWT for the SignalR REST API: `aud` the request URL (no query), `exp` soon after now."""
-    header = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")))
-    claims = _b64(json.dumps({"aud": audience, "exp": int(time.time()) + lifetime_seconds}, separators=(",", ":")))
-    signing_input = f"{header}.{claims}"
-    signature = hmac.new(access_key.encode(), signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{_b64(signature)}"
-
-
 def _connection_ids(page: dict[str, Any]) -> list[str]:
     value = page.get("value")
     items = value if isinstance(value, list) else []
@@ -250,11 +237,6 @@ def _next_link(endpoint: str, page: dict[str, Any]) -> str | None:
     if not isinstance(link, str) or not link:
         return None
     return link if link.startswith(("http://", "https://")) else endpoint + "/" + link.lstrip("/")
-
-
-def _b64(data: str | bytes) -> str:
-    raw = data.encode() if isinstance(data, str) else data
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def _retry_after(header: str | None) -> float | None:
