@@ -45,11 +45,11 @@ reliability: install
 
 # Benchmarks against an Azurite of their own: writes bench/results/latest.md, latest.json and the plots.
 bench: install $(VENV)/.bench-installed
-	PYTHONPATH=tests $(BIN)/python -m bench
+	$(BIN)/python -m bench
 
 # A few iterations of every benchmark, written to a temporary directory: checks the bench still works (CI).
 bench-smoke: install $(VENV)/.bench-installed
-	out=$$(mktemp -d); trap 'rm -rf "$$out"' EXIT; PYTHONPATH=tests $(BIN)/python -m bench --smoke --out "$$out"
+	out=$$(mktemp -d); trap 'rm -rf "$$out"' EXIT; $(BIN)/python -m bench --smoke --out "$$out"
 
 $(VENV)/.bench-installed: $(VENV)/.installed requirements-bench.txt
 	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
@@ -78,8 +78,8 @@ azurite: install
 # One sweep's cost at 1k, 10k and 50k live rows: beside the old full-table scan, and, with a SignalR
 # connection, the group listing beside per-connection HEAD checks (about ten minutes in all).
 bench-sweep: install $(VENV)/.bench-installed
-	PYTHONPATH=tests $(BIN)/python -m bench.sweep_scale
-	PYTHONPATH=tests $(BIN)/python -m bench.reconcile_scale
+	$(BIN)/python -m bench.sweep_scale
+	$(BIN)/python -m bench.reconcile_scale
 
 # Offline checks of the Bicep template (pycep-parser and checkov, each in its own venv).
 validate-infra:

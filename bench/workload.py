@@ -21,9 +21,9 @@ from azure.data.tables.aio import TableServiceClient
 
 from bench.floor import Floor
 from bench.naive import NaiveFunctions
-from functions_host import FUNCTIONS, Out, http_request, invocation
 from mapping import runtime
 from mapping.entity import ConnectionEntity
+from testkit.functions_host import FUNCTIONS, Out, http_request, invocation
 
 IMPLS = ("floor", "ours", "naive")
 TTL = timedelta(seconds=600)

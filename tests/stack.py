@@ -19,8 +19,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from azurite import ROOT, Azurite, _wait_listening, free_port, stop_process
 from conftest import unique_table_name
+from testkit.azurite import ROOT, Azurite, _wait_listening, free_port, stop_process
 
 DRIVER = ROOT / "tests" / "e2e" / "signalr_driver.mjs"
 ACCESS_KEY = "e2e-primary-key-0123456789abcdefghijklmnopqrstuv"

@@ -18,8 +18,8 @@ def run_lanes(env: dict[str, str], lanes: list[list[Event]], concurrency: int) -
 
 
 async def _replay(lanes: list[list[Event]], concurrency: int) -> list[dict[str, Any]]:
-    from functions_host import invocation, signalr_event
     from mapping import runtime
+    from testkit.functions_host import invocation, signalr_event
 
     records: list[dict[str, Any]] = []
     gate = asyncio.Semaphore(concurrency)

@@ -23,9 +23,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from fake_service import FakeService
 
 from conftest import Azurite, drop_table, make_settings, presence_rows, table_rows, unique_table_name
+from fake_service import FakeService
 from faultproxy import PASS, Fault, FaultProxy, fault_proxy
 from figures import Figures
 from mapping.errors import StorageError

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from azurite import ROOT, Azurite
 from stack import running_stack
+from testkit.azurite import ROOT, Azurite
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 SCRIPT = ROOT / "tests" / "e2e" / "browser_chat.mjs"

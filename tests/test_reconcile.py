@@ -8,16 +8,16 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from fake_service import FakeService
-from table_requests import TableRequests
 
 from conftest import Azurite, drop_table, index_rows, make_settings, table_rows, unique_table_name
-from functions_host import Out, call, invocation
+from fake_service import FakeService
 from mapping.liveness import MAPPED_GROUP, Listing, Liveness, SignalRLiveness
 from mapping.settings import SignalRConnection
 from mapping.store import ConnectionStore
 from mapping.sweep import sweep
-from signalr_rest import ACCESS_KEY, SignalRRest, signalr_rest
+from testkit.functions_host import Out, call, invocation
+from testkit.signalr_rest import ACCESS_KEY, SignalRRest, signalr_rest
+from testkit.table_requests import TableRequests
 
 TTL = timedelta(seconds=600)
 T0 = datetime(2026, 8, 1, 8, 0, tzinfo=UTC)

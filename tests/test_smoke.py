@@ -22,9 +22,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from azurite import ROOT, free_port
 from conftest import Azurite
 from stack import ACCESS_KEY, HUB, SECONDARY_KEY, Stack, running_stack
+from testkit.azurite import ROOT, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -27,12 +27,12 @@ import pytest
 
 from conftest import Azurite, make_settings, table_rows
 from figures import Figures
-from functions_host import http, http_request
 from mapping import runtime
 from mapping.keys import connection_key, user_key
 from mapping.store import ConnectionStore
 from mapping.sweep import sweep
 from storm_worker import Event, run_lanes
+from testkit.functions_host import http, http_request
 
 pytestmark = pytest.mark.reliability
 

@@ -8,14 +8,14 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from fake_service import FakeService
 
 from conftest import Azurite, index_rows, table_rows
+from fake_service import FakeService
 from mapping.liveness import Liveness, SignalRLiveness
 from mapping.settings import SignalRConnection
 from mapping.store import ConnectionStore
 from mapping.sweep import sweep
-from signalr_rest import ACCESS_KEY, SignalRRest, signalr_rest
+from testkit.signalr_rest import ACCESS_KEY, SignalRRest, signalr_rest
 
 TTL = timedelta(seconds=600)
 NOW = datetime.now(UTC).replace(microsecond=0)
