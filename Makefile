@@ -63,13 +63,13 @@ lint: install
 # The whole system locally: Azurite (in memory), the SignalR emulator, the local host and the demo page.
 run: install
 	@test -f local.settings.json || { cp local.settings.sample.json local.settings.json; echo "created local.settings.json from the sample"; }
-	@PYTHON=$(BIN)/python bash scripts/run-local.sh
+	@PYTHON=$(BIN)/python bash local/scripts/run-local.sh
 
 # The same with Azure Functions Core Tools (`func`) instead of the local host.
 run-func: install
 	@command -v func >/dev/null || { echo "Azure Functions Core Tools (func) is not installed: see README, 'Run it locally'"; exit 1; }
 	@test -f local.settings.json || { cp local.settings.sample.json local.settings.json; echo "created local.settings.json from the sample"; }
-	@MODE=func PYTHON=$(BIN)/python bash scripts/run-local.sh
+	@MODE=func PYTHON=$(BIN)/python bash local/scripts/run-local.sh
 
 # Azurite alone, in the foreground (for running `func start` yourself).
 azurite: install
@@ -92,11 +92,11 @@ smoke-azure: install
 	@command -v azd >/dev/null || { echo "smoke-azure: the Azure Developer CLI (azd) is not installed"; exit 2; }
 	@env_file=$$(mktemp); trap 'rm -f "$$env_file"' EXIT; \
 	  azd env get-values >"$$env_file" || { echo "smoke-azure: azd env get-values failed (run azd up first)"; exit 2; }; \
-	  $(BIN)/python scripts/smoke.py azure --env-file "$$env_file"
+	  $(BIN)/python local/scripts/smoke.py azure --env-file "$$env_file"
 
 # The same checks against a local stack started with `make run` (Azure-only steps are SKIP).
 smoke-local: install
-	$(BIN)/python scripts/smoke.py local --url http://localhost:$(HOST_PORT)
+	$(BIN)/python local/scripts/smoke.py local --url http://localhost:$(HOST_PORT)
 
 clean:
 	rm -rf $(VENV) .venv-infra node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis .reliability

@@ -10,7 +10,7 @@ import azure.functions as func
 from azure.functions.decorators.function_app import Function
 
 import function_app
-from local_host.functions import Output
+from local.host.functions import Output
 
 # get_functions() builds the list once per app; a second call would raise about duplicate names.
 FUNCTIONS: dict[str, Function] = {str(fn.get_function_name()): fn for fn in function_app.app.get_functions()}

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from signalr_emulator.tokens import TokenError, verify
+from local.emulator.tokens import TokenError, verify
 
 ACCESS_KEY = "loopback-test-access-key-0123456789abcdef"
 

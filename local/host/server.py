@@ -18,11 +18,11 @@ import azure.functions as func
 from aiohttp import web
 from azure.functions.timer import TimerRequest
 
-from local_host import settings
-from local_host.functions import HTTP_TRIGGER, SIGNALR_TRIGGER, TIMER_TRIGGER, FunctionSpec, Output, run
-from local_host.ncrontab import Schedule, ScheduleError
-from local_host.routes import RouteTemplate
-from local_host.signalr import ServiceEndpoint, SignalRBindingError, SignalRClient
+from local.host import settings
+from local.host.functions import HTTP_TRIGGER, SIGNALR_TRIGGER, TIMER_TRIGGER, FunctionSpec, Output, run
+from local.host.ncrontab import Schedule, ScheduleError
+from local.host.routes import RouteTemplate
+from local.host.signalr import ServiceEndpoint, SignalRBindingError, SignalRClient
 
 logger = logging.getLogger(__name__)
 
