@@ -45,11 +45,11 @@ reliability: install
 
 # Benchmarks against an Azurite of their own: writes bench/results/latest.md, latest.json and the plots.
 bench: install $(VENV)/.bench-installed
-	PYTHONPATH=tests $(BIN)/python -m bench
+	$(BIN)/python -m bench
 
 # A few iterations of every benchmark, written to a temporary directory: checks the bench still works (CI).
 bench-smoke: install $(VENV)/.bench-installed
-	out=$$(mktemp -d); trap 'rm -rf "$$out"' EXIT; PYTHONPATH=tests $(BIN)/python -m bench --smoke --out "$$out"
+	out=$$(mktemp -d); trap 'rm -rf "$$out"' EXIT; $(BIN)/python -m bench --smoke --out "$$out"
 
 $(VENV)/.bench-installed: $(VENV)/.installed requirements-bench.txt
 	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
@@ -63,13 +63,13 @@ lint: install
 # The whole system locally: Azurite (in memory), the SignalR emulator, the local host and the demo page.
 run: install
 	@test -f local.settings.json || { cp local.settings.sample.json local.settings.json; echo "created local.settings.json from the sample"; }
-	@PYTHON=$(BIN)/python bash scripts/run-local.sh
+	@PYTHON=$(BIN)/python bash local/scripts/run-local.sh
 
 # The same with Azure Functions Core Tools (`func`) instead of the local host.
 run-func: install
 	@command -v func >/dev/null || { echo "Azure Functions Core Tools (func) is not installed: see README, 'Run it locally'"; exit 1; }
 	@test -f local.settings.json || { cp local.settings.sample.json local.settings.json; echo "created local.settings.json from the sample"; }
-	@MODE=func PYTHON=$(BIN)/python bash scripts/run-local.sh
+	@MODE=func PYTHON=$(BIN)/python bash local/scripts/run-local.sh
 
 # Azurite alone, in the foreground (for running `func start` yourself).
 azurite: install
@@ -78,8 +78,8 @@ azurite: install
 # One sweep's cost at 1k, 10k and 50k live rows: beside the old full-table scan, and, with a SignalR
 # connection, the group listing beside per-connection HEAD checks (about ten minutes in all).
 bench-sweep: install $(VENV)/.bench-installed
-	PYTHONPATH=tests $(BIN)/python -m bench.sweep_scale
-	PYTHONPATH=tests $(BIN)/python -m bench.reconcile_scale
+	$(BIN)/python -m bench.sweep_scale
+	$(BIN)/python -m bench.reconcile_scale
 
 # Offline checks of the Bicep template (pycep-parser and checkov, each in its own venv).
 validate-infra:
@@ -92,11 +92,11 @@ smoke-azure: install
 	@command -v azd >/dev/null || { echo "smoke-azure: the Azure Developer CLI (azd) is not installed"; exit 2; }
 	@env_file=$$(mktemp); trap 'rm -f "$$env_file"' EXIT; \
 	  azd env get-values >"$$env_file" || { echo "smoke-azure: azd env get-values failed (run azd up first)"; exit 2; }; \
-	  $(BIN)/python scripts/smoke.py azure --env-file "$$env_file"
+	  $(BIN)/python local/scripts/smoke.py azure --env-file "$$env_file"
 
 # The same checks against a local stack started with `make run` (Azure-only steps are SKIP).
 smoke-local: install
-	$(BIN)/python scripts/smoke.py local --url http://localhost:$(HOST_PORT)
+	$(BIN)/python local/scripts/smoke.py local --url http://localhost:$(HOST_PORT)
 
 clean:
 	rm -rf $(VENV) .venv-infra node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis .reliability

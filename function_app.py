@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import azure.functions as func
 
-from mapping import events, messages
+from mapping import events, messages, runtime
 from mapping.errors import (
     InvalidNameError,
     InvalidRequestError,
@@ -20,7 +21,6 @@ from mapping.errors import (
 from mapping.invocation import parse_invocation
 from mapping.keys import normalize_user_name
 from mapping.send import parse_send_body, send_to_user
-from mapping.store import default_store
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,20 @@ app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 HUB = "%SIGNALR_HUB%"
 SIGNALR_CONNECTION = "AzureSignalRConnectionString"
 PRINCIPAL_HEADER = "x-ms-client-principal-name"
+SIGNALR = {"hub_name": HUB, "connection_string_setting": SIGNALR_CONNECTION}  # every SignalR binding's options
+
+
+def signalr_event(category: str, event: str) -> Callable[..., Any]:
+    """Bind a function to one SignalR event (`invocation`), with the `signalR` output its messages go to."""
+    trigger = app.generic_trigger(
+        arg_name="invocation", type="signalRTrigger", category=category, event=event, **SIGNALR
+    )
+    return lambda function: trigger(signalr_output(function))
+
+
+def signalr_output(function: Callable[..., Any]) -> Any:
+    """Give a function the `signalR` output binding (`signalr`), a JSON array of messages and group actions."""
+    return app.generic_output_binding(arg_name="signalr", type="signalR", **SIGNALR)(function)
 
 
 @app.function_name("negotiate")
@@ -36,9 +50,8 @@ PRINCIPAL_HEADER = "x-ms-client-principal-name"
 @app.generic_input_binding(
     arg_name="connection_info",
     type="signalRConnectionInfo",
-    hub_name=HUB,
     user_id="{headers.x-ms-client-principal-name}",
-    connection_string_setting=SIGNALR_CONNECTION,
+    **SIGNALR,
 )
 async def negotiate(req: func.HttpRequest, connection_info: str) -> func.HttpResponse:
     """Hand an authenticated client its SignalR URL and access token."""
@@ -53,67 +66,35 @@ async def negotiate(req: func.HttpRequest, connection_info: str) -> func.HttpRes
 
 
 @app.function_name("connected")
-@app.generic_trigger(
-    arg_name="invocation",
-    type="signalRTrigger",
-    hub_name=HUB,
-    category="connections",
-    event="connected",
-    connection_string_setting=SIGNALR_CONNECTION,
-)
-@app.generic_output_binding(
-    arg_name="signalr", type="signalR", hub_name=HUB, connection_string_setting=SIGNALR_CONNECTION
-)
+@signalr_event("connections", "connected")
 async def connected(invocation: str, signalr: func.Out[str]) -> None:
     """Map a new connection to its user; raising makes SignalR refuse the connection, so none goes unmapped."""
-    _send(signalr, await events.on_connected(default_store(), parse_invocation(invocation)))
+    _send(signalr, await events.on_connected(runtime.store(), parse_invocation(invocation)))
 
 
 @app.function_name("disconnected")
-@app.generic_trigger(
-    arg_name="invocation",
-    type="signalRTrigger",
-    hub_name=HUB,
-    category="connections",
-    event="disconnected",
-    connection_string_setting=SIGNALR_CONNECTION,
-)
-@app.generic_output_binding(
-    arg_name="signalr", type="signalR", hub_name=HUB, connection_string_setting=SIGNALR_CONNECTION
-)
+@signalr_event("connections", "disconnected")
 async def disconnected(invocation: str, signalr: func.Out[str]) -> None:
     """Remove a closed connection's row and announce the user offline when it was their last."""
-    _send(signalr, await events.on_disconnected(default_store(), parse_invocation(invocation)))
+    _send(signalr, await events.on_disconnected(runtime.store(), parse_invocation(invocation)))
 
 
 @app.function_name("send_message")
-@app.generic_trigger(
-    arg_name="invocation",
-    type="signalRTrigger",
-    hub_name=HUB,
-    category="messages",
-    event="send",
-    connection_string_setting=SIGNALR_CONNECTION,
-)
-@app.generic_output_binding(
-    arg_name="signalr", type="signalR", hub_name=HUB, connection_string_setting=SIGNALR_CONNECTION
-)
+@signalr_event("messages", "send")
 async def send_message(invocation: str, signalr: func.Out[str]) -> None:
     """Deliver a client's `send(to, message)` to every live connection of the recipient."""
-    _send(signalr, await events.on_send(default_store(), parse_invocation(invocation)))
+    _send(signalr, await events.on_send(runtime.store(), parse_invocation(invocation)))
 
 
 @app.function_name("send")
 @app.route(route="send", methods=["POST"])
-@app.generic_output_binding(
-    arg_name="signalr", type="signalR", hub_name=HUB, connection_string_setting=SIGNALR_CONNECTION
-)
+@signalr_output
 async def send(req: func.HttpRequest, signalr: func.Out[str]) -> func.HttpResponse:
     """Send a message to every live connection of a user."""
     sender = (req.headers.get(PRINCIPAL_HEADER) or "").strip() or None
     try:
         request = parse_send_body(req.get_body())
-        deliveries = await send_to_user(default_store(), request, sender=sender)
+        deliveries = await send_to_user(runtime.store(), request, sender=sender)
     except MappingError as error:
         return _error(error)
     _send(signalr, deliveries)
@@ -125,7 +106,7 @@ async def send(req: func.HttpRequest, signalr: func.Out[str]) -> func.HttpRespon
 async def online_users(req: func.HttpRequest) -> func.HttpResponse:
     """List users with at least one live connection, a page at a time."""
     try:
-        page = await default_store().online_users(
+        page = await runtime.store().online_users(
             limit=_limit(req.params.get("limit")), cursor=req.params.get("next") or None
         )
     except MappingError as error:
@@ -140,7 +121,7 @@ async def user_presence(req: func.HttpRequest) -> func.HttpResponse:
     """Tell whether a user is online, with their live connections."""
     try:
         user = normalize_user_name(req.route_params.get("user", ""))
-        connections = await default_store().connections_of(user)
+        connections = await runtime.store().connections_of(user)
     except MappingError as error:
         return _error(error)
     body = {"user": user, "online": bool(connections), "connections": [c.to_json() for c in connections]}
@@ -149,14 +130,13 @@ async def user_presence(req: func.HttpRequest) -> func.HttpResponse:
 
 @app.function_name("sweep")
 @app.timer_trigger(arg_name="timer", schedule="%SWEEP_SCHEDULE%", run_on_startup=False, use_monitor=True)
-@app.generic_output_binding(
-    arg_name="signalr", type="signalR", hub_name=HUB, connection_string_setting=SIGNALR_CONNECTION
-)
+@signalr_output
 async def sweep_stale(timer: func.TimerRequest, signalr: func.Out[str]) -> None:
     """Remove stale rows (SignalR's disconnect callback is best-effort) and announce who went offline."""
     if timer.past_due:
         logger.info("sweep: running late")
-    _send(signalr, await events.on_timer(default_store()))
+    store = runtime.store()
+    _send(signalr, await events.on_timer(store, liveness=runtime.liveness_for(store.settings.signalr)))
 
 
 def _send(signalr: func.Out[str], outgoing: list[messages.Message]) -> None:

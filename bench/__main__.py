@@ -15,12 +15,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from azurite import running_azurite
 from bench.coldstart import measure_cold_start
 from bench.load import Sample, drive, summarise
 from bench.report import write_report
 from bench.roundtrips import count_round_trips
 from bench.workload import EVENTS, IMPLS, Event, app_environment, prepared
+from testkit.azurite import running_azurite
 
 logger = logging.getLogger("bench")
 

@@ -8,7 +8,7 @@ connection meets most. Two designs, in one run on one table:
 - **HEAD checks** (the baseline, the app's fallback for services without the 2024-12-01 listing): one
   `HEAD` per due connection, and a refresh (index entry and row) for each one alive.
 
-SignalR is a loopback stand-in honouring the documented REST contract (`tests/signalr_rest.py`): the
+SignalR is a loopback stand-in honouring the documented REST contract (`testkit/signalr_rest.py`): the
 emulator holds connections only as real WebSockets, and 50,000 of them are not what this measures. The
 figures are counts on the wire (SignalR requests, table requests and writes) and the wall time.
 Goal per sweep (listing): SignalR requests <= N/200 + 2 x stale + 10; table requests <= N/200 + 4 x stale
@@ -23,25 +23,21 @@ import argparse
 import asyncio
 import json
 import logging
-import sys
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from mapping.liveness import MAPPED_GROUP, SignalRLiveness
+from mapping.settings import SignalRConnection
+from mapping.store import ConnectionStore
+from mapping.sweep import sweep
+from testkit.azurite import running_azurite
+from testkit.signalr_rest import ACCESS_KEY, SignalRRest, signalr_rest
+from testkit.table_requests import TableRequests
+from testkit.tables import make_settings, unique_table_name
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from table_requests import TableRequests  # noqa: E402
-
-from azurite import running_azurite  # noqa: E402
-from conftest import make_settings, unique_table_name  # noqa: E402
-from mapping.liveness import MAPPED_GROUP, SignalRLiveness  # noqa: E402
-from mapping.settings import SignalRConnection  # noqa: E402
-from mapping.store import ConnectionStore  # noqa: E402
-from mapping.sweep import sweep  # noqa: E402
-from signalr_rest import ACCESS_KEY, SignalRRest, signalr_rest  # noqa: E402
-
 logger = logging.getLogger(__name__)
 
 TTL = timedelta(seconds=600)

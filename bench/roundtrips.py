@@ -9,16 +9,16 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
-from azurite import connection_string
 from bench.floor import Floor, MinimalFloor
 from bench.naive import NaiveFunctions
 from bench.proxy import CountingProxy
 from bench.workload import RECIPIENT, TTL, Event, app_environment, fresh_table, seed, use_app_settings
-from functions_host import FUNCTIONS, Out, http_request, invocation
-from mapping.entity import utc_now
+from mapping.clock import utc_now
 from mapping.settings import Settings, StorageConnection
 from mapping.store import ConnectionStore
 from mapping.sweep import sweep
+from testkit.azurite import connection_string
+from testkit.functions_host import FUNCTIONS, Out, http_request, invocation
 
 
 def _counted(counts: Counter[str]) -> dict[str, Any]:

@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import json
 import logging
-import sys
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,14 +22,12 @@ from typing import Any
 from azure.core import MatchConditions
 from azure.data.tables.aio import TableClient
 
+from mapping.store import ConnectionStore
+from mapping.sweep import sweep
+from testkit.azurite import running_azurite
+from testkit.tables import make_settings, unique_table_name
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from azurite import running_azurite  # noqa: E402
-from conftest import make_settings, unique_table_name  # noqa: E402
-from mapping.store import ConnectionStore  # noqa: E402
-from mapping.sweep import sweep  # noqa: E402
-
 logger = logging.getLogger(__name__)
 
 TTL = timedelta(seconds=600)

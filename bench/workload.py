@@ -21,9 +21,9 @@ from azure.data.tables.aio import TableServiceClient
 
 from bench.floor import Floor
 from bench.naive import NaiveFunctions
-from functions_host import FUNCTIONS, Out, http_request, invocation
+from mapping import runtime
 from mapping.entity import ConnectionEntity
-from mapping.store import reset_default_store
+from testkit.functions_host import FUNCTIONS, Out, http_request, invocation
 
 IMPLS = ("floor", "ours", "naive")
 TTL = timedelta(seconds=600)
@@ -76,7 +76,7 @@ async def use_app_settings(env: dict[str, str]) -> None:
         if name.startswith(("MAPPING_", "AzureWebJobsStorage")):
             del os.environ[name]
     os.environ.update(env)
-    await reset_default_store()
+    await runtime.reset()
 
 
 def new_table_name() -> str:
@@ -240,7 +240,7 @@ async def prepared(
             try:
                 yield ours(event, _payloads(event, tag, count), verify_below=verify_below)
             finally:
-                await reset_default_store()
+                await runtime.reset()
         elif impl == "floor":
             client = Floor(connection_string, table, ttl=TTL)
             try:

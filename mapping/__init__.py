@@ -14,10 +14,10 @@ from mapping.errors import (
 from mapping.events import on_connected, on_disconnected, on_send, on_timer
 from mapping.invocation import Invocation, parse_invocation
 from mapping.keys import connection_key, normalize_user_name, user_key
-from mapping.liveness import Liveness, SignalRLiveness, liveness_for
+from mapping.liveness import Liveness, LivenessCheck, SignalRLiveness
 from mapping.send import SendRequest, parse_send_body, send_to_user
-from mapping.settings import Settings, get_settings
-from mapping.store import ConnectionStore, UsersPage, default_store, reset_default_store
+from mapping.settings import Settings
+from mapping.store import ConnectionStore, UsersPage
 from mapping.sweep import SweepResult, sweep
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "InvalidRequestError",
     "Invocation",
     "Liveness",
+    "LivenessCheck",
     "MappingError",
     "PayloadTooLargeError",
     "SendRequest",
@@ -39,9 +40,6 @@ __all__ = [
     "UserOfflineError",
     "UsersPage",
     "connection_key",
-    "default_store",
-    "get_settings",
-    "liveness_for",
     "normalize_user_name",
     "on_connected",
     "on_disconnected",
@@ -49,7 +47,6 @@ __all__ = [
     "on_timer",
     "parse_invocation",
     "parse_send_body",
-    "reset_default_store",
     "send_to_user",
     "sweep",
     "user_key",

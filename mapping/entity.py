@@ -4,24 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
+from mapping.clock import moment_of
 from mapping.keys import connection_key, normalize_connection_id, normalize_user_name, user_key
 
 MAX_USER_AGENT_LENGTH = 512
-
-
-def utc_now() -> datetime:
-    """Return the current time as a timezone-aware UTC datetime."""
-    return datetime.now(UTC)
-
-
-def as_utc(moment: datetime) -> datetime:
-    """Return `moment` in UTC; a naive datetime is refused rather than guessed at."""
-    if moment.tzinfo is None:
-        raise ValueError("naive datetime: use timezone-aware UTC datetimes")
-    return moment.astimezone(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +31,7 @@ class ConnectionEntity:
         cls, user_name: str, connection_id: str, *, hub: str, user_agent: str = "", now: datetime | None = None
     ) -> ConnectionEntity:
         """Build the row for a connection that has just opened (names validated and normalised)."""
-        moment = as_utc(now) if now is not None else utc_now()
+        moment = moment_of(now)
         return cls(
             user_name=normalize_user_name(user_name),
             connection_id=normalize_connection_id(connection_id),
@@ -61,10 +50,6 @@ class ConnectionEntity:
     def row_key(self) -> str:
         """Return the row's RowKey (the escaped connection id)."""
         return connection_key(self.connection_id)
-
-    def is_live(self, *, ttl: timedelta, now: datetime | None = None) -> bool:
-        """Return whether the lease still holds: `last_seen` within `ttl` of now."""
-        return self.last_seen > (now or utc_now()) - ttl
 
     def to_table(self) -> dict[str, Any]:
         """Return the row as azure-data-tables expects it."""

@@ -6,7 +6,7 @@ import logging
 
 from mapping.errors import InvalidNameError, InvalidRequestError, UserOfflineError
 from mapping.invocation import Invocation
-from mapping.liveness import MAPPED_GROUP, liveness_for
+from mapping.liveness import AGE_ONLY, MAPPED_GROUP, LivenessCheck
 from mapping.messages import Message, error_message, join_group, presence_message
 from mapping.presence import PresenceChange
 from mapping.send import parse_send_arguments, send_to_user
@@ -62,9 +62,9 @@ async def on_send(store: ConnectionStore, event: Invocation) -> list[Message]:
         return [*revived, error_message(event.connection_id, "recipient is offline", to=request.to)]
 
 
-async def on_timer(store: ConnectionStore) -> list[Message]:
-    """Sweep stale rows (liveness-checked when SignalR is configured); announce users who went offline."""
-    result = await sweep(store, liveness=liveness_for(store.settings.signalr))
+async def on_timer(store: ConnectionStore, *, liveness: LivenessCheck = AGE_ONLY) -> list[Message]:
+    """Sweep stale rows (liveness-checked unless age-only); announce users who went offline."""
+    result = await sweep(store, liveness=liveness)
     return [presence_message(c.user, online=c.online, version=c.version) for c in result.presence]
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from mapping.entity import as_utc
+from mapping.clock import as_utc
 from mapping.errors import BatchRejectedError, RowChangedError
 from mapping.table import MAX_BATCH, Operation, Table, delete, upsert
 

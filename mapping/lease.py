@@ -65,3 +65,7 @@ class Lease:
     def due_before(self, now: datetime, *, asks_service: bool) -> datetime:
         """Return the sweep's cutoff: rows last seen before it are looked at (half a lease when it can ask)."""
         return now - (self.ttl / 2 if asks_service else self.ttl)
+
+    def given_up_before(self, now: datetime, *, asks_service: bool) -> datetime:
+        """Return when a row nobody vouches for is gone: past the max age when the service is asked, else the lease."""
+        return now - (self.max_age if asks_service else self.window)

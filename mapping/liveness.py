@@ -9,11 +9,7 @@ so one listing tells the sweep which connections the service still has.
 from __future__ import annotations
 
 import asyncio
-import base64
 import enum
-import hashlib
-import hmac
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -24,6 +20,7 @@ import aiohttp
 from azure.core.credentials_async import AsyncTokenCredential
 from yarl import URL
 
+from mapping.access_token import access_key_token
 from mapping.identity import identity_credential
 from mapping.settings import SignalRConnection
 
@@ -35,7 +32,6 @@ MAPPED_GROUP = "~connections"  # every mapped connection joins it; `~` is never 
 _LIST_PAGE_SIZE = 200
 _UNSUPPORTED = frozenset({400, 404, 501})  # an older service: no listing
 TOKEN_SCOPE = "https://signalr.azure.com/.default"  # noqa: S105 - an OAuth scope, not a secret
-_TOKEN_LIFETIME_SECONDS = 3600
 _MAX_RETRY_AFTER_SECONDS = 30
 
 
@@ -67,6 +63,8 @@ class GroupMembers:
 class LivenessCheck(Protocol):
     """Asks the service which connections are open; the sweep's seam to the service (and to test fakes)."""
 
+    asks_service: bool  # False: no service to ask, a row's age alone decides (`AgeOnly`)
+
     async def check(self, hub: str, connection_id: str) -> Liveness:
         """Return ALIVE, GONE, or UNKNOWN when the service cannot say."""
         ...
@@ -76,8 +74,27 @@ class LivenessCheck(Protocol):
         ...
 
 
+class AgeOnly:
+    """The check of a deployment without SignalR REST access: it never asks, so a row's age alone decides."""
+
+    asks_service = False
+
+    async def check(self, hub: str, connection_id: str) -> Liveness:
+        """Return UNKNOWN: nobody is asked; the sweep judges the row by its age."""
+        return Liveness.UNKNOWN
+
+    async def members(self, hub: str, group: str, *, deadline: float) -> GroupMembers:
+        """Return UNSUPPORTED: there is no listing to ask for."""
+        return GroupMembers(Listing.UNSUPPORTED)
+
+
+AGE_ONLY = AgeOnly()
+
+
 class SignalRLiveness:
     """Checks connections with `HEAD /api/hubs/{hub}/connections/{id}`: bounded concurrency, timeouts, 429-aware."""
+
+    asks_service = True
 
     def __init__(
         self,
@@ -207,35 +224,6 @@ class SignalRLiveness:
         logger.info("liveness checks throttled for %.1f s", pause)
 
 
-def access_key_token(access_key: str, *, audience: str, lifetime_seconds: int = _TOKEN_LIFETIME_SECONDS) -> str:
-    """Return an HS256 JWT for the SignalR REST API: `aud` the request URL (no query), `exp` soon after now."""
-    header = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")))
-    claims = _b64(json.dumps({"aud": audience, "exp": int(time.time()) + lifetime_seconds}, separators=(",", ":")))
-    signing_input = f"{header}.{claims}"
-    signature = hmac.new(access_key.encode(), signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{_b64(signature)}"
-
-
-_checkers: dict[SignalRConnection, SignalRLiveness] = {}
-
-
-def liveness_for(connection: SignalRConnection | None) -> SignalRLiveness | None:
-    """Return the process's checker for a SignalR connection, or None when there is none (age-based sweep)."""
-    if connection is None:
-        return None
-    if connection not in _checkers:
-        _checkers[connection] = SignalRLiveness(connection)
-    return _checkers[connection]
-
-
-async def close_checkers() -> None:
-    """Close and forget the process's checkers (for shutdown and tests)."""
-    checkers = list(_checkers.values())
-    _checkers.clear()
-    for checker in checkers:
-        await checker.close()
-
-
 def _connection_ids(page: dict[str, Any]) -> list[str]:
     value = page.get("value")
     items = value if isinstance(value, list) else []
@@ -249,11 +237,6 @@ def _next_link(endpoint: str, page: dict[str, Any]) -> str | None:
     if not isinstance(link, str) or not link:
         return None
     return link if link.startswith(("http://", "https://")) else endpoint + "/" + link.lstrip("/")
-
-
-def _b64(data: str | bytes) -> str:
-    raw = data.encode() if isinstance(data, str) else data
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def _retry_after(header: str | None) -> float | None:

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from mapping.errors import InvalidNameError, InvalidRequestError, PayloadTooLargeError, UserOfflineError
+from mapping.jsonparse import MAX_JSON_DEPTH, load_json, within_depth
 from mapping.keys import normalize_user_name
-from mapping.messages import MAX_JSON_DEPTH, Message, delivery_messages, load_json, within_depth
+from mapping.messages import Message, delivery_messages
 from mapping.store import ConnectionStore
 
 MAX_BODY_BYTES = 64 * 1024

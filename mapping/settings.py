@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 from collections.abc import Mapping
@@ -99,12 +98,6 @@ class Settings:
             max_age=timedelta(seconds=_positive_int(env, "MAPPING_MAX_AGE_SECONDS", DEFAULT_MAX_AGE_SECONDS)),
             signalr=_signalr_connection(env),
         )
-
-
-@functools.cache
-def get_settings() -> Settings:
-    """Return the process-wide settings, read from the environment on first use."""
-    return Settings.from_environment()
 
 
 def _value(env: Mapping[str, str], name: str) -> str | None:

@@ -26,13 +26,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from mapping.entity import ConnectionEntity, as_utc, utc_now
+from mapping.clock import Clock, moment_of, utc_now
+from mapping.entity import ConnectionEntity
 from mapping.errors import BatchRejectedError, ConflictError, InvalidRequestError, RowChangedError, StorageError
 from mapping.expiry import ExpiryIndex
 from mapping.keys import connection_key, normalize_user_name, user_key
 from mapping.lease import Lease
 from mapping.presence import PRESENCE_ROW, PresenceChange, Recorded, decide, presence_write, recorded_from
-from mapping.settings import Settings, get_settings
+from mapping.settings import Settings
 from mapping.table import MAX_BATCH, Operation, Table, create, delete, merge
 
 logger = logging.getLogger(__name__)
@@ -122,8 +123,9 @@ class Settled:
 class ConnectionStore:
     """The user -> connections map in one Azure table; one instance (and one client) per process."""
 
-    def __init__(self, settings: Settings, **table_options: Any) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock = utc_now, **table_options: Any) -> None:
         self.settings = settings
+        self.clock = clock
         self.table = Table(settings, **table_options)
         self.lease = Lease.of(settings)
         self.index = ExpiryIndex(self.table, width=self.lease.bucket_width)
@@ -142,7 +144,7 @@ class ConnectionStore:
     ) -> ConnectOutcome:
         """Write the row of a connection that opened; say whether the user came online with it."""
         entity = ConnectionEntity.new(
-            user_name, connection_id, hub=hub or self.settings.hub, user_agent=user_agent, now=now
+            user_name, connection_id, hub=hub or self.settings.hub, user_agent=user_agent, now=self.now(now)
         )
         if not self.settings.presence_events:
             bucket = await self.index.write(entity.partition_key, entity.row_key, entity.last_seen)
@@ -161,7 +163,7 @@ class ConnectionStore:
         self._refreshed.pop((partition, row), None)
         if not self.settings.presence_events:
             return DisconnectOutcome(name, removed=await self._delete_reporting(partition, row))
-        moment = as_utc(now) if now else utc_now()
+        moment = self.now(now)
         writer = uuid.uuid4().hex
         attempts = _Attempts()
         tried = False
@@ -192,7 +194,7 @@ class ConnectionStore:
     async def touch(self, user_name: str, connection_id: str, *, now: datetime | None = None) -> TouchOutcome:
         """Refresh a connection's `LastSeen` (at most once per quarter lease); a lapsed lease made live is announced."""
         partition, row = user_key(user_name), connection_key(connection_id)
-        moment = as_utc(now) if now else utc_now()
+        moment = self.now(now)
         last = self._refreshed.get((partition, row))
         if last is not None and moment - last < self.lease.refresh_every:
             return TouchOutcome(True)
@@ -311,6 +313,10 @@ class ConnectionStore:
     async def close(self) -> None:
         """Close the table client and any credential; the next call opens them again."""
         await self.table.close()
+
+    def now(self, now: datetime | None = None) -> datetime:
+        """Return `now` in UTC when given (callers pin the time), else the store's clock's current time."""
+        return moment_of(now, self.clock)
 
     def bucket_width(self) -> timedelta:
         """Return the width of the expiry index's time buckets."""
@@ -482,7 +488,7 @@ class ConnectionStore:
             self._refreshed.popitem(last=False)
 
     def _cutoff(self, now: datetime | None) -> datetime:
-        return self.lease.live_after(as_utc(now) if now else utc_now())
+        return self.lease.live_after(self.now(now))
 
 
 class _Attempts:
@@ -561,23 +567,3 @@ def _decode_cursor(cursor: str) -> str:
     if not after:
         raise InvalidRequestError("next is not a cursor this API returned")
     return after
-
-
-_default_store: ConnectionStore | None = None
-
-
-def default_store() -> ConnectionStore:
-    """Return the process-wide store, built from the app settings on first use."""
-    global _default_store
-    if _default_store is None:
-        _default_store = ConnectionStore(get_settings())
-    return _default_store
-
-
-async def reset_default_store() -> None:
-    """Close the process-wide store and forget it and the settings (for tests and reconfiguration)."""
-    global _default_store
-    store, _default_store = _default_store, None
-    get_settings.cache_clear()
-    if store is not None:
-        await store.close()

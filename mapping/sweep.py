@@ -31,11 +31,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from mapping.entity import ConnectionEntity, as_utc, utc_now
+from mapping.entity import ConnectionEntity
 from mapping.errors import InvalidNameError, MappingError, StorageError
 from mapping.expiry import IndexEntry
 from mapping.keys import connection_key, unescape_key, user_key
-from mapping.liveness import MAPPED_GROUP, Listing, Liveness, LivenessCheck
+from mapping.liveness import AGE_ONLY, MAPPED_GROUP, Listing, Liveness, LivenessCheck
 from mapping.presence import PresenceChange
 from mapping.store import ConnectionStore, UserView
 
@@ -105,7 +105,7 @@ class _Clock:
 class _Service:
     """What this run knows of the service: how to ask it, and what its listing said (connection keys)."""
 
-    check: LivenessCheck | None = None
+    check: LivenessCheck = AGE_ONLY
     listing: Listing | None = None  # None: no listing asked (age-based, or not reconciled)
     listed: frozenset[str] = frozenset()
 
@@ -117,21 +117,26 @@ class _Service:
     def unreachable(self) -> bool:
         return self.listing is Listing.UNAVAILABLE
 
+    @property
+    def asked(self) -> bool:
+        """Whether this run asks the service about rows (not age-only, and the service is reachable)."""
+        return self.check.asks_service and not self.unreachable
+
 
 async def sweep(
     store: ConnectionStore,
     *,
-    liveness: LivenessCheck | None = None,
+    liveness: LivenessCheck = AGE_ONLY,
     now: datetime | None = None,
     time_budget: timedelta = DEFAULT_TIME_BUDGET,
 ) -> SweepResult:
-    """Remove stale connection rows (liveness-checked when `liveness` is given); report presence changes."""
-    moment = as_utc(now) if now else utc_now()
+    """Remove stale connection rows (liveness-checked unless `liveness` is age-only); report presence changes."""
+    moment = store.now(now)
     budget = time_budget.total_seconds()
     start = time.monotonic()
     clock = _Clock(
         now=moment,
-        cutoff=store.lease.due_before(moment, asks_service=liveness is not None),
+        cutoff=store.lease.due_before(moment, asks_service=liveness.asks_service),
         deadline=start + budget,
         checks_deadline=start + budget * (1 - _WRITE_RESERVE),
     )
@@ -156,10 +161,10 @@ async def sweep(
 
 
 async def _ask_service(
-    store: ConnectionStore, liveness: LivenessCheck | None, *, clock: _Clock, result: SweepResult
+    store: ConnectionStore, liveness: LivenessCheck, *, clock: _Clock, result: SweepResult
 ) -> _Service:
     """List the hub-wide group once per run when reconciling; otherwise HEAD checks (or age) decide."""
-    if liveness is None or not store.lease.reconciled:
+    if not liveness.asks_service or not store.lease.reconciled:
         return _Service(check=liveness)
     members = await liveness.members(store.settings.hub, MAPPED_GROUP, deadline=clock.checks_deadline)
     result.signalr_requests += members.requests
@@ -251,9 +256,8 @@ async def _sweep_user(
             due.append((entry, row))
         # else: the entry's bucket straddles the cutoff and this row is not due yet; keep the entry
     verdicts = await _verdicts([row for _, row in due], store=store, service=service, clock=clock)
-    asked = service.check is not None and not service.unreachable
-    result.checked += len(due) if asked else 0
-    result.signalr_requests += len(due) if asked else 0
+    result.checked += len(due) if service.asked else 0
+    result.signalr_requests += len(due) if service.asked else 0
     gone = {
         row.row_key: row.etag or "" for (_, row), verdict in zip(due, verdicts, strict=True) if verdict is Liveness.GONE
     }
@@ -292,17 +296,14 @@ async def _verdicts(
 ) -> list[Liveness]:
     if not rows:
         return []
-    lease = store.lease
-    if service.check is None:
-        return [Liveness.UNKNOWN if lease.is_live(row.last_seen, clock.now) else Liveness.GONE for row in rows]
-    if service.unreachable:
-        answers = [Liveness.UNKNOWN] * len(rows)  # nobody can be judged: kept, unless too old
+    if not service.asked:
+        answers = [Liveness.UNKNOWN] * len(rows)  # age-only, or nobody can be judged: kept, unless too old
     else:
         answers = list(await asyncio.gather(*(_bounded_check(service.check, row, clock) for row in rows)))
     if service.reconciling:
         # A connection the listing lacked but a HEAD finds: the listing lagged. Kept as it is, no write.
         answers = [Liveness.UNKNOWN if answer is Liveness.ALIVE else answer for answer in answers]
-    too_old = clock.now - lease.max_age
+    too_old = store.lease.given_up_before(clock.now, asks_service=service.check.asks_service)
     return [
         Liveness.GONE if answer is Liveness.UNKNOWN and row.last_seen < too_old else answer
         for row, answer in zip(rows, answers, strict=True)

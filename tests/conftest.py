@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables.aio import TableClient, TableServiceClient
 
-from azurite import DEV_KEY, Azurite, free_port, running_azurite
 from figures import FIGURES, Figures
+from mapping import runtime
 from mapping.expiry import INDEX_PREFIX
-from mapping.liveness import close_checkers
 from mapping.presence import PRESENCE_ROW
-from mapping.settings import Settings, StorageConnection
-from mapping.store import ConnectionStore, reset_default_store
+from mapping.store import ConnectionStore
+from testkit.azurite import DEV_KEY, Azurite, free_port, running_azurite
+from testkit.tables import make_settings, unique_table_name
 
 # Re-exported for the test modules, which import them from here.
-__all__ = ["DEV_KEY", "Azurite", "free_port", "running_azurite"]
+__all__ = ["DEV_KEY", "Azurite", "free_port", "make_settings", "running_azurite", "unique_table_name"]
 
 
 @pytest.fixture(scope="session")
@@ -27,21 +26,6 @@ def azurite() -> Iterator[Azurite]:
     """Start Azurite's table service (in memory) on a free port for the whole test run."""
     with running_azurite() as service:
         yield service
-
-
-def unique_table_name() -> str:
-    """Return a table name no other test uses."""
-    return f"t{uuid.uuid4().hex[:20]}"
-
-
-def make_settings(connection_string: str, table: str, **overrides: object) -> Settings:
-    """Build settings for a store on the given storage and table."""
-    values: dict[str, object] = {
-        "storage": StorageConnection(connection_string=connection_string),
-        "table_name": table,
-        **overrides,
-    }
-    return Settings(**values)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -75,10 +59,9 @@ async def app_env(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> AsyncIte
             monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    await reset_default_store()
+    await runtime.reset()
     yield env
-    await reset_default_store()
-    await close_checkers()
+    await runtime.reset()
     await drop_table(azurite, env["MAPPING_TABLE"])
 
 

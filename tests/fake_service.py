@@ -11,6 +11,8 @@ from mapping.liveness import GroupMembers, Listing, Liveness
 class FakeService:
     """Answers liveness checks from a table, lists a group from a set (or cannot list), and counts requests."""
 
+    asks_service = True
+
     def __init__(
         self,
         answers: dict[str, Liveness] | None = None,

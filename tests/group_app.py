@@ -3,12 +3,21 @@ whose `signalR` output is exactly the JSON array it was posted (messages and gro
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import azure.functions as func
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 
-HUB = "%SIGNALR_HUB%"
-SIGNALR_CONNECTION = "AzureSignalRConnectionString"
+SIGNALR = {"hub_name": "%SIGNALR_HUB%", "connection_string_setting": "AzureSignalRConnectionString"}
+
+
+def connection_event(event: str) -> Callable[..., Any]:
+    """Bind a function to one of SignalR's connection events."""
+    return app.generic_trigger(
+        arg_name="invocation", type="signalRTrigger", category="connections", event=event, **SIGNALR
+    )
 
 
 @app.function_name("negotiate")
@@ -16,9 +25,8 @@ SIGNALR_CONNECTION = "AzureSignalRConnectionString"
 @app.generic_input_binding(
     arg_name="connection_info",
     type="signalRConnectionInfo",
-    hub_name=HUB,
     user_id="{headers.x-ms-client-principal-name}",
-    connection_string_setting=SIGNALR_CONNECTION,
+    **SIGNALR,
 )
 def negotiate(req: func.HttpRequest, connection_info: str) -> func.HttpResponse:
     """Hand the client its SignalR URL and access token."""
@@ -26,36 +34,20 @@ def negotiate(req: func.HttpRequest, connection_info: str) -> func.HttpResponse:
 
 
 @app.function_name("connected")
-@app.generic_trigger(
-    arg_name="invocation",
-    type="signalRTrigger",
-    hub_name=HUB,
-    category="connections",
-    event="connected",
-    connection_string_setting=SIGNALR_CONNECTION,
-)
+@connection_event("connected")
 def connected(invocation: str) -> None:
     """Accept every connection."""
 
 
 @app.function_name("disconnected")
-@app.generic_trigger(
-    arg_name="invocation",
-    type="signalRTrigger",
-    hub_name=HUB,
-    category="connections",
-    event="disconnected",
-    connection_string_setting=SIGNALR_CONNECTION,
-)
+@connection_event("disconnected")
 def disconnected(invocation: str) -> None:
     """Nothing to forget."""
 
 
 @app.function_name("output")
 @app.route(route="output", methods=["POST"])
-@app.generic_output_binding(
-    arg_name="signalr", type="signalR", hub_name=HUB, connection_string_setting=SIGNALR_CONNECTION
-)
+@app.generic_output_binding(arg_name="signalr", type="signalR", **SIGNALR)
 def output(req: func.HttpRequest, signalr: func.Out[str]) -> func.HttpResponse:
     """Set the posted JSON array as the `signalR` output, as is."""
     signalr.set(req.get_body().decode())

@@ -19,8 +19,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from azurite import ROOT, Azurite, _wait_listening, free_port, stop_process
 from conftest import unique_table_name
+from testkit.azurite import ROOT, Azurite, _wait_listening, free_port, stop_process
 
 DRIVER = ROOT / "tests" / "e2e" / "signalr_driver.mjs"
 ACCESS_KEY = "e2e-primary-key-0123456789abcdefghijklmnopqrstuv"
@@ -102,13 +102,13 @@ def running_stack(
             settings = logs / "local.settings.json"
             settings.write_text(json.dumps({"IsEncrypted": False, "Values": values}))
             emulator = [
-                *(sys.executable, "-m", "signalr_emulator", "--host", "127.0.0.1", "--port", str(emulator_port)),
+                *(sys.executable, "-m", "local.emulator", "--host", "127.0.0.1", "--port", str(emulator_port)),
                 *("--public-url", emulator_url, "--upstream", f"{host_url}/runtime/webhooks/signalr"),
                 *("--access-key", ACCESS_KEY, "--secondary-key", SECONDARY_KEY),
                 *("--client-timeout", str(client_timeout), "--keepalive", str(keepalive)),
             ]
             host = [
-                *(sys.executable, "-m", "local_host", "--host", "127.0.0.1", "--port", str(host_port)),
+                *(sys.executable, "-m", "local.host", "--host", "127.0.0.1", "--port", str(host_port)),
                 *("--settings", str(settings)),
             ]
             for prefix, directory in (static or {}).items():

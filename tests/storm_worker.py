@@ -18,8 +18,8 @@ def run_lanes(env: dict[str, str], lanes: list[list[Event]], concurrency: int) -
 
 
 async def _replay(lanes: list[list[Event]], concurrency: int) -> list[dict[str, Any]]:
-    from functions_host import invocation, signalr_event
-    from mapping.store import reset_default_store
+    from mapping import runtime
+    from testkit.functions_host import invocation, signalr_event
 
     records: list[dict[str, Any]] = []
     gate = asyncio.Semaphore(concurrency)
@@ -48,5 +48,5 @@ async def _replay(lanes: list[list[Event]], concurrency: int) -> list[dict[str, 
     try:
         await asyncio.gather(*(play(lane) for lane in lanes))
     finally:
-        await reset_default_store()
+        await runtime.reset()
     return records

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
-from azurite import connection_string
 from bench.floor import Floor
 from bench.naive import NaiveFunctions
 from bench.proxy import CountingProxy, classify
 from bench.workload import fresh_table
 from conftest import Azurite
-from functions_host import Out, http, http_request
 from mapping.entity import ConnectionEntity
+from testkit.azurite import connection_string
+from testkit.functions_host import Out, http, http_request
 
 
 def test_classify_names_table_operations() -> None:

@@ -20,15 +20,16 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
-from fake_service import FakeService
 
 from conftest import Azurite, drop_table, make_settings, presence_rows, table_rows, unique_table_name
+from fake_service import FakeService
 from faultproxy import PASS, Fault, FaultProxy, fault_proxy
 from figures import Figures
 from mapping.errors import StorageError
-from mapping.liveness import Liveness
+from mapping.liveness import AGE_ONLY, Liveness
 from mapping.presence import PresenceChange
 from mapping.store import ConnectionStore
 from mapping.sweep import sweep
@@ -65,7 +66,7 @@ class World:
 
     async def sweep(self, store: ConnectionStore, now: datetime) -> None:
         """Run one sweep and record what it announces."""
-        result = await sweep(store, liveness=self.service, now=now)
+        result = await sweep(store, liveness=self.service or AGE_ONLY, now=now)
         self.hear(*result.presence)
 
 
@@ -177,7 +178,12 @@ async def proxy(azurite: Azurite) -> AsyncIterator[FaultProxy]:
 async def world(azurite: Azurite, proxy: FaultProxy, case: Case) -> AsyncIterator[World]:
     """A fresh table, a direct store and a store through the proxy (few, fast retries), both warmed up."""
     table = unique_table_name()
-    options = {"retry_total": 1, "retry_backoff_factor": 0.01, "retry_timeout": 2.0, "read_timeout": 2.0}
+    options: dict[str, Any] = {
+        "retry_total": 1,
+        "retry_backoff_factor": 0.01,
+        "retry_timeout": 2.0,
+        "read_timeout": 2.0,
+    }
     store = ConnectionStore(make_settings(azurite.connection_string, table, ttl=TTL))
     proxied = ConnectionStore(make_settings(proxied_connection(azurite, proxy), table, ttl=TTL), **options)
     proxy.plan(then=PASS)

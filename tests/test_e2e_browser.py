@@ -8,12 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from azurite import ROOT, Azurite
 from stack import running_stack
+from testkit.azurite import ROOT, Azurite
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 SCRIPT = ROOT / "tests" / "e2e" / "browser_chat.mjs"
-STATIC = {"/": ROOT / "demo", "/vendor/signalr": ROOT / "node_modules" / "@microsoft" / "signalr" / "dist" / "browser"}
+STATIC = {
+    "/": ROOT / "local" / "demo",
+    "/vendor/signalr": ROOT / "node_modules" / "@microsoft" / "signalr" / "dist" / "browser",
+}
 
 HAVE_CHROMIUM = CHROMIUM.exists()
 

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 import aiohttp
-import jwt
 import pytest
 
 from conftest import Azurite
+from mapping.access_token import access_key_token
 from stack import ACCESS_KEY, HUB, Stack, running_stack, unique_user, wait_until
 
 pytestmark = pytest.mark.slow
@@ -85,7 +84,7 @@ async def connect(session: aiohttp.ClientSession, stack: Stack, user: str) -> Cl
 def bearer(url: str, *, key: str = ACCESS_KEY) -> dict[str, str]:
     """Return the Authorization header for a REST call: a token whose audience is the URL without its query."""
     audience = url.split("?", 1)[0]
-    token = jwt.encode({"aud": audience, "exp": int(time.time()) + 600}, key.encode(), algorithm="HS256")
+    token = access_key_token(key, audience=audience, lifetime_seconds=600)
     return {"Authorization": f"Bearer {token}"}
 
 

@@ -15,14 +15,15 @@ from typing import Any
 
 import pytest
 
-from azurite import AZURITE, Azurite, free_port
 from conftest import make_settings, table_rows, unique_table_name
 from faultproxy import CUT, HANG, PASS, Fault, FaultProxy, fault_proxy
 from figures import Figures
-from functions_host import Out, http, http_request, invocation, signalr_event
+from mapping import runtime
 from mapping.errors import StorageError, StorageUnavailableError
 from mapping.keys import connection_key
-from mapping.store import ConnectionStore, reset_default_store
+from mapping.store import ConnectionStore
+from testkit.azurite import AZURITE, Azurite, free_port
+from testkit.functions_host import Out, http, http_request, invocation, signalr_event
 
 pytestmark = pytest.mark.reliability
 
@@ -90,9 +91,9 @@ async def app_on(restartable: RestartableAzurite, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("MAPPING_TABLE", table)
     monkeypatch.setenv("PRESENCE_EVENTS", "true")
     monkeypatch.setenv("MAPPING_TTL_SECONDS", "600")
-    await reset_default_store()
+    await runtime.reset()
     yield table
-    await reset_default_store()
+    await runtime.reset()
 
 
 @dataclass
@@ -342,7 +343,7 @@ async def test_http_answers_503_with_retry_after_while_throttled(
     table = unique_table_name()
     monkeypatch.setenv("MAPPING_STORAGE", Azurite(proxy.port).connection_string)
     monkeypatch.setenv("MAPPING_TABLE", table)
-    await reset_default_store()
+    await runtime.reset()
     try:
         await signalr_event("connected", invocation("connected", user_id="bob", connection_id="b1"))
         proxy.plan(then=Fault.answer(503, retry_after="7"))
@@ -359,5 +360,5 @@ async def test_http_answers_503_with_retry_after_while_throttled(
         status, body, _ = await http("user_presence", http_request("GET", "users/bob", route_params={"user": "bob"}))
         assert [c["connectionId"] for c in body["connections"]] == ["b1"]
     finally:
-        await reset_default_store()
+        await runtime.reset()
     record(figures, proxy)

@@ -11,8 +11,8 @@ import pytest
 from azure.functions.timer import TimerRequest
 
 from conftest import Azurite, table_rows
-from functions_host import Out, call, http, http_request, invocation, signalr_event
-from mapping.store import default_store
+from mapping import runtime
+from testkit.functions_host import Out, call, http, http_request, invocation, signalr_event
 
 pytestmark = pytest.mark.usefixtures("app_env")
 
@@ -178,10 +178,8 @@ async def test_repeated_events_announce_presence_once(app_env: dict[str, str], a
 
 async def test_presence_events_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     """With PRESENCE_EVENTS=false nothing is broadcast on connect or disconnect."""
-    from mapping.store import reset_default_store
-
     monkeypatch.setenv("PRESENCE_EVENTS", "false")
-    await reset_default_store()
+    await runtime.reset()
     assert (await connect("quiet", "c1")).value is None
     assert (await disconnect("quiet", "c1")).value is None
 
@@ -214,7 +212,7 @@ async def test_client_send_reaches_every_connection_of_the_recipient() -> None:
 
 async def test_client_send_refreshes_the_callers_lease() -> None:
     """A message event moves the caller's LastSeen forward."""
-    store = default_store()
+    store = runtime.store()
     await store.connect("alice", "a1", now=datetime.now(UTC) - timedelta(seconds=500))
     await client_send("alice", "a1", ["alice", "note to self"])
     [connection] = await store.connections_of("alice")
@@ -279,7 +277,7 @@ async def test_http_send_to_an_offline_user_is_404() -> None:
 
 async def test_http_send_ignores_expired_connections() -> None:
     """A user whose only row is an expired lease is offline for send."""
-    await default_store().connect("sleepy", "s1", now=datetime.now(UTC) - timedelta(seconds=601))
+    await runtime.store().connect("sleepy", "s1", now=datetime.now(UTC) - timedelta(seconds=601))
     status, _, out = await http_send({"to": "sleepy", "message": "hi"})
     assert (status, out.value) == (404, None)
 
@@ -408,7 +406,7 @@ async def test_timer_sweep_removes_expired_rows_and_announces_offline(
     app_env: dict[str, str], azurite: Azurite
 ) -> None:
     """The timer deletes expired rows, keeps live ones and broadcasts offline for users it emptied."""
-    store = default_store()
+    store = runtime.store()
     await store.connect("Old", "o1", now=datetime.now(UTC) - timedelta(hours=1))
     await connect("new", "n1")
     out = Out()
@@ -428,21 +426,20 @@ async def test_timer_sweep_with_nothing_stale_sends_nothing() -> None:
 
 async def test_timer_sweep_asks_signalr_when_configured(monkeypatch: pytest.MonkeyPatch) -> None:
     """With AzureSignalRConnectionString set, the timer checks rows past half their lease with the service."""
-    from mapping.store import reset_default_store
-    from signalr_rest import signalr_rest
+    from testkit.signalr_rest import signalr_rest
 
     async with signalr_rest() as rest:
         monkeypatch.setenv("AzureSignalRConnectionString", rest.connection_string)
-        await reset_default_store()
+        await runtime.reset()
         rest.answers["alive"] = [200]
         rest.answers["lost"] = [404]
         half_lease_ago = datetime.now(UTC) - timedelta(seconds=400)
-        await default_store().connect("zoe", "alive", now=half_lease_ago)
-        await default_store().connect("zoe", "lost", now=half_lease_ago)
+        await runtime.store().connect("zoe", "alive", now=half_lease_ago)
+        await runtime.store().connect("zoe", "lost", now=half_lease_ago)
         out = Out()
         await call("sweep", timer=TimerRequest(past_due=False), signalr=out)
         assert sorted(rest.requests) == ["alive", "lost"]
-        assert [c.connection_id for c in await default_store().connections_of("zoe")] == ["alive"]
+        assert [c.connection_id for c in await runtime.store().connections_of("zoe")] == ["alive"]
         # zoe stays online: at most her recorded state is repeated (the entry of her first connect came due)
         assert versionless(out.messages) in (
             [],

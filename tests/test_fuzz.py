@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from figures import FIGURES
-from functions_host import Out, http, http_request, invocation, signalr_event
+from testkit.functions_host import Out, http, http_request, invocation, signalr_event
 
 pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("app_env", "figures")]
 

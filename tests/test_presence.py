@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiohttp import web
-from fake_service import FakeService
 
 from conftest import Azurite, drop_table, index_rows, make_settings, table_rows, unique_table_name
+from fake_service import FakeService
 from faultproxy import Fault, FaultProxy, fault_proxy
 from mapping.errors import StorageError
 from mapping.liveness import Liveness

@@ -8,16 +8,16 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from fake_service import FakeService
-from table_requests import TableRequests
 
 from conftest import Azurite, drop_table, index_rows, make_settings, table_rows, unique_table_name
-from functions_host import Out, call, invocation
+from fake_service import FakeService
 from mapping.liveness import MAPPED_GROUP, Listing, Liveness, SignalRLiveness
 from mapping.settings import SignalRConnection
 from mapping.store import ConnectionStore
 from mapping.sweep import sweep
-from signalr_rest import ACCESS_KEY, SignalRRest, signalr_rest
+from testkit.functions_host import Out, call, invocation
+from testkit.signalr_rest import ACCESS_KEY, SignalRRest, signalr_rest
+from testkit.table_requests import TableRequests
 
 TTL = timedelta(seconds=600)
 T0 = datetime(2026, 8, 1, 8, 0, tzinfo=UTC)
@@ -153,10 +153,10 @@ async def test_connected_joins_the_hub_wide_group_when_signalr_is_configured(
 ) -> None:
     """With a SignalR connection configured, the connected function also outputs the group action (no table
     request), before its presence message."""
-    from mapping.store import reset_default_store
+    from mapping import runtime
 
     monkeypatch.setenv("AzureSignalRConnectionString", "Endpoint=http://127.0.0.1;Port=9;AccessKey=k;Version=1.0;")
-    await reset_default_store()
+    await runtime.reset()
     out = Out()
     await call("connected", invocation=invocation("connected", user_id="gia", connection_id="g1"), signalr=out)
     assert out.messages[0] == {"action": "add", "groupName": MAPPED_GROUP, "connectionId": "g1"}

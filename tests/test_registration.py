@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from functions_host import FUNCTIONS, binding, bindings
+from testkit.functions_host import FUNCTIONS, binding, bindings
 
 SIGNALR_EVENTS = {
     "connected": ("connections", "connected"),

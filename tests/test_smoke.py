@@ -1,4 +1,4 @@
-"""`scripts/smoke.py` (what `make smoke-azure` runs) against the local stack, a stand-in for Azure, and nothing.
+"""`local/scripts/smoke.py` (what `make smoke-azure` runs) against the local stack, a stand-in for Azure, and nothing.
 
 The local run is what CI relies on to keep the script from rotting. The Azure run puts a small gateway in front of
 the local stack that behaves as the deployed app does where the local host does not (function and system keys, App
@@ -22,13 +22,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from azurite import ROOT, free_port
 from conftest import Azurite
 from stack import ACCESS_KEY, HUB, SECONDARY_KEY, Stack, running_stack
+from testkit.azurite import ROOT, free_port
 
 pytestmark = pytest.mark.slow
 
-SMOKE = ROOT / "scripts" / "smoke.py"
+SMOKE = ROOT / "local" / "scripts" / "smoke.py"
 FUNCTION_KEY = "smoke-test-function-key-0123456789abcdef"
 SYSTEM_KEY = "smoke-test-signalr-extension-key-0123456789"
 ACCESS_TOKEN = "smoke-test-entra-token-0123456789abcdef"

@@ -9,10 +9,11 @@ import pytest
 from azure.functions.timer import TimerRequest
 
 from conftest import DEV_KEY, Azurite, free_port, make_settings, table_rows
-from functions_host import Out, call, http, http_request, invocation, signalr_event
+from mapping import runtime
 from mapping.errors import ConfigurationError, StorageError, StorageUnavailableError
-from mapping.store import ConnectionStore, reset_default_store
+from mapping.store import ConnectionStore
 from mapping.sweep import sweep
+from testkit.functions_host import Out, call, http, http_request, invocation, signalr_event
 
 WRONG_KEY = "V3JvbmdLZXlXcm9uZ0tleVdyb25nS2V5V3JvbmdLZXk="
 
@@ -82,9 +83,9 @@ async def app_on_dead_storage(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
     connection_string = dead_connection_string()
     monkeypatch.setenv("MAPPING_STORAGE", connection_string)
     monkeypatch.setenv("MAPPING_TABLE", "Connections")
-    await reset_default_store()
+    await runtime.reset()
     yield connection_string
-    await reset_default_store()
+    await runtime.reset()
 
 
 @pytest.mark.parametrize(
@@ -134,7 +135,7 @@ async def test_missing_configuration_is_visible(monkeypatch: pytest.MonkeyPatch)
     """No storage setting at all: HTTP answers 503 JSON, a trigger raises ConfigurationError."""
     for name in ("MAPPING_STORAGE", "AzureWebJobsStorage", "AzureWebJobsStorage__accountName"):
         monkeypatch.delenv(name, raising=False)
-    await reset_default_store()
+    await runtime.reset()
     try:
         status, body, _ = await http(
             "send", http_request("POST", "send", body={"to": "b", "message": 1}), signalr=Out()
@@ -144,4 +145,4 @@ async def test_missing_configuration_is_visible(monkeypatch: pytest.MonkeyPatch)
         with pytest.raises(ConfigurationError):
             await signalr_event("connected", invocation("connected"))
     finally:
-        await reset_default_store()
+        await runtime.reset()

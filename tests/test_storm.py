@@ -27,11 +27,12 @@ import pytest
 
 from conftest import Azurite, make_settings, table_rows
 from figures import Figures
-from functions_host import http, http_request
+from mapping import runtime
 from mapping.keys import connection_key, user_key
-from mapping.store import ConnectionStore, default_store
+from mapping.store import ConnectionStore
 from mapping.sweep import sweep
 from storm_worker import Event, run_lanes
+from testkit.functions_host import http, http_request
 
 pytestmark = pytest.mark.reliability
 
@@ -175,7 +176,7 @@ async def test_storm_leaves_exactly_the_open_connections(
     for user, online in truth.items():
         status, body, _ = await http("user_presence", http_request("GET", f"users/{user}", route_params={"user": user}))
         assert (status, body["online"]) == (200, online), user
-    page = await default_store().online_users(limit=1000)
+    page = await runtime.store().online_users(limit=1000)
     assert sorted(u.user for u in page.users) == sorted(u for u, online in truth.items() if online)
 
     # Presence: for every user, the announcement with the highest version (the sweep's included) matches

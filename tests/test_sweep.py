@@ -8,14 +8,14 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from fake_service import FakeService
 
 from conftest import Azurite, index_rows, table_rows
-from mapping.liveness import SignalRLiveness
+from fake_service import FakeService
+from mapping.liveness import Liveness, SignalRLiveness
 from mapping.settings import SignalRConnection
 from mapping.store import ConnectionStore
 from mapping.sweep import sweep
-from signalr_rest import ACCESS_KEY, SignalRRest, signalr_rest
+from testkit.signalr_rest import ACCESS_KEY, SignalRRest, signalr_rest
 
 TTL = timedelta(seconds=600)
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -249,12 +249,9 @@ async def test_a_live_quiet_connection_survives_any_number_of_sweeps(
     assert rest.rejected_tokens == 0
 
 
-async def test_a_lost_disconnect_is_gone_after_at_most_two_sweeps(
-    store: ConnectionStore, service: tuple[SignalRRest, SignalRLiveness]
-) -> None:
-    """Once the service says 404, the row is deleted within two sweeps and the user reported offline."""
-    rest, checker = service
-    rest.answers["lost"] = [404]
+async def test_a_lost_disconnect_is_gone_after_at_most_two_sweeps(store: ConnectionStore) -> None:
+    """Once the service says gone (404), the row is deleted within two sweeps and the user reported offline."""
+    checker = FakeService({"lost": Liveness.GONE})
     await store.connect("Lena", "lost", now=NOW)
     offline: list[str] = []
     for step in (1, 2):
@@ -264,12 +261,9 @@ async def test_a_lost_disconnect_is_gone_after_at_most_two_sweeps(
     assert offline == ["Lena"]
 
 
-async def test_an_unknown_answer_keeps_the_row_until_the_hard_limit(
-    store: ConnectionStore, service: tuple[SignalRRest, SignalRLiveness]
-) -> None:
-    """500 from the service keeps the row for the next sweep, until LastSeen is older than the max age."""
-    rest, checker = service
-    rest.answers["flaky"] = [500]
+async def test_an_unknown_answer_keeps_the_row_until_the_hard_limit(store: ConnectionStore) -> None:
+    """An unknown answer (a 500) keeps the row for the next sweep, until LastSeen is older than the max age."""
+    checker = FakeService({"flaky": Liveness.UNKNOWN})
     await store.connect("mike", "flaky", now=NOW)
     kept = await sweep(store, liveness=checker, now=NOW + TTL)
     assert (kept.checked, kept.kept, kept.deleted) == (1, 1, 0)
@@ -291,16 +285,13 @@ async def test_throttling_is_honoured_then_answered(
     assert rest.requests.count("busy") == 2
 
 
-async def test_liveness_checks_only_rows_past_half_the_lease(
-    store: ConnectionStore, service: tuple[SignalRRest, SignalRLiveness]
-) -> None:
+async def test_liveness_checks_only_rows_past_half_the_lease(store: ConnectionStore) -> None:
     """Rows younger than half the lease are not asked about."""
-    rest, checker = service
+    checker = FakeService({"older": Liveness.ALIVE})
     await store.connect("olga", "young", now=NOW)
     await store.connect("olga", "older", now=ago(TTL.total_seconds() * 0.6))
-    rest.answers["older"] = [200]
     result = await sweep(store, liveness=checker, now=NOW)
-    assert rest.requests == ["older"]
+    assert checker.asked == ["older"]
     assert result.refreshed == 1
 
 
@@ -334,9 +325,10 @@ async def test_an_unreachable_service_is_unknown_not_gone(store: ConnectionStore
 
 async def test_settings_select_the_liveness_check(store: ConnectionStore) -> None:
     """A SignalR connection in the settings gives the timer a checker; none gives an age-based sweep."""
-    from mapping.liveness import liveness_for
+    from mapping.liveness import AGE_ONLY
+    from mapping.runtime import liveness_for
 
-    assert liveness_for(None) is None
+    assert liveness_for(None) is AGE_ONLY
     connection = SignalRConnection(endpoint="http://127.0.0.1:1", access_key="k")
     assert liveness_for(connection) is liveness_for(dataclasses.replace(connection))
 

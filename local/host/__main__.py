@@ -1,4 +1,4 @@
-"""Run the function app locally: `python -m local_host --port 7071` (HTTP, SignalR and timer triggers)."""
+"""Run the function app locally: `python -m local.host --port 7071` (HTTP, SignalR and timer triggers)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ from typing import Any
 
 from aiohttp import web
 
-from local_host import settings
-from local_host.functions import load_functions
-from local_host.server import SIGNALR_WEBHOOK, create_app
+from local.host import settings
+from local.host.functions import load_functions
+from local.host.server import SIGNALR_WEBHOOK, create_app
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Read the command line."""
-    parser = argparse.ArgumentParser(prog="python -m local_host", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m local.host", description=__doc__)
     parser.add_argument("--host", default=os.environ.get("LOCAL_HOST_HOST", "localhost"), help="interface to listen on")
     parser.add_argument("--port", type=int, default=int(os.environ.get("LOCAL_HOST_PORT", "7071")))
     parser.add_argument("--app", default="function_app:app", help="module:attribute of the func.FunctionApp")

@@ -27,9 +27,9 @@ from urllib.parse import urlencode
 
 from aiohttp import WSMsgType, web
 
-from signalr_emulator import paging, protocol, tokens
-from signalr_emulator.registry import ClientConnection, PendingConnection, Registry, hub_key, send_to
-from signalr_emulator.upstream import CONNECTIONS, MESSAGES, Caller, Upstream
+from local.emulator import paging, protocol, tokens
+from local.emulator.registry import ClientConnection, PendingConnection, Registry, hub_key, send_to
+from local.emulator.upstream import CONNECTIONS, MESSAGES, Caller, Upstream
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Run the emulator: `python -m signalr_emulator --port 8888 --upstream http://localhost:7071/runtime/webhooks/signalr`."""
+"""Run the emulator: `python -m local.emulator --port 8888 --upstream http://localhost:7071/runtime/webhooks/signalr`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from signalr_emulator.server import EmulatorConfig, create_app
+from local.emulator.server import EmulatorConfig, create_app
 
 # Development keys, published in the README and local.settings.sample.json; not secrets.
 DEFAULT_ACCESS_KEY = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ABCDEFGH"
@@ -30,7 +30,7 @@ def connection_string(public_url: str, access_key: str) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Read the command line; each option also has an environment variable."""
     env = os.environ.get
-    parser = argparse.ArgumentParser(prog="python -m signalr_emulator", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m local.emulator", description=__doc__)
     parser.add_argument("--host", default=env("SIGNALR_EMULATOR_HOST", "localhost"), help="interface to listen on")
     parser.add_argument("--port", type=int, default=int(env("SIGNALR_EMULATOR_PORT", "8888")))
     parser.add_argument(

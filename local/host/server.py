@@ -18,11 +18,11 @@ import azure.functions as func
 from aiohttp import web
 from azure.functions.timer import TimerRequest
 
-from local_host import settings
-from local_host.functions import HTTP_TRIGGER, SIGNALR_TRIGGER, TIMER_TRIGGER, FunctionSpec, Output, run
-from local_host.ncrontab import Schedule, ScheduleError
-from local_host.routes import RouteTemplate
-from local_host.signalr import ServiceEndpoint, SignalRBindingError, SignalRClient
+from local.host import settings
+from local.host.functions import HTTP_TRIGGER, SIGNALR_TRIGGER, TIMER_TRIGGER, FunctionSpec, Output, run
+from local.host.ncrontab import Schedule, ScheduleError
+from local.host.routes import RouteTemplate
+from local.host.signalr import ServiceEndpoint, SignalRBindingError, SignalRClient
 
 logger = logging.getLogger(__name__)
 
@@ -125,16 +125,12 @@ async def _run_http(
         route_params=route_params,
         body=body,
     )
-    arguments: dict[str, Any] = {spec.trigger["name"]: http_request}
-    outputs: dict[str, Output] = {}
+    inputs: dict[str, Any] = {}
     try:
         for binding in spec.inputs("signalRConnectionInfo"):
             user = _expression(str(binding.get("userId") or ""), request, route_params)
-            arguments[binding["name"]] = _service(binding).connection_info(_hub(binding), user or None)
-        for binding in spec.bindings:
-            if binding["direction"].upper() == "OUT" and binding["name"] != "$return":
-                outputs[binding["name"]] = arguments[binding["name"]] = Output()
-        result = await run(spec, arguments, after=lambda: _flush(state, spec, outputs))
+            inputs[binding["name"]] = _service(binding).connection_info(_hub(binding), user or None)
+        result, outputs = await _invoke(state, spec, http_request, inputs)
     except Exception:
         # As the Functions host: a failed invocation is a 500 with no body; the log has the details.
         return web.Response(status=500)
@@ -206,10 +202,8 @@ async def signalr_webhook(request: web.Request) -> web.Response:
     if not isinstance(message, dict):
         return _problem(400, "the body is not a JSON object")
     payload = _invocation(request, message, hub=hub, category=category, event=event, connection_id=connection_id)
-    outputs = {b["name"]: Output() for b in spec.bindings if b["direction"].upper() == "OUT" and b["name"] != "$return"}
-    arguments: dict[str, Any] = {spec.trigger["name"]: payload, **outputs}
     try:
-        await run(spec, arguments, after=lambda: _flush(state, spec, outputs))
+        await _invoke(state, spec, payload)
     except Exception:
         if category.casefold() == "connections" and event.casefold() == "connected":
             return _problem(403, "the connected function failed")
@@ -277,6 +271,16 @@ def _hub(binding: Mapping[str, Any]) -> str:
     return settings.resolve(str(binding.get("hubName") or ""))
 
 
+async def _invoke(
+    state: HostState, spec: FunctionSpec, trigger: Any, inputs: Mapping[str, Any] | None = None
+) -> tuple[Any, dict[str, Output]]:
+    """Run a function on its trigger value and inputs with fresh outputs; deliver its `signalR` outputs after it."""
+    outputs = spec.outputs()
+    arguments = {spec.trigger["name"]: trigger, **(inputs or {}), **outputs}
+    result = await run(spec, arguments, after=lambda: _flush(state, spec, outputs))
+    return result, outputs
+
+
 async def _flush(state: HostState, spec: FunctionSpec, outputs: Mapping[str, Output]) -> None:
     """Deliver what the function set on its `signalR` outputs (a failure fails the invocation, as in the host)."""
     for binding in spec.bindings:
@@ -307,10 +311,8 @@ async def _timer_loop(state: HostState, schedule: Schedule, spec: FunctionSpec) 
 
 
 async def _tick(state: HostState, spec: FunctionSpec, *, past_due: bool) -> None:
-    outputs = {b["name"]: Output() for b in spec.bindings if b["direction"].upper() == "OUT" and b["name"] != "$return"}
-    arguments: dict[str, Any] = {spec.trigger["name"]: TimerRequest(past_due=past_due), **outputs}
     with contextlib.suppress(Exception):  # run() logged it; failed runs are not retried, the next one runs as usual
-        await run(spec, arguments, after=lambda: _flush(state, spec, outputs))
+        await _invoke(state, spec, TimerRequest(past_due=past_due))
 
 
 async def _stop(app: web.Application) -> None:

@@ -13,13 +13,13 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-import jwt
 from yarl import URL
+
+from mapping.access_token import access_key_token
 
 logger = logging.getLogger(__name__)
 
 API_VERSION = "2022-06-01"
-TOKEN_LIFETIME_SECONDS = 3600
 
 
 class SignalRBindingError(Exception):
@@ -59,8 +59,7 @@ class ServiceEndpoint:
     def token(self, audience: str, **claims: Any) -> str:
         """Return an HS256 access token for `audience`, valid for an hour."""
         now = int(time.time())
-        payload = {"aud": audience, "iat": now, "nbf": now, "exp": now + TOKEN_LIFETIME_SECONDS, **claims}
-        return jwt.encode(payload, self.access_key.encode(), algorithm="HS256")
+        return access_key_token(self.access_key, audience=audience, claims={"iat": now, "nbf": now, **claims})
 
     def connection_info(self, hub: str, user_id: str | None) -> str:
         """Return the `signalRConnectionInfo` value: `{"url", "accessToken"}` as JSON."""

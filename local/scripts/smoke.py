@@ -1,7 +1,7 @@
 """Smoke-test a running connection mapper, deployed (`azure`) or local (`local`), and print a pass/fail table.
 
-    python scripts/smoke.py azure --env-file <(azd env get-values)   # what `make smoke-azure` runs
-    python scripts/smoke.py local --url http://localhost:7071          # against `make run`
+    python local/scripts/smoke.py azure --env-file <(azd env get-values)   # what `make smoke-azure` runs
+    python local/scripts/smoke.py local --url http://localhost:7071          # against `make run`
 
 Checks: negotiate without a token is 401; with only a forged principal header it is 401 (Azure); `GET /api/users`
 is 401 without the function key (Azure) and 200 with it; the SignalR webhook is 401 without its key (Azure); the
@@ -35,7 +35,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DRIVER = ROOT / "tests" / "e2e" / "signalr_driver.mjs"
 PRINCIPAL_HEADER = "x-ms-client-principal-name"
 FUNCTION_KEY_HEADER = "x-functions-key"
@@ -593,7 +593,7 @@ def render(results: list[Result]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Read the command line."""
-    parser = argparse.ArgumentParser(prog="python scripts/smoke.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python local/scripts/smoke.py", description=__doc__.splitlines()[0])
     modes = parser.add_subparsers(dest="mode", required=True)
     azure = modes.add_parser("azure", help="check the deployed app of an azd environment")
     azure.add_argument("--env-file", type=Path, required=True, help="output of `azd env get-values`")

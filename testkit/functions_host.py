@@ -10,24 +10,14 @@ import azure.functions as func
 from azure.functions.decorators.function_app import Function
 
 import function_app
+from local.host.functions import Output
 
 # get_functions() builds the list once per app; a second call would raise about duplicate names.
 FUNCTIONS: dict[str, Function] = {str(fn.get_function_name()): fn for fn in function_app.app.get_functions()}
 
 
-class Out:
-    """Stands in for `func.Out[str]`: remembers what the function set."""
-
-    def __init__(self) -> None:
-        self.value: str | None = None
-
-    def set(self, value: str) -> None:
-        """Record the output value."""
-        self.value = value
-
-    def get(self) -> str | None:
-        """Return the recorded output value."""
-        return self.value
+class Out(Output):
+    """Stands in for `func.Out[str]` (the local host's output holder): remembers what the function set."""
 
     @property
     def messages(self) -> list[dict[str, Any]]:

@@ -37,6 +37,12 @@ class FunctionSpec:
         """Return the non-trigger bindings of a type."""
         return [b for b in self.bindings if b["type"] == binding_type and b is not self.trigger]
 
+    def outputs(self) -> dict[str, Output]:
+        """Return a fresh value holder for each output binding (by argument name), for one invocation."""
+        return {
+            b["name"]: Output() for b in self.bindings if b["direction"].upper() == "OUT" and b["name"] != "$return"
+        }
+
 
 class Output(func.Out[Any]):
     """An output binding's value, as the worker's `func.Out` holds it."""

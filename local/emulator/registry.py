@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from signalr_emulator import protocol
-from signalr_emulator.upstream import Caller
+from local.emulator import protocol
+from local.emulator.upstream import Caller
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 # Start the local stack: Azurite (in memory), the SignalR emulator, and the app (local host, or Core Tools with
 # MODE=func). Prints the URLs; Ctrl-C stops everything. Ports come from the environment (the Makefile sets them).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 MODE=${MODE:-local}
 BLOB_PORT=${AZURITE_BLOB_PORT:-10000}
@@ -48,7 +48,7 @@ workdir=$(mktemp -d)
 pids+=($!)
 wait_port "$TABLE_PORT" Azurite "${pids[-1]}"
 
-"$PYTHON" -m signalr_emulator --port "$EMULATOR_PORT" --access-key "$ACCESS_KEY" \
+"$PYTHON" -m local.emulator --port "$EMULATOR_PORT" --access-key "$ACCESS_KEY" \
   --upstream "http://localhost:$HOST_PORT/runtime/webhooks/signalr" &
 pids+=($!)
 wait_port "$EMULATOR_PORT" "SignalR emulator" "${pids[-1]}"
@@ -59,10 +59,10 @@ if [ "$MODE" = func ]; then
   . .venv/bin/activate
   func start --port "$HOST_PORT" &
 else
-  "$PYTHON" -m local_host --port "$HOST_PORT" --settings local.settings.json \
+  "$PYTHON" -m local.host --port "$HOST_PORT" --settings local.settings.json \
     --setting "AzureWebJobsStorage=$STORAGE" --setting "MAPPING_STORAGE=$STORAGE" \
     --setting "AzureSignalRConnectionString=$SIGNALR" \
-    --static "/=demo" --static "/vendor/signalr=node_modules/@microsoft/signalr/dist/browser" &
+    --static "/=local/demo" --static "/vendor/signalr=node_modules/@microsoft/signalr/dist/browser" &
 fi
 pids+=($!)
 wait_port "$HOST_PORT" "the function app" "${pids[-1]}"

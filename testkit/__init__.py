@@ -1,0 +1,1 @@
+"""Helpers shared by the tests and the benchmarks: Azurite, the app's functions as the host calls them, stand-ins."""
