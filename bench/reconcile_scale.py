@@ -86,8 +86,13 @@ async def seed(store: ConnectionStore, ids: list[tuple[str, str]], *, now: datet
     await asyncio.gather(*(open_tabs(user, tabs) for user, tabs in by_user.items()))
 
 
-async def measure(sizes: list[int], stale: int, *, budget: timedelta) -> list[Measurement]:
-    """Grow one table through `sizes` quiet connections; at each size sweep it with both designs."""
+async def measure(
+    sizes: list[int], stale: int, *, budget: timedelta, designs: tuple[str, ...] = DESIGNS, out: Path | None = None
+) -> list[Measurement]:
+    """Grow one table through `sizes` quiet connections; at each size sweep it with each design.
+
+    With `out`, the measurements so far are written after each sweep, so a run cut short keeps them.
+    """
     results: list[Measurement] = []
     with running_azurite() as azurite:
         async with signalr_rest() as service:
@@ -106,7 +111,7 @@ async def measure(sizes: list[int], stale: int, *, budget: timedelta) -> list[Me
                     await seed(store, fresh, now=moment)
                     service.groups.setdefault(MAPPED_GROUP, set()).update(connection for _, connection in fresh)
                     live = size
-                    for design in DESIGNS:
+                    for design in designs:
                         lost = [(f"lost{size}-{design[0]}{i}", f"lost{size}-{design[0]}{i}") for i in range(stale)]
                         await seed(store, lost, now=moment)  # their disconnects never arrived: not in the group
                         moment += TTL * 0.6  # every connection is now past half its lease
@@ -115,6 +120,8 @@ async def measure(sizes: list[int], stale: int, *, budget: timedelta) -> list[Me
                             await _one_sweep(store, checker, service, requests, design, size, stale, moment, budget)
                         )
                         logger.info("%s", results[-1])
+                        if out is not None:
+                            save(results, out)
             finally:
                 await checker.close()
                 await store.close()
@@ -152,10 +159,15 @@ async def _one_sweep(
     )
 
 
-def write_report(results: list[Measurement], out: Path) -> None:
-    """Write the measurements as JSON, a markdown table and a PNG plot."""
+def save(results: list[Measurement], out: Path) -> None:
+    """Write the measurements as JSON."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "reconcile.json").write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+
+
+def write_report(results: list[Measurement], out: Path) -> None:
+    """Write the measurements as JSON, a markdown table and a PNG plot."""
+    save(results, out)
     lines = [
         "# One sweep with a SignalR connection: group listing vs. HEAD checks",
         "",
@@ -174,6 +186,14 @@ def write_report(results: list[Measurement], out: Path) -> None:
             f" (<= {r.table_goal:,.0f}) | {r.table_writes:,} | {r.deleted} | {r.offline_announced} | {r.seconds:.2f}"
             f"{'' if r.complete else ' (incomplete)'} |"
         )
+    sizes = sorted({r.live for r in results})
+    for design in DESIGNS:
+        missing = [size for size in sizes if not any(r.live == size and r.design == design for r in results)]
+        if missing:
+            lines += [
+                "",
+                f"Not measured: {design} at N = {', '.join(f'{size:,}' for size in missing)} (the run was cut short).",
+            ]
     lines += ["", "![reconciliation cost](reconcile.png)", ""]
     (out / "reconcile.md").write_text("\n".join(lines))
     plot(results, out / "reconcile.png")
@@ -213,6 +233,7 @@ def main() -> None:
     parser.add_argument("--stale", type=int, default=100)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "reconcile")
     parser.add_argument("--budget-seconds", type=float, default=1800, help="the sweep's time budget")
+    parser.add_argument("--designs", nargs="+", choices=DESIGNS, default=list(DESIGNS), help="which designs to sweep")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from reconcile.json")
     args = parser.parse_args()
     if args.report_only:
@@ -223,7 +244,9 @@ def main() -> None:
     logger.setLevel(logging.INFO)
     for noisy in ("azure", "mapping"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    results = asyncio.run(measure(sorted(args.sizes), args.stale, budget=timedelta(seconds=args.budget_seconds)))
+    budget = timedelta(seconds=args.budget_seconds)
+    designs = tuple(args.designs)
+    results = asyncio.run(measure(sorted(args.sizes), args.stale, budget=budget, designs=designs, out=args.out))
     write_report(results, args.out)
     print((args.out / "reconcile.md").read_text())
 
