@@ -21,7 +21,7 @@ import logging
 import random
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -325,75 +325,88 @@ class ConnectionStore:
     # -- internals ------------------------------------------------------------------------------
 
     async def _connect_deciding(self, entity: ConnectionEntity) -> ConnectOutcome:
-        partition, row, name, moment = entity.partition_key, entity.row_key, entity.user_name, entity.last_seen
-        writer = uuid.uuid4().hex
-        attempts = _Attempts()
-        for _attempt in range(_ATTEMPTS):
-            view = await self.read_user(partition)
-            attempts.read(view)
-            if view.presence.writer == writer:
-                return ConnectOutcome(view.rows.get(row, entity), view.presence.announced_as(name))
-            existing = view.rows.get(row)
-            if existing is None:
-                attempts.pending = False  # our row is not there: no attempt of ours committed
-            version = decide(view.presence, online=True, now=moment)
+        written = [entity]
+
+        def row_write(existing: ConnectionEntity | None, bucket: str) -> Operation:
+            # A repeated connected event keeps the first ConnectedAt.
             stored = replace(
-                entity,
-                connected_at=existing.connected_at if existing else entity.connected_at,
-                index_bucket=await self._entry_first(attempts, partition, row, moment, version=version),
+                entity, connected_at=existing.connected_at if existing else entity.connected_at, index_bucket=bucket
             )
-            operations = [
-                merge(_refresh_fields(stored), etag=existing.etag) if existing else create(stored.to_table()),
-                presence_write(partition, view.presence, writer=writer, user_name=name, online=True, version=version),
-            ]
-            try:
-                await self._transact(operations, action="connect", singly=attempts.singly)
-            except ConflictError:
-                await attempts.failed(view, _attempt, deciding=version is not None)
-                continue
-            change = PresenceChange(name, True, version) if version is not None else None
-            return ConnectOutcome(stored, attempts.announce(view, name, change))
-        raise StorageError("connect: the user's connections kept changing; try again")
+            written[0] = stored
+            if existing is None:
+                return create(stored.to_table())
+            return merge(_refresh_fields(stored), etag=existing.etag)
+
+        _, change = await self._write_live_row(
+            entity.partition_key, entity.row_key, entity.user_name, entity.last_seen, row_write, action="connect"
+        )
+        return ConnectOutcome(written[0], change)
 
     async def _refresh_deciding(self, partition: str, row: str, name: str, moment: datetime) -> TouchOutcome:
+        def row_write(existing: ConnectionEntity | None, bucket: str) -> Operation | None:
+            if existing is None:
+                return None  # gone: a refresh never brings a row back
+            patch = {"PartitionKey": partition, "RowKey": row, "LastSeen": moment, "IndexBucket": bucket}
+            return merge(patch, etag=existing.etag)
+
+        found, change = await self._write_live_row(partition, row, name, moment, row_write, action="refresh")
+        if found:
+            self._remember_refresh(partition, row, moment)
+        else:
+            self._refreshed.pop((partition, row), None)
+        return TouchOutcome(found, change)
+
+    async def _write_live_row(
+        self,
+        partition: str,
+        row: str,
+        name: str,
+        moment: datetime,
+        row_write: Callable[[ConnectionEntity | None, str], Operation | None],
+        *,
+        action: str,
+    ) -> tuple[bool, PresenceChange | None]:
+        """Write a row live at `moment` (connect, revival) with the presence decision (P2-P4).
+
+        Returns whether the row was written (False: `row_write` declined, the row being gone) and the change
+        to announce.
+        """
         writer = uuid.uuid4().hex
         attempts = _Attempts()
         for _attempt in range(_ATTEMPTS):
             view = await self.read_user(partition)
             attempts.read(view)
             if view.presence.writer == writer:
-                self._remember_refresh(partition, row, moment)
-                return TouchOutcome(True, view.presence.announced_as(name))
+                return True, view.presence.announced_as(name)
             existing = view.rows.get(row)
-            if existing is None:
-                self._refreshed.pop((partition, row), None)
-                return TouchOutcome(False, attempts.announce(view, name, None))
+            operation = row_write(existing, self.index.bucket(moment))
+            if operation is None:
+                return False, attempts.announce(view, name, None)
             version = decide(view.presence, online=True, now=moment)
-            bucket = await self._entry_first(attempts, partition, row, moment, version=version)
-            patch = {"PartitionKey": partition, "RowKey": row, "LastSeen": moment, "IndexBucket": bucket}
+            await self._entry_first(attempts, partition, row, moment, version=version)
+            if existing is None:
+                attempts.pending = False  # our row is not there: no attempt of ours committed
             operations = [
-                merge(patch, etag=existing.etag),
+                operation,
                 presence_write(partition, view.presence, writer=writer, user_name=name, online=True, version=version),
             ]
             try:
-                await self._transact(operations, action="refresh a connection", singly=attempts.singly)
+                await self._transact(operations, action=action, singly=attempts.singly)
             except ConflictError:
                 await attempts.failed(view, _attempt, deciding=version is not None)
                 continue
-            self._remember_refresh(partition, row, moment)
             change = PresenceChange(name, True, version) if version is not None else None
-            return TouchOutcome(True, attempts.announce(view, name, change))
-        raise StorageError("touch: the user's connections kept changing; try again")
+            return True, attempts.announce(view, name, change)
+        raise StorageError(f"{action}: the user's connections kept changing; try again")
 
     async def _entry_first(
         self, attempts: _Attempts, partition: str, row: str, moment: datetime, *, version: int | None
-    ) -> str:
+    ) -> None:
         """Write the row's index entry before the row write (E1): once, and again only to flag it (E5)."""
         flagged = version is not None
         if attempts.indexed is None or (flagged and not attempts.indexed):
             await self.index.write(partition, row, moment, announces_online=flagged)
             attempts.indexed = flagged
-        return self.index.bucket(moment)
 
     async def _refresh_blindly(self, partition: str, row: str, moment: datetime) -> TouchOutcome:
         bucket = await self.index.write(partition, row, moment)
