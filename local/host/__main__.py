@@ -83,6 +83,15 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     await runner.cleanup()
+    await _close_app_clients()
+
+
+async def _close_app_clients() -> None:
+    """Close what the app keeps open for the process (its table client), as a host shutting down would."""
+    runtime = sys.modules.get("mapping.runtime")  # loaded only if the app uses the mapping library
+    reset = getattr(runtime, "reset", None)
+    if reset is not None:
+        await reset()
 
 
 def main(argv: list[str] | None = None) -> int:
