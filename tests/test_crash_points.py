@@ -29,8 +29,9 @@ from fake_service import FakeService
 from faultproxy import PASS, Fault, FaultProxy, fault_proxy
 from figures import Figures
 from mapping.errors import StorageError
-from mapping.liveness import AGE_ONLY, Liveness
+from mapping.liveness import AGE_ONLY, Listing, Liveness
 from mapping.presence import PresenceChange
+from mapping.settings import SignalRConnection
 from mapping.store import ConnectionStore
 from mapping.sweep import sweep
 from mapping.table import int_value
@@ -42,6 +43,7 @@ T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 NEXT_SWEEP = T0 + timedelta(minutes=5)  # the next run of the shipped schedule
 AFTER_LEASES = T0 + TTL + timedelta(minutes=6)  # every lease taken at T0 has lapsed by the sweep after it
 OUTAGE = Fault.answer(503)
+RECONCILED = SignalRConnection(endpoint="http://127.0.0.1:9", access_key="unused-by-the-fake")
 MODES: dict[str, Callable[[], tuple[Fault, Fault]]] = {
     "outage": lambda: (OUTAGE, OUTAGE),
     "committed, answered 500": lambda: (Fault.committed(500), PASS),
@@ -96,10 +98,18 @@ class Case:
     setup: Step
     event: Step
     service: dict[str, Liveness] | None = None
+    listed: tuple[str, ...] | None = None  # reconciled: the settings name SignalR, whose group lists these
 
 
-def _case(name: str, setup: Step, event: Step, service: dict[str, Liveness] | None = None) -> Case:
-    return Case(name, setup, event, service)
+def _case(
+    name: str,
+    setup: Step,
+    event: Step,
+    service: dict[str, Liveness] | None = None,
+    *,
+    listed: tuple[str, ...] | None = None,
+) -> Case:
+    return Case(name, setup, event, service, listed)
 
 
 async def _nothing(world: World, store: ConnectionStore) -> None:
@@ -159,6 +169,18 @@ CASES = [
         lambda w, s: w.sweep(s, T0),
         service={"a1": Liveness.ALIVE, "b1": Liveness.GONE, "c1": Liveness.UNKNOWN, "c2": Liveness.ALIVE},
     ),
+    _case(
+        "sweep reconciling with a group listing",
+        lambda w, s: _all(
+            connect(w, s, "ada", "a1", T0 - TTL * 0.6),
+            connect(w, s, "bob", "b1", T0 - TTL * 0.6),
+            connect(w, s, "cy", "c1", T0 - TTL * 0.6),
+            connect(w, s, "cy", "c2", T0 - TTL * 0.6),
+        ),
+        lambda w, s: w.sweep(s, T0),
+        service={"b1": Liveness.GONE, "c2": Liveness.ALIVE},  # c2: a listing that lags a new connection
+        listed=("a1", "c1"),
+    ),
 ]
 
 
@@ -184,12 +206,15 @@ async def world(azurite: Azurite, proxy: FaultProxy, case: Case) -> AsyncIterato
         "retry_timeout": 2.0,
         "read_timeout": 2.0,
     }
-    store = ConnectionStore(make_settings(azurite.connection_string, table, ttl=TTL))
-    proxied = ConnectionStore(make_settings(proxied_connection(azurite, proxy), table, ttl=TTL), **options)
+    signalr = {"signalr": RECONCILED} if case.listed is not None else {}
+    store = ConnectionStore(make_settings(azurite.connection_string, table, ttl=TTL, **signalr))
+    proxied = ConnectionStore(make_settings(proxied_connection(azurite, proxy), table, ttl=TTL, **signalr), **options)
     proxy.plan(then=PASS)
     await store.connections_of("warm-up")
     await proxied.connections_of("warm-up")
     service = FakeService(case.service) if case.service is not None else None
+    if service is not None and case.listed is not None:
+        service.listing, service.listed = Listing.LISTED, set(case.listed)
     try:
         yield World(azurite, store, proxied, proxy, service=service)
     finally:
@@ -231,6 +256,7 @@ async def assert_converged(w: World, *, now: datetime, leases_lapsed: bool, labe
     if leases_lapsed:
         # Rows stay only for connections the service still has, or cannot say about (kept to the max age).
         kept = {key for key, answer in (w.service.answers if w.service else {}).items() if answer is not Liveness.GONE}
+        kept |= w.service.listed if w.service else set()
         rows = {str(row["ConnectionId"]) for row in await table_rows_of(w)}
         assert rows <= kept, (label, rows, kept)
 
