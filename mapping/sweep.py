@@ -270,7 +270,8 @@ async def _sweep_user(
     result.kept += sum(verdict is Liveness.UNKNOWN for verdict in verdicts)
     if Liveness.UNKNOWN in verdicts and time.monotonic() >= clock.checks_deadline:
         result.complete = False  # some rows went unasked for want of time
-    settled = await store.settle(view, user_name=_user_name(view, user_key), gone=gone, alive=alive, now=clock.now)
+    name = _user_name(view, user_key)
+    settled = await store.settle(view, user_name=name, gone=gone, alive=alive, now=clock.now)
     result.deleted += settled.deleted
     result.refreshed += settled.refreshed
     announce = settled.change
@@ -278,7 +279,7 @@ async def _sweep_user(
         # P5: an event may have recorded a change and failed before announcing it.
         # Once per entry: when the sweep is done with it (a kept entry repeats nothing until then).
         maybe_lost = any(entry.announces_online for entry in spent) or (row_gone and not settled.online)
-        announce = settled.recorded.announced_as(_user_name(view, user_key)) if maybe_lost else None
+        announce = settled.recorded.announced_as(name) if maybe_lost else None
     if announce is not None:
         clock.announce(result, announce)
     return spent

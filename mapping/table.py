@@ -136,15 +136,6 @@ class Table:
             async for page in pages:
                 yield [entity async for entity in page]
 
-    async def get(self, partition: str, row: str, *, action: str) -> Entity | None:
-        """Return one row, or None when it does not exist."""
-        client = await self._table()
-        try:
-            with translated(action):
-                return await client.get_entity(partition, row)
-        except RowChangedError:
-            return None
-
     async def write(self, operation: Operation, *, action: str) -> None:
         """Carry out one operation on its own (a `create`, `merge`, `upsert` or `delete`)."""
         kind, entity, options = operation
