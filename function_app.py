@@ -20,7 +20,8 @@ from mapping.errors import (
 )
 from mapping.invocation import parse_invocation
 from mapping.keys import normalize_user_name
-from mapping.send import parse_send_body, send_to_user
+from mapping.rooms import Rooms
+from mapping.send import parse_room_send_body, parse_send_body, room_delivery_of, send_to_user
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,34 @@ async def send_message(invocation: str, signalr: func.Out[str]) -> None:
     _send(signalr, await events.on_send(runtime.store(), parse_invocation(invocation)))
 
 
+@app.function_name("set_status")
+@signalr_event("messages", "setStatus")
+async def set_status(invocation: str, signalr: func.Out[str]) -> None:
+    """Record a client's `setStatus(status)` on its connection and announce the user's presence."""
+    _send(signalr, await events.on_set_status(runtime.store(), parse_invocation(invocation)))
+
+
+@app.function_name("join_room")
+@signalr_event("messages", "join")
+async def join_room(invocation: str, signalr: func.Out[str]) -> None:
+    """Make the caller's user a member of a room (`join(room)`), with all their live connections."""
+    _send(signalr, await events.on_join(runtime.store(), parse_invocation(invocation)))
+
+
+@app.function_name("leave_room")
+@signalr_event("messages", "leave")
+async def leave_room(invocation: str, signalr: func.Out[str]) -> None:
+    """End the caller's user's membership of a room (`leave(room)`)."""
+    _send(signalr, await events.on_leave(runtime.store(), parse_invocation(invocation)))
+
+
+@app.function_name("send_to_room_message")
+@signalr_event("messages", "sendToRoom")
+async def send_to_room_message(invocation: str, signalr: func.Out[str]) -> None:
+    """Deliver a member's `sendToRoom(room, message)` to the room."""
+    _send(signalr, await events.on_send_to_room(runtime.store(), parse_invocation(invocation)))
+
+
 @app.function_name("send")
 @app.route(route="send", methods=["POST"])
 @signalr_output
@@ -99,6 +128,36 @@ async def send(req: func.HttpRequest, signalr: func.Out[str]) -> func.HttpRespon
         return _error(error)
     _send(signalr, deliveries)
     return _json(200, {"to": request.to, "delivered": len(deliveries)})
+
+
+@app.function_name("send_to_room")
+@app.route(route="rooms/{room}/send", methods=["POST"])
+@signalr_output
+async def send_to_room(req: func.HttpRequest, signalr: func.Out[str]) -> func.HttpResponse:
+    """Send a message to every connection in a room's group."""
+    sender = (req.headers.get(PRINCIPAL_HEADER) or "").strip() or None
+    try:
+        request = parse_room_send_body(req.route_params.get("room", ""), req.get_body())
+    except MappingError as error:
+        return _error(error)
+    _send(signalr, [room_delivery_of(request, sender=sender)])
+    return _json(200, {"room": request.room})
+
+
+@app.function_name("room_members")
+@app.route(route="rooms/{room}", methods=["GET"])
+async def room_members(req: func.HttpRequest) -> func.HttpResponse:
+    """List a room's members, each online or not with their live connection count, a page at a time."""
+    try:
+        page = await Rooms(runtime.store()).members(
+            req.route_params.get("room", ""),
+            limit=_limit(req.params.get("limit")),
+            cursor=req.params.get("next") or None,
+        )
+    except MappingError as error:
+        return _error(error)
+    members = [{"user": member.user, **member.state.to_json()} for member in page.members]
+    return _json(200, {"room": page.room, "members": members, "next": page.next})
 
 
 @app.function_name("online_users")
@@ -120,11 +179,17 @@ async def online_users(req: func.HttpRequest) -> func.HttpResponse:
 async def user_presence(req: func.HttpRequest) -> func.HttpResponse:
     """Tell whether a user is online, with their live connections."""
     try:
-        user = normalize_user_name(req.route_params.get("user", ""))
-        connections = await runtime.store().connections_of(user)
+        presence = await runtime.store().presence_of(req.route_params.get("user", ""))
     except MappingError as error:
         return _error(error)
-    body = {"user": user, "online": bool(connections), "connections": [c.to_json() for c in connections]}
+    body = {
+        "user": presence.user,
+        "online": presence.state.online,
+        "status": presence.state.status,
+        "lastSeen": presence.state.to_json()["lastSeen"],
+        "rooms": list(presence.rooms),
+        "connections": [connection.to_json() for connection in presence.connections],
+    }
     return _json(200, body)
 
 

@@ -25,6 +25,8 @@ class ConnectionEntity:
     user_agent: str = ""
     etag: str | None = field(default=None, compare=False)
     index_bucket: str | None = field(default=None, compare=False)  # the expiry-index bucket naming this row
+    status: str | None = None  # set by the connection's `setStatus` (None: cleared or never set)
+    status_at: datetime | None = None  # when it was last set (None: never)
 
     @classmethod
     def new(
@@ -63,6 +65,7 @@ class ConnectionEntity:
             "LastSeen": self.last_seen,
             "UserAgent": self.user_agent,
             **({"IndexBucket": self.index_bucket} if self.index_bucket else {}),
+            **(status_fields(self.status, self.status_at) if self.status_at else {}),
         }
 
     @classmethod
@@ -77,17 +80,30 @@ class ConnectionEntity:
             user_agent=str(row.get("UserAgent") or ""),
             etag=etag,
             index_bucket=str(row["IndexBucket"]) if row.get("IndexBucket") else None,
+            status=str(row["Status"]) if row.get("Status") else None,
+            status_at=_stored_time(row["StatusAt"]) if isinstance(row.get("StatusAt"), datetime) else None,
         )
 
-    def to_json(self) -> dict[str, str]:
+    def to_json(self) -> dict[str, str | None]:
         """Return the public JSON shape of a connection (the presence endpoint's `connections` items)."""
         return {
             "connectionId": self.connection_id,
             "hub": self.hub,
-            "connectedAt": _iso(self.connected_at),
-            "lastSeen": _iso(self.last_seen),
+            "connectedAt": iso(self.connected_at),
+            "lastSeen": iso(self.last_seen),
             "userAgent": self.user_agent,
+            "status": self.status,
         }
+
+
+def status_fields(status: str | None, at: datetime) -> dict[str, Any]:
+    """Return the row properties that record a status set at `at` (a clear is stored as an empty string)."""
+    return {"Status": status or "", "StatusAt": at}
+
+
+def iso(moment: datetime) -> str:
+    """Return a moment as the API writes it: ISO 8601 in UTC with a `Z`."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _stored_time(value: Any) -> datetime:
@@ -95,7 +111,3 @@ def _stored_time(value: Any) -> datetime:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     return datetime.min.replace(tzinfo=UTC)
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

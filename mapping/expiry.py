@@ -48,7 +48,7 @@ class IndexEntry:
     key: str
     user_key: str
     connection_key: str
-    announces_online: bool = False
+    announces: bool = False
 
     @property
     def bucket_start(self) -> datetime:
@@ -69,7 +69,7 @@ class ExpiryIndex:
         start = int(as_utc(moment).timestamp()) // width * width
         return f"{INDEX_PREFIX}{start:012d}"
 
-    def entry(self, partition: str, row: str, last_seen: datetime, *, announces_online: bool = False) -> Operation:
+    def entry(self, partition: str, row: str, last_seen: datetime, *, announces: bool = False) -> Operation:
         """Return the write of the entry for a row whose LastSeen becomes `last_seen` (merged: a flag stays)."""
         entity: dict[str, Any] = {
             "PartitionKey": self.bucket(last_seen),
@@ -77,13 +77,13 @@ class ExpiryIndex:
             "UserKey": partition,
             "ConnectionKey": row,
         }
-        if announces_online:
+        if announces:
             entity["Online"] = True
         return upsert(entity)
 
-    async def write(self, partition: str, row: str, last_seen: datetime, *, announces_online: bool = False) -> str:
+    async def write(self, partition: str, row: str, last_seen: datetime, *, announces: bool = False) -> str:
         """Write the entry for a row before its LastSeen becomes `last_seen` (E1); return the bucket."""
-        operation = self.entry(partition, row, last_seen, announces_online=announces_online)
+        operation = self.entry(partition, row, last_seen, announces=announces)
         await self._table.write(operation, action="write the expiry index")
         return str(operation[1]["PartitionKey"])
 
@@ -145,5 +145,5 @@ def _index_entry(row: Mapping[str, Any]) -> IndexEntry:
         key=str(row["RowKey"]),
         user_key=str(row.get("UserKey") or ""),
         connection_key=str(row.get("ConnectionKey") or ""),
-        announces_online=row.get("Online") is True,
+        announces=row.get("Online") is True,
     )

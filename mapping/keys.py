@@ -4,6 +4,11 @@ A name is NFC-normalised and stripped, must then be 1-256 characters, and may ho
 scalar value. Keys percent-encode only what Table Storage forbids (`/ \\ # ?`, U+0000-U+001F,
 U+007F-U+009F) and `%` itself, so ordinary names and SignalR connection ids are stored verbatim.
 User keys are casefolded: users compare case-insensitively, connection ids do not.
+
+Room names are 1-64 characters of letters, digits, `-`, `_` and `.`, compared exactly (a room's
+SignalR group has the room's name). A membership is two rows: `%~r<room>` in the user's partition
+(the truth: "rooms of a user" is part of the user's one query) and the user's key in the room's
+partition `%~m<room>` (an index: "members of a room" is one partition query; see mapping.rooms).
 """
 
 from __future__ import annotations
@@ -20,6 +25,12 @@ MAX_KEY_UTF16_UNITS = 512
 # A key whose escaped form would not fit keeps this much of it, then a digest.
 _LONG_KEY_PREFIX_UNITS = 400
 
+BOOKKEEPING_PREFIX = "%~"  # starts the keys of the app's own rows; never starts an escaped name
+MAX_ROOM_LENGTH = 64
+MEMBERSHIP_PREFIX = "%~r"  # RowKey prefix of a membership row in the user's partition
+ROOM_PREFIX = "%~m"  # PartitionKey prefix of a room's member index
+
+_ROOM = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _ESCAPED = re.compile(r"[/\\#?%\x00-\x1f\x7f-\x9f]")
 _ESCAPE_SEQUENCE = re.compile(r"(?:%[0-9A-F]{2})+")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
@@ -44,6 +55,25 @@ def user_key(name: object) -> str:
 def connection_key(connection_id: object) -> str:
     """Return the RowKey for a connection id: the id, escaped (case preserved)."""
     return _fit(escape_key(normalize_connection_id(connection_id)))
+
+
+def parse_room(room: object) -> str:
+    """Return a room name as given, or raise InvalidNameError."""
+    if not isinstance(room, str):
+        raise InvalidNameError("room must be a string")
+    if not _ROOM.fullmatch(room):
+        raise InvalidNameError(f"room must be 1-{MAX_ROOM_LENGTH} characters of letters, digits, '-', '_' and '.'")
+    return room
+
+
+def membership_key(room: str) -> str:
+    """Return the RowKey of a user's membership of `room`, in the user's partition."""
+    return MEMBERSHIP_PREFIX + parse_room(room)
+
+
+def room_partition(room: str) -> str:
+    """Return the PartitionKey of a room's member index (one row per member, keyed by user key)."""
+    return ROOM_PREFIX + parse_room(room)
 
 
 def escape_key(text: str) -> str:

@@ -7,10 +7,12 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from mapping.entity import ConnectionEntity
+from mapping.presence import PresenceChange
 
 Message = dict[str, Any]
 
 PRESENCE_TARGET = "presence"
+ROOM_TARGET = "room"
 ERROR_TARGET = "error"
 
 
@@ -25,14 +27,32 @@ def delivery_messages(
     ]
 
 
-def presence_message(user: str, *, online: bool, version: int) -> Message:
-    """Return the hub-wide broadcast that a user came online or went offline (a higher version is newer)."""
-    return {"target": PRESENCE_TARGET, "arguments": [{"user": user, "online": online, "version": version}]}
+def presence_message(change: PresenceChange) -> Message:
+    """Return the hub-wide broadcast of a user's presence as recorded (a higher version is newer)."""
+    return {
+        "target": PRESENCE_TARGET,
+        "arguments": [{"user": change.user, **change.state.to_json(), "version": change.version}],
+    }
+
+
+def room_message(room: str, *, user: str, joined: bool) -> Message:
+    """Return the announcement to a room's group that a member joined or left it."""
+    return {"target": ROOM_TARGET, "groupName": room, "arguments": [{"room": room, "user": user, "joined": joined}]}
+
+
+def room_delivery(room: str, *, target: str, sender: str | None, message: Any) -> Message:
+    """Return a message to every connection in a room's group, carrying `{from, room, message}`."""
+    return {"target": target, "groupName": room, "arguments": [{"from": sender, "room": room, "message": message}]}
 
 
 def join_group(connection_id: str, group: str) -> Message:
     """Return the `signalR` output binding's group action that adds a connection to a group."""
     return {"action": "add", "groupName": group, "connectionId": connection_id}
+
+
+def leave_group(connection_id: str, group: str) -> Message:
+    """Return the `signalR` output binding's group action that removes a connection from a group."""
+    return {"action": "remove", "groupName": group, "connectionId": connection_id}
 
 
 def error_message(connection_id: str, error: str, **details: Any) -> Message:

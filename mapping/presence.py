@@ -1,12 +1,14 @@
 """The presence protocol: a user's announced state, recorded in their partition, decided so it cannot be lost.
 
 Each user partition holds, beside the connection rows, a presence row (RowKey `%~p`; it has no
-LastSeen, so no reader of connections sees it) with the state last decided (`Online`), its number
-(`Version`) and the id of the write that recorded it (`Writer`). Presence messages carry the number;
-of all messages about a user, the highest version is the current state. Invariants (each named by
-the test that checks it):
+LastSeen, so no reader of connections sees it) with the state last decided, its number (`Version`)
+and the id of the write that recorded it (`Writer`). The state (`PresenceState`) is what a client
+shows: online or not, how many live connections, the user's status (the most recently set one among
+their live connections), and, offline, when they were last seen (`LastOnline`: the end of their last
+live connection). Presence messages carry the state and its number; of all messages about a user,
+the highest version is the current state. Invariants (each named by the test that checks it):
 
-P1. A (Version, Online) pair is written only together, and each new pair takes a version higher than
+P1. A (Version, state) pair is written only together, and each new pair takes a version higher than
     any before it: `max(recorded + 1, the decision's time in milliseconds)`. Every announcement is a
     pair as recorded, so one version never names two states, and versions keep growing when the
     table is recreated or restored from a backup (the clock has moved on).
@@ -16,8 +18,9 @@ P2. Every change to a user's connection rows (create, delete, a lapsed lease mad
     that read both the rows and the presence row. So each decision is made on the partition as it is
     when it commits; of two concurrent changes one fails and reads again.
     (test_presence: test_a_decision_made_on_a_stale_read_never_commits)
-P3. The decision: the user is online iff a connection row is live after the change. When that
-    differs from the recorded state, the transaction records a new pair and the change is announced.
+P3. The decision: the state is derived from the connection rows live after the change (online iff
+    one is). When it differs from the recorded state (online, connections or status), the
+    transaction records a new pair and the change is announced.
     (test_store: test_multi_tab_user_goes_offline_only_when_the_last_tab_closes)
 P4. A transaction answered with a conflict may have committed (a retry meets its own result). The
     writer reads again: its own `Writer` in the row, or an outcome it cannot tell apart, means the
@@ -26,7 +29,7 @@ P4. A transaction answered with a conflict may have committed (a retry meets its
 P5. An announcement is lost only when the invocation that recorded it fails afterwards. The sweep
     repairs that when it reaches the user's index entries: it makes any decision that is due
     (the rows changed without one), and it repeats the recorded pair of a user whose entry was
-    written before a change to online (expiry E5), or whose entry's row is gone and who is offline.
+    written before a recorded change (expiry E5), or whose entry's row is gone.
     (test_crash_points: the "committed, then outage" mode;
     test_presence: test_a_refused_first_connect_and_its_reconnect_end_announced_online)
 
@@ -39,16 +42,42 @@ announced by that same sweep.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from azure.data.tables import EdmType, EntityProperty
 
+from mapping.entity import ConnectionEntity, iso
+from mapping.lease import Lease
+from mapping.status import latest_status
 from mapping.table import Operation, create, int_value, merge
 
 PRESENCE_ROW = "%~p"  # `%~` never starts an escaped connection key
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceState:
+    """What a client shows of a user: online, live connections, status, and (offline) when last seen."""
+
+    online: bool
+    connections: int = 0
+    status: str | None = None
+    last_seen: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the public JSON shape: `online`, `connections`, `status`, `lastSeen` (null while online)."""
+        last_seen = iso(self.last_seen) if self.last_seen is not None and not self.online else None
+        return {"online": self.online, "connections": self.connections, "status": self.status, "lastSeen": last_seen}
+
+    def same_as(self, recorded: Recorded) -> bool:
+        """Return whether the recorded state already says this (last seen follows the rest)."""
+        return (
+            recorded.online is self.online
+            and recorded.connections == self.connections
+            and recorded.status == self.status
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +87,19 @@ class PresenceChange:
     user: str
     online: bool
     version: int
+    connections: int = 0
+    status: str | None = None
+    last_seen: datetime | None = None
+
+    @property
+    def state(self) -> PresenceState:
+        """Return the state this change records."""
+        return PresenceState(self.online, self.connections, self.status, self.last_seen)
+
+    @classmethod
+    def of(cls, user: str, state: PresenceState, version: int) -> PresenceChange:
+        """Return the change that records `state` under `version`."""
+        return cls(user, state.online, version, state.connections, state.status, state.last_seen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +111,16 @@ class Recorded:
     writer: str | None = None
     etag: str | None = None  # None: the user has no presence row yet
     user_name: str | None = None  # the name as last written, for announcing a user with no rows left
+    connections: int = 0
+    status: str | None = None
+    last_seen: datetime | None = None  # when the user was last online (kept while offline)
 
     def announced_as(self, user: str) -> PresenceChange | None:
         """Return the recorded pair as a change to announce (again), or None when nothing was decided."""
         if self.online is None or self.version <= 0:
             return None
-        return PresenceChange(user, self.online, self.version)
+        last_seen = None if self.online else self.last_seen
+        return PresenceChange(user, self.online, self.version, self.connections, self.status, last_seen)
 
 
 def recorded_from(row: Mapping[str, Any] | None, *, etag: str | None = None) -> Recorded:
@@ -88,12 +134,26 @@ def recorded_from(row: Mapping[str, Any] | None, *, etag: str | None = None) -> 
         writer=str(row["Writer"]) if row.get("Writer") else None,
         etag=etag,
         user_name=str(row["UserName"]) if row.get("UserName") else None,
+        connections=int_value(row.get("Connections")),
+        status=str(row["Status"]) if row.get("Status") else None,
+        last_seen=_aware(row.get("LastOnline")),
     )
 
 
-def decide(recorded: Recorded, *, online: bool, now: datetime) -> int | None:
-    """Return the version of a new pair when `online` differs from the recorded state (P3), else None."""
-    if recorded.online is online:
+def derive(
+    rows: Iterable[ConnectionEntity], *, lease: Lease, now: datetime, recorded: Recorded, ended_at: datetime | None
+) -> PresenceState:
+    """Return the state the rows give at `now` (P3); offline, last seen is `ended_at` unless already recorded."""
+    live = [row for row in rows if lease.is_live(row.last_seen, now)]
+    if live:
+        return PresenceState(True, len(live), latest_status(live))
+    last_seen = recorded.last_seen if recorded.online is False else ended_at
+    return PresenceState(False, 0, None, last_seen)
+
+
+def decide(recorded: Recorded, state: PresenceState, *, now: datetime) -> int | None:
+    """Return the version of a new pair when `state` differs from the recorded one (P3), else None."""
+    if state.same_as(recorded):
         return None
     return max(recorded.version + 1, int(now.timestamp() * 1000))
 
@@ -104,7 +164,7 @@ def presence_write(
     *,
     writer: str,
     user_name: str,
-    online: bool | None = None,
+    state: PresenceState | None = None,
     version: int | None = None,
 ) -> Operation:
     """Return the presence-row write of a transaction: conditional on the ETag read (P2), with a new pair if any."""
@@ -114,9 +174,19 @@ def presence_write(
         "Writer": writer,
         "UserName": user_name,
     }
-    if version is not None:
-        entity["Online"] = bool(online)
+    if version is not None and state is not None:
+        entity["Online"] = state.online
         entity["Version"] = EntityProperty(version, EdmType.INT64)
+        entity["Connections"] = state.connections
+        entity["Status"] = state.status or ""
+        if state.last_seen is not None:
+            entity["LastOnline"] = state.last_seen
     if recorded.etag is None:
         return create(entity)  # two first writers: one create fails with 409 and reads again
     return merge(entity, etag=recorded.etag)
+
+
+def _aware(value: Any) -> datetime | None:
+    if not isinstance(value, datetime):
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""Sending a message to every live connection of a user: the request rules and the delivery."""
+"""Sending a message to every live connection of a user, or to a room's group: the request rules and the delivery."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 from mapping.errors import InvalidNameError, InvalidRequestError, PayloadTooLargeError, UserOfflineError
 from mapping.jsonparse import MAX_JSON_DEPTH, load_json, within_depth
-from mapping.keys import normalize_user_name
-from mapping.messages import Message, delivery_messages
+from mapping.keys import normalize_user_name, parse_room
+from mapping.messages import Message, delivery_messages, room_delivery
 from mapping.store import ConnectionStore
 
 MAX_BODY_BYTES = 64 * 1024
@@ -26,8 +26,36 @@ class SendRequest:
     target: str = DEFAULT_TARGET
 
 
+@dataclass(frozen=True, slots=True)
+class RoomSendRequest:
+    """A validated message for a room: the room, any JSON value, and the client method."""
+
+    room: str
+    message: Any
+    target: str = DEFAULT_TARGET
+
+
 def parse_send_body(body: bytes) -> SendRequest:
     """Parse an HTTP send body `{"to", "message", "target"?}`, or raise InvalidRequestError."""
+    data = _body_object(body)
+    return SendRequest(to=_recipient(data.get("to")), message=data["message"], target=_target(data))
+
+
+def parse_room_send_body(room: str, body: bytes) -> RoomSendRequest:
+    """Parse an HTTP room send (`room` from the route, body `{"message", "target"?}`), or raise."""
+    room = _room(room)
+    data = _body_object(body)
+    return RoomSendRequest(room=room, message=data["message"], target=_target(data))
+
+
+def parse_room_send_arguments(arguments: list[Any] | None) -> RoomSendRequest:
+    """Parse the arguments of a client's `sendToRoom(room, message)` call, or raise InvalidRequestError."""
+    if arguments is None or len(arguments) != 2:
+        raise InvalidRequestError("sendToRoom expects two arguments: (room, message)")
+    return RoomSendRequest(room=_room(arguments[0]), message=_client_message(arguments[1]))
+
+
+def _body_object(body: bytes) -> dict[str, Any]:
     if len(body) > MAX_BODY_BYTES:
         raise PayloadTooLargeError(f"the body must be at most {MAX_BODY_BYTES} bytes")
     try:
@@ -40,25 +68,33 @@ def parse_send_body(body: bytes) -> SendRequest:
         raise InvalidRequestError("the body must be a JSON object")
     if "message" not in data:
         raise InvalidRequestError("'message' is required")
+    return data
+
+
+def _target(data: dict[str, Any]) -> str:
     target = data.get("target", DEFAULT_TARGET)
     if not isinstance(target, str) or not target.strip() or len(target) > MAX_TARGET_LENGTH:
         raise InvalidRequestError(f"'target' must be a non-empty string of at most {MAX_TARGET_LENGTH} characters")
-    return SendRequest(to=_recipient(data.get("to")), message=data["message"], target=target)
+    return target
 
 
 def parse_send_arguments(arguments: list[Any] | None) -> SendRequest:
     """Parse the arguments of a client's `send(to, message)` call, or raise InvalidRequestError."""
     if arguments is None or len(arguments) != 2:
         raise InvalidRequestError("send expects two arguments: (to, message)")
-    if not within_depth(arguments[1], MAX_JSON_DEPTH):
+    return SendRequest(to=_recipient(arguments[0]), message=_client_message(arguments[1]))
+
+
+def _client_message(message: Any) -> Any:
+    if not within_depth(message, MAX_JSON_DEPTH):
         raise InvalidRequestError(f"the message must nest at most {MAX_JSON_DEPTH} levels")
     try:
-        size = len(json.dumps(arguments[1], ensure_ascii=False, allow_nan=False).encode())
+        size = len(json.dumps(message, ensure_ascii=False, allow_nan=False).encode())
     except ValueError:
         raise InvalidRequestError("the message must be plain JSON (no NaN or Infinity)") from None
     if size > MAX_BODY_BYTES:
         raise PayloadTooLargeError(f"the message must be at most {MAX_BODY_BYTES} bytes")
-    return SendRequest(to=_recipient(arguments[0]), message=arguments[1])
+    return message
 
 
 async def send_to_user(store: ConnectionStore, request: SendRequest, *, sender: str | None) -> list[Message]:
@@ -67,6 +103,18 @@ async def send_to_user(store: ConnectionStore, request: SendRequest, *, sender: 
     if not connections:
         raise UserOfflineError(f"user {request.to!r} has no live connection")
     return delivery_messages(connections, target=request.target, sender=sender, to=request.to, message=request.message)
+
+
+def room_delivery_of(request: RoomSendRequest, *, sender: str | None) -> Message:
+    """Return the message that delivers a room send to the room's group."""
+    return room_delivery(request.room, target=request.target, sender=sender, message=request.message)
+
+
+def _room(value: object) -> str:
+    try:
+        return parse_room(value)
+    except InvalidNameError as error:
+        raise InvalidRequestError(str(error)) from None
 
 
 def _recipient(value: object) -> str:

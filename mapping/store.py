@@ -15,8 +15,6 @@ reads its user first, as a lapsed lease made live again is a presence change).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import random
 import uuid
@@ -27,21 +25,38 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from mapping.clock import Clock, moment_of, utc_now
-from mapping.entity import ConnectionEntity
-from mapping.errors import BatchRejectedError, ConflictError, InvalidRequestError, RowChangedError, StorageError
+from mapping.cursor import check_limit, decode_cursor, encode_cursor
+from mapping.entity import ConnectionEntity, status_fields
+from mapping.errors import BatchRejectedError, ConflictError, RowChangedError, StorageError
 from mapping.expiry import ExpiryIndex
-from mapping.keys import connection_key, normalize_user_name, user_key
+from mapping.keys import (
+    BOOKKEEPING_PREFIX,
+    MEMBERSHIP_PREFIX,
+    connection_key,
+    normalize_user_name,
+    unescape_key,
+    user_key,
+)
 from mapping.lease import Lease
-from mapping.presence import PRESENCE_ROW, PresenceChange, Recorded, decide, presence_write, recorded_from
+from mapping.membership import MEMBERSHIP_END, Membership, is_membership_key
+from mapping.presence import (
+    PRESENCE_ROW,
+    PresenceChange,
+    PresenceState,
+    Recorded,
+    decide,
+    derive,
+    presence_write,
+    recorded_from,
+)
 from mapping.settings import Settings
+from mapping.status import parse_status
 from mapping.table import MAX_BATCH, Operation, Table, create, delete, merge
 
 logger = logging.getLogger(__name__)
 
-MAX_PAGE_LIMIT = 1000
-_CURSOR_PREFIX = "u1."
 _REFRESH_MEMORY = 100_000  # connections whose last refresh time an instance remembers
-_ATTEMPTS = 10  # reads and transactions per event before a conflict storm is reported
+ATTEMPTS = 10  # reads and transactions per event before a conflict storm is reported
 _BACKOFF_SECONDS = 0.005  # the first conflict waits up to this long, doubling with every further one
 
 
@@ -51,11 +66,12 @@ class ConnectOutcome:
 
     entity: ConnectionEntity
     presence: PresenceChange | None = None
+    rooms: tuple[str, ...] = ()  # the user's rooms, whose groups the new connection joins
 
     @property
     def came_online(self) -> bool:
-        """Return whether this connect announces the user online."""
-        return self.presence is not None and self.presence.online
+        """Return whether this connect announces the user online with their first live connection."""
+        return self.presence is not None and self.presence.online and self.presence.connections == 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +91,14 @@ class DisconnectOutcome:
 @dataclass(frozen=True, slots=True)
 class TouchOutcome:
     """What a client message's refresh did: whether the row is there, and a presence change (a revival)."""
+
+    found: bool
+    presence: PresenceChange | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusOutcome:
+    """What `setStatus` did: whether the caller's row is there, and the user's presence to announce."""
 
     found: bool
     presence: PresenceChange | None = None
@@ -103,10 +127,44 @@ class UserView:
     partition: str
     rows: dict[str, ConnectionEntity] = field(default_factory=dict)
     presence: Recorded = field(default_factory=Recorded)
+    rooms: dict[str, Membership] = field(default_factory=dict)  # the user's rooms, by name
 
     def online(self, lease: Lease, *, now: datetime, without: str | None = None) -> bool:
         """Return whether a row other than `without` holds a live lease at `now`."""
         return any(lease.is_live(row.last_seen, now) for key, row in self.rows.items() if key != without)
+
+    def name(self) -> str:
+        """Return the user's name as received: from a row, else as last written to the presence row."""
+        for row in self.rows.values():
+            if row.user_name:
+                return row.user_name
+        return self.presence.user_name or unescape_key(self.partition)
+
+    def live(self, lease: Lease, *, now: datetime) -> list[ConnectionEntity]:
+        """Return the connections holding a live lease at `now`, oldest first."""
+        rows = [row for row in self.rows.values() if lease.is_live(row.last_seen, now)]
+        return sorted(rows, key=lambda row: (row.connected_at, row.connection_id))
+
+    def state(
+        self, lease: Lease, *, now: datetime, ended_at: datetime | None = None, rows: Mapping[str, ConnectionEntity]
+    ) -> PresenceState:
+        """Return the presence `rows` (this partition's rows after a change) give at `now` (P3)."""
+        return derive(rows.values(), lease=lease, now=now, recorded=self.presence, ended_at=ended_at)
+
+    def state_now(self, lease: Lease, *, now: datetime) -> PresenceState:
+        """Return the presence the rows give at `now`, last seen at the latest LastSeen if not yet recorded."""
+        ended_at = max((row.last_seen for row in self.rows.values()), default=None)
+        return self.state(lease, now=now, ended_at=ended_at, rows=self.rows)
+
+
+@dataclass(frozen=True, slots=True)
+class UserPresence:
+    """What `GET /api/users/{user}` tells: the user's presence state, live connections and rooms."""
+
+    user: str
+    state: PresenceState
+    connections: list[ConnectionEntity]
+    rooms: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +209,7 @@ class ConnectionStore:
             entity = replace(entity, index_bucket=bucket)
             await self._create_or_refresh(entity)
             self._remember_refresh(entity.partition_key, entity.row_key, entity.last_seen)
-            return ConnectOutcome(entity)
+            return ConnectOutcome(entity, rooms=await self.rooms_of(entity.partition_key))
         outcome = await self._connect_deciding(entity)
         self._remember_refresh(entity.partition_key, entity.row_key, entity.last_seen)
         return outcome
@@ -165,9 +223,9 @@ class ConnectionStore:
             return DisconnectOutcome(name, removed=await self._delete_reporting(partition, row))
         moment = self.now(now)
         writer = uuid.uuid4().hex
-        attempts = _Attempts()
+        attempts = Attempts()
         tried = False
-        for _attempt in range(_ATTEMPTS):
+        for _attempt in range(ATTEMPTS):
             view = await self.read_user(partition)
             attempts.read(view)
             if view.presence.writer == writer:
@@ -175,19 +233,20 @@ class ConnectionStore:
             if row not in view.rows:
                 # Gone: a repeated event, or our own delete that committed and was answered with an error.
                 return DisconnectOutcome(name, removed=tried, presence=attempts.announce(view, name, None))
-            online = view.online(self.lease, now=moment, without=row)
-            version = decide(view.presence, online=online, now=moment)
+            after = {key: entity for key, entity in view.rows.items() if key != row}
+            state = view.state(self.lease, now=moment, ended_at=moment, rows=after)
+            version = decide(view.presence, state, now=moment)
             operations = [
                 delete(partition, row),
-                presence_write(partition, view.presence, writer=writer, user_name=name, online=online, version=version),
+                presence_write(partition, view.presence, writer=writer, user_name=name, state=state, version=version),
             ]
             tried = True
             try:
-                await self._transact(operations, action="disconnect", singly=attempts.singly)
+                await self.transact(operations, action="disconnect", singly=attempts.singly)
             except ConflictError:
                 await attempts.failed(view, _attempt, deciding=version is not None)
                 continue
-            change = PresenceChange(name, online, version) if version is not None else None
+            change = PresenceChange.of(name, state, version) if version is not None else None
             return DisconnectOutcome(name, removed=True, presence=attempts.announce(view, name, change))
         raise StorageError("disconnect: the user's connections kept changing; try again")
 
@@ -204,7 +263,65 @@ class ConnectionStore:
             return await self._refresh_blindly(partition, row, moment)
         return await self._refresh_deciding(partition, row, normalize_user_name(user_name), moment)
 
+    async def set_status(
+        self, user_name: str, connection_id: str, status: object, *, now: datetime | None = None
+    ) -> StatusOutcome:
+        """Record a connection's status (None or "" clears it) and refresh its lease; say what to announce.
+
+        With presence events on, the user's presence is announced even when unchanged (a repeat), so a
+        client that retries after an error is sure to hear the outcome.
+        """
+        text = parse_status(status)
+        name = normalize_user_name(user_name)
+        partition, row = user_key(name), connection_key(connection_id)
+        moment = self.now(now)
+        if not self.settings.presence_events:
+            patch = {"PartitionKey": partition, "RowKey": row, **status_fields(text, moment)}
+            try:
+                await self.table.write(merge(patch), action="set a status")
+            except RowChangedError:
+                return StatusOutcome(False)
+            return StatusOutcome(True)
+
+        def row_write(existing: ConnectionEntity | None, bucket: str) -> _RowWrite | None:
+            if existing is None:
+                return None  # not mapped (or swept): a status needs a connection to hold it
+            patch = {
+                "PartitionKey": partition,
+                "RowKey": row,
+                "LastSeen": moment,
+                "IndexBucket": bucket,
+                **status_fields(text, moment),
+            }
+            stored = replace(existing, last_seen=moment, index_bucket=bucket, status=text, status_at=moment)
+            return stored, merge(patch, etag=existing.etag)
+
+        written = await self._write_live_row(partition, row, name, moment, row_write, action="set a status")
+        if written.entity is None:
+            return StatusOutcome(False, written.change)
+        self._remember_refresh(partition, row, moment)
+        return StatusOutcome(True, written.change or written.view.presence.announced_as(name))
+
     # -- readers --------------------------------------------------------------------------------
+
+    async def presence_of(self, user_name: str, *, now: datetime | None = None) -> UserPresence:
+        """Return a user's presence as their rows give it now (one query), with their connections and rooms."""
+        name = normalize_user_name(user_name)
+        moment = self.now(now)
+        view = await self.read_user(user_key(name))
+        return UserPresence(
+            name, view.state_now(self.lease, now=moment), view.live(self.lease, now=moment), tuple(sorted(view.rooms))
+        )
+
+    async def rooms_of(self, partition: str) -> tuple[str, ...]:
+        """Return the rooms of a user (by user key), in name order: one query of their membership rows."""
+        rows = await self.table.query(
+            "PartitionKey eq @pk and RowKey ge @first and RowKey lt @last",
+            {"pk": partition, "first": MEMBERSHIP_PREFIX, "last": MEMBERSHIP_END},
+            action="read a user's rooms",
+            select=["RowKey", "Room", "JoinedAt"],
+        )
+        return tuple(sorted(Membership.from_table(row).room for row in rows))
 
     async def connections_of(self, user_name: str, *, now: datetime | None = None) -> list[ConnectionEntity]:
         """Return the live connections of a user (case-insensitive), oldest first."""
@@ -220,9 +337,8 @@ class ConnectionStore:
         self, *, limit: int = 100, cursor: str | None = None, now: datetime | None = None
     ) -> UsersPage:
         """Return a page of users with live connections, in key order, and the cursor of the next page."""
-        if not 1 <= limit <= MAX_PAGE_LIMIT:
-            raise InvalidRequestError(f"limit must be between 1 and {MAX_PAGE_LIMIT}")
-        after = _decode_cursor(cursor) if cursor else None
+        check_limit(limit)
+        after = decode_cursor(cursor) if cursor else None
         query = "LastSeen gt @cutoff" if after is None else "PartitionKey gt @after and LastSeen gt @cutoff"
         parameters: dict[str, Any] = {"cutoff": self._cutoff(now)}
         if after is not None:
@@ -236,7 +352,7 @@ class ConnectionStore:
                     users[-1] = OnlineUser(users[-1].user, users[-1].connections + 1)
                     continue
                 if len(users) == limit:
-                    return UsersPage(users, next=_encode_cursor(keys[-1]))
+                    return UsersPage(users, next=encode_cursor(keys[-1]))
                 keys.append(row["PartitionKey"])
                 users.append(OnlineUser(str(row.get("UserName") or ""), 1))
         return UsersPage(users, next=None)
@@ -244,13 +360,18 @@ class ConnectionStore:
     async def read_user(self, partition: str) -> UserView:
         """Read a user's connection rows and presence row with one query (P2)."""
         rows: dict[str, ConnectionEntity] = {}
+        rooms: dict[str, Membership] = {}
         presence = Recorded()
         for row in await self.table.query("PartitionKey eq @pk", {"pk": partition}, action="read a user"):
-            if row["RowKey"] == PRESENCE_ROW:
+            key = str(row["RowKey"])
+            if key == PRESENCE_ROW:
                 presence = recorded_from(row, etag=_etag(row))
-            else:
-                rows[str(row["RowKey"])] = ConnectionEntity.from_table(row, etag=_etag(row))
-        return UserView(partition, rows, presence)
+            elif is_membership_key(key):
+                membership = Membership.from_table(row, etag=_etag(row))
+                rooms[membership.room] = membership
+            elif not key.startswith(BOOKKEEPING_PREFIX):
+                rows[key] = ConnectionEntity.from_table(row, etag=_etag(row))
+        return UserView(partition, rows, presence, rooms)
 
     # -- the sweep's step -----------------------------------------------------------------------
 
@@ -262,16 +383,19 @@ class ConnectionStore:
         gone: Mapping[str, str],
         alive: Mapping[str, str],
         now: datetime,
+        gone_known_alive_until: datetime | None = None,
     ) -> Settled:
         """Delete the `gone` rows, refresh the `alive` ones (RowKey -> ETag judged) and decide the user's presence.
 
         Rows that changed since they were judged are left alone (their newer index entry covers them).
-        A conflict reads the user again and applies what still holds (P2, P4).
+        A conflict reads the user again and applies what still holds (P2, P4). A user left offline was
+        last seen at their rows' latest LastSeen, or `gone_known_alive_until` when the service vouched
+        for the `gone` rows later than that (a reconciling sweep's listing).
         """
         writer = uuid.uuid4().hex
-        attempts = _Attempts()
+        attempts = Attempts()
         deciding = self.settings.presence_events
-        for _attempt in range(_ATTEMPTS):
+        for _attempt in range(ATTEMPTS):
             attempts.read(view)
             if view.presence.writer == writer:
                 return Settled(
@@ -279,24 +403,23 @@ class ConnectionStore:
                 )
             doomed = [key for key, etag in gone.items() if key in view.rows and view.rows[key].etag == etag]
             renewed = [key for key, etag in alive.items() if key in view.rows and view.rows[key].etag == etag]
-            after = UserView(
-                view.partition,
-                {
-                    key: replace(row, last_seen=now) if key in renewed else row
-                    for key, row in view.rows.items()
-                    if key not in doomed
-                },
-                view.presence,
-            )
-            online = after.online(self.lease, now=now)
-            version = decide(view.presence, online=online, now=now) if deciding else None
+            after = {
+                key: replace(row, last_seen=now) if key in renewed else row
+                for key, row in view.rows.items()
+                if key not in doomed
+            }
+            ends = [row.last_seen for row in view.rows.values()]
+            if doomed and gone_known_alive_until is not None:
+                ends.append(gone_known_alive_until)
+            state = view.state(self.lease, now=now, ended_at=max(ends, default=None), rows=after)
+            version = decide(view.presence, state, now=now) if deciding else None
             try:
                 await self._apply(
                     view,
                     doomed,
                     renewed,
                     name=user_name,
-                    online=online,
+                    state=state,
                     version=version,
                     writer=writer,
                     now=now,
@@ -306,8 +429,9 @@ class ConnectionStore:
                 await attempts.failed(view, _attempt, deciding=version is not None)
                 view = await self.read_user(view.partition)
                 continue
-            change = PresenceChange(user_name, online, version) if version is not None else None
-            return Settled(len(doomed), len(renewed), attempts.announce(view, user_name, change), online, view.presence)
+            change = PresenceChange.of(user_name, state, version) if version is not None else None
+            announced = attempts.announce(view, user_name, change)
+            return Settled(len(doomed), len(renewed), announced, state.online, view.presence)
         raise StorageError("sweep: the user's connections kept changing; left for the next run")
 
     async def close(self) -> None:
@@ -325,36 +449,34 @@ class ConnectionStore:
     # -- internals ------------------------------------------------------------------------------
 
     async def _connect_deciding(self, entity: ConnectionEntity) -> ConnectOutcome:
-        written = [entity]
-
-        def row_write(existing: ConnectionEntity | None, bucket: str) -> Operation:
-            # A repeated connected event keeps the first ConnectedAt.
-            stored = replace(
-                entity, connected_at=existing.connected_at if existing else entity.connected_at, index_bucket=bucket
-            )
-            written[0] = stored
+        def row_write(existing: ConnectionEntity | None, bucket: str) -> _RowWrite:
             if existing is None:
-                return create(stored.to_table())
-            return merge(_refresh_fields(stored), etag=existing.etag)
+                stored = replace(entity, index_bucket=bucket)
+                return stored, create(stored.to_table())
+            # A repeated connected event keeps the first ConnectedAt (and any status set since).
+            stored = replace(
+                existing, last_seen=entity.last_seen, user_agent=entity.user_agent, index_bucket=bucket, etag=None
+            )
+            return stored, merge(_refresh_fields(stored), etag=existing.etag)
 
-        _, change = await self._write_live_row(
+        written = await self._write_live_row(
             entity.partition_key, entity.row_key, entity.user_name, entity.last_seen, row_write, action="connect"
         )
-        return ConnectOutcome(written[0], change)
+        return ConnectOutcome(written.entity or entity, written.change, tuple(sorted(written.view.rooms)))
 
     async def _refresh_deciding(self, partition: str, row: str, name: str, moment: datetime) -> TouchOutcome:
-        def row_write(existing: ConnectionEntity | None, bucket: str) -> Operation | None:
+        def row_write(existing: ConnectionEntity | None, bucket: str) -> _RowWrite | None:
             if existing is None:
                 return None  # gone: a refresh never brings a row back
             patch = {"PartitionKey": partition, "RowKey": row, "LastSeen": moment, "IndexBucket": bucket}
-            return merge(patch, etag=existing.etag)
+            return replace(existing, last_seen=moment, index_bucket=bucket), merge(patch, etag=existing.etag)
 
-        found, change = await self._write_live_row(partition, row, name, moment, row_write, action="refresh")
-        if found:
+        written = await self._write_live_row(partition, row, name, moment, row_write, action="refresh")
+        if written.entity is not None:
             self._remember_refresh(partition, row, moment)
         else:
             self._refreshed.pop((partition, row), None)
-        return TouchOutcome(found, change)
+        return TouchOutcome(written.entity is not None, written.change)
 
     async def _write_live_row(
         self,
@@ -362,50 +484,53 @@ class ConnectionStore:
         row: str,
         name: str,
         moment: datetime,
-        row_write: Callable[[ConnectionEntity | None, str], Operation | None],
+        row_write: Callable[[ConnectionEntity | None, str], _RowWrite | None],
         *,
         action: str,
-    ) -> tuple[bool, PresenceChange | None]:
-        """Write a row live at `moment` (connect, revival) with the presence decision (P2-P4).
+    ) -> _Written:
+        """Write a row live at `moment` (connect, revival, status) with the presence decision (P2-P4).
 
-        Returns whether the row was written (False: `row_write` declined, the row being gone) and the change
-        to announce.
+        `row_write` gives the row after the write and the write itself, or None to decline (the row being
+        gone); the result says which row was written (None: declined), the change to announce, and the
+        view the decision was made on.
         """
         writer = uuid.uuid4().hex
-        attempts = _Attempts()
-        for _attempt in range(_ATTEMPTS):
+        attempts = Attempts()
+        for _attempt in range(ATTEMPTS):
             view = await self.read_user(partition)
             attempts.read(view)
-            if view.presence.writer == writer:
-                return True, view.presence.announced_as(name)
             existing = view.rows.get(row)
-            operation = row_write(existing, self.index.bucket(moment))
-            if operation is None:
-                return False, attempts.announce(view, name, None)
-            version = decide(view.presence, online=True, now=moment)
+            if view.presence.writer == writer:
+                return _Written(existing, view.presence.announced_as(name), view)
+            planned = row_write(existing, self.index.bucket(moment))
+            if planned is None:
+                return _Written(None, attempts.announce(view, name, None), view)
+            stored, operation = planned
+            state = view.state(self.lease, now=moment, rows={**view.rows, row: stored})
+            version = decide(view.presence, state, now=moment)
             await self._entry_first(attempts, partition, row, moment, version=version)
             if existing is None:
                 attempts.pending = False  # our row is not there: no attempt of ours committed
             operations = [
                 operation,
-                presence_write(partition, view.presence, writer=writer, user_name=name, online=True, version=version),
+                presence_write(partition, view.presence, writer=writer, user_name=name, state=state, version=version),
             ]
             try:
-                await self._transact(operations, action=action, singly=attempts.singly)
+                await self.transact(operations, action=action, singly=attempts.singly)
             except ConflictError:
                 await attempts.failed(view, _attempt, deciding=version is not None)
                 continue
-            change = PresenceChange(name, True, version) if version is not None else None
-            return True, attempts.announce(view, name, change)
+            change = PresenceChange.of(name, state, version) if version is not None else None
+            return _Written(stored, attempts.announce(view, name, change), view)
         raise StorageError(f"{action}: the user's connections kept changing; try again")
 
     async def _entry_first(
-        self, attempts: _Attempts, partition: str, row: str, moment: datetime, *, version: int | None
+        self, attempts: Attempts, partition: str, row: str, moment: datetime, *, version: int | None
     ) -> None:
         """Write the row's index entry before the row write (E1): once, and again only to flag it (E5)."""
         flagged = version is not None
         if attempts.indexed is None or (flagged and not attempts.indexed):
-            await self.index.write(partition, row, moment, announces_online=flagged)
+            await self.index.write(partition, row, moment, announces=flagged)
             attempts.indexed = flagged
 
     async def _refresh_blindly(self, partition: str, row: str, moment: datetime) -> TouchOutcome:
@@ -427,7 +552,7 @@ class ConnectionStore:
         renewed: Sequence[str],
         *,
         name: str,
-        online: bool,
+        state: PresenceState,
         version: int | None,
         writer: str,
         now: datetime,
@@ -438,10 +563,7 @@ class ConnectionStore:
         bucket = self.index.bucket(now)
         if renewed:
             await self.index.write_many(
-                [
-                    self.index.entry(partition, key, now, announces_online=version is not None and online)
-                    for key in renewed
-                ]
+                [self.index.entry(partition, key, now, announces=version is not None) for key in renewed]
             )
         operations: list[Operation] = [delete(partition, key, etag=view.rows[key].etag) for key in doomed]
         operations += [
@@ -453,14 +575,14 @@ class ConnectionStore:
         ]
         if self.settings.presence_events and (operations or version is not None):
             operations.append(
-                presence_write(partition, view.presence, writer=writer, user_name=name, online=online, version=version)
+                presence_write(partition, view.presence, writer=writer, user_name=name, state=state, version=version)
             )
         # A user with more rows than one transaction holds: the presence write goes with the last chunk.
         chunks = [operations[i : i + MAX_BATCH] for i in range(0, len(operations), MAX_BATCH)]
         for chunk in chunks:
-            await self._transact(chunk, action="sweep a user", singly=singly)
+            await self.transact(chunk, action="sweep a user", singly=singly)
 
-    async def _transact(self, operations: Sequence[Operation], *, action: str, singly: bool = False) -> None:
+    async def transact(self, operations: Sequence[Operation], *, action: str, singly: bool = False) -> None:
         """Run a transaction, or one call at a time when the service refuses this partition's transactions."""
         if not singly:
             try:
@@ -489,7 +611,7 @@ class ConnectionStore:
     async def _delete_reporting(self, partition: str, row: str) -> bool:
         # Presence off: a transaction, unlike delete_entity, tells whether the row existed.
         try:
-            await self._transact([delete(partition, row)], action="disconnect")
+            await self.transact([delete(partition, row)], action="disconnect")
         except RowChangedError:
             return False
         return True
@@ -504,7 +626,19 @@ class ConnectionStore:
         return self.lease.live_after(self.now(now))
 
 
-class _Attempts:
+_RowWrite = tuple[ConnectionEntity, Operation]  # a row as it will be, and the write that makes it so
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """What a row write with a presence decision did: the row written, the change, the view decided on."""
+
+    entity: ConnectionEntity | None
+    change: PresenceChange | None
+    view: UserView
+
+
+class Attempts:
     """The memory of one read-decide-write loop (P4): whether a failed attempt may have recorded a change, and
     whether the service refuses this partition's transactions (a conflict although nothing had changed)."""
 
@@ -563,20 +697,3 @@ def _etag(row: Any) -> str | None:
     metadata = getattr(row, "metadata", None) or {}
     etag = metadata.get("etag")
     return str(etag) if etag else None
-
-
-def _encode_cursor(partition_key: str) -> str:
-    return _CURSOR_PREFIX + base64.urlsafe_b64encode(partition_key.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> str:
-    if not cursor.startswith(_CURSOR_PREFIX) or len(cursor) > 2048:
-        raise InvalidRequestError("next is not a cursor this API returned")
-    body = cursor[len(_CURSOR_PREFIX) :]
-    try:
-        after = base64.b64decode(body + "=" * (-len(body) % 4), altchars=b"-_", validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        after = ""
-    if not after:
-        raise InvalidRequestError("next is not a cursor this API returned")
-    return after

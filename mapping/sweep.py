@@ -12,7 +12,9 @@ reads the partition once (rows and presence row) and acts on what it finds:
 - the verdicts and the user's presence decision commit in one transaction (`mapping.presence`, P2),
   and the user's spent entries are dropped only after it (expiry E3);
 - with presence events on, every change of state is announced, and so is the recorded state of a
-  user whose announcement an event may have lost (presence P5).
+  user whose announcement an event may have lost (presence P5); a user left offline was last seen at
+  their rows' latest LastSeen, or, in a reconciling sweep, at this sweep (the listing vouched for
+  the connection until lately).
 
 The sweep keeps to its time budget inside a page: a user is started only while time is left, and
 each liveness check is bounded by what is left; rows not judged keep their entries for the next run.
@@ -34,10 +36,10 @@ from datetime import datetime, timedelta
 from mapping.entity import ConnectionEntity
 from mapping.errors import InvalidNameError, MappingError, StorageError
 from mapping.expiry import IndexEntry
-from mapping.keys import connection_key, unescape_key, user_key
+from mapping.keys import connection_key, user_key
 from mapping.liveness import AGE_ONLY, MAPPED_GROUP, Listing, Liveness, LivenessCheck
 from mapping.presence import PresenceChange
-from mapping.store import ConnectionStore, UserView
+from mapping.store import ConnectionStore
 
 logger = logging.getLogger(__name__)
 
@@ -270,15 +272,19 @@ async def _sweep_user(
     result.kept += sum(verdict is Liveness.UNKNOWN for verdict in verdicts)
     if Liveness.UNKNOWN in verdicts and time.monotonic() >= clock.checks_deadline:
         result.complete = False  # some rows went unasked for want of time
-    name = _user_name(view, user_key)
-    settled = await store.settle(view, user_name=name, gone=gone, alive=alive, now=clock.now)
+    name = view.name()
+    # A reconciling sweep's listing vouched for its connections until lately: a row it lacks ended since.
+    vouched = clock.now if service.reconciling else None
+    settled = await store.settle(
+        view, user_name=name, gone=gone, alive=alive, now=clock.now, gone_known_alive_until=vouched
+    )
     result.deleted += settled.deleted
     result.refreshed += settled.refreshed
     announce = settled.change
     if announce is None and store.settings.presence_events:
         # P5: an event may have recorded a change and failed before announcing it.
         # Once per entry: when the sweep is done with it (a kept entry repeats nothing until then).
-        maybe_lost = any(entry.announces_online for entry in spent) or (row_gone and not settled.online)
+        maybe_lost = any(entry.announces for entry in spent) or row_gone
         announce = settled.recorded.announced_as(name) if maybe_lost else None
     if announce is not None:
         clock.announce(result, announce)
@@ -334,13 +340,6 @@ async def _bounded_check(liveness: LivenessCheck, row: ConnectionEntity, clock: 
         return await asyncio.wait_for(liveness.check(row.hub, row.connection_id), timeout=left)
     except TimeoutError:
         return Liveness.UNKNOWN
-
-
-def _user_name(view: UserView, user_key: str) -> str:
-    for row in view.rows.values():
-        if row.user_name:
-            return row.user_name
-    return view.presence.user_name or unescape_key(user_key)
 
 
 def _log(result: SweepResult) -> None:

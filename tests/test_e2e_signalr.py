@@ -95,20 +95,21 @@ async def test_http_send_reaches_every_tab_of_the_user_and_nobody_else(stack: St
 def announces(arguments: list[Any], user: str, *, online: bool) -> bool:
     """Return whether a presence message's arguments say `user` is (or is not) online, with a version."""
     [change] = arguments
-    return {**change, "version": 0} == {"user": user, "online": online, "version": 0} and change["version"] > 0
+    return change["user"] == user and change["online"] is online and change["version"] > 0
 
 
 async def test_presence_on_first_and_last_connection(stack: Stack, clients: SignalRClients) -> None:
-    """Online is announced on the first connection only, offline on the last disconnect only."""
+    """Each tab opened or closed announces the count; offline, with a last-seen time, only on the last disconnect."""
     alice = unique_user("alice")
     await clients.connect("watcher", unique_user("watcher"), targets=["presence"])
 
-    def presence(online: bool) -> list[list[Any]]:
-        return [a for a in clients.received("watcher", "presence") if announces(a, alice, online=online)]
+    def heard() -> list[dict[str, Any]]:
+        return [a[0] for a in clients.received("watcher", "presence") if a and a[0].get("user") == alice]
 
     first = await clients.connect("a1", alice)
     await clients.wait_message("watcher", "presence", lambda a: announces(a, alice, online=True))
     second = await clients.connect("a2", alice)
+    await clients.wait_message("watcher", "presence", lambda a: a[0].get("user") == alice and a[0]["connections"] == 2)
     await clients.stop("a1")
     assert first != second
 
@@ -118,9 +119,9 @@ async def test_presence_on_first_and_last_connection(stack: Stack, clients: Sign
     await wait_until(only_second_left, what="the first connection's row to go")
     await clients.stop("a2")
     await clients.wait_message("watcher", "presence", lambda a: announces(a, alice, online=False))
-    assert len(presence(True)) == 1
-    assert len(presence(False)) == 1
-    assert presence(True)[0][0]["version"] < presence(False)[0][0]["version"]
+    newest = sorted({m["version"]: m for m in heard()}.items())
+    assert [(m["online"], m["connections"]) for _, m in newest] == [(True, 1), (True, 2), (True, 1), (False, 0)]
+    assert newest[-1][1]["lastSeen"] is not None
 
 
 async def test_client_send_reaches_the_recipient(stack: Stack, clients: SignalRClients) -> None:

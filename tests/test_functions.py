@@ -12,6 +12,7 @@ from azure.functions.timer import TimerRequest
 
 from conftest import Azurite, table_rows
 from mapping import runtime
+from mapping.entity import iso
 from testkit.functions_host import Out, call, http, http_request, invocation, signalr_event
 
 pytestmark = pytest.mark.usefixtures("app_env")
@@ -86,10 +87,15 @@ def versionless(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-async def test_connected_maps_the_connection_and_announces_online(app_env: dict[str, str], azurite: Azurite) -> None:
+async def test_connected_maps_the_connection_and_announces(app_env: dict[str, str], azurite: Azurite) -> None:
     """The first connection writes the row and broadcasts presence online to the hub."""
     out = await connect("Alice", "c1", headers={"user-agent": "Mozilla/5.0"})
-    assert versionless(out.messages) == [{"target": "presence", "arguments": [{"user": "Alice", "online": True}]}]
+    assert versionless(out.messages) == [
+        {
+            "target": "presence",
+            "arguments": [{"user": "Alice", "online": True, "connections": 1, "status": None, "lastSeen": None}],
+        }
+    ]
     assert out.messages[0]["arguments"][0]["version"] > 0
     [row] = await table_rows(azurite, app_env["MAPPING_TABLE"])
     assert (row["PartitionKey"], row["RowKey"], row["UserName"], row["Hub"]) == ("alice", "c1", "Alice", "chat")
@@ -97,15 +103,24 @@ async def test_connected_maps_the_connection_and_announces_online(app_env: dict[
 
 
 async def test_multi_tab_presence_through_the_functions() -> None:
-    """Online once on the first tab, offline once when the last tab closes, nothing in between; versions grow."""
-    first = (await connect("alice", "tab1")).messages[0]["arguments"][0]["version"]
-    assert (await connect("ALICE", "tab2")).value is None
-    assert (await disconnect("alice", "tab1")).value is None
+    """Every tab opened or closed announces the user's connection count; offline once, with when; versions grow."""
+    first = (await connect("alice", "tab1")).messages[0]["arguments"][0]
+    second = (await connect("ALICE", "tab2")).messages[0]["arguments"][0]
+    third = (await disconnect("alice", "tab1")).messages[0]["arguments"][0]
+    assert [(m["online"], m["connections"]) for m in (first, second, third)] == [(True, 1), (True, 2), (True, 1)]
+    before = datetime.now(UTC)
     out = await disconnect("Alice", "tab2")
-    assert versionless(out.messages) == [{"target": "presence", "arguments": [{"user": "Alice", "online": False}]}]
+    [offline] = versionless(out.messages)
+    last_seen = datetime.fromisoformat(offline["arguments"][0].pop("lastSeen"))
+    assert offline == {
+        "target": "presence",
+        "arguments": [{"user": "Alice", "online": False, "connections": 0, "status": None}],
+    }
+    assert before <= last_seen <= datetime.now(UTC)
     again = (await connect("alice", "tab3")).messages[0]["arguments"][0]
-    assert (again["user"], again["online"]) == ("alice", True)
-    assert first < out.messages[0]["arguments"][0]["version"] < again["version"]
+    assert (again["user"], again["online"], again["lastSeen"]) == ("alice", True, None)
+    versions = [m["version"] for m in (first, second, third, out.messages[0]["arguments"][0], again)]
+    assert versions == sorted(set(versions))
 
 
 async def test_connected_without_a_user_id_is_not_mapped(
@@ -359,7 +374,10 @@ async def test_user_presence_of_an_unknown_user_is_offline() -> None:
     """An unknown user is not an error: online false and no connections."""
     request = http_request("GET", "users/nobody", route_params={"user": "nobody"})
     status, body, _ = await http("user_presence", request)
-    assert (status, body) == (200, {"user": "nobody", "online": False, "connections": []})
+    assert (status, body) == (
+        200,
+        {"user": "nobody", "online": False, "status": None, "lastSeen": None, "rooms": [], "connections": []},
+    )
 
 
 @pytest.mark.parametrize("user", ["", "   ", "x" * 257])
@@ -405,15 +423,17 @@ async def test_online_users_bad_query_is_400(params: dict[str, str]) -> None:
 async def test_timer_sweep_removes_expired_rows_and_announces_offline(
     app_env: dict[str, str], azurite: Azurite
 ) -> None:
-    """The timer deletes expired rows, keeps live ones and broadcasts offline for users it emptied."""
+    """The timer deletes expired rows, keeps live ones and broadcasts offline, last seen when the lease was taken."""
     store = runtime.store()
-    await store.connect("Old", "o1", now=datetime.now(UTC) - timedelta(hours=1))
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    await store.connect("Old", "o1", now=an_hour_ago)
     await connect("new", "n1")
     out = Out()
     await call("sweep", timer=TimerRequest(past_due=True), signalr=out)
     rows = await table_rows(azurite, app_env["MAPPING_TABLE"])
     assert [row["PartitionKey"] for row in rows] == ["new"]
-    assert versionless(out.messages) == [{"target": "presence", "arguments": [{"user": "Old", "online": False}]}]
+    offline = {"user": "Old", "online": False, "connections": 0, "status": None, "lastSeen": iso(an_hour_ago)}
+    assert versionless(out.messages) == [{"target": "presence", "arguments": [offline]}]
 
 
 async def test_timer_sweep_with_nothing_stale_sends_nothing() -> None:
@@ -443,5 +463,10 @@ async def test_timer_sweep_asks_signalr_when_configured(monkeypatch: pytest.Monk
         # zoe stays online: at most her recorded state is repeated (the entry of her first connect came due)
         assert versionless(out.messages) in (
             [],
-            [{"target": "presence", "arguments": [{"user": "zoe", "online": True}]}],
+            [
+                {
+                    "target": "presence",
+                    "arguments": [{"user": "zoe", "online": True, "connections": 1, "status": None, "lastSeen": None}],
+                }
+            ],
         )

@@ -77,7 +77,7 @@ async def test_a_disconnect_committed_then_answered_500_still_announces_offline(
     assert await direct.connections_of("ann", now=T0) == []
 
 
-async def test_a_first_connect_committed_then_answered_500_announces_online_once(
+async def test_a_first_connect_committed_then_answered_500_announces_once(
     proxied: tuple[ConnectionStore, ConnectionStore, FaultProxy],
 ) -> None:
     """The presence write that committed and was answered 500 (then 412 or 409 on retry) is announced."""

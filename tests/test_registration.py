@@ -10,17 +10,23 @@ SIGNALR_EVENTS = {
     "connected": ("connections", "connected"),
     "disconnected": ("connections", "disconnected"),
     "send_message": ("messages", "send"),
+    "set_status": ("messages", "setStatus"),
+    "join_room": ("messages", "join"),
+    "leave_room": ("messages", "leave"),
+    "send_to_room_message": ("messages", "sendToRoom"),
 }
 HTTP_ROUTES = {
     "negotiate": ("negotiate", ["POST"], "ANONYMOUS"),
     "send": ("send", ["POST"], "FUNCTION"),
     "online_users": ("users", ["GET"], "FUNCTION"),
     "user_presence": ("users/{user}", ["GET"], "FUNCTION"),
+    "room_members": ("rooms/{room}", ["GET"], "FUNCTION"),
+    "send_to_room": ("rooms/{room}/send", ["POST"], "FUNCTION"),
 }
 
 
-def test_the_app_has_the_eight_functions() -> None:
-    """Exactly the eight documented functions are registered."""
+def test_the_app_has_exactly_the_documented_functions() -> None:
+    """Exactly the documented functions are registered: the SignalR events, the HTTP routes and the timer."""
     assert set(FUNCTIONS) == set(SIGNALR_EVENTS) | set(HTTP_ROUTES) | {"sweep"}
 
 

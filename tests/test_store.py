@@ -224,12 +224,16 @@ async def test_hundreds_of_concurrent_events_lose_nothing(store: ConnectionStore
 
 
 async def test_concurrent_first_connections_announce_online_exactly_once(store: ConnectionStore) -> None:
-    """When many tabs of a fresh user open at once, exactly one of them announces the user online."""
+    """When many tabs of a fresh user open at once, each announces a new count and exactly one the first tab."""
     for round_ in range(5):
         user = f"burst{round_}"
         outcomes = await asyncio.gather(*(store.connect(user, f"tab{n}") for n in range(8)))
-        [change] = [outcome.presence for outcome in outcomes if outcome.presence]
-        assert (change.user, change.online) == (user, True)
+        changes = [outcome.presence for outcome in outcomes if outcome.presence]
+        assert sorted(change.connections for change in changes) == list(range(1, 9))
+        assert all((change.user, change.online) == (user, True) for change in changes)
+        assert sum(outcome.came_online for outcome in outcomes) == 1
+        highest = max(changes, key=lambda change: change.version)
+        assert highest.connections == 8
 
 
 async def test_racing_instances_leave_the_true_state_at_the_highest_version(azurite: Azurite) -> None:
@@ -283,7 +287,11 @@ async def test_disconnect_of_a_key_a_transaction_cannot_carry(store: ConnectionS
     assert online.online is True
     outcome = await store.disconnect("0\u20280", "c1")
     assert outcome.removed is True
-    assert outcome.presence == PresenceChange("0\u20280", False, outcome.presence.version if outcome.presence else 0)
+    assert outcome.presence is not None
+    assert outcome.presence == PresenceChange(
+        "0\u20280", False, outcome.presence.version, last_seen=outcome.presence.last_seen
+    )
+    assert outcome.presence.last_seen is not None
     assert outcome.presence.version > online.version
     assert await table_rows(azurite, store.settings.table_name) == []
 

@@ -1,0 +1,186 @@
+"""Rooms: memberships that belong to the user, kept in the table, and the SignalR groups that follow them.
+
+A membership is two rows (`mapping.membership`): `%~r<room>` in the user's partition, the truth, read
+with the user's connections in one query; and the user's key in the room's partition `%~m<room>`,
+the member index, which lists a room's members with one partition query. Invariants (each named by
+the test that checks it):
+
+R1. The member-index row is written before the membership row and deleted after it, so the index
+    names every member, and perhaps someone whose join or leave stopped half way; readers keep only
+    the members whose membership row is there. (test_rooms: test_a_half_written_join_lists_nobody)
+R2. A membership row is created or deleted in one transaction with a write to the user's presence
+    row, conditional on the ETag of the read the decision was made on (as presence P2). So joins are
+    serialised with each other (the limit of 100 rooms holds) and with connects: a connection that
+    opens during a join is added to the room's group by the one of the two that commits second.
+    (test_rooms: test_concurrent_joins_keep_the_room_limit)
+R3. The room's SignalR group follows the membership: a join adds every live connection of the user,
+    a connect adds the new connection to the groups of all the user's rooms (SignalR forgets groups
+    when a connection ends), a leave removes the live connections. A join or leave that finds its
+    work done does its group actions and its announcement again, so a client that retries after an
+    error ends with both. (test_rooms: test_a_repeated_join_adds_and_announces_again)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from mapping.cursor import check_limit, decode_cursor, encode_cursor
+from mapping.errors import ConflictError, InvalidRequestError, StorageError
+from mapping.keys import membership_key, normalize_user_name, parse_room, room_partition, user_key
+from mapping.membership import Membership
+from mapping.presence import PresenceState, presence_write
+from mapping.store import ATTEMPTS, Attempts, ConnectionStore, UserView
+from mapping.table import create, delete, upsert
+
+logger = logging.getLogger(__name__)
+
+MAX_ROOMS_PER_USER = 100
+_MEMBER_READS = 16  # member partitions read at once when listing a room
+
+
+@dataclass(frozen=True, slots=True)
+class RoomChange:
+    """A join or leave as done: who, which room, and the user's live connections its group actions apply to."""
+
+    user: str
+    room: str
+    joined: bool
+    connections: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RoomMember:
+    """A member of a room with their presence as their rows give it now."""
+
+    user: str
+    state: PresenceState
+
+
+@dataclass(frozen=True, slots=True)
+class MembersPage:
+    """One page of a room's members, and the cursor of the next page (None on the last)."""
+
+    room: str
+    members: list[RoomMember]
+    next: str | None
+
+
+class Rooms:
+    """Joining, leaving and listing rooms, in the connection store's table."""
+
+    def __init__(self, store: ConnectionStore) -> None:
+        self.store = store
+
+    async def join(self, user_name: str, room: str, *, now: datetime | None = None) -> RoomChange:
+        """Make the user a member of `room` (at most 100 rooms each); a member already is left as is."""
+        name, room = normalize_user_name(user_name), parse_room(room)
+        partition, moment = user_key(name), self.store.now(now)
+        membership = Membership(room, moment)
+        writer = uuid.uuid4().hex
+        attempts = Attempts()
+        indexed = False
+        for attempt in range(ATTEMPTS):
+            view = await self.store.read_user(partition)
+            attempts.read(view)
+            if room in view.rooms:
+                return self._change(view, name, room, joined=True, moment=moment)
+            if len(view.rooms) >= MAX_ROOMS_PER_USER:
+                raise InvalidRequestError(f"a user may be in at most {MAX_ROOMS_PER_USER} rooms")
+            if not indexed:  # R1: the member index first
+                await self.store.table.write(upsert(membership.index_row(partition, name)), action="join a room")
+                indexed = True
+            operations = [
+                create(membership.to_table(partition)),
+                presence_write(partition, view.presence, writer=writer, user_name=name),
+            ]
+            try:
+                await self.store.transact(operations, action="join a room", singly=attempts.singly)
+            except ConflictError:
+                await attempts.failed(view, attempt, deciding=False)
+                continue
+            return self._change(view, name, room, joined=True, moment=moment)
+        raise StorageError("join: the user's rows kept changing; try again")
+
+    async def leave(self, user_name: str, room: str, *, now: datetime | None = None) -> RoomChange:
+        """End the user's membership of `room`; leaving a room one is not in does no harm."""
+        name, room = normalize_user_name(user_name), parse_room(room)
+        partition, moment = user_key(name), self.store.now(now)
+        writer = uuid.uuid4().hex
+        attempts = Attempts()
+        for attempt in range(ATTEMPTS):
+            view = await self.store.read_user(partition)
+            attempts.read(view)
+            membership = view.rooms.get(room)
+            if membership is not None:
+                operations = [
+                    delete(partition, membership_key(room), etag=membership.etag),
+                    presence_write(partition, view.presence, writer=writer, user_name=name),
+                ]
+                try:
+                    await self.store.transact(operations, action="leave a room", singly=attempts.singly)
+                except ConflictError:
+                    await attempts.failed(view, attempt, deciding=False)
+                    continue
+            # R1: the member index last (also clears what a leave that stopped half way left behind).
+            await self.store.table.write(delete(room_partition(room), partition), action="leave a room")
+            return self._change(view, name, room, joined=False, moment=moment)
+        raise StorageError("leave: the user's rows kept changing; try again")
+
+    async def is_member(self, user_name: str, room: str) -> bool:
+        """Return whether the user is a member of `room` (one point query of their membership row)."""
+        rows = await self.store.table.query(
+            "PartitionKey eq @pk and RowKey eq @rk",
+            {"pk": user_key(user_name), "rk": membership_key(parse_room(room))},
+            action="read a membership",
+            select=["RowKey"],
+        )
+        return bool(rows)
+
+    async def members(
+        self, room: str, *, limit: int = 100, cursor: str | None = None, now: datetime | None = None
+    ) -> MembersPage:
+        """Return a page of a room's members in key order, each with their presence now (R1: verified)."""
+        room, limit = parse_room(room), check_limit(limit)
+        after = decode_cursor(cursor) if cursor else None
+        moment = self.store.now(now)
+        query = "PartitionKey eq @pk" if after is None else "PartitionKey eq @pk and RowKey gt @after"
+        parameters = {"pk": room_partition(room), **({"after": after} if after is not None else {})}
+        members: list[RoomMember] = []
+        last_key = ""
+        full = False
+        async for page in self.store.table.pages(query, parameters, action="list a room", select=["RowKey"]):
+            keys = [str(row["RowKey"]) for row in page]
+            if full:
+                return MembersPage(room, members, next=encode_cursor(last_key) if keys else None)
+            while keys and not full:
+                chunk, keys = keys[: limit - len(members)], keys[limit - len(members) :]
+                for key, member in zip(chunk, await self._verified(room, chunk, moment), strict=True):
+                    if member is not None:
+                        members.append(member)
+                        last_key = key
+                full = len(members) == limit
+            if full and keys:
+                return MembersPage(room, members, next=encode_cursor(last_key))
+        return MembersPage(room, members, next=None)
+
+    async def _verified(self, room: str, partitions: list[str], moment: datetime) -> list[RoomMember | None]:
+        """Read each candidate's partition: a member (with presence) if their membership row is there, else None."""
+        slots = asyncio.Semaphore(_MEMBER_READS)
+
+        async def read(partition: str) -> RoomMember | None:
+            async with slots:
+                view = await self.store.read_user(partition)
+            if room not in view.rooms:
+                logger.debug("room %s: an index row without its membership skipped", room)
+                return None
+            return RoomMember(view.name(), view.state_now(self.store.lease, now=moment))
+
+        return list(await asyncio.gather(*(read(partition) for partition in partitions)))
+
+    def _change(self, view: UserView, name: str, room: str, *, joined: bool, moment: datetime) -> RoomChange:
+        live = tuple(row.connection_id for row in view.live(self.store.lease, now=moment))
+        return RoomChange(name, room, joined, live)
