@@ -12,6 +12,7 @@ from azure.data.tables.aio import TableClient, TableServiceClient
 from figures import FIGURES, Figures
 from mapping import runtime
 from mapping.expiry import INDEX_PREFIX
+from mapping.keys import BOOKKEEPING_PREFIX
 from mapping.presence import PRESENCE_ROW
 from mapping.store import ConnectionStore
 from testkit.azurite import DEV_KEY, Azurite, free_port, running_azurite
@@ -75,11 +76,12 @@ async def all_rows(azurite: Azurite, table: str) -> list[dict[str, object]]:
 
 
 async def table_rows(azurite: Azurite, table: str) -> list[dict[str, object]]:
-    """Read the connection rows of a table (not the expiry index, not presence rows) straight from Azurite."""
+    """Read the connection rows of a table (no bookkeeping: index, presence, rooms) straight from Azurite."""
     return [
         row
         for row in await all_rows(azurite, table)
-        if not str(row["PartitionKey"]).startswith(INDEX_PREFIX) and row["RowKey"] != PRESENCE_ROW
+        if not str(row["PartitionKey"]).startswith(BOOKKEEPING_PREFIX)
+        and not str(row["RowKey"]).startswith(BOOKKEEPING_PREFIX)
     ]
 
 
