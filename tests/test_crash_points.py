@@ -29,8 +29,10 @@ from fake_service import FakeService
 from faultproxy import PASS, Fault, FaultProxy, fault_proxy
 from figures import Figures
 from mapping.errors import StorageError
+from mapping.keys import user_key
 from mapping.liveness import AGE_ONLY, Listing, Liveness
 from mapping.presence import PresenceChange
+from mapping.rooms import RoomChange, Rooms
 from mapping.settings import SignalRConnection
 from mapping.store import ConnectionStore
 from mapping.sweep import sweep
@@ -90,6 +92,11 @@ async def message(world: World, store: ConnectionStore, user: str, tab: str, now
     world.hear((await store.touch(user, tab, now=now)).presence)
 
 
+async def set_status(world: World, store: ConnectionStore, user: str, tab: str, status: str, now: datetime) -> None:
+    """A client's `setStatus(status)`: stored on the tab, the user's presence announced."""
+    world.hear((await store.set_status(user, tab, status, now=now)).presence)
+
+
 @dataclass(frozen=True)
 class Case:
     """An event to enumerate: the state before it, the event, and the service's answers (None: age-based)."""
@@ -137,6 +144,21 @@ CASES = [
         "client message",
         lambda w, s: connect(w, s, "ada", "a1", T0 - TTL / 3),
         lambda w, s: message(w, s, "ada", "a1", T0),
+    ),
+    _case(
+        "set status",
+        lambda w, s: _all(connect(w, s, "ada", "a1", T0), connect(w, s, "ada", "a2", T0)),
+        lambda w, s: set_status(w, s, "ada", "a1", "busy", T0 + timedelta(seconds=1)),
+    ),
+    _case(
+        "status falling back when its tab closes",
+        lambda w, s: _all(
+            connect(w, s, "ada", "a1", T0),
+            connect(w, s, "ada", "a2", T0),
+            set_status(w, s, "ada", "a1", "away", T0),
+            set_status(w, s, "ada", "a2", "busy", T0 + timedelta(seconds=1)),
+        ),
+        lambda w, s: disconnect(w, s, "ada", "a2", T0 + timedelta(seconds=2)),
     ),
     _case(
         "client message reviving a lapsed lease",
@@ -239,26 +261,37 @@ async def requests_of(azurite: Azurite, proxy: FaultProxy, case: Case) -> int:
 
 
 async def assert_converged(w: World, *, now: datetime, leases_lapsed: bool, label: str) -> None:
-    """Each user's highest announced version states what GET says; no version names two states."""
-    named: dict[tuple[str, int], set[bool]] = {}
+    """Each user's highest announced version states what GET says (online, connections, status); no version
+    names two states."""
+    named: dict[tuple[str, int], set[State]] = {}
     for change in w.heard:
-        named.setdefault((change.user.casefold(), change.version), set()).add(change.online)
+        named.setdefault((change.user.casefold(), change.version), set()).add(state_of(change))
     for user_key_, row in (await presence_rows_of(w)).items():
         if row.get("Version") is not None:
-            named.setdefault((user_key_, int_value(row["Version"])), set()).add(bool(row["Online"]))
+            recorded = (bool(row["Online"]), int_value(row.get("Connections")), str(row.get("Status") or "") or None)
+            named.setdefault((user_key_, int_value(row["Version"])), set()).add(recorded)
     assert all(len(states) == 1 for states in named.values()), (label, named)
     users = {change.user.casefold() for change in w.heard} | {"ada", "bob", "cy"}
     for user in sorted(users):
-        online = bool(await w.store.connections_of(user, now=now))
+        truth = (await w.store.presence_of(user, now=now)).state
         mine = [change for change in w.heard if change.user.casefold() == user]
-        announced = max(mine, key=lambda change: change.version).online if mine else False
-        assert announced is online, (label, user, online, sorted((c.version, c.online) for c in mine))
+        announced = state_of(max(mine, key=lambda change: change.version)) if mine else (False, 0, None)
+        expected = (truth.online, truth.connections, truth.status)
+        assert announced == expected, (label, user, expected, sorted((c.version, state_of(c)) for c in mine))
     if leases_lapsed:
         # Rows stay only for connections the service still has, or cannot say about (kept to the max age).
         kept = {key for key, answer in (w.service.answers if w.service else {}).items() if answer is not Liveness.GONE}
         kept |= w.service.listed if w.service else set()
         rows = {str(row["ConnectionId"]) for row in await table_rows_of(w)}
         assert rows <= kept, (label, rows, kept)
+
+
+State = tuple[bool, int, str | None]  # online, live connections, status
+
+
+def state_of(change: PresenceChange) -> State:
+    """Return the part of an announcement a client shows (last seen follows from it)."""
+    return (change.online, change.connections, change.status)
 
 
 async def presence_rows_of(w: World) -> dict[str, dict[str, object]]:
@@ -312,3 +345,78 @@ def promised_at_next_sweep(case: Case, k: int, total: int, mode: str) -> bool:
     user's index entries, within one lease. Everything else converges by the next sweep.
     """
     return case.name.startswith("sweep") or not (k == total and mode == "committed, then outage")
+
+
+@dataclass(frozen=True)
+class RoomCase:
+    """A join or leave to enumerate: the caller's user is `ada` (two tabs), the room `club`."""
+
+    name: str
+    member_before: bool
+    joining: bool
+
+
+ROOM_CASES = [RoomCase("join", False, True), RoomCase("leave", True, False), RoomCase("repeated join", True, True)]
+
+
+@pytest.mark.parametrize("case", ROOM_CASES, ids=[case.name for case in ROOM_CASES])
+async def test_every_room_crash_point_leaves_a_whole_membership(
+    azurite: Azurite, proxy: FaultProxy, figures: Figures, case: RoomCase
+) -> None:
+    """Fail each table request of a join or leave three ways: nobody ever sees half a membership (R1), and
+    the client's retry after the error it was answered ends in the state it asked for, with its group actions."""
+
+    async def setup(w: World) -> None:
+        await connect(w, w.proxied, "ada", "a1", T0)
+        await connect(w, w.proxied, "ada", "a2", T0)
+        if case.member_before:
+            await Rooms(w.proxied).join("ada", "club", now=T0)
+
+    async def event(w: World) -> RoomChange:
+        rooms = Rooms(w.proxied)
+        moment = T0 + timedelta(seconds=1)
+        return await (rooms.join if case.joining else rooms.leave)("ada", "club", now=moment)
+
+    base = _case(case.name, _nothing, _nothing)
+    async with world(azurite, proxy, base) as w:
+        await setup(w)
+        before = proxy.requests
+        await event(w)
+        total = proxy.requests - before
+    modes = {mode: {"points": 0, "converged": 0, "next_sweep": 0} for mode in MODES}
+    for k in range(1, total + 1):
+        for mode, faults in MODES.items():
+            label = f"{case.name}: request {k} of {total}, {mode}"
+            fault, after = faults()
+            async with world(azurite, proxy, base) as w:
+                await setup(w)
+                proxy.plan(*([PASS] * (k - 1)), fault, then=after)
+                change: RoomChange | None = None
+                with contextlib.suppress(StorageError):  # the caller is answered `error` with retry: true
+                    change = await event(w)
+                proxy.plan(then=PASS)
+                await assert_whole_membership(w, label=label)
+                if change is None:
+                    change = await event(w)  # the client's retry
+                assert (change.joined, set(change.connections)) == (case.joining, {"a1", "a2"}), label
+                assert await member(w) is case.joining, label
+                await assert_whole_membership(w, label=label)
+                await w.sweep(w.store, NEXT_SWEEP)
+                await assert_converged(w, now=NEXT_SWEEP, leases_lapsed=False, label=label)
+            modes[mode]["points"] += 1
+            modes[mode]["converged"] += 1
+            modes[mode]["next_sweep"] += 1
+    points = sum(counts["points"] for counts in modes.values())
+    print(f"\n{case.name}: {total} requests, {points} crash points, {points} converged")
+    figures.put("crash_points", f"room {case.name}", {"requests": total, "modes": modes})
+
+
+async def member(w: World) -> bool:
+    """Return whether ada is in club by her partition (the truth)."""
+    return "club" in await w.store.rooms_of(user_key("ada"))
+
+
+async def assert_whole_membership(w: World, *, label: str) -> None:
+    """The room lists ada exactly when her partition says she is a member (R1: readers never see half)."""
+    listed = [m.user for m in (await Rooms(w.store).members("club")).members]
+    assert listed == (["ada"] if await member(w) else []), (label, listed)
