@@ -20,6 +20,7 @@ from mapping.errors import (
 )
 from mapping.invocation import parse_invocation
 from mapping.keys import normalize_user_name
+from mapping.openapi import document as openapi_document
 from mapping.send import parse_send_body, send_to_user
 
 logger = logging.getLogger(__name__)
@@ -126,6 +127,13 @@ async def user_presence(req: func.HttpRequest) -> func.HttpResponse:
         return _error(error)
     body = {"user": user, "online": bool(connections), "connections": [c.to_json() for c in connections]}
     return _json(200, body)
+
+
+@app.function_name("openapi")
+@app.route(route="openapi.json", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def openapi(req: func.HttpRequest) -> func.HttpResponse:
+    """Serve the OpenAPI 3.1 description of this HTTP API."""
+    return _json(200, openapi_document())
 
 
 @app.function_name("sweep")

@@ -16,11 +16,12 @@ HTTP_ROUTES = {
     "send": ("send", ["POST"], "FUNCTION"),
     "online_users": ("users", ["GET"], "FUNCTION"),
     "user_presence": ("users/{user}", ["GET"], "FUNCTION"),
+    "openapi": ("openapi.json", ["GET"], "ANONYMOUS"),
 }
 
 
-def test_the_app_has_the_eight_functions() -> None:
-    """Exactly the eight documented functions are registered."""
+def test_the_app_has_the_nine_functions() -> None:
+    """Exactly the nine documented functions are registered."""
     assert set(FUNCTIONS) == set(SIGNALR_EVENTS) | set(HTTP_ROUTES) | {"sweep"}
 
 
@@ -61,7 +62,7 @@ def test_http_send_has_a_signalr_output() -> None:
 
 def test_presence_endpoints_send_nothing() -> None:
     """The read-only endpoints have no signalR output."""
-    for name in ("online_users", "user_presence"):
+    for name in ("online_users", "user_presence", "openapi"):
         assert not [b for b in bindings(name) if b["type"] == "signalR"]
 
 
