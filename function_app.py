@@ -20,6 +20,7 @@ from mapping.errors import (
 )
 from mapping.invocation import parse_invocation
 from mapping.keys import normalize_user_name
+from mapping.openapi import document as openapi_document
 from mapping.rooms import Rooms
 from mapping.send import parse_room_send_body, parse_send_body, room_delivery_of, send_to_user
 
@@ -191,6 +192,13 @@ async def user_presence(req: func.HttpRequest) -> func.HttpResponse:
         "connections": [connection.to_json() for connection in presence.connections],
     }
     return _json(200, body)
+
+
+@app.function_name("openapi")
+@app.route(route="openapi.json", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def openapi(req: func.HttpRequest) -> func.HttpResponse:
+    """Serve the OpenAPI 3.1 description of this HTTP API."""
+    return _json(200, openapi_document())
 
 
 @app.function_name("sweep")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import azure.functions as func
 from azure.functions.decorators.function_app import Function
 
 import function_app
 from local.host.functions import Output
+from testkit.openapi_contract import check_answer
 
 # get_functions() builds the list once per app; a second call would raise about duplicate names.
 FUNCTIONS: dict[str, Function] = {str(fn.get_function_name()): fn for fn in function_app.app.get_functions()}
@@ -97,10 +99,19 @@ async def call(name: str, **arguments: Any) -> Any:
 
 
 async def http(name: str, request: func.HttpRequest, **inputs_and_outputs: Any) -> tuple[int, Any, func.HttpResponse]:
-    """Call an HTTP function; return its status, decoded JSON body and the response."""
+    """Call an HTTP function, check its answer against the OpenAPI document; return status, JSON body, response."""
     response: func.HttpResponse = await call(name, req=request, **inputs_and_outputs)
     assert response.mimetype == "application/json"
-    return response.status_code, json.loads(response.get_body()), response
+    body = json.loads(response.get_body())
+    check_answer(
+        request.method,
+        urlsplit(request.url).path,
+        response.status_code,
+        headers=dict(response.headers),
+        body=body,
+        content_type=response.mimetype,
+    )
+    return response.status_code, body, response
 
 
 async def signalr_event(name: str, payload: str) -> Out:

@@ -21,6 +21,7 @@ import pytest
 
 from conftest import unique_table_name
 from testkit.azurite import ROOT, Azurite, _wait_listening, free_port, stop_process
+from testkit.openapi_contract import check_answer
 
 DRIVER = ROOT / "tests" / "e2e" / "signalr_driver.mjs"
 ACCESS_KEY = "e2e-primary-key-0123456789abcdefghijklmnopqrstuv"
@@ -252,10 +253,20 @@ class ClientCallFailed(Exception):
 
 
 async def api(stack: Stack, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
-    """Call the app's HTTP API on the local host; return status and decoded JSON (or None)."""
+    """Call the app's HTTP API on the local host, check the answer against the OpenAPI document; return status, JSON."""
     async with aiohttp.ClientSession() as session, session.request(method, f"{stack.api}/{path}", **kwargs) as response:
         text = await response.text()
         try:
-            return response.status, json.loads(text) if text else None
+            body = json.loads(text) if text else None
         except ValueError:
-            return response.status, text
+            body = text
+        content_type = response.headers.get("Content-Type") if text else None
+        check_answer(
+            method,
+            response.url.raw_path,
+            response.status,
+            headers=response.headers,
+            body=body,
+            content_type=content_type,
+        )
+        return response.status, body

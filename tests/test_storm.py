@@ -22,6 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -174,7 +175,8 @@ async def test_storm_leaves_exactly_the_open_connections(
     # The API reports the true state of every user.
     truth = {user: any(c.open for c in log.connections if c.user == user) for user in {c.user for c in log.connections}}
     for user, online in truth.items():
-        status, body, _ = await http("user_presence", http_request("GET", f"users/{user}", route_params={"user": user}))
+        request = http_request("GET", f"users/{quote(user, safe='')}", route_params={"user": user})
+        status, body, _ = await http("user_presence", request)
         assert (status, body["online"]) == (200, online), user
     page = await runtime.store().online_users(limit=1000)
     assert sorted(u.user for u in page.users) == sorted(u for u, online in truth.items() if online)
