@@ -307,3 +307,55 @@ async def test_a_quiet_live_client_outlives_its_lease_and_a_lost_one_is_swept_wi
         await clients.stop("q")
         await clients.wait_message("w", "presence", lambda a: announces(a, quiet, online=False))
     assert await rows_of(azurite, leasing_stack, quiet) == []
+
+
+async def test_rooms_follow_the_user_across_connections(stack: Stack, clients: SignalRClients) -> None:
+    """join adds every tab to the room's group, a tab opened later is added on connect, sendToRoom reaches them all,
+    a stranger is refused, and leave takes the tabs out: through the emulator's real groups."""
+    alice, bob = unique_user("alice"), unique_user("bob")
+    room = f"room-{alice[-8:]}"
+    targets = ["newMessage", "room", "error"]
+    await clients.connect("a1", alice, targets=targets)
+    await clients.connect("b1", bob, targets=targets)
+    await clients.send("a1", "join", room)
+    await clients.wait_message("a1", "room", lambda a: a == [{"room": room, "user": alice, "joined": True}])
+    await clients.send("b1", "join", room)
+    await clients.wait_message("a1", "room", lambda a: a[0]["user"] == bob)
+    await clients.connect("a2", alice, targets=targets)  # opened after the join: added on connect
+    await clients.send("b1", "sendToRoom", room, {"text": "hi room"})
+    expected = [{"from": bob, "room": room, "message": {"text": "hi room"}}]
+    for client in ("a1", "a2", "b1"):
+        assert await clients.wait_message(client, "newMessage") == expected
+    await clients.connect("c1", unique_user("carol"), targets=targets)
+    await clients.send("c1", "sendToRoom", room, "let me in")
+    [error] = await clients.wait_message("c1", "error")
+    assert error == {"error": "not a member of this room", "room": room}
+    status, body = await api(stack, "GET", f"rooms/{room}")
+    assert status == 200
+    assert {(m["user"], m["online"], m["connections"]) for m in body["members"]} == {(alice, True, 2), (bob, True, 1)}
+    await clients.send("a2", "leave", room)
+    await clients.wait_message("b1", "room", lambda a: a == [{"room": room, "user": alice, "joined": False}])
+    await clients.send("b1", "sendToRoom", room, "after alice left")
+    await clients.wait_message("b1", "newMessage", lambda a: a[0]["message"] == "after alice left")
+    status, _ = await api(stack, "POST", f"rooms/{room}/send", json={"message": "marker", "target": "note"})
+    assert status == 200
+    assert not any(a[0]["message"] == "after alice left" for a in clients.received("a1", "newMessage"))
+    assert not any(a[0]["message"] == "after alice left" for a in clients.received("a2", "newMessage"))
+
+
+async def test_status_and_last_seen_reach_watchers(stack: Stack, clients: SignalRClients) -> None:
+    """setStatus is broadcast in presence; closing the last tab announces offline with a last-seen time."""
+    dora = unique_user("dora")
+    await clients.connect("watcher", unique_user("watcher"), targets=["presence"])
+    await clients.connect("d1", dora)
+    await clients.send("d1", "setStatus", "in a meeting")
+    await clients.wait_message(
+        "watcher", "presence", lambda a: a[0]["user"] == dora and a[0]["status"] == "in a meeting"
+    )
+    status, body = await api(stack, "GET", f"users/{dora}")
+    assert (status, body["status"], body["connections"][0]["status"]) == (200, "in a meeting", "in a meeting")
+    await clients.stop("d1")
+    [offline] = await clients.wait_message("watcher", "presence", lambda a: a[0]["user"] == dora and not a[0]["online"])
+    assert (offline["status"], offline["connections"]) == (None, 0)
+    status, body = await api(stack, "GET", f"users/{dora}")
+    assert (body["online"], body["lastSeen"]) == (False, offline["lastSeen"])
