@@ -34,7 +34,7 @@ from mapping.keys import membership_key, normalize_user_name, parse_room, room_p
 from mapping.membership import Membership
 from mapping.presence import PresenceState, presence_write
 from mapping.store import ATTEMPTS, Attempts, ConnectionStore, UserView
-from mapping.table import create, delete, upsert
+from mapping.table import Operation, create, delete, upsert
 
 logger = logging.getLogger(__name__)
 
@@ -93,16 +93,8 @@ class Rooms:
             if not indexed:  # R1: the member index first
                 await self.store.table.write(upsert(membership.index_row(partition, name)), action="join a room")
                 indexed = True
-            operations = [
-                create(membership.to_table(partition)),
-                presence_write(partition, view.presence, writer=writer, user_name=name),
-            ]
-            try:
-                await self.store.transact(operations, action="join a room", singly=attempts.singly)
-            except ConflictError:
-                await attempts.failed(view, attempt, deciding=False)
-                continue
-            return self._change(view, name, room, joined=True, moment=moment)
+            if await self._commit(create(membership.to_table(partition)), view, name, writer, attempts, attempt):
+                return self._change(view, name, room, joined=True, moment=moment)
         raise StorageError("join: the user's rows kept changing; try again")
 
     async def leave(self, user_name: str, room: str, *, now: datetime | None = None) -> RoomChange:
@@ -115,16 +107,9 @@ class Rooms:
             view = await self.store.read_user(partition)
             attempts.read(view)
             membership = view.rooms.get(room)
-            if membership is not None:
-                operations = [
-                    delete(partition, membership_key(room), etag=membership.etag),
-                    presence_write(partition, view.presence, writer=writer, user_name=name),
-                ]
-                try:
-                    await self.store.transact(operations, action="leave a room", singly=attempts.singly)
-                except ConflictError:
-                    await attempts.failed(view, attempt, deciding=False)
-                    continue
+            ending = delete(partition, membership_key(room), etag=membership.etag) if membership else None
+            if ending is not None and not await self._commit(ending, view, name, writer, attempts, attempt):
+                continue
             # R1: the member index last (also clears what a leave that stopped half way left behind).
             await self.store.table.write(delete(room_partition(room), partition), action="leave a room")
             return self._change(view, name, room, joined=False, moment=moment)
@@ -180,6 +165,18 @@ class Rooms:
             return RoomMember(view.name(), view.state_now(self.store.lease, now=moment))
 
         return list(await asyncio.gather(*(read(partition) for partition in partitions)))
+
+    async def _commit(
+        self, operation: Operation, view: UserView, name: str, writer: str, attempts: Attempts, attempt: int
+    ) -> bool:
+        """Write a membership row with the presence row, conditional on `view` (R2); False: read again."""
+        operations = [operation, presence_write(view.partition, view.presence, writer=writer, user_name=name)]
+        try:
+            await self.store.transact(operations, action="change a membership", singly=attempts.singly)
+        except ConflictError:
+            await attempts.failed(view, attempt, deciding=False)
+            return False
+        return True
 
     def _change(self, view: UserView, name: str, room: str, *, joined: bool, moment: datetime) -> RoomChange:
         live = tuple(row.connection_id for row in view.live(self.store.lease, now=moment))

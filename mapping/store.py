@@ -90,15 +90,7 @@ class DisconnectOutcome:
 
 @dataclass(frozen=True, slots=True)
 class TouchOutcome:
-    """What a client message's refresh did: whether the row is there, and a presence change (a revival)."""
-
-    found: bool
-    presence: PresenceChange | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StatusOutcome:
-    """What `setStatus` did: whether the caller's row is there, and the user's presence to announce."""
+    """What a client message's write did (a refresh, a status): whether the row is there, and what to announce."""
 
     found: bool
     presence: PresenceChange | None = None
@@ -265,7 +257,7 @@ class ConnectionStore:
 
     async def set_status(
         self, user_name: str, connection_id: str, status: object, *, now: datetime | None = None
-    ) -> StatusOutcome:
+    ) -> TouchOutcome:
         """Record a connection's status (None or "" clears it) and refresh its lease; say what to announce.
 
         With presence events on, the user's presence is announced even when unchanged (a repeat), so a
@@ -280,8 +272,8 @@ class ConnectionStore:
             try:
                 await self.table.write(merge(patch), action="set a status")
             except RowChangedError:
-                return StatusOutcome(False)
-            return StatusOutcome(True)
+                return TouchOutcome(False)
+            return TouchOutcome(True)
 
         def row_write(existing: ConnectionEntity | None, bucket: str) -> _RowWrite | None:
             if existing is None:
@@ -298,9 +290,9 @@ class ConnectionStore:
 
         written = await self._write_live_row(partition, row, name, moment, row_write, action="set a status")
         if written.entity is None:
-            return StatusOutcome(False, written.change)
+            return TouchOutcome(False, written.change)
         self._remember_refresh(partition, row, moment)
-        return StatusOutcome(True, written.change or written.view.presence.announced_as(name))
+        return TouchOutcome(True, written.change or written.view.presence.announced_as(name))
 
     # -- readers --------------------------------------------------------------------------------
 
