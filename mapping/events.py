@@ -64,6 +64,8 @@ async def on_send(store: ConnectionStore, event: Invocation) -> list[Message]:
         return [*revived, error_message(event.connection_id, str(error))]
     except UserOfflineError:
         return [*revived, error_message(event.connection_id, "recipient is offline", to=request.to)]
+    except StorageError as error:
+        return [*revived, _unavailable(event.connection_id, "send", error)]
 
 
 async def on_set_status(store: ConnectionStore, event: Invocation) -> list[Message]:

@@ -143,12 +143,17 @@ def recorded_from(row: Mapping[str, Any] | None, *, etag: str | None = None) -> 
 def derive(
     rows: Iterable[ConnectionEntity], *, lease: Lease, now: datetime, recorded: Recorded, ended_at: datetime | None
 ) -> PresenceState:
-    """Return the state the rows give at `now` (P3); offline, last seen is `ended_at` unless already recorded."""
+    """Return the state the rows give at `now` (P3); offline, last seen is `ended_at` unless already recorded.
+
+    A user recorded online whose rows went without a decision (presence events were off) leaves no end
+    time: `now` bounds it then, so that offline pair records a last seen (P1: one version, one state).
+    """
     live = [row for row in rows if lease.is_live(row.last_seen, now)]
     if live:
         return PresenceState(True, len(live), latest_status(live))
-    last_seen = recorded.last_seen if recorded.online is False else ended_at
-    return PresenceState(False, 0, None, last_seen)
+    if recorded.online is False and recorded.last_seen is not None:
+        return PresenceState(False, 0, None, recorded.last_seen)
+    return PresenceState(False, 0, None, ended_at or (now if recorded.online else None))
 
 
 def decide(recorded: Recorded, state: PresenceState, *, now: datetime) -> int | None:

@@ -196,15 +196,11 @@ class ConnectionStore:
         entity = ConnectionEntity.new(
             user_name, connection_id, hub=hub or self.settings.hub, user_agent=user_agent, now=self.now(now)
         )
-        if not self.settings.presence_events:
-            bucket = await self.index.write(entity.partition_key, entity.row_key, entity.last_seen)
-            entity = replace(entity, index_bucket=bucket)
-            await self._create_or_refresh(entity)
-            self._remember_refresh(entity.partition_key, entity.row_key, entity.last_seen)
-            return ConnectOutcome(entity, rooms=await self.rooms_of(entity.partition_key))
+        # With presence events off too: the write is conditional on the user's read, so a join racing this
+        # connect sees the new connection or is seen by it (rooms R2).
         outcome = await self._connect_deciding(entity)
         self._remember_refresh(entity.partition_key, entity.row_key, entity.last_seen)
-        return outcome
+        return outcome if self.settings.presence_events else replace(outcome, presence=None)
 
     async def disconnect(self, user_name: str, connection_id: str, *, now: datetime | None = None) -> DisconnectOutcome:
         """Delete a connection's row (a missing row is fine); say whether that left the user offline."""
@@ -499,7 +495,7 @@ class ConnectionStore:
                 return _Written(None, attempts.announce(view, name, None), view)
             stored, operation = planned
             state = view.state(self.lease, now=moment, rows={**view.rows, row: stored})
-            version = decide(view.presence, state, now=moment)
+            version = decide(view.presence, state, now=moment) if self.settings.presence_events else None
             await self._entry_first(attempts, partition, row, moment, version=version)
             if existing is None:
                 attempts.pending = False  # our row is not there: no attempt of ours committed
@@ -584,21 +580,6 @@ class ConnectionStore:
                 logger.info("%s: a transaction the service cannot carry; one call at a time", action)
         for operation in operations:
             await self.table.write(operation, action=action)
-
-    async def _create_or_refresh(self, entity: ConnectionEntity) -> None:
-        # Presence off. A repeated connected event keeps the first ConnectedAt.
-        for _attempt in range(3):
-            try:
-                await self.table.write(create(entity.to_table()), action="connect")
-                return
-            except ConflictError:
-                pass
-            try:
-                await self.table.write(merge(_refresh_fields(entity)), action="connect")
-                return
-            except RowChangedError:
-                continue  # deleted between the two calls: create it again
-        raise StorageError("connect: the row kept changing; try again")
 
     async def _delete_reporting(self, partition: str, row: str) -> bool:
         # Presence off: a transaction, unlike delete_entity, tells whether the row existed.

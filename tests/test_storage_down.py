@@ -116,13 +116,32 @@ async def test_http_routes_answer_503_with_retry_after(
     [
         ("connected", invocation("connected")),
         ("disconnected", invocation("disconnected")),
-        ("send_message", invocation("send", arguments=["bob", "hi"])),
     ],
 )
 async def test_signalr_triggers_raise_when_storage_is_down(app_on_dead_storage: str, name: str, payload: str) -> None:
     """Triggers raise a StorageError: a connected that fails makes SignalR refuse the connection."""
     with pytest.raises(StorageError):
         await signalr_event(name, payload)
+
+
+@pytest.mark.parametrize(
+    ("name", "payload"),
+    [
+        ("send_message", invocation("send", arguments=["bob", "hi"])),
+        ("set_status", invocation("setStatus", arguments=["busy"])),
+        ("join_room", invocation("join", arguments=["lobby"])),
+        ("leave_room", invocation("leave", arguments=["lobby"])),
+        ("send_to_room_message", invocation("sendToRoom", arguments=["lobby", "hi"])),
+    ],
+)
+async def test_client_calls_answer_the_caller_to_retry_when_storage_is_down(
+    app_on_dead_storage: str, name: str, payload: str
+) -> None:
+    """A client's call that meets dead storage answers the caller one error with `retry: true` (nothing raised)."""
+    out = await signalr_event(name, payload)
+    [error] = out.messages
+    assert (error["target"], error["connectionId"]) == ("error", "conn-1")
+    assert error["arguments"][0]["retry"] is True
 
 
 async def test_timer_sweep_raises_when_storage_is_down(app_on_dead_storage: str) -> None:
