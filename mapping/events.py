@@ -118,7 +118,8 @@ async def on_send_to_room(store: ConnectionStore, event: Invocation) -> list[Mes
 async def on_timer(store: ConnectionStore, *, liveness: LivenessCheck = AGE_ONLY) -> list[Message]:
     """Sweep stale rows (liveness-checked unless age-only); announce users whose presence changed."""
     result = await sweep(store, liveness=liveness)
-    return [presence_message(change) for change in result.presence]
+    regrouped = [join_group(connection_id, MAPPED_GROUP) for connection_id in result.unlisted_alive]
+    return regrouped + [presence_message(change) for change in result.presence]
 
 
 async def _membership(store: ConnectionStore, event: Invocation, *, joining: bool) -> list[Message]:

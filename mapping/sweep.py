@@ -62,6 +62,7 @@ class SweepResult:
     entries_dropped: int = 0
     listed: int = 0
     listing: str = "none"
+    unlisted_alive: list[str] = field(default_factory=list)  # connection ids the listing lacked but a HEAD found
     signalr_requests: int = 0
     failed_users: int = 0
     presence: list[PresenceChange] = field(default_factory=list)
@@ -198,7 +199,14 @@ async def _sweep_page(
         entries, superseded = _latest_per_row(entries, clock.seen)
         listed = [entry for entry in entries if entry.connection_key in service.listed]
         result.listed += len(listed)
-        entries = [entry for entry in entries if entry.connection_key not in service.listed]
+        # A listed row is never written while its connection is quiet; before it nears the max age, the
+        # listing's word renews it (one write per connection per half max age), or readers would expire it.
+        renew_before = clock.now - store.lease.max_age / 2
+        entries = [
+            entry
+            for entry in entries
+            if entry.connection_key not in service.listed or entry.bucket_start < renew_before
+        ]
     elif service.unreachable:
         # Nobody can be judged: read only what may be past the max age (an entry's bucket bounds its row's age).
         oldest = clock.now - store.lease.max_age
@@ -257,9 +265,7 @@ async def _sweep_user(
         elif row.last_seen < clock.cutoff:
             due.append((entry, row))
         # else: the entry's bucket straddles the cutoff and this row is not due yet; keep the entry
-    verdicts = await _verdicts([row for _, row in due], store=store, service=service, clock=clock)
-    result.checked += len(due) if service.asked else 0
-    result.signalr_requests += len(due) if service.asked else 0
+    verdicts = await _verdicts([row for _, row in due], store=store, service=service, clock=clock, result=result)
     gone = {
         row.row_key: row.etag or "" for (_, row), verdict in zip(due, verdicts, strict=True) if verdict is Liveness.GONE
     }
@@ -299,17 +305,28 @@ def _covers(entry: IndexEntry, row: ConnectionEntity, store: ConnectionStore) ->
 
 
 async def _verdicts(
-    rows: Sequence[ConnectionEntity], *, store: ConnectionStore, service: _Service, clock: _Clock
+    rows: Sequence[ConnectionEntity], *, store: ConnectionStore, service: _Service, clock: _Clock, result: SweepResult
 ) -> list[Liveness]:
     if not rows:
         return []
+    # Reconciling, the listing vouches for the rows it names (those reach here only to be renewed).
+    vouched = [service.reconciling and row.row_key in service.listed for row in rows]
+    unasked = [row for row, listed in zip(rows, vouched, strict=True) if not listed]
     if not service.asked:
-        answers = [Liveness.UNKNOWN] * len(rows)  # age-only, or nobody can be judged: kept, unless too old
+        asked = [Liveness.UNKNOWN] * len(unasked)  # age-only, or nobody can be judged: kept, unless too old
     else:
-        answers = list(await asyncio.gather(*(_bounded_check(service.check, row, clock) for row in rows)))
+        asked = list(await asyncio.gather(*(_bounded_check(service.check, row, clock) for row in unasked)))
+        result.checked += len(unasked)
+        result.signalr_requests += len(unasked)
     if service.reconciling:
-        # A connection the listing lacked but a HEAD finds: the listing lagged. Kept as it is, no write.
-        answers = [Liveness.UNKNOWN if answer is Liveness.ALIVE else answer for answer in answers]
+        # A connection the listing lacked but a HEAD finds: the listing lagged, or the connection predates the
+        # group. Kept as it is, no write; the timer adds it to the group so the next listing names it.
+        result.unlisted_alive += [
+            row.connection_id for row, a in zip(unasked, asked, strict=True) if a is Liveness.ALIVE
+        ]
+        asked = [Liveness.UNKNOWN if answer is Liveness.ALIVE else answer for answer in asked]
+    answers_of_unasked = iter(asked)
+    answers = [Liveness.ALIVE if listed else next(answers_of_unasked) for listed in vouched]
     too_old = store.lease.given_up_before(clock.now, asks_service=service.check.asks_service)
     return [
         Liveness.GONE if answer is Liveness.UNKNOWN and row.last_seen < too_old else answer

@@ -102,6 +102,43 @@ async def test_a_connection_the_listing_lags_is_kept_without_a_write(
     assert service.asked == ["fresh"]
 
 
+async def test_a_quiet_listed_connection_outlives_the_max_age(azurite: Azurite) -> None:
+    """A connection the listing names for longer than MAPPING_MAX_AGE_SECONDS stays online for readers: the
+    sweep renews its row once per half max age, and nobody is announced offline (the first renewal spends the
+    connect's flagged entry, which repeats the recorded state: same version)."""
+    max_age = timedelta(hours=2)
+    settings = make_settings(azurite.connection_string, unique_table_name(), ttl=TTL, signalr=SIGNALR, max_age=max_age)
+    store = ConnectionStore(settings)
+    try:
+        online = (await store.connect("quiet", "tab", now=T0)).presence
+        service = FakeService(listed=["tab"], listing=Listing.LISTED)
+        moment, announced, renewed = T0, [], 0
+        while moment < T0 + max_age * 3:
+            moment += timedelta(minutes=5)
+            result = await sweep(store, liveness=service, now=moment)
+            announced += result.presence
+            renewed += result.refreshed
+            assert (await store.presence_of("quiet", now=moment)).state.online, moment
+            assert [c.connection_id for c in await store.connections_of("quiet", now=moment)] == ["tab"]
+        assert {change.version for change in announced} <= {online.version if online else 0}  # repeats at most
+        assert 5 <= renewed <= 6  # once per half max age over three max ages
+        assert service.asked == []
+    finally:
+        await store.close()
+        await drop_table(azurite, settings.table_name)
+
+
+async def test_a_live_connection_the_listing_lacks_is_added_to_the_group(
+    reconciled: tuple[ConnectionStore, TableRequests],
+) -> None:
+    """A connection a HEAD finds alive but the listing lacks (it predates the group) is re-added by the timer."""
+    store, _ = reconciled
+    await store.connect("old", "pre-group", now=T0)
+    service = FakeService({"pre-group": Liveness.ALIVE}, listed=[], listing=Listing.LISTED)
+    result = await sweep(store, liveness=service, now=T0 + TTL * 0.6)
+    assert (result.unlisted_alive, result.deleted) == (["pre-group"], 0)
+
+
 async def test_an_older_service_gets_head_checks(reconciled: tuple[ConnectionStore, TableRequests]) -> None:
     """When the listing answers 404, 400 or 501, the sweep asks about each due connection (refresh on 200)."""
     store, _ = reconciled
