@@ -73,15 +73,20 @@ class Measurement:
 
 
 async def seed(store: ConnectionStore, *, first: int, count: int, now: datetime, per_user: int) -> None:
-    """Connect `count` connections, `per_user` to a user, numbered from `first` (bounded concurrency)."""
+    """Connect `count` connections, `per_user` to a user, numbered from `first` (users at once, a user's tabs in turn:
+    a user's connects are serialised on their partition, as a burst of one user's tabs would be)."""
     slots = asyncio.Semaphore(64)
+    indexes = range(first, first + count)
+    users: dict[int, list[int]] = {}
+    for index in indexes:
+        users.setdefault(index // per_user, []).append(index)
 
-    async def one(index: int) -> None:
+    async def one_user(number: int, tabs: list[int]) -> None:
         async with slots:
-            user = f"user{index // per_user:07d}"
-            await store.connect(user, f"conn{index:08d}", now=now)
+            for index in tabs:
+                await store.connect(f"user{number:07d}", f"conn{index:08d}", now=now)
 
-    await asyncio.gather(*(one(index) for index in range(first, first + count)))
+    await asyncio.gather(*(one_user(number, tabs) for number, tabs in users.items()))
 
 
 async def full_scan_sweep(client: TableClient, *, cutoff: datetime) -> int:

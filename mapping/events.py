@@ -84,7 +84,7 @@ async def on_set_status(store: ConnectionStore, event: Invocation) -> list[Messa
         return [_unavailable(event.connection_id, "setStatus", error)]
     if not outcome.found:
         return [error_message(event.connection_id, "this connection is not mapped; reconnect")]
-    return _announced(outcome.presence)
+    return [*_rejoined(event.connection_id, outcome.rooms), *_announced(outcome.presence)]
 
 
 async def on_join(store: ConnectionStore, event: Invocation) -> list[Message]:
@@ -168,4 +168,9 @@ async def _refresh(store: ConnectionStore, user_id: str, connection_id: str) -> 
         return []
     if not outcome.found:
         logger.info("client message: caller %s has no row to refresh", connection_id)
-    return _announced(outcome.presence)
+    return [*_rejoined(connection_id, outcome.rooms), *_announced(outcome.presence)]
+
+
+def _rejoined(connection_id: str, rooms: tuple[str, ...]) -> list[Message]:
+    """Group actions that put a connection whose lapsed lease came back into its user's rooms (R3)."""
+    return [join_group(connection_id, room) for room in rooms]

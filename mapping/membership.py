@@ -47,6 +47,22 @@ class Membership:
         return cls(room, moment if moment.tzinfo else moment.replace(tzinfo=UTC), etag)
 
 
+@dataclass(frozen=True, slots=True)
+class IndexedMember:
+    """A row of a room's member index as read: the user's key, when the join that wrote it began, its ETag."""
+
+    user_key: str
+    joined_at: datetime
+    etag: str | None
+
+    @classmethod
+    def from_table(cls, row: Mapping[str, Any], *, etag: str | None) -> IndexedMember:
+        """Build it from a row of the room's partition."""
+        joined = row.get("JoinedAt")
+        moment = joined if isinstance(joined, datetime) else datetime.min.replace(tzinfo=UTC)
+        return cls(str(row["RowKey"]), moment if moment.tzinfo else moment.replace(tzinfo=UTC), etag)
+
+
 def is_membership_key(row_key: str) -> bool:
     """Return whether a RowKey of a user's partition names a membership row."""
     return row_key.startswith(MEMBERSHIP_PREFIX)

@@ -5,9 +5,14 @@ with the user's connections in one query; and the user's key in the room's parti
 the member index, which lists a room's members with one partition query. Invariants (each named by
 the test that checks it):
 
-R1. The member-index row is written before the membership row and deleted after it, so the index
-    names every member, and perhaps someone whose join or leave stopped half way; readers keep only
-    the members whose membership row is there. (test_rooms: test_a_half_written_join_lists_nobody)
+R1. The member-index row is written before the membership row, and only a reader of the room deletes
+    it: when the user's partition shows no membership, the row is older than any join can run
+    (STALE_INDEX_ROW), and conditional on the ETag the reader read. So the index names every member,
+    and perhaps someone who left or whose join stopped half way; readers keep only the members whose
+    membership row is there. A join racing a leave or a reader cannot lose its index row: a write
+    between the reader's read and delete fails the delete, and a fresh row is never deleted.
+    (test_rooms: test_a_half_written_join_lists_nobody, test_a_leave_racing_a_join_keeps_the_member_listed,
+    test_a_reader_clears_stale_index_rows_but_never_a_fresh_one)
 R2. A membership row is created or deleted in one transaction with a write to the user's presence
     row, conditional on the ETag of the read the decision was made on (as presence P2). So joins are
     serialised with each other (the limit of 100 rooms holds) and with connects: a connection that
@@ -15,9 +20,10 @@ R2. A membership row is created or deleted in one transaction with a write to th
     (test_rooms: test_concurrent_joins_keep_the_room_limit)
 R3. The room's SignalR group follows the membership: a join adds every live connection of the user,
     a connect adds the new connection to the groups of all the user's rooms (SignalR forgets groups
-    when a connection ends), a leave removes the live connections. A join or leave that finds its
-    work done does its group actions and its announcement again, so a client that retries after an
-    error ends with both. (test_rooms: test_a_repeated_join_adds_and_announces_again)
+    when a connection ends), and so does a lapsed lease made live again (its connection may have
+    missed a join); a leave removes every connection that has a row, lapsed ones too. A join or leave
+    that finds its work done does its group actions and its announcement again, so a client that
+    retries after an error ends with both. (test_rooms: test_a_repeated_join_adds_and_announces_again)
 """
 
 from __future__ import annotations
@@ -26,25 +32,28 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from mapping.cursor import check_limit, decode_cursor, encode_cursor
 from mapping.errors import ConflictError, InvalidRequestError, StorageError
 from mapping.keys import membership_key, normalize_user_name, parse_room, room_partition, user_key
-from mapping.membership import Membership
+from mapping.membership import IndexedMember, Membership
 from mapping.presence import PresenceState, presence_write
 from mapping.store import ATTEMPTS, Attempts, ConnectionStore, UserView
-from mapping.table import Operation, create, delete, upsert
+from mapping.table import Operation, create, delete, etag_of, upsert
 
 logger = logging.getLogger(__name__)
 
 MAX_ROOMS_PER_USER = 100
+# Longer than any join can run (host.json's functionTimeout is 5 minutes): an index row this old whose
+# membership is missing belongs to no join in flight.
+STALE_INDEX_ROW = timedelta(minutes=10)
 _MEMBER_READS = 16  # member partitions read at once when listing a room
 
 
 @dataclass(frozen=True, slots=True)
 class RoomChange:
-    """A join or leave as done: who, which room, and the user's live connections its group actions apply to."""
+    """A join or leave as done: who, which room, and the connections its group actions apply to."""
 
     user: str
     room: str
@@ -110,9 +119,8 @@ class Rooms:
             ending = delete(partition, membership_key(room), etag=membership.etag) if membership else None
             if ending is not None and not await self._commit(ending, view, name, writer, attempts, attempt):
                 continue
-            # R1: the member index last (also clears what a leave that stopped half way left behind).
-            await self.store.table.write(delete(room_partition(room), partition), action="leave a room")
-            return self._change(view, name, room, joined=False, moment=moment)
+            # R1: the index row stays; a reader of the room deletes it once it is stale.
+            return self._change(view, name, room, joined=False, moment=moment, lapsed_too=True)
         raise StorageError("leave: the user's rows kept changing; try again")
 
     async def is_member(self, user_name: str, room: str) -> bool:
@@ -137,34 +145,44 @@ class Rooms:
         members: list[RoomMember] = []
         last_key = ""
         full = False
-        async for page in self.store.table.pages(query, parameters, action="list a room", select=["RowKey"]):
-            keys = [str(row["RowKey"]) for row in page]
+        async for page in self.store.table.pages(query, parameters, action="list a room"):
+            rows = [IndexedMember.from_table(row, etag=etag_of(row)) for row in page]
             if full:
-                return MembersPage(room, members, next=encode_cursor(last_key) if keys else None)
-            while keys and not full:
-                chunk, keys = keys[: limit - len(members)], keys[limit - len(members) :]
-                for key, member in zip(chunk, await self._verified(room, chunk, moment), strict=True):
+                return MembersPage(room, members, next=encode_cursor(last_key) if rows else None)
+            while rows and not full:
+                chunk, rows = rows[: limit - len(members)], rows[limit - len(members) :]
+                for indexed, member in zip(chunk, await self._verified(room, chunk, moment), strict=True):
                     if member is not None:
                         members.append(member)
-                        last_key = key
+                        last_key = indexed.user_key
                 full = len(members) == limit
-            if full and keys:
+            if full and rows:
                 return MembersPage(room, members, next=encode_cursor(last_key))
         return MembersPage(room, members, next=None)
 
-    async def _verified(self, room: str, partitions: list[str], moment: datetime) -> list[RoomMember | None]:
+    async def _verified(self, room: str, rows: list[IndexedMember], moment: datetime) -> list[RoomMember | None]:
         """Read each candidate's partition: a member (with presence) if their membership row is there, else None."""
         slots = asyncio.Semaphore(_MEMBER_READS)
 
-        async def read(partition: str) -> RoomMember | None:
+        async def read(indexed: IndexedMember) -> RoomMember | None:
             async with slots:
-                view = await self.store.read_user(partition)
-            if room not in view.rooms:
-                logger.debug("room %s: an index row without its membership skipped", room)
-                return None
+                view = await self.store.read_user(indexed.user_key)
+                if room not in view.rooms:
+                    await self._clear_if_stale(room, indexed, moment)
+                    return None
             return RoomMember(view.name(), view.state_now(self.store.lease, now=moment))
 
-        return list(await asyncio.gather(*(read(partition) for partition in partitions)))
+        return list(await asyncio.gather(*(read(indexed) for indexed in rows)))
+
+    async def _clear_if_stale(self, room: str, indexed: IndexedMember, moment: datetime) -> None:
+        """Delete an index row with no membership once no join can be writing it (R1); best effort."""
+        if moment - indexed.joined_at < STALE_INDEX_ROW or indexed.etag is None:
+            return
+        operation = delete(room_partition(room), indexed.user_key, etag=indexed.etag)
+        try:
+            await self.store.table.write(operation, action="clear a stale member-index row")
+        except StorageError as error:  # a join rewrote it (412), or storage failed: the next reader decides
+            logger.info("room %s: a stale index row stays: %s", room, error)
 
     async def _commit(
         self, operation: Operation, view: UserView, name: str, writer: str, attempts: Attempts, attempt: int
@@ -178,6 +196,8 @@ class Rooms:
             return False
         return True
 
-    def _change(self, view: UserView, name: str, room: str, *, joined: bool, moment: datetime) -> RoomChange:
-        live = tuple(row.connection_id for row in view.live(self.store.lease, now=moment))
-        return RoomChange(name, room, joined, live)
+    def _change(
+        self, view: UserView, name: str, room: str, *, joined: bool, moment: datetime, lapsed_too: bool = False
+    ) -> RoomChange:
+        rows = view.rows.values() if lapsed_too else view.live(self.store.lease, now=moment)
+        return RoomChange(name, room, joined, tuple(row.connection_id for row in rows))

@@ -51,7 +51,7 @@ from mapping.presence import (
 )
 from mapping.settings import Settings
 from mapping.status import parse_status
-from mapping.table import MAX_BATCH, Operation, Table, create, delete, merge
+from mapping.table import MAX_BATCH, Operation, Table, create, delete, etag_of, merge
 
 logger = logging.getLogger(__name__)
 
@@ -90,10 +90,12 @@ class DisconnectOutcome:
 
 @dataclass(frozen=True, slots=True)
 class TouchOutcome:
-    """What a client message's write did (a refresh, a status): whether the row is there, and what to announce."""
+    """What a client message's write did (a refresh, a status): whether the row is there, what to announce, and,
+    when it made a lapsed lease live again, the user's rooms (the connection may have missed a join: rooms R3)."""
 
     found: bool
     presence: PresenceChange | None = None
+    rooms: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +290,8 @@ class ConnectionStore:
         if written.entity is None:
             return TouchOutcome(False, written.change)
         self._remember_refresh(partition, row, moment)
-        return TouchOutcome(True, written.change or written.view.presence.announced_as(name))
+        presence = written.change or written.view.presence.announced_as(name)
+        return TouchOutcome(True, presence, self._rooms_if_revived(written, row, moment))
 
     # -- readers --------------------------------------------------------------------------------
 
@@ -318,7 +321,7 @@ class ConnectionStore:
             {"pk": user_key(user_name), "cutoff": self._cutoff(now)},
             action="read connections",
         )
-        entities = [ConnectionEntity.from_table(row, etag=_etag(row)) for row in rows]
+        entities = [ConnectionEntity.from_table(row, etag=etag_of(row)) for row in rows]
         return sorted(entities, key=lambda entity: (entity.connected_at, entity.connection_id))
 
     async def online_users(
@@ -353,12 +356,12 @@ class ConnectionStore:
         for row in await self.table.query("PartitionKey eq @pk", {"pk": partition}, action="read a user"):
             key = str(row["RowKey"])
             if key == PRESENCE_ROW:
-                presence = recorded_from(row, etag=_etag(row))
+                presence = recorded_from(row, etag=etag_of(row))
             elif is_membership_key(key):
-                membership = Membership.from_table(row, etag=_etag(row))
+                membership = Membership.from_table(row, etag=etag_of(row))
                 rooms[membership.room] = membership
             elif not key.startswith(BOOKKEEPING_PREFIX):
-                rows[key] = ConnectionEntity.from_table(row, etag=_etag(row))
+                rows[key] = ConnectionEntity.from_table(row, etag=etag_of(row))
         return UserView(partition, rows, presence, rooms)
 
     # -- the sweep's step -----------------------------------------------------------------------
@@ -464,7 +467,14 @@ class ConnectionStore:
             self._remember_refresh(partition, row, moment)
         else:
             self._refreshed.pop((partition, row), None)
-        return TouchOutcome(written.entity is not None, written.change)
+        return TouchOutcome(written.entity is not None, written.change, self._rooms_if_revived(written, row, moment))
+
+    def _rooms_if_revived(self, written: _Written, row: str, moment: datetime) -> tuple[str, ...]:
+        """Return the user's rooms when the write made a lapsed lease live again, else nothing."""
+        before = written.view.rows.get(row)
+        if written.entity is None or before is None or self.lease.is_live(before.last_seen, moment):
+            return ()
+        return tuple(sorted(written.view.rooms))
 
     async def _write_live_row(
         self,
@@ -664,9 +674,3 @@ def _refresh_fields(entity: ConnectionEntity) -> dict[str, Any]:
 def _repeat(view: UserView, user_name: str) -> PresenceChange | None:
     """The recorded pair, announced again after an outcome that could not be told apart (P4)."""
     return view.presence.announced_as(user_name)
-
-
-def _etag(row: Any) -> str | None:
-    metadata = getattr(row, "metadata", None) or {}
-    etag = metadata.get("etag")
-    return str(etag) if etag else None

@@ -312,6 +312,13 @@ def _retry_after(error: BaseException) -> int:
         return 5
 
 
+def etag_of(entity: Any) -> str | None:
+    """Return the ETag of an entity as read (None when the service gave none)."""
+    metadata = getattr(entity, "metadata", None) or {}
+    etag = metadata.get("etag")
+    return str(etag) if etag else None
+
+
 def int_value(value: Any) -> int:
     """Return an integer property as read (Int64 values arrive wrapped in an EntityProperty)."""
     raw = getattr(value, "value", value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,9 +15,10 @@ from faultproxy import Fault, fault_proxy
 from mapping import runtime
 from mapping.errors import InvalidRequestError, StorageError
 from mapping.keys import ROOM_PREFIX
-from mapping.rooms import MAX_ROOMS_PER_USER, Rooms
+from mapping.membership import Membership
+from mapping.rooms import MAX_ROOMS_PER_USER, STALE_INDEX_ROW, Rooms
 from mapping.store import ConnectionStore
-from mapping.table import delete
+from mapping.table import delete, upsert
 from testkit.functions_host import Out, http, http_request, invocation, signalr_event
 
 pytestmark = pytest.mark.usefixtures("app_env")
@@ -386,3 +388,86 @@ async def test_send_to_room_with_bad_arguments_answers_one_error(arguments: list
     [error] = errors(out)
     assert error["connectionId"] == "q1"
     assert not any(m.get("groupName") for m in out.messages)
+
+
+# -- R1 under races, and stale index rows ------------------------------------------------------
+
+
+async def test_a_leave_racing_a_join_keeps_the_member_listed(azurite: Azurite) -> None:
+    """R1: a join that commits right after a racing leave's transaction stays listed (a leave deletes no index row)."""
+    table = unique_table_name()
+    first = ConnectionStore(make_settings(azurite.connection_string, table))
+    second = ConnectionStore(make_settings(azurite.connection_string, table))
+    try:
+        await first.connect("amy", "t1")
+        await Rooms(first).join("amy", "club")
+        transact = first.transact
+
+        async def leave_then_a_racing_join(operations: Any, *, action: str, singly: bool = False) -> None:
+            await transact(operations, action=action, singly=singly)
+            await Rooms(second).join("amy", "club")  # another instance, between the leave's steps
+
+        first.transact = leave_then_a_racing_join  # type: ignore[method-assign]
+        await Rooms(first).leave("amy", "club")
+        assert await first.rooms_of("amy") == ("club",)
+        assert [m.user for m in (await Rooms(second).members("club")).members] == ["amy"]
+    finally:
+        await first.close()
+        await second.close()
+        await drop_table(azurite, table)
+
+
+async def test_a_reader_clears_stale_index_rows_but_never_a_fresh_one(
+    app_env: dict[str, str], azurite: Azurite
+) -> None:
+    """A member-index row without its membership is deleted by a reader only once it is older than any join can
+    run, and only if nobody rewrote it since the reader read it."""
+    store = runtime.store()
+    rooms = Rooms(store)
+    t0 = datetime(2026, 9, 1, 12, 0, tzinfo=UTC)
+    await rooms.join("gone", "club", now=t0)
+    await rooms.leave("gone", "club", now=t0)
+
+    async def index() -> list[str]:
+        return [
+            str(r["RowKey"])
+            for r in await all_rows(azurite, app_env["MAPPING_TABLE"])
+            if r["PartitionKey"] == f"{ROOM_PREFIX}club"
+        ]
+
+    assert (await rooms.members("club", now=t0 + STALE_INDEX_ROW / 2)).members == []
+    assert await index() == ["gone"]  # fresh: a join may be writing it
+    read_user = store.read_user
+
+    async def a_join_rewrites_the_row_meanwhile(partition: str) -> Any:
+        view = await read_user(partition)
+        await store.table.write(upsert(Membership("club", t0).index_row(partition, "gone")), action="test")
+        return view
+
+    store.read_user = a_join_rewrites_the_row_meanwhile  # type: ignore[method-assign]
+    assert (await rooms.members("club", now=t0 + STALE_INDEX_ROW * 2)).members == []
+    assert await index() == ["gone"]  # rewritten after the reader read it: the conditional delete fails
+    store.read_user = read_user  # type: ignore[method-assign]
+    assert (await rooms.members("club", now=t0 + STALE_INDEX_ROW * 2)).members == []
+    assert await index() == []
+
+
+async def test_a_lapsed_tab_made_live_again_rejoins_its_rooms() -> None:
+    """R3: a tab whose lease lapsed (it may have missed a join) is put back into its user's rooms by its next call."""
+    store = runtime.store()
+    await store.connect("liv", "quiet", now=datetime.now(UTC) - timedelta(hours=2))
+    await Rooms(store).join("liv", "club")
+    out = await client_call("send_message", "send", "liv", "quiet", "liv", "ping")
+    assert ("club", "quiet") in groups(out, "add")
+    again = await client_call("send_message", "send", "liv", "quiet", "liv", "ping")
+    assert groups(again, "add") == set()  # live now: nothing to redo
+
+
+async def test_leave_removes_lapsed_tabs_too() -> None:
+    """R3: a leave takes every connection with a row out of the group, a lapsed (maybe quiet, still open) one too."""
+    store = runtime.store()
+    await store.connect("max", "quiet", now=datetime.now(UTC) - timedelta(hours=2))
+    await connect("max", "busy")
+    await Rooms(store).join("max", "club")
+    out = await leave("max", "busy", "club")
+    assert groups(out, "remove") == {("club", "quiet"), ("club", "busy")}
