@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -166,7 +167,8 @@ async def _sweep_counts(proxy: CountingProxy, direct: str, *, expired: int, user
                 try:
                     result: Any = await sweep(store)
                     outcome = (
-                        dataclasses.asdict(result)
+                        # JSON-ready: the presence changes carry datetimes (last seen).
+                        json.loads(json.dumps(dataclasses.asdict(result), default=str))
                         if dataclasses.is_dataclass(result) and not isinstance(result, type)
                         else repr(result)
                     )
