@@ -5,12 +5,23 @@ No function wrapper, no parsing, no validation, no key escaping, no output messa
 - `Floor`, the design floor: the table requests of the app's design and no others (with presence,
   one query of the user's partition, the expiry-index entry on connect, and one transaction that
   changes the row and writes the presence row conditional on the ETag the query returned; without
-  presence, the index entry and the row). The app cannot do less work on the table than this; the
-  ratio ours/floor is the cost of the app's own code.
-- `MinimalFloor`, the least any correct presence needs, whatever the design: one write per connect
-  and disconnect, and one query of the user's partition to tell whether presence changed. It keeps
-  no expiry index (a sweep would scan the table) and no ordered versions (racing instances could
-  announce in the wrong order); the gap ours/minimal is what those two guarantees cost.
+  presence, the index entry, the row and a query of the user's rooms). The app cannot do less work on
+  the table than this; the ratio ours/floor is the cost of the app's own code. The client events
+  follow the same design: join and leave as in `mapping/rooms.py` (R1, R2), setStatus as a live-row
+  write with a presence decision (`mapping/store.py`).
+- `MinimalFloor`, the least any correct solution needs given each event's contract, whatever the
+  design (each method says why no correct solution can do with fewer requests):
+  - connect, disconnect: one write per change, and one query of the user's partition to tell whether
+    presence changed. It keeps no expiry index (a sweep would scan the table) and no ordered versions
+    (racing instances could announce in the wrong order); the gap ours/minimal is what those two
+    guarantees cost. Without presence it reads nothing, so it leaves out the user's rooms a new
+    connection joins (whether any design must read them depends on how the groups are addressed).
+  - join, leave: a membership readable as "members of a room" and as "rooms of a user", each one
+    partition query; at most 100 rooms per user; never half-written. Its own keys and its own guard
+    row, not the app's member index and presence row.
+  - setStatus: the status stored with the connection; the user's status (the most recently set
+    among their live connections) announced with a version, of which the highest is the current one.
+    Its own version row, not the app's presence row; no lease refresh (not in the contract).
 """
 
 from __future__ import annotations
@@ -23,10 +34,17 @@ from azure.core import MatchConditions
 from azure.data.tables import EdmType, EntityProperty, UpdateMode
 from azure.data.tables.aio import TableClient
 
+from mapping.keys import MEMBERSHIP_PREFIX, ROOM_PREFIX
+from mapping.membership import MEMBERSHIP_END
 from mapping.presence import PRESENCE_ROW
 
 LIVE = "PartitionKey eq @pk and LastSeen gt @cutoff"
 PARTITION = "PartitionKey eq @pk"
+ROOMS = "PartitionKey eq @pk and RowKey ge @first and RowKey lt @last"
+MAX_ROOMS = 100  # the contract: at most 100 rooms per user
+IF_MATCH = MatchConditions.IfNotModified
+
+Operation = tuple[str, dict[str, Any], dict[str, Any]]
 
 
 class _Client:
@@ -49,6 +67,10 @@ class _Client:
     async def _partition(self, user: str) -> list[Any]:
         return [row async for row in self.client.query_entities(PARTITION, parameters={"pk": user})]
 
+    @staticmethod
+    def _row(rows: list[Any], key: str) -> Any:
+        return next((row for row in rows if row["RowKey"] == key), None)
+
     def _online(self, rows: list[Any], *, without: str | None = None) -> bool:
         cutoff = datetime.now(UTC) - self.ttl
         return any(
@@ -70,6 +92,9 @@ class Floor(_Client):
         row = {"PartitionKey": user, "RowKey": connection, "ConnectedAt": now, "LastSeen": now}
         if not presence:
             await self.client.upsert_entity(row, mode=UpdateMode.MERGE)
+            # The user's rooms, whose groups the new connection joins (R3); with presence, the read above has them.
+            rooms = {"pk": user, "first": MEMBERSHIP_PREFIX, "last": MEMBERSHIP_END}
+            _ = [row async for row in self.client.query_entities(ROOMS, parameters=rooms, select=["RowKey"])]
             return
         await self.client.submit_transaction(
             [("upsert", row, {"mode": UpdateMode.MERGE}), self._presence(user, rows, True)]
@@ -104,9 +129,86 @@ class Floor(_Client):
             },
         )
 
+    async def join(self, user: str, room: str) -> bool:
+        """Join as the app's design does (R1, R2): read the user, write the member-index row, then one transaction
+        with the membership row and the presence row (unchanged, conditional on its ETag). False: already a member."""
+        rows = await self._partition(user)
+        if self._row(rows, MEMBERSHIP_PREFIX + room) is not None:
+            return False
+        if sum(str(row["RowKey"]).startswith(MEMBERSHIP_PREFIX) for row in rows) >= MAX_ROOMS:
+            raise ValueError("at most 100 rooms")
+        now = datetime.now(UTC)
+        index = {"PartitionKey": ROOM_PREFIX + room, "RowKey": user, "UserName": user, "JoinedAt": now}
+        await self.client.upsert_entity(index, mode=UpdateMode.MERGE)
+        membership = {"PartitionKey": user, "RowKey": MEMBERSHIP_PREFIX + room, "Room": room, "JoinedAt": now}
+        await self.client.submit_transaction([("create", membership, {}), self._guard(user, rows)])
+        return True
+
+    async def leave(self, user: str, room: str) -> bool:
+        """Leave as the app's design does: read the user, one transaction deleting the membership row (on its ETag)
+        with the presence row, then delete the member-index row. False: was not a member."""
+        rows = await self._partition(user)
+        membership = self._row(rows, MEMBERSHIP_PREFIX + room)
+        if membership is not None:
+            keys = {"PartitionKey": user, "RowKey": MEMBERSHIP_PREFIX + room}
+            delete = ("delete", keys, {"etag": membership.metadata["etag"], "match_condition": IF_MATCH})
+            await self.client.submit_transaction([delete, self._guard(user, rows)])
+        await self.client.delete_entity(ROOM_PREFIX + room, user)
+        return membership is not None
+
+    async def set_status(self, user: str, connection: str, status: str) -> bool:
+        """Set a status as the app's design does: read the user, write the expiry-index entry (the row's LastSeen
+        moves), then one transaction with the row (on its ETag) and a new presence pair. False: no such row."""
+        rows = await self._partition(user)
+        row = self._row(rows, connection)
+        if row is None:
+            return False
+        now = datetime.now(UTC)
+        bucket = f"%~x{int(now.timestamp()) // 60 * 60:012d}"
+        entry = {"PartitionKey": bucket, "RowKey": f"{user}|{connection}", "UserKey": user}
+        await self.client.upsert_entity(entry, mode=UpdateMode.MERGE)
+        patch = {
+            "PartitionKey": user,
+            "RowKey": connection,
+            "LastSeen": now,
+            "IndexBucket": bucket,
+            "Status": status,
+            "StatusAt": now,
+        }
+        update = (
+            "update",
+            patch,
+            {"mode": UpdateMode.MERGE, "etag": row.metadata["etag"], "match_condition": IF_MATCH},
+        )
+        pair = {"Online": True, "Status": status, "Version": EntityProperty(_millis(now), EdmType.INT64)}
+        await self.client.submit_transaction([update, self._guard(user, rows, pair)])
+        return True
+
+    def _guard(self, user: str, rows: list[Any], fields: dict[str, Any] | None = None) -> Operation:
+        """The presence-row write of a transaction, conditional on the ETag read (with a new pair if `fields`)."""
+        state = self._row(rows, PRESENCE_ROW)
+        entity: dict[str, Any] = {
+            "PartitionKey": user,
+            "RowKey": PRESENCE_ROW,
+            "Writer": uuid.uuid4().hex,
+            **(fields or {}),
+        }
+        if state is None:
+            return ("create", entity, {})
+        return (
+            "update",
+            entity,
+            {"mode": UpdateMode.MERGE, "etag": state.metadata["etag"], "match_condition": IF_MATCH},
+        )
+
 
 class MinimalFloor(_Client):
-    """The least any correct presence needs: one write per change, one partition read to decide presence."""
+    """The least any correct solution needs, event by event, whatever the design (its own keys throughout)."""
+
+    GUARD = "~joins"  # in the user's partition: rewritten by every join, so joins of one user serialise
+    VERSIONS = "~status"  # in the user's partition: the user's status and its version
+    MEMBER = "~in|"  # RowKey prefix of a membership in the user's partition ("rooms of a user")
+    MEMBERS = "~room|"  # PartitionKey prefix of a room's members ("members of a room")
 
     async def connect(self, user: str, connection: str, *, presence: bool = True) -> None:
         """Read whether the user was online (with presence), then write the row."""
@@ -121,3 +223,85 @@ class MinimalFloor(_Client):
         await self.client.delete_entity(user, connection)
         if presence:
             self._online(await self._partition(user))
+
+    async def join(self, user: str, room: str) -> bool:
+        """Three requests, one when already a member.
+
+        "Members of a room" and "rooms of a user" are each one partition query, so a membership is a row in
+        the room's partition and a row in the user's: two partitions (a room's members are many users),
+        and Table Storage has no transaction across partitions, so two writes at least. The limit of 100
+        rooms needs the user's memberships read first (no conditional write tests a count), and two joins
+        of one user racing must not both pass it, so the user's write is conditional on what was read:
+        one transaction with a guard row on its ETag. Never half-written: the room's row goes first and a
+        reader of the room keeps a member only if the user's row is there (written last, it is the truth);
+        the other order would list nobody half-way but could leave a member no reader of the room finds.
+        Already a member: the read says so. (A user's very first room could skip the read by creating the
+        guard blind, failing over to a read when it exists: two requests then, four for every later room.)
+        """
+        rows = await self._partition(user)
+        if self._row(rows, self.MEMBER + room) is not None:
+            return False
+        if sum(str(row["RowKey"]).startswith(self.MEMBER) for row in rows) >= MAX_ROOMS:
+            raise ValueError("at most 100 rooms")
+        await self.client.upsert_entity({"PartitionKey": self.MEMBERS + room, "RowKey": user}, mode=UpdateMode.MERGE)
+        membership: Operation = ("create", {"PartitionKey": user, "RowKey": self.MEMBER + room}, {})
+        guard = self._row(rows, self.GUARD)
+        bump: dict[str, Any] = {"PartitionKey": user, "RowKey": self.GUARD, "LastJoined": room}
+        if guard is None:
+            await self.client.submit_transaction([membership, ("create", bump, {})])
+        else:
+            options = {"mode": UpdateMode.MERGE, "etag": guard.metadata["etag"], "match_condition": IF_MATCH}
+            await self.client.submit_transaction([membership, ("update", bump, options)])
+        return True
+
+    async def leave(self, user: str, room: str) -> bool:
+        """Two requests: the membership's two rows, in two partitions, each deleted blind.
+
+        No read: leaving tests no limit, and deleting a row that is not there is harmless. The user's
+        row goes first, so a reader of the room never keeps a member whose row is gone. (Neither this
+        nor the app protects the room's row from a join of the same user racing the leave; see
+        docs/benchmarks.md.)
+        """
+        await self.client.delete_entity(user, self.MEMBER + room)
+        await self.client.delete_entity(self.MEMBERS + room, user)
+        return True
+
+    async def set_status(self, user: str, connection: str, status: str) -> bool:
+        """Two requests: the user's partition read, then one transaction (the status and the version).
+
+        The status is stored in the connection's row, and the user's status after this call is this one
+        (the most recently set). Announced with a version whose highest is the current state: a later
+        decision (this set, another tab's set, a disconnect that makes an older status current) must get
+        a higher version than every earlier one, on a state that includes every earlier write. A version
+        from the clock alone cannot promise that across instances; a version read and rewritten on its
+        ETag can, and only a read gives the ETag. One transaction: the status into the row (which must
+        exist) and the new version, both in the user's partition. False: no such connection.
+        """
+        rows = await self._partition(user)
+        if self._row(rows, connection) is None:
+            return False
+        now = datetime.now(UTC)
+        recorded = self._row(rows, self.VERSIONS)
+        version = max(int(recorded["Version"]) + 1 if recorded is not None else 0, _millis(now))
+        patch = {"PartitionKey": user, "RowKey": connection, "Status": status, "StatusAt": now}
+        pair = {
+            "PartitionKey": user,
+            "RowKey": self.VERSIONS,
+            "Status": status,
+            "Version": EntityProperty(version, EdmType.INT64),
+        }
+        record: Operation
+        if recorded is None:
+            record = ("create", pair, {})
+        else:
+            record = (
+                "update",
+                pair,
+                {"mode": UpdateMode.MERGE, "etag": recorded.metadata["etag"], "match_condition": IF_MATCH},
+            )
+        await self.client.submit_transaction([("update", patch, {"mode": UpdateMode.MERGE}), record])
+        return True
+
+
+def _millis(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)

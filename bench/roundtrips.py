@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -12,8 +13,23 @@ from typing import Any
 from bench.floor import Floor, MinimalFloor
 from bench.naive import NaiveFunctions
 from bench.proxy import CountingProxy
-from bench.workload import RECIPIENT, TTL, Event, app_environment, fresh_table, seed, use_app_settings
+from bench.workload import (
+    CLIENT_FUNCTIONS,
+    RECIPIENT,
+    ROOM,
+    STATUS,
+    TTL,
+    Event,
+    app_environment,
+    check_client_out,
+    client_invocation,
+    fresh_table,
+    rooms_before,
+    seed,
+    use_app_settings,
+)
 from mapping.clock import utc_now
+from mapping.rooms import Rooms
 from mapping.settings import Settings, StorageConnection
 from mapping.store import ConnectionStore
 from mapping.sweep import sweep
@@ -137,6 +153,132 @@ async def _ours_call(event: Event, user: str, conn: str) -> None:
         assert response.status_code == 200, response.get_body()
 
 
+async def _client_event_counts(
+    proxy: CountingProxy, direct: str, *, kind: str, member: bool = False, elsewhere: bool = False
+) -> dict[str, Any]:
+    """Count a client's join, setStatus or leave for each implementation, on a warmed-up client.
+
+    Each implementation brings its users to the state before the event with its own operations (a connect,
+    then joins of the rooms the event starts from: `rooms_before`, and the room itself when `member`), and is
+    counted on the second user after a warm-up on the first. `elsewhere`: the user's tab was opened by
+    another instance (ours only: the app refreshes the caller's lease first, free only for a connection
+    this instance opened or refreshed).
+    """
+    via_proxy = connection_string(proxy.port)
+    rooms = (*rooms_before(kind), *((ROOM,) if member else ()))
+    results: dict[str, Any] = {}
+    for impl in ("minimal", "floor", "ours", "naive"):
+        if elsewhere and impl != "ours":
+            continue
+        async with fresh_table(direct) as table:
+            if impl in ("floor", "minimal"):
+                results[impl] = await _count_floor_client(impl, proxy, via_proxy, table, kind, rooms)
+            elif impl == "naive":
+                results[impl] = await _count_naive_client(proxy, via_proxy, table, kind, rooms)
+            else:
+                results[impl] = await _count_ours_client(proxy, via_proxy, direct, table, kind, rooms, elsewhere)
+    return results
+
+
+async def _count_floor_client(
+    impl: str, proxy: CountingProxy, via_proxy: str, table: str, kind: str, rooms: tuple[str, ...]
+) -> dict[str, Any]:
+    client = (Floor if impl == "floor" else MinimalFloor)(via_proxy, table, ttl=TTL)
+
+    async def event(index: int) -> None:
+        user, connection = f"u{index}-rt", f"c{index}-rt"
+        if kind == "join":
+            await client.join(user, ROOM)
+        elif kind == "leave":
+            await client.leave(user, ROOM)
+        else:
+            await client.set_status(user, connection, STATUS)
+
+    try:
+        for index in (0, 1):
+            await client.connect(f"u{index}-rt", f"c{index}-rt")
+            for room in rooms:
+                await client.join(f"u{index}-rt", room)
+        await event(0)
+        return await _count(proxy, lambda: event(1))
+    finally:
+        await client.close()
+
+
+async def _count_naive_client(
+    proxy: CountingProxy, via_proxy: str, table: str, kind: str, rooms: tuple[str, ...]
+) -> dict[str, Any]:
+    functions = NaiveFunctions(via_proxy, table)
+
+    def event(index: int, method: str = kind, argument: str | None = None) -> None:
+        out, payload = Out(), _payload(method, index, argument)
+        getattr(functions, method)(payload, out)
+        if argument is None:
+            check_client_out(out, method, payload, deep=True)
+
+    def prepare() -> None:
+        for index in (0, 1):
+            functions.connected(invocation("connected", connection_id=f"c{index}-rt", user_id=f"u{index}-rt"), Out())
+            for room in rooms:
+                event(index, "join", room)
+        event(0)
+
+    try:
+        await asyncio.to_thread(prepare)
+        return await _count_sync(proxy, lambda: event(1))
+    finally:
+        functions.close()
+
+
+async def _count_ours_client(
+    proxy: CountingProxy,
+    via_proxy: str,
+    direct: str,
+    table: str,
+    kind: str,
+    rooms: tuple[str, ...],
+    elsewhere: bool,
+) -> dict[str, Any]:
+    await use_app_settings(app_environment(via_proxy, table))
+
+    async def call(index: int, method: str = kind, argument: str | None = None) -> None:
+        out, payload = Out(), _payload(method, index, argument)
+        await FUNCTIONS[CLIENT_FUNCTIONS[method][0]].get_user_function()(invocation=payload, signalr=out)
+        if argument is None:
+            check_client_out(out, method, payload, deep=True)
+
+    try:
+        if elsewhere:
+            other = ConnectionStore(Settings(StorageConnection(connection_string=direct), table_name=table, ttl=TTL))
+            try:
+                for index in (0, 1):
+                    await other.connect(f"u{index}-rt", f"c{index}-rt", hub="chat")
+                    for room in rooms:
+                        await Rooms(other).join(f"u{index}-rt", room)
+            finally:
+                await other.close()
+        else:
+            for index in (0, 1):
+                await FUNCTIONS["connected"].get_user_function()(
+                    invocation=invocation("connected", connection_id=f"c{index}-rt", user_id=f"u{index}-rt"),
+                    signalr=Out(),
+                )
+                for room in rooms:
+                    await call(index, "join", room)
+        await call(0)
+        return await _count(proxy, lambda: call(1))
+    finally:
+        await use_app_settings({})
+
+
+def _payload(method: str, index: int, argument: str | None) -> str:
+    """The invocation of user `index`'s client message: the event's own argument, or `argument` (e.g. a room)."""
+    user, connection = f"u{index}-rt", f"c{index}-rt"
+    if argument is None:
+        return client_invocation(method, user, connection)
+    return invocation(CLIENT_FUNCTIONS[method][1], connection_id=connection, user_id=user, arguments=[argument])
+
+
 async def _sweep_counts(proxy: CountingProxy, direct: str, *, expired: int, users: int, live: int) -> dict[str, Any]:
     """Count one `sweep(store)` over `expired` expired rows spread over `users` users, beside `live` live rows."""
     async with fresh_table(direct) as table:
@@ -166,7 +308,8 @@ async def _sweep_counts(proxy: CountingProxy, direct: str, *, expired: int, user
                 try:
                     result: Any = await sweep(store)
                     outcome = (
-                        dataclasses.asdict(result)
+                        # JSON-ready: the presence changes carry datetimes (last seen).
+                        json.loads(json.dumps(dataclasses.asdict(result), default=str))
                         if dataclasses.is_dataclass(result) and not isinstance(result, type)
                         else repr(result)
                     )
@@ -177,25 +320,55 @@ async def _sweep_counts(proxy: CountingProxy, direct: str, *, expired: int, user
     return {"ours": _counted(counts), "result": outcome}
 
 
+INDEX_ENTRY = "the expiry-index entry that keeps the sweep's cost to the stale rows"
+
+# Each counted event: label, options, and why ours makes more requests than the minimal floor, where it does.
+SCENARIOS: list[tuple[str, dict[str, Any], str]] = [
+    ("first connect, presence on", {"kind": "connect"}, INDEX_ENTRY),
+    ("second connect (one tab open), presence on", {"kind": "connect", "other_tabs": 1}, INDEX_ENTRY),
+    (
+        "connect, presence off",
+        {"kind": "connect", "presence": False},
+        f"{INDEX_ENTRY}, and a query of the user's rooms, whose groups the new connection joins (R3; with presence "
+        "on, the one read of the user serves both)",
+    ),
+    ("first connect in a new process (presence on)", {"kind": "connect", "cold": True}, ""),
+    ("last disconnect, presence on", {"kind": "disconnect"}, ""),
+    ("other disconnect (one tab stays), presence on", {"kind": "disconnect", "other_tabs": 1}, ""),
+    ("disconnect, presence off", {"kind": "disconnect", "presence": False}, ""),
+    ("HTTP send, user with 1 connection", {"kind": "send", "connections": 1}, ""),
+    ("HTTP send, user with 10 connections", {"kind": "send", "connections": 10}, ""),
+    ("HTTP send, user with 100 connections", {"kind": "send", "connections": 100}, ""),
+    ("GET users/{user} (10 connections)", {"kind": "presence", "connections": 10}, ""),
+]
+CLIENT_SCENARIOS: list[tuple[str, dict[str, Any], str]] = [
+    ("join(room), a new room (one tab, in 1 room)", {"kind": "join"}, ""),
+    ("join(room), already a member", {"kind": "join", "member": True}, ""),
+    (
+        "join(room) on an instance that did not open the tab",
+        {"kind": "join", "elsewhere": True},
+        "the caller's lease refreshed first: a read, an index entry and a transaction of its own",
+    ),
+    (
+        "setStatus(status) (one tab)",
+        {"kind": "set_status"},
+        "the expiry-index entry: setStatus also refreshes the caller's lease",
+    ),
+    (
+        "leave(room), a member (one tab, in 2 rooms)",
+        {"kind": "leave"},
+        "the read: the leave commits on the presence row's ETag (R2) and removes the live connections from the group",
+    ),
+]
+
+
 async def count_round_trips(direct: str, *, sweep_rows: int = 100) -> list[dict[str, Any]]:
     """Count the table requests of each event and of a few sweeps; return one row per scenario."""
     rows: list[dict[str, Any]] = []
     with CountingProxy(_port_of(direct)) as proxy:
-        scenarios: list[tuple[str, dict[str, Any]]] = [
-            ("first connect, presence on", {"kind": "connect"}),
-            ("second connect (one tab open), presence on", {"kind": "connect", "other_tabs": 1}),
-            ("connect, presence off", {"kind": "connect", "presence": False}),
-            ("first connect in a new process (presence on)", {"kind": "connect", "cold": True}),
-            ("last disconnect, presence on", {"kind": "disconnect"}),
-            ("other disconnect (one tab stays), presence on", {"kind": "disconnect", "other_tabs": 1}),
-            ("disconnect, presence off", {"kind": "disconnect", "presence": False}),
-            ("HTTP send, user with 1 connection", {"kind": "send", "connections": 1}),
-            ("HTTP send, user with 10 connections", {"kind": "send", "connections": 10}),
-            ("HTTP send, user with 100 connections", {"kind": "send", "connections": 100}),
-            ("GET users/{user} (10 connections)", {"kind": "presence", "connections": 10}),
-        ]
-        for label, options in scenarios:
-            rows.append({"scenario": label, **await _event_counts(proxy, direct, **options)})
+        for label, options, why in SCENARIOS:
+            rows.append({"scenario": label, **await _event_counts(proxy, direct, **options), "why": why})
+        rows += await _client_rows(proxy, direct)
         sweeps = [
             (f"sweep, 0 expired among {sweep_rows} live rows", {"expired": 0, "users": 1, "live": sweep_rows}),
             (
@@ -207,6 +380,19 @@ async def count_round_trips(direct: str, *, sweep_rows: int = 100) -> list[dict[
         for label, options in sweeps:
             rows.append({"scenario": label, **await _sweep_counts(proxy, direct, **options)})
     return rows
+
+
+async def count_client_round_trips(direct: str) -> list[dict[str, Any]]:
+    """Count the table requests of the client events only (join, setStatus, leave): one row per scenario."""
+    with CountingProxy(_port_of(direct)) as proxy:
+        return await _client_rows(proxy, direct)
+
+
+async def _client_rows(proxy: CountingProxy, direct: str) -> list[dict[str, Any]]:
+    return [
+        {"scenario": label, **await _client_event_counts(proxy, direct, **options), "why": why}
+        for label, options, why in CLIENT_SCENARIOS
+    ]
 
 
 def _port_of(connection: str) -> int:

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 from bench.floor import Floor
 from bench.naive import NaiveFunctions
 from bench.proxy import CountingProxy, classify
+from bench.report import NOT_COUNTED, ROUND_TRIP_IMPLS, round_trip_line
+from bench.roundtrips import CLIENT_SCENARIOS, count_client_round_trips
 from bench.workload import fresh_table
 from conftest import Azurite
+from mapping import runtime
 from mapping.entity import ConnectionEntity
 from testkit.azurite import connection_string
 from testkit.functions_host import Out, http, http_request
@@ -56,3 +66,56 @@ async def test_naive_send_delivers_what_the_app_delivers(azurite: Azurite, app_e
     assert (naive_response.status_code, json.loads(naive_response.get_body())) == (status, ours_body)
     assert sorted(naive_out.messages, key=json.dumps) == sorted(ours_out.messages, key=json.dumps)
     assert ours_body == {"to": "bob", "delivered": 3}
+
+
+LATEST = Path(__file__).resolve().parent.parent / "bench" / "results" / "latest.md"
+
+
+@pytest.fixture
+async def restored_environment() -> AsyncIterator[None]:
+    """The bench points the app at its tables through the environment: put the environment back afterwards."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+    await runtime.reset()
+
+
+def _reported_counts(scenario: str) -> list[str]:
+    """The request counts (minimal, floor, ours, naive; a dash where not counted) of a row of latest.md."""
+    lines = [line for line in LATEST.read_text().splitlines() if line.startswith(f"| {scenario} |")]
+    assert len(lines) == 1, f"{scenario}: not in latest.md; run make bench"
+    return [cell.strip() for cell in lines[0].split("|")[2 : 2 + len(ROUND_TRIP_IMPLS)]]
+
+
+def _totals(row: dict[str, Any]) -> list[str]:
+    return [str(row[impl]["total"]) if impl in row else NOT_COUNTED for impl in ROUND_TRIP_IMPLS]
+
+
+async def test_client_events_make_the_requests_the_report_says(azurite: Azurite, restored_environment: None) -> None:
+    """join, setStatus and leave are counted for every design and make, on the wire now, the requests that the
+    committed report (bench/results/latest.md) gives them; the app makes exactly the design floor's."""
+    rows = {row["scenario"]: row for row in await count_client_round_trips(azurite.connection_string)}
+    assert list(rows) == [label for label, _options, _why in CLIENT_SCENARIOS]
+    for scenario, row in rows.items():
+        line = round_trip_line(row)
+        assert [cell.strip() for cell in line.split("|")[2:6]] == _totals(row)
+        assert _reported_counts(scenario) == _totals(row), f"{scenario}: latest.md is stale; run make bench"
+        if "floor" in row:
+            assert row["ours"] == row["floor"], scenario
+            assert set(row) >= {"minimal", "floor", "ours", "naive"}, scenario
+    join, member, elsewhere, status, leave = rows.values()
+    assert join["ours"]["by_operation"] == {"query": 1, "upsert/update (merge)": 1, "batch": 1}
+    assert member["ours"]["by_operation"] == {"query": 1}
+    assert elsewhere["ours"]["by_operation"] == {"query": 2, "upsert/update (merge)": 2, "batch": 2}
+    assert status["ours"]["by_operation"] == {"query": 1, "upsert/update (merge)": 1, "batch": 1}
+    assert leave["ours"]["by_operation"] == {"query": 1, "batch": 1, "delete": 1}
+    assert [row["minimal"]["total"] for row in (join, member, status, leave)] == [3, 1, 2, 2]
+
+
+def test_the_report_names_each_client_event() -> None:
+    """The committed report times and counts join, setStatus and leave."""
+    text = LATEST.read_text()
+    for label in ("join(room)", "setStatus(status)", "leave(room)"):
+        timed = re.findall(rf"^\| {re.escape(label)} \(SignalR [^|]*\| (1|8|32) \|", text, flags=re.MULTILINE)
+        assert len(timed) == 2 * 3, label  # the ratio table and the throughput table, three concurrencies each

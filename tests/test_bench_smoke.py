@@ -1,8 +1,17 @@
-"""A smoke run of the sweep benchmark: it keeps working, and its figures hold the cost bound (no timings asserted)."""
+"""Smoke runs of the benchmarks: they keep working, and their figures hold the cost bounds (no timings asserted)."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+
+from bench.__main__ import SMOKE, measure_cell
 from bench.sweep_scale import measure
+from bench.workload import CLIENT_KINDS, EVENTS, IMPLS, Event
+from conftest import Azurite
+from mapping import runtime
 
 
 async def test_sweep_benchmark_smoke() -> None:
@@ -21,3 +30,23 @@ async def test_sweep_benchmark_smoke() -> None:
             assert result.scanned == result.entities_read
         else:
             assert result.scanned == result.live_rows + 15
+
+
+@pytest.fixture
+async def restored_environment() -> AsyncIterator[None]:
+    """The bench points the app at its tables through the environment: put the environment back afterwards."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+    await runtime.reset()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("event", [event for event in EVENTS if event.kind in CLIENT_KINDS], ids=lambda e: e.name)
+async def test_client_event_cells_run_and_check_their_answers(
+    azurite: Azurite, restored_environment: None, event: Event, impl: str
+) -> None:
+    """A smoke cell of join, setStatus and leave runs for each implementation, each answer checked as it goes."""
+    sample = await measure_cell(azurite.connection_string, SMOKE, event, 4, impl, 1)
+    assert sample.ops > 0
