@@ -146,14 +146,14 @@ class Floor(_Client):
 
     async def leave(self, user: str, room: str) -> bool:
         """Leave as the app's design does: read the user, one transaction deleting the membership row (on its ETag)
-        with the presence row, then delete the member-index row. False: was not a member."""
+        with the presence row. The member-index row stays for a reader of the room to clear (R1). False: was not a
+        member."""
         rows = await self._partition(user)
         membership = self._row(rows, MEMBERSHIP_PREFIX + room)
         if membership is not None:
             keys = {"PartitionKey": user, "RowKey": MEMBERSHIP_PREFIX + room}
             delete = ("delete", keys, {"etag": membership.metadata["etag"], "match_condition": IF_MATCH})
             await self.client.submit_transaction([delete, self._guard(user, rows)])
-        await self.client.delete_entity(ROOM_PREFIX + room, user)
         return membership is not None
 
     async def set_status(self, user: str, connection: str, status: str) -> bool:
@@ -255,15 +255,15 @@ class MinimalFloor(_Client):
         return True
 
     async def leave(self, user: str, room: str) -> bool:
-        """Two requests: the membership's two rows, in two partitions, each deleted blind.
+        """One request: the user's row, the truth, deleted blind.
 
-        No read: leaving tests no limit, and deleting a row that is not there is harmless. The user's
-        row goes first, so a reader of the room never keeps a member whose row is gone. (Neither this
-        nor the app protects the room's row from a join of the same user racing the leave; see
-        docs/benchmarks.md.)
+        No read: leaving tests no limit, and deleting a row that is not there is harmless. A reader of the
+        room already keeps a member only if the user's row is there, so the room's row may stay; deleting
+        it in the leave would race a join of the same user (the join's row written, then deleted by the
+        leave's late second request): a reader clears it instead, on the ETag it read, once no join can be
+        writing it.
         """
         await self.client.delete_entity(user, self.MEMBER + room)
-        await self.client.delete_entity(self.MEMBERS + room, user)
         return True
 
     async def set_status(self, user: str, connection: str, status: str) -> bool:
