@@ -155,7 +155,8 @@ def markdown(results: dict[str, Any]) -> str:
         "- **floor**, client events: join, leave and setStatus as the app's design makes them (`mapping/rooms.py`, "
         "`mapping/store.py`): join reads the user's partition, writes the room's member-index row, then one "
         "transaction with the membership row and the presence row on its ETag; leave reads, then deletes the "
-        "membership row with the presence row in one transaction (the member-index row is left to readers); setStatus reads, writes the "
+        "membership row with the presence row in one transaction (the member-index row is left to readers); "
+        "setStatus reads, writes the "
         "expiry-index entry, then one transaction with the row (status and lease) and a new presence pair.",
         "- **minimal** (`bench/floor.py`, round trips only): the least any correct solution needs given the event's "
         "contract, whatever the design; each method's docstring says why no correct solution does with fewer.",
@@ -191,7 +192,8 @@ def round_trip_section(rows: list[dict[str, Any]]) -> list[str]:
         "(`bench/floor.py`, `MinimalFloor`, says why for each): connect and disconnect one write and one query of the "
         "user's partition; send and presence reads one query; join one read of the user's partition, the room's "
         "member row, and one transaction (the user's membership row with a guard row on its ETag, so racing joins "
-        "keep the 100-room limit); leave the user's membership row deleted blind; setStatus one read and one transaction "
+        "keep the 100-room limit); leave the user's membership row deleted blind; setStatus one read and one "
+        "transaction "
         "(the status in the row, and a version rewritten on its ETag, so the highest version is the current "
         "status). **floor** is the app's design as bare SDK calls. **naive**: `bench/naive.py`.",
         "",
