@@ -5,7 +5,7 @@ No function wrapper, no parsing, no validation, no key escaping, no output messa
 - `Floor`, the design floor: the table requests of the app's design and no others (with presence,
   one query of the user's partition, the expiry-index entry on connect, and one transaction that
   changes the row and writes the presence row conditional on the ETag the query returned; without
-  presence, the index entry, the row and a query of the user's rooms). The app cannot do less work on
+  presence the same requests, the presence row written unchanged). The app cannot do less work on
   the table than this; the ratio ours/floor is the cost of the app's own code. The client events
   follow the same design: join and leave as in `mapping/rooms.py` (R1, R2), setStatus as a live-row
   write with a presence decision (`mapping/store.py`).
@@ -35,12 +35,10 @@ from azure.data.tables import EdmType, EntityProperty, UpdateMode
 from azure.data.tables.aio import TableClient
 
 from mapping.keys import MEMBERSHIP_PREFIX, ROOM_PREFIX
-from mapping.membership import MEMBERSHIP_END
 from mapping.presence import PRESENCE_ROW
 
 LIVE = "PartitionKey eq @pk and LastSeen gt @cutoff"
 PARTITION = "PartitionKey eq @pk"
-ROOMS = "PartitionKey eq @pk and RowKey ge @first and RowKey lt @last"
 MAX_ROOMS = 100  # the contract: at most 100 rooms per user
 IF_MATCH = MatchConditions.IfNotModified
 
@@ -83,22 +81,17 @@ class Floor(_Client):
     """The design floor: the app's table requests as bare SDK calls."""
 
     async def connect(self, user: str, connection: str, *, presence: bool = True) -> None:
-        """Write the index entry and the row; with presence, read the partition first and decide in the write."""
+        """Read the partition, write the index entry, then the row in one transaction with the presence row on its
+        ETag (deciding presence, or, without presence, unchanged: a join racing the connect is serialised with it,
+        and the read gives the user's rooms, whose groups the new connection joins)."""
         now = datetime.now(UTC)
-        rows = await self._partition(user) if presence else []
+        rows = await self._partition(user)
         bucket = int(now.timestamp()) // 60 * 60
         entry = {"PartitionKey": f"%~x{bucket:012d}", "RowKey": f"{user}|{connection}", "UserKey": user}
         await self.client.upsert_entity(entry, mode=UpdateMode.MERGE)
         row = {"PartitionKey": user, "RowKey": connection, "ConnectedAt": now, "LastSeen": now}
-        if not presence:
-            await self.client.upsert_entity(row, mode=UpdateMode.MERGE)
-            # The user's rooms, whose groups the new connection joins (R3); with presence, the read above has them.
-            rooms = {"pk": user, "first": MEMBERSHIP_PREFIX, "last": MEMBERSHIP_END}
-            _ = [row async for row in self.client.query_entities(ROOMS, parameters=rooms, select=["RowKey"])]
-            return
-        await self.client.submit_transaction(
-            [("upsert", row, {"mode": UpdateMode.MERGE}), self._presence(user, rows, True)]
-        )
+        guard = self._presence(user, rows, True) if presence else self._guard(user, rows)
+        await self.client.submit_transaction([("upsert", row, {"mode": UpdateMode.MERGE}), guard])
 
     async def disconnect(self, user: str, connection: str, *, presence: bool = True) -> None:
         """Delete the row; with presence, read the partition first and decide in the same transaction."""

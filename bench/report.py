@@ -150,7 +150,8 @@ def markdown(results: dict[str, Any]) -> str:
         "- **floor** (`bench/floor.py`): the bare `azure.data.tables.aio` calls the event needs, on one shared "
         "client, making the requests of the app's design: with presence, a query of the user's partition, the "
         "expiry-index entry (connect), and one transaction that changes the row and writes the presence row "
-        "conditional on the ETag read; without presence, entry + row + a query of the user's rooms (connect) and a "
+        "conditional on the ETag read; without presence, the same for a connect (the presence row written "
+        "unchanged) and a "
         "delete (disconnect); one live-rows query (send, presence). No parsing, validation, key escaping or output.",
         "- **floor**, client events: join, leave and setStatus as the app's design makes them (`mapping/rooms.py`, "
         "`mapping/store.py`): join reads the user's partition, writes the room's member-index row, then one "

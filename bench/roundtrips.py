@@ -329,8 +329,8 @@ SCENARIOS: list[tuple[str, dict[str, Any], str]] = [
     (
         "connect, presence off",
         {"kind": "connect", "presence": False},
-        f"{INDEX_ENTRY}, and a query of the user's rooms, whose groups the new connection joins (R3; with presence "
-        "on, the one read of the user serves both)",
+        f"{INDEX_ENTRY}, and the read of the user: it gives the user's rooms, whose groups the new connection "
+        "joins, and the ETag that serialises the connect with a racing join (rooms R2, R3)",
     ),
     ("first connect in a new process (presence on)", {"kind": "connect", "cold": True}, ""),
     ("last disconnect, presence on", {"kind": "disconnect"}, ""),
