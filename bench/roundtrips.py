@@ -288,14 +288,19 @@ async def _sweep_counts(proxy: CountingProxy, direct: str, *, expired: int, user
         past = utc_now() - TTL - timedelta(minutes=5)
         limit = asyncio.Semaphore(32)
 
-        async def connect(user: str, conn: str, *, expired: bool) -> None:
+        async def connect_all(user: str, conns: list[str], *, expired: bool) -> None:
+            # One user's tabs in turn: a user's connects are serialised on their partition.
             async with limit:
-                await seeder.connect(user, conn, hub="chat", now=past if expired else None)
+                for conn in conns:
+                    await seeder.connect(user, conn, hub="chat", now=past if expired else None)
 
         try:
             await asyncio.gather(
-                *(connect(f"x{i % users}", f"xc{i}", expired=True) for i in range(expired)),
-                *(connect(f"l{i}", f"lc{i}", expired=False) for i in range(live)),
+                *(
+                    connect_all(f"x{u}", [f"xc{i}" for i in range(u, expired, users)], expired=True)
+                    for u in range(users)
+                ),
+                *(connect_all(f"l{i}", [f"lc{i}"], expired=False) for i in range(live)),
             )
         finally:
             await seeder.close()
