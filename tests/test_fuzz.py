@@ -15,6 +15,7 @@ import string
 import unicodedata
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from hypothesis import HealthCheck, event, example, given, settings
@@ -27,6 +28,11 @@ from mapping.cursor import encode_cursor
 from testkit.functions_host import Out, http, http_request, invocation, signalr_event
 
 pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("app_env", "figures")]
+
+
+def segment(text: str) -> str:
+    """Return text percent-encoded as one URL path segment, as a client would send it (lone surrogates too)."""
+    return quote(text.encode("utf-8", "surrogatepass"), safe="")
 
 
 def fuzz(examples: int) -> settings:
@@ -462,7 +468,12 @@ async def members_of(room: str, limit: int) -> list[dict[str, Any]]:
     members: list[dict[str, Any]] = []
     params = {"limit": str(limit)}
     for _ in range(50):
-        request = http_request("GET", f"rooms/{room}", params=params, route_params={"room": room})
+        request = http_request(
+            "GET",
+            f"rooms/{quote(room.encode('utf-8', 'surrogatepass'), safe='')}",
+            params=params,
+            route_params={"room": room},
+        )
         status, body = await checked_http("room_members", request)
         assert status == 200
         assert body["room"] == room
@@ -522,10 +533,12 @@ async def test_fuzzed_room_and_status_arguments_get_one_error_or_their_actions(
     user_ok = user is not None and valid_name(user)
     async with fresh_table(azurite, monkeypatch) as table:
         joined: set[str] = set()
+        ever: set[str] = set()  # rooms joined at some point: a leave leaves their index rows to readers (R1)
         if connected and user_ok and connection is not None and valid_name(connection):
             await connect(str(user), connection)
         if member and user_ok and valid_room(room):
             joined.add(str(room))
+            ever.add(str(room))
             assert "error" not in kinds(await client_event("join_room", user, "setup", room), "setup")
         out = await signalr_event(
             function, event_payload(ROOM_EVENTS[function], user=user, connection=connection, arguments=arguments)
@@ -533,7 +546,7 @@ async def test_fuzzed_room_and_status_arguments_get_one_error_or_their_actions(
         found = kinds(out, connection)
         if not connection:
             assert out.value is None, "no connection to answer"
-            await rooms_agree(azurite, table, user, joined)
+            await rooms_agree(azurite, table, user, joined, ever)
             return
         ok: bool | None
         if function in ("join_room", "leave_room"):
@@ -581,13 +594,16 @@ async def test_fuzzed_room_and_status_arguments_get_one_error_or_their_actions(
                 assert connection in grouped, "the caller's connection follows the membership"
                 assert all(m["groupName"] == room for m in out.messages if "action" in m)
                 joined = joined | {str(room)} if joining else joined - {str(room)}
-        await rooms_agree(azurite, table, user, joined)
+                ever |= joined
+        await rooms_agree(azurite, table, user, joined, ever)
 
 
-async def rooms_agree(azurite: Azurite, table: str, user: str | None, joined: set[str]) -> None:
-    """Assert the table holds exactly the user's `joined` rooms (R1 exact), and both routes say so."""
+async def rooms_agree(azurite: Azurite, table: str, user: str | None, joined: set[str], ever: set[str]) -> None:
+    """Assert the table holds exactly the user's `joined` rooms, every one indexed (R1), the index's other rows
+    only rooms the user left (kept for readers to clear), and both routes say so."""
     members, indexed = await memberships_in_table(azurite, table)
-    assert members == indexed, "R1: every membership row has its index row, and nothing failed"
+    assert members <= indexed, "R1: every membership row has its index row"
+    assert {room for _, room in indexed - members} <= ever - joined, "only rooms left keep an index row"
     assert len(members) == len(joined)
     if user is not None and valid_name(user):
         assert sorted(await rooms_of(user)) == sorted(joined)
@@ -627,6 +643,7 @@ async def test_fuzzed_joins_and_leaves_agree_with_a_model(
     count("room_sequences")
     pool = ROOM_POOL + extra_rooms
     rooms: dict[int, set[str]] = {person: set() for person in range(len(USER_KEYS))}
+    ever: set[tuple[str, str]] = set()  # (user key, room) pairs joined at some point
     live: dict[int, set[str]] = {person: set() for person in range(len(USER_KEYS))}
     async with fresh_table(azurite, monkeypatch) as table:
         for operation, spelling, slot, pick in operations:
@@ -656,6 +673,7 @@ async def test_fuzzed_joins_and_leaves_agree_with_a_model(
                 assert announcement["arguments"][0]["joined"] is (operation == "join")
                 if operation == "join":
                     rooms[person].add(room)
+                    ever.add((USER_KEYS[person], room))
                 else:
                     rooms[person].discard(room)
         for spelling, user in enumerate(USERS):
@@ -671,7 +689,7 @@ async def test_fuzzed_joins_and_leaves_agree_with_a_model(
         members, indexed = await memberships_in_table(azurite, table)
         expected_rows = {(USER_KEYS[person], room) for person in rooms for room in rooms[person]}
         assert members == expected_rows
-        assert indexed == expected_rows, "R1: the member index is exact when nothing failed"
+        assert expected_rows <= indexed <= ever, "R1: every member indexed; other index rows only of pairs that left"
 
 
 CONCURRENT_ROOMS = ["lobby", "den"]
@@ -681,13 +699,6 @@ RACE_EVERYWHERE = [("join", person, room) for person in range(3) for room in ran
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in mapping/rooms.py (Rooms.leave): a leave racing a join of the same user and room finds no "
-    "membership row yet, deletes the member-index row the join has just written, and the join's membership row "
-    "then commits; R1 is broken for good: GET /api/users/{user} lists the room, GET /api/rooms/{room} never lists "
-    "the user, and a repeated join (already a member) does not write the index row again",
-)
 @fuzz(15)
 @example(batches=[RACE_EVERYWHERE] * 3)
 @given(
@@ -783,7 +794,12 @@ async def test_fuzzed_room_lists_get_a_contract_answer(room: str, params: dict[s
     count("room_lists")
     if valid_room(room):  # one known member in every valid room the fuzzer names (the table is shared)
         assert "error" not in kinds(await client_event("join_room", "roomie", "r-1", room), "r-1")
-    request = http_request("GET", f"rooms/{room}", params=params, route_params={"room": room})
+    request = http_request(
+        "GET",
+        f"rooms/{quote(room.encode('utf-8', 'surrogatepass'), safe='')}",
+        params=params,
+        route_params={"room": room},
+    )
     status, body = await checked_http("room_members", request)
     event(f"room list: {status}")
     assert status in (200, 400)
@@ -842,7 +858,13 @@ async def test_fuzzed_room_sends_get_a_contract_answer(room: str, body: bytes, s
     count("room_send_bodies")
     headers = {"x-ms-client-principal-name": sender} if sender is not None else {}
     out = Out()
-    request = http_request("POST", f"rooms/{room}/send", body=body, headers=headers, route_params={"room": room})
+    request = http_request(
+        "POST",
+        f"rooms/{quote(room.encode('utf-8', 'surrogatepass'), safe='')}/send",
+        body=body,
+        headers=headers,
+        route_params={"room": room},
+    )
     status, payload = await checked_http("send_to_room", request, signalr=out)
     event(f"room send: {status}")
     assert status in room_send_statuses(room, body), (status, payload)
