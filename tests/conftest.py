@@ -95,6 +95,16 @@ async def index_rows(azurite: Azurite, table: str) -> list[dict[str, object]]:
     return [row for row in await all_rows(azurite, table) if str(row["PartitionKey"]).startswith(INDEX_PREFIX)]
 
 
+@pytest.fixture
+async def restored_environment() -> AsyncIterator[None]:
+    """The bench points the app at its tables through the environment: put the environment back afterwards."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+    await runtime.reset()
+
+
 @pytest.fixture(scope="session")
 def figures() -> Iterator[Figures]:
     """The reliability figures of this run, written to JSON when the session ends."""

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from bench.floor import Floor
 from bench.naive import NaiveFunctions
@@ -19,7 +15,6 @@ from bench.report import NOT_COUNTED, ROUND_TRIP_IMPLS, round_trip_line
 from bench.roundtrips import CLIENT_SCENARIOS, count_client_round_trips
 from bench.workload import fresh_table
 from conftest import Azurite
-from mapping import runtime
 from mapping.entity import ConnectionEntity
 from testkit.azurite import connection_string
 from testkit.functions_host import Out, http, http_request
@@ -69,16 +64,6 @@ async def test_naive_send_delivers_what_the_app_delivers(azurite: Azurite, app_e
 
 
 LATEST = Path(__file__).resolve().parent.parent / "bench" / "results" / "latest.md"
-
-
-@pytest.fixture
-async def restored_environment() -> AsyncIterator[None]:
-    """The bench points the app at its tables through the environment: put the environment back afterwards."""
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
-    await runtime.reset()
 
 
 def _reported_counts(scenario: str) -> list[str]:

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator
-
 import pytest
 
 from bench.__main__ import SMOKE, measure_cell
 from bench.sweep_scale import measure
 from bench.workload import CLIENT_KINDS, EVENTS, IMPLS, Event
 from conftest import Azurite
-from mapping import runtime
 
 
 async def test_sweep_benchmark_smoke() -> None:
@@ -30,16 +26,6 @@ async def test_sweep_benchmark_smoke() -> None:
             assert result.scanned == result.entities_read
         else:
             assert result.scanned == result.live_rows + 15
-
-
-@pytest.fixture
-async def restored_environment() -> AsyncIterator[None]:
-    """The bench points the app at its tables through the environment: put the environment back afterwards."""
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
-    await runtime.reset()
 
 
 @pytest.mark.parametrize("impl", IMPLS)
