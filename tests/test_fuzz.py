@@ -620,11 +620,12 @@ ROOM_POOL = ["lobby", "Lobby", "a" * 64, "a" * 65, "lobby ", "", "lob/by", "\u01
 @fuzz(60)
 @given(
     extra_rooms=st.lists(room_like, max_size=2),
+    opening=st.lists(st.tuples(st.integers(0, len(USERS) - 1), st.integers(0, 2)), min_size=2, max_size=6),
     operations=st.lists(
         st.tuples(
-            st.sampled_from(["join", "join", "leave", "leave", "connect", "disconnect"]),
+            st.sampled_from(["join", "join", "leave", "leave", "connect", "connect", "disconnect"]),
             st.integers(0, len(USERS) - 1),
-            st.integers(0, 1),
+            st.integers(0, 2),
             st.one_of(st.integers(0, 2), st.integers(0, 20)),  # mostly the valid rooms, so leaves meet joins
         ),
         min_size=6,
@@ -634,6 +635,7 @@ ROOM_POOL = ["lobby", "Lobby", "a" * 64, "a" * 65, "lobby ", "", "lob/by", "\u01
 )
 async def test_fuzzed_joins_and_leaves_agree_with_a_model(
     extra_rooms: list[str],
+    opening: list[tuple[int, int]],
     operations: list[tuple[str, int, int, int]],
     limit: int,
     azurite: Azurite,
@@ -646,7 +648,8 @@ async def test_fuzzed_joins_and_leaves_agree_with_a_model(
     ever: set[tuple[str, str]] = set()  # (user key, room) pairs joined at some point
     live: dict[int, set[str]] = {person: set() for person in range(len(USER_KEYS))}
     async with fresh_table(azurite, monkeypatch) as table:
-        for operation, spelling, slot, pick in operations:
+        # Some connections open first, so joins and leaves meet users with several tabs (R3).
+        for operation, spelling, slot, pick in [("connect", *connection, 0) for connection in opening] + operations:
             user, person, room = USERS[spelling], PERSON[spelling], pool[pick % len(pool)]
             caller = f"c{slot}-{USER_KEYS[person]}"
             if operation == "connect":
@@ -665,6 +668,7 @@ async def test_fuzzed_joins_and_leaves_agree_with_a_model(
                     one_error(out, caller)
                     continue
                 event(f"{operation}: {'a member' if room in rooms[person] else 'not a member'}")
+                event(f"{operation}: {min(len(live[person] - {caller}), 2)} other live connections")
                 action = "add" if operation == "join" else "remove"
                 assert set(kinds(out, caller)) <= {action, "announcement", "presence"}
                 grouped = {m["connectionId"] for m in out.messages if m.get("action") == action}
@@ -715,8 +719,12 @@ async def test_fuzzed_concurrent_joins_and_leaves_keep_the_member_index(
 ) -> None:
     """Joins and leaves run at once: every membership row keeps its index row, and the lists agree with the rows."""
     count("room_races")
+    ever: set[tuple[str, str]] = set()  # (user key, room) pairs joined at some point
     async with fresh_table(azurite, monkeypatch) as table:
         for batch in batches:
+            ever |= {
+                (USER_KEYS[person], CONCURRENT_ROOMS[room]) for operation, person, room in batch if operation == "join"
+            }
             calls = [
                 client_event(
                     f"{operation}_room",
@@ -734,6 +742,7 @@ async def test_fuzzed_concurrent_joins_and_leaves_keep_the_member_index(
                 if len(done) == 1:
                     assert ((USER_KEYS[person], CONCURRENT_ROOMS[room]) in members) is (operation == "join")
             assert members <= indexed, "R1: every membership row has its member-index row"
+            assert indexed <= ever, "index rows only of pairs that joined"
             for room_name in CONCURRENT_ROOMS:
                 found = await members_of(room_name, 100)
                 listed = {unicodedata.normalize("NFC", member["user"].casefold()) for member in found}
