@@ -7,11 +7,6 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt
-
 from bench.workload import EVENTS, IMPLS
 
 ROUND_TRIP_IMPLS = ("minimal", *IMPLS)
@@ -320,6 +315,7 @@ def _headline(all_ratios: dict[tuple[str, int], dict[str, float]], levels: list[
 
 def _grid() -> tuple[Any, list[Any]]:
     rows = -(-len(EVENTS) // 3)
+    plt = _pyplot()
     figure, axes = plt.subplots(rows, 3, figsize=(15, 4 * rows), constrained_layout=True)
     cells = list(axes.flat)
     for spare in cells[len(EVENTS) :]:
@@ -340,7 +336,7 @@ def _plot_throughput(samples: dict[tuple[str, int, str], dict[str, Any]], levels
     axes[0].legend()
     figure.suptitle("Throughput per event (higher is better)")
     figure.savefig(path, dpi=90)
-    plt.close(figure)
+    _pyplot().close(figure)
 
 
 def _plot_latency(samples: dict[tuple[str, int, str], dict[str, Any]], levels: list[int], path: Path) -> None:
@@ -357,10 +353,11 @@ def _plot_latency(samples: dict[tuple[str, int, str], dict[str, Any]], levels: l
     axes[0].legend()
     figure.suptitle("Latency per event (lower is better)")
     figure.savefig(path, dpi=90)
-    plt.close(figure)
+    _pyplot().close(figure)
 
 
 def _plot_cold_start(rows: list[dict[str, Any]], path: Path) -> None:
+    plt = _pyplot()
     figure, axis = plt.subplots(figsize=(11, 3.5), constrained_layout=True)
     labels = [_wrap(row["case"]) for row in rows]
     axis.barh(labels, [row["median_ms"] for row in rows], color="#1f77b4", label="in-process")
@@ -383,3 +380,14 @@ def _wrap(text: str, width: int = 60) -> str:
         else:
             current = f"{current} {word}".strip()
     return "\n".join([*lines, current])
+
+
+def _pyplot() -> Any:
+    """Return matplotlib's pyplot, drawing to files only (imported here: `make test` imports this module, and
+    matplotlib comes with the bench's own requirements)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -68,6 +68,7 @@ def _body_object(body: bytes) -> dict[str, Any]:
         raise InvalidRequestError("the body must be a JSON object")
     if "message" not in data:
         raise InvalidRequestError("'message' is required")
+    _encodable(data["message"])
     return data
 
 
@@ -75,6 +76,7 @@ def _target(data: dict[str, Any]) -> str:
     target = data.get("target", DEFAULT_TARGET)
     if not isinstance(target, str) or not target.strip() or len(target) > MAX_TARGET_LENGTH:
         raise InvalidRequestError(f"'target' must be a non-empty string of at most {MAX_TARGET_LENGTH} characters")
+    _encodable(target)
     return target
 
 
@@ -89,9 +91,10 @@ def _client_message(message: Any) -> Any:
     if not within_depth(message, MAX_JSON_DEPTH):
         raise InvalidRequestError(f"the message must nest at most {MAX_JSON_DEPTH} levels")
     try:
-        size = len(json.dumps(message, ensure_ascii=False, allow_nan=False).encode())
+        text = json.dumps(message, ensure_ascii=False, allow_nan=False)
     except ValueError:
         raise InvalidRequestError("the message must be plain JSON (no NaN or Infinity)") from None
+    size = len(_encodable(text))
     if size > MAX_BODY_BYTES:
         raise PayloadTooLargeError(f"the message must be at most {MAX_BODY_BYTES} bytes")
     return message
@@ -103,6 +106,15 @@ async def send_to_user(store: ConnectionStore, request: SendRequest, *, sender: 
     if not connections:
         raise UserOfflineError(f"user {request.to!r} has no live connection")
     return delivery_messages(connections, target=request.target, sender=sender, to=request.to, message=request.message)
+
+
+def _encodable(message: Any) -> bytes:
+    """Return a message's UTF-8 JSON; a lone surrogate (valid in a JSON escape, not in UTF-8) is refused."""
+    text = message if isinstance(message, str) else json.dumps(message, ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        raise InvalidRequestError("the message must be valid Unicode (no lone surrogates)") from None
 
 
 def room_delivery_of(request: RoomSendRequest, *, sender: str | None) -> Message:

@@ -471,3 +471,30 @@ async def test_leave_removes_lapsed_tabs_too() -> None:
     await Rooms(store).join("max", "club")
     out = await leave("max", "busy", "club")
     assert groups(out, "remove") == {("club", "quiet"), ("club", "busy")}
+
+
+@pytest.mark.parametrize(
+    ("function", "route", "body"),
+    [
+        ("send_to_room", "rooms/lobby/send", b'{"message": "\\ud800"}'),
+        ("send_to_room", "rooms/lobby/send", b'{"message": {"k": ["\\udfff"]}}'),
+        ("send_to_room", "rooms/lobby/send", b'{"message": 1, "target": "\\ud800"}'),
+        ("send", "send", b'{"to": "bob", "message": "\\ud800"}'),
+    ],
+)
+async def test_a_lone_surrogate_in_a_message_is_400_and_sends_nothing(function: str, route: str, body: bytes) -> None:
+    """A JSON escape of a lone surrogate parses but cannot be sent as UTF-8: a 400 naming it, nothing sent."""
+    out = Out()
+    request = http_request("POST", route, body=body, route_params={"room": "lobby"})
+    status, payload, _ = await http(function, request, signalr=out)
+    assert (status, out.value) == (400, None)
+    assert "surrogate" in payload["error"]
+
+
+async def test_a_lone_surrogate_in_a_room_message_answers_one_error() -> None:
+    """sendToRoom with a lone surrogate in the message gets one error that says so."""
+    await connect("sue", "s1")
+    await join("sue", "s1", "club")
+    out = await client_call("send_to_room_message", "sendToRoom", "sue", "s1", "club", "\ud800")
+    [error] = errors(out)
+    assert "surrogate" in error["arguments"][0]["error"]
