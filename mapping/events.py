@@ -141,8 +141,8 @@ async def _membership(store: ConnectionStore, event: Invocation, *, joining: boo
         return [*revived, error_message(event.connection_id, str(error))]
     except StorageError as error:
         return [*revived, _unavailable(event.connection_id, method, error)]
-    # The caller too, should its row be missing: it asked.
-    connections = dict.fromkeys([*change.connections, event.connection_id])
+    # The caller first (it is surely connected: it asked), even should its row be missing.
+    connections = dict.fromkeys([event.connection_id, *change.connections])
     announcement = room_message(change.room, user=change.user, joined=joining)
     if joining:
         return [*revived, *(join_group(c, change.room) for c in connections), announcement]
