@@ -342,7 +342,7 @@ def client_message_ok(message: object) -> bool | None:
         return False
     text = json.dumps(message, ensure_ascii=False)
     if any(0xD800 <= ord(ch) <= 0xDFFF for ch in text):
-        return None  # lone surrogates: not text, but nothing says whether the message is refused
+        return False  # a lone surrogate: not text, it cannot be sent as UTF-8
     return len(text.encode()) <= MAX_MESSAGE_BYTES
 
 
@@ -839,9 +839,20 @@ def room_send_statuses(room: str, body: bytes) -> set[int]:
     target = data.get("target", "newMessage")
     if not isinstance(target, str) or not target.strip():
         return {400}
+    if not utf8_encodable([data["message"], target]):
+        return {400}  # a lone surrogate (a valid JSON escape) cannot be sent as UTF-8
     if len(target) > 256 or depth(data) > MAX_MESSAGE_DEPTH + 1:
         return {200, 400}  # bounds the contract leaves to the implementation
     return {200}
+
+
+def utf8_encodable(value: Any) -> bool:
+    """Return whether a JSON value's text encodes as UTF-8 (it holds no lone surrogate)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @fuzz(400)
