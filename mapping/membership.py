@@ -9,8 +9,6 @@ from typing import Any
 
 from mapping.keys import MEMBERSHIP_PREFIX, membership_key, room_partition
 
-MEMBERSHIP_END = MEMBERSHIP_PREFIX[:-1] + chr(ord(MEMBERSHIP_PREFIX[-1]) + 1)  # just past every `%~r...` key
-
 
 @dataclass(frozen=True, slots=True)
 class Membership:

@@ -2,14 +2,15 @@
 
 Callers see ConnectionEntity values, presence changes and typed errors only; the table layer
 (`mapping.table`) holds the client and translates Azure errors. Every row write follows the expiry
-index's rule (`mapping.expiry`, E1: the index entry first) and, with presence events on, the
-presence protocol's (`mapping.presence`, P2: one query reads the user's rows and presence row, one
-transaction conditional on that read changes a row and decides presence together).
+index's rule (`mapping.expiry`, E1: the index entry first) and the presence protocol's
+(`mapping.presence`, P2: one query reads the user's partition, rows, presence row and room
+memberships, and one transaction conditional on that read changes a row and decides presence
+together; with presence events off it decides nothing, but still serialises connects with joins).
 
-Table requests per event with presence on: first connect 3 (read, index entry, transaction), other
-connects 3, disconnect 2 (read, transaction), a client message 0-2 (refreshes at most once per
-quarter lease: index entry, row; a connection this instance has not refreshed within half a lease
-reads its user first, as a lapsed lease made live again is a presence change).
+Table requests per event: connect 3 (read, index entry, transaction), disconnect 2 (read,
+transaction; 1 with presence events off), setStatus 3, a client message 0-2 (refreshes at most once
+per quarter lease: index entry, row; a connection this instance has not refreshed within half a
+lease reads its user first, as a lapsed lease made live again is a presence change).
 """
 
 from __future__ import annotations
@@ -31,14 +32,13 @@ from mapping.errors import BatchRejectedError, ConflictError, RowChangedError, S
 from mapping.expiry import ExpiryIndex
 from mapping.keys import (
     BOOKKEEPING_PREFIX,
-    MEMBERSHIP_PREFIX,
     connection_key,
     normalize_user_name,
     unescape_key,
     user_key,
 )
 from mapping.lease import Lease
-from mapping.membership import MEMBERSHIP_END, Membership, is_membership_key
+from mapping.membership import Membership, is_membership_key
 from mapping.presence import (
     PRESENCE_ROW,
     PresenceChange,
@@ -122,10 +122,6 @@ class UserView:
     rows: dict[str, ConnectionEntity] = field(default_factory=dict)
     presence: Recorded = field(default_factory=Recorded)
     rooms: dict[str, Membership] = field(default_factory=dict)  # the user's rooms, by name
-
-    def online(self, lease: Lease, *, now: datetime, without: str | None = None) -> bool:
-        """Return whether a row other than `without` holds a live lease at `now`."""
-        return any(lease.is_live(row.last_seen, now) for key, row in self.rows.items() if key != without)
 
     def name(self) -> str:
         """Return the user's name as received: from a row, else as last written to the presence row."""
@@ -303,16 +299,6 @@ class ConnectionStore:
         return UserPresence(
             name, view.state_now(self.lease, now=moment), view.live(self.lease, now=moment), tuple(sorted(view.rooms))
         )
-
-    async def rooms_of(self, partition: str) -> tuple[str, ...]:
-        """Return the rooms of a user (by user key), in name order: one query of their membership rows."""
-        rows = await self.table.query(
-            "PartitionKey eq @pk and RowKey ge @first and RowKey lt @last",
-            {"pk": partition, "first": MEMBERSHIP_PREFIX, "last": MEMBERSHIP_END},
-            action="read a user's rooms",
-            select=["RowKey", "Room", "JoinedAt"],
-        )
-        return tuple(sorted(Membership.from_table(row).room for row in rows))
 
     async def connections_of(self, user_name: str, *, now: datetime | None = None) -> list[ConnectionEntity]:
         """Return the live connections of a user (case-insensitive), oldest first."""

@@ -29,7 +29,6 @@ from fake_service import FakeService
 from faultproxy import PASS, Fault, FaultProxy, fault_proxy
 from figures import Figures
 from mapping.errors import StorageError
-from mapping.keys import user_key
 from mapping.liveness import AGE_ONLY, Listing, Liveness
 from mapping.presence import PresenceChange
 from mapping.rooms import RoomChange, Rooms
@@ -413,7 +412,7 @@ async def test_every_room_crash_point_leaves_a_whole_membership(
 
 async def member(w: World) -> bool:
     """Return whether ada is in club by her partition (the truth)."""
-    return "club" in await w.store.rooms_of(user_key("ada"))
+    return "club" in (await w.store.presence_of("ada")).rooms
 
 
 async def assert_whole_membership(w: World, *, label: str) -> None:

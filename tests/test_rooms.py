@@ -217,7 +217,7 @@ async def test_concurrent_joins_keep_the_room_limit() -> None:
     results = await asyncio.gather(*(rooms.join("ivy", f"late{n}") for n in range(6)), return_exceptions=True)
     assert sum(not isinstance(result, BaseException) for result in results) == 2
     assert all(isinstance(result, InvalidRequestError) for result in results if isinstance(result, BaseException))
-    assert len(await store.rooms_of("ivy")) == MAX_ROOMS_PER_USER
+    assert len((await store.presence_of("ivy")).rooms) == MAX_ROOMS_PER_USER
 
 
 async def test_a_connect_racing_a_join_ends_in_the_group() -> None:
@@ -274,7 +274,7 @@ async def test_a_half_written_join_lists_nobody(azurite: Azurite) -> None:
             assert sorted(str(r["RowKey"]) for r in index) == ["kim", "lee"]  # the half-written join left its index row
             page = await Rooms(direct).members("club")
             assert [m.user for m in page.members] == ["lee"]
-            assert await direct.rooms_of("kim") == ()
+            assert (await direct.presence_of("kim")).rooms == ()
             proxy.rule = None
             await Rooms(faulty).join("kim", "club")
             assert [m.user for m in (await Rooms(direct).members("club")).members] == ["kim", "lee"]
@@ -409,7 +409,7 @@ async def test_a_leave_racing_a_join_keeps_the_member_listed(azurite: Azurite) -
 
         first.transact = leave_then_a_racing_join  # type: ignore[method-assign]
         await Rooms(first).leave("amy", "club")
-        assert await first.rooms_of("amy") == ("club",)
+        assert (await first.presence_of("amy")).rooms == ("club",)
         assert [m.user for m in (await Rooms(second).members("club")).members] == ["amy"]
     finally:
         await first.close()
