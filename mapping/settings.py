@@ -26,6 +26,9 @@ VALUE_SETTINGS: tuple[str, ...] = (
     "PRESENCE_EVENTS",
     "SWEEP_SCHEDULE",
     "MAPPING_MAX_AGE_SECONDS",
+    "PRESENCE_AUDIENCE",
+    "PRESENCE_WATCH",
+    "PRESENCE_GRACE_SECONDS",
 )
 # Every app setting the app reads, by name: the one list deployment templates are checked against.
 APP_SETTING_NAMES: tuple[str, ...] = CONNECTION_SETTINGS + VALUE_SETTINGS
@@ -36,6 +39,10 @@ DEFAULT_MAX_AGE_SECONDS = 24 * 3600
 DEFAULT_HUB = "chat"
 DEFAULT_SWEEP_SCHEDULE = "0 */5 * * * *"
 MAX_SECONDS = 366 * 24 * 3600  # durations above a year are configuration mistakes
+DEFAULT_GRACE_SECONDS = 15
+MAX_GRACE_SECONDS = 3600  # a grace longer than an hour is a configuration mistake
+AUDIENCES = ("scoped", "hub")  # PRESENCE_AUDIENCE: rooms, watchers and own tabs; or the whole hub
+WATCH_POLICIES = ("anyone", "room-members", "nobody")  # PRESENCE_WATCH: whom a connection may watch
 
 _TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
 _HUB_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
@@ -83,6 +90,10 @@ class Settings:
     sweep_schedule: str = DEFAULT_SWEEP_SCHEDULE
     max_age: timedelta = timedelta(seconds=DEFAULT_MAX_AGE_SECONDS)
     signalr: SignalRConnection | None = None
+    presence_audience: str = "scoped"
+    presence_watch: str = "anyone"
+    # No grace unless asked: the app setting's default (15 s) is applied by from_environment.
+    presence_grace: timedelta = timedelta(0)
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -97,6 +108,9 @@ class Settings:
             sweep_schedule=_value(env, "SWEEP_SCHEDULE") or DEFAULT_SWEEP_SCHEDULE,
             max_age=timedelta(seconds=_positive_int(env, "MAPPING_MAX_AGE_SECONDS", DEFAULT_MAX_AGE_SECONDS)),
             signalr=_signalr_connection(env),
+            presence_audience=_choice(env, "PRESENCE_AUDIENCE", AUDIENCES),
+            presence_watch=_choice(env, "PRESENCE_WATCH", WATCH_POLICIES),
+            presence_grace=timedelta(seconds=_grace_seconds(env)),
         )
 
 
@@ -194,3 +208,28 @@ def _boolean(env: Mapping[str, str], name: str, *, default: bool) -> bool:
     if raw.lower() in _FALSE:
         return False
     raise ConfigurationError(f"{name} must be true or false, got {raw!r}")
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """Return a setting that takes one of `choices` (case-insensitive); the first is the default."""
+    raw = _value(env, name)
+    if raw is None:
+        return choices[0]
+    if raw.lower() not in choices:
+        raise ConfigurationError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw.lower()
+
+
+def _grace_seconds(env: Mapping[str, str]) -> int:
+    """Return PRESENCE_GRACE_SECONDS: 0 (announce offline at once) up to an hour."""
+    name = "PRESENCE_GRACE_SECONDS"
+    raw = _value(env, name)
+    if raw is None:
+        return DEFAULT_GRACE_SECONDS
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a whole number of seconds, got {raw!r}") from None
+    if not 0 <= value <= MAX_GRACE_SECONDS:
+        raise ConfigurationError(f"{name} must be between 0 and {MAX_GRACE_SECONDS}, got {value}")
+    return value

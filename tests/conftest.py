@@ -53,6 +53,8 @@ async def app_env(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> AsyncIte
         "MAPPING_TTL_SECONDS": "600",
         "SIGNALR_HUB": "chat",
         "PRESENCE_EVENTS": "true",
+        "PRESENCE_AUDIENCE": "hub",
+        "PRESENCE_GRACE_SECONDS": "0",
         "SWEEP_SCHEDULE": "0 */5 * * * *",
     }
     for name in list(os.environ):

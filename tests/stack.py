@@ -95,6 +95,8 @@ def running_stack(
                 "MAPPING_TTL_SECONDS": str(ttl_seconds),
                 "SIGNALR_HUB": HUB,
                 "PRESENCE_EVENTS": "true",
+                "PRESENCE_AUDIENCE": "hub",
+                "PRESENCE_GRACE_SECONDS": "0",
                 "SWEEP_SCHEDULE": sweep_schedule,
                 "AzureSignalRConnectionString": (
                     f"Endpoint=http://127.0.0.1;Port={emulator_port};AccessKey={ACCESS_KEY};Version=1.0;"

@@ -19,6 +19,8 @@ def test_defaults_apply_when_only_a_connection_is_set() -> None:
     assert settings.presence_events is True
     assert settings.sweep_schedule == "0 */5 * * * *"
     assert settings.storage.connection_string == "UseDevelopmentStorage=true"
+    assert (settings.presence_audience, settings.presence_watch) == ("scoped", "anyone")
+    assert settings.presence_grace == timedelta(seconds=15)
 
 
 def test_every_setting_is_read_by_its_app_setting_name() -> None:
@@ -37,6 +39,20 @@ def test_every_setting_is_read_by_its_app_setting_name() -> None:
     assert settings.presence_events is False
     assert settings.sweep_schedule == "*/30 * * * * *"
     assert {"MAPPING_TABLE", "MAPPING_TTL_SECONDS", "SIGNALR_HUB", "PRESENCE_EVENTS"} <= set(APP_SETTING_NAMES)
+
+
+def test_presence_settings_are_read_by_their_names() -> None:
+    """PRESENCE_AUDIENCE, PRESENCE_WATCH (case-insensitive) and PRESENCE_GRACE_SECONDS (0 allowed) are read."""
+    settings = Settings.from_environment(
+        {
+            "MAPPING_STORAGE": "x",
+            "PRESENCE_AUDIENCE": "Hub",
+            "PRESENCE_WATCH": "room-members",
+            "PRESENCE_GRACE_SECONDS": "0",
+        }
+    )
+    assert (settings.presence_audience, settings.presence_watch) == ("hub", "room-members")
+    assert settings.presence_grace == timedelta(0)
 
 
 def test_mapping_storage_wins_over_the_host_storage() -> None:
@@ -90,6 +106,11 @@ def test_host_storage_fallbacks(env: dict[str, str], expected: tuple[str | None,
         {"MAPPING_STORAGE": "x", "MAPPING_TABLE": "ab"},
         {"MAPPING_STORAGE": "x", "PRESENCE_EVENTS": "maybe"},
         {"MAPPING_STORAGE": "x", "SIGNALR_HUB": "bad hub"},
+        {"MAPPING_STORAGE": "x", "PRESENCE_AUDIENCE": "everyone"},
+        {"MAPPING_STORAGE": "x", "PRESENCE_WATCH": "friends"},
+        {"MAPPING_STORAGE": "x", "PRESENCE_GRACE_SECONDS": "-1"},
+        {"MAPPING_STORAGE": "x", "PRESENCE_GRACE_SECONDS": "3601"},
+        {"MAPPING_STORAGE": "x", "PRESENCE_GRACE_SECONDS": "1.5"},
     ],
 )
 def test_bad_settings_raise_a_configuration_error(env: dict[str, str]) -> None:
