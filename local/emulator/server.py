@@ -9,6 +9,11 @@ Admin (loopback callers only, no token):
 - `GET /admin/connections`: the live connections.
 - `GET /admin/rest-calls`: `{"total": n, "byRoute": {"<METHOD> <route template>": n}}`, every REST call answered
   (errors included) since the start or the last reset; `DELETE /admin/rest-calls` answers the same and resets it.
+- `GET /admin/messages`: outbound messages as Azure bills them, since the start or the last reset: `{"total": n,
+  "byKind": {"connection": n, "user": n, "group": n, "broadcast": n}, "byTarget": {"<target>": n},
+  "byTargetAndKind": {"<target>": {"<kind>": n}}, "byGroup": {"<group>": n}}`; each REST send counts, per
+  connection it reached, one message per started 2 KB of the framed record (pings, handshakes, close records,
+  completions and group calls count nothing); `DELETE /admin/messages` answers the same and resets it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from urllib.parse import urlencode
 from aiohttp import WSMsgType, web
 
 from local.emulator import paging, protocol, tokens
+from local.emulator.billing import BilledMessages
 from local.emulator.registry import ClientConnection, PendingConnection, Registry, hub_key, send_to
 from local.emulator.upstream import CONNECTIONS, MESSAGES, Caller, Upstream
 
@@ -40,6 +46,8 @@ MAX_BODY_BYTES = 1024 * 1024
 HUB_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_`,.\[\]]{0,127}$")
 LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 PENDING_SECONDS = 60.0
+# A REST send's pick of recipients, as the billed-message counts name it.
+SEND_KINDS = {"connection": "connection", "user": "user", "group": "group", "all": "broadcast"}
 HANDSHAKE_TIMEOUT = 15.0
 
 
@@ -80,6 +88,7 @@ UPSTREAM = web.AppKey("upstream", Upstream)
 FAULTS = web.AppKey("faults", Faults)
 TASKS = web.AppKey("tasks", set[asyncio.Task[None]])
 REST_CALLS = web.AppKey("rest_calls", RestCalls)
+BILLED = web.AppKey("billed", BilledMessages)
 PAGING_SECRET = web.AppKey("paging_secret", bytes)
 
 
@@ -92,6 +101,7 @@ def create_app(config: EmulatorConfig) -> web.Application:
     app[FAULTS] = Faults()
     app[TASKS] = set()
     app[REST_CALLS] = RestCalls()
+    app[BILLED] = BilledMessages()
     app[PAGING_SECRET] = secrets.token_bytes(32)
     app.router.add_post("/client/negotiate", negotiate)
     app.router.add_get("/client/", client_socket)
@@ -102,6 +112,8 @@ def create_app(config: EmulatorConfig) -> web.Application:
     app.router.add_get("/admin/connections", list_connections)
     app.router.add_get("/admin/rest-calls", rest_calls)
     app.router.add_delete("/admin/rest-calls", reset_rest_calls)
+    app.router.add_get("/admin/messages", billed_messages)
+    app.router.add_delete("/admin/messages", reset_billed_messages)
     app.router.add_get("/health", health)
     app.on_shutdown.append(_close_connections)
     app.on_cleanup.append(_close_upstream)
@@ -377,8 +389,8 @@ async def _authorised(request: web.Request, *, versions: frozenset[str] = API_VE
     return hub
 
 
-async def _payload(request: web.Request) -> str | web.Response:
-    """Read a `{"target", "arguments"}` body into the invocation record to send."""
+async def _payload(request: web.Request) -> tuple[str, str] | web.Response:
+    """Read a `{"target", "arguments"}` body into the target and the invocation record to send."""
     try:
         body = json.loads(await request.read())
     except ValueError:
@@ -390,16 +402,17 @@ async def _payload(request: web.Request) -> str | web.Response:
         arguments = []
     if not isinstance(arguments, list):
         return _error(400, "'arguments' must be an array")
-    return protocol.invocation(body["target"], arguments)
+    return body["target"], protocol.invocation(body["target"], arguments)
 
 
 async def _send(request: web.Request, pick: str) -> web.Response:
     hub = await _authorised(request)
     if isinstance(hub, web.Response):
         return hub
-    record = await _payload(request)
-    if isinstance(record, web.Response):
-        return record
+    payload = await _payload(request)
+    if isinstance(payload, web.Response):
+        return payload
+    target, record = payload
     registry = request.app[REGISTRY]
     excluded = set(request.query.getall("excluded", []))
     if pick == "all":
@@ -412,7 +425,9 @@ async def _send(request: web.Request, pick: str) -> web.Response:
     else:
         targets = registry.of_group(hub, request.match_info["group"])
     sent = await send_to([t for t in targets if t.id not in excluded], record)
-    logger.info("REST send to %s in %s: %d connection(s)", pick, hub, sent)
+    group = request.match_info["group"] if pick == "group" else None
+    billed = request.app[BILLED].count(record, kind=SEND_KINDS[pick], target=target, recipients=sent, group=group)
+    logger.info("REST send to %s in %s: %d connection(s), %d billed message(s)", pick, hub, sent, billed)
     return web.Response(status=202)
 
 
@@ -628,6 +643,23 @@ async def reset_rest_calls(request: web.Request) -> web.Response:
     calls = request.app[REST_CALLS]
     snapshot = calls.snapshot()
     calls.by_route.clear()
+    return web.json_response(snapshot)
+
+
+async def billed_messages(request: web.Request) -> web.Response:
+    """Count the outbound messages billed so far, in all and per kind, target and group (loopback only)."""
+    if request.remote not in LOOPBACK:
+        return _error(403, "the admin API answers loopback callers only")
+    return web.json_response(request.app[BILLED].snapshot())
+
+
+async def reset_billed_messages(request: web.Request) -> web.Response:
+    """Answer the billed-message counts and start counting again from zero (loopback only)."""
+    if request.remote not in LOOPBACK:
+        return _error(403, "the admin API answers loopback callers only")
+    billed = request.app[BILLED]
+    snapshot = billed.snapshot()
+    billed.reset()
     return web.json_response(snapshot)
 
 

@@ -1,0 +1,62 @@
+"""Outbound messages counted as Azure SignalR Service bills them: one per recipient connection per started 2 KB."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+BILLING_UNIT_BYTES = 2048
+# How a REST send picks its recipients; the admin API always shows all four.
+KINDS = ("connection", "user", "group", "broadcast")
+
+
+def billed_units(record: str) -> int:
+    """Return what one framed record costs per recipient: one message per started 2 KB of its UTF-8 bytes."""
+    size = len(record.encode("utf-8"))
+    return max(1, -(-size // BILLING_UNIT_BYTES))
+
+
+@dataclass
+class BilledMessages:
+    """Billed outbound messages since the start or the last reset, by kind, target (hub method) and group."""
+
+    by_kind: Counter[str] = field(default_factory=Counter)
+    by_target: Counter[str] = field(default_factory=Counter)
+    by_target_and_kind: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    by_group: Counter[str] = field(default_factory=Counter)
+
+    def count(self, record: str, *, kind: str, target: str, recipients: int, group: str | None = None) -> int:
+        """Count one record delivered to `recipients` connections; return the messages billed for it."""
+        if recipients <= 0:
+            return 0
+        billed = billed_units(record) * recipients
+        self.by_kind[kind] += billed
+        self.by_target[target] += billed
+        self.by_target_and_kind[target][kind] += billed
+        if group is not None:
+            self.by_group[group] += billed
+        logger.debug("billed %d message(s): %s send of %s to %d connection(s)", billed, kind, target, recipients)
+        return billed
+
+    def snapshot(self) -> dict[str, Any]:
+        """Return the counts as the admin API shows them."""
+        return {
+            "total": sum(self.by_kind.values()),
+            "byKind": {kind: self.by_kind[kind] for kind in KINDS},
+            "byTarget": dict(sorted(self.by_target.items())),
+            "byTargetAndKind": {
+                target: dict(sorted(kinds.items())) for target, kinds in sorted(self.by_target_and_kind.items())
+            },
+            "byGroup": dict(sorted(self.by_group.items())),
+        }
+
+    def reset(self) -> None:
+        """Start counting again from zero."""
+        self.by_kind.clear()
+        self.by_target.clear()
+        self.by_target_and_kind.clear()
+        self.by_group.clear()
