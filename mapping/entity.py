@@ -27,6 +27,8 @@ class ConnectionEntity:
     index_bucket: str | None = field(default=None, compare=False)  # the expiry-index bucket naming this row
     status: str | None = None  # set by the connection's `setStatus` (None: cleared or never set)
     status_at: datetime | None = None  # when it was last set (None: never)
+    ended_at: datetime | None = None  # when its disconnect came, while a grace period holds it (mapping.grace)
+    adopted: str | None = None  # the RowKey of an ended row this connection took over (a page reload)
 
     @classmethod
     def new(
@@ -66,6 +68,8 @@ class ConnectionEntity:
             "UserAgent": self.user_agent,
             **({"IndexBucket": self.index_bucket} if self.index_bucket else {}),
             **(status_fields(self.status, self.status_at) if self.status_at else {}),
+            **({"EndedAt": self.ended_at} if self.ended_at else {}),
+            **({"Adopted": self.adopted} if self.adopted else {}),
         }
 
     @classmethod
@@ -82,6 +86,8 @@ class ConnectionEntity:
             index_bucket=str(row["IndexBucket"]) if row.get("IndexBucket") else None,
             status=str(row["Status"]) if row.get("Status") else None,
             status_at=_stored_time(row["StatusAt"]) if isinstance(row.get("StatusAt"), datetime) else None,
+            ended_at=_stored_time(row["EndedAt"]) if isinstance(row.get("EndedAt"), datetime) else None,
+            adopted=str(row["Adopted"]) if row.get("Adopted") else None,
         )
 
     def to_json(self) -> dict[str, str | None]:

@@ -19,6 +19,14 @@ class InvalidRequestError(MappingError, ValueError):
     """A send request, a page token or another caller input is malformed."""
 
 
+class RefusedError(InvalidRequestError):
+    """A well-formed request the deployment's policy refuses (PRESENCE_WATCH); `details` name what was refused."""
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.details = details
+
+
 class PayloadTooLargeError(InvalidRequestError):
     """A request body is over the size limit."""
 

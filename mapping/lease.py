@@ -14,8 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from mapping.settings import Settings
+
+if TYPE_CHECKING:
+    from mapping.entity import ConnectionEntity
 
 _MIN_BUCKET = timedelta(seconds=1)
 _MAX_BUCKET = timedelta(minutes=5)
@@ -28,11 +32,13 @@ class Lease:
     ttl: timedelta
     max_age: timedelta
     reconciled: bool = False
+    grace: timedelta = timedelta(0)  # how long an ended connection still counts for presence (mapping.grace)
 
     @classmethod
     def of(cls, settings: Settings) -> Lease:
         """Return the lease rules the settings select (reconciled when a SignalR connection is configured)."""
-        return cls(ttl=settings.ttl, max_age=settings.max_age, reconciled=settings.signalr is not None)
+        grace = settings.presence_grace if settings.presence_events else timedelta(0)
+        return cls(ttl=settings.ttl, max_age=settings.max_age, reconciled=settings.signalr is not None, grace=grace)
 
     @property
     def window(self) -> timedelta:
@@ -46,6 +52,18 @@ class Lease:
     def is_live(self, last_seen: datetime, now: datetime) -> bool:
         """Return whether a row last seen at `last_seen` is live at `now`."""
         return last_seen > self.live_after(now)
+
+    def holds(self, row: ConnectionEntity, now: datetime) -> bool:
+        """Return whether a row counts for presence at `now`: live, and not ended longer than the grace ago."""
+        return self.is_live(row.last_seen, now) and not self.ended(row, now)
+
+    def ended(self, row: ConnectionEntity, now: datetime) -> bool:
+        """Return whether a row's connection ended and its grace is over (its decision is due)."""
+        return row.ended_at is not None and now >= row.ended_at + self.grace
+
+    def in_grace(self, row: ConnectionEntity, now: datetime) -> bool:
+        """Return whether a row's connection ended but its grace still holds it."""
+        return row.ended_at is not None and not self.ended(row, now)
 
     @property
     def refresh_every(self) -> timedelta:

@@ -82,24 +82,42 @@ class PresenceState:
 
 @dataclass(frozen=True, slots=True)
 class PresenceChange:
-    """A user's presence as recorded: of all changes of a user, the highest version is current."""
+    """A user's presence as recorded (of all changes of a user, the highest version is current), and the rooms
+    the user was a member of when it was read: where a scoped announcement goes (`mapping.audience`)."""
 
     user: str
-    online: bool
+    state: PresenceState
     version: int
-    connections: int = 0
-    status: str | None = None
-    last_seen: datetime | None = None
+    rooms: tuple[str, ...] = ()
 
     @property
-    def state(self) -> PresenceState:
-        """Return the state this change records."""
-        return PresenceState(self.online, self.connections, self.status, self.last_seen)
+    def online(self) -> bool:
+        """Return whether the change says the user is online."""
+        return self.state.online
+
+    @property
+    def connections(self) -> int:
+        """Return the user's live connection count the change records."""
+        return self.state.connections
+
+    @property
+    def status(self) -> str | None:
+        """Return the user's status the change records."""
+        return self.state.status
+
+    @property
+    def last_seen(self) -> datetime | None:
+        """Return when an offline user was last seen (None while online or never seen)."""
+        return self.state.last_seen
 
     @classmethod
-    def of(cls, user: str, state: PresenceState, version: int) -> PresenceChange:
-        """Return the change that records `state` under `version`."""
-        return cls(user, state.online, version, state.connections, state.status, state.last_seen)
+    def of(cls, user: str, state: PresenceState, version: int, *, rooms: Iterable[str] = ()) -> PresenceChange:
+        """Return the change that records `state` under `version`, announced to `rooms`."""
+        return cls(user, state, version, tuple(sorted(rooms)))
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the public JSON of the pair: `user`, the state's fields and `version`."""
+        return {"user": self.user, **self.state.to_json(), "version": self.version}
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,12 +133,13 @@ class Recorded:
     status: str | None = None
     last_seen: datetime | None = None  # when the user was last online (kept while offline)
 
-    def announced_as(self, user: str) -> PresenceChange | None:
+    def announced_as(self, user: str, *, rooms: Iterable[str] = ()) -> PresenceChange | None:
         """Return the recorded pair as a change to announce (again), or None when nothing was decided."""
         if self.online is None or self.version <= 0:
             return None
         last_seen = None if self.online else self.last_seen
-        return PresenceChange(user, self.online, self.version, self.connections, self.status, last_seen)
+        state = PresenceState(self.online, self.connections, self.status, last_seen)
+        return PresenceChange.of(user, state, self.version, rooms=rooms)
 
 
 def recorded_from(row: Mapping[str, Any] | None, *, etag: str | None = None) -> Recorded:
@@ -148,7 +167,7 @@ def derive(
     A user recorded online whose rows went without a decision (presence events were off) leaves no end
     time: `now` bounds it then, so that offline pair records a last seen (P1: one version, one state).
     """
-    live = [row for row in rows if lease.is_live(row.last_seen, now)]
+    live = [row for row in rows if lease.holds(row, now)]
     if live:
         return PresenceState(True, len(live), latest_status(live))
     if recorded.online is False and recorded.last_seen is not None:
@@ -180,15 +199,23 @@ def presence_write(
         "UserName": user_name,
     }
     if version is not None and state is not None:
-        entity["Online"] = state.online
-        entity["Version"] = EntityProperty(version, EdmType.INT64)
-        entity["Connections"] = state.connections
-        entity["Status"] = state.status or ""
-        if state.last_seen is not None:
-            entity["LastOnline"] = state.last_seen
+        entity.update(pair_fields(state, version))
     if recorded.etag is None:
         return create(entity)  # two first writers: one create fails with 409 and reads again
     return merge(entity, etag=recorded.etag)
+
+
+def pair_fields(state: PresenceState, version: int) -> dict[str, Any]:
+    """Return the properties that record a (version, state) pair: on the presence row, and its copies (roster)."""
+    fields: dict[str, Any] = {
+        "Online": state.online,
+        "Version": EntityProperty(version, EdmType.INT64),
+        "Connections": state.connections,
+        "Status": state.status or "",
+    }
+    if state.last_seen is not None:
+        fields["LastOnline"] = state.last_seen
+    return fields
 
 
 def _aware(value: Any) -> datetime | None:

@@ -34,13 +34,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from mapping.contention import Attempts
 from mapping.cursor import check_limit, decode_cursor, encode_cursor
-from mapping.errors import ConflictError, InvalidRequestError, StorageError
+from mapping.errors import ConflictError, InvalidRequestError, RowChangedError, StorageError
 from mapping.keys import membership_key, normalize_user_name, parse_room, room_partition, user_key
-from mapping.membership import IndexedMember, Membership
+from mapping.membership import IndexedMember, Membership, pending_fields
 from mapping.presence import PresenceState, presence_write
-from mapping.store import ATTEMPTS, Attempts, ConnectionStore, UserView
-from mapping.table import Operation, create, delete, etag_of, upsert
+from mapping.store import ConnectionStore, UserView
+from mapping.table import Operation, create, delete, etag_of, merge, upsert
 
 logger = logging.getLogger(__name__)
 
@@ -91,20 +92,21 @@ class Rooms:
         membership = Membership(room, moment)
         writer = uuid.uuid4().hex
         attempts = Attempts()
-        indexed = False
-        for attempt in range(ATTEMPTS):
-            view = await self.store.read_user(partition)
-            attempts.read(view)
-            if room in view.rooms:
-                return self._change(view, name, room, joined=True, moment=moment)
-            if len(view.rooms) >= MAX_ROOMS_PER_USER:
-                raise InvalidRequestError(f"a user may be in at most {MAX_ROOMS_PER_USER} rooms")
-            if not indexed:  # R1: the member index first
-                await self.store.table.write(upsert(membership.index_row(partition, name)), action="join a room")
-                indexed = True
-            if await self._commit(create(membership.to_table(partition)), view, name, writer, attempts, attempt):
-                return self._change(view, name, room, joined=True, moment=moment)
-        raise StorageError("join: the user's rows kept changing; try again")
+        async with self.store.turns.turn(partition):
+            for attempt in attempts.tries():
+                view = await self.store.read_user(partition)
+                attempts.read(view)
+                if room in view.rooms:
+                    return self._change(view, name, room, joined=True, moment=moment)
+                if len(view.rooms) >= MAX_ROOMS_PER_USER:
+                    raise InvalidRequestError(f"a user may be in at most {MAX_ROOMS_PER_USER} rooms")
+                # R1: the member index first, flagged pending, with the pair this decision is made on (roster C1).
+                index_row = membership.index_row(partition, name, recorded=view.presence)
+                written = await self.store.table.write(upsert(index_row), action="join a room")
+                if await self._commit(create(membership.to_table(partition)), view, name, writer, attempts, attempt):
+                    await self._confirm(room, partition, written)
+                    return self._change(view, name, room, joined=True, moment=moment)
+            raise StorageError("join: the user's rows kept changing; try again")
 
     async def leave(self, user_name: str, room: str, *, now: datetime | None = None) -> RoomChange:
         """End the user's membership of `room`; leaving a room one is not in does no harm."""
@@ -112,16 +114,21 @@ class Rooms:
         partition, moment = user_key(name), self.store.now(now)
         writer = uuid.uuid4().hex
         attempts = Attempts()
-        for attempt in range(ATTEMPTS):
-            view = await self.store.read_user(partition)
-            attempts.read(view)
-            membership = view.rooms.get(room)
-            ending = delete(partition, membership_key(room), etag=membership.etag) if membership else None
-            if ending is not None and not await self._commit(ending, view, name, writer, attempts, attempt):
-                continue
-            # R1: the index row stays; a reader of the room deletes it once it is stale.
-            return self._change(view, name, room, joined=False, moment=moment, lapsed_too=True)
-        raise StorageError("leave: the user's rows kept changing; try again")
+        flagged = False
+        async with self.store.turns.turn(partition):
+            for attempt in attempts.tries():
+                view = await self.store.read_user(partition)
+                attempts.read(view)
+                membership = view.rooms.get(room)
+                if membership is not None and not flagged:
+                    await self._flag(room, partition, moment)  # roster C3: readers check the row until it is settled
+                    flagged = True
+                ending = delete(partition, membership_key(room), etag=membership.etag) if membership else None
+                if ending is not None and not await self._commit(ending, view, name, writer, attempts, attempt):
+                    continue
+                # R1: the index row stays; a reader of the room deletes it once it is stale.
+                return self._change(view, name, room, joined=False, moment=moment, lapsed_too=True)
+            raise StorageError("leave: the user's rows kept changing; try again")
 
     async def is_member(self, user_name: str, room: str) -> bool:
         """Return whether the user is a member of `room` (one point query of their membership row)."""
@@ -183,6 +190,24 @@ class Rooms:
             await self.store.table.write(operation, action="clear a stale member-index row")
         except StorageError as error:  # a join rewrote it (412), or storage failed: the next reader decides
             logger.info("room %s: a stale index row stays: %s", room, error)
+
+    async def _confirm(self, room: str, partition: str, etag: str | None) -> None:
+        """Clear the pending flag of a committed join's index row, on the ETag of its own write; best effort."""
+        if etag is None:
+            return
+        fields = {"PartitionKey": room_partition(room), "RowKey": partition, "Pending": False}
+        try:
+            await self.store.table.write(merge(fields, etag=etag), action="confirm a join")
+        except StorageError as error:  # written since (a copy, a leave) or storage failed: readers check it
+            logger.info("room %s: a join's index row stays pending: %s", room, error)
+
+    async def _flag(self, room: str, partition: str, moment: datetime) -> None:
+        """Flag the index row of a membership about to end pending (a missing row is fine)."""
+        fields = {"PartitionKey": room_partition(room), "RowKey": partition, **pending_fields(moment)}
+        try:
+            await self.store.table.write(merge(fields), action="leave a room")
+        except RowChangedError:
+            logger.info("room %s: no index row to flag for a leave", room)
 
     async def _commit(
         self, operation: Operation, view: UserView, name: str, writer: str, attempts: Attempts, attempt: int

@@ -15,9 +15,7 @@ lease reads its user first, as a lapsed lease made live again is a presence chan
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -26,10 +24,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from mapping.clock import Clock, moment_of, utc_now
+from mapping.contention import Attempts, UserTurns, repeat
 from mapping.cursor import check_limit, decode_cursor, encode_cursor
 from mapping.entity import ConnectionEntity, status_fields
 from mapping.errors import BatchRejectedError, ConflictError, RowChangedError, StorageError
 from mapping.expiry import ExpiryIndex
+from mapping.grace import adoptable
 from mapping.keys import (
     BOOKKEEPING_PREFIX,
     connection_key,
@@ -56,8 +56,6 @@ from mapping.table import MAX_BATCH, Operation, Table, create, delete, etag_of, 
 logger = logging.getLogger(__name__)
 
 _REFRESH_MEMORY = 100_000  # connections whose last refresh time an instance remembers
-ATTEMPTS = 10  # reads and transactions per event before a conflict storm is reported
-_BACKOFF_SECONDS = 0.005  # the first conflict waits up to this long, doubling with every further one
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +129,8 @@ class UserView:
         return self.presence.user_name or unescape_key(self.partition)
 
     def live(self, lease: Lease, *, now: datetime) -> list[ConnectionEntity]:
-        """Return the connections holding a live lease at `now`, oldest first."""
-        rows = [row for row in self.rows.values() if lease.is_live(row.last_seen, now)]
+        """Return the open connections holding a live lease at `now`, oldest first (not those a grace holds)."""
+        rows = [row for row in self.rows.values() if lease.is_live(row.last_seen, now) and row.ended_at is None]
         return sorted(rows, key=lambda row: (row.connected_at, row.connection_id))
 
     def state(
@@ -178,6 +176,7 @@ class ConnectionStore:
         self.lease = Lease.of(settings)
         self.index = ExpiryIndex(self.table, width=self.lease.bucket_width)
         self._refreshed: OrderedDict[tuple[str, str], datetime] = OrderedDict()
+        self.turns = UserTurns()  # this instance's events of one user, one at a time (mapping.contention)
 
     # -- connection events ----------------------------------------------------------------------
 
@@ -211,30 +210,35 @@ class ConnectionStore:
         writer = uuid.uuid4().hex
         attempts = Attempts()
         tried = False
-        for _attempt in range(ATTEMPTS):
-            view = await self.read_user(partition)
-            attempts.read(view)
-            if view.presence.writer == writer:
-                return DisconnectOutcome(name, removed=True, presence=view.presence.announced_as(name))
-            if row not in view.rows:
-                # Gone: a repeated event, or our own delete that committed and was answered with an error.
-                return DisconnectOutcome(name, removed=tried, presence=attempts.announce(view, name, None))
-            after = {key: entity for key, entity in view.rows.items() if key != row}
-            state = view.state(self.lease, now=moment, ended_at=moment, rows=after)
-            version = decide(view.presence, state, now=moment)
-            operations = [
-                delete(partition, row),
-                presence_write(partition, view.presence, writer=writer, user_name=name, state=state, version=version),
-            ]
-            tried = True
-            try:
-                await self.transact(operations, action="disconnect", singly=attempts.singly)
-            except ConflictError:
-                await attempts.failed(view, _attempt, deciding=version is not None)
-                continue
-            change = PresenceChange.of(name, state, version) if version is not None else None
-            return DisconnectOutcome(name, removed=True, presence=attempts.announce(view, name, change))
-        raise StorageError("disconnect: the user's connections kept changing; try again")
+        async with self.turns.turn(partition):
+            for _attempt in attempts.tries():
+                view = await self.read_user(partition)
+                attempts.read(view)
+                if view.presence.writer == writer:
+                    return DisconnectOutcome(
+                        name, removed=True, presence=view.presence.announced_as(name, rooms=view.rooms)
+                    )
+                if row not in view.rows:
+                    # Gone: a repeated event, or our own delete that committed and was answered with an error.
+                    return DisconnectOutcome(name, removed=tried, presence=attempts.announce(view, name, None))
+                after = {key: entity for key, entity in view.rows.items() if key != row}
+                state = view.state(self.lease, now=moment, ended_at=moment, rows=after)
+                version = decide(view.presence, state, now=moment)
+                operations = [
+                    delete(partition, row),
+                    presence_write(
+                        partition, view.presence, writer=writer, user_name=name, state=state, version=version
+                    ),
+                ]
+                tried = True
+                try:
+                    await self.transact(operations, action="disconnect", singly=attempts.singly)
+                except ConflictError:
+                    await attempts.failed(view, _attempt, deciding=version is not None)
+                    continue
+                change = PresenceChange.of(name, state, version, rooms=view.rooms) if version is not None else None
+                return DisconnectOutcome(name, removed=True, presence=attempts.announce(view, name, change))
+            raise StorageError("disconnect: the user's connections kept changing; try again")
 
     async def touch(self, user_name: str, connection_id: str, *, now: datetime | None = None) -> TouchOutcome:
         """Refresh a connection's `LastSeen` (at most once per quarter lease); a lapsed lease made live is announced."""
@@ -269,7 +273,7 @@ class ConnectionStore:
                 return TouchOutcome(False)
             return TouchOutcome(True)
 
-        def row_write(existing: ConnectionEntity | None, bucket: str) -> _RowWrite | None:
+        def row_write(existing: ConnectionEntity | None, bucket: str, view: UserView) -> _RowWrite | None:
             if existing is None:
                 return None  # not mapped (or swept): a status needs a connection to hold it
             patch = {
@@ -280,13 +284,13 @@ class ConnectionStore:
                 **status_fields(text, moment),
             }
             stored = replace(existing, last_seen=moment, index_bucket=bucket, status=text, status_at=moment)
-            return stored, merge(patch, etag=existing.etag)
+            return _RowWrite(stored, [merge(patch, etag=existing.etag)])
 
         written = await self._write_live_row(partition, row, name, moment, row_write, action="set a status")
         if written.entity is None:
             return TouchOutcome(False, written.change)
         self._remember_refresh(partition, row, moment)
-        presence = written.change or written.view.presence.announced_as(name)
+        presence = written.change or written.view.presence.announced_as(name, rooms=written.view.rooms)
         return TouchOutcome(True, presence, self._rooms_if_revived(written, row, moment))
 
     # -- readers --------------------------------------------------------------------------------
@@ -308,6 +312,7 @@ class ConnectionStore:
             action="read connections",
         )
         entities = [ConnectionEntity.from_table(row, etag=etag_of(row)) for row in rows]
+        entities = [entity for entity in entities if entity.ended_at is None]  # closed, held by a grace
         return sorted(entities, key=lambda entity: (entity.connected_at, entity.connection_id))
 
     async def online_users(
@@ -372,44 +377,45 @@ class ConnectionStore:
         writer = uuid.uuid4().hex
         attempts = Attempts()
         deciding = self.settings.presence_events
-        for _attempt in range(ATTEMPTS):
-            attempts.read(view)
-            if view.presence.writer == writer:
-                return Settled(
-                    online=bool(view.presence.online), recorded=view.presence, change=_repeat(view, user_name)
-                )
-            doomed = [key for key, etag in gone.items() if key in view.rows and view.rows[key].etag == etag]
-            renewed = [key for key, etag in alive.items() if key in view.rows and view.rows[key].etag == etag]
-            after = {
-                key: replace(row, last_seen=now) if key in renewed else row
-                for key, row in view.rows.items()
-                if key not in doomed
-            }
-            ends = [row.last_seen for row in view.rows.values()]
-            if doomed and gone_known_alive_until is not None:
-                ends.append(gone_known_alive_until)
-            state = view.state(self.lease, now=now, ended_at=max(ends, default=None), rows=after)
-            version = decide(view.presence, state, now=now) if deciding else None
-            try:
-                await self._apply(
-                    view,
-                    doomed,
-                    renewed,
-                    name=user_name,
-                    state=state,
-                    version=version,
-                    writer=writer,
-                    now=now,
-                    singly=attempts.singly,
-                )
-            except ConflictError:
-                await attempts.failed(view, _attempt, deciding=version is not None)
-                view = await self.read_user(view.partition)
-                continue
-            change = PresenceChange.of(user_name, state, version) if version is not None else None
-            announced = attempts.announce(view, user_name, change)
-            return Settled(len(doomed), len(renewed), announced, state.online, view.presence)
-        raise StorageError("sweep: the user's connections kept changing; left for the next run")
+        async with self.turns.turn(view.partition):
+            for _attempt in attempts.tries():
+                attempts.read(view)
+                if view.presence.writer == writer:
+                    return Settled(
+                        online=bool(view.presence.online), recorded=view.presence, change=repeat(view, user_name)
+                    )
+                doomed = [key for key, etag in gone.items() if key in view.rows and view.rows[key].etag == etag]
+                renewed = [key for key, etag in alive.items() if key in view.rows and view.rows[key].etag == etag]
+                after = {
+                    key: replace(row, last_seen=now) if key in renewed else row
+                    for key, row in view.rows.items()
+                    if key not in doomed
+                }
+                ends = [row.last_seen for row in view.rows.values()]
+                if doomed and gone_known_alive_until is not None:
+                    ends.append(gone_known_alive_until)
+                state = view.state(self.lease, now=now, ended_at=max(ends, default=None), rows=after)
+                version = decide(view.presence, state, now=now) if deciding else None
+                try:
+                    await self._apply(
+                        view,
+                        doomed,
+                        renewed,
+                        name=user_name,
+                        state=state,
+                        version=version,
+                        writer=writer,
+                        now=now,
+                        singly=attempts.singly,
+                    )
+                except ConflictError:
+                    await attempts.failed(view, _attempt, deciding=version is not None)
+                    view = await self.read_user(view.partition)
+                    continue
+                change = PresenceChange.of(user_name, state, version, rooms=view.rooms) if version is not None else None
+                announced = attempts.announce(view, user_name, change)
+                return Settled(len(doomed), len(renewed), announced, state.online, view.presence)
+            raise StorageError("sweep: the user's connections kept changing; left for the next run")
 
     async def close(self) -> None:
         """Close the table client and any credential; the next call opens them again."""
@@ -426,15 +432,25 @@ class ConnectionStore:
     # -- internals ------------------------------------------------------------------------------
 
     async def _connect_deciding(self, entity: ConnectionEntity) -> ConnectOutcome:
-        def row_write(existing: ConnectionEntity | None, bucket: str) -> _RowWrite:
+        def row_write(existing: ConnectionEntity | None, bucket: str, view: UserView) -> _RowWrite:
             if existing is None:
+                # A connection that opens while a grace holds an ended one takes its place (a page reload):
+                # its status and count carry over, so presence does not change (mapping.grace).
+                ended = adoptable(view, self.lease, entity.last_seen)
                 stored = replace(entity, index_bucket=bucket)
-                return stored, create(stored.to_table())
+                if ended is None:
+                    return _RowWrite(stored, [create(stored.to_table())])
+                stored = replace(stored, status=ended.status, status_at=ended.status_at, adopted=ended.row_key)
+                return _RowWrite(
+                    stored,
+                    [create(stored.to_table()), delete(view.partition, ended.row_key, etag=ended.etag)],
+                    ended.row_key,
+                )
             # A repeated connected event keeps the first ConnectedAt (and any status set since).
             stored = replace(
                 existing, last_seen=entity.last_seen, user_agent=entity.user_agent, index_bucket=bucket, etag=None
             )
-            return stored, merge(_refresh_fields(stored), etag=existing.etag)
+            return _RowWrite(stored, [merge(_refresh_fields(stored), etag=existing.etag)])
 
         written = await self._write_live_row(
             entity.partition_key, entity.row_key, entity.user_name, entity.last_seen, row_write, action="connect"
@@ -442,11 +458,13 @@ class ConnectionStore:
         return ConnectOutcome(written.entity or entity, written.change, tuple(sorted(written.view.rooms)))
 
     async def _refresh_deciding(self, partition: str, row: str, name: str, moment: datetime) -> TouchOutcome:
-        def row_write(existing: ConnectionEntity | None, bucket: str) -> _RowWrite | None:
+        def row_write(existing: ConnectionEntity | None, bucket: str, view: UserView) -> _RowWrite | None:
             if existing is None:
                 return None  # gone: a refresh never brings a row back
             patch = {"PartitionKey": partition, "RowKey": row, "LastSeen": moment, "IndexBucket": bucket}
-            return replace(existing, last_seen=moment, index_bucket=bucket), merge(patch, etag=existing.etag)
+            return _RowWrite(
+                replace(existing, last_seen=moment, index_bucket=bucket), [merge(patch, etag=existing.etag)]
+            )
 
         written = await self._write_live_row(partition, row, name, moment, row_write, action="refresh")
         if written.entity is not None:
@@ -468,7 +486,7 @@ class ConnectionStore:
         row: str,
         name: str,
         moment: datetime,
-        row_write: Callable[[ConnectionEntity | None, str], _RowWrite | None],
+        row_write: Callable[[ConnectionEntity | None, str, UserView], _RowWrite | None],
         *,
         action: str,
     ) -> _Written:
@@ -480,33 +498,37 @@ class ConnectionStore:
         """
         writer = uuid.uuid4().hex
         attempts = Attempts()
-        for _attempt in range(ATTEMPTS):
-            view = await self.read_user(partition)
-            attempts.read(view)
-            existing = view.rows.get(row)
-            if view.presence.writer == writer:
-                return _Written(existing, view.presence.announced_as(name), view)
-            planned = row_write(existing, self.index.bucket(moment))
-            if planned is None:
-                return _Written(None, attempts.announce(view, name, None), view)
-            stored, operation = planned
-            state = view.state(self.lease, now=moment, rows={**view.rows, row: stored})
-            version = decide(view.presence, state, now=moment) if self.settings.presence_events else None
-            await self._entry_first(attempts, partition, row, moment, version=version)
-            if existing is None:
-                attempts.pending = False  # our row is not there: no attempt of ours committed
-            operations = [
-                operation,
-                presence_write(partition, view.presence, writer=writer, user_name=name, state=state, version=version),
-            ]
-            try:
-                await self.transact(operations, action=action, singly=attempts.singly)
-            except ConflictError:
-                await attempts.failed(view, _attempt, deciding=version is not None)
-                continue
-            change = PresenceChange.of(name, state, version) if version is not None else None
-            return _Written(stored, attempts.announce(view, name, change), view)
-        raise StorageError(f"{action}: the user's connections kept changing; try again")
+        async with self.turns.turn(partition):
+            for _attempt in attempts.tries():
+                view = await self.read_user(partition)
+                attempts.read(view)
+                existing = view.rows.get(row)
+                if view.presence.writer == writer:
+                    return _Written(existing, view.presence.announced_as(name, rooms=view.rooms), view)
+                planned = row_write(existing, self.index.bucket(moment), view)
+                if planned is None:
+                    return _Written(None, attempts.announce(view, name, None), view)
+                stored = planned.stored
+                after = {key: entity for key, entity in view.rows.items() if key != planned.replaces}
+                state = view.state(self.lease, now=moment, rows={**after, row: stored})
+                version = decide(view.presence, state, now=moment) if self.settings.presence_events else None
+                await self._entry_first(attempts, partition, row, moment, version=version)
+                if existing is None:
+                    attempts.pending = False  # our row is not there: no attempt of ours committed
+                operations = [
+                    *planned.operations,
+                    presence_write(
+                        partition, view.presence, writer=writer, user_name=name, state=state, version=version
+                    ),
+                ]
+                try:
+                    await self.transact(operations, action=action, singly=attempts.singly)
+                except ConflictError:
+                    await attempts.failed(view, _attempt, deciding=version is not None)
+                    continue
+                change = PresenceChange.of(name, state, version, rooms=view.rooms) if version is not None else None
+                return _Written(stored, attempts.announce(view, name, change), view)
+            raise StorageError(f"{action}: the user's connections kept changing; try again")
 
     async def _entry_first(
         self, attempts: Attempts, partition: str, row: str, moment: datetime, *, version: int | None
@@ -595,7 +617,13 @@ class ConnectionStore:
         return self.lease.live_after(self.now(now))
 
 
-_RowWrite = tuple[ConnectionEntity, Operation]  # a row as it will be, and the write that makes it so
+@dataclass(frozen=True, slots=True)
+class _RowWrite:
+    """A row as it will be, the writes that make it so, and the ended row it replaces (a reload), if any."""
+
+    stored: ConnectionEntity
+    operations: list[Operation]
+    replaces: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -607,46 +635,6 @@ class _Written:
     view: UserView
 
 
-class Attempts:
-    """The memory of one read-decide-write loop (P4): whether a failed attempt may have recorded a change, and
-    whether the service refuses this partition's transactions (a conflict although nothing had changed)."""
-
-    def __init__(self) -> None:
-        self.pending = False
-        self.singly = False
-        self.indexed: bool | None = None  # the entry written so far: none, plain, or announcing online (E5)
-        self._failed: UserView | None = None
-
-    def announce(self, view: UserView, name: str, change: PresenceChange | None) -> PresenceChange | None:
-        """Return the change to announce: this attempt's, else the recorded pair if an earlier one may have
-        committed (P4)."""
-        return change or (_repeat(view, name) if self.pending else None)
-
-    def read(self, view: UserView) -> None:
-        """Note a fresh read; identical to the one a failed transaction was built on: the refusal was not a race."""
-        if self._failed is not None and _same(self._failed, view):
-            # Azurite answers 404 (or 400) to a transaction whose keys it cannot parse (U+2028, U+00AD, ...).
-            logger.info("a transaction was refused with nothing changed: one call at a time for this user")
-            self.singly = True
-
-    async def failed(self, view: UserView, attempt: int, *, deciding: bool) -> None:
-        """Note a transaction that met a conflict, and wait a little before reading again."""
-        self.pending = self.pending or deciding
-        self._failed = view
-        await _back_off(attempt)
-
-
-def _same(first: UserView, second: UserView) -> bool:
-    return first.presence.etag == second.presence.etag and {k: r.etag for k, r in first.rows.items()} == {
-        k: r.etag for k, r in second.rows.items()
-    }
-
-
-async def _back_off(attempt: int) -> None:
-    """Wait a random while after a conflict, so writers racing on one partition spread out."""
-    await asyncio.sleep(random.uniform(0, _BACKOFF_SECONDS * 2**attempt))  # noqa: S311 - jitter, not a secret
-
-
 def _refresh_fields(entity: ConnectionEntity) -> dict[str, Any]:
     return {
         "PartitionKey": entity.partition_key,
@@ -655,8 +643,3 @@ def _refresh_fields(entity: ConnectionEntity) -> dict[str, Any]:
         "UserAgent": entity.user_agent,
         **({"IndexBucket": entity.index_bucket} if entity.index_bucket else {}),
     }
-
-
-def _repeat(view: UserView, user_name: str) -> PresenceChange | None:
-    """The recorded pair, announced again after an outcome that could not be told apart (P4)."""
-    return view.presence.announced_as(user_name)

@@ -39,6 +39,7 @@ from mapping.expiry import IndexEntry
 from mapping.keys import connection_key, user_key
 from mapping.liveness import AGE_ONLY, MAPPED_GROUP, Listing, Liveness, LivenessCheck
 from mapping.presence import PresenceChange
+from mapping.roster import Roster
 from mapping.store import ConnectionStore
 
 logger = logging.getLogger(__name__)
@@ -255,17 +256,26 @@ async def _sweep_user(
     spent: list[IndexEntry] = []
     due: list[tuple[IndexEntry, ConnectionEntity]] = []
     row_gone = False
+    adopted = {row.adopted for row in view.rows.values() if row.adopted}
     for entry in entries:
         row = view.rows.get(entry.connection_key)
         if row is None:
-            row_gone = True
+            # A row a reload took over (grace G1) changed no presence: nothing of it can have been lost.
+            row_gone = row_gone or entry.connection_key not in adopted
             spent.append(entry)
         elif not _covers(entry, row, store):
             spent.append(entry)  # refreshed since: a later entry covers the row (E2)
-        elif row.last_seen < clock.cutoff:
+        elif store.lease.in_grace(row, clock.now):
+            continue  # a grace holds it: its decision is pending (grace G3); the entry stays
+        elif row.last_seen < clock.cutoff or store.lease.ended(row, clock.now):
             due.append((entry, row))
         # else: the entry's bucket straddles the cutoff and this row is not due yet; keep the entry
     verdicts = await _verdicts([row for _, row in due], store=store, service=service, clock=clock, result=result)
+    # A row whose grace is over ended for sure: its lost decision is made here (grace G3).
+    verdicts = [
+        Liveness.GONE if store.lease.ended(row, clock.now) else verdict
+        for (_, row), verdict in zip(due, verdicts, strict=True)
+    ]
     gone = {
         row.row_key: row.etag or "" for (_, row), verdict in zip(due, verdicts, strict=True) if verdict is Liveness.GONE
     }
@@ -291,8 +301,10 @@ async def _sweep_user(
         # P5: an event may have recorded a change and failed before announcing it.
         # Once per entry: when the sweep is done with it (a kept entry repeats nothing until then).
         maybe_lost = any(entry.announces for entry in spent) or row_gone
-        announce = settled.recorded.announced_as(name) if maybe_lost else None
+        announce = settled.recorded.announced_as(name, rooms=view.rooms) if maybe_lost else None
     if announce is not None:
+        # Roster C2: the copies first, over lower versions only; failing, the user's entries stay for the next run.
+        await Roster(store).publish(announce, guarded=True)
         clock.announce(result, announce)
     return spent
 

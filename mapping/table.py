@@ -136,21 +136,21 @@ class Table:
             async for page in pages:
                 yield [entity async for entity in page]
 
-    async def write(self, operation: Operation, *, action: str) -> None:
-        """Carry out one operation on its own (a `create`, `merge`, `upsert` or `delete`)."""
+    async def write(self, operation: Operation, *, action: str) -> str | None:
+        """Carry out one operation on its own (a `create`, `merge`, `upsert` or `delete`); return the row's new ETag."""
         kind, entity, options = operation
         client = await self._table()
         with translated(action):
             if kind == "create":
-                await client.create_entity(entity)
-            elif kind == "update":
-                await client.update_entity(entity, **options)
-            elif kind == "upsert":
-                await client.upsert_entity(entity, **options)
-            elif kind == "delete":
+                return _written_etag(await client.create_entity(entity))
+            if kind == "update":
+                return _written_etag(await client.update_entity(entity, **options))
+            if kind == "upsert":
+                return _written_etag(await client.upsert_entity(entity, **options))
+            if kind == "delete":
                 await client.delete_entity(entity["PartitionKey"], entity["RowKey"], **options)
-            else:
-                raise ValueError(f"unknown table operation {kind!r}")
+                return None
+        raise ValueError(f"unknown table operation {kind!r}")
 
     async def transact(self, operations: Sequence[Operation], *, action: str) -> None:
         """Carry out up to 100 operations on one partition, all or none."""
@@ -316,6 +316,12 @@ def etag_of(entity: Any) -> str | None:
     """Return the ETag of an entity as read (None when the service gave none)."""
     metadata = getattr(entity, "metadata", None) or {}
     etag = metadata.get("etag")
+    return str(etag) if etag else None
+
+
+def _written_etag(answer: Any) -> str | None:
+    # A single write answers with its response metadata: a mapping holding the new ETag.
+    etag = answer.get("etag") if isinstance(answer, Mapping) else None
     return str(etag) if etag else None
 
 

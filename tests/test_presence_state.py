@@ -13,7 +13,7 @@ from fake_service import FakeService
 from mapping import runtime
 from mapping.entity import iso
 from mapping.liveness import Listing, Liveness
-from mapping.presence import PresenceChange
+from mapping.presence import PresenceChange, PresenceState
 from mapping.settings import SignalRConnection
 from mapping.store import ConnectionStore
 from mapping.sweep import sweep
@@ -141,7 +141,7 @@ async def test_last_seen_is_the_disconnect_time_and_clears_online(app_env: dict[
     assert (await store.disconnect("yara", "y1", now=T0 + timedelta(minutes=1))).presence is not None
     offline = (await store.disconnect("yara", "y2", now=T0 + timedelta(minutes=2))).presence
     assert offline == PresenceChange(
-        "yara", False, offline.version if offline else 0, last_seen=T0 + timedelta(minutes=2)
+        "yara", PresenceState(False, last_seen=T0 + timedelta(minutes=2)), offline.version if offline else 0
     )
     body = await user_presence("yara")
     assert (body["online"], body["lastSeen"]) == (False, iso(T0 + timedelta(minutes=2)))

@@ -13,7 +13,7 @@ from conftest import Azurite, drop_table, index_rows, make_settings, running_azu
 from mapping.errors import InvalidNameError, InvalidRequestError, StorageUnavailableError
 from mapping.expiry import INDEX_PREFIX
 from mapping.keys import connection_key, user_key
-from mapping.presence import PresenceChange
+from mapping.presence import PresenceChange, PresenceState
 from mapping.settings import Settings
 from mapping.store import ConnectionStore
 
@@ -289,7 +289,7 @@ async def test_disconnect_of_a_key_a_transaction_cannot_carry(store: ConnectionS
     assert outcome.removed is True
     assert outcome.presence is not None
     assert outcome.presence == PresenceChange(
-        "0\u20280", False, outcome.presence.version, last_seen=outcome.presence.last_seen
+        "0\u20280", PresenceState(False, last_seen=outcome.presence.last_seen), outcome.presence.version
     )
     assert outcome.presence.last_seen is not None
     assert outcome.presence.version > online.version

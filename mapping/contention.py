@@ -1,0 +1,109 @@
+"""How writers of one user's partition take turns: in turn on one instance, retrying for a while across instances.
+
+Every event of a user reads the user's partition and commits on the presence row's ETag (presence P2),
+so two writers of one user conflict and one reads again. On one instance they never need to: events of
+one user wait for each other (`UserTurns`), so a burst of one user's connects on one instance commits
+one after another. Across instances conflicts remain; a writer retries with a growing, capped, random
+back-off for as long as `ATTEMPT_SECONDS` allows (bounded by time, not by a count), then reports a
+conflict storm as a StorageError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mapping.presence import PresenceChange
+    from mapping.store import UserView
+
+logger = logging.getLogger(__name__)
+
+ATTEMPT_SECONDS = 20.0  # how long one event keeps reading and committing again after conflicts
+_BACKOFF_SECONDS = 0.005  # the first conflict waits up to this long, doubling with every further one
+_MAX_BACKOFF_SECONDS = 0.25
+
+
+class UserTurns:
+    """One lock per user partition while anyone holds or awaits it: this instance's events of a user in turn."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def turn(self, partition: str) -> AsyncIterator[None]:
+        """Wait for the user's turn, and hold it for the block."""
+        lock, waiting = self._locks.get(partition, (asyncio.Lock(), 0))
+        self._locks[partition] = (lock, waiting + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, waiting = self._locks[partition]
+            if waiting == 1:
+                del self._locks[partition]
+            else:
+                self._locks[partition] = (lock, waiting - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+class Attempts:
+    """The memory of one read-decide-write loop (P4): whether a failed attempt may have recorded a change, and
+    whether the service refuses this partition's transactions (a conflict although nothing had changed)."""
+
+    def __init__(self, *, seconds: float = ATTEMPT_SECONDS) -> None:
+        self.pending = False
+        self.singly = False
+        self.indexed: bool | None = None  # the entry written so far: none, plain, or announcing online (E5)
+        self._failed: UserView | None = None
+        self._seconds = seconds
+
+    def tries(self) -> Iterator[int]:
+        """Yield attempt numbers: the first always, further ones while the time allowed lasts."""
+        deadline = time.monotonic() + self._seconds
+        attempt = 0
+        while attempt == 0 or time.monotonic() < deadline:
+            yield attempt
+            attempt += 1
+
+    def announce(self, view: UserView, name: str, change: PresenceChange | None) -> PresenceChange | None:
+        """Return the change to announce: this attempt's, else the recorded pair if an earlier one may have
+        committed (P4)."""
+        return change or (repeat(view, name) if self.pending else None)
+
+    def read(self, view: UserView) -> None:
+        """Note a fresh read; identical to the one a failed transaction was built on: the refusal was not a race."""
+        if self._failed is not None and _same(self._failed, view):
+            # Azurite answers 404 (or 400) to a transaction whose keys it cannot parse (U+2028, U+00AD, ...).
+            logger.info("a transaction was refused with nothing changed: one call at a time for this user")
+            self.singly = True
+
+    async def failed(self, view: UserView, attempt: int, *, deciding: bool) -> None:
+        """Note a transaction that met a conflict, and wait a little before reading again."""
+        self.pending = self.pending or deciding
+        self._failed = view
+        await _back_off(attempt)
+
+
+def repeat(view: UserView, user_name: str) -> PresenceChange | None:
+    """The recorded pair, announced again after an outcome that could not be told apart (P4)."""
+    return view.presence.announced_as(user_name, rooms=view.rooms)
+
+
+def _same(first: UserView, second: UserView) -> bool:
+    return first.presence.etag == second.presence.etag and {k: r.etag for k, r in first.rows.items()} == {
+        k: r.etag for k, r in second.rows.items()
+    }
+
+
+async def _back_off(attempt: int) -> None:
+    """Wait a random while after a conflict, so writers racing on one partition spread out."""
+    ceiling = min(_BACKOFF_SECONDS * 2 ** min(attempt, 16), _MAX_BACKOFF_SECONDS)
+    await asyncio.sleep(random.uniform(0, ceiling))  # noqa: S311 - jitter, not a secret

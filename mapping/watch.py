@@ -1,0 +1,72 @@
+"""Watching users: a connection subscribes to the presence of up to 100 users it names, under a policy.
+
+`watch(users)` adds the calling connection to each user's presence group (`mapping.audience`) and
+answers it with a snapshot of their pairs; `unwatch(users)` removes it. A subscription belongs to the
+connection (SignalR groups end with it). `PRESENCE_WATCH` decides who may be watched: `anyone`,
+`room-members` (only users who share a room with the caller, checked when the watch is asked), or
+`nobody`. A refused or malformed call changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from mapping.errors import InvalidRequestError, RefusedError
+from mapping.keys import normalize_user_name, user_key
+from mapping.presence import PresenceChange, PresenceState
+from mapping.roster import RosterEntry
+from mapping.store import ConnectionStore, UserView
+
+MAX_WATCHED = 100  # users per watch or unwatch call
+_READS = 16  # watched users' partitions read at once
+
+
+def parse_users(method: str, arguments: list[object] | None) -> list[str]:
+    """Return the user names of a `watch`/`unwatch` call (one list of at most 100 names), without duplicates."""
+    if arguments is None or len(arguments) != 1:
+        raise InvalidRequestError(f"{method} expects one argument: (users), a list of user names")
+    users = arguments[0]
+    if not isinstance(users, list):
+        raise InvalidRequestError(f"{method}: users must be a list of user names")
+    if len(users) > MAX_WATCHED:
+        raise InvalidRequestError(f"{method}: at most {MAX_WATCHED} users per call")
+    names: dict[str, str] = {}
+    for user in users:
+        name = normalize_user_name(user)  # InvalidNameError: the whole call is refused
+        names.setdefault(user_key(name), name)
+    return list(names.values())
+
+
+class Watching:
+    """The `watch` policy and the snapshot of watched users."""
+
+    def __init__(self, store: ConnectionStore) -> None:
+        self.store = store
+
+    async def watch(self, caller: str, users: list[str]) -> list[RosterEntry]:
+        """Return the snapshot of `users` for `caller`, or raise InvalidRequestError if the policy refuses any."""
+        policy = self.store.settings.presence_watch
+        if policy == "nobody" and users:
+            raise RefusedError("watching users is turned off (PRESENCE_WATCH=nobody)")
+        views = await self._read([user_key(user) for user in users])
+        if policy == "room-members" and users:
+            mine = (await self.store.read_user(user_key(caller))).rooms.keys()
+            refused = [user for user, view in zip(users, views, strict=True) if not mine & view.rooms.keys()]
+            if refused:
+                raise RefusedError("may watch only users who share a room with you", refused=refused)
+        return [_entry(user, view) for user, view in zip(users, views, strict=True)]
+
+    async def _read(self, partitions: list[str]) -> list[UserView]:
+        slots = asyncio.Semaphore(_READS)
+
+        async def read(partition: str) -> UserView:
+            async with slots:
+                return await self.store.read_user(partition)
+
+        return list(await asyncio.gather(*(read(partition) for partition in partitions)))
+
+
+def _entry(user: str, view: UserView) -> RosterEntry:
+    name = view.name() if view.rows or view.presence.user_name else user
+    pair = view.presence.announced_as(name)
+    return RosterEntry(name, pair or PresenceChange.of(name, PresenceState(False), 0))
