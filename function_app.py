@@ -22,6 +22,7 @@ from mapping.invocation import parse_invocation
 from mapping.keys import normalize_user_name
 from mapping.openapi import document as openapi_document
 from mapping.rooms import Rooms
+from mapping.settings import GRACE_QUEUE
 from mapping.send import parse_room_send_body, parse_send_body, room_delivery_of, send_to_user
 
 logger = logging.getLogger(__name__)
@@ -78,7 +79,10 @@ async def connected(invocation: str, signalr: func.Out[str]) -> None:
 @signalr_event("connections", "disconnected")
 async def disconnected(invocation: str, signalr: func.Out[str]) -> None:
     """Remove a closed connection's row and announce the user offline when it was their last."""
-    _send(signalr, await events.on_disconnected(runtime.store(), parse_invocation(invocation)))
+    _send(
+        signalr,
+        await events.on_disconnected(runtime.store(), parse_invocation(invocation), delayed=runtime.delayed_actions),
+    )
 
 
 @app.function_name("send_message")
@@ -114,6 +118,36 @@ async def leave_room(invocation: str, signalr: func.Out[str]) -> None:
 async def send_to_room_message(invocation: str, signalr: func.Out[str]) -> None:
     """Deliver a member's `sendToRoom(room, message)` to the room."""
     _send(signalr, await events.on_send_to_room(runtime.store(), parse_invocation(invocation)))
+
+
+@app.function_name("watch_users")
+@signalr_event("messages", "watch")
+async def watch_users(invocation: str, signalr: func.Out[str]) -> None:
+    """Subscribe the caller to the presence of `watch(users)`, answered with their snapshot."""
+    _send(signalr, await events.on_watch(runtime.store(), parse_invocation(invocation)))
+
+
+@app.function_name("unwatch_users")
+@signalr_event("messages", "unwatch")
+async def unwatch_users(invocation: str, signalr: func.Out[str]) -> None:
+    """End the caller's subscriptions to `unwatch(users)`."""
+    _send(signalr, await events.on_unwatch(runtime.store(), parse_invocation(invocation)))
+
+
+@app.function_name("sync_room")
+@signalr_event("messages", "sync")
+async def sync_room(invocation: str, signalr: func.Out[str]) -> None:
+    """Answer the caller a fresh snapshot of a room it is a member of (`sync(room)`)."""
+    _send(signalr, await events.on_sync(runtime.store(), parse_invocation(invocation)))
+
+
+@app.function_name("presence_grace")
+@app.queue_trigger(arg_name="decision", queue_name=GRACE_QUEUE, connection="AzureWebJobsStorage")
+@signalr_output
+async def presence_grace(decision: func.QueueMessage, signalr: func.Out[str]) -> None:
+    """Decide a grace period that ran out (a delayed queue message): offline unless a connection came back."""
+    body = decision.get_body().decode("utf-8", errors="replace")
+    _send(signalr, await events.on_grace(runtime.store(), body, delayed=runtime.delayed_actions()))
 
 
 @app.function_name("send")

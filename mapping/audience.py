@@ -39,18 +39,12 @@ def presence_messages(change: PresenceChange, *, audience: str) -> list[Message]
     messages: list[Message] = [
         {"target": PRESENCE_TARGET, "groupName": presence_group(change.user), "arguments": [payload]}
     ]
-    messages += [
-        {"target": PRESENCE_TARGET, "groupName": room, "arguments": [{**payload, "room": room}]}
-        for room in change.rooms
-    ]
-    return messages
+    return messages + [room_presence(change, room) for room in change.rooms]
 
 
-def announced(changes: Sequence[PresenceChange | None], *, audience: str) -> list[Message]:
-    """Return the announcements of every change given (None: nothing to announce)."""
-    return [
-        message for change in changes if change is not None for message in presence_messages(change, audience=audience)
-    ]
+def room_presence(change: PresenceChange, room: str) -> Message:
+    """Return a user's pair to one room's group (a member who just joined, for the others)."""
+    return {"target": PRESENCE_TARGET, "groupName": room, "arguments": [{**change.to_json(), "room": room}]}
 
 
 def sync_messages(connection_id: str, entries: Sequence[RosterEntry], *, room: str | None) -> list[Message]:

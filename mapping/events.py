@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from mapping.errors import InvalidNameError, InvalidRequestError, StorageError, UserOfflineError
+from mapping.audience import presence_group, presence_messages, room_presence, sync_messages
+from mapping.delayed import DelayedActions
+from mapping.errors import InvalidNameError, InvalidRequestError, RefusedError, StorageError, UserOfflineError
+from mapping.grace import Decision, Grace
 from mapping.invocation import Invocation
+from mapping.keys import parse_room, user_key
 from mapping.liveness import AGE_ONLY, MAPPED_GROUP, LivenessCheck
-from mapping.messages import Message, error_message, join_group, leave_group, presence_message, room_message
+from mapping.messages import Message, error_message, join_group, leave_group, room_message
 from mapping.presence import PresenceChange
 from mapping.rooms import Rooms
+from mapping.roster import Roster, RosterEntry
 from mapping.send import parse_room_send_arguments, parse_send_arguments, room_delivery_of, send_to_user
 from mapping.store import ConnectionStore
 from mapping.sweep import sweep
+from mapping.watch import Watching, parse_users
 
 logger = logging.getLogger(__name__)
 
@@ -36,19 +44,36 @@ async def on_connected(store: ConnectionStore, event: Invocation) -> list[Messag
     if store.lease.reconciled:
         # The sweep lists this group to learn which connections the service still has (no table request).
         groups.append(join_group(connection_id, MAPPED_GROUP))
-    return groups + _announced(outcome.presence)
+    if store.settings.presence_audience == "scoped":
+        groups.append(join_group(connection_id, presence_group(outcome.entity.user_name)))  # hears its own user
+    return groups + await _announced(store, outcome.presence)
 
 
-async def on_disconnected(store: ConnectionStore, event: Invocation) -> list[Message]:
-    """Remove a closed connection's row; announce the user offline when no live connection is left."""
+async def on_disconnected(
+    store: ConnectionStore, event: Invocation, *, delayed: Callable[[], DelayedActions]
+) -> list[Message]:
+    """Remove a closed connection's row and announce the user's new state; with a grace, hold it and decide later."""
     if not event.user_id or not event.connection_id:
         return []
     try:
+        if store.lease.grace:
+            await Grace(store, delayed()).end(event.user_id, event.connection_id)
+            return []  # nothing changes until the grace is over (mapping.grace)
         outcome = await store.disconnect(event.user_id, event.connection_id)
     except InvalidNameError as error:
         logger.warning("disconnected: ignored: %s", error)
         return []
-    return _announced(outcome.presence)
+    return await _announced(store, outcome.presence)
+
+
+async def on_grace(store: ConnectionStore, body: str, *, delayed: DelayedActions) -> list[Message]:
+    """Make a grace decision (a queue message): announce who went offline, or nothing if they came back."""
+    try:
+        decision = Decision.from_body(body)
+    except (InvalidRequestError, InvalidNameError) as error:
+        logger.error("grace: a message that is no decision was dropped: %s", error)
+        return []  # retrying cannot mend it
+    return await _announced(store, await Grace(store, delayed).decide(decision))
 
 
 async def on_send(store: ConnectionStore, event: Invocation) -> list[Message]:
@@ -70,21 +95,22 @@ async def on_send(store: ConnectionStore, event: Invocation) -> list[Message]:
 
 async def on_set_status(store: ConnectionStore, event: Invocation) -> list[Message]:
     """Record the caller's `setStatus(status)` and announce the user's presence, or answer the caller an error."""
-    if not event.connection_id:
-        return []
-    if not event.user_id:
-        return [error_message(event.connection_id, "setStatus needs a signed-in user")]
-    if event.arguments is None or len(event.arguments) != 1:
-        return [error_message(event.connection_id, "setStatus expects one argument: (status)")]
+    caller = _caller(event, "setStatus", "(status)")
+    if isinstance(caller, list):
+        return caller
     try:
-        outcome = await store.set_status(event.user_id, event.connection_id, event.arguments[0])
+        outcome = await store.set_status(caller.user, caller.connection, caller.argument)
     except (InvalidRequestError, InvalidNameError) as error:
-        return [error_message(event.connection_id, str(error))]
+        return [error_message(caller.connection, str(error))]
     except StorageError as error:
-        return [_unavailable(event.connection_id, "setStatus", error)]
+        return [_unavailable(caller.connection, "setStatus", error)]
     if not outcome.found:
-        return [error_message(event.connection_id, "this connection is not mapped; reconnect")]
-    return [*_rejoined(event.connection_id, outcome.rooms), *_announced(outcome.presence)]
+        return [error_message(caller.connection, "this connection is not mapped; reconnect")]
+    try:
+        announcement = await _announced(store, outcome.presence)
+    except StorageError as error:
+        return [_unavailable(caller.connection, "setStatus", error)]
+    return [*_rejoined(caller.connection, outcome.rooms), *announcement]
 
 
 async def on_join(store: ConnectionStore, event: Invocation) -> list[Message]:
@@ -99,54 +125,139 @@ async def on_leave(store: ConnectionStore, event: Invocation) -> list[Message]:
 
 async def on_send_to_room(store: ConnectionStore, event: Invocation) -> list[Message]:
     """Deliver a member's `sendToRoom(room, message)` to the room's group, or answer the caller an error."""
-    if not event.connection_id:
-        return []
-    if not event.user_id:
-        return [error_message(event.connection_id, "sendToRoom needs a signed-in user")]
-    revived = await _refresh(store, event.user_id, event.connection_id)
+    caller = _caller(event, "sendToRoom")
+    if isinstance(caller, list):
+        return caller
+    revived = await _refresh(store, caller.user, caller.connection)
     try:
         request = parse_room_send_arguments(event.arguments)
-        if not await Rooms(store).is_member(event.user_id, request.room):
-            return [*revived, error_message(event.connection_id, "not a member of this room", room=request.room)]
+        if not await Rooms(store).is_member(caller.user, request.room):
+            return [*revived, error_message(caller.connection, "not a member of this room", room=request.room)]
     except (InvalidRequestError, InvalidNameError) as error:
-        return [*revived, error_message(event.connection_id, str(error))]
+        return [*revived, error_message(caller.connection, str(error))]
     except StorageError as error:
-        return [*revived, _unavailable(event.connection_id, "sendToRoom", error)]
-    return [*revived, room_delivery_of(request, sender=event.user_id)]
+        return [*revived, _unavailable(caller.connection, "sendToRoom", error)]
+    return [*revived, room_delivery_of(request, sender=caller.user)]
 
 
 async def on_timer(store: ConnectionStore, *, liveness: LivenessCheck = AGE_ONLY) -> list[Message]:
     """Sweep stale rows (liveness-checked unless age-only); announce users whose presence changed."""
     result = await sweep(store, liveness=liveness)
     regrouped = [join_group(connection_id, MAPPED_GROUP) for connection_id in result.unlisted_alive]
-    return regrouped + [presence_message(change) for change in result.presence]
+    audience = store.settings.presence_audience
+    return regrouped + [
+        message for change in result.presence for message in presence_messages(change, audience=audience)
+    ]
+
+
+async def on_watch(store: ConnectionStore, event: Invocation) -> list[Message]:
+    """Subscribe the caller to the presence of `watch(users)` and answer it their snapshot (`presenceSync`)."""
+    caller = _caller(event, "watch", "(users)")
+    if isinstance(caller, list):
+        return caller
+    revived = await _refresh(store, caller.user, caller.connection)
+    try:
+        users = parse_users("watch", caller.argument)
+        entries = await Watching(store).watch(caller.user, users)
+    except RefusedError as error:
+        return [*revived, error_message(caller.connection, str(error), **error.details)]
+    except (InvalidRequestError, InvalidNameError) as error:
+        return [*revived, error_message(caller.connection, str(error))]
+    except StorageError as error:
+        return [*revived, _unavailable(caller.connection, "watch", error)]
+    groups = [join_group(caller.connection, presence_group(user)) for user in users]
+    return [*revived, *groups, *sync_messages(caller.connection, entries, room=None)]
+
+
+async def on_unwatch(store: ConnectionStore, event: Invocation) -> list[Message]:
+    """End the caller's subscriptions to `unwatch(users)` (watching nobody of them does no harm)."""
+    caller = _caller(event, "unwatch", "(users)")
+    if isinstance(caller, list):
+        return caller
+    revived = await _refresh(store, caller.user, caller.connection)
+    try:
+        users = parse_users("unwatch", caller.argument)
+    except (InvalidRequestError, InvalidNameError) as error:
+        return [*revived, error_message(caller.connection, str(error))]
+    return [*revived, *(leave_group(caller.connection, presence_group(user)) for user in users)]
+
+
+async def on_sync(store: ConnectionStore, event: Invocation) -> list[Message]:
+    """Answer the caller a fresh snapshot of a room it is a member of (`sync(room)`)."""
+    caller = _caller(event, "sync", "(room)")
+    if isinstance(caller, list):
+        return caller
+    revived = await _refresh(store, caller.user, caller.connection)
+    try:
+        room = parse_room(caller.argument)
+        if room not in (await store.read_user(user_key(caller.user))).rooms:
+            return [*revived, error_message(caller.connection, "not a member of this room", room=room)]
+        entries = await _roster(store, room)
+    except (InvalidRequestError, InvalidNameError) as error:
+        return [*revived, error_message(caller.connection, str(error))]
+    except StorageError as error:
+        return [*revived, _unavailable(caller.connection, "sync", error)]
+    return [*revived, *sync_messages(caller.connection, entries, room=room)]
 
 
 async def _membership(store: ConnectionStore, event: Invocation, *, joining: bool) -> list[Message]:
     method = "join" if joining else "leave"
+    caller = _caller(event, method, "(room)")
+    if isinstance(caller, list):
+        return caller
+    revived = await _refresh(store, caller.user, caller.connection)
+    rooms = Rooms(store)
+    try:
+        if joining:
+            change = await rooms.join(caller.user, parse_room(caller.argument))
+            entries = await _roster(store, change.room)
+        else:
+            change = await rooms.leave(caller.user, parse_room(caller.argument))
+    except (InvalidRequestError, InvalidNameError) as error:
+        return [*revived, error_message(caller.connection, str(error))]
+    except StorageError as error:
+        return [*revived, _unavailable(caller.connection, method, error)]
+    # The caller first (it is surely connected: it asked), even should its row be missing.
+    connections = dict.fromkeys([caller.connection, *change.connections])
+    announcement = room_message(change.room, user=change.user, joined=joining)
+    if not joining:
+        return [*revived, announcement, *(leave_group(c, change.room) for c in connections)]
+    presence = [room_presence(change.presence, change.room)] if change.presence is not None else []
+    return [
+        *revived,
+        *(join_group(c, change.room) for c in connections),
+        announcement,
+        *presence,
+        *sync_messages(caller.connection, entries, room=change.room),
+    ]
+
+
+async def _roster(store: ConnectionStore, room: str) -> list[RosterEntry]:
+    """Return a room's snapshot: every member with their presence pair (one index query a thousand members)."""
+    return [entry async for page in Roster(store).snapshot(room) for entry in page]
+
+
+@dataclass(frozen=True, slots=True)
+class _Caller:
+    """The connection and signed-in user of a client call, and its one argument (None for calls without)."""
+
+    user: str
+    connection: str
+    argument: object = None
+
+
+def _caller(event: Invocation, method: str, signature: str | None = None) -> _Caller | list[Message]:
+    """The caller checks of every client call: a connection, a signed-in user, one argument when it takes one;
+    what to answer instead when a check fails."""
     if not event.connection_id:
         return []
     if not event.user_id:
         return [error_message(event.connection_id, f"{method} needs a signed-in user")]
+    if signature is None:
+        return _Caller(event.user_id, event.connection_id)
     if event.arguments is None or len(event.arguments) != 1:
-        return [error_message(event.connection_id, f"{method} expects one argument: (room)")]
-    revived = await _refresh(store, event.user_id, event.connection_id)
-    rooms = Rooms(store)
-    try:
-        if joining:
-            change = await rooms.join(event.user_id, event.arguments[0])
-        else:
-            change = await rooms.leave(event.user_id, event.arguments[0])
-    except (InvalidRequestError, InvalidNameError) as error:
-        return [*revived, error_message(event.connection_id, str(error))]
-    except StorageError as error:
-        return [*revived, _unavailable(event.connection_id, method, error)]
-    # The caller first (it is surely connected: it asked), even should its row be missing.
-    connections = dict.fromkeys([event.connection_id, *change.connections])
-    announcement = room_message(change.room, user=change.user, joined=joining)
-    if joining:
-        return [*revived, *(join_group(c, change.room) for c in connections), announcement]
-    return [*revived, announcement, *(leave_group(c, change.room) for c in connections)]
+        return [error_message(event.connection_id, f"{method} expects one argument: {signature}")]
+    return _Caller(event.user_id, event.connection_id, event.arguments[0])
 
 
 def _unavailable(connection_id: str, method: str, error: StorageError) -> Message:
@@ -155,8 +266,12 @@ def _unavailable(connection_id: str, method: str, error: StorageError) -> Messag
     return error_message(connection_id, "the connection store is unavailable, try again", retry=True)
 
 
-def _announced(change: PresenceChange | None) -> list[Message]:
-    return [presence_message(change)] if change is not None else []
+async def _announced(store: ConnectionStore, change: PresenceChange | None) -> list[Message]:
+    """Copy a pair onto the user's rooms' rosters, then return its announcements (roster C2: copies first)."""
+    if change is None:
+        return []
+    await Roster(store).publish(change)
+    return presence_messages(change, audience=store.settings.presence_audience)
 
 
 async def _refresh(store: ConnectionStore, user_id: str, connection_id: str) -> list[Message]:
@@ -168,7 +283,12 @@ async def _refresh(store: ConnectionStore, user_id: str, connection_id: str) -> 
         return []
     if not outcome.found:
         logger.info("client message: caller %s has no row to refresh", connection_id)
-    return [*_rejoined(connection_id, outcome.rooms), *_announced(outcome.presence)]
+    try:
+        announcement = await _announced(store, outcome.presence)
+    except StorageError as error:
+        logger.warning("client message: a revival's announcement is left to the sweep: %s", error)
+        announcement = []
+    return [*_rejoined(connection_id, outcome.rooms), *announcement]
 
 
 def _rejoined(connection_id: str, rooms: tuple[str, ...]) -> list[Message]:

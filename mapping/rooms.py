@@ -39,7 +39,7 @@ from mapping.cursor import check_limit, decode_cursor, encode_cursor
 from mapping.errors import ConflictError, InvalidRequestError, RowChangedError, StorageError
 from mapping.keys import membership_key, normalize_user_name, parse_room, room_partition, user_key
 from mapping.membership import IndexedMember, Membership, pending_fields
-from mapping.presence import PresenceState, presence_write
+from mapping.presence import PresenceChange, PresenceState, presence_write
 from mapping.store import ConnectionStore, UserView
 from mapping.table import Operation, create, delete, etag_of, merge, upsert
 
@@ -60,6 +60,7 @@ class RoomChange:
     room: str
     joined: bool
     connections: tuple[str, ...]
+    presence: PresenceChange | None = None  # the user's recorded pair, for the room's members
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,4 +226,6 @@ class Rooms:
         self, view: UserView, name: str, room: str, *, joined: bool, moment: datetime, lapsed_too: bool = False
     ) -> RoomChange:
         rows = view.rows.values() if lapsed_too else view.live(self.store.lease, now=moment)
-        return RoomChange(name, room, joined, tuple(row.connection_id for row in rows))
+        rows = [row for row in rows if row.ended_at is None]  # closed: a grace holds it for presence only
+        pair = view.presence.announced_as(name, rooms=(room,))
+        return RoomChange(name, room, joined, tuple(row.connection_id for row in rows), pair)

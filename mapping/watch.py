@@ -21,11 +21,8 @@ MAX_WATCHED = 100  # users per watch or unwatch call
 _READS = 16  # watched users' partitions read at once
 
 
-def parse_users(method: str, arguments: list[object] | None) -> list[str]:
-    """Return the user names of a `watch`/`unwatch` call (one list of at most 100 names), without duplicates."""
-    if arguments is None or len(arguments) != 1:
-        raise InvalidRequestError(f"{method} expects one argument: (users), a list of user names")
-    users = arguments[0]
+def parse_users(method: str, users: object) -> list[str]:
+    """Return the user names of a `watch`/`unwatch` argument (a list of at most 100 names), without duplicates."""
     if not isinstance(users, list):
         raise InvalidRequestError(f"{method}: users must be a list of user names")
     if len(users) > MAX_WATCHED:
