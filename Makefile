@@ -71,9 +71,10 @@ run-func: install
 	@test -f local.settings.json || { cp local.settings.sample.json local.settings.json; echo "created local.settings.json from the sample"; }
 	@MODE=func PYTHON=$(BIN)/python bash local/scripts/run-local.sh
 
-# Azurite alone, in the foreground (for running `func start` yourself).
+# Azurite alone, in the foreground (for running `func start` yourself). --skipApiVersionCheck: azure-storage-queue
+# speaks a newer API version than Azurite accepts.
 azurite: install
-	node_modules/.bin/azurite --inMemoryPersistence --disableTelemetry
+	node_modules/.bin/azurite --inMemoryPersistence --disableTelemetry --skipApiVersionCheck
 
 # One sweep's cost at 1k, 10k and 50k live rows: beside the old full-table scan, and, with a SignalR
 # connection, the group listing beside per-connection HEAD checks (about ten minutes in all).

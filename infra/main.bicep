@@ -138,6 +138,26 @@ param mappingMaxAgeSeconds int = 86400
 @description('Broadcast presence changes to the hub (PRESENCE_EVENTS).')
 param presenceEvents bool = true
 
+@description('Who hears a user\'s presence changes (PRESENCE_AUDIENCE): scoped (the rooms they are in, their watchers and their own tabs) or hub (every connection of the hub).')
+@allowed([
+  'scoped'
+  'hub'
+])
+param presenceAudience string = 'scoped'
+
+@description('Whom a connection may watch for presence changes (PRESENCE_WATCH): anyone, room-members (users it shares a room with) or nobody.')
+@allowed([
+  'anyone'
+  'room-members'
+  'nobody'
+])
+param presenceWatch string = 'anyone'
+
+@description('Grace period in seconds (PRESENCE_GRACE_SECONDS): a user whose last connection ends is announced offline only if no connection is back within it (0 announces at once; at most 3600). The decision travels as a delayed message on the host storage\'s queue.')
+@minValue(0)
+@maxValue(3600)
+param presenceGraceSeconds int = 15
+
 @description('NCRONTAB schedule of the stale-row sweeper (SWEEP_SCHEDULE): six fields, seconds first, UTC.')
 param sweepSchedule string = '0 */5 * * * *'
 
@@ -261,6 +281,9 @@ module functionApp 'app/function-app.bicep' = {
     mappingTtlSeconds: mappingTtlSeconds
     mappingMaxAgeSeconds: mappingMaxAgeSeconds
     presenceEvents: presenceEvents
+    presenceAudience: presenceAudience
+    presenceWatch: presenceWatch
+    presenceGraceSeconds: presenceGraceSeconds
     sweepSchedule: sweepSchedule
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB

@@ -1,4 +1,5 @@
-"""One exception tree for the mapping library; Azure errors are translated into it by the table layer (table.py)."""
+"""One exception tree for the mapping library; Azure errors are translated into it by the table layer (table.py) and
+the queue layer (queue.py)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ class UserOfflineError(MappingError):
 
 
 class StorageError(MappingError):
-    """Table Storage failed or could not be reached; the operation did not take effect."""
+    """Storage (the table, or a queue) failed or could not be reached; the operation did not take effect."""
 
     def __init__(self, message: str, *, retry_after_seconds: int = 5) -> None:
         super().__init__(message)
@@ -44,7 +45,7 @@ class StorageError(MappingError):
 
 
 class StorageUnavailableError(StorageError):
-    """Table Storage could not be reached, timed out, or is throttling."""
+    """Storage could not be reached, timed out, or is throttling."""
 
 
 class ConflictError(StorageError):

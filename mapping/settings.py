@@ -43,6 +43,7 @@ DEFAULT_GRACE_SECONDS = 15
 MAX_GRACE_SECONDS = 3600  # a grace longer than an hour is a configuration mistake
 AUDIENCES = ("scoped", "hub")  # PRESENCE_AUDIENCE: rooms, watchers and own tabs; or the whole hub
 WATCH_POLICIES = ("anyone", "room-members", "nobody")  # PRESENCE_WATCH: whom a connection may watch
+GRACE_QUEUE = "presence-grace"  # the queue in AzureWebJobsStorage that carries the grace period's decisions
 
 _TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
 _HUB_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
@@ -63,6 +64,22 @@ class StorageConnection:
         # Connection strings hold account keys: never let them reach a log through repr().
         kind = "connection string" if self.connection_string else f"identity at {self.table_service_uri}"
         return f"StorageConnection({kind} from {self.source})"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueConnection:
+    """How to reach the host storage's queues: a connection string, or a queue endpoint plus a managed identity."""
+
+    connection_string: str | None = None
+    queue_service_uri: str | None = None
+    client_id: str | None = None
+    managed_identity: bool = False  # `__credential=managedidentity`: a managed identity, never developer credentials
+    source: str = "AzureWebJobsStorage"
+
+    def __repr__(self) -> str:
+        # Connection strings hold account keys: never let them reach a log through repr().
+        kind = "connection string" if self.connection_string else f"identity at {self.queue_service_uri}"
+        return f"QueueConnection({kind} from {self.source})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +107,7 @@ class Settings:
     sweep_schedule: str = DEFAULT_SWEEP_SCHEDULE
     max_age: timedelta = timedelta(seconds=DEFAULT_MAX_AGE_SECONDS)
     signalr: SignalRConnection | None = None
+    queue: QueueConnection | None = None  # None: AzureWebJobsStorage has no queue endpoint the app can use
     presence_audience: str = "scoped"
     presence_watch: str = "anyone"
     # No grace unless asked: the app setting's default (15 s) is applied by from_environment.
@@ -108,6 +126,7 @@ class Settings:
             sweep_schedule=_value(env, "SWEEP_SCHEDULE") or DEFAULT_SWEEP_SCHEDULE,
             max_age=timedelta(seconds=_positive_int(env, "MAPPING_MAX_AGE_SECONDS", DEFAULT_MAX_AGE_SECONDS)),
             signalr=_signalr_connection(env),
+            queue=_queue_connection(env),
             presence_audience=_choice(env, "PRESENCE_AUDIENCE", AUDIENCES),
             presence_watch=_choice(env, "PRESENCE_WATCH", WATCH_POLICIES),
             presence_grace=timedelta(seconds=_grace_seconds(env)),
@@ -138,6 +157,44 @@ def _storage_connection(env: Mapping[str, str]) -> StorageConnection:
         "no table storage connection: set MAPPING_STORAGE (a connection string) or "
         "MAPPING_STORAGE__tableServiceUri, or AzureWebJobsStorage"
     )
+
+
+def _queue_connection(env: Mapping[str, str]) -> QueueConnection | None:
+    """Return the queues of AzureWebJobsStorage, as the Functions host reads that connection; None when unusable."""
+    name = "AzureWebJobsStorage"
+    if raw := _value(env, name):
+        return _queue_connection_string(raw)
+    uri = _value(env, f"{name}__queueServiceUri")
+    if uri is None and (account := _value(env, f"{name}__accountName")):
+        uri = f"https://{account}.queue.core.windows.net"
+    if uri is None:
+        return None
+    credential = _value(env, f"{name}__credential")
+    if credential is not None and credential.lower() != "managedidentity":
+        raise ConfigurationError(f"{name}__credential must be managedidentity, got {credential!r}")
+    return QueueConnection(
+        queue_service_uri=uri.rstrip("/"),
+        client_id=_value(env, f"{name}__clientId"),
+        managed_identity=credential is not None,
+        source=name,
+    )
+
+
+def _queue_connection_string(raw: str) -> QueueConnection | None:
+    """Keep a connection string that reaches a queue service: the emulator's shorthand, an explicit QueueEndpoint,
+    or an account whose endpoints are all derived from its name; one naming other endpoints but no queue is unusable."""
+    parts: dict[str, str] = {}
+    for part in raw.split(";"):
+        key, _, value = part.partition("=")
+        if key.strip():
+            parts[key.strip().lower()] = value.strip()
+    if parts.get("usedevelopmentstorage", "").lower() == "true":
+        # The SDK recognises only the exact `UseDevelopmentStorage=true`.
+        return QueueConnection(connection_string="UseDevelopmentStorage=true")
+    explicit = {key for key in parts if key.endswith("endpoint") and key != "queueendpoint"}
+    if "queueendpoint" in parts or ("accountname" in parts and not explicit):
+        return QueueConnection(connection_string=raw.strip())
+    return None
 
 
 def _signalr_connection(env: Mapping[str, str]) -> SignalRConnection | None:

@@ -1,4 +1,5 @@
-"""Run Azurite's table service from node_modules, in memory, on a free port: shared by the tests and the benchmarks."""
+"""Run Azurite (table, queue and blob services) from node_modules, in memory, on free ports: shared by the tests and
+the benchmarks."""
 
 from __future__ import annotations
 
@@ -13,10 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-AZURITE = ROOT / "node_modules" / ".bin" / "azurite-table"
+AZURITE = ROOT / "node_modules" / ".bin" / "azurite-table"  # the table service alone (tests that restart it)
+AZURITE_ALL = ROOT / "node_modules" / ".bin" / "azurite"  # blob, queue and table in one process
 DEV_ACCOUNT = "devstoreaccount1"
 # Azurite's published development key; not a secret.
 DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+# azure-storage-queue sends a newer x-ms-version than Azurite 3.37 accepts: without this flag every queue call
+# is refused with 400 InvalidHeaderValue ("The API version ... is not supported by Azurite").
+AZURITE_FLAGS = ("--inMemoryPersistence", "--disableTelemetry", "--silent", "--skipApiVersionCheck")
 
 
 class AzuriteError(RuntimeError):
@@ -25,22 +30,41 @@ class AzuriteError(RuntimeError):
 
 @dataclass(frozen=True)
 class Azurite:
-    """A running Azurite table service."""
+    """A running Azurite: its table port, and its queue and blob ports when those services run too."""
 
     port: int
+    queue_port: int | None = None
+    blob_port: int | None = None
 
     @property
     def connection_string(self) -> str:
-        """Return a connection string for this Azurite's table endpoint."""
-        return connection_string(self.port)
+        """Return a connection string for every endpoint this Azurite serves (the table's, then queue, blob)."""
+        return connection_string(self.port, queue_port=self.queue_port, blob_port=self.blob_port)
+
+    @property
+    def queue_connection_string(self) -> str:
+        """Return a connection string for this Azurite's queue endpoint only."""
+        if self.queue_port is None:
+            raise AzuriteError("this Azurite runs no queue service")
+        return queue_connection_string(self.queue_port)
 
 
-def connection_string(port: int) -> str:
-    """Return a connection string for an Azurite-style table endpoint on 127.0.0.1:`port`."""
+def _endpoint(kind: str, port: int) -> str:
+    return f"{kind}Endpoint=http://127.0.0.1:{port}/{DEV_ACCOUNT};"
+
+
+def connection_string(port: int, *, queue_port: int | None = None, blob_port: int | None = None) -> str:
+    """Return a connection string for an Azurite-style table endpoint on 127.0.0.1:`port` (and queue, blob ones)."""
+    extra = "".join(_endpoint(kind, p) for kind, p in (("Queue", queue_port), ("Blob", blob_port)) if p is not None)
     return (
         f"DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_KEY};"
-        f"TableEndpoint=http://127.0.0.1:{port}/{DEV_ACCOUNT};"
+        f"{_endpoint('Table', port)}{extra}"
     )
+
+
+def queue_connection_string(port: int) -> str:
+    """Return a connection string for an Azurite-style queue endpoint on 127.0.0.1:`port` only."""
+    return f"DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_KEY};{_endpoint('Queue', port)}"
 
 
 def free_port() -> int:
@@ -61,32 +85,46 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float)
     return False
 
 
+def _free_ports(count: int) -> list[int]:
+    """Return `count` distinct free ports."""
+    ports: list[int] = []
+    while len(ports) < count:
+        if (port := free_port()) not in ports:
+            ports.append(port)
+    return ports
+
+
 @contextlib.contextmanager
 def running_azurite(*, port: int | None = None) -> Iterator[Azurite]:
-    """Run Azurite's table service in memory on `port` (default: a free one) until the block ends."""
-    if not AZURITE.exists():
-        raise AzuriteError(f"{AZURITE} is missing: run `npm ci` (make install) first")
+    """Run Azurite's table, queue and blob services in memory (table on `port`, default a free one; the others on
+    free ports) until the block ends."""
+    if not AZURITE_ALL.exists():
+        raise AzuriteError(f"{AZURITE_ALL} is missing: run `npm ci` (make install) first")
     workdir = tempfile.mkdtemp(prefix="azurite-")
     for _attempt in range(3):
-        chosen = port or free_port()
+        table, queue, blob = _free_ports(3)
+        table = port or table
         process = subprocess.Popen(
             [
-                *(str(AZURITE), "--tableHost", "127.0.0.1", "--tablePort", str(chosen)),
-                *("--inMemoryPersistence", "--disableTelemetry", "--silent"),
+                str(AZURITE_ALL),
+                *("--tableHost", "127.0.0.1", "--tablePort", str(table)),
+                *("--queueHost", "127.0.0.1", "--queuePort", str(queue)),
+                *("--blobHost", "127.0.0.1", "--blobPort", str(blob)),
+                *AZURITE_FLAGS,
             ],
             cwd=workdir,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        if _wait_listening(chosen, process, timeout=30):
+        # A port taken meanwhile by someone else makes Azurite exit: then try again on other ports.
+        if all(_wait_listening(p, process, timeout=30) for p in (table, queue, blob)):
             break
-        process.kill()
-        process.wait()
+        stop_process(process, timeout=5)
     else:
         shutil.rmtree(workdir, ignore_errors=True)
         raise AzuriteError("Azurite did not start")
     try:
-        yield Azurite(chosen)
+        yield Azurite(table, queue_port=queue, blob_port=blob)
     finally:
         stop_process(process, timeout=10)
         shutil.rmtree(workdir, ignore_errors=True)

@@ -78,9 +78,12 @@ def running_stack(
     keepalive: float = 15.0,
     static: dict[str, Path] | None = None,
     app: str | None = None,
+    extra_settings: dict[str, str] | None = None,
+    host_json: dict[str, Any] | None = None,
 ) -> Iterator[Stack]:
     """Start the emulator and the local host for the app (or `app`, a module:attribute under tests/) on a fresh
-    table; stop both when the block ends."""
+    table, with `extra_settings` among the app settings and `host_json` instead of the repository's host.json;
+    stop both when the block ends."""
     logs = Path(tempfile.mkdtemp(prefix="e2e-stack-"))
     table = unique_table_name()
     processes: list[subprocess.Popen[bytes]] = []
@@ -90,6 +93,8 @@ def running_stack(
             emulator_url, host_url = f"http://127.0.0.1:{emulator_port}", f"http://127.0.0.1:{host_port}"
             values = {
                 "FUNCTIONS_WORKER_RUNTIME": "python",
+                # The host storage: queue triggers read their queues through it (Azurite's queue endpoint).
+                "AzureWebJobsStorage": azurite.connection_string,
                 "MAPPING_STORAGE": azurite.connection_string,
                 "MAPPING_TABLE": table,
                 "MAPPING_TTL_SECONDS": str(ttl_seconds),
@@ -101,9 +106,14 @@ def running_stack(
                 "AzureSignalRConnectionString": (
                     f"Endpoint=http://127.0.0.1;Port={emulator_port};AccessKey={ACCESS_KEY};Version=1.0;"
                 ),
+                **(extra_settings or {}),
             }
             settings = logs / "local.settings.json"
             settings.write_text(json.dumps({"IsEncrypted": False, "Values": values}))
+            host_json_path = ROOT / "host.json"
+            if host_json is not None:
+                host_json_path = logs / "host.json"
+                host_json_path.write_text(json.dumps(host_json))
             emulator = [
                 *(sys.executable, "-m", "local.emulator", "--host", "127.0.0.1", "--port", str(emulator_port)),
                 *("--public-url", emulator_url, "--upstream", f"{host_url}/runtime/webhooks/signalr"),
@@ -112,7 +122,7 @@ def running_stack(
             ]
             host = [
                 *(sys.executable, "-m", "local.host", "--host", "127.0.0.1", "--port", str(host_port)),
-                *("--settings", str(settings)),
+                *("--settings", str(settings), "--host-json", str(host_json_path)),
             ]
             for prefix, directory in (static or {}).items():
                 host += ["--static", f"{prefix}={directory}"]

@@ -15,7 +15,15 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from mapping.settings import APP_SETTING_NAMES, CONNECTION_SETTINGS, VALUE_SETTINGS
+from mapping.settings import (
+    APP_SETTING_NAMES,
+    AUDIENCES,
+    CONNECTION_SETTINGS,
+    DEFAULT_GRACE_SECONDS,
+    MAX_GRACE_SECONDS,
+    VALUE_SETTINGS,
+    WATCH_POLICIES,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
@@ -257,6 +265,63 @@ def test_connections_are_identity_based_in_bicep(name: str) -> None:
     assert settings.get(f"{name}__clientId") == "identityClientId", f"{name}__clientId is not the identity's client id"
     endpoints = [key for key in settings if re.fullmatch(rf"{name}__(\w+ServiceUri|serviceUri)", key)]
     assert endpoints, f"{name} has no __...ServiceUri endpoint"
+
+
+def test_host_storage_reaches_the_queue_endpoint_with_the_identity() -> None:
+    """AzureWebJobsStorage has the account's queue endpoint (delayed actions, queue triggers), identity-based."""
+    settings = _app_settings()
+    assert settings["AzureWebJobsStorage__queueServiceUri"] == "storage.properties.primaryEndpoints.queue"
+    assert settings["AzureWebJobsStorage__credential"] == "'managedidentity'"
+    assert settings["AzureWebJobsStorage__clientId"] == "identityClientId"
+    assert "AzureWebJobsStorage" not in settings
+
+
+def test_the_identity_may_send_and_delete_queue_messages() -> None:
+    """The app's identity holds Storage Queue Data Contributor on the storage account, before the app starts."""
+    text = _bicep(RBAC_BICEP)
+    block = _symbolic_resources(text)["storageQueueDataContributor"]
+    assert re.search(r"roleDefinitions', storageQueueDataContributorRoleId\)", block)
+    assert re.search(r"^\s*name:\s*guid\(storage\.id, principalId, storageQueueDataContributorRoleId\)", block, re.M)
+    assert re.search(r"^\s*scope:\s*storage\s*$", block, re.MULTILINE)
+    assert re.search(r"^\s*principalId:\s*principalId\s*$", block, re.MULTILINE)
+    assert re.search(r"^var storageQueueDataContributorRoleId = '974c5e8b-45b9-4653-ba55-5f855dd0fb88'", text, re.M)
+    main = _bicep(MAIN_BICEP)
+    function_app = _block_at(main, main.index("module functionApp "))
+    assert re.search(r"dependsOn:\s*\[\s*rbac\s*\]", function_app)
+
+
+@pytest.mark.parametrize(
+    ("parameter", "setting", "allowed", "default"),
+    [
+        ("presenceAudience", "PRESENCE_AUDIENCE", list(AUDIENCES), AUDIENCES[0]),
+        ("presenceWatch", "PRESENCE_WATCH", list(WATCH_POLICIES), WATCH_POLICIES[0]),
+    ],
+)
+def test_presence_choices_are_parameters_allowing_what_the_app_accepts(
+    parameter: str, setting: str, allowed: list[str], default: str
+) -> None:
+    """PRESENCE_AUDIENCE and PRESENCE_WATCH are main.bicep parameters with the app's choices and default, passed on."""
+    for path in (MAIN_BICEP, FUNCTION_APP_BICEP):
+        assert _allowed(path, parameter) == allowed, path
+        assert "@description(" in _param_decorators(path, parameter), path
+    assert _param_line(MAIN_BICEP, parameter) == f"param {parameter} string = '{default}'"
+    assert _param_line(FUNCTION_APP_BICEP, parameter) == f"param {parameter} string"
+    assert re.search(rf"^\s*{parameter}:\s*{parameter}\s*$", _bicep(MAIN_BICEP), re.MULTILINE)
+    assert _app_settings()[setting] == parameter
+
+
+def test_presence_grace_is_a_bounded_parameter_set_as_a_string() -> None:
+    """PRESENCE_GRACE_SECONDS is an int parameter (0 to the app's maximum, the app's default) set as its string."""
+    for path in (MAIN_BICEP, FUNCTION_APP_BICEP):
+        decorators = _param_decorators(path, "presenceGraceSeconds")
+        assert "@description(" in decorators, path
+        assert "@minValue(0)" in decorators, path
+        assert f"@maxValue({MAX_GRACE_SECONDS})" in decorators, path
+    assert (
+        _param_line(MAIN_BICEP, "presenceGraceSeconds") == f"param presenceGraceSeconds int = {DEFAULT_GRACE_SECONDS}"
+    )
+    assert re.search(r"^\s*presenceGraceSeconds:\s*presenceGraceSeconds\s*$", _bicep(MAIN_BICEP), re.MULTILINE)
+    assert _app_settings()["PRESENCE_GRACE_SECONDS"] == "string(presenceGraceSeconds)"
 
 
 def test_mapping_storage_points_at_the_table_endpoint() -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
 
 from mapping.errors import ConfigurationError
-from mapping.settings import APP_SETTING_NAMES, Settings
+from mapping.settings import APP_SETTING_NAMES, GRACE_QUEUE, Settings
 
 
 def test_defaults_apply_when_only_a_connection_is_set() -> None:
@@ -123,3 +124,80 @@ def test_repr_never_shows_a_connection_string() -> None:
     """Settings can be logged without leaking the account key."""
     settings = Settings.from_environment({"MAPPING_STORAGE": "AccountName=a;AccountKey=SECRETKEY=="})
     assert "SECRETKEY" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"AzureWebJobsStorage": "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=k==;EndpointSuffix=x.net"},
+            ("DefaultEndpointsProtocol=https;AccountName=a;AccountKey=k==;EndpointSuffix=x.net", None, None, False),
+        ),
+        (
+            {"AzureWebJobsStorage": "AccountName=a;AccountKey=k;QueueEndpoint=http://127.0.0.1:1/a;"},
+            ("AccountName=a;AccountKey=k;QueueEndpoint=http://127.0.0.1:1/a;", None, None, False),
+        ),
+        ({"AzureWebJobsStorage": "UseDevelopmentStorage=True;"}, ("UseDevelopmentStorage=true", None, None, False)),
+        (
+            {
+                "AzureWebJobsStorage__queueServiceUri": "https://h.queue.core.windows.net/",
+                "AzureWebJobsStorage__clientId": "c",
+                "AzureWebJobsStorage__credential": "managedidentity",
+            },
+            (None, "https://h.queue.core.windows.net", "c", True),
+        ),
+        (
+            {"AzureWebJobsStorage__accountName": "hostacct"},
+            (None, "https://hostacct.queue.core.windows.net", None, False),
+        ),
+    ],
+)
+def test_the_queue_connection_comes_from_the_host_storage(
+    env: dict[str, str], expected: tuple[str | None, str | None, str | None, bool]
+) -> None:
+    """AzureWebJobsStorage gives the queue connection: a connection string, the emulator, an endpoint or an account."""
+    queue = Settings.from_environment({"MAPPING_STORAGE": "UseDevelopmentStorage=true", **env}).queue
+    assert queue is not None
+    assert (queue.connection_string, queue.queue_service_uri, queue.client_id, queue.managed_identity) == expected
+    assert queue.source == "AzureWebJobsStorage"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"MAPPING_STORAGE": "AccountName=a;AccountKey=k;QueueEndpoint=http://127.0.0.1:1/a;"},
+        {"AzureWebJobsStorage": "AccountName=a;AccountKey=k;TableEndpoint=http://127.0.0.1:1/a;"},
+        {"AzureWebJobsStorage__tableServiceUri": "https://h.table.core.windows.net"},
+        {"AzureWebJobsStorage__blobServiceUri": "https://h.blob.core.windows.net"},
+    ],
+)
+def test_no_queue_without_a_queue_endpoint_in_the_host_storage(env: dict[str, str]) -> None:
+    """Without a usable AzureWebJobsStorage queue endpoint (MAPPING_STORAGE does not count), the queue is None."""
+    assert Settings.from_environment({"MAPPING_STORAGE": "UseDevelopmentStorage=true", **env}).queue is None
+
+
+def test_a_queue_credential_other_than_managed_identity_is_refused() -> None:
+    """AzureWebJobsStorage__credential takes only managedidentity, as the Functions host does."""
+    with pytest.raises(ConfigurationError, match="credential"):
+        Settings.from_environment(
+            {
+                "MAPPING_STORAGE": "x",
+                "AzureWebJobsStorage__queueServiceUri": "https://h.queue.core.windows.net",
+                "AzureWebJobsStorage__credential": "password",
+            }
+        )
+
+
+def test_the_queue_connection_repr_never_shows_a_key() -> None:
+    """The queue connection can be logged without leaking the account key, and so can the settings holding it."""
+    settings = Settings.from_environment({"AzureWebJobsStorage": "AccountName=a;AccountKey=SECRETKEY=="})
+    assert settings.queue is not None
+    assert "SECRETKEY" not in repr(settings.queue)
+    assert "SECRETKEY" not in repr(settings)
+
+
+def test_the_grace_queue_has_a_valid_queue_name() -> None:
+    """GRACE_QUEUE is a storage queue name (lowercase letters, digits, single hyphens) with room for -poison."""
+    assert re.fullmatch(r"[a-z0-9](?:[a-z0-9]|-(?!-))+[a-z0-9]", GRACE_QUEUE)
+    assert len(GRACE_QUEUE + "-poison") <= 63

@@ -51,6 +51,26 @@ param mappingMaxAgeSeconds int
 @description('Whether presence changes (a user comes online or goes offline) are broadcast to the hub.')
 param presenceEvents bool
 
+@description('Who hears a user\'s presence changes: scoped (their rooms, their watchers, their own tabs) or hub (everyone).')
+@allowed([
+  'scoped'
+  'hub'
+])
+param presenceAudience string
+
+@description('Whom a connection may watch for presence changes: anyone, room-members or nobody.')
+@allowed([
+  'anyone'
+  'room-members'
+  'nobody'
+])
+param presenceWatch string
+
+@description('Seconds after a user\'s last connection ends before they are announced offline (0 to 3600).')
+@minValue(0)
+@maxValue(3600)
+param presenceGraceSeconds int
+
 @description('NCRONTAB schedule (six fields, seconds first, UTC) of the stale-row sweeper.')
 param sweepSchedule string
 
@@ -184,6 +204,8 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     AzureWebJobsStorage__credential: 'managedidentity'
     AzureWebJobsStorage__clientId: identityClientId
     AzureWebJobsStorage__blobServiceUri: storage.properties.primaryEndpoints.blob
+    // The queue endpoint serves the host's own queues and the app's delayed actions (queue presence-grace:
+    // mapping/queue.py sends, a queue trigger reads).
     AzureWebJobsStorage__queueServiceUri: storage.properties.primaryEndpoints.queue
     AzureWebJobsStorage__tableServiceUri: storage.properties.primaryEndpoints.table
     MAPPING_STORAGE__tableServiceUri: storage.properties.primaryEndpoints.table
@@ -197,6 +219,9 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     AzureSignalRConnectionString__clientId: identityClientId
     SIGNALR_HUB: signalRHubName
     PRESENCE_EVENTS: presenceEvents ? 'true' : 'false'
+    PRESENCE_AUDIENCE: presenceAudience
+    PRESENCE_WATCH: presenceWatch
+    PRESENCE_GRACE_SECONDS: string(presenceGraceSeconds)
     SWEEP_SCHEDULE: sweepSchedule
     // Not a credential: the component refuses telemetry without a Microsoft Entra token
     // (DisableLocalAuth), which the next setting makes the SDK fetch with the managed identity.

@@ -18,7 +18,9 @@ param applicationInsightsName string
 var storageBlobDataOwnerRoleId = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
 
 // Storage Queue Data Contributor: the Functions host uses queues of AzureWebJobsStorage for its
-// own bookkeeping (for example blob-trigger receipts and poison messages).
+// own bookkeeping (for example blob-trigger receipts and poison messages), and the app sends itself
+// delayed actions on the presence-grace queue (AzureWebJobsStorage__queueServiceUri), which its queue
+// trigger reads and deletes, moving failed ones to presence-grace-poison.
 var storageQueueDataContributorRoleId = '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
 
 // Storage Table Data Contributor: the app reads and writes the Connections table

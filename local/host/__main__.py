@@ -1,4 +1,4 @@
-"""Run the function app locally: `python -m local.host --port 7071` (HTTP, SignalR and timer triggers)."""
+"""Run the function app locally: `python -m local.host --port 7071` (HTTP, SignalR, timer and queue triggers)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from aiohttp import web
 
 from local.host import settings
 from local.host.functions import load_functions
+from local.host.queues import QueueOptions
 from local.host.server import SIGNALR_WEBHOOK, create_app
 
 
@@ -48,12 +49,17 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
     return pairs
 
 
-def _route_prefix(host_json: Path) -> str:
+def _host_json(path: Path) -> dict[str, Any]:
+    """Read host.json (an absent or unreadable file counts as empty)."""
     try:
-        document: Any = json.loads(host_json.read_text(encoding="utf-8"))
+        document: Any = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return "api"
-    prefix = document.get("extensions", {}).get("http", {}).get("routePrefix", "api")
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+def _route_prefix(host_json: dict[str, Any]) -> str:
+    prefix = host_json.get("extensions", {}).get("http", {}).get("routePrefix", "api")
     return str(prefix)
 
 
@@ -67,14 +73,20 @@ async def serve(args: argparse.Namespace) -> None:
     """Load the settings and the app, then serve until SIGINT or SIGTERM."""
     settings.apply({**settings.load_local_settings(args.settings), **_pairs(args.setting, "--setting")})
     static = {prefix: Path(directory) for prefix, directory in _pairs(args.static, "--static").items()}
+    host_json = _host_json(args.host_json)
+    try:
+        queue_options = QueueOptions.from_host_json(host_json)
+    except settings.SettingsError as error:
+        raise SystemExit(f"{args.host_json}: {error}") from None
     specs = load_functions(_load_app(args.app))
-    app = create_app(specs, route_prefix=_route_prefix(args.host_json), static=static)
+    prefix = _route_prefix(host_json)
+    app = create_app(specs, route_prefix=prefix, static=static, queue_options=queue_options)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
     await runner.setup()
     await web.TCPSite(runner, args.host, args.port).start()
     base = f"http://{'localhost' if args.host in ('', '0.0.0.0', '::') else args.host}:{args.port}"  # noqa: S104
     print(
-        f"Local host: {base}/{_route_prefix(args.host_json).strip('/')}/ (SignalR upstream {base}{SIGNALR_WEBHOOK})",
+        f"Local host: {base}/{prefix.strip('/')}/ (SignalR upstream {base}{SIGNALR_WEBHOOK})",
         flush=True,
     )
     stop = asyncio.Event()

@@ -19,8 +19,9 @@ logger = logging.getLogger(__name__)
 HTTP_TRIGGER = "httpTrigger"
 TIMER_TRIGGER = "timerTrigger"
 SIGNALR_TRIGGER = "signalRTrigger"
+QUEUE_TRIGGER = "queueTrigger"
 SUPPORTED_BINDINGS = frozenset(
-    {HTTP_TRIGGER, TIMER_TRIGGER, SIGNALR_TRIGGER, "http", "signalR", "signalRConnectionInfo"}
+    {HTTP_TRIGGER, TIMER_TRIGGER, SIGNALR_TRIGGER, QUEUE_TRIGGER, "http", "signalR", "signalRConnectionInfo"}
 )
 
 

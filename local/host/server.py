@@ -1,4 +1,4 @@
-"""The local host: `/api/<route>` for HTTP triggers, `/runtime/webhooks/signalr`, timers, static files."""
+"""The local host: `/api/<route>` for HTTP triggers, `/runtime/webhooks/signalr`, timers, queues, static files."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,8 +19,17 @@ from aiohttp import web
 from azure.functions.timer import TimerRequest
 
 from local.host import settings
-from local.host.functions import HTTP_TRIGGER, SIGNALR_TRIGGER, TIMER_TRIGGER, FunctionSpec, Output, run
+from local.host.functions import (
+    HTTP_TRIGGER,
+    QUEUE_TRIGGER,
+    SIGNALR_TRIGGER,
+    TIMER_TRIGGER,
+    FunctionSpec,
+    Output,
+    run,
+)
 from local.host.ncrontab import Schedule, ScheduleError
+from local.host.queues import QueueBinding, QueueOptions, QueuePoller
 from local.host.routes import RouteTemplate
 from local.host.signalr import ServiceEndpoint, SignalRBindingError, SignalRClient
 
@@ -39,18 +48,24 @@ class HostState:
     routes: list[tuple[RouteTemplate, FunctionSpec]] = field(default_factory=list)
     signalr: dict[tuple[str, str, str], FunctionSpec] = field(default_factory=dict)
     timers: list[tuple[Schedule, FunctionSpec]] = field(default_factory=list)
+    queues: list[tuple[QueueBinding, FunctionSpec]] = field(default_factory=list)
+    queue_options: QueueOptions = field(default_factory=QueueOptions)
     client: SignalRClient = field(default_factory=SignalRClient)
-    timer_tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    background_tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
 STATE = web.AppKey("state", HostState)
 
 
 def create_app(
-    specs: list[FunctionSpec], *, route_prefix: str = "api", static: Mapping[str, Path] | None = None
+    specs: list[FunctionSpec],
+    *,
+    route_prefix: str = "api",
+    static: Mapping[str, Path] | None = None,
+    queue_options: QueueOptions | None = None,
 ) -> web.Application:
     """Build the host for the given functions; functions whose bindings cannot be resolved are reported and skipped."""
-    state = HostState()
+    state = HostState(queue_options=queue_options or QueueOptions())
     for spec in specs:
         try:
             _register(state, spec, route_prefix)
@@ -66,7 +81,7 @@ def create_app(
     # Longest prefix first, so `/vendor/x` is not swallowed by `/`.
     for url_prefix, directory in sorted((static or {}).items(), key=lambda item: -len(item[0].rstrip("/"))):
         app.router.add_get(url_prefix.rstrip("/") + "/{path:.*}", _static_handler(directory))
-    app.on_startup.append(_start_timers)
+    app.on_startup.append(_start_background)
     app.on_cleanup.append(_stop)
     return app
 
@@ -87,6 +102,10 @@ def _register(state: HostState, spec: FunctionSpec, route_prefix: str) -> None:
         schedule = Schedule.parse(settings.resolve(str(trigger.get("schedule", ""))))
         state.timers.append((schedule, spec))
         logger.info("%s: timerTrigger %s (UTC)", spec.name, schedule.expression)
+    elif trigger["type"] == QUEUE_TRIGGER:
+        binding = QueueBinding.of(trigger)
+        state.queues.append((binding, spec))
+        logger.info("%s: queueTrigger %s", spec.name, binding.queue_name)
 
 
 # ---- HTTP triggers ------------------------------------------------------------------------------
@@ -256,7 +275,7 @@ def _problem(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-# ---- outputs and timers -------------------------------------------------------------------------
+# ---- outputs, timers and queues -----------------------------------------------------------------
 
 
 def _service(binding: Mapping[str, Any]) -> ServiceEndpoint:
@@ -290,10 +309,23 @@ async def _flush(state: HostState, spec: FunctionSpec, outputs: Mapping[str, Out
                 await state.client.deliver(_service(binding), _hub(binding), value)
 
 
-async def _start_timers(app: web.Application) -> None:
+async def _start_background(app: web.Application) -> None:
+    """Start a task per timer and per queue trigger (both stop with the host)."""
     state = app[STATE]
     for schedule, spec in state.timers:
-        state.timer_tasks.append(asyncio.create_task(_timer_loop(state, schedule, spec)))
+        state.background_tasks.append(asyncio.create_task(_timer_loop(state, schedule, spec)))
+    for binding, spec in state.queues:
+        poller = QueuePoller(spec, binding, state.queue_options, invoke=_invoker(state, spec))
+        state.background_tasks.append(asyncio.create_task(poller.run()))
+
+
+def _invoker(state: HostState, spec: FunctionSpec) -> Callable[[func.QueueMessage], Awaitable[Any]]:
+    """Return how a queue poller runs its function: with fresh outputs, `signalR` ones delivered after it."""
+
+    async def invoke(message: func.QueueMessage) -> Any:
+        return await _invoke(state, spec, message)
+
+    return invoke
 
 
 async def _timer_loop(state: HostState, schedule: Schedule, spec: FunctionSpec) -> None:
@@ -317,9 +349,9 @@ async def _tick(state: HostState, spec: FunctionSpec, *, past_due: bool) -> None
 
 async def _stop(app: web.Application) -> None:
     state = app[STATE]
-    for task in state.timer_tasks:
+    for task in state.background_tasks:
         task.cancel()
-    await asyncio.gather(*state.timer_tasks, return_exceptions=True)
+    await asyncio.gather(*state.background_tasks, return_exceptions=True)
     await state.client.close()
 
 

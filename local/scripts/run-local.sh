@@ -43,10 +43,13 @@ wait_port() {  # wait_port PORT NAME PID
 }
 
 workdir=$(mktemp -d)
+# --skipApiVersionCheck: azure-storage-queue (the app's delayed actions, the local host's queue triggers) speaks a
+# newer storage API version than Azurite accepts.
 (cd "$workdir" && exec "$OLDPWD/node_modules/.bin/azurite" --silent --inMemoryPersistence --disableTelemetry \
-  --blobPort "$BLOB_PORT" --queuePort "$QUEUE_PORT" --tablePort "$TABLE_PORT") &
+  --skipApiVersionCheck --blobPort "$BLOB_PORT" --queuePort "$QUEUE_PORT" --tablePort "$TABLE_PORT") &
 pids+=($!)
 wait_port "$TABLE_PORT" Azurite "${pids[-1]}"
+wait_port "$QUEUE_PORT" "Azurite (queue)" "${pids[-1]}"
 
 "$PYTHON" -m local.emulator --port "$EMULATOR_PORT" --access-key "$ACCESS_KEY" \
   --upstream "http://localhost:$HOST_PORT/runtime/webhooks/signalr" &

@@ -1,0 +1,207 @@
+"""Delayed actions on an Azure Storage queue: a message enqueued with an initial visibility delay.
+
+`QueueDelayedActions` implements `mapping.delayed.DelayedActions` on the queue a queue-triggered function
+reads. Messages are Base64-encoded text, which the Functions queue trigger decodes by default
+(`host.json` `extensions.queues.messageEncoding`). The queue is created on first use, and again when it
+disappears. Azure errors are translated into the `mapping.errors` tree here, as `mapping.table` does for
+the table. Delivery is at least once: a Put Message whose answer is lost is retried and may enqueue the
+message twice, so the handler must be idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping
+from datetime import timedelta
+from typing import Any
+
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError, ResourceExistsError
+from azure.storage.queue import TextBase64EncodePolicy
+from azure.storage.queue.aio import QueueClient
+
+from mapping.errors import ConfigurationError, StorageError, StorageUnavailableError
+from mapping.identity import identity_credential
+from mapping.settings import QueueConnection
+
+logger = logging.getLogger(__name__)
+
+MAX_DELAY = timedelta(days=7)  # Put Message: visibilitytimeout is 0 s to 7 days
+MESSAGE_TTL_SECONDS = 7 * 24 * 3600  # a message lives this long once it is due (its delay is added to it)
+MAX_BODY_BYTES = 48 * 1024  # 64 KiB per message once Base64-encoded
+_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class QueueDelayedActions:
+    """Schedules messages on one queue; one client per instance, opened on first use."""
+
+    def __init__(
+        self,
+        connection: QueueConnection,
+        queue_name: str,
+        *,
+        retry_total: int = 3,
+        retry_backoff: float = 0.5,
+        connection_timeout: float = 3.0,
+        read_timeout: float = 5.0,
+        call_timeout: float = 20.0,
+        client_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        # The storage SDK's own retry policy (its default first backoff is 15 s) has no overall deadline:
+        # here it waits `retry_backoff` seconds (jittered by half) between attempts, and `call_timeout`
+        # bounds one schedule(), queue creation included.
+        self.connection = connection
+        self.queue_name = queue_name
+        self._call_timeout = call_timeout
+        self._client_options: dict[str, Any] = {
+            # The SDK's ExponentialRetry waits initial_backoff + increment_base ** n: a constant with base 0.
+            "retry_total": retry_total,
+            "initial_backoff": retry_backoff,
+            "increment_base": 0,
+            "random_jitter_range": retry_backoff / 2,
+            "connection_timeout": connection_timeout,
+            "read_timeout": read_timeout,
+            **(client_options or {}),
+            "message_encode_policy": TextBase64EncodePolicy(),
+        }
+        self._client: QueueClient | None = None
+        self._credential: AsyncTokenCredential | None = None
+        self._lock = asyncio.Lock()
+        self._queue_missing = False
+
+    async def schedule(self, body: str, *, delay: timedelta) -> None:
+        """Enqueue `body`, invisible for `delay` (rounded up to whole seconds; negative means now)."""
+        seconds = visibility_seconds(delay)
+        if len(body.encode("utf-8")) > MAX_BODY_BYTES:
+            raise ValueError(f"a delayed action's body is at most {MAX_BODY_BYTES} bytes of UTF-8")
+        action = f"schedule a message on queue {self.queue_name}"
+        try:
+            async with asyncio.timeout(self._call_timeout):
+                await self._send(body, seconds, action)
+        except TimeoutError:
+            logger.warning("queue storage did not answer within %.0f s (%s)", self._call_timeout, action)
+            raise StorageUnavailableError(f"queue storage is unavailable ({action})") from None
+
+    async def close(self) -> None:
+        """Close the client and any credential; the next schedule opens them again."""
+        async with self._lock:
+            client, credential = self._client, self._credential
+            self._client = self._credential = None
+        if client is not None:
+            await client.close()
+        if credential is not None:
+            await credential.close()
+
+    async def _send(self, body: str, seconds: int, action: str) -> None:
+        for attempt in (1, 2):
+            client = await self._queue()
+            try:
+                with translated(action):
+                    await client.send_message(
+                        body, visibility_timeout=seconds, time_to_live=seconds + MESSAGE_TTL_SECONDS
+                    )
+                return
+            except _QueueMissing:
+                # Nothing was enqueued: create the queue again and send once more.
+                self._queue_missing = True
+                if attempt == 2:
+                    raise
+
+    async def _queue(self) -> QueueClient:
+        if self._client is not None and not self._queue_missing:
+            return self._client
+        async with self._lock:
+            if self._client is None:
+                self._client = await self._open_queue()
+            elif self._queue_missing:
+                # The queue vanished under the cached client (deleted, or an emulator restarted).
+                await self._create_queue(self._client)
+                self._queue_missing = False
+        return self._client
+
+    async def _open_queue(self) -> QueueClient:
+        client = self._new_client()
+        try:
+            await self._create_queue(client)
+        except BaseException:
+            await client.close()
+            if self._credential is not None:
+                await self._credential.close()
+                self._credential = None
+            raise
+        return client
+
+    async def _create_queue(self, client: QueueClient) -> None:
+        with translated(f"create queue {self.queue_name}"):
+            try:
+                await client.create_queue()
+                logger.info("created queue %s", self.queue_name)
+            except ResourceExistsError as error:
+                if _error_code(error) == "QueueBeingDeleted":
+                    raise _QueueMissing(f"queue {self.queue_name} is being deleted", retry_after_seconds=30) from None
+
+    def _new_client(self) -> QueueClient:
+        connection = self.connection
+        if connection.connection_string:
+            try:
+                return QueueClient.from_connection_string(
+                    connection.connection_string, self.queue_name, **self._client_options
+                )
+            except ValueError:
+                raise ConfigurationError(f"the connection string in {connection.source} is malformed") from None
+        assert connection.queue_service_uri is not None
+        credential = identity_credential(connection.client_id, managed=connection.managed_identity)
+        try:
+            client = QueueClient(
+                connection.queue_service_uri, self.queue_name, credential=credential, **self._client_options
+            )
+        except ValueError as error:
+            asyncio.get_running_loop().create_task(credential.close())
+            raise ConfigurationError(f"{connection.source}__queueServiceUri is not usable: {error}") from None
+        self._credential = credential
+        return client
+
+
+def visibility_seconds(delay: timedelta) -> int:
+    """Return a delay as Put Message's visibility timeout: whole seconds rounded up, 0 to 7 days."""
+    if delay > MAX_DELAY:
+        raise ValueError(f"a delay is at most {MAX_DELAY.days} days")
+    return max(0, -(-delay // timedelta(seconds=1)))
+
+
+class _QueueMissing(StorageUnavailableError):
+    """The queue is gone (deleted, or the emulator restarted); it is created again before the next send."""
+
+
+@contextlib.contextmanager
+def translated(action: str) -> Iterator[None]:
+    """Turn Azure SDK and transport errors of queue calls into the mapping error tree."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except HttpResponseError as error:
+        if _error_code(error) == "QueueNotFound":
+            logger.warning("queue storage: the queue is gone (%s); it is created again", action)
+            raise _QueueMissing(f"the queue disappeared ({action})", retry_after_seconds=1) from None
+        raise _storage_error(action, error) from None
+    except (TimeoutError, AzureError, OSError) as error:
+        raise _storage_error(action, error) from None
+
+
+def _error_code(error: HttpResponseError) -> str | None:
+    code = getattr(error, "error_code", None)
+    return str(code.value if hasattr(code, "value") else code) if code else None
+
+
+def _storage_error(action: str, error: BaseException) -> StorageError:
+    if isinstance(error, ClientAuthenticationError):
+        logger.error("queue storage refused the credentials during %s: %s", action, type(error).__name__)
+        return StorageError(f"queue storage refused the credentials ({action})")
+    if isinstance(error, HttpResponseError) and error.status_code not in _TRANSIENT_STATUS:
+        logger.error("queue storage answered %s (%s) during %s", error.status_code, _error_code(error), action)
+        return StorageError(f"queue storage answered {error.status_code} ({action})")
+    logger.warning("queue storage unavailable during %s: %s", action, type(error).__name__)
+    return StorageUnavailableError(f"queue storage is unavailable ({action})")
