@@ -22,8 +22,8 @@ from mapping.invocation import parse_invocation
 from mapping.keys import normalize_user_name
 from mapping.openapi import document as openapi_document
 from mapping.rooms import Rooms
-from mapping.settings import GRACE_QUEUE
 from mapping.send import parse_room_send_body, parse_send_body, room_delivery_of, send_to_user
+from mapping.settings import GRACE_QUEUE
 
 logger = logging.getLogger(__name__)
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from mapping.delayed import DelayedActions
+from mapping.errors import ConfigurationError
 from mapping.liveness import AGE_ONLY, LivenessCheck, SignalRLiveness
-from mapping.settings import Settings, SignalRConnection
+from mapping.queue import QueueDelayedActions
+from mapping.settings import GRACE_QUEUE, Settings, SignalRConnection
 from mapping.store import ConnectionStore
 
 _settings: Settings | None = None
 _store: ConnectionStore | None = None
+_delayed: QueueDelayedActions | None = None
 _checkers: dict[SignalRConnection, SignalRLiveness] = {}
 
 
@@ -27,6 +31,19 @@ def store() -> ConnectionStore:
     return _store
 
 
+def delayed_actions() -> DelayedActions:
+    """Return the process-wide queue of delayed actions (the grace decisions), in AzureWebJobsStorage."""
+    global _delayed
+    if _delayed is None:
+        queue = settings().queue
+        if queue is None:
+            raise ConfigurationError(
+                "PRESENCE_GRACE_SECONDS needs a queue: set AzureWebJobsStorage (or PRESENCE_GRACE_SECONDS=0)"
+            )
+        _delayed = QueueDelayedActions(queue, GRACE_QUEUE)
+    return _delayed
+
+
 def liveness_for(connection: SignalRConnection | None) -> LivenessCheck:
     """Return the process's checker for a SignalR connection, or the age-only check when there is none."""
     if connection is None:
@@ -37,9 +54,12 @@ def liveness_for(connection: SignalRConnection | None) -> LivenessCheck:
 
 
 async def reset() -> None:
-    """Close and forget the store and the checkers, and forget the settings (for shutdown, tests, reconfiguration)."""
-    global _settings, _store
+    """Close and forget the store, the delayed actions and the checkers, and the settings (shutdown, tests)."""
+    global _settings, _store, _delayed
     current, _store, _settings = _store, None, None
+    delayed, _delayed = _delayed, None
+    if delayed is not None:
+        await delayed.close()
     checkers = list(_checkers.values())
     _checkers.clear()
     if current is not None:

@@ -14,6 +14,9 @@ SIGNALR_EVENTS = {
     "join_room": ("messages", "join"),
     "leave_room": ("messages", "leave"),
     "send_to_room_message": ("messages", "sendToRoom"),
+    "watch_users": ("messages", "watch"),
+    "unwatch_users": ("messages", "unwatch"),
+    "sync_room": ("messages", "sync"),
 }
 HTTP_ROUTES = {
     "negotiate": ("negotiate", ["POST"], "ANONYMOUS"),
@@ -27,8 +30,8 @@ HTTP_ROUTES = {
 
 
 def test_the_app_has_exactly_the_documented_functions() -> None:
-    """Exactly the documented functions are registered: the SignalR events, the HTTP routes and the timer."""
-    assert set(FUNCTIONS) == set(SIGNALR_EVENTS) | set(HTTP_ROUTES) | {"sweep"}
+    """Exactly the documented functions are registered: the SignalR events, the HTTP routes, the timer, the queue."""
+    assert set(FUNCTIONS) == set(SIGNALR_EVENTS) | set(HTTP_ROUTES) | {"sweep", "presence_grace"}
 
 
 @pytest.mark.parametrize(("name", "expected"), HTTP_ROUTES.items())
@@ -78,4 +81,12 @@ def test_sweep_runs_on_the_configured_schedule() -> None:
     assert timer["schedule"] == "%SWEEP_SCHEDULE%"
     assert timer["runOnStartup"] is False
     output = binding("sweep", "signalR")
+    assert (output["direction"], output["hubName"], output["name"]) == ("OUT", "%SIGNALR_HUB%", "signalr")
+
+
+def test_the_grace_decision_is_a_queue_trigger_on_the_host_storage() -> None:
+    """presence_grace reads the `presence-grace` queue of AzureWebJobsStorage and can announce presence."""
+    trigger = binding("presence_grace", "queueTrigger")
+    assert (trigger["queueName"], trigger["connection"]) == ("presence-grace", "AzureWebJobsStorage")
+    output = binding("presence_grace", "signalR")
     assert (output["direction"], output["hubName"], output["name"]) == ("OUT", "%SIGNALR_HUB%", "signalr")
