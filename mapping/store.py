@@ -391,7 +391,7 @@ class ConnectionStore:
                     for key, row in view.rows.items()
                     if key not in doomed
                 }
-                ends = [row.last_seen for row in view.rows.values()]
+                ends = [row.ended_at or row.last_seen for row in view.rows.values()]  # a disconnect ends it
                 if doomed and gone_known_alive_until is not None:
                     ends.append(gone_known_alive_until)
                 state = view.state(self.lease, now=now, ended_at=max(ends, default=None), rows=after)
