@@ -13,11 +13,14 @@ const RETRY_AFTER_MS = 1000; // a join or leave answered "retry" is sent once mo
 const PENDING_FOR_MS = 15000; // a join or leave unconfirmed for longer is forgotten
 const INSPECTED_USERS = 25; // at most this many users' connections are fetched per refresh
 const ROOM_PAGES = 5; // at most this many pages of a room's members are read
+const MAX_WATCHED = 100; // the app's limit of users per watch call
 
 let connection = null;
 let me = null; // { user, key } while connected
 let heard = 0; // orders what the page learned: presence messages and HTTP answers (by when they were asked)
 let refreshing = false;
+// Users this connection watches: with PRESENCE_AUDIENCE=scoped a page hears only its rooms and the users it watches.
+let watched = new Set();
 
 // What the page knows of each user, by key (user names compare case-insensitively):
 // { user, online, connections, status, lastSeen, version, at, details, detailsAt }. `version` is the highest
@@ -285,6 +288,7 @@ async function refreshUsers({ inspectAll = false } = {}) {
     listed.add(keyOf(user));
     applySnapshot(user, { online: true, connections }, askedAt);
   }
+  watchListed(body.users.map(({ user }) => user));
   const missing = body.next ? [] : [...people.entries()].filter(([key, p]) => p.online && !listed.has(key));
   for (const [, p] of missing) {
     if (applySnapshot(p.user, { online: false, connections: 0, status: null }, askedAt)) inspect(p.user);
@@ -305,6 +309,23 @@ async function refreshAll() {
   } finally {
     refreshing = false;
   }
+}
+
+// Watch the listed users not yet watched (their changes reach this page; the answer is a presenceSync).
+function watchListed(users) {
+  if (!connection || !me) return;
+  const fresh = users.filter((user) => !watched.has(keyOf(user))).slice(0, Math.max(0, MAX_WATCHED * 10 - watched.size));
+  for (let i = 0; i < fresh.length; i += MAX_WATCHED) {
+    const batch = fresh.slice(i, i + MAX_WATCHED);
+    batch.forEach((user) => watched.add(keyOf(user)));
+    connection.send("watch", batch).catch(() => batch.forEach((user) => watched.delete(keyOf(user))));
+  }
+}
+
+// A snapshot (`presenceSync`, the answer to a watch or a join): each entry is a versioned presence state.
+function onPresenceSync(sync) {
+  const users = sync && Array.isArray(sync.users) ? sync.users : [];
+  if (users.map(applyPresence).some(Boolean)) render();
 }
 
 function onPresence(message) {
@@ -534,6 +555,7 @@ async function connect(name) {
     addMessage(messageText(message), { from: from ?? "(server)" });
   });
   connection.on("presence", onPresence);
+  connection.on("presenceSync", onPresenceSync);
   connection.on("room", onRoom);
   connection.on("error", onError);
   connection.onclose((error) => {
@@ -549,6 +571,7 @@ async function connect(name) {
     return;
   }
   me = { user: name, key: keyOf(name) };
+  watched = new Set();
   setConnectionState("connected", `connected as ${name}`);
   await refreshUsers();
   await loadMyRooms();
