@@ -20,6 +20,7 @@ from mapping.errors import (
 )
 from mapping.invocation import parse_invocation
 from mapping.keys import normalize_user_name
+from mapping.liveness import GroupAdder
 from mapping.openapi import document as openapi_document
 from mapping.rooms import Rooms
 from mapping.send import parse_room_send_body, parse_send_body, room_delivery_of, send_to_user
@@ -103,7 +104,7 @@ async def set_status(invocation: str, signalr: func.Out[str]) -> None:
 @signalr_event("messages", "join")
 async def join_room(invocation: str, signalr: func.Out[str]) -> None:
     """Make the caller's user a member of a room (`join(room)`), with all their live connections."""
-    _send(signalr, await events.on_join(runtime.store(), parse_invocation(invocation)))
+    _send(signalr, await events.on_join(runtime.store(), parse_invocation(invocation), service=_rest()))
 
 
 @app.function_name("leave_room")
@@ -124,7 +125,7 @@ async def send_to_room_message(invocation: str, signalr: func.Out[str]) -> None:
 @signalr_event("messages", "watch")
 async def watch_users(invocation: str, signalr: func.Out[str]) -> None:
     """Subscribe the caller to the presence of `watch(users)`, answered with their snapshot."""
-    _send(signalr, await events.on_watch(runtime.store(), parse_invocation(invocation)))
+    _send(signalr, await events.on_watch(runtime.store(), parse_invocation(invocation), service=_rest()))
 
 
 @app.function_name("unwatch_users")
@@ -244,6 +245,11 @@ async def sweep_stale(timer: func.TimerRequest, signalr: func.Out[str]) -> None:
         logger.info("sweep: running late")
     store = runtime.store()
     _send(signalr, await events.on_timer(store, liveness=runtime.liveness_for(store.settings.signalr)))
+
+
+def _rest() -> GroupAdder:
+    """The SignalR REST client (group additions before a snapshot), or the age-only check without a connection."""
+    return runtime.groups_for(runtime.store().settings.signalr)
 
 
 def _send(signalr: func.Out[str], outgoing: list[messages.Message]) -> None:

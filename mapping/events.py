@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from mapping.errors import InvalidNameError, InvalidRequestError, RefusedError, 
 from mapping.grace import Decision, Grace
 from mapping.invocation import Invocation
 from mapping.keys import parse_room, user_key
-from mapping.liveness import AGE_ONLY, MAPPED_GROUP, LivenessCheck
+from mapping.liveness import AGE_ONLY, MAPPED_GROUP, GroupAdder, LivenessCheck
 from mapping.messages import Message, error_message, join_group, leave_group, room_message
 from mapping.presence import PresenceChange
 from mapping.rooms import Rooms
@@ -23,6 +24,8 @@ from mapping.sweep import sweep
 from mapping.watch import Watching, parse_users
 
 logger = logging.getLogger(__name__)
+
+_EARLY_ADDS = 16  # group additions in flight at once before a snapshot
 
 
 async def on_connected(store: ConnectionStore, event: Invocation) -> list[Message]:
@@ -113,9 +116,9 @@ async def on_set_status(store: ConnectionStore, event: Invocation) -> list[Messa
     return [*_rejoined(caller.connection, outcome.rooms), *announcement]
 
 
-async def on_join(store: ConnectionStore, event: Invocation) -> list[Message]:
+async def on_join(store: ConnectionStore, event: Invocation, *, service: GroupAdder = AGE_ONLY) -> list[Message]:
     """Make the caller's user a member of `join(room)`: add their live connections to its group, announce it."""
-    return await _membership(store, event, joining=True)
+    return await _membership(store, event, joining=True, service=service)
 
 
 async def on_leave(store: ConnectionStore, event: Invocation) -> list[Message]:
@@ -150,7 +153,7 @@ async def on_timer(store: ConnectionStore, *, liveness: LivenessCheck = AGE_ONLY
     ]
 
 
-async def on_watch(store: ConnectionStore, event: Invocation) -> list[Message]:
+async def on_watch(store: ConnectionStore, event: Invocation, *, service: GroupAdder = AGE_ONLY) -> list[Message]:
     """Subscribe the caller to the presence of `watch(users)` and answer it their snapshot (`presenceSync`)."""
     caller = _caller(event, "watch", "(users)")
     if isinstance(caller, list):
@@ -158,7 +161,10 @@ async def on_watch(store: ConnectionStore, event: Invocation) -> list[Message]:
     revived = await _refresh(store, caller.user, caller.connection)
     try:
         users = parse_users("watch", caller.argument)
-        entries = await Watching(store).watch(caller.user, users)
+        watching = Watching(store)
+        await watching.check(caller.user, users)
+        await _join_first(service, store, caller.connection, [presence_group(user) for user in users])
+        entries = await watching.snapshot(users)
     except RefusedError as error:
         return [*revived, error_message(caller.connection, str(error), **error.details)]
     except (InvalidRequestError, InvalidNameError) as error:
@@ -200,7 +206,9 @@ async def on_sync(store: ConnectionStore, event: Invocation) -> list[Message]:
     return [*revived, *sync_messages(caller.connection, entries, room=room)]
 
 
-async def _membership(store: ConnectionStore, event: Invocation, *, joining: bool) -> list[Message]:
+async def _membership(
+    store: ConnectionStore, event: Invocation, *, joining: bool, service: GroupAdder = AGE_ONLY
+) -> list[Message]:
     method = "join" if joining else "leave"
     caller = _caller(event, method, "(room)")
     if isinstance(caller, list):
@@ -210,6 +218,7 @@ async def _membership(store: ConnectionStore, event: Invocation, *, joining: boo
     try:
         if joining:
             change = await rooms.join(caller.user, parse_room(caller.argument))
+            await _join_first(service, store, caller.connection, [change.room])
             entries = await _roster(store, change.room)
         else:
             change = await rooms.leave(caller.user, parse_room(caller.argument))
@@ -230,6 +239,18 @@ async def _membership(store: ConnectionStore, event: Invocation, *, joining: boo
         *presence,
         *sync_messages(caller.connection, entries, room=change.room),
     ]
+
+
+async def _join_first(service: GroupAdder, store: ConnectionStore, connection_id: str, names: list[str]) -> None:
+    """Add the caller to the groups before its snapshot is read, so no change falls between the two (best effort:
+    the output's group actions add it again)."""
+    slots = asyncio.Semaphore(_EARLY_ADDS)
+
+    async def add(group: str) -> None:
+        async with slots:
+            await service.add_to_group(store.settings.hub, group, connection_id)
+
+    await asyncio.gather(*(add(group) for group in names))
 
 
 async def _roster(store: ConnectionStore, room: str) -> list[RosterEntry]:

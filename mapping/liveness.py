@@ -3,7 +3,9 @@
 Two questions: `HEAD /api/hubs/{hub}/connections/{id}` (2022-06-01) about one connection, and, since
 2024-12-01, `GET /api/hubs/{hub}/groups/{group}/connections` listing a group's connections in pages
 of at most 200. Every mapped connection joins one hub-wide group (`MAPPED_GROUP`) when it connects,
-so one listing tells the sweep which connections the service still has.
+so one listing tells the sweep which connections the service still has. The same client also adds a
+connection to a group at once (`PUT .../groups/{group}/connections/{id}`), for a snapshot that must not
+miss a change: the group first, then the read (`mapping.events`, join and watch).
 """
 
 from __future__ import annotations
@@ -74,6 +76,14 @@ class LivenessCheck(Protocol):
         ...
 
 
+class GroupAdder(Protocol):
+    """Adds a connection to a group before the function returns (its output binding would add it only after)."""
+
+    async def add_to_group(self, hub: str, group: str, connection_id: str) -> bool:
+        """Return whether the service confirmed the addition (False: it is left to the output binding)."""
+        ...
+
+
 class AgeOnly:
     """The check of a deployment without SignalR REST access: it never asks, so a row's age alone decides."""
 
@@ -86,6 +96,10 @@ class AgeOnly:
     async def members(self, hub: str, group: str, *, deadline: float) -> GroupMembers:
         """Return UNSUPPORTED: there is no listing to ask for."""
         return GroupMembers(Listing.UNSUPPORTED)
+
+    async def add_to_group(self, hub: str, group: str, connection_id: str) -> bool:
+        """Return False: without REST access only the output binding adds connections to groups."""
+        return False
 
 
 AGE_ONLY = AgeOnly()
@@ -152,6 +166,28 @@ class SignalRLiveness:
             ids.update(_connection_ids(page))
             url, query = _next_link(self.connection.endpoint, page), None
         return GroupMembers(Listing.LISTED, frozenset(ids), requests=requests)
+
+    async def add_to_group(self, hub: str, group: str, connection_id: str) -> bool:
+        """Add a connection to a group now; False when the service did not confirm it (best effort)."""
+        url = (
+            f"{self.connection.endpoint}/api/hubs/{quote(hub, safe='')}/groups/{quote(group, safe='')}"
+            f"/connections/{quote(connection_id, safe='')}"
+        )
+        try:
+            await self._wait_if_throttled()
+            headers = {"Authorization": f"Bearer {await self._bearer(url)}"}
+            async with (
+                self._slots,
+                self._http().put(url, params={"api-version": API_VERSION}, headers=headers) as response,
+            ):
+                if response.status == 429:
+                    self._throttle(_retry_after(response.headers.get("Retry-After")))
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            logger.warning("group addition failed: %s", type(error).__name__)
+        except Exception as error:  # a credential failure: the output binding still adds the connection
+            logger.warning("group addition could not authenticate: %s", type(error).__name__)
+        return False
 
     async def close(self) -> None:
         """Close the HTTP session and any credential."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mapping.delayed import DelayedActions
 from mapping.errors import ConfigurationError
-from mapping.liveness import AGE_ONLY, LivenessCheck, SignalRLiveness
+from mapping.liveness import AGE_ONLY, AgeOnly, GroupAdder, LivenessCheck, SignalRLiveness
 from mapping.queue import QueueDelayedActions
 from mapping.settings import GRACE_QUEUE, Settings, SignalRConnection
 from mapping.store import ConnectionStore
@@ -46,6 +46,15 @@ def delayed_actions() -> DelayedActions:
 
 def liveness_for(connection: SignalRConnection | None) -> LivenessCheck:
     """Return the process's checker for a SignalR connection, or the age-only check when there is none."""
+    return _client(connection)
+
+
+def groups_for(connection: SignalRConnection | None) -> GroupAdder:
+    """Return the process's SignalR REST client for group additions, or the age-only check (adds nothing)."""
+    return _client(connection)
+
+
+def _client(connection: SignalRConnection | None) -> SignalRLiveness | AgeOnly:
     if connection is None:
         return AGE_ONLY
     if connection not in _checkers:

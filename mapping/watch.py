@@ -40,17 +40,22 @@ class Watching:
     def __init__(self, store: ConnectionStore) -> None:
         self.store = store
 
-    async def watch(self, caller: str, users: list[str]) -> list[RosterEntry]:
-        """Return the snapshot of `users` for `caller`, or raise InvalidRequestError if the policy refuses any."""
+    async def check(self, caller: str, users: list[str]) -> None:
+        """Raise RefusedError if the policy refuses `caller` watching any of `users`."""
         policy = self.store.settings.presence_watch
         if policy == "nobody" and users:
             raise RefusedError("watching users is turned off (PRESENCE_WATCH=nobody)")
+        if policy != "room-members" or not users:
+            return
         views = await self._read([user_key(user) for user in users])
-        if policy == "room-members" and users:
-            mine = (await self.store.read_user(user_key(caller))).rooms.keys()
-            refused = [user for user, view in zip(users, views, strict=True) if not mine & view.rooms.keys()]
-            if refused:
-                raise RefusedError("may watch only users who share a room with you", refused=refused)
+        mine = (await self.store.read_user(user_key(caller))).rooms.keys()
+        refused = [user for user, view in zip(users, views, strict=True) if not mine & view.rooms.keys()]
+        if refused:
+            raise RefusedError("may watch only users who share a room with you", refused=refused)
+
+    async def snapshot(self, users: list[str]) -> list[RosterEntry]:
+        """Return the recorded pair of each user (version 0 for a user never decided)."""
+        views = await self._read([user_key(user) for user in users])
         return [_entry(user, view) for user, view in zip(users, views, strict=True)]
 
     async def _read(self, partitions: list[str]) -> list[UserView]:

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from conftest import Azurite, all_rows
-from mapping import runtime
+from mapping import events, runtime
 from mapping.audience import presence_group
+from mapping.invocation import parse_invocation
 from mapping.keys import room_partition, user_key
 from mapping.presence import PresenceChange
 from mapping.roster import STALE_FLAG, Roster
@@ -284,3 +285,35 @@ async def _pending(azurite: Azurite, table: str) -> dict[str, bool]:
         for row in await all_rows(azurite, table)
         if str(row["PartitionKey"]).startswith("%~m")
     }
+
+
+class _ChangeOnAdd:
+    """A group adder that lets another member change the moment the caller's group addition is confirmed."""
+
+    def __init__(self, change: Any) -> None:
+        self.change = change
+        self.added: list[tuple[str, str]] = []
+
+    async def add_to_group(self, hub: str, group: str, connection_id: str) -> bool:
+        """Record the addition, then run the racing change."""
+        self.added.append((group, connection_id))
+        await self.change()
+        return True
+
+
+async def test_a_change_right_after_the_early_group_addition_is_in_the_snapshot() -> None:
+    """The caller joins the room's group before the snapshot is read: a change just after the join is not missed."""
+    store = runtime.store()
+    await connect("uma", "u1")
+    await call("join_room", "join", "uma", "u1", "gym")
+    await connect("vic", "v1")
+
+    async def uma_sets_a_status() -> None:
+        await call("set_status", "setStatus", "uma", "u1", "lifting")
+
+    adder = _ChangeOnAdd(uma_sets_a_status)
+    payload = invocation("join", user_id="vic", connection_id="v1", arguments=["gym"])
+    messages = await events.on_join(store, parse_invocation(payload), service=adder)
+    assert adder.added == [("gym", "v1")]
+    [sync] = [m["arguments"][0] for m in messages if m.get("target") == "presenceSync"]
+    assert {u["user"]: u["status"] for u in sync["users"]} == {"uma": "lifting", "vic": None}

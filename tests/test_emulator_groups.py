@@ -15,6 +15,8 @@ import pytest
 
 from conftest import Azurite
 from mapping.access_token import access_key_token
+from mapping.liveness import SignalRLiveness
+from mapping.settings import SignalRConnection
 from stack import ACCESS_KEY, HUB, Stack, running_stack, unique_user, wait_until
 
 pytestmark = pytest.mark.slow
@@ -407,3 +409,16 @@ async def test_rest_calls_are_counted_per_route_and_reset(stack: Stack, session:
     assert await admin(session, stack, "GET") == expected
     assert await admin(session, stack, "DELETE") == expected
     assert await admin(session, stack, "GET") == {"total": 0, "byRoute": {}}
+
+
+async def test_the_app_adds_a_connection_to_a_group_over_rest(stack: Stack, session: aiohttp.ClientSession) -> None:
+    """SignalRLiveness.add_to_group puts a live connection in a group at once; an unknown connection is refused."""
+    client = await connect(session, stack, unique_user("early"))
+    rest_client = SignalRLiveness(SignalRConnection(endpoint=stack.emulator_url, access_key=ACCESS_KEY))
+    try:
+        assert await rest_client.add_to_group(HUB, "~presence.early", client.connection_id) is True
+        assert client.connection_id in await listed(session, stack, "~presence.early")
+        assert await rest_client.add_to_group(HUB, "~presence.early", "no-such-connection") is False
+    finally:
+        await rest_client.close()
+        await client.socket.close()
