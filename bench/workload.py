@@ -86,6 +86,7 @@ def app_environment(connection_string: str, table: str, *, presence: bool = True
         "MAPPING_TTL_SECONDS": str(int(TTL.total_seconds())),
         "SIGNALR_HUB": "chat",
         "PRESENCE_EVENTS": "true" if presence else "false",
+        "PRESENCE_GRACE_SECONDS": "0",  # each disconnect decides at once (the grace's costs: bench/audience)
         "SWEEP_SCHEDULE": "0 */5 * * * *",
     }
 

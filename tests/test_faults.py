@@ -91,6 +91,8 @@ async def app_on(restartable: RestartableAzurite, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("MAPPING_TABLE", table)
     monkeypatch.setenv("PRESENCE_EVENTS", "true")
     monkeypatch.setenv("MAPPING_TTL_SECONDS", "600")
+    monkeypatch.setenv("PRESENCE_GRACE_SECONDS", "0")  # disconnects delete at once (no queue here)
+    monkeypatch.setenv("PRESENCE_AUDIENCE", "hub")  # one broadcast per change, no group actions
     await runtime.reset()
     yield table
     await runtime.reset()
@@ -347,6 +349,7 @@ async def test_http_answers_503_with_retry_after_while_throttled(
     table = unique_table_name()
     monkeypatch.setenv("MAPPING_STORAGE", Azurite(proxy.port).connection_string)
     monkeypatch.setenv("MAPPING_TABLE", table)
+    monkeypatch.setenv("PRESENCE_GRACE_SECONDS", "0")
     await runtime.reset()
     try:
         await signalr_event("connected", invocation("connected", user_id="bob", connection_id="b1"))

@@ -386,20 +386,28 @@ def kind_of(message: Any, caller: str | None) -> str:
         assert detail["error"]
         return "error"
     if message.get("target") == "presence":
-        assert set(message) == {"target", "arguments"}, message
+        assert set(message) in ({"target", "arguments"}, {"target", "groupName", "arguments"}), message
         [state] = message["arguments"]
-        assert set(state) == {"user", "online", "connections", "status", "lastSeen", "version"}, state
-        assert isinstance(state["online"], bool)
-        assert isinstance(state["connections"], int)
-        assert state["connections"] >= int(state["online"])
-        assert state["status"] is None or stored_status(state["status"]) == (True, state["status"])
-        assert isinstance(state["version"], int)
-        assert state["version"] > 0
+        if "groupName" in message and valid_room(message["groupName"]):
+            assert state.pop("room") == message["groupName"], "a room's copy names the room"
+        elif "groupName" in message:
+            assert message["groupName"].startswith("~presence."), message
+        presence_state_ok(state, version_at_least=1)
         return "presence"
+    if message.get("target") == "presenceSync":
+        assert set(message) == {"target", "connectionId", "arguments"}, message
+        assert message["connectionId"] == caller, "a snapshot goes to the caller only"
+        [sync] = message["arguments"]
+        assert set(sync) == {"room", "users", "page", "pages"}, sync
+        assert sync["room"] is None or valid_room(sync["room"])
+        assert 1 <= sync["page"] <= sync["pages"]
+        for state in sync["users"]:
+            presence_state_ok(state, version_at_least=0)
+        return "sync"
     if "action" in message:
         assert set(message) == {"action", "groupName", "connectionId"}, message
         assert message["action"] in ("add", "remove")
-        assert valid_room(message["groupName"]), message
+        assert valid_room(message["groupName"]) or message["groupName"].startswith("~"), message
         assert isinstance(message["connectionId"], str)
         assert message["connectionId"]
         return str(message["action"])
@@ -414,6 +422,17 @@ def kind_of(message: Any, caller: str | None) -> str:
     assert set(body) == {"from", "room", "message"}, body
     assert body["room"] == message["groupName"]
     return "delivery"
+
+
+def presence_state_ok(state: dict[str, Any], *, version_at_least: int) -> None:
+    """Assert a presence entry's shape: user, online, connections, status, lastSeen, version."""
+    assert set(state) == {"user", "online", "connections", "status", "lastSeen", "version"}, state
+    assert isinstance(state["online"], bool)
+    assert isinstance(state["connections"], int)
+    assert state["connections"] >= int(state["online"])
+    assert state["status"] is None or stored_status(state["status"]) == (True, state["status"])
+    assert isinstance(state["version"], int)
+    assert state["version"] >= version_at_least
 
 
 def kinds(out: Out, caller: str | None) -> list[str]:
@@ -586,8 +605,9 @@ async def test_fuzzed_room_and_status_arguments_get_one_error_or_their_actions(
             else:
                 joining = function == "join_room"
                 action = "add" if joining else "remove"
-                assert set(found) <= {"presence", action, "announcement"}
+                assert set(found) <= {"presence", action, "announcement", "sync"}
                 assert found.count("announcement") == 1
+                assert found.count("sync") == (1 if joining else 0), "a join answers the caller the room's snapshot"
                 [announcement] = [m for m in out.messages if m.get("target") == "room"]
                 assert announcement["arguments"] == [{"room": room, "user": user_name(user), "joined": joining}]
                 grouped = [m["connectionId"] for m in out.messages if m.get("action") == action]
@@ -670,7 +690,7 @@ async def test_fuzzed_joins_and_leaves_agree_with_a_model(
                 event(f"{operation}: {'a member' if room in rooms[person] else 'not a member'}")
                 event(f"{operation}: {min(len(live[person] - {caller}), 2)} other live connections")
                 action = "add" if operation == "join" else "remove"
-                assert set(kinds(out, caller)) <= {action, "announcement", "presence"}
+                assert set(kinds(out, caller)) <= {action, "announcement", "presence", "sync"}
                 grouped = {m["connectionId"] for m in out.messages if m.get("action") == action}
                 assert grouped == live[person] | {caller}, "R3: the group follows the membership"
                 [announcement] = [m for m in out.messages if m.get("target") == "room"]

@@ -83,6 +83,7 @@ async def app_on_dead_storage(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
     connection_string = dead_connection_string()
     monkeypatch.setenv("MAPPING_STORAGE", connection_string)
     monkeypatch.setenv("MAPPING_TABLE", "Connections")
+    monkeypatch.setenv("PRESENCE_GRACE_SECONDS", "0")  # no queue here: a disconnect deletes at once
     await runtime.reset()
     yield connection_string
     await runtime.reset()
