@@ -127,15 +127,24 @@ class Floor(_Client):
         with the membership row and the presence row (unchanged, conditional on its ETag). False: already a member."""
         rows = await self._partition(user)
         if self._row(rows, MEMBERSHIP_PREFIX + room) is not None:
+            await self._roster(room)  # the caller's snapshot
             return False
         if sum(str(row["RowKey"]).startswith(MEMBERSHIP_PREFIX) for row in rows) >= MAX_ROOMS:
             raise ValueError("at most 100 rooms")
         now = datetime.now(UTC)
         index = {"PartitionKey": ROOM_PREFIX + room, "RowKey": user, "UserName": user, "JoinedAt": now}
-        await self.client.upsert_entity(index, mode=UpdateMode.MERGE)
+        written = await self.client.upsert_entity({**index, "Pending": True, "PendingAt": now}, mode=UpdateMode.MERGE)
         membership = {"PartitionKey": user, "RowKey": MEMBERSHIP_PREFIX + room, "Room": room, "JoinedAt": now}
         await self.client.submit_transaction([("create", membership, {}), self._guard(user, rows)])
+        confirm = {"PartitionKey": ROOM_PREFIX + room, "RowKey": user, "Pending": False}
+        options = {"etag": written["etag"], "match_condition": IF_MATCH}
+        await self.client.update_entity(confirm, mode=UpdateMode.MERGE, **options)  # roster C3: the flag goes
+        await self._roster(room)  # the caller's snapshot (roster: one query a thousand members)
         return True
+
+    async def _roster(self, room: str) -> None:
+        async for _row in self.client.query_entities("PartitionKey eq @pk", parameters={"pk": ROOM_PREFIX + room}):
+            pass
 
     async def leave(self, user: str, room: str) -> bool:
         """Leave as the app's design does: read the user, one transaction deleting the membership row (on its ETag)
@@ -144,6 +153,8 @@ class Floor(_Client):
         rows = await self._partition(user)
         membership = self._row(rows, MEMBERSHIP_PREFIX + room)
         if membership is not None:
+            flag = {"PartitionKey": ROOM_PREFIX + room, "RowKey": user, "Pending": True}
+            await self.client.update_entity(flag, mode=UpdateMode.MERGE)  # roster C3: readers check it meanwhile
             keys = {"PartitionKey": user, "RowKey": MEMBERSHIP_PREFIX + room}
             delete = ("delete", keys, {"etag": membership.metadata["etag"], "match_condition": IF_MATCH})
             await self.client.submit_transaction([delete, self._guard(user, rows)])

@@ -86,7 +86,8 @@ def app_environment(connection_string: str, table: str, *, presence: bool = True
         "MAPPING_TTL_SECONDS": str(int(TTL.total_seconds())),
         "SIGNALR_HUB": "chat",
         "PRESENCE_EVENTS": "true" if presence else "false",
-        "PRESENCE_GRACE_SECONDS": "0",  # each disconnect decides at once (the grace's costs: bench/audience)
+        "PRESENCE_GRACE_SECONDS": "0",  # each disconnect decides at once
+        "PRESENCE_AUDIENCE": "hub",  # one presence message per change: the audience costs no table request
         "SWEEP_SCHEDULE": "0 */5 * * * *",
     }
 
