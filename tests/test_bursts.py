@@ -15,7 +15,7 @@ from mapping import runtime
 from mapping.keys import user_key
 from mapping.store import ConnectionStore
 from mapping.table import int_value
-from storm_worker import run_lanes
+from storm_worker import Event, run_lanes
 
 pytestmark = pytest.mark.slow
 
