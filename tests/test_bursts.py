@@ -41,7 +41,7 @@ def test_4_processes_of_25_simultaneous_connects_of_one_user_all_succeed(
     app_env: dict[str, str], azurite: Azurite
 ) -> None:
     """4 processes each connect one user 25 times at once: all succeed, and presence converges on 100 tabs."""
-    lanes = [
+    lanes: list[list[list[Event]]] = [
         [[(number, "connected", "kiosk", f"w{worker}-k{number}", None)] for number in range(25)] for worker in range(4)
     ]
     started = time.monotonic()
