@@ -29,6 +29,7 @@ from fake_service import FakeService
 from faultproxy import PASS, Fault, FaultProxy, fault_proxy
 from figures import Figures
 from mapping.errors import StorageError
+from mapping.grace import Decision, Grace
 from mapping.liveness import AGE_ONLY, Listing, Liveness
 from mapping.presence import PresenceChange
 from mapping.rooms import RoomChange, Rooms
@@ -36,6 +37,7 @@ from mapping.settings import SignalRConnection
 from mapping.store import ConnectionStore
 from mapping.sweep import sweep
 from mapping.table import int_value
+from testkit.delayed import FakeDelayedActions
 
 pytestmark = pytest.mark.reliability
 
@@ -44,6 +46,7 @@ T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 NEXT_SWEEP = T0 + timedelta(minutes=5)  # the next run of the shipped schedule
 AFTER_LEASES = T0 + TTL + timedelta(minutes=6)  # every lease taken at T0 has lapsed by the sweep after it
 OUTAGE = Fault.answer(503)
+GRACE = timedelta(seconds=15)
 RECONCILED = SignalRConnection(endpoint="http://127.0.0.1:9", access_key="unused-by-the-fake")
 MODES: dict[str, Callable[[], tuple[Fault, Fault]]] = {
     "outage": lambda: (OUTAGE, OUTAGE),
@@ -62,15 +65,25 @@ class World:
     proxy: FaultProxy
     heard: list[PresenceChange] = field(default_factory=list)
     service: FakeService | None = None
+    queue: FakeDelayedActions = field(default_factory=lambda: FakeDelayedActions(clock=lambda: T0))
 
     def hear(self, *changes: PresenceChange | None) -> None:
         """Record announcements that reached clients."""
         self.heard += [change for change in changes if change is not None]
 
     async def sweep(self, store: ConnectionStore, now: datetime) -> None:
-        """Run one sweep and record what it announces."""
+        """Deliver the grace decisions due (the queue trigger), then run one sweep; record what both announce."""
+        await self.decide(store, now)
         result = await sweep(store, liveness=self.service or AGE_ONLY, now=now)
         self.hear(*result.presence)
+
+    async def decide(self, store: ConnectionStore, now: datetime) -> None:
+        """Deliver every grace decision due at `now`; one that raises stays queued (the queue tries it again)."""
+
+        async def handle(body: str) -> None:
+            self.hear(await Grace(store, self.queue).decide(Decision.from_body(body), now=now))
+
+        await self.queue.deliver_due(handle, now=now)
 
 
 Step = Callable[[World, ConnectionStore], Awaitable[None]]
@@ -91,6 +104,11 @@ async def message(world: World, store: ConnectionStore, user: str, tab: str, now
     world.hear((await store.touch(user, tab, now=now)).presence)
 
 
+async def end(world: World, store: ConnectionStore, user: str, tab: str, now: datetime) -> None:
+    """A disconnected event with a grace: the row is stamped ended and its decision queued."""
+    await Grace(store, world.queue).end(user, tab, now=now)
+
+
 async def set_status(world: World, store: ConnectionStore, user: str, tab: str, status: str, now: datetime) -> None:
     """A client's `setStatus(status)`: stored on the tab, the user's presence announced."""
     world.hear((await store.set_status(user, tab, status, now=now)).presence)
@@ -105,6 +123,7 @@ class Case:
     event: Step
     service: dict[str, Liveness] | None = None
     listed: tuple[str, ...] | None = None  # reconciled: the settings name SignalR, whose group lists these
+    grace: bool = False  # the store holds ended connections for GRACE (mapping.grace)
 
 
 def _case(
@@ -114,8 +133,9 @@ def _case(
     service: dict[str, Liveness] | None = None,
     *,
     listed: tuple[str, ...] | None = None,
+    grace: bool = False,
 ) -> Case:
-    return Case(name, setup, event, service, listed)
+    return Case(name, setup, event, service, listed, grace)
 
 
 async def _nothing(world: World, store: ConnectionStore) -> None:
@@ -202,6 +222,26 @@ CASES = [
         service={"b1": Liveness.GONE, "c2": Liveness.ALIVE},  # c2: a listing that lags a new connection
         listed=("a1", "c1"),
     ),
+    _case(
+        "last disconnect with a grace",
+        lambda w, s: _all(connect(w, s, "ada", "a1", T0), set_status(w, s, "ada", "a1", "busy", T0)),
+        lambda w, s: end(w, s, "ada", "a1", T0 + timedelta(seconds=1)),
+        grace=True,
+    ),
+    _case(
+        "reload within the grace",
+        lambda w, s: _all(
+            connect(w, s, "ada", "a1", T0), set_status(w, s, "ada", "a1", "busy", T0), end(w, s, "ada", "a1", T0)
+        ),
+        lambda w, s: connect(w, s, "ada", "a2", T0 + timedelta(seconds=2)),
+        grace=True,
+    ),
+    _case(
+        "grace decision",
+        lambda w, s: _all(connect(w, s, "ada", "a1", T0), connect(w, s, "ada", "a2", T0), end(w, s, "ada", "a1", T0)),
+        lambda w, s: w.decide(s, T0 + GRACE),
+        grace=True,
+    ),
 ]
 
 
@@ -227,7 +267,9 @@ async def world(azurite: Azurite, proxy: FaultProxy, case: Case) -> AsyncIterato
         "retry_timeout": 2.0,
         "read_timeout": 2.0,
     }
-    signalr = {"signalr": RECONCILED} if case.listed is not None else {}
+    signalr: dict[str, Any] = {"signalr": RECONCILED} if case.listed is not None else {}
+    if case.grace:
+        signalr["presence_grace"] = GRACE
     store = ConnectionStore(make_settings(azurite.connection_string, table, ttl=TTL, **signalr))
     proxied = ConnectionStore(make_settings(proxied_connection(azurite, proxy), table, ttl=TTL, **signalr), **options)
     proxy.plan(then=PASS)
