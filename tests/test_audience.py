@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from conftest import Azurite, all_rows
+from bench.proxy import CountingProxy
+from conftest import Azurite, all_rows, drop_table, make_settings, unique_table_name
 from mapping import events, runtime
 from mapping.audience import presence_group
 from mapping.invocation import parse_invocation
 from mapping.keys import room_partition, user_key
-from mapping.presence import PresenceChange
+from mapping.membership import Membership
+from mapping.presence import PresenceChange, PresenceState
 from mapping.roster import STALE_FLAG, Roster
+from mapping.store import ConnectionStore
 from mapping.sweep import sweep
-from mapping.table import merge
+from mapping.table import merge, upsert
 from testkit.functions_host import Out, invocation, signalr_event
 
 pytestmark = pytest.mark.usefixtures("app_env")
@@ -317,3 +321,34 @@ async def test_a_change_right_after_the_early_group_addition_is_in_the_snapshot(
     assert adder.added == [("gym", "v1")]
     [sync] = [m["arguments"][0] for m in messages if m.get("target") == "presenceSync"]
     assert {u["user"]: u["status"] for u in sync["users"]} == {"uma": "lifting", "vic": None}
+
+
+async def test_a_thousand_member_rooms_snapshot_takes_at_most_ten_table_requests(azurite: Azurite) -> None:
+    """A join into a room of 1,000 members answers its snapshot from the member index: at most 10 table requests."""
+    seeded = ConnectionStore(make_settings(azurite.connection_string, unique_table_name()))
+    try:
+        changes = [
+            PresenceChange.of(f"member{n:04}", PresenceState(True, 1), 1_000 + n, rooms=("arena",)) for n in range(1000)
+        ]
+        rows = [
+            {**Membership("arena", datetime.now(UTC)).index_row(user_key(c.user), c.user), "Pending": False}
+            for c in changes
+        ]
+        for start in range(0, len(rows), 100):
+            await seeded.table.transact([upsert(row) for row in rows[start : start + 100]], action="seed")
+        await asyncio.gather(*(Roster(seeded).publish(change) for change in changes[:50]))  # some copies written
+        with CountingProxy(azurite.port) as proxy:
+            counted = azurite.connection_string.replace(f":{azurite.port}/", f":{proxy.port}/")
+            store = ConnectionStore(make_settings(counted, seeded.settings.table_name))
+            try:
+                await store.connections_of("warm-up")
+                with proxy.counting() as requests:
+                    entries = [e async for page in Roster(store).snapshot("arena") for e in page]
+            finally:
+                await store.close()
+        assert len(entries) == 1000
+        print(f"snapshot of 1,000 members: {dict(requests)}")
+        assert sum(requests.values()) <= 10, requests
+    finally:
+        await seeded.close()
+        await drop_table(azurite, seeded.settings.table_name)
