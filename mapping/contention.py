@@ -16,7 +16,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mapping.presence import PresenceChange
@@ -30,19 +30,31 @@ _MAX_BACKOFF_SECONDS = 0.25
 
 
 class UserTurns:
-    """One lock per user partition while anyone holds or awaits it: this instance's events of a user in turn."""
+    """One lock per user partition while anyone holds or awaits it: this instance's events of a user in turn.
+
+    A turn is re-entrant for the task that holds it: a step that takes the turn may call one that takes it again.
+    """
 
     def __init__(self) -> None:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._holders: dict[str, asyncio.Task[Any] | None] = {}
 
     @contextlib.asynccontextmanager
     async def turn(self, partition: str) -> AsyncIterator[None]:
         """Wait for the user's turn, and hold it for the block."""
+        task = asyncio.current_task()
+        if task is not None and self._holders.get(partition) is task:
+            yield  # this task holds the turn already
+            return
         lock, waiting = self._locks.get(partition, (asyncio.Lock(), 0))
         self._locks[partition] = (lock, waiting + 1)
         try:
             async with lock:
-                yield
+                self._holders[partition] = task
+                try:
+                    yield
+                finally:
+                    del self._holders[partition]
         finally:
             lock, waiting = self._locks[partition]
             if waiting == 1:

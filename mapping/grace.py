@@ -97,18 +97,21 @@ class Grace:
         if moment < decision.due:
             await self.delayed.schedule(decision.to_body(), delay=decision.due - moment)
             return None
-        view = await self.store.read_user(user_key(decision.user))
-        ended = {key: row for key, row in view.rows.items() if self.store.lease.ended(row, moment)}
-        if not ended:
-            return None
-        last = max(row.ended_at for row in ended.values() if row.ended_at is not None)
-        settled = await self.store.settle(
-            view,
-            user_name=view.name(),
-            gone={key: row.etag or "" for key, row in ended.items()},
-            alive={},
-            now=moment,
-            gone_known_alive_until=last,
-        )
+        partition = user_key(decision.user)
+        # Read and settle in the user's turn: two decisions of one user on this instance announce one offline.
+        async with self.store.turns.turn(partition):
+            view = await self.store.read_user(partition)
+            ended = {key: row for key, row in view.rows.items() if self.store.lease.ended(row, moment)}
+            if not ended:
+                return None
+            last = max(row.ended_at for row in ended.values() if row.ended_at is not None)
+            settled = await self.store.settle(
+                view,
+                user_name=view.name(),
+                gone={key: row.etag or "" for key, row in ended.items()},
+                alive={},
+                now=moment,
+                gone_known_alive_until=last,
+            )
         logger.info("grace: %d ended connection(s) of a user removed", settled.deleted)
         return settled.change

@@ -290,7 +290,9 @@ async def _sweep_user(
         result.complete = False  # some rows went unasked for want of time
     name = view.name()
     # A reconciling sweep's listing vouched for its connections until lately: a row it lacks ended since.
-    vouched = clock.now if service.reconciling else None
+    # A row a disconnect ended says when itself (EndedAt); the listing vouches only for rows nothing ended.
+    unended = any(not row.ended_at for (_, row), verdict in zip(due, verdicts, strict=True) if verdict is Liveness.GONE)
+    vouched = clock.now if service.reconciling and unended else None
     settled = await store.settle(
         view, user_name=name, gone=gone, alive=alive, now=clock.now, gone_known_alive_until=vouched
     )

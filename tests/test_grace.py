@@ -12,7 +12,7 @@ from conftest import Azurite, drop_table, make_settings, unique_table_name
 from fake_service import FakeService
 from mapping.errors import InvalidRequestError, StorageUnavailableError
 from mapping.grace import Decision, Grace
-from mapping.liveness import Liveness
+from mapping.liveness import Listing, Liveness
 from mapping.presence import PresenceChange
 from mapping.settings import SignalRConnection
 from mapping.store import ConnectionStore
@@ -87,15 +87,14 @@ async def test_the_grace_expiring_announces_offline_once(store: ConnectionStore,
 
 
 async def test_a_doubled_decision_converges(store: ConnectionStore, queue: FakeDelayedActions) -> None:
-    """G2: the same decision delivered twice at once announces one offline pair (a repeat carries its version)."""
+    """G2: the same decision delivered twice at once on one instance announces offline once."""
     grace = Grace(store, queue)
     await store.connect("cy", "c1", now=T0)
     await grace.end("cy", "c1", now=T0)
     decision = Decision("cy", T0 + GRACE)
     results = await asyncio.gather(grace.decide(decision, now=T0 + GRACE), grace.decide(decision, now=T0 + GRACE))
-    changes = [change for change in results if change is not None]
-    assert changes
-    assert {(c.version, c.online) for c in changes} == {(changes[0].version, False)}
+    [change] = [change for change in results if change is not None]  # one instance: the second waits its turn
+    assert (change.online, change.last_seen) == (False, T0)
     assert (await store.presence_of("cy", now=T0 + GRACE)).state.online is False
 
 
@@ -127,6 +126,42 @@ async def test_a_lost_decision_is_made_by_the_sweep(azurite: Azurite, queue: Fak
         assert (await store.presence_of("eli", now=T0 + GRACE / 2)).state.online is True
         after = await sweep(store, liveness=service, now=T0 + GRACE * 2)
         assert [(c.user, c.online, c.last_seen) for c in after.presence] == [("eli", False, T0)]
+    finally:
+        await store.close()
+        await drop_table(azurite, settings.table_name)
+
+
+async def test_two_tabs_decided_at_once_announce_offline_once(
+    store: ConnectionStore, queue: FakeDelayedActions
+) -> None:
+    """Two tabs closing schedule two decisions; delivered at once on one instance, offline is announced once."""
+    grace = Grace(store, queue)
+    await store.connect("ivy", "i1", now=T0)
+    await store.connect("ivy", "i2", now=T0)
+    await grace.end("ivy", "i1", now=T0)
+    await grace.end("ivy", "i2", now=T0 + timedelta(seconds=1))
+    decisions = [Decision.from_body(scheduled.body) for scheduled in queue.pending]
+    moment = T0 + GRACE * 2
+    results = await asyncio.gather(*(grace.decide(decision, now=moment) for decision in decisions))
+    [change] = [change for change in results if change is not None]
+    assert (change.online, change.last_seen) == (False, T0 + timedelta(seconds=1))
+    assert not store.turns, "every turn was given back"
+
+
+async def test_a_reconciling_sweep_dates_a_lost_decision_at_the_disconnect(
+    azurite: Azurite, queue: FakeDelayedActions
+) -> None:
+    """G3: a listing sweep that makes a lost grace decision says last seen at the disconnect, not at the sweep."""
+    settings = make_settings(azurite.connection_string, unique_table_name(), presence_grace=GRACE, signalr=RECONCILED)
+    store = ConnectionStore(settings, retry_total=1)
+    service = FakeService(listing=Listing.LISTED)  # the listing lacks it: the service closed it
+    try:
+        grace = Grace(store, queue)
+        await store.connect("jo", "j1", now=T0 - timedelta(minutes=20))
+        await grace.end("jo", "j1", now=T0)
+        queue.pending.clear()  # the queue lost it
+        after = await sweep(store, liveness=service, now=T0 + GRACE * 2)
+        assert [(c.user, c.online, c.last_seen) for c in after.presence] == [("jo", False, T0)]
     finally:
         await store.close()
         await drop_table(azurite, settings.table_name)
