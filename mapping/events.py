@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Concatenate, ParamSpec
 
 from mapping.audience import presence_group, presence_messages, room_presence, sync_messages
 from mapping.delayed import DelayedActions
@@ -14,7 +16,7 @@ from mapping.grace import Decision, Grace
 from mapping.invocation import Invocation
 from mapping.keys import parse_room, user_key
 from mapping.liveness import AGE_ONLY, MAPPED_GROUP, GroupAdder, LivenessCheck
-from mapping.messages import Message, error_message, join_group, leave_group, room_message
+from mapping.messages import ERROR_TARGET, Message, error_message, join_group, leave_group, room_message
 from mapping.presence import PresenceChange
 from mapping.rooms import Rooms
 from mapping.roster import Roster, RosterEntry
@@ -26,6 +28,37 @@ from mapping.watch import Watching, parse_users
 logger = logging.getLogger(__name__)
 
 _EARLY_ADDS = 16  # group additions in flight at once before a snapshot
+
+_Options = ParamSpec("_Options")
+_Handler = Callable[Concatenate[ConnectionStore, Invocation, _Options], Awaitable[list[Message]]]
+
+
+def _client_call(method: str) -> Callable[[_Handler[_Options]], _Handler[_Options]]:
+    """Name the call in every error a client-call handler answers its caller; a retryable one echoes the arguments,
+    so a client knows what to send again."""
+
+    def wrap(handler: _Handler[_Options]) -> _Handler[_Options]:
+        async def handle(
+            store: ConnectionStore, event: Invocation, /, *args: _Options.args, **options: _Options.kwargs
+        ) -> list[Message]:
+            messages = await handler(store, event, *args, **options)
+            return [_named(message, event, method) for message in messages]
+
+        functools.update_wrapper(handle, handler)
+        return handle
+
+    return wrap
+
+
+def _named(message: Message, event: Invocation, method: str) -> Message:
+    """Return `message` with the call named, when it is an error to the caller."""
+    if message.get("target") != ERROR_TARGET or message.get("connectionId") != event.connection_id:
+        return message
+    [details] = message["arguments"]
+    named = {**details, "call": method}
+    if details.get("retry"):
+        named["arguments"] = list(event.arguments or [])
+    return {**message, "arguments": [named]}
 
 
 async def on_connected(store: ConnectionStore, event: Invocation) -> list[Message]:
@@ -79,6 +112,7 @@ async def on_grace(store: ConnectionStore, body: str, *, delayed: DelayedActions
     return await _announced(store, await Grace(store, delayed).decide(decision))
 
 
+@_client_call("send")
 async def on_send(store: ConnectionStore, event: Invocation) -> list[Message]:
     """Deliver a client's `send(to, message)` to the recipient, or answer the caller with one error."""
     if not event.connection_id:
@@ -96,6 +130,7 @@ async def on_send(store: ConnectionStore, event: Invocation) -> list[Message]:
         return [*revived, _unavailable(event.connection_id, "send", error)]
 
 
+@_client_call("setStatus")
 async def on_set_status(store: ConnectionStore, event: Invocation) -> list[Message]:
     """Record the caller's `setStatus(status)` and announce the user's presence, or answer the caller an error."""
     caller = _caller(event, "setStatus", "(status)")
@@ -116,16 +151,19 @@ async def on_set_status(store: ConnectionStore, event: Invocation) -> list[Messa
     return [*_rejoined(caller.connection, outcome.rooms), *announcement]
 
 
+@_client_call("join")
 async def on_join(store: ConnectionStore, event: Invocation, *, service: GroupAdder = AGE_ONLY) -> list[Message]:
     """Make the caller's user a member of `join(room)`: add their live connections to its group, announce it."""
     return await _membership(store, event, joining=True, service=service)
 
 
+@_client_call("leave")
 async def on_leave(store: ConnectionStore, event: Invocation) -> list[Message]:
     """End the caller's user's membership of `leave(room)`: announce it, remove their connections from the group."""
     return await _membership(store, event, joining=False)
 
 
+@_client_call("sendToRoom")
 async def on_send_to_room(store: ConnectionStore, event: Invocation) -> list[Message]:
     """Deliver a member's `sendToRoom(room, message)` to the room's group, or answer the caller an error."""
     caller = _caller(event, "sendToRoom")
@@ -153,6 +191,7 @@ async def on_timer(store: ConnectionStore, *, liveness: LivenessCheck = AGE_ONLY
     ]
 
 
+@_client_call("watch")
 async def on_watch(store: ConnectionStore, event: Invocation, *, service: GroupAdder = AGE_ONLY) -> list[Message]:
     """Subscribe the caller to the presence of `watch(users)` and answer it their snapshot (`presenceSync`)."""
     caller = _caller(event, "watch", "(users)")
@@ -175,6 +214,7 @@ async def on_watch(store: ConnectionStore, event: Invocation, *, service: GroupA
     return [*revived, *groups, *sync_messages(caller.connection, entries, room=None)]
 
 
+@_client_call("unwatch")
 async def on_unwatch(store: ConnectionStore, event: Invocation) -> list[Message]:
     """End the caller's subscriptions to `unwatch(users)` (watching nobody of them does no harm)."""
     caller = _caller(event, "unwatch", "(users)")
@@ -188,6 +228,7 @@ async def on_unwatch(store: ConnectionStore, event: Invocation) -> list[Message]
     return [*revived, *(leave_group(caller.connection, presence_group(user)) for user in users)]
 
 
+@_client_call("sync")
 async def on_sync(store: ConnectionStore, event: Invocation) -> list[Message]:
     """Answer the caller a fresh snapshot of a room it is a member of (`sync(room)`)."""
     caller = _caller(event, "sync", "(room)")

@@ -329,7 +329,7 @@ async def test_rooms_follow_the_user_across_connections(stack: Stack, clients: S
     await clients.connect("c1", unique_user("carol"), targets=targets)
     await clients.send("c1", "sendToRoom", room, "let me in")
     [error] = await clients.wait_message("c1", "error")
-    assert error == {"error": "not a member of this room", "room": room}
+    assert error == {"error": "not a member of this room", "room": room, "call": "sendToRoom"}
     status, body = await api(stack, "GET", f"rooms/{room}")
     assert status == 200
     assert {(m["user"], m["online"], m["connections"]) for m in body["members"]} == {(alice, True, 2), (bob, True, 1)}

@@ -239,7 +239,11 @@ async def test_client_send_to_an_offline_user_answers_the_caller_only() -> None:
     await connect("alice", "a1")
     out = await client_send("alice", "a1", ["nobody", "hello?"])
     assert out.messages == [
-        {"target": "error", "connectionId": "a1", "arguments": [{"error": "recipient is offline", "to": "nobody"}]}
+        {
+            "target": "error",
+            "connectionId": "a1",
+            "arguments": [{"error": "recipient is offline", "to": "nobody", "call": "send"}],
+        }
     ]
 
 

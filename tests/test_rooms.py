@@ -375,7 +375,7 @@ async def test_a_member_sends_to_the_room_and_a_stranger_is_refused() -> None:
     ]
     refused = await client_call("send_to_room_message", "sendToRoom", "pete", "p1", "club", "let me in")
     [error] = errors(refused)
-    assert error["arguments"][0] == {"error": "not a member of this room", "room": "club"}
+    assert error["arguments"][0] == {"error": "not a member of this room", "room": "club", "call": "sendToRoom"}
     assert not any(m.get("groupName") for m in refused.messages)
 
 

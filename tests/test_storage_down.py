@@ -126,23 +126,26 @@ async def test_signalr_triggers_raise_when_storage_is_down(app_on_dead_storage: 
 
 
 @pytest.mark.parametrize(
-    ("name", "payload"),
+    ("name", "call", "arguments"),
     [
-        ("send_message", invocation("send", arguments=["bob", "hi"])),
-        ("set_status", invocation("setStatus", arguments=["busy"])),
-        ("join_room", invocation("join", arguments=["lobby"])),
-        ("leave_room", invocation("leave", arguments=["lobby"])),
-        ("send_to_room_message", invocation("sendToRoom", arguments=["lobby", "hi"])),
+        ("send_message", "send", ["bob", "hi"]),
+        ("set_status", "setStatus", ["busy"]),
+        ("join_room", "join", ["lobby"]),
+        ("leave_room", "leave", ["lobby"]),
+        ("send_to_room_message", "sendToRoom", ["lobby", "hi"]),
+        ("watch_users", "watch", [["bob"]]),
+        ("sync_room", "sync", ["lobby"]),
     ],
 )
 async def test_client_calls_answer_the_caller_to_retry_when_storage_is_down(
-    app_on_dead_storage: str, name: str, payload: str
+    app_on_dead_storage: str, name: str, call: str, arguments: list[object]
 ) -> None:
-    """A client's call that meets dead storage answers the caller one error with `retry: true` (nothing raised)."""
-    out = await signalr_event(name, payload)
+    """A client's call that meets dead storage answers the caller one error naming the call to send again."""
+    out = await signalr_event(name, invocation(call, arguments=arguments))
     [error] = out.messages
     assert (error["target"], error["connectionId"]) == ("error", "conn-1")
-    assert error["arguments"][0]["retry"] is True
+    details = error["arguments"][0]
+    assert (details["retry"], details["call"], details["arguments"]) == (True, call, arguments)
 
 
 async def test_timer_sweep_raises_when_storage_is_down(app_on_dead_storage: str) -> None:
