@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SHELL := bash
 
-.PHONY: install install-browser test lint reliability bench bench-smoke bench-sweep run run-func azurite validate-infra smoke-azure smoke-local clean
+.PHONY: install install-browser test casefold lint reliability bench bench-smoke bench-sweep run run-func azurite validate-infra smoke-azure smoke-local clean
 
 # Ports of the local stack (`make run HOST_PORT=7072 EMULATOR_PORT=8889`).
 HOST_PORT ?= 7071
@@ -33,9 +33,15 @@ install-browser:
 	  sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$sudo apt-get update && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y chromium; }
 
-# Every test, end-to-end ones included, against an Azurite the tests start themselves.
+# Every test, end-to-end ones included, against an Azurite the tests start themselves; then the browser library's
+# tests (Node's own runner) against a stack they start themselves.
 test: install install-browser
 	$(BIN)/python -m pytest
+	PYTHON=$(BIN)/python node --test --test-concurrency=1 client/test/*.test.mjs
+
+# The client library's folding data, from the Python the app runs on (tests/test_client_fold.py checks it).
+casefold: install
+	$(BIN)/python client/scripts/casefold.py
 
 # Fault, storm, fuzz and security tests; their figures become docs/reliability.md.
 reliability: install

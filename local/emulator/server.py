@@ -7,6 +7,8 @@ and 2024-12-01's `GET /api/hubs/{hub}/groups/{group}/connections` (`maxpagesize`
 Admin (loopback callers only, no token):
 - `POST /admin/drop-next-disconnect[?count=n]`, `GET` the same: skip the next disconnected upstream calls.
 - `GET /admin/connections`: the live connections.
+- `POST /admin/connections/{id}/drop`: cut a client's WebSocket without a close record, as a network failure would
+  (a client with automatic reconnect reconnects).
 - `GET /admin/rest-calls`: `{"total": n, "byRoute": {"<METHOD> <route template>": n}}`, every REST call answered
   (errors included) since the start or the last reset; `DELETE /admin/rest-calls` answers the same and resets it.
 - `GET /admin/messages`: outbound messages as Azure bills them, since the start or the last reset: `{"total": n,
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from local.emulator import paging, protocol, tokens
 from local.emulator.billing import BilledMessages
@@ -110,6 +112,7 @@ def create_app(config: EmulatorConfig) -> web.Application:
     app.router.add_post("/admin/drop-next-disconnect", drop_next_disconnect)
     app.router.add_get("/admin/drop-next-disconnect", drop_status)
     app.router.add_get("/admin/connections", list_connections)
+    app.router.add_post("/admin/connections/{connection}/drop", drop_connection)
     app.router.add_get("/admin/rest-calls", rest_calls)
     app.router.add_delete("/admin/rest-calls", reset_rest_calls)
     app.router.add_get("/admin/messages", billed_messages)
@@ -627,6 +630,18 @@ async def list_connections(request: web.Request) -> web.Response:
         for c in request.app[REGISTRY].connections.values()
     ]
     return web.json_response({"connections": connections})
+
+
+async def drop_connection(request: web.Request) -> web.Response:
+    """Cut one client's WebSocket with no close record, as a network failure would (loopback only)."""
+    if request.remote not in LOOPBACK:
+        return _error(403, "the admin API answers loopback callers only")
+    connection_id = request.match_info["connection"]
+    found = next((c for c in request.app[REGISTRY].connections.values() if c.id == connection_id), None)
+    if found is None:
+        return _error(404, "no such connection")
+    await found.socket.close(code=WSCloseCode.INTERNAL_ERROR, message=b"dropped by the admin API")
+    return web.json_response({"dropped": connection_id})
 
 
 async def rest_calls(request: web.Request) -> web.Response:

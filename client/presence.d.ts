@@ -1,0 +1,69 @@
+// Types of the presence library (presence.js). The messages it speaks are in README.md.
+import type { HubConnection } from "@microsoft/signalr";
+
+/** A user's presence as the server recorded it; of two states of one user, the higher version is current. */
+export interface PresenceState {
+  readonly user: string;
+  readonly online: boolean;
+  readonly connections: number;
+  readonly status: string | null;
+  /** ISO 8601 time of the end of the user's last connection, while offline. */
+  readonly lastSeen: string | null;
+  /** Grows with every change of the user's state; 0 for a user never seen. */
+  readonly version: number;
+}
+
+/** An `error` message of the server: the call it answers, and, when `retry` is true, the call's arguments. */
+export interface PresenceError {
+  readonly error: string;
+  readonly call?: string;
+  readonly retry?: boolean;
+  readonly arguments?: unknown[];
+  readonly [detail: string]: unknown;
+}
+
+export interface PresenceEvents {
+  change: (user: string, state: PresenceState, previous: PresenceState | undefined) => void;
+  /** A room's snapshot arrived in full (`null`: a watch's snapshot). */
+  sync: (room: string | null) => void;
+  members: (room: string, user: string, joined: boolean) => void;
+  error: (error: PresenceError) => void;
+}
+
+export interface TrackOptions {
+  /** How often a call answered `retry: true` is sent again before its error reaches `on("error")` (default 5). */
+  retries?: number;
+  /** The first retry waits about this long, doubling each time (default 250). */
+  retryDelayMs?: number;
+  /** No retry waits longer (default 8000). */
+  maxRetryDelayMs?: number;
+  /** A source of numbers in [0, 1) for the jitter (default Math.random). */
+  random?: () => number;
+}
+
+export declare class PresenceTracker {
+  constructor(connection: HubConnection, options?: TrackOptions);
+  join(room: string): Promise<void>;
+  leave(room: string): Promise<void>;
+  watch(users: string[]): Promise<void>;
+  unwatch(users: string[]): Promise<void>;
+  setStatus(status: string | null): Promise<void>;
+  sync(room: string): Promise<void>;
+  resync(): Promise<void>;
+  of(user: string): PresenceState | undefined;
+  members(room: string): PresenceState[];
+  rooms(): string[];
+  watched(): string[];
+  on<E extends keyof PresenceEvents>(event: E, handler: PresenceEvents[E]): () => void;
+  off<E extends keyof PresenceEvents>(event: E, handler: PresenceEvents[E]): void;
+  dispose(): void;
+}
+
+export declare function trackPresence(connection: HubConnection, options?: TrackOptions): PresenceTracker;
+export declare function foldUserName(name: string): string;
+export declare function normalizeUserName(name: string, what?: string): string;
+export declare function checkRoom(room: string): string;
+export declare function checkUsers(users: string[]): string[];
+export declare function checkStatus(status: string | null): string | null;
+export declare const MAX_USERS_PER_CALL: 100;
+export declare const MAX_STATUS_LENGTH: 64;
