@@ -35,6 +35,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--static", action="append", default=[], metavar="URL_PREFIX=DIR", help="also serve a directory (local only)"
     )
+    parser.add_argument(
+        "--function-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="check keys as Azure does: a route that is not anonymous needs ?code=KEY or x-functions-key (repeatable)",
+    )
     parser.add_argument("--log-level", default=os.environ.get("LOCAL_HOST_LOG_LEVEL", "INFO"))
     return parser.parse_args(argv)
 
@@ -80,13 +87,16 @@ async def serve(args: argparse.Namespace) -> None:
         raise SystemExit(f"{args.host_json}: {error}") from None
     specs = load_functions(_load_app(args.app))
     prefix = _route_prefix(host_json)
-    app = create_app(specs, route_prefix=prefix, static=static, queue_options=queue_options)
+    app = create_app(
+        specs, route_prefix=prefix, static=static, queue_options=queue_options, function_keys=args.function_key
+    )
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
     await runner.setup()
     await web.TCPSite(runner, args.host, args.port).start()
     base = f"http://{'localhost' if args.host in ('', '0.0.0.0', '::') else args.host}:{args.port}"  # noqa: S104
+    keys = "function keys checked" if args.function_key else "function keys not checked"
     print(
-        f"Local host: {base}/{prefix.strip('/')}/ (SignalR upstream {base}{SIGNALR_WEBHOOK})",
+        f"Local host: {base}/{prefix.strip('/')}/ (SignalR upstream {base}{SIGNALR_WEBHOOK}; {keys})",
         flush=True,
     )
     stop = asyncio.Event()

@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +50,7 @@ class HostState:
     timers: list[tuple[Schedule, FunctionSpec]] = field(default_factory=list)
     queues: list[tuple[QueueBinding, FunctionSpec]] = field(default_factory=list)
     queue_options: QueueOptions = field(default_factory=QueueOptions)
+    function_keys: frozenset[str] = frozenset()  # empty: keys are not checked (the local default)
     client: SignalRClient = field(default_factory=SignalRClient)
     background_tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -63,9 +64,11 @@ def create_app(
     route_prefix: str = "api",
     static: Mapping[str, Path] | None = None,
     queue_options: QueueOptions | None = None,
+    function_keys: Iterable[str] = (),
 ) -> web.Application:
-    """Build the host for the given functions; functions whose bindings cannot be resolved are reported and skipped."""
-    state = HostState(queue_options=queue_options or QueueOptions())
+    """Build the host for the given functions; functions whose bindings cannot be resolved are reported and skipped.
+    With `function_keys`, HTTP routes that are not anonymous need one of them, as in Azure."""
+    state = HostState(queue_options=queue_options or QueueOptions(), function_keys=frozenset(function_keys))
     for spec in specs:
         try:
             _register(state, spec, route_prefix)
@@ -122,8 +125,18 @@ async def http_trigger(request: web.Request) -> web.StreamResponse:
         methods = [m.upper() for m in spec.trigger.get("methods") or []]
         if methods and request.method.upper() not in methods:
             continue
+        if not _authorized(request, state, spec):
+            return web.Response(status=401)  # as the Functions host: no body
         return await _run_http(request, state, spec, route_params)
     return web.Response(status=404)
+
+
+def _authorized(request: web.Request, state: HostState, spec: FunctionSpec) -> bool:
+    """Whether the request may run the function: an anonymous route, keys not checked, or a key given."""
+    if not state.function_keys or str(spec.trigger.get("authLevel", "function")).lower() == "anonymous":
+        return True
+    given = request.query.get("code") or request.headers.get("x-functions-key")
+    return given in state.function_keys
 
 
 async def _run_http(
