@@ -6,12 +6,14 @@ from collections.abc import AsyncIterator
 
 import azure.functions as func
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from local.host.functions import load_functions
 from local.host.server import create_app
 
 KEY = "local-function-key-for-tests"
+Keyed = tuple[TestClient[web.Request, web.Application], bool]
 
 
 def keyed_app() -> func.FunctionApp:
@@ -30,7 +32,7 @@ def keyed_app() -> func.FunctionApp:
 
 
 @pytest.fixture(params=[True, False], ids=["keys checked", "keys not checked"])
-async def client(request: pytest.FixtureRequest) -> AsyncIterator[tuple[TestClient, bool]]:
+async def client(request: pytest.FixtureRequest) -> AsyncIterator[Keyed]:
     """A local host serving the app, with or without function keys."""
     keys = [KEY] if request.param else []
     server = TestServer(create_app(load_functions(keyed_app()), function_keys=keys))
@@ -38,7 +40,7 @@ async def client(request: pytest.FixtureRequest) -> AsyncIterator[tuple[TestClie
         yield test_client, request.param
 
 
-async def test_a_keyed_route_needs_a_key_when_keys_are_checked(client: tuple[TestClient, bool]) -> None:
+async def test_a_keyed_route_needs_a_key_when_keys_are_checked(client: Keyed) -> None:
     """With keys, a function-level route answers 401 without the key and runs with it (query or header)."""
     http, checked = client
     assert (await http.get("/api/open")).status == 200
