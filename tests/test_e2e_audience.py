@@ -1,0 +1,321 @@
+"""Presence audiences end to end, with real `@microsoft/signalr` Node clients: the emulator, the local host, the
+function app and Azurite, with PRESENCE_AUDIENCE=scoped (rooms, watchers, own tabs), snapshots and watch policies."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+from azure.data.tables.aio import TableClient
+
+from conftest import Azurite
+from mapping.audience import presence_group
+from stack import SignalRClients, Stack, api, running_stack, unique_user, wait_until
+from testkit.emulator_billing import billed_messages
+
+pytestmark = pytest.mark.slow
+
+TARGETS = ["newMessage", "presence", "presenceSync", "room", "error"]
+FUNCTION_KEY = {"x-functions-key": "e2e-function-key"}  # the local host does not check it, as Core Tools does not
+ENTRY_KEYS = {"user", "online", "connections", "status", "lastSeen", "version"}
+QUIET = 1.0  # seconds without news after which nothing more is on its way
+
+
+@pytest.fixture(scope="module")
+def stack(azurite: Azurite) -> Iterator[Stack]:
+    """One emulator and local host with the shipped audience (scoped) and no grace, on their own table."""
+    with running_stack(azurite, audience="scoped") as running:
+        yield running
+
+
+@pytest.fixture
+async def clients(stack: Stack) -> AsyncIterator[SignalRClients]:
+    """A Node process with real SignalR clients; every connection is stopped afterwards."""
+    async with SignalRClients(stack) as driver:
+        yield driver
+
+
+def room_name(prefix: str) -> str:
+    """Return a room name no other test uses."""
+    return unique_user(prefix)
+
+
+def presence_heard(clients: SignalRClients, client: str, user: str) -> list[dict[str, Any]]:
+    """Return every presence entry about `user` a client received, in order (room copies included)."""
+    key = user.casefold()
+    return [args[0] for args in clients.received(client, "presence") if args and args[0]["user"].casefold() == key]
+
+
+def syncs(clients: SignalRClients, client: str) -> list[dict[str, Any]]:
+    """Return the presenceSync snapshots a client received, in order."""
+    return [args[0] for args in clients.received(client, "presenceSync")]
+
+
+def errors(clients: SignalRClients, client: str) -> list[dict[str, Any]]:
+    """Return the error messages a client received, in order."""
+    return [args[0] for args in clients.received(client, "error")]
+
+
+def merged(clients: SignalRClients, client: str) -> dict[str, dict[str, Any]]:
+    """Merge a client's snapshots and presence messages by version, as the README's client does; by user key."""
+    latest: dict[str, dict[str, Any]] = {}
+
+    def keep(entry: dict[str, Any]) -> None:
+        key = entry["user"].casefold()
+        if latest.get(key, {}).get("version", 0) < entry["version"] or key not in latest:
+            latest[key] = {k: v for k, v in entry.items() if k != "room"}
+
+    for event in clients.events:
+        if event.get("id") != client or event.get("event") != "message":
+            continue
+        if event["target"] == "presence":
+            keep(event["args"][0])
+        elif event["target"] == "presenceSync":
+            for entry in event["args"][0]["users"]:
+                keep(entry)
+    return latest
+
+
+def state(entry: dict[str, Any]) -> tuple[bool, int, str | None, str | None]:
+    """Return what a client shows of a presence entry: online, connections, status, last seen."""
+    return entry["online"], entry["connections"], entry["status"], entry["lastSeen"]
+
+
+async def server_state(stack: Stack, user: str) -> tuple[bool, int, str | None, str | None]:
+    """Return a user's presence as `GET /api/users/{user}` tells it (with the function key)."""
+    status, body = await api(stack, "GET", f"users/{user}", headers=FUNCTION_KEY)
+    assert status == 200, body
+    return body["online"], len(body["connections"]), body["status"], body["lastSeen"]
+
+
+async def live_connections(stack: Stack) -> set[str]:
+    """Return the ids of the emulator's live connections."""
+    async with aiohttp.ClientSession() as session, session.get(f"{stack.emulator_url}/admin/connections") as answer:
+        assert answer.status == 200, await answer.text()
+        return {c["connectionId"] for c in (await answer.json())["connections"]}
+
+
+async def quiet_billing(stack: Stack, mine: set[str]) -> None:
+    """Wait until only `mine` are connected and nothing is being delivered, then start the billing count at zero."""
+
+    async def only_mine() -> bool:
+        return await live_connections(stack) == mine
+
+    await wait_until(only_mine, what="connections of earlier tests to close")
+    for _ in range(20):
+        await billed_messages(stack.emulator_url, reset=True)
+        await asyncio.sleep(QUIET / 2)
+        if (await billed_messages(stack.emulator_url))["total"] == 0:
+            await billed_messages(stack.emulator_url, reset=True)
+            return
+    pytest.fail("the emulator kept delivering messages")
+
+
+async def settled_billing(stack: Stack) -> dict[str, Any]:
+    """Return the billing counts once they have stopped changing for a while."""
+    last = await billed_messages(stack.emulator_url)
+    while True:
+        await asyncio.sleep(QUIET)
+        now = await billed_messages(stack.emulator_url)
+        if now == last:
+            return now
+        last = now
+
+
+async def partition_rows(azurite: Azurite, stack: Stack, partitions: set[str]) -> list[tuple[Any, ...]]:
+    """Return the rows of some partitions with their ETags, straight from the table, in key order."""
+    async with TableClient.from_connection_string(azurite.connection_string, stack.table) as table:
+        rows = [
+            (row["PartitionKey"], row["RowKey"], row.metadata["etag"], sorted(dict(row).items(), key=str))
+            async for row in table.list_entities()
+            if row["PartitionKey"] in partitions
+        ]
+    return sorted(rows, key=lambda row: (row[0], row[1]))
+
+
+async def joined(clients: SignalRClients, client: str, room: str, user: str) -> dict[str, Any]:
+    """Join a room from a client and return the snapshot it is answered with (after the room heard the join)."""
+    before = len(syncs(clients, client))
+    await clients.send(client, "join", room)
+    await clients.wait_message(client, "room", lambda a: a[0] == {"room": room, "user": user, "joined": True})
+    await wait_until(lambda: len(syncs(clients, client)) > before, what=f"{client}'s snapshot of {room}")
+    return syncs(clients, client)[before]
+
+
+async def watched(clients: SignalRClients, client: str, users: list[str]) -> dict[str, Any]:
+    """Watch users from a client and return the snapshot it is answered with."""
+    before = len(syncs(clients, client))
+    await clients.send(client, "watch", users)
+    await wait_until(lambda: len(syncs(clients, client)) > before, what=f"{client}'s snapshot of {users}")
+    return syncs(clients, client)[before]
+
+
+async def test_a_change_reaches_its_audience_once_and_is_billed_for_it_alone(
+    stack: Stack, clients: SignalRClients
+) -> None:
+    """Scoped: a status change reaches a watcher and a room member once each and the user's other tab, never the
+    four strangers, and the emulator bills presence for the 6 recipients of the audience, not the 8 of the hub."""
+    ann, rita, walt = unique_user("ann"), unique_user("rita"), unique_user("walt")
+    room = room_name("den")
+    mine = {await clients.connect("a1", ann, targets=TARGETS), await clients.connect("r1", rita, targets=TARGETS)}
+    mine.add(await clients.connect("w1", walt, targets=TARGETS))
+    strangers = [f"s{number}" for number in range(4)]
+    for number, client in enumerate(strangers):
+        mine.add(await clients.connect(client, unique_user(f"stranger{number}"), targets=TARGETS))
+    await joined(clients, "a1", room, ann)
+    await joined(clients, "r1", room, rita)
+    await watched(clients, "w1", [ann])
+    mine.add(await clients.connect("a2", ann, targets=TARGETS))
+    await clients.wait_message("w1", "presence", lambda a: a[0]["user"] == ann and a[0]["connections"] == 2)
+    await quiet_billing(stack, mine)
+
+    await clients.send("a1", "setStatus", "busy")
+    for client in ("w1", "r1", "a1", "a2"):
+        await clients.wait_message(client, "presence", lambda a: a[0]["user"] == ann and a[0]["status"] == "busy")
+    billed = await settled_billing(stack)
+    [change] = [e for e in presence_heard(clients, "w1", ann) if e["status"] == "busy"]
+    assert set(change) == ENTRY_KEYS
+    assert [e for e in presence_heard(clients, "r1", ann) if e["status"] == "busy"] == [{**change, "room": room}]
+    for tab in ("a1", "a2"):  # own tabs: the presence group's copy, and the room's (they are members)
+        copies = [e for e in presence_heard(clients, tab, ann) if e["version"] == change["version"]]
+        assert sorted(copies, key=lambda e: "room" in e) == [change, {**change, "room": room}]
+    for client in strangers:
+        assert presence_heard(clients, client, ann) == []  # not one of ann's changes, from the first on
+    assert billed["byTarget"] == {"presence": 6}, billed
+    assert billed["byGroup"] == {presence_group(ann): 3, room: 3}, billed
+    assert len(mine) == 8  # what PRESENCE_AUDIENCE=hub would have billed
+
+
+async def test_a_stranger_hears_nothing_of_a_users_presence(stack: Stack, clients: SignalRClients) -> None:
+    """A connection sharing no room with a user and not watching them hears none of their changes (online, a new
+    count, a status, offline), while a watcher hears each of them once."""
+    ann, stranger = unique_user("ann"), unique_user("stranger")
+    await clients.connect("stranger", stranger, targets=TARGETS)
+    await clients.connect("w1", unique_user("walt"), targets=TARGETS)
+    await watched(clients, "w1", [ann])
+    await clients.connect("a1", ann, targets=TARGETS)
+    await clients.wait_message("w1", "presence", lambda a: a[0]["user"] == ann and a[0]["connections"] == 1)
+    await clients.connect("a2", ann, targets=TARGETS)
+    await clients.wait_message("w1", "presence", lambda a: a[0]["user"] == ann and a[0]["connections"] == 2)
+    await clients.send("a2", "setStatus", "here")
+    [here] = await clients.wait_message("w1", "presence", lambda a: a[0]["user"] == ann and a[0]["status"] == "here")
+    await clients.stop("a2")
+    await clients.wait_message("w1", "presence", lambda a: a[0]["user"] == ann and a[0]["version"] > here["version"])
+    await clients.stop("a1")
+    await clients.wait_message("w1", "presence", lambda a: a[0]["user"] == ann and not a[0]["online"])
+    # A message to the stranger sent after the last change reaches it after anything sent to it before.
+    await clients.send("w1", "send", stranger, "marker")
+    await clients.wait_message("stranger", "newMessage", lambda a: a[0]["message"] == "marker")
+    assert presence_heard(clients, "stranger", ann) == []
+    heard = presence_heard(clients, "w1", ann)
+    assert [state(e)[:3] for e in heard] == [
+        (True, 1, None),
+        (True, 2, None),
+        (True, 2, "here"),
+        (True, 1, None),
+        (False, 0, None),
+    ]
+    assert len({e["version"] for e in heard}) == len(heard)  # each change once
+
+
+async def test_join_and_watch_answer_snapshots_that_converge_with_changes_by_version(
+    stack: Stack, clients: SignalRClients
+) -> None:
+    """join and watch answer the caller a presenceSync snapshot of recorded pairs; merged by version with the changes
+    that follow, it gives what `GET /api/users/{user}` says, and a sync re-sends the room's snapshot as merged."""
+    ann, bob, cat, dan, vic = (unique_user(name) for name in ("ann", "bob", "cat", "dan", "vic"))
+    room = room_name("hall")
+    await clients.connect("a1", ann, targets=TARGETS)
+    await clients.send("a1", "setStatus", "busy")
+    await clients.wait_message("a1", "presence", lambda a: a[0]["status"] == "busy")
+    await joined(clients, "a1", room, ann)
+    await clients.connect("b1", bob, targets=TARGETS)
+    await joined(clients, "b1", room, bob)
+    await clients.stop("b1")
+    await clients.wait_message("a1", "presence", lambda a: a[0]["user"] == bob and not a[0]["online"])
+    await clients.connect("d1", dan, targets=TARGETS)
+
+    await clients.connect("v1", vic, targets=TARGETS)
+    snapshot = await joined(clients, "v1", room, vic)
+    assert (snapshot["room"], snapshot["page"], snapshot["pages"]) == (room, 1, 1)
+    assert all(set(entry) == ENTRY_KEYS for entry in snapshot["users"])
+    by_user = {entry["user"]: entry for entry in snapshot["users"]}
+    assert {user: state(entry) for user, entry in by_user.items()} == {
+        ann: (True, 1, "busy", None),
+        bob: await server_state(stack, bob),  # offline, last seen when his tab closed
+        vic: (True, 1, None, None),
+    }
+    assert by_user[bob]["lastSeen"] is not None
+    assert all(entry["version"] > 0 for entry in snapshot["users"])
+    watching = await watched(clients, "v1", [dan, cat])
+    assert (watching["room"], watching["page"], watching["pages"]) == (None, 1, 1)
+    assert [(e["user"], state(e), e["version"] > 0) for e in watching["users"]] == [
+        (dan, (True, 1, None, None), True),
+        (cat, (False, 0, None, None), False),  # never seen: version 0
+    ]
+    assert watching["users"][1]["version"] == 0
+
+    await clients.send("a1", "setStatus", "away")
+    await clients.connect("a2", ann, targets=TARGETS)
+    await clients.stop("d1")
+    await clients.connect("c1", cat, targets=TARGETS)
+    await clients.connect("b2", bob, targets=TARGETS)
+    users = [ann, bob, cat, dan, vic]
+
+    async def converged() -> bool:
+        latest = merged(clients, "v1")
+        truth = [await server_state(stack, user) for user in users]
+        return [state(latest[u.casefold()]) if u.casefold() in latest else None for u in users] == truth
+
+    await wait_until(converged, what="vic's merged presence to match the server's")
+    latest = merged(clients, "v1")
+    assert state(latest[ann.casefold()]) == (True, 2, "away", None)
+    assert state(latest[dan.casefold()])[:3] == (False, 0, None)
+    assert state(latest[cat.casefold()]) == (True, 1, None, None)
+    assert state(latest[bob.casefold()]) == (True, 1, None, None)
+
+    before = len(syncs(clients, "v1"))
+    await clients.send("v1", "sync", room)
+    await wait_until(lambda: len(syncs(clients, "v1")) > before, what="the answer to sync")
+    [again] = syncs(clients, "v1")[before:]
+    assert (again["room"], again["page"], again["pages"]) == (room, 1, 1)
+    assert {e["user"].casefold(): e for e in again["users"]} == {
+        user.casefold(): latest[user.casefold()] for user in (ann, bob, vic)
+    }
+
+
+async def test_a_big_rooms_snapshot_comes_in_pages(stack: Stack, clients: SignalRClients) -> None:
+    """A room of 121 members (120 of them offline, as membership outlives connections) answers a join and a sync
+    with two presenceSync pages, 100 and 21 entries, naming every member once."""
+    room = room_name("arena")
+    members = [unique_user(f"m{number:03}") for number in range(120)]
+    started = time.monotonic()
+
+    async def join_and_leave(number: int, user: str) -> None:
+        client = f"m{number}"
+        await clients.connect(client, user, targets=["room"])
+        await clients.send(client, "join", room)
+        await clients.wait_message(client, "room", lambda a: a[0]["user"] == user)
+        await clients.stop(client)
+
+    for first in range(0, len(members), 20):
+        await asyncio.gather(*(join_and_leave(n, members[n]) for n in range(first, min(first + 20, len(members)))))
+    vic = unique_user("vic")
+    await clients.connect("v1", vic, targets=TARGETS)
+    await clients.send("v1", "join", room)
+    await wait_until(lambda: len(syncs(clients, "v1")) >= 2, what="both pages of the snapshot")
+    await clients.send("v1", "sync", room)
+    await wait_until(lambda: len(syncs(clients, "v1")) >= 4, what="both pages of the sync")
+    pages = syncs(clients, "v1")
+    assert [(p["room"], p["page"], p["pages"], len(p["users"])) for p in pages] == [
+        (room, 1, 2, 100),
+        (room, 2, 2, 21),
+    ] * 2, f"in {time.monotonic() - started:.1f} s"
+    for answer in (pages[:2], pages[2:]):
+        names = [entry["user"] for page in answer for entry in page["users"]]
+        assert sorted(names) == sorted([*members, vic])
+    assert all(not e["online"] and e["lastSeen"] for p in pages for e in p["users"] if e["user"] != vic)
