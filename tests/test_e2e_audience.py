@@ -14,6 +14,7 @@ from azure.data.tables.aio import TableClient
 
 from conftest import Azurite
 from mapping.audience import presence_group
+from mapping.keys import room_partition, user_key
 from stack import SignalRClients, Stack, api, running_stack, unique_user, wait_until
 from testkit.emulator_billing import billed_messages
 
@@ -319,3 +320,82 @@ async def test_a_big_rooms_snapshot_comes_in_pages(stack: Stack, clients: Signal
         names = [entry["user"] for page in answer for entry in page["users"]]
         assert sorted(names) == sorted([*members, vic])
     assert all(not e["online"] and e["lastSeen"] for p in pages for e in p["users"] if e["user"] != vic)
+
+
+HAL_ROOM = "ROOM"  # placeholders in the cases below, filled in per test
+OTHER_ROOM = "OTHER"
+TOM = "TOM"
+TESS = "TESS"
+BAD_INPUT = {  # the call, its arguments, and what the error says
+    "watch a name, not a list": ("watch", [TOM], "must be a list"),
+    "watch 101 names": ("watch", [[TOM, *(f"u{number}" for number in range(100))]], "at most 100"),
+    "watch an empty name": ("watch", [[TOM, ""]], "must not be empty"),
+    "watch a number": ("watch", [[TOM, 5]], "must be a string"),
+    "watch with no argument": ("watch", [], "expects one argument"),
+    "watch with two arguments": ("watch", [[TOM], [TOM]], "expects one argument"),
+    "unwatch an object": ("unwatch", [{"users": [TESS]}], "must be a list"),
+    "unwatch 101 names": ("unwatch", [[TESS, *(f"u{number}" for number in range(100))]], "at most 100"),
+    "unwatch a blank name": ("unwatch", [[TESS, "   "]], "must not be empty"),
+    "unwatch with no argument": ("unwatch", [], "expects one argument"),
+    "sync a bad room name": ("sync", ["not a room!"], "room must be"),
+    "sync a room not joined": ("sync", [OTHER_ROOM], "not a member of this room"),
+    "sync a number": ("sync", [7], "room must be a string"),
+    "sync with no argument": ("sync", [], "expects one argument"),
+    "sync with two arguments": ("sync", [HAL_ROOM, HAL_ROOM], "expects one argument"),
+}
+
+
+def filled(value: Any, names: dict[str, str]) -> Any:
+    """Return a case's arguments with the placeholders replaced by this test's names."""
+    if isinstance(value, str):
+        return names.get(value, value)
+    if isinstance(value, list):
+        return [filled(item, names) for item in value]
+    if isinstance(value, dict):
+        return {key: filled(item, names) for key, item in value.items()}
+    return value
+
+
+@pytest.mark.parametrize(("method", "arguments", "says"), list(BAD_INPUT.values()), ids=list(BAD_INPUT))
+async def test_bad_input_gets_one_error_and_changes_nothing(
+    azurite: Azurite, stack: Stack, clients: SignalRClients, method: str, arguments: list[Any], says: str
+) -> None:
+    """Bad input to watch, unwatch or sync is one `error` to the caller and nothing else: no row written, no other
+    connection hears anything, no subscription added (tom's change does not reach hal) or removed (tess's does)."""
+    hal, ivy, wes, tom, tess = (unique_user(name) for name in ("hal", "ivy", "wes", "tom", "tess"))
+    room, other = room_name("club"), room_name("other")
+    names = {HAL_ROOM: room, OTHER_ROOM: other, TOM: tom, TESS: tess}
+    mine = {await clients.connect(client, user, targets=TARGETS) for client, user in (("h1", hal), ("i1", ivy))}
+    mine |= {await clients.connect(client, user, targets=TARGETS) for client, user in (("w1", wes), ("t1", tom))}
+    mine.add(await clients.connect("s1", tess, targets=TARGETS))
+    await joined(clients, "h1", room, hal)
+    await joined(clients, "i1", room, ivy)
+    await joined(clients, "i1", other, ivy)
+    await watched(clients, "w1", [hal])
+    await watched(clients, "h1", [tess])
+    partitions = {user_key(user) for user in (hal, ivy, wes, tom, tess)} | {room_partition(room), room_partition(other)}
+    await quiet_billing(stack, mine)
+    rows = await partition_rows(azurite, stack, partitions)
+    seen = len(clients.events)
+
+    await clients.send("h1", method, *filled(arguments, names))
+    [error] = await clients.wait_message("h1", "error")
+    billed = await settled_billing(stack)
+    assert says in error["error"], error
+    assert error.get("retry") is None
+    if method == "sync" and arguments == [OTHER_ROOM]:
+        assert error == {"error": "not a member of this room", "room": other}
+    assert [e for e in clients.events[seen:] if e.get("event") == "message"] == [
+        {"id": "h1", "event": "message", "target": "error", "args": [error]}
+    ]
+    assert billed["total"] == 1, billed
+    assert billed["byTargetAndKind"] == {"error": {"connection": 1}}, billed
+    assert await partition_rows(azurite, stack, partitions) == rows
+
+    await clients.send("t1", "setStatus", "probe")
+    await clients.send("s1", "setStatus", "probe")
+    await clients.wait_message("h1", "presence", lambda a: a[0]["user"] == tess and a[0]["status"] == "probe")
+    await clients.wait_message("t1", "presence", lambda a: a[0]["user"] == tom and a[0]["status"] == "probe")
+    billed = await settled_billing(stack)
+    assert billed["byGroup"] == {presence_group(tom): 1, presence_group(tess): 2}, billed
+    assert presence_heard(clients, "h1", tom) == []
