@@ -399,3 +399,47 @@ async def test_bad_input_gets_one_error_and_changes_nothing(
     billed = await settled_billing(stack)
     assert billed["byGroup"] == {presence_group(tom): 1, presence_group(tess): 2}, billed
     assert presence_heard(clients, "h1", tom) == []
+
+
+@pytest.mark.parametrize("policy", ["room-members", "nobody"])
+async def test_the_watch_policy_refuses_with_one_error_and_allows_room_mates(azurite: Azurite, policy: str) -> None:
+    """PRESENCE_WATCH=room-members refuses (one error naming the user) a watch of someone sharing no room, and allows
+    one of a room mate, who is then heard through their presence group too; `nobody` refuses both."""
+    kim, lee, max_ = unique_user("kim"), unique_user("lee"), unique_user("max")
+    room = room_name("club")
+    with running_stack(azurite, audience="scoped", watch=policy) as stack:
+        async with SignalRClients(stack) as clients:
+            for client, user in (("k1", kim), ("l1", lee), ("m1", max_)):
+                await clients.connect(client, user, targets=TARGETS)
+            await joined(clients, "k1", room, kim)
+            await joined(clients, "l1", room, lee)
+            await quiet_billing(stack, await live_connections(stack))
+
+            await clients.send("k1", "watch", [lee, max_])
+            [refused] = await clients.wait_message("k1", "error")
+            billed = await settled_billing(stack)
+            assert billed["byTargetAndKind"] == {"error": {"connection": 1}}, billed
+            if policy == "nobody":
+                assert refused == {"error": "watching users is turned off (PRESENCE_WATCH=nobody)"}
+            else:
+                assert refused == {"error": "may watch only users who share a room with you", "refused": [max_]}
+            assert syncs(clients, "k1")[1:] == []  # only the join's snapshot
+
+            await clients.send("k1", "watch", [lee])
+            if policy == "nobody":
+                await clients.wait_for(lambda e: len(errors(clients, "k1")) == 2, what="the second refusal")
+                assert errors(clients, "k1") == [refused, refused]
+            else:
+                await wait_until(lambda: len(syncs(clients, "k1")) == 2, what="the watch's snapshot")
+                snapshot = syncs(clients, "k1")[1]
+                assert (snapshot["room"], [e["user"] for e in snapshot["users"]]) == (None, [lee])
+            await clients.send("m1", "setStatus", "max here")
+            await clients.send("l1", "setStatus", "lee here")
+            await clients.wait_message("k1", "presence", lambda a: a[0]["user"] == lee and a[0].get("room") == room)
+            await clients.wait_message("m1", "presence", lambda a: a[0]["user"] == max_ and a[0]["status"])
+            await settled_billing(stack)
+            copies = [e for e in presence_heard(clients, "k1", lee) if e["status"] == "lee here"]
+            # room-members: the room's copy and the watch's; nobody: the room's only.
+            assert sorted("room" in e for e in copies) == ([True] if policy == "nobody" else [False, True])
+            assert presence_heard(clients, "k1", max_) == []
+            assert len(errors(clients, "k1")) == (2 if policy == "nobody" else 1)
