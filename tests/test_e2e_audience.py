@@ -4,17 +4,24 @@ function app and Azurite, with PRESENCE_AUDIENCE=scoped (rooms, watchers, own ta
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
 import pytest
 from azure.data.tables.aio import TableClient
+from azure.storage.queue import TextBase64EncodePolicy
+from azure.storage.queue.aio import QueueClient
 
-from conftest import Azurite
+from conftest import Azurite, running_azurite
 from mapping.audience import presence_group
-from mapping.keys import room_partition, user_key
+from mapping.grace import Decision
+from mapping.keys import connection_key, room_partition, user_key
+from mapping.settings import GRACE_QUEUE
 from stack import SignalRClients, Stack, api, running_stack, unique_user, wait_until
 from testkit.emulator_billing import billed_messages
 
@@ -443,3 +450,202 @@ async def test_the_watch_policy_refuses_with_one_error_and_allows_room_mates(azu
             assert sorted("room" in e for e in copies) == ([True] if policy == "nobody" else [False, True])
             assert presence_heard(clients, "k1", max_) == []
             assert len(errors(clients, "k1")) == (2 if policy == "nobody" else 1)
+
+
+GRACE = 3  # seconds: PRESENCE_GRACE_SECONDS of the grace tests
+DECIDED = "Executed 'Functions.presence_grace' (Succeeded"
+
+
+@contextlib.contextmanager
+def grace_stack(**options: Any) -> Iterator[tuple[Azurite, Stack]]:
+    """A stack with a 3 s grace on an Azurite of its own: its `presence-grace` queue is nobody else's."""
+    with running_azurite() as own, running_stack(own, audience="scoped", grace_seconds=GRACE, **options) as stack:
+        yield own, stack
+
+
+def decisions_made(stack: Stack) -> int:
+    """Return how many grace decisions (queue-triggered runs) the local host has completed."""
+    return (stack.logs / "host.log").read_text(errors="replace").count(DECIDED)
+
+
+async def ended_at(azurite: Azurite, stack: Stack, user: str, connection_id: str) -> datetime:
+    """Wait until a closed connection's row is stamped ended (the grace holds it) and return when it ended."""
+
+    async def stamped() -> datetime | None:
+        async with TableClient.from_connection_string(azurite.connection_string, stack.table) as table:
+            row = await table.get_entity(user_key(user), connection_key(connection_id))
+        value = row.get("EndedAt")
+        return value.astimezone(UTC) if isinstance(value, datetime) else None
+
+    moment: datetime = await wait_until(stamped, what="the closed connection's row to be stamped ended")
+    return moment
+
+
+@contextlib.asynccontextmanager
+async def queued(azurite: Azurite) -> AsyncIterator[QueueClient]:
+    """A client of the grace queue (Base64 text, as the app writes it), once a decision waits on it."""
+    async with QueueClient.from_connection_string(
+        azurite.queue_connection_string, GRACE_QUEUE, message_encode_policy=TextBase64EncodePolicy()
+    ) as queue:
+
+        async def waiting() -> bool:
+            return ((await queue.get_queue_properties()).approximate_message_count or 0) > 0
+
+        await wait_until(waiting, what="a decision to be queued")
+        yield queue
+
+
+def offline_heard(clients: SignalRClients, client: str, user: str) -> list[dict[str, Any]]:
+    """Return the offline announcements of `user` a client received."""
+    return [entry for entry in presence_heard(clients, client, user) if not entry["online"]]
+
+
+def went_offline(arguments: list[Any], user: str) -> bool:
+    """Return whether a presence message announces `user` offline."""
+    return bool(arguments[0]["user"] == user and not arguments[0]["online"])
+
+
+def as_time(text: str) -> datetime:
+    """Parse a `lastSeen` of the API."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+async def test_a_reload_within_the_grace_announces_nothing_to_anyone() -> None:
+    """Closing the last tab and opening another within the grace announces nothing (no presence message is billed
+    at all, the watcher hears nothing), the decision finds nothing to do, and the status carries over."""
+    ann = unique_user("ann")
+    with grace_stack() as (_, stack):
+        async with SignalRClients(stack) as clients:
+            await clients.connect("w1", unique_user("walt"), targets=TARGETS)
+            await watched(clients, "w1", [ann])
+            await clients.connect("a1", ann, targets=TARGETS)
+            await clients.send("a1", "setStatus", "busy")
+            await clients.wait_message("w1", "presence", lambda a: a[0]["user"] == ann and a[0]["status"] == "busy")
+            await quiet_billing(stack, await live_connections(stack))
+            heard = len(presence_heard(clients, "w1", ann))
+            started = time.monotonic()
+            await clients.stop("a1")
+            reloaded = await clients.connect("a2", ann, targets=TARGETS)
+            assert time.monotonic() - started < GRACE
+            await wait_until(lambda: decisions_made(stack) >= 1, within=GRACE + 10, what="the grace decision")
+            billed = await settled_billing(stack)
+            assert "presence" not in billed["byTarget"], billed
+            assert len(presence_heard(clients, "w1", ann)) == heard
+            assert presence_heard(clients, "a2", ann) == []
+            status, body = await api(stack, "GET", f"users/{ann}", headers=FUNCTION_KEY)
+            assert status == 200
+            assert (body["online"], body["status"], [c["connectionId"] for c in body["connections"]]) == (
+                True,
+                "busy",
+                [reloaded],
+            )
+
+
+async def test_the_grace_expiring_announces_offline_once_last_seen_at_the_disconnect() -> None:
+    """A last tab closing stays online through the grace; then the decision announces offline exactly once, with
+    lastSeen the disconnect's time (EndedAt), not the decision's (the version, a time in ms, is past the grace)."""
+    ann = unique_user("ann")
+    with grace_stack() as (azurite, stack):
+        async with SignalRClients(stack) as clients:
+            await clients.connect("w1", unique_user("walt"), targets=TARGETS)
+            await watched(clients, "w1", [ann])
+            connection_id = await clients.connect("a1", ann, targets=TARGETS)
+            await clients.wait_message("w1", "presence", lambda a: a[0]["user"] == ann and a[0]["online"])
+            await quiet_billing(stack, await live_connections(stack))
+            await clients.stop("a1")
+            ended = await ended_at(azurite, stack, ann, connection_id)
+            assert (await server_state(stack, ann))[0] is True  # the grace holds it online
+            [offline] = await clients.wait_message(
+                "w1", "presence", lambda a: a[0]["user"] == ann and not a[0]["online"]
+            )
+            await wait_until(lambda: decisions_made(stack) >= 1, what="the grace decision to be logged")
+            billed = await settled_billing(stack)
+            assert offline_heard(clients, "w1", ann) == [offline]
+            assert billed["byTarget"] == {"presence": 1}, billed  # the watcher: ann has no tab left
+            assert as_time(offline["lastSeen"]) == ended
+            assert offline["version"] >= (ended + timedelta(seconds=GRACE)).timestamp() * 1000
+            assert await server_state(stack, ann) == (False, 0, None, offline["lastSeen"])
+
+
+async def test_two_tabs_closing_together_leave_one_offline() -> None:
+    """Two tabs of a user closing at once, each with its own decision, leave the watcher one offline announcement
+    (and no count that goes back), and the server agrees."""
+    ann = unique_user("ann")
+    with grace_stack() as (_, stack):
+        async with SignalRClients(stack) as clients:
+            await clients.connect("w1", unique_user("walt"), targets=TARGETS)
+            await watched(clients, "w1", [ann])
+            await clients.connect("a1", ann, targets=TARGETS)
+            await clients.connect("a2", ann, targets=TARGETS)
+            await clients.wait_message("w1", "presence", lambda a: a[0]["user"] == ann and a[0]["connections"] == 2)
+            heard = len(presence_heard(clients, "w1", ann))
+            await asyncio.gather(clients.stop("a1"), clients.stop("a2"))
+            await clients.wait_message("w1", "presence", lambda a: a[0]["user"] == ann and not a[0]["online"])
+            await wait_until(lambda: decisions_made(stack) >= 2, what="both grace decisions")
+            await settled_billing(stack)
+            after = presence_heard(clients, "w1", ann)[heard:]
+            assert await server_state(stack, ann) == (False, 0, None, after[-1]["lastSeen"])
+            assert [e["version"] for e in after] == sorted(e["version"] for e in after)
+            distinct = [state(e)[:2] for e in {e["version"]: e for e in after}.values()]
+            assert distinct in ([(True, 1), (False, 0)], [(False, 0)])  # a count may come first, if decided apart
+            offline = offline_heard(clients, "w1", ann)
+            if len(offline) == 2 and offline[0] == offline[1]:
+                pytest.xfail("known bug 2 (being fixed on main): concurrent grace decisions announce offline twice")
+            assert len(offline) == 1, offline
+
+
+async def test_a_lost_decision_still_converges_through_the_sweep() -> None:
+    """With the queued decision deleted from the queue, the sweep (every second, 4 s lease) ends the row once the
+    grace is over and announces offline exactly once; the grace decision never runs."""
+    ann = unique_user("ann")
+    with grace_stack(ttl_seconds=4, sweep_schedule="* * * * * *") as (azurite, stack):
+        async with SignalRClients(stack) as clients:
+            await clients.connect("w1", unique_user("walt"), targets=TARGETS)
+            await watched(clients, "w1", [ann])
+            connection_id = await clients.connect("a1", ann, targets=TARGETS)
+            await clients.wait_message("w1", "presence", lambda a: a[0]["user"] == ann and a[0]["online"])
+            await clients.stop("a1")
+            async with queued(azurite) as queue:
+                await queue.clear_messages()
+                assert (await queue.get_queue_properties()).approximate_message_count == 0
+            ended = await ended_at(azurite, stack, ann, connection_id)
+            [offline] = await clients.wait_message(
+                "w1", "presence", lambda a: a[0]["user"] == ann and not a[0]["online"]
+            )
+            await asyncio.sleep(GRACE)  # several sweeps more: none repeats it with another state
+            assert decisions_made(stack) == 0
+            assert offline_heard(clients, "w1", ann) == [offline]
+            assert as_time(offline["lastSeen"]) >= ended
+            assert await server_state(stack, ann) == (False, 0, None, offline["lastSeen"])
+            if as_time(offline["lastSeen"]) != ended:
+                pytest.xfail("known bug 1 (being fixed on main): the reconciling sweep dates lastSeen at itself")
+
+
+@pytest.mark.parametrize("copy_delay", [0, 2], ids=["copy-due-together", "copy-due-2s-later"])
+async def test_a_doubled_decision_still_announces_offline_once(copy_delay: int) -> None:
+    """A copy of the queued decision (as a retried Put Message leaves), due together with it or 2 s later, runs too,
+    and the watcher still hears offline once."""
+    ann = unique_user("ann")
+    with grace_stack() as (azurite, stack):
+        async with SignalRClients(stack) as clients:
+            await clients.connect("w1", unique_user("walt"), targets=TARGETS)
+            await watched(clients, "w1", [ann])
+            connection_id = await clients.connect("a1", ann, targets=TARGETS)
+            await clients.wait_message("w1", "presence", lambda a: a[0]["user"] == ann and a[0]["online"])
+            await clients.stop("a1")
+            ended = await ended_at(azurite, stack, ann, connection_id)
+            due = ended + timedelta(seconds=GRACE)
+            async with queued(azurite) as queue:
+                wait = max(0, math.ceil((due - datetime.now(UTC)).total_seconds())) + copy_delay
+                await queue.send_message(Decision(ann, due).to_body(), visibility_timeout=wait)
+            [offline] = await clients.wait_message(
+                "w1", "presence", lambda a: a[0]["user"] == ann and not a[0]["online"]
+            )
+            await wait_until(lambda: decisions_made(stack) >= 2, what="both copies of the decision to run")
+            await settled_billing(stack)
+            assert as_time(offline["lastSeen"]) == ended
+            assert await server_state(stack, ann) == (False, 0, None, offline["lastSeen"])
+            heard = offline_heard(clients, "w1", ann)
+            if copy_delay == 0 and len(heard) == 2 and heard[0] == heard[1]:
+                pytest.xfail("known bug 2 (being fixed on main): concurrent grace decisions announce offline twice")
+            assert heard == [offline]
