@@ -510,15 +510,27 @@ def as_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+async def audience_of(clients: SignalRClients, ann: str, room: str) -> str:
+    """Give ann one tab (a1, its id returned) in `room`, a watcher (w1) and a room mate (r1, rita)."""
+    await clients.connect("w1", unique_user("walt"), targets=TARGETS)
+    await watched(clients, "w1", [ann])
+    rita = unique_user("rita")
+    await clients.connect("r1", rita, targets=TARGETS)
+    await joined(clients, "r1", room, rita)
+    connection_id = await clients.connect("a1", ann, targets=TARGETS)
+    await joined(clients, "a1", room, ann)
+    await clients.wait_message("r1", "presence", lambda a: a[0]["user"] == ann and a[0]["online"])
+    return connection_id
+
+
 async def test_a_reload_within_the_grace_announces_nothing_to_anyone() -> None:
     """Closing the last tab and opening another within the grace announces nothing (no presence message is billed
-    at all, the watcher hears nothing), the decision finds nothing to do, and the status carries over."""
-    ann = unique_user("ann")
+    at all: the watcher and the room mate hear nothing), the decision finds nothing to do, the status carries over,
+    and the new tab is in the user's room."""
+    ann, room = unique_user("ann"), room_name("den")
     with grace_stack() as (_, stack):
         async with SignalRClients(stack) as clients:
-            await clients.connect("w1", unique_user("walt"), targets=TARGETS)
-            await watched(clients, "w1", [ann])
-            await clients.connect("a1", ann, targets=TARGETS)
+            await audience_of(clients, ann, room)
             await clients.send("a1", "setStatus", "busy")
             await clients.wait_message("w1", "presence", lambda a: a[0]["user"] == ann and a[0]["status"] == "busy")
             await quiet_billing(stack, await live_connections(stack))
@@ -539,18 +551,19 @@ async def test_a_reload_within_the_grace_announces_nothing_to_anyone() -> None:
                 "busy",
                 [reloaded],
             )
+            assert body["rooms"] == [room]
+            await clients.send("r1", "sendToRoom", room, "still here?")
+            await clients.wait_message("a2", "newMessage", lambda a: a[0]["message"] == "still here?")
 
 
 async def test_the_grace_expiring_announces_offline_once_last_seen_at_the_disconnect() -> None:
     """A last tab closing stays online through the grace; then the decision announces offline exactly once, with
-    lastSeen the disconnect's time (EndedAt), not the decision's (the version, a time in ms, is past the grace)."""
-    ann = unique_user("ann")
+    lastSeen the disconnect's time (EndedAt), not the decision's (the version, a time in ms, is past the grace), to
+    the watcher and the room mate (the copy naming the room)."""
+    ann, room = unique_user("ann"), room_name("den")
     with grace_stack() as (azurite, stack):
         async with SignalRClients(stack) as clients:
-            await clients.connect("w1", unique_user("walt"), targets=TARGETS)
-            await watched(clients, "w1", [ann])
-            connection_id = await clients.connect("a1", ann, targets=TARGETS)
-            await clients.wait_message("w1", "presence", lambda a: a[0]["user"] == ann and a[0]["online"])
+            connection_id = await audience_of(clients, ann, room)
             await quiet_billing(stack, await live_connections(stack))
             await clients.stop("a1")
             ended = await ended_at(azurite, stack, ann, connection_id)
@@ -561,7 +574,9 @@ async def test_the_grace_expiring_announces_offline_once_last_seen_at_the_discon
             await wait_until(lambda: decisions_made(stack) >= 1, what="the grace decision to be logged")
             billed = await settled_billing(stack)
             assert offline_heard(clients, "w1", ann) == [offline]
-            assert billed["byTarget"] == {"presence": 1}, billed  # the watcher: ann has no tab left
+            assert offline_heard(clients, "r1", ann) == [{**offline, "room": room}]
+            assert billed["byGroup"] == {presence_group(ann): 1, room: 1}, billed  # ann has no tab left
+            assert billed["byTarget"] == {"presence": 2}, billed
             assert as_time(offline["lastSeen"]) == ended
             assert offline["version"] >= (ended + timedelta(seconds=GRACE)).timestamp() * 1000
             assert await server_state(stack, ann) == (False, 0, None, offline["lastSeen"])
@@ -596,14 +611,11 @@ async def test_two_tabs_closing_together_leave_one_offline() -> None:
 
 async def test_a_lost_decision_still_converges_through_the_sweep() -> None:
     """With the queued decision deleted from the queue, the sweep (every second, 4 s lease) ends the row once the
-    grace is over and announces offline exactly once; the grace decision never runs."""
-    ann = unique_user("ann")
+    grace is over and announces offline exactly once, to the watcher and the room; the grace decision never runs."""
+    ann, room = unique_user("ann"), room_name("den")
     with grace_stack(ttl_seconds=4, sweep_schedule="* * * * * *") as (azurite, stack):
         async with SignalRClients(stack) as clients:
-            await clients.connect("w1", unique_user("walt"), targets=TARGETS)
-            await watched(clients, "w1", [ann])
-            connection_id = await clients.connect("a1", ann, targets=TARGETS)
-            await clients.wait_message("w1", "presence", lambda a: a[0]["user"] == ann and a[0]["online"])
+            connection_id = await audience_of(clients, ann, room)
             await clients.stop("a1")
             async with queued(azurite) as queue:
                 await queue.clear_messages()
@@ -615,6 +627,7 @@ async def test_a_lost_decision_still_converges_through_the_sweep() -> None:
             await asyncio.sleep(GRACE)  # several sweeps more: none repeats it with another state
             assert decisions_made(stack) == 0
             assert offline_heard(clients, "w1", ann) == [offline]
+            assert offline_heard(clients, "r1", ann) == [{**offline, "room": room}]
             assert as_time(offline["lastSeen"]) >= ended
             assert await server_state(stack, ann) == (False, 0, None, offline["lastSeen"])
             if as_time(offline["lastSeen"]) != ended:
