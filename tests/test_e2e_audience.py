@@ -198,36 +198,64 @@ async def test_a_change_reaches_its_audience_once_and_is_billed_for_it_alone(
     assert len(mine) == 8  # what PRESENCE_AUDIENCE=hub would have billed
 
 
-async def test_a_stranger_hears_nothing_of_a_users_presence(stack: Stack, clients: SignalRClients) -> None:
+async def test_a_stranger_hears_nothing_while_a_watcher_and_a_room_mate_hear_each_change_once(
+    stack: Stack, clients: SignalRClients
+) -> None:
     """A connection sharing no room with a user and not watching them hears none of their changes (online, a new
-    count, a status, offline), while a watcher hears each of them once."""
-    ann, stranger = unique_user("ann"), unique_user("stranger")
+    count, a status, a tab closing, offline), while a watcher (who named the user in other case) and a room mate each
+    hear every one of them exactly once, in version order."""
+    ann, rita, stranger = unique_user("ann"), unique_user("rita"), unique_user("stranger")
+    room = room_name("den")
     await clients.connect("stranger", stranger, targets=TARGETS)
     await clients.connect("w1", unique_user("walt"), targets=TARGETS)
-    await watched(clients, "w1", [ann])
+    await watched(clients, "w1", [ann.upper()])
     await clients.connect("a1", ann, targets=TARGETS)
-    await clients.wait_message("w1", "presence", lambda a: a[0]["user"] == ann and a[0]["connections"] == 1)
+    await joined(clients, "a1", room, ann)
+    await clients.connect("r1", rita, targets=TARGETS)
+    await joined(clients, "r1", room, rita)
     await clients.connect("a2", ann, targets=TARGETS)
-    await clients.wait_message("w1", "presence", lambda a: a[0]["user"] == ann and a[0]["connections"] == 2)
+    await clients.wait_message("r1", "presence", lambda a: a[0]["user"] == ann and a[0]["connections"] == 2)
     await clients.send("a2", "setStatus", "here")
-    [here] = await clients.wait_message("w1", "presence", lambda a: a[0]["user"] == ann and a[0]["status"] == "here")
+    [here] = await clients.wait_message("r1", "presence", lambda a: a[0]["user"] == ann and a[0]["status"] == "here")
     await clients.stop("a2")
-    await clients.wait_message("w1", "presence", lambda a: a[0]["user"] == ann and a[0]["version"] > here["version"])
+    await clients.wait_message("r1", "presence", lambda a: a[0]["user"] == ann and a[0]["version"] > here["version"])
     await clients.stop("a1")
+    await clients.wait_message("r1", "presence", lambda a: a[0]["user"] == ann and not a[0]["online"])
     await clients.wait_message("w1", "presence", lambda a: a[0]["user"] == ann and not a[0]["online"])
     # A message to the stranger sent after the last change reaches it after anything sent to it before.
     await clients.send("w1", "send", stranger, "marker")
     await clients.wait_message("stranger", "newMessage", lambda a: a[0]["message"] == "marker")
     assert presence_heard(clients, "stranger", ann) == []
-    heard = presence_heard(clients, "w1", ann)
-    assert [state(e)[:3] for e in heard] == [
-        (True, 1, None),
-        (True, 2, None),
-        (True, 2, "here"),
-        (True, 1, None),
-        (False, 0, None),
-    ]
-    assert len({e["version"] for e in heard}) == len(heard)  # each change once
+    watched_changes = presence_heard(clients, "w1", ann)
+    changes = [(True, 1, None), (True, 2, None), (True, 2, "here"), (True, 1, None), (False, 0, None)]
+    assert [state(e)[:3] for e in watched_changes] == changes
+    room_changes = presence_heard(clients, "r1", ann)
+    assert room_changes == [{**e, "room": room} for e in watched_changes[1:]]  # from her join on, the same pairs
+    versions = [e["version"] for e in watched_changes]
+    assert versions == sorted(set(versions))  # each change once, in order
+
+
+async def test_unwatch_ends_a_subscription(stack: Stack, clients: SignalRClients) -> None:
+    """After unwatch (naming the user in other case) a watcher hears no more of the user's changes, and is billed
+    none; another user it still watches is heard."""
+    ann, bob = unique_user("ann"), unique_user("bob")
+    mine = {await clients.connect("w1", unique_user("walt"), targets=TARGETS)}
+    await watched(clients, "w1", [ann, bob])
+    mine |= {await clients.connect("a1", ann, targets=TARGETS), await clients.connect("b1", bob, targets=TARGETS)}
+    await clients.wait_message("w1", "presence", lambda a: a[0]["user"] == ann and a[0]["online"])
+    await clients.wait_message("w1", "presence", lambda a: a[0]["user"] == bob and a[0]["online"])
+    await clients.send("w1", "unwatch", [ann.upper()])
+    await quiet_billing(stack, mine)
+    await clients.send("w1", "sync", "no-such-room")  # the unwatch ran before it: calls of one connection keep order
+    await clients.wait_message("w1", "error")
+    await clients.send("a1", "setStatus", "gone quiet")
+    await clients.send("b1", "setStatus", "still heard")
+    await clients.wait_message("w1", "presence", lambda a: a[0]["user"] == bob and a[0]["status"] == "still heard")
+    await clients.wait_message("a1", "presence", lambda a: a[0]["user"] == ann and a[0]["status"] == "gone quiet")
+    billed = await settled_billing(stack)
+    assert billed["byGroup"] == {presence_group(ann): 1, presence_group(bob): 2}, billed
+    assert [e for e in presence_heard(clients, "w1", ann) if e["status"]] == []
+    assert errors(clients, "w1") == [{"error": "not a member of this room", "room": "no-such-room"}]
 
 
 async def test_join_and_watch_answer_snapshots_that_converge_with_changes_by_version(
