@@ -80,10 +80,15 @@ def running_stack(
     app: str | None = None,
     extra_settings: dict[str, str] | None = None,
     host_json: dict[str, Any] | None = None,
+    audience: str = "hub",
+    grace_seconds: int = 0,
+    watch: str = "anyone",
 ) -> Iterator[Stack]:
     """Start the emulator and the local host for the app (or `app`, a module:attribute under tests/) on a fresh
     table, with `extra_settings` among the app settings and `host_json` instead of the repository's host.json;
-    stop both when the block ends."""
+    stop both when the block ends. `audience`, `grace_seconds` and `watch` set PRESENCE_AUDIENCE,
+    PRESENCE_GRACE_SECONDS and PRESENCE_WATCH (by default a hub-wide audience and no grace, unlike the app's
+    defaults, for the tests written before those settings existed)."""
     logs = Path(tempfile.mkdtemp(prefix="e2e-stack-"))
     table = unique_table_name()
     processes: list[subprocess.Popen[bytes]] = []
@@ -100,8 +105,9 @@ def running_stack(
                 "MAPPING_TTL_SECONDS": str(ttl_seconds),
                 "SIGNALR_HUB": HUB,
                 "PRESENCE_EVENTS": "true",
-                "PRESENCE_AUDIENCE": "hub",
-                "PRESENCE_GRACE_SECONDS": "0",
+                "PRESENCE_AUDIENCE": audience,
+                "PRESENCE_GRACE_SECONDS": str(grace_seconds),
+                "PRESENCE_WATCH": watch,
                 "SWEEP_SCHEDULE": sweep_schedule,
                 "AzureSignalRConnectionString": (
                     f"Endpoint=http://127.0.0.1;Port={emulator_port};AccessKey={ACCESS_KEY};Version=1.0;"

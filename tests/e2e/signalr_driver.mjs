@@ -1,6 +1,7 @@
 // Drives real @microsoft/signalr Node clients for the end-to-end tests.
 // Commands arrive as JSON lines on stdin; events leave as JSON lines on stdout.
 //   {"req": 1, "op": "connect", "id": "a1", "url": "http://127.0.0.1:7071/api", "user": "alice", "targets": ["newMessage"]}
+//     ("ignore": ["presence"]: targets received without an event each, e.g. for many tabs)
 //   {"req": 1, "op": "connect", "id": "a1", "url": "https://<app>/api", "accessToken": "<Entra token>"}
 //     (a bearer token for negotiate, as App Service Authentication expects; never echoed back)
 //   {"req": 2, "op": "send", "id": "a1", "method": "send", "args": ["bob", "hi"]}
@@ -32,6 +33,9 @@ async function connect(command) {
     .build();
   for (const target of command.targets ?? ["newMessage", "presence", "error"]) {
     connection.on(target, (...args) => emit({ id: command.id, event: "message", target, args }));
+  }
+  for (const target of command.ignore ?? []) {
+    connection.on(target, () => {}); // received but not reported (and not warned about as unhandled)
   }
   connection.onclose((error) => emit({ id: command.id, event: "closed", error: error ? String(error) : null }));
   connections.set(command.id, connection);
