@@ -83,12 +83,14 @@ def running_stack(
     audience: str = "hub",
     grace_seconds: int = 0,
     watch: str = "anyone",
+    function_key: str | None = None,
 ) -> Iterator[Stack]:
     """Start the emulator and the local host for the app (or `app`, a module:attribute under tests/) on a fresh
     table, with `extra_settings` among the app settings and `host_json` instead of the repository's host.json;
     stop both when the block ends. `audience`, `grace_seconds` and `watch` set PRESENCE_AUDIENCE,
     PRESENCE_GRACE_SECONDS and PRESENCE_WATCH (by default a hub-wide audience and no grace, unlike the app's
-    defaults, for the tests written before those settings existed)."""
+    defaults, for the tests written before those settings existed). With `function_key` the host checks keys as
+    Azure does."""
     logs = Path(tempfile.mkdtemp(prefix="e2e-stack-"))
     table = unique_table_name()
     processes: list[subprocess.Popen[bytes]] = []
@@ -130,6 +132,8 @@ def running_stack(
                 *(sys.executable, "-m", "local.host", "--host", "127.0.0.1", "--port", str(host_port)),
                 *("--settings", str(settings), "--host-json", str(host_json_path)),
             ]
+            if function_key is not None:
+                host += ["--function-key", function_key]
             for prefix, directory in (static or {}).items():
                 host += ["--static", f"{prefix}={directory}"]
             host_env = None
