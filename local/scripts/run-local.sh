@@ -65,7 +65,7 @@ else
   "$PYTHON" -m local.host --port "$HOST_PORT" --settings local.settings.json \
     --setting "AzureWebJobsStorage=$STORAGE" --setting "MAPPING_STORAGE=$STORAGE" \
     --setting "AzureSignalRConnectionString=$SIGNALR" \
-    --static "/=local/demo" --static "/vendor/signalr=node_modules/@microsoft/signalr/dist/browser" &
+    --static "/=local/demo" --static "/client=client" --static "/vendor/signalr=node_modules/@microsoft/signalr/dist/browser" &
 fi
 pids+=($!)
 wait_port "$HOST_PORT" "the function app" "${pids[-1]}"
