@@ -87,6 +87,27 @@ describe("rooms", () => {
   });
 });
 
+describe("a big room", () => {
+  test("a room of more than 100 members arrives in pages and is assembled before sync", async () => {
+    const room = uniqueUser("big").replace("-", "_");
+    const names = Array.from({ length: 105 }, (_, n) => uniqueUser(`m${n}`));
+    for (let start = 0; start < names.length; start += 15) {
+      const batch = await Promise.all(names.slice(start, start + 15).map((name) => connected(stack, name)));
+      open.push(...batch);
+      await Promise.all(batch.map((connection) => connection.send("join", room)));
+    }
+    const newcomer = await tab(uniqueUser("newcomer"));
+    const pages = [];
+    newcomer.connection.on("presenceSync", (snapshot) => pages.push(snapshot.page));
+    await until(async () => (await presenceOf(stack, names.at(-1))).rooms?.includes(room), "the last join");
+    await Promise.all([newcomer.presence.join(room), next(newcomer.presence, "sync", (r) => r === room)]);
+    assert.deepEqual(pages.toSorted(), [1, 2]);
+    const members = newcomer.presence.members(room);
+    assert.equal(members.length, 106);
+    assert.ok(members.every((member) => member.online && member.version > 0));
+  });
+});
+
 describe("watch", () => {
   test("watch answers a snapshot, then changes; unwatch ends them", async () => {
     const watcher = await tab(uniqueUser("watcher"));
