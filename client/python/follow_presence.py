@@ -623,9 +623,11 @@ class PresenceFollower:
             key = json.dumps([call, arguments])
             made = self._retries.get(key, 0)
             if made < self.retries:
-                task = asyncio.create_task(
-                    self._resend(str(call), list(arguments or []), made + 1, self.retry.delay(made))
+                delay = self.retry.delay(made)
+                logger.info(
+                    "%s: storage failed, sent again in %.2f s (retry %d of %d)", call, delay, made + 1, self.retries
                 )
+                task = asyncio.create_task(self._resend(str(call), list(arguments or []), made + 1, delay))
                 self._pending.add(task)
                 task.add_done_callback(self._pending.discard)
                 return
