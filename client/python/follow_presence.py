@@ -124,7 +124,7 @@ class UserState:
         return cls(
             user=user,
             online=entry.get("online") is True,
-            connections=int(entry.get("connections") or 0),
+            connections=_whole(entry.get("connections"), 0),
             status=status if isinstance(status, str) else None,
             last_seen=last_seen if isinstance(last_seen, str) else None,
             version=version,
@@ -739,7 +739,7 @@ async def _follow(arguments: argparse.Namespace) -> int:
         sys.stderr.write(f"follow_presence: {error}\n")
         return 2 if error.status in (401, 403) else 1
     except (aiohttp.ClientError, OSError, HandshakeError, TimeoutError) as error:
-        sys.stderr.write(f"follow_presence: cannot connect: {error!r}\n")
+        sys.stderr.write(f"follow_presence: cannot connect: {error}\n")
         return 1
     try:
         await follower.wait_closed()
