@@ -20,6 +20,7 @@ import pytest
 from client.python.follow_presence import (
     Backoff,
     NegotiateError,
+    Presence,
     PresenceFollower,
     UserState,
     fold_user_name,
@@ -106,6 +107,47 @@ def test_the_fold_is_the_servers() -> None:
             assert fold_user_name(spelling) == user_key(spelling), spelling
         assert fold_user_name(name) == fold_user_name(other), (name, other)
     assert fold_user_name("\uab70") == unicodedata.normalize("NFC", "\uab70".casefold()) == "\u13a0"  # Cherokee A
+
+
+def entry(user: str, version: int, *, online: bool = True, status: str | None = None) -> dict[str, Any]:
+    """Return a presence entry as the app sends it."""
+    return {"user": user, "online": online, "connections": int(online), "status": status, "lastSeen": None,
+            "version": version}  # fmt: skip
+
+
+def test_the_map_merges_by_version_only() -> None:
+    """A higher version replaces the state, a repeat or an older one changes nothing, any spelling finds the user."""
+    changes: list[tuple[UserState, UserState | None]] = []
+    presence = Presence(on_change=lambda state, previous: changes.append((state, previous)))
+    assert presence.merge(entry("Straße", 5, status="in")) is not None
+    assert presence.merge(entry("Straße", 5, status="in")) is None  # a repeat
+    assert presence.merge(entry("STRASSE", 3, online=False)) is None  # older, whatever it says
+    assert presence.merge({"user": "Straße", "version": "7"}) is None  # not an entry
+    newer = presence.merge(entry("strasse", 9, online=False))
+    assert newer is not None
+    assert presence.of("STRAẞE") == newer
+    assert [(state.version, previous.version if previous else None) for state, previous in changes] == [
+        (5, None),
+        (9, 5),
+    ]
+
+
+def test_a_paged_snapshot_is_assembled_with_the_joins_heard_meanwhile() -> None:
+    """Pages arriving out of order make one sync; a leave heard between them applies; a page seen twice restarts."""
+    synced: list[str | None] = []
+    presence = Presence(on_sync=synced.append)
+    presence.follow("big")
+    page = {"room": "big", "page": 2, "pages": 2, "users": [entry("cy", 4), entry("dee", 4)]}
+    assert presence.merge_sync(page) is False
+    presence.merge_room({"room": "big", "user": "DEE", "joined": False})
+    presence.merge_room({"room": "other", "user": "eve", "joined": True})  # not followed: ignored
+    assert presence.merge_sync({**page, "page": 1, "users": [entry("ada", 2), entry("bob", 3)]}) is True
+    assert synced == ["big"]
+    assert [state.user for state in presence.members("big")] == ["ada", "bob", "cy"]  # in page order
+    assert presence.merge_sync({**page, "users": [entry("fay", 1)]}) is False  # page 2 again: a newer snapshot
+    assert presence.merge_sync({**page, "page": 1, "users": []}) is True
+    assert [state.user for state in presence.members("big")] == ["fay"]
+    assert presence.of("dee") is not None  # states stay, whoever is a member
 
 
 @pytest.mark.slow

@@ -242,7 +242,7 @@ class Presence:
         if len(tracked.pages) < pages:
             return False
         members: dict[str, str] = {}
-        for names in tracked.pages.values():
+        for _page, names in sorted(tracked.pages.items()):  # in page order: the server's key order
             members.update((fold_user_name(name), name) for name in names if _safe_fold(name) is not None)
         for user, joined in tracked.since:
             _apply_membership(members, user, joined)
