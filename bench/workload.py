@@ -192,7 +192,7 @@ async def seed_users(
         entity = ConnectionEntity.new(user, connection, hub="chat", user_agent="bench/1.0", now=now)
         partition = entity.partition_key
         if tabs:
-            entity = dataclasses.replace(entity, index_bucket=store.index.bucket(now))
+            entity = dataclasses.replace(entity, index_bucket=store.index.bucket(now, entity.partition_key))
             entry = store.index.entry(partition, entity.row_key, now, announces=True)
             shared.setdefault(str(entry[1]["PartitionKey"]), []).append(entry)
             state = PresenceState(True, 1)

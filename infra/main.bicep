@@ -158,6 +158,11 @@ param presenceWatch string = 'anyone'
 @maxValue(3600)
 param presenceGraceSeconds int = 15
 
+@description('Partitions per expiry-index bucket (MAPPING_INDEX_SHARDS): each takes about 2,000 writes/s; at half that for headroom, ceil(peak connects and refreshes per second / 1,000). Changing it orphans nothing.')
+@minValue(1)
+@maxValue(999)
+param mappingIndexShards int = 8
+
 @description('NCRONTAB schedule of the stale-row sweeper (SWEEP_SCHEDULE): six fields, seconds first, UTC.')
 param sweepSchedule string = '0 */5 * * * *'
 
@@ -284,6 +289,7 @@ module functionApp 'app/function-app.bicep' = {
     presenceAudience: presenceAudience
     presenceWatch: presenceWatch
     presenceGraceSeconds: presenceGraceSeconds
+    mappingIndexShards: mappingIndexShards
     sweepSchedule: sweepSchedule
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB

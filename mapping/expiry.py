@@ -1,8 +1,12 @@
 """The expiry index: what lets the sweep read only what may be stale, never the whole table.
 
-An entry lives in partition `%~x<bucket start, epoch seconds>` (`%~` never starts a user key: escaped
-keys use `%` only as `%XX`), is keyed by a digest of the connection row's keys, and names that row.
-The sweep reads the buckets that began before its cutoff: a key-range query, whatever the table holds.
+An entry lives in partition `%~i<shard>.<bucket start, epoch seconds>` (`%~` never starts a user key: escaped
+keys use `%` only as `%XX`), is keyed by a digest of the connection row's keys, and names that row. The shard is
+a hash of the user's partition modulo `MAPPING_INDEX_SHARDS` (S), so one bucket's writes spread over S partitions
+(Table Storage serves about 2,000 entities/s per partition) and a user's entries stay in one shard. With S = 1 the
+partition is `%~x<bucket>`, as before shards existed. The sweep reads the buckets that began before its cutoff:
+one key-range query per shard, concurrently, plus one over `%~x` and one over the shards at or above S, so an
+index written with another S (a changed setting, an older deployment) is still read and nothing is orphaned.
 Invariants (each named by the test that checks it):
 
 E1. An entry is written *before* the row write that puts the row's LastSeen into its bucket, and the
@@ -37,7 +41,11 @@ from mapping.clock import as_utc
 from mapping.errors import BatchRejectedError, RowChangedError
 from mapping.table import MAX_BATCH, Operation, Table, delete, upsert
 
-INDEX_PREFIX = "%~x"
+INDEX_PREFIX = "%~x"  # unsharded (S = 1, and every index before shards): %~x<bucket>
+SHARDED_PREFIX = "%~i"  # %~i<shard, 3 digits>.<bucket>
+_AFTER_SHARDS = "%~j"  # sorts after every sharded partition
+MAX_SHARDS = 999
+_BUCKET_DIGITS = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,26 +61,39 @@ class IndexEntry:
     @property
     def bucket_start(self) -> datetime:
         """Return the start of the entry's time bucket."""
-        return datetime.fromtimestamp(int(self.bucket[len(INDEX_PREFIX) :]), UTC)
+        return bucket_start(self.bucket)
+
+
+def bucket_start(partition: str) -> datetime:
+    """Return the start of the time bucket an index partition (sharded or not) holds."""
+    return datetime.fromtimestamp(int(partition[-_BUCKET_DIGITS:]), UTC)
 
 
 class ExpiryIndex:
     """The expiry index in the app's table: entries by time bucket, each naming one connection row."""
 
-    def __init__(self, table: Table, *, width: timedelta) -> None:
+    def __init__(self, table: Table, *, width: timedelta, shards: int = 1) -> None:
+        if not 1 <= shards <= MAX_SHARDS:
+            raise ValueError(f"shards must be between 1 and {MAX_SHARDS}")
         self._table = table
         self.width = width
+        self.shards = shards
 
-    def bucket(self, moment: datetime) -> str:
-        """Return the partition key of the bucket that holds `moment`."""
+    def _start(self, moment: datetime) -> int:
         width = int(self.width.total_seconds())
-        start = int(as_utc(moment).timestamp()) // width * width
-        return f"{INDEX_PREFIX}{start:012d}"
+        return int(as_utc(moment).timestamp()) // width * width
+
+    def bucket(self, moment: datetime, partition: str) -> str:
+        """Return the index partition that holds `moment` for the user partition `partition`."""
+        start = self._start(moment)
+        if self.shards == 1:
+            return f"{INDEX_PREFIX}{start:0{_BUCKET_DIGITS}d}"
+        return f"{_shard_prefix(shard_of(partition, self.shards))}{start:0{_BUCKET_DIGITS}d}"
 
     def entry(self, partition: str, row: str, last_seen: datetime, *, announces: bool = False) -> Operation:
         """Return the write of the entry for a row whose LastSeen becomes `last_seen` (merged: a flag stays)."""
         entity: dict[str, Any] = {
-            "PartitionKey": self.bucket(last_seen),
+            "PartitionKey": self.bucket(last_seen, partition),
             "RowKey": entry_key(partition, row),
             "UserKey": partition,
             "ConnectionKey": row,
@@ -99,15 +120,31 @@ class ExpiryIndex:
                 for operation in chunk:
                     await self._table.write(operation, action="write the expiry index")
 
+    def readers(self, *, before: datetime) -> list[AsyncIterator[list[IndexEntry]]]:
+        """Return one reader per shard (and one for other layouts) of the pages of the buckets that began before
+        `before`, each oldest first: they may be read concurrently."""
+        upper = self._start(as_utc(before) + self.width)
+        ranges = [(INDEX_PREFIX, f"{INDEX_PREFIX}{upper:0{_BUCKET_DIGITS}d}")]
+        sharded = range(self.shards) if self.shards > 1 else range(0)
+        ranges += [(_shard_prefix(s), f"{_shard_prefix(s)}{upper:0{_BUCKET_DIGITS}d}") for s in sharded]
+        ranges.append((_shard_prefix(len(sharded)), _AFTER_SHARDS))  # shards of a larger S, if any
+        cutoff = datetime.fromtimestamp(upper, UTC)
+        return [self._pages(lower, upper_key, cutoff=cutoff) for lower, upper_key in ranges]
+
     async def pages(self, *, before: datetime) -> AsyncIterator[list[IndexEntry]]:
-        """Yield pages of the entries of buckets that began before `before`, oldest first."""
-        upper = self.bucket(as_utc(before) + self.width)
+        """Yield pages of the entries of buckets that began before `before` (each reader in turn)."""
+        for reader in self.readers(before=before):
+            async for page in reader:
+                yield page
+
+    async def _pages(self, lower: str, upper: str, *, cutoff: datetime) -> AsyncIterator[list[IndexEntry]]:
         async for page in self._table.pages(
             "PartitionKey ge @lower and PartitionKey lt @upper",
-            {"lower": INDEX_PREFIX, "upper": upper},
+            {"lower": lower, "upper": upper},
             action="read the expiry index",
         ):
-            yield [_index_entry(row) for row in page]
+            entries = [_index_entry(row) for row in page]
+            yield [entry for entry in entries if entry.bucket_start < cutoff]
 
     async def drop(self, entries: Sequence[IndexEntry]) -> None:
         """Delete spent entries (missing ones are fine), one transaction per bucket and hundred (E3)."""
@@ -132,6 +169,15 @@ class ExpiryIndex:
                 for entry in pending:
                     await self._table.write(delete(entry.bucket, entry.key), action="drop an index entry")
                 return
+
+
+def _shard_prefix(shard: int) -> str:
+    return f"{SHARDED_PREFIX}{shard:03d}."
+
+
+def shard_of(partition: str, shards: int) -> int:
+    """Return the index shard of a user partition: the same on every instance, for every S."""
+    return int.from_bytes(hashlib.sha256(partition.encode()).digest()[:8], "big") % shards
 
 
 def entry_key(partition: str, row: str) -> str:

@@ -29,6 +29,7 @@ VALUE_SETTINGS: tuple[str, ...] = (
     "PRESENCE_AUDIENCE",
     "PRESENCE_WATCH",
     "PRESENCE_GRACE_SECONDS",
+    "MAPPING_INDEX_SHARDS",
 )
 # Every app setting the app reads, by name: the one list deployment templates are checked against.
 APP_SETTING_NAMES: tuple[str, ...] = CONNECTION_SETTINGS + VALUE_SETTINGS
@@ -43,6 +44,10 @@ DEFAULT_GRACE_SECONDS = 15
 MAX_GRACE_SECONDS = 3600  # a grace longer than an hour is a configuration mistake
 AUDIENCES = ("scoped", "hub")  # PRESENCE_AUDIENCE: rooms, watchers and own tabs; or the whole hub
 WATCH_POLICIES = ("anyone", "room-members", "nobody")  # PRESENCE_WATCH: whom a connection may watch
+# MAPPING_INDEX_SHARDS: partitions per expiry-index bucket. Each takes about 2,000 writes/s (Table Storage's
+# per-partition target); at half that for headroom, S = ceil(peak connects and refreshes per second / 1,000).
+DEFAULT_INDEX_SHARDS = 8
+MAX_INDEX_SHARDS = 999
 GRACE_QUEUE = "presence-grace"  # the queue in AzureWebJobsStorage that carries the grace period's decisions
 
 _TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
@@ -112,6 +117,7 @@ class Settings:
     presence_watch: str = "anyone"
     # No grace unless asked: the app setting's default (15 s) is applied by from_environment.
     presence_grace: timedelta = timedelta(0)
+    index_shards: int = DEFAULT_INDEX_SHARDS
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -130,6 +136,7 @@ class Settings:
             presence_audience=_choice(env, "PRESENCE_AUDIENCE", AUDIENCES),
             presence_watch=_choice(env, "PRESENCE_WATCH", WATCH_POLICIES),
             presence_grace=timedelta(seconds=_grace_seconds(env)),
+            index_shards=_index_shards(env),
         )
 
 
@@ -275,6 +282,21 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     if raw.lower() not in choices:
         raise ConfigurationError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
     return raw.lower()
+
+
+def _index_shards(env: Mapping[str, str]) -> int:
+    """Return MAPPING_INDEX_SHARDS: 1 (one partition per bucket, the layout before shards) up to 999."""
+    name = "MAPPING_INDEX_SHARDS"
+    raw = _value(env, name)
+    if raw is None:
+        return DEFAULT_INDEX_SHARDS
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from None
+    if not 1 <= value <= MAX_INDEX_SHARDS:
+        raise ConfigurationError(f"{name} must be between 1 and {MAX_INDEX_SHARDS}, got {value}")
+    return value
 
 
 def _grace_seconds(env: Mapping[str, str]) -> int:

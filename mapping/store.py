@@ -174,7 +174,7 @@ class ConnectionStore:
         self.clock = clock
         self.table = Table(settings, **table_options)
         self.lease = Lease.of(settings)
-        self.index = ExpiryIndex(self.table, width=self.lease.bucket_width)
+        self.index = ExpiryIndex(self.table, width=self.lease.bucket_width, shards=settings.index_shards)
         self._refreshed: OrderedDict[tuple[str, str], datetime] = OrderedDict()
         self.turns = UserTurns()  # this instance's events of one user, one at a time (mapping.contention)
 
@@ -505,7 +505,7 @@ class ConnectionStore:
                 existing = view.rows.get(row)
                 if view.presence.writer == writer:
                     return _Written(existing, view.presence.announced_as(name, rooms=view.rooms), view)
-                planned = row_write(existing, self.index.bucket(moment), view)
+                planned = row_write(existing, self.index.bucket(moment, partition), view)
                 if planned is None:
                     return _Written(None, attempts.announce(view, name, None), view)
                 stored = planned.stored
@@ -566,7 +566,7 @@ class ConnectionStore:
     ) -> None:
         """Write a sweep's verdicts on one user: index entries first (E1), then the rows with the presence write."""
         partition = view.partition
-        bucket = self.index.bucket(now)
+        bucket = self.index.bucket(now, partition)
         if renewed:
             await self.index.write_many(
                 [self.index.entry(partition, key, now, announces=version is not None) for key in renewed]

@@ -29,13 +29,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from mapping.entity import ConnectionEntity
 from mapping.errors import InvalidNameError, MappingError, StorageError
-from mapping.expiry import IndexEntry
+from mapping.expiry import IndexEntry, bucket_start
 from mapping.keys import connection_key, user_key
 from mapping.liveness import AGE_ONLY, MAPPED_GROUP, Listing, Liveness, LivenessCheck
 from mapping.presence import PresenceChange
@@ -90,6 +90,8 @@ class _Clock:
     checks_deadline: float
     seen: dict[str, IndexEntry] = field(default_factory=dict)  # the latest entry read per row (reconciling)
     announced: dict[str, int] = field(default_factory=dict)  # user key -> position in result.presence
+    # Users settled at once, across the index's shards: bounds the requests in flight.
+    users: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(_USER_CONCURRENCY))
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -146,17 +148,29 @@ async def sweep(
     )
     result = SweepResult()
     service = await _ask_service(store, liveness, clock=clock, result=result)
-    try:
-        async for entries in store.index.pages(before=clock.cutoff):
+
+    async def sweep_shard(reader: AsyncIterator[list[IndexEntry]]) -> None:
+        async for entries in reader:
             if clock.left() <= 0:
                 result.complete = False
                 break
             result.entries_read += len(entries)
             await _sweep_page(store, entries, service=service, clock=clock, result=result)
-    except StorageError:
+
+    # The index's shards hold disjoint users: read and settled concurrently (clock.users bounds the work in flight).
+    outcomes = await asyncio.gather(
+        *(sweep_shard(reader) for reader in store.index.readers(before=clock.cutoff)), return_exceptions=True
+    )
+    failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    for failure in failures:
+        if not isinstance(failure, StorageError):
+            raise failure
+    if failures:
         if not result.presence:
-            raise  # nothing decided yet: fail visibly; the next run starts over
-        logger.exception("sweep: stopped early; %d announcements kept, the next run resumes", len(result.presence))
+            raise failures[0]  # nothing decided yet: fail visibly; the next run starts over
+        logger.error(
+            "sweep: stopped early (%s); %d announcements kept, the next run resumes", failures[0], len(result.presence)
+        )
         result.complete = False
     if clock.left() <= 0:
         result.complete = False
@@ -216,10 +230,9 @@ async def _sweep_page(
     by_user: dict[str, list[IndexEntry]] = {}
     for entry in entries:
         by_user.setdefault(entry.user_key, []).append(entry)
-    slots = asyncio.Semaphore(_USER_CONCURRENCY)
 
     async def settle(user_key: str, user_entries: list[IndexEntry]) -> list[IndexEntry]:
-        async with slots:
+        async with clock.users:
             if clock.left() <= 0:
                 result.complete = False
                 return []
@@ -314,7 +327,7 @@ async def _sweep_user(
 def _covers(entry: IndexEntry, row: ConnectionEntity, store: ConnectionStore) -> bool:
     """Return whether `entry` still covers the row: the row names no later bucket (E2, E4)."""
     if row.index_bucket is not None:
-        return row.index_bucket <= entry.bucket
+        return bucket_start(row.index_bucket) <= entry.bucket_start  # by time: another S names its shards otherwise
     return row.last_seen < entry.bucket_start + store.bucket_width()  # a row written before IndexBucket existed
 
 

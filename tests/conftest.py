@@ -11,7 +11,7 @@ from azure.data.tables.aio import TableClient, TableServiceClient
 
 from figures import FIGURES, Figures
 from mapping import runtime
-from mapping.expiry import INDEX_PREFIX
+from mapping.expiry import INDEX_PREFIX, SHARDED_PREFIX
 from mapping.keys import BOOKKEEPING_PREFIX
 from mapping.presence import PRESENCE_ROW
 from mapping.store import ConnectionStore
@@ -94,7 +94,8 @@ async def presence_rows(azurite: Azurite, table: str) -> dict[str, dict[str, obj
 
 async def index_rows(azurite: Azurite, table: str) -> list[dict[str, object]]:
     """Read the expiry-index entries of a table straight from Azurite."""
-    return [row for row in await all_rows(azurite, table) if str(row["PartitionKey"]).startswith(INDEX_PREFIX)]
+    rows = await all_rows(azurite, table)
+    return [row for row in rows if str(row["PartitionKey"]).startswith((INDEX_PREFIX, SHARDED_PREFIX))]
 
 
 @pytest.fixture

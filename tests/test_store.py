@@ -11,7 +11,7 @@ import pytest
 
 from conftest import Azurite, drop_table, index_rows, make_settings, running_azurite, table_rows, unique_table_name
 from mapping.errors import InvalidNameError, InvalidRequestError, StorageUnavailableError
-from mapping.expiry import INDEX_PREFIX
+from mapping.expiry import bucket_start as bucket_start_of
 from mapping.keys import connection_key, user_key
 from mapping.presence import PresenceChange, PresenceState
 from mapping.settings import Settings
@@ -72,7 +72,8 @@ async def test_every_connect_writes_its_index_entry_first(store: ConnectionStore
     [entry] = await index_rows(azurite, store.settings.table_name)
     assert (entry["UserKey"], entry["ConnectionKey"]) == (user_key("quinn/q"), connection_key("c#1"))
     [row] = await table_rows(azurite, store.settings.table_name)
-    bucket_start = int(str(entry["PartitionKey"]).removeprefix(INDEX_PREFIX))
+    bucket_start = int(bucket_start_of(str(entry["PartitionKey"])).timestamp())
+    assert entry["PartitionKey"] == row["IndexBucket"]  # the row records its entry's partition (E1)
     width = store.bucket_width().total_seconds()
     assert bucket_start <= row["LastSeen"].timestamp() < bucket_start + width  # type: ignore[attr-defined]
 

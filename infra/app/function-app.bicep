@@ -71,6 +71,11 @@ param presenceWatch string
 @maxValue(3600)
 param presenceGraceSeconds int
 
+@description('Partitions per expiry-index bucket (1 to 999).')
+@minValue(1)
+@maxValue(999)
+param mappingIndexShards int
+
 @description('NCRONTAB schedule (six fields, seconds first, UTC) of the stale-row sweeper.')
 param sweepSchedule string
 
@@ -222,6 +227,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     PRESENCE_AUDIENCE: presenceAudience
     PRESENCE_WATCH: presenceWatch
     PRESENCE_GRACE_SECONDS: string(presenceGraceSeconds)
+    MAPPING_INDEX_SHARDS: string(mappingIndexShards)
     SWEEP_SCHEDULE: sweepSchedule
     // Not a credential: the component refuses telemetry without a Microsoft Entra token
     // (DisableLocalAuth), which the next setting makes the SDK fetch with the managed identity.
