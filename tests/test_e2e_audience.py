@@ -277,6 +277,7 @@ async def test_join_and_watch_answer_snapshots_that_converge_with_changes_by_ver
 
     await clients.connect("v1", vic, targets=TARGETS)
     snapshot = await joined(clients, "v1", room, vic)
+    assert set(snapshot) == {"room", "users", "page", "pages"}
     assert (snapshot["room"], snapshot["page"], snapshot["pages"]) == (room, 1, 1)
     assert all(set(entry) == ENTRY_KEYS for entry in snapshot["users"])
     by_user = {entry["user"]: entry for entry in snapshot["users"]}
@@ -288,7 +289,9 @@ async def test_join_and_watch_answer_snapshots_that_converge_with_changes_by_ver
     assert by_user[bob]["lastSeen"] is not None
     assert all(entry["version"] > 0 for entry in snapshot["users"])
     watching = await watched(clients, "v1", [dan, cat])
+    assert set(watching) == {"room", "users", "page", "pages"}
     assert (watching["room"], watching["page"], watching["pages"]) == (None, 1, 1)
+    assert all(set(entry) == ENTRY_KEYS for entry in watching["users"])
     assert [(e["user"], state(e), e["version"] > 0) for e in watching["users"]] == [
         (dan, (True, 1, None, None), True),
         (cat, (False, 0, None, None), False),  # never seen: version 0
