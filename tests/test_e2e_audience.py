@@ -17,7 +17,7 @@ from azure.data.tables.aio import TableClient
 from azure.storage.queue import TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
-from conftest import Azurite, running_azurite
+from conftest import Azurite, drop_table, running_azurite
 from mapping.audience import presence_group
 from mapping.grace import Decision
 from mapping.keys import connection_key, room_partition, user_key
@@ -34,10 +34,11 @@ QUIET = 1.0  # seconds without news after which nothing more is on its way
 
 
 @pytest.fixture(scope="module")
-def stack(azurite: Azurite) -> Iterator[Stack]:
-    """One emulator and local host with the shipped audience (scoped) and no grace, on their own table."""
+async def stack(azurite: Azurite) -> AsyncIterator[Stack]:
+    """One emulator and local host with the shipped audience (scoped) and no grace, on their own table (dropped)."""
     with running_stack(azurite, audience="scoped") as running:
         yield running
+    await drop_table(azurite, running.table)
 
 
 @pytest.fixture
@@ -45,6 +46,15 @@ async def clients(stack: Stack) -> AsyncIterator[SignalRClients]:
     """A Node process with real SignalR clients; every connection is stopped afterwards."""
     async with SignalRClients(stack) as driver:
         yield driver
+
+
+@contextlib.asynccontextmanager
+async def drop_afterwards(azurite: Azurite, stack: Stack) -> AsyncIterator[None]:
+    """Drop the stack's table when the block ends."""
+    try:
+        yield
+    finally:
+        await drop_table(azurite, stack.table)
 
 
 def room_name(prefix: str) -> str:
@@ -446,7 +456,7 @@ async def test_the_watch_policy_refuses_with_one_error_and_allows_room_mates(azu
     kim, lee, max_ = unique_user("kim"), unique_user("lee"), unique_user("max")
     room = room_name("club")
     with running_stack(azurite, audience="scoped", watch=policy) as stack:
-        async with SignalRClients(stack) as clients:
+        async with drop_afterwards(azurite, stack), SignalRClients(stack) as clients:
             for client, user in (("k1", kim), ("l1", lee), ("m1", max_)):
                 await clients.connect(client, user, targets=TARGETS)
             await joined(clients, "k1", room, kim)
