@@ -7,7 +7,7 @@ import asyncio
 import time
 
 import pytest
-from test_e2e_audience import TARGETS, merged, server_state, state, watched
+from test_e2e_audience import TARGETS, drop_afterwards, merged, server_state, state, watched
 
 from conftest import Azurite, table_rows
 from mapping.keys import user_key
@@ -23,7 +23,7 @@ async def test_200_simultaneous_real_clients_of_one_user_all_connect_and_presenc
     the server does; all 200 stopped at once, it says offline, and no row of theirs is left."""
     kiosk = unique_user("kiosk")
     with running_stack(azurite, audience="scoped") as stack:
-        async with SignalRClients(stack) as clients:
+        async with drop_afterwards(azurite, stack), SignalRClients(stack) as clients:
             await clients.connect("w1", unique_user("watcher"), targets=TARGETS)
             await watched(clients, "w1", [kiosk])
             started = time.monotonic()
