@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from mapping.liveness import MAPPED_GROUP, SignalRLiveness
+from mapping.liveness import SignalRLiveness, listing_group
 from mapping.settings import SignalRConnection
 from mapping.store import ConnectionStore
 from mapping.sweep import sweep
@@ -109,7 +109,9 @@ async def measure(
                 for size in sizes:
                     fresh = [(f"user{i // CONNECTIONS_PER_USER:06d}", f"live{i:07d}") for i in range(live, size)]
                     await seed(store, fresh, now=moment)
-                    service.groups.setdefault(MAPPED_GROUP, set()).update(connection for _, connection in fresh)
+                    for _, connection_id in fresh:
+                        group = listing_group(connection_id, settings.listing_groups)
+                        service.groups.setdefault(group, set()).add(connection_id)
                     live = size
                     for design in designs:
                         lost = [(f"lost{size}-{design[0]}{i}", f"lost{size}-{design[0]}{i}") for i in range(stale)]

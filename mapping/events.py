@@ -15,7 +15,7 @@ from mapping.errors import InvalidNameError, InvalidRequestError, RefusedError, 
 from mapping.grace import Decision, Grace
 from mapping.invocation import Invocation
 from mapping.keys import parse_room, user_key
-from mapping.liveness import AGE_ONLY, MAPPED_GROUP, GroupAdder, LivenessCheck
+from mapping.liveness import AGE_ONLY, GroupAdder, LivenessCheck, listing_group
 from mapping.messages import ERROR_TARGET, Message, error_message, join_group, leave_group, room_message
 from mapping.presence import PresenceChange
 from mapping.rooms import Rooms
@@ -79,7 +79,7 @@ async def on_connected(store: ConnectionStore, event: Invocation) -> list[Messag
     groups = [join_group(connection_id, room) for room in outcome.rooms]
     if store.lease.reconciled:
         # The sweep lists this group to learn which connections the service still has (no table request).
-        groups.append(join_group(connection_id, MAPPED_GROUP))
+        groups.append(join_group(connection_id, listing_group(connection_id, store.settings.listing_groups)))
     if store.settings.presence_audience == "scoped":
         groups.append(join_group(connection_id, presence_group(outcome.entity.user_name)))  # hears its own user
     return groups + await _announced(store, outcome.presence)
@@ -184,7 +184,8 @@ async def on_send_to_room(store: ConnectionStore, event: Invocation) -> list[Mes
 async def on_timer(store: ConnectionStore, *, liveness: LivenessCheck = AGE_ONLY) -> list[Message]:
     """Sweep stale rows (liveness-checked unless age-only); announce users whose presence changed."""
     result = await sweep(store, liveness=liveness)
-    regrouped = [join_group(connection_id, MAPPED_GROUP) for connection_id in result.unlisted_alive]
+    groups = store.settings.listing_groups
+    regrouped = [join_group(c, listing_group(c, groups)) for c in result.unlisted_alive]
     audience = store.settings.presence_audience
     return regrouped + [
         message for change in result.presence for message in presence_messages(change, audience=audience)

@@ -2,8 +2,11 @@
 
 Two questions: `HEAD /api/hubs/{hub}/connections/{id}` (2022-06-01) about one connection, and, since
 2024-12-01, `GET /api/hubs/{hub}/groups/{group}/connections` listing a group's connections in pages
-of at most 200. Every mapped connection joins one hub-wide group (`MAPPED_GROUP`) when it connects,
-so one listing tells the sweep which connections the service still has. The same client also adds a
+of at most 200. Every mapped connection joins one of K listing groups (`listing_group`: `~connections.<k>` by a
+hash of the connection id, K from MAPPING_LISTING_GROUPS; K = 1 is the one hub-wide `~connections` of before)
+when it connects, so listing the K groups concurrently (`list_groups`) tells the sweep which connections the
+service still has. A connection in none of them (K changed since it connected) is HEAD-checked and added to its
+group again, so changing K loses nobody. The same client also adds a
 connection to a group at once (`PUT .../groups/{group}/connections/{id}`), for a snapshot that must not
 miss a change: the group first, then the read (`mapping.events`, join and watch).
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -30,7 +34,8 @@ logger = logging.getLogger(__name__)
 
 API_VERSION = "2022-06-01"
 LIST_API_VERSION = "2024-12-01"
-MAPPED_GROUP = "~connections"  # every mapped connection joins it; `~` is never in a room name
+MAPPED_GROUP = "~connections"  # the listing group when K = 1 (and before K existed); `~` is never in a room name
+_LISTINGS_IN_FLIGHT = 16  # group listings at once
 _LIST_PAGE_SIZE = 200
 _UNSUPPORTED = frozenset({400, 404, 501})  # an older service: no listing
 TOKEN_SCOPE = "https://signalr.azure.com/.default"  # noqa: S105 - an OAuth scope, not a secret
@@ -60,6 +65,35 @@ class GroupMembers:
     listing: Listing
     connection_ids: frozenset[str] = frozenset()
     requests: int = 0
+
+
+def listing_group(connection_id: str, groups: int) -> str:
+    """Return the listing group a connection joins: one of `groups`, the same on every instance."""
+    if groups <= 1:
+        return MAPPED_GROUP
+    shard = int.from_bytes(hashlib.sha256(connection_id.encode()).digest()[:8], "big") % groups
+    return f"{MAPPED_GROUP}.{shard}"
+
+
+def listing_groups(groups: int) -> list[str]:
+    """Return every listing group of a deployment with `groups` of them."""
+    return [MAPPED_GROUP] if groups <= 1 else [f"{MAPPED_GROUP}.{shard}" for shard in range(groups)]
+
+
+async def list_groups(check: LivenessCheck, hub: str, groups: list[str], *, deadline: float) -> GroupMembers:
+    """List `groups` concurrently (a bounded number at once) into one answer: listed only if every one was."""
+    slots = asyncio.Semaphore(_LISTINGS_IN_FLIGHT)
+
+    async def one(group: str) -> GroupMembers:
+        async with slots:
+            return await check.members(hub, group, deadline=deadline)
+
+    answers = await asyncio.gather(*(one(group) for group in groups))
+    requests = sum(answer.requests for answer in answers)
+    for failed in (Listing.UNAVAILABLE, Listing.UNSUPPORTED):
+        if any(answer.listing is failed for answer in answers):
+            return GroupMembers(failed, requests=requests)
+    return GroupMembers(Listing.LISTED, frozenset().union(*(a.connection_ids for a in answers)), requests=requests)
 
 
 class LivenessCheck(Protocol):

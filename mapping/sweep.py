@@ -37,7 +37,7 @@ from mapping.entity import ConnectionEntity
 from mapping.errors import InvalidNameError, MappingError, StorageError
 from mapping.expiry import IndexEntry, bucket_start
 from mapping.keys import connection_key, user_key
-from mapping.liveness import AGE_ONLY, MAPPED_GROUP, Listing, Liveness, LivenessCheck
+from mapping.liveness import AGE_ONLY, Listing, Liveness, LivenessCheck, list_groups, listing_groups
 from mapping.presence import PresenceChange
 from mapping.roster import Roster
 from mapping.store import ConnectionStore
@@ -181,10 +181,11 @@ async def sweep(
 async def _ask_service(
     store: ConnectionStore, liveness: LivenessCheck, *, clock: _Clock, result: SweepResult
 ) -> _Service:
-    """List the hub-wide group once per run when reconciling; otherwise HEAD checks (or age) decide."""
+    """List the listing groups once per run when reconciling; otherwise HEAD checks (or age) decide."""
     if not liveness.asks_service or not store.lease.reconciled:
         return _Service(check=liveness)
-    members = await liveness.members(store.settings.hub, MAPPED_GROUP, deadline=clock.checks_deadline)
+    groups = listing_groups(store.settings.listing_groups)
+    members = await list_groups(liveness, store.settings.hub, groups, deadline=clock.checks_deadline)
     result.signalr_requests += members.requests
     result.listing = members.listing.value
     if members.listing is Listing.UNSUPPORTED:

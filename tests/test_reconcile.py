@@ -11,7 +11,17 @@ import pytest
 
 from conftest import Azurite, drop_table, index_rows, make_settings, table_rows, unique_table_name
 from fake_service import FakeService
-from mapping.liveness import MAPPED_GROUP, Listing, Liveness, SignalRLiveness
+from mapping.events import on_timer
+from mapping.liveness import (
+    MAPPED_GROUP,
+    GroupMembers,
+    Listing,
+    Liveness,
+    SignalRLiveness,
+    list_groups,
+    listing_group,
+    listing_groups,
+)
 from mapping.settings import SignalRConnection
 from mapping.store import ConnectionStore
 from mapping.sweep import sweep
@@ -82,7 +92,7 @@ async def test_a_lost_disconnect_is_removed_within_two_sweeps(
         if result.deleted:
             # the index queries, the stale user, entry drop
             assert requests.total <= store.index.shards + 2 + 4 + 1, requests.by_method
-            assert result.signalr_requests <= 1 + 2
+            assert result.signalr_requests <= store.settings.listing_groups + 2  # a listing per group, the HEADs
     assert offline == ["gone"]
     assert await store.connections_of("gone", now=moment) == []
     assert service.asked == ["lost-tab"]
@@ -199,7 +209,9 @@ async def test_connected_joins_the_hub_wide_group_when_signalr_is_configured(
     await runtime.reset()
     out = Out()
     await call("connected", invocation=invocation("connected", user_id="gia", connection_id="g1"), signalr=out)
-    assert out.messages[0] == {"action": "add", "groupName": MAPPED_GROUP, "connectionId": "g1"}
+    group = listing_group("g1", runtime.settings().listing_groups)
+    assert group.startswith(MAPPED_GROUP + ".")
+    assert out.messages[0] == {"action": "add", "groupName": group, "connectionId": "g1"}
     assert out.messages[1]["target"] == "presence"
 
 
@@ -263,14 +275,16 @@ async def test_a_reconciling_sweep_over_http_asks_only_about_what_the_listing_la
     service, client = rest
     connection = SignalRConnection(endpoint=service.endpoint, access_key=ACCESS_KEY)
     requests = TableRequests()
-    settings = make_settings(azurite.connection_string, unique_table_name(), ttl=TTL, signalr=connection)
+    settings = make_settings(
+        azurite.connection_string, unique_table_name(), ttl=TTL, signalr=connection, listing_groups=1
+    )
     store = ConnectionStore(settings, client_options={"raw_response_hook": requests.hook})
     try:
         for index in range(250):
             await store.connect(f"u{index % 25}", f"live{index:03d}", now=T0)
         for index in range(3):
             await store.connect(f"lost{index}", f"gone{index}", now=T0)
-        service.groups[MAPPED_GROUP] = {f"live{index:03d}" for index in range(250)}
+        service.groups[MAPPED_GROUP] = {f"live{index:03d}" for index in range(250)}  # K = 1: the one group
         requests.reset()
         result = await sweep(store, liveness=client, now=T0 + TTL * 0.6)
         assert (result.listing, result.listed, result.deleted) == ("listed", 250, 3)
@@ -278,6 +292,37 @@ async def test_a_reconciling_sweep_over_http_asks_only_about_what_the_listing_la
         assert (service.listings, sorted(service.requests)) == (2, ["gone0", "gone1", "gone2"])
         # One transaction per stale user, one batch of entry drops per index partition they are in (shards).
         assert requests.writes <= 3 + 3
+    finally:
+        await store.close()
+        await drop_table(azurite, settings.table_name)
+
+
+async def test_listing_groups_are_listed_concurrently_and_a_changed_count_loses_nobody(
+    azurite: Azurite, rest: tuple[SignalRRest, SignalRLiveness]
+) -> None:
+    """With K = 4 the sweep lists each of the 4 groups (one request each here), and a live connection still in the
+    group of K = 1 (it connected before K changed) is HEAD-checked, kept and added to its group again."""
+    service, client = rest
+    connection = SignalRConnection(endpoint=service.endpoint, access_key=ACCESS_KEY)
+    settings = make_settings(
+        azurite.connection_string, unique_table_name(), ttl=TTL, signalr=connection, listing_groups=4
+    )
+    store = ConnectionStore(settings)
+    try:
+        live = [f"live{index:03d}" for index in range(40)]
+        for index, connection_id in enumerate(live):
+            await store.connect(f"u{index}", connection_id, now=T0)
+            service.groups.setdefault(listing_group(connection_id, 4), set()).add(connection_id)
+        await store.connect("old", "before-k", now=T0)
+        service.groups.setdefault(MAPPED_GROUP, set()).add("before-k")
+        result = await sweep(store, liveness=client, now=T0 + TTL * 0.6)
+        assert (result.listing, result.listed, result.deleted, result.presence) == ("listed", 40, 0, [])
+        assert service.listings == 4
+        assert result.signalr_requests == 4 + 1  # the four listings, one HEAD
+        assert sorted(service.requests) == ["before-k"]
+        assert result.unlisted_alive == ["before-k"]
+        again = await on_timer(store, liveness=client)  # the timer's output adds it to its group again
+        assert {"action": "add", "groupName": listing_group("before-k", 4), "connectionId": "before-k"} in again
     finally:
         await store.close()
         await drop_table(azurite, settings.table_name)
@@ -301,3 +346,33 @@ async def test_a_lost_connection_the_listing_still_shows_goes_the_sweep_after(
     assert [(change.user, change.online) for change in second.presence] in ([], [("fox", True)])
     assert [c.connection_id for c in await store.connections_of("fox", now=T0 + TTL * 2)] == ["f2"]
     assert service.asked == ["f1"]
+
+
+async def test_one_group_that_cannot_be_listed_makes_the_whole_listing_say_so() -> None:
+    """Listing K groups: one unreachable group makes the listing unavailable (nobody is judged by it), one older
+    service's 404 makes it unsupported (HEAD checks), and all listed gives the union of their members."""
+
+    class Groups:
+        asks_service = True
+
+        def __init__(self, answers: dict[str, GroupMembers]) -> None:
+            self.answers = answers
+
+        async def check(self, hub: str, connection_id: str) -> Liveness:
+            return Liveness.UNKNOWN
+
+        async def members(self, hub: str, group: str, *, deadline: float) -> GroupMembers:
+            return self.answers[group]
+
+    groups = listing_groups(3)
+    listed = {group: GroupMembers(Listing.LISTED, frozenset({group + "-c"}), requests=1) for group in groups}
+    union = await list_groups(Groups(listed), "chat", groups, deadline=time.monotonic() + 5)
+    assert (union.listing, union.connection_ids, union.requests) == (
+        Listing.LISTED,
+        frozenset(g + "-c" for g in groups),
+        3,
+    )
+    for failed in (Listing.UNAVAILABLE, Listing.UNSUPPORTED):
+        answers = {**listed, groups[1]: GroupMembers(failed, requests=1)}
+        assert (await list_groups(Groups(answers), "chat", groups, deadline=time.monotonic() + 5)).listing is failed
+    assert listing_groups(1) == [MAPPED_GROUP]

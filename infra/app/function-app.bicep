@@ -76,6 +76,11 @@ param presenceGraceSeconds int
 @maxValue(999)
 param mappingIndexShards int
 
+@description('SignalR listing groups of the sweep (1 to 999).')
+@minValue(1)
+@maxValue(999)
+param mappingListingGroups int
+
 @description('NCRONTAB schedule (six fields, seconds first, UTC) of the stale-row sweeper.')
 param sweepSchedule string
 
@@ -228,6 +233,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     PRESENCE_WATCH: presenceWatch
     PRESENCE_GRACE_SECONDS: string(presenceGraceSeconds)
     MAPPING_INDEX_SHARDS: string(mappingIndexShards)
+    MAPPING_LISTING_GROUPS: string(mappingListingGroups)
     SWEEP_SCHEDULE: sweepSchedule
     // Not a credential: the component refuses telemetry without a Microsoft Entra token
     // (DisableLocalAuth), which the next setting makes the SDK fetch with the managed identity.
