@@ -1,4 +1,5 @@
-"""A loopback HTTP proxy in front of Azurite that records every request: table round trips, counted on the wire."""
+"""A loopback HTTP proxy in front of Azurite that records every request: table (or queue) round trips, counted on the
+wire."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import http.client
 import re
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -17,6 +18,14 @@ _HOP_BY_HOP = frozenset(
 )
 _ENTITY_PATH = re.compile(r"/[^/]+/[^/(]+\(PartitionKey='.*',RowKey='.*'\)$")
 _QUERY_PATH = re.compile(r"/[^/]+/[^/(]+\(\)$")
+_QUEUE_MESSAGES = re.compile(r"^/[^/]+/[^/]+/messages$")
+_QUEUE_MESSAGE = re.compile(r"^/[^/]+/[^/]+/messages/[^/]+$")
+_QUEUE = re.compile(r"^/[^/]+/[^/]+$")
+# The queue operations an app makes (enqueue a delayed action, create its queue) beside those its trigger's poller
+# makes (get, delete, update a message): Azure bills both, but only the first are the app's requests.
+APP_QUEUE_OPERATIONS = frozenset({"put message", "create queue"})
+
+Classifier = Callable[[str, str], str]
 
 
 def classify(method: str, path: str) -> str:
@@ -37,6 +46,22 @@ def classify(method: str, path: str) -> str:
     return f"{method} other"
 
 
+def classify_queue(method: str, path: str) -> str:
+    """Name the Queue operation a request is: put message (an enqueue), get messages (a poll), delete message, ..."""
+    path, _, query = path.partition("?")
+    if _QUEUE_MESSAGES.match(path):
+        return {
+            "POST": "put message",
+            "GET": "peek messages" if "peekonly=true" in query.lower() else "get messages",
+            "DELETE": "clear messages",
+        }.get(method, f"{method} messages")
+    if _QUEUE_MESSAGE.match(path):
+        return {"DELETE": "delete message", "PUT": "update message"}.get(method, f"{method} message")
+    if _QUEUE.match(path) and "comp=" not in query:
+        return {"PUT": "create queue", "DELETE": "delete queue"}.get(method, f"{method} queue")
+    return f"{method} other"
+
+
 @dataclass
 class Recorder:
     """The requests seen since the last reset, as (operation, status) pairs."""
@@ -49,6 +74,11 @@ class Recorder:
         with self.lock:
             self.requests.append((operation, status))
 
+    def seen(self, operation: str) -> int:
+        """Return how many `operation` requests were recorded since the last take (the record is kept)."""
+        with self.lock:
+            return sum(1 for name, _status in self.requests if name == operation)
+
     def take(self) -> list[tuple[str, int]]:
         """Return the requests recorded so far and start again."""
         with self.lock:
@@ -57,11 +87,12 @@ class Recorder:
 
 
 class CountingProxy:
-    """Forward HTTP/1.1 requests from 127.0.0.1:`port` to Azurite, recording each one."""
+    """Forward HTTP/1.1 requests from 127.0.0.1:`port` to Azurite, recording each one (named by `classifier`: table
+    operations by default, `classify_queue` in front of a queue service)."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, *, classifier: Classifier = classify) -> None:
         self.recorder = Recorder()
-        handler = _handler(upstream_port, self.recorder)
+        handler = _handler(upstream_port, self.recorder, classifier)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
@@ -87,7 +118,7 @@ class CountingProxy:
             counts.update(operation for operation, _status in self.recorder.take())
 
 
-def _handler(upstream_port: int, recorder: Recorder) -> type[BaseHTTPRequestHandler]:
+def _handler(upstream_port: int, recorder: Recorder, classifier: Classifier) -> type[BaseHTTPRequestHandler]:
     local = threading.local()
 
     def upstream() -> http.client.HTTPConnection:
@@ -109,7 +140,7 @@ def _handler(upstream_port: int, recorder: Recorder) -> type[BaseHTTPRequestHand
                 local.connection = None  # Azurite closed the kept-alive connection: open a fresh one.
                 response = _send(upstream(), self.command, self.path, body, headers)
             payload = response.read()
-            recorder.add(classify(self.command, self.path), response.status)
+            recorder.add(classifier(self.command, self.path), response.status)
             self.send_response_only(response.status, response.reason)
             for name, value in response.getheaders():
                 if name.lower() not in _HOP_BY_HOP:

@@ -1,0 +1,156 @@
+"""The local stack as processes: the SignalR emulator and the local host running the app, on free ports.
+
+Shared by the benchmarks and (to come) the end-to-end tests: `running_local_stack(settings)` starts both with the
+app settings given (the stack adds the hub and the SignalR connection string to the emulator), and stops them when
+the block ends; `LocalStack.restart_host` runs the host again on the same port with changed settings, while the
+emulator keeps its client connections open (they are the emulator's, not the host's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from testkit.azurite import ROOT, _wait_listening, free_port, stop_process
+
+# Keys of the local stack's emulator only; not secrets.
+ACCESS_KEY = "local-stack-primary-key-0123456789abcdefghijklmnopq"
+SECONDARY_KEY = "local-stack-secondary-key-0123456789abcdefghijklmno"
+HUB = "chat"
+START_SECONDS = 60.0
+
+
+def signalr_connection_string(emulator_port: int, access_key: str = ACCESS_KEY) -> str:
+    """Return the `AzureSignalRConnectionString` of an emulator on 127.0.0.1:`emulator_port`."""
+    return f"Endpoint=http://127.0.0.1;Port={emulator_port};AccessKey={access_key};Version=1.0;"
+
+
+@dataclass
+class LocalStack:
+    """A running emulator and local host: their URLs, the app settings the host runs with, and their logs."""
+
+    emulator_port: int
+    host_port: int
+    settings: dict[str, str]
+    logs: Path
+    host_json: Path
+    host_log_level: str
+    hub: str = HUB
+    access_key: str = ACCESS_KEY
+    _processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def emulator_url(self) -> str:
+        """Return the emulator's base URL (clients negotiate at `<url>/client/negotiate`)."""
+        return f"http://127.0.0.1:{self.emulator_port}"
+
+    @property
+    def host_url(self) -> str:
+        """Return the local host's base URL (`<url>/api/...`)."""
+        return f"http://127.0.0.1:{self.host_port}"
+
+    def start_host(self) -> None:
+        """Start the local host with `settings` (written to a local.settings.json of its own)."""
+        path = self.logs / "local.settings.json"
+        path.write_text(json.dumps({"IsEncrypted": False, "Values": self.settings}))
+        command = [
+            *(sys.executable, "-m", "local.host", "--host", "127.0.0.1", "--port", str(self.host_port)),
+            *("--settings", str(path), "--host-json", str(self.host_json), "--log-level", self.host_log_level),
+        ]
+        self._processes["host"] = _start(command, self.host_port, self.logs / "host.log")
+
+    def stop_host(self) -> None:
+        """Stop the local host (the emulator and its client connections stay)."""
+        process = self._processes.pop("host", None)
+        if process is not None:
+            stop_process(process, timeout=15)
+
+    def restart_host(self, **changes: str) -> None:
+        """Stop the host and start it again on the same port, with `changes` among its app settings."""
+        self.stop_host()
+        self.settings.update(changes)
+        self.start_host()
+
+    def stop(self) -> None:
+        """Stop the host, then the emulator."""
+        self.stop_host()
+        process = self._processes.pop("emulator", None)
+        if process is not None:
+            stop_process(process, timeout=15)
+
+    def log_tail(self, lines: int = 60) -> str:
+        """Return the end of both processes' logs, for failure messages."""
+        parts = []
+        for name in ("emulator.log", "host.log"):
+            path = self.logs / name
+            text = path.read_text(errors="replace").splitlines()[-lines:] if path.exists() else []
+            parts.append(f"--- {name}\n" + "\n".join(text))
+        return "\n".join(parts)
+
+
+def _start(command: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as sink:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+    if not _wait_listening(port, process, timeout=START_SECONDS):
+        stop_process(process, timeout=5)
+        raise RuntimeError(f"{command[2]} did not start: " + log.read_text(errors="replace")[-3000:])
+    return process
+
+
+@contextlib.contextmanager
+def running_local_stack(
+    settings: Mapping[str, str],
+    *,
+    hub: str = HUB,
+    client_timeout: float = 30.0,
+    keepalive: float = 15.0,
+    log_level: str = "INFO",
+    host_json: Mapping[str, Any] | None = None,
+) -> Iterator[LocalStack]:
+    """Start the emulator and the local host running `function_app.py` with `settings` (plus the hub and the
+    emulator's connection string); stop both when the block ends. `client_timeout` and `keepalive` are the
+    emulator's (seconds a client may stay silent, seconds between its pings); `log_level` is both processes'."""
+    logs = Path(tempfile.mkdtemp(prefix="local-stack-"))
+    stack: LocalStack | None = None
+    try:
+        host_json_path = ROOT / "host.json"
+        if host_json is not None:
+            host_json_path = logs / "host.json"
+            host_json_path.write_text(json.dumps(host_json))
+        for attempt in range(3):
+            emulator_port, host_port = free_port(), free_port()
+            values = {
+                "FUNCTIONS_WORKER_RUNTIME": "python",
+                "SIGNALR_HUB": hub,
+                "AzureSignalRConnectionString": signalr_connection_string(emulator_port),
+                **settings,
+            }
+            stack = LocalStack(emulator_port, host_port, values, logs, host_json_path, log_level, hub=hub)
+            emulator = [
+                *(sys.executable, "-m", "local.emulator", "--host", "127.0.0.1", "--port", str(emulator_port)),
+                *("--public-url", stack.emulator_url, "--upstream", f"{stack.host_url}/runtime/webhooks/signalr"),
+                *("--access-key", ACCESS_KEY, "--secondary-key", SECONDARY_KEY),
+                *("--client-timeout", str(client_timeout), "--keepalive", str(keepalive), "--log-level", log_level),
+            ]
+            try:
+                stack._processes["emulator"] = _start(emulator, emulator_port, logs / "emulator.log")
+                stack.start_host()
+                break
+            except RuntimeError:  # a port taken meanwhile: try others
+                stack.stop()
+                if attempt == 2:
+                    raise
+        assert stack is not None
+        yield stack
+    finally:
+        if stack is not None:
+            stack.stop()
+        shutil.rmtree(logs, ignore_errors=True)
