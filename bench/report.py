@@ -190,8 +190,9 @@ def round_trip_section(rows: list[dict[str, Any]]) -> list[str]:
         "(`bench/floor.py`, `MinimalFloor`, says why for each): connect and disconnect one write and one query of the "
         "user's partition; send and presence reads one query; join one read of the user's partition, the room's "
         "member row, and one transaction (the user's membership row with a guard row on its ETag, so racing joins "
-        "keep the 100-room limit); leave the user's membership row deleted blind; setStatus one read and one "
-        "transaction "
+        "keep the 100-room limit), then the snapshot it answers, one query of the room's partition (a member "
+        "already: the read and the snapshot); leave the user's membership row deleted blind; setStatus one read "
+        "and one transaction "
         "(the status in the row, and a version rewritten on its ETag, so the highest version is the current "
         "status). **floor** is the app's design as bare SDK calls. **naive**: `bench/naive.py`.",
         "",
