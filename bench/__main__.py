@@ -141,6 +141,11 @@ async def run(plan: Plan, out: Path, *, smoke: bool) -> None:
     }
     write_report(results, out)
     logger.info("wrote %s in %.0f s", out / "latest.md", time.monotonic() - started)
+    missed = [row["figure"] for row in audiences["figures"] if not row["met"]]
+    for figure in missed:
+        logger.error("audiences and grace: over its goal: %s", figure)
+    if missed and smoke:
+        raise SystemExit(f"{len(missed)} audience figure(s) over their goals (see {out / 'latest.md'})")
 
 
 def main() -> None:
