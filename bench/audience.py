@@ -400,6 +400,7 @@ class _Crowd:
     members: list[HubClient]
     watchers: list[HubClient]
     others: list[HubClient]
+    witnesses: list[HubClient]  # one connection in each group a change of the subject goes to (scoped or hub)
     retired: int = 0  # presence messages heard by the subject's tabs closed since
 
     def replace_subject(self, tab: HubClient) -> None:
@@ -413,6 +414,17 @@ class _Crowd:
 
     def presence_received(self) -> int:
         return self.retired + sum(client.received["presence"] for client in self.everyone)
+
+    async def heard(self, action: Callable[[], Awaitable[None]], what: str, *, within: float = WAIT_SECONDS) -> None:
+        """Run `action`, then wait until every witness has heard one more presence message (every group's send
+        is then done, and billed)."""
+        before = [client.received["presence"] for client in self.witnesses]
+        await action()
+        await _until(
+            lambda: all(c.received["presence"] > n for c, n in zip(self.witnesses, before, strict=True)),
+            what,
+            within=within,
+        )
 
 
 async def measure_fanout(azurite: Azurite, plan: AudiencePlan) -> dict[str, Any]:
@@ -476,7 +488,8 @@ async def _crowd(session: aiohttp.ClientSession, stack: LocalStack, plan: Audien
     )
     members = clients[: len(member_users)]
     watchers = clients[len(member_users) : len(member_users) + plan.watchers]
-    crowd = _Crowd(subject, members, watchers, clients[len(member_users) + plan.watchers :])
+    witnesses = [*watchers[:1], *(members[n * (plan.room_size - 1)] for n in range(plan.rooms))]
+    crowd = _Crowd(subject, members, watchers, clients[len(member_users) + plan.watchers :], witnesses)
     for room in rooms:
         await subject.send("join", room)
     for client, (_user, room) in zip(members, member_users, strict=True):
@@ -560,19 +573,20 @@ class _Meter:
 
     async def change(self, send: Callable[[], Awaitable[None]]) -> dict[str, Any]:
         """The subject's tab sends something that changes its presence (a setStatus)."""
-        subject = self.crowd.subject
         async with self._window() as result:
-            heard = subject.received["presence"]
-            await send()
-            await _until(lambda: subject.received["presence"] > heard, "the subject to hear its own change")
+            await self.crowd.heard(send, "the change to reach its audience")
         return result
 
     async def last_disconnect(self) -> dict[str, Any]:
         """The subject's last tab closes; the grace decision announces it offline."""
         async with self._window() as result:
-            await self.crowd.subject.close()
-            await _until(lambda: self.queue.recorder.seen("put message") >= 1, "the disconnect's decision enqueued")
-            await _until(lambda: self.queue.recorder.seen("delete message") >= 1, "the grace decision", within=60)
+
+            async def close() -> None:
+                await self.crowd.subject.close()
+                await _until(lambda: self.queue.recorder.seen("put message") >= 1, "the disconnect's decision enqueued")
+
+            await self.crowd.heard(close, "the grace decision's offline", within=60)
+            await _until(lambda: self.queue.recorder.seen("delete message") >= 1, "the decision's message deleted")
         return result
 
     async def reconnect(self) -> None:
