@@ -24,7 +24,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -242,7 +242,8 @@ def classify_rooms(method: str, path: str) -> str:
 
 
 @contextlib.contextmanager
-def _proxies(azurite: Azurite) -> Any:
+def _proxies(azurite: Azurite) -> Iterator[tuple[CountingProxy, CountingProxy]]:
+    """A counting proxy in front of Azurite's table service, and one in front of its queue service."""
     if azurite.queue_port is None:
         raise RuntimeError("the audiences section needs Azurite's queue service")
     with (
