@@ -94,7 +94,7 @@ def _figure(key: str, label: str, measured: int, bound: int | None, goal: str, *
 def figures(fanout: dict[str, Any], requests: dict[str, Any], plan: AudiencePlan) -> list[dict[str, Any]]:
     """Put each measured figure beside its goal (from the issue): one row each, `met` when within its bound."""
     rows: list[dict[str, Any]] = []
-    where = f"{fanout['online']} connections online, 1 tab in {plan.rooms} rooms of {plan.room_size}, "
+    where = f"{fanout['online']:,} connections online, 1 tab in {plan.rooms} rooms of {plan.room_size}, "
     where += f"{plan.watchers} watchers"
     audience = f"≤ audience ({plan.audience}; the issue: ≤ 25), not {fanout['online']:,}"
     for mode, goal in (("scoped", audience), ("hub", "for comparison: every connection")):

@@ -146,3 +146,14 @@ async def test_audiences_and_grace_hold_their_goals(azurite: Azurite, restored_e
     section = "\n".join(audience_section(results))
     assert section.startswith("## Audiences and grace")
     assert section.count("| yes |") == sum(row["bound"] is not None for row in results["figures"])
+
+
+def test_the_report_holds_the_audiences_and_grace_goals() -> None:
+    """The committed report has the Audiences and grace section: 1,000 connections online, every bounded figure
+    within its goal (the hub figures are for comparison)."""
+    section = LATEST.read_text().split("\n## Audiences and grace\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| figure ")]
+    assert len(rows) == 17, rows
+    assert all(line.endswith(("| yes |", f"| {NOT_COUNTED} |")) for line in rows), rows
+    assert sum(line.endswith(f"| {NOT_COUNTED} |") for line in rows) == 2  # the hub audience, for comparison
+    assert sum("1,000 connections online" in line for line in rows) == 4
