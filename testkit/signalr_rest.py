@@ -94,7 +94,7 @@ def _valid_token(header: str, audience: str) -> bool:
 
 @asynccontextmanager
 async def signalr_rest() -> AsyncIterator[SignalRRest]:
-    """Serve `HEAD /api/hubs/{hub}/connections/{id}` on 127.0.0.1 with JWT checks, until the block ends."""
+    """Serve the connection check and the group listing on 127.0.0.1 with JWT checks, until the block ends."""
     state = SignalRRest()
 
     async def head_connection(request: web.Request) -> web.Response:
@@ -141,7 +141,7 @@ async def signalr_rest() -> AsyncIterator[SignalRRest]:
     app = web.Application()
     app.router.add_route("HEAD", "/api/hubs/{hub}/connections/{connection}", head_connection)
     app.router.add_get("/api/hubs/{hub}/groups/{group}/connections", list_group)
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
