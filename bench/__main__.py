@@ -20,6 +20,9 @@ from bench.coldstart import measure_cold_start
 from bench.load import Sample, drive, summarise
 from bench.report import write_report
 from bench.roundtrips import count_round_trips
+from bench.scale import SMOKE as SCALE_SMOKE
+from bench.scale import load as load_scale
+from bench.scale import measure as measure_scale
 from bench.workload import EVENTS, IMPLS, Event, app_environment, prepared
 from testkit.azurite import running_azurite
 
@@ -129,6 +132,8 @@ async def run(plan: Plan, out: Path, *, smoke: bool) -> None:
         cold = await asyncio.to_thread(
             measure_cold_start, repetitions=plan.cold_repetitions, app_env=app_environment(connection, "coldstart")
         )
+        # The sweep at scale: a tiny run when smoke, else the figures of the last `make bench-sweep`.
+        scale = await measure_scale(SCALE_SMOKE, connection_string=connection) if smoke else load_scale()
     results = {
         "environment": environment(),
         "plan": {**plan.__dict__, "concurrency": list(CONCURRENCY), "smoke": smoke},
@@ -137,6 +142,7 @@ async def run(plan: Plan, out: Path, *, smoke: bool) -> None:
         "round_trips": round_trips,
         "audiences": audiences,
         "cold_start": cold,
+        **({"scale": scale} if scale else {}),
         "duration_seconds": round(time.monotonic() - started, 1),
     }
     write_report(results, out)

@@ -7,6 +7,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from bench.scale import markdown as scale_markdown
+from bench.scale import per_event_counts
 from bench.workload import EVENTS, IMPLS
 
 ROUND_TRIP_IMPLS = ("minimal", *IMPLS)
@@ -137,6 +139,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "![Cold start](coldstart.png)",
         "",
+        *scale_sections(results),
         "## How it was measured",
         "",
         "- **ours**: the app's functions taken from `function_app.app.get_functions()` and called with what the host "
@@ -178,6 +181,13 @@ def markdown(results: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def scale_sections(results: dict[str, Any]) -> list[str]:
+    """Render the sweep at scale (`make bench-sweep`, or the smoke run's) and the counts docs/scale.md rests on."""
+    scale = results.get("scale")
+    lines = scale_markdown(scale, heading="##") if scale else []
+    return lines + per_event_counts(results["round_trips"], scale, results.get("audiences"))
 
 
 def round_trip_section(rows: list[dict[str, Any]]) -> list[str]:

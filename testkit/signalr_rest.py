@@ -1,10 +1,12 @@
 """A loopback stand-in for two SignalR Service REST calls: the connection-existence check (HEAD, 2022-06-01)
 and the listing of a group's connections (GET, 2024-12-01, pages of at most 200 with a continuation token
 and a `nextLink`). For tests and benchmarks that need thousands of connections, which the emulator holds
-only as real WebSockets."""
+only as real WebSockets: a group can hold numbered ids (`NumberedIds`, a million in two fields), and every answer
+can wait an injected latency first, as a remote service would."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -14,6 +16,34 @@ from aiohttp import web
 from local.emulator.tokens import TokenError, verify
 
 ACCESS_KEY = "loopback-test-access-key-0123456789abcdef"
+_NUMBER_DIGITS = 9
+
+
+@dataclass(frozen=True, slots=True)
+class NumberedIds:
+    """A group's members held compactly: `count` connection ids `<prefix><number, 9 digits>`, in listing order."""
+
+    prefix: str
+    count: int
+
+    def __contains__(self, connection_id: object) -> bool:
+        if not isinstance(connection_id, str) or not connection_id.startswith(self.prefix):
+            return False
+        number = connection_id[len(self.prefix) :]
+        return len(number) == _NUMBER_DIGITS and number.isdigit() and int(number) < self.count
+
+    def ids(self) -> list[str]:
+        """Return every id (for a caller that needs them spelled out)."""
+        return [self._id(number) for number in range(self.count)]
+
+    def page(self, after: str, size: int) -> tuple[list[str], bool]:
+        """Return up to `size` ids after the id `after` ("" for the first page), and whether more follow."""
+        first = int(after[len(self.prefix) :]) + 1 if after else 0
+        last = min(first + size, self.count)
+        return [self._id(number) for number in range(first, last)], last < self.count
+
+    def _id(self, number: int) -> str:
+        return f"{self.prefix}{number:0{_NUMBER_DIGITS}d}"
 
 
 @dataclass
@@ -29,6 +59,8 @@ class SignalRRest:
     groups: dict[str, set[str]] = field(default_factory=dict)  # group -> connection ids the listing returns
     listing_status: int = 200  # e.g. 404: a service without the 2024-12-01 listing
     listings: int = 0  # listing requests answered (pages)
+    numbered: dict[str, NumberedIds] = field(default_factory=dict)  # group -> numbered members (beside `groups`)
+    latency_seconds: float = 0.0  # waited before every answer
 
     @property
     def calls(self) -> int:
@@ -45,7 +77,9 @@ class SignalRRest:
         """Return the next status for a connection id."""
         statuses = self.answers.get(connection_id)
         if not statuses:
-            in_a_group = any(connection_id in members for members in self.groups.values())
+            in_a_group = any(connection_id in members for members in self.groups.values()) or any(
+                connection_id in members for members in self.numbered.values()
+            )
             return 200 if in_a_group else self.default_status
         return statuses.pop(0) if len(statuses) > 1 else statuses[0]
 
@@ -60,10 +94,12 @@ def _valid_token(header: str, audience: str) -> bool:
 
 @asynccontextmanager
 async def signalr_rest() -> AsyncIterator[SignalRRest]:
-    """Serve `HEAD /api/hubs/{hub}/connections/{id}` on 127.0.0.1 with JWT checks, until the block ends."""
+    """Serve the connection check and the group listing on 127.0.0.1 with JWT checks, until the block ends."""
     state = SignalRRest()
 
     async def head_connection(request: web.Request) -> web.Response:
+        if state.latency_seconds:
+            await asyncio.sleep(state.latency_seconds)
         connection_id = request.match_info["connection"]
         audience = f"{state.endpoint}{request.rel_url.raw_path}"
         if request.query.get("api-version") != "2022-06-01" or not _valid_token(
@@ -77,6 +113,8 @@ async def signalr_rest() -> AsyncIterator[SignalRRest]:
         return web.Response(status=status, headers=headers)
 
     async def list_group(request: web.Request) -> web.Response:
+        if state.latency_seconds:
+            await asyncio.sleep(state.latency_seconds)
         audience = f"{state.endpoint}{request.rel_url.raw_path}"
         if request.query.get("api-version") != "2024-12-01" or not _valid_token(
             request.headers.get("Authorization", ""), audience
@@ -88,10 +126,14 @@ async def signalr_rest() -> AsyncIterator[SignalRRest]:
             return web.Response(status=state.listing_status)
         size = min(int(request.query.get("maxpagesize", "200")), 200)
         after = request.query.get("continuationToken", "")
-        members = sorted(member for member in state.groups.get(request.match_info["group"], set()) if member > after)
-        page = members[:size]
+        numbered = state.numbered.get(request.match_info["group"])
+        if numbered is not None:
+            page, more = numbered.page(after, size)
+        else:
+            members = sorted(m for m in state.groups.get(request.match_info["group"], set()) if m > after)
+            page, more = members[:size], len(members) > size
         body: dict[str, object] = {"value": [{"connectionId": member, "userId": None} for member in page]}
-        if len(members) > size:
+        if more:
             query = {"api-version": "2024-12-01", "maxpagesize": str(size), "continuationToken": page[-1]}
             body["nextLink"] = str(request.rel_url.with_query(query))
         return web.json_response(body)
@@ -99,7 +141,7 @@ async def signalr_rest() -> AsyncIterator[SignalRRest]:
     app = web.Application()
     app.router.add_route("HEAD", "/api/hubs/{hub}/connections/{connection}", head_connection)
     app.router.add_get("/api/hubs/{hub}/groups/{group}/connections", list_group)
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

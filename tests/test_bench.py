@@ -14,6 +14,10 @@ from bench.naive import NaiveFunctions
 from bench.proxy import CountingProxy, classify, classify_queue
 from bench.report import NOT_COUNTED, ROUND_TRIP_IMPLS, audience_section, round_trip_line
 from bench.roundtrips import CLIENT_SCENARIOS, count_client_round_trips
+from bench.scale import Plan as ScalePlan
+from bench.scale import goals as scale_goals
+from bench.scale import markdown as scale_markdown
+from bench.scale import measure as measure_scale
 from bench.workload import fresh_table
 from conftest import Azurite
 from mapping.entity import ConnectionEntity
@@ -157,3 +161,32 @@ def test_the_report_holds_the_audiences_and_grace_goals() -> None:
     assert all(line.endswith(("| yes |", f"| {NOT_COUNTED} |")) for line in rows), rows
     assert sum(line.endswith(f"| {NOT_COUNTED} |") for line in rows) == 2  # the hub audience, for comparison
     assert sum("1,000 connections online" in line for line in rows) == 4
+
+
+async def test_the_sweep_at_scale_keeps_its_bounds_at_smoke_size(azurite: Azurite) -> None:
+    """At smoke size the scale bench's counts keep the goals docs/scale.md states (no timing is asserted): SignalR
+    requests per listing <= N/200 + K + 10, table requests per sweep of N quiet listed connections <= N/200 + 20, and
+    the busiest index partition's share <= 1/S + 5%; every connection is listed and none is deleted."""
+    plan = ScalePlan(connections=2000, latency_ms=0, index_writes=1000, index_users=200, connects=200, users=200)
+    results = await measure_scale(plan, connection_string=azurite.connection_string)
+    listings = {run["groups"]: run for run in results["listings"]}
+    assert set(listings) == {1, 16}
+    for groups, run in listings.items():
+        assert run["listed"] == 2000
+        assert run["signalr_requests"] <= 2000 / 200 + groups + 10
+    assert listings[1]["signalr_requests"] == 2000 // 200  # one group, its pages in turn
+    spreads = {(run["run"], run["shards"]): run for run in results["spreads"]}
+    assert set(spreads) == {(run, shards) for run in ("index writes", "connects") for shards in (1, 8)}
+    for (run, shards), spread in spreads.items():
+        assert spread["index_writes"] == (1000 if run == "index writes" else 200)
+        assert len(spread["index_totals"]) == shards
+        assert max(spread["index_totals"].values()) / spread["index_writes"] <= 1 / shards + 0.05, (run, shards)
+        if run == "connects":
+            swept = spread["sweep"]
+            assert (swept["listed"], swept["deleted"], swept["complete"]) == (200, 0, True)
+            assert swept["table_requests"] <= 200 / 200 + 20
+            assert swept["signalr_requests"] <= 200 / 200 + swept["groups"] + 10
+    assert all(met for _what, _measured, _goal, met in scale_goals(results))
+    section = "\n".join(scale_markdown(results, heading="##"))
+    assert "## The sweep at scale" in section
+    assert "**no**" not in section
