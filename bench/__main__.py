@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench.audience import AudiencePlan, measure_audiences
 from bench.coldstart import measure_cold_start
 from bench.load import Sample, drive, summarise
 from bench.report import write_report
@@ -34,7 +35,8 @@ CONCURRENCY = (1, 8, 32)
 
 @dataclass(frozen=True)
 class Plan:
-    """How much to run: rounds, operations and seconds per cell, warm-ups, cold-start runs, rows to sweep."""
+    """How much to run: rounds, operations and seconds per cell, warm-ups, cold-start runs, rows to sweep, and the
+    SignalR connections online in the audiences section."""
 
     rounds: int
     max_ops: int
@@ -42,10 +44,11 @@ class Plan:
     warmup: int
     cold_repetitions: int
     sweep_rows: int
+    online: int
 
 
-FULL = Plan(rounds=2, max_ops=600, max_seconds=2.5, warmup=20, cold_repetitions=9, sweep_rows=100)
-SMOKE = Plan(rounds=1, max_ops=6, max_seconds=0.5, warmup=2, cold_repetitions=1, sweep_rows=10)
+FULL = Plan(rounds=2, max_ops=600, max_seconds=2.5, warmup=20, cold_repetitions=9, sweep_rows=100, online=1000)
+SMOKE = Plan(rounds=1, max_ops=6, max_seconds=0.5, warmup=2, cold_repetitions=1, sweep_rows=10, online=40)
 
 
 async def measure_cell(connection: str, plan: Plan, event: Event, concurrency: int, impl: str, round_: int) -> Sample:
@@ -123,6 +126,8 @@ async def run(plan: Plan, out: Path, *, smoke: bool) -> None:
         every_round, samples = await measure_events(connection, plan)
         logger.info("counting round trips")
         round_trips = await count_round_trips(connection, sweep_rows=plan.sweep_rows)
+        logger.info("measuring audiences and grace (%d connections online)", plan.online)
+        audiences = await measure_audiences(azurite, AudiencePlan(online=plan.online))
         logger.info("measuring cold start")
         cold = await asyncio.to_thread(
             measure_cold_start, repetitions=plan.cold_repetitions, app_env=app_environment(connection, "coldstart")
@@ -135,12 +140,18 @@ async def run(plan: Plan, out: Path, *, smoke: bool) -> None:
         "samples": [sample.to_json() for sample in samples],
         "all_rounds": [sample.to_json() for sample in every_round],
         "round_trips": round_trips,
+        "audiences": audiences,
         "cold_start": cold,
         **({"scale": scale} if scale else {}),
         "duration_seconds": round(time.monotonic() - started, 1),
     }
     write_report(results, out)
     logger.info("wrote %s in %.0f s", out / "latest.md", time.monotonic() - started)
+    missed = [row["figure"] for row in audiences["figures"] if not row["met"]]
+    for figure in missed:
+        logger.error("audiences and grace: over its goal: %s", figure)
+    if missed and smoke:
+        raise SystemExit(f"{len(missed)} audience figure(s) over their goals (see {out / 'latest.md'})")
 
 
 def main() -> None:

@@ -229,7 +229,7 @@ class MinimalFloor(_Client):
             self._online(await self._partition(user))
 
     async def join(self, user: str, room: str) -> bool:
-        """Three requests, one when already a member.
+        """Four requests (two when already a member): the membership's three (one), then the snapshot's query.
 
         "Members of a room" and "rooms of a user" are each one partition query, so a membership is a row in
         the room's partition and a row in the user's: two partitions (a room's members are many users),
@@ -241,9 +241,15 @@ class MinimalFloor(_Client):
         the other order would list nobody half-way but could leave a member no reader of the room finds.
         Already a member: the read says so. (A user's very first room could skip the read by creating the
         guard blind, failing over to a read when it exists: two requests then, four for every later room.)
+
+        A join answers the caller a snapshot of the room's members with their presence, read after the
+        caller is a member (a change committed meanwhile must be in it or heard): at least one query of the
+        room's partition (1,000 rows a page), whatever holds the presence, since the room's members are known
+        only from there; a design whose snapshot needs more (one read per member) costs more, never less.
         """
         rows = await self._partition(user)
         if self._row(rows, self.MEMBER + room) is not None:
+            await self._members(room)
             return False
         if sum(str(row["RowKey"]).startswith(self.MEMBER) for row in rows) >= MAX_ROOMS:
             raise ValueError("at most 100 rooms")
@@ -256,7 +262,14 @@ class MinimalFloor(_Client):
         else:
             options = {"mode": UpdateMode.MERGE, "etag": guard.metadata["etag"], "match_condition": IF_MATCH}
             await self.client.submit_transaction([membership, ("update", bump, options)])
+        await self._members(room)
         return True
+
+    async def _members(self, room: str) -> None:
+        """The snapshot: the room's partition, one query a thousand members."""
+        query = self.client.query_entities(PARTITION, parameters={"pk": self.MEMBERS + room}, results_per_page=1000)
+        async for _row in query:
+            pass
 
     async def leave(self, user: str, room: str) -> bool:
         """One request: the user's row, the truth, deleted blind.
@@ -265,7 +278,9 @@ class MinimalFloor(_Client):
         room already keeps a member only if the user's row is there, so the room's row may stay; deleting
         it in the leave would race a join of the same user (the join's row written, then deleted by the
         leave's late second request): a reader clears it instead, on the ETag it read, once no join can be
-        writing it.
+        writing it. This is the least for the leave alone; it leaves a snapshot (the join's) to verify each
+        listed member, so a design whose snapshot is the one query of the room's partition must also mark
+        the room's row in the leave (2 requests, as the app does: roster C3).
         """
         await self.client.delete_entity(user, self.MEMBER + room)
         return True

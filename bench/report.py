@@ -73,6 +73,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         *_headline(all_ratios, levels),
         _round_trip_summary(results["round_trips"]),
+        *_audience_summary(results.get("audiences")),
         "",
         "## Ratios",
         "",
@@ -115,6 +116,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         *round_trip_section(results["round_trips"]),
         "",
+        *audience_section(results.get("audiences")),
         "## Cold start",
         "",
         "Each case in a fresh interpreter (this machine's Python, `.pyc` files already written), "
@@ -198,8 +200,9 @@ def round_trip_section(rows: list[dict[str, Any]]) -> list[str]:
         "(`bench/floor.py`, `MinimalFloor`, says why for each): connect and disconnect one write and one query of the "
         "user's partition; send and presence reads one query; join one read of the user's partition, the room's "
         "member row, and one transaction (the user's membership row with a guard row on its ETag, so racing joins "
-        "keep the 100-room limit); leave the user's membership row deleted blind; setStatus one read and one "
-        "transaction "
+        "keep the 100-room limit), then the snapshot it answers, one query of the room's partition (a member "
+        "already: the read and the snapshot); leave the user's membership row deleted blind; setStatus one read "
+        "and one transaction "
         "(the status in the row, and a version rewritten on its ETag, so the highest version is the current "
         "status). **floor** is the app's design as bare SDK calls. **naive**: `bench/naive.py`.",
         "",
@@ -234,6 +237,90 @@ def round_trip_section(rows: list[dict[str, Any]]) -> list[str]:
         "(milliseconds in-region), so these counts carry over to Azure when the local timings do not.",
     ]
     return lines
+
+
+def audience_section(audiences: dict[str, Any] | None) -> list[str]:
+    """Render the audiences-and-grace section: each figure beside its goal, then how it was measured."""
+    if not audiences:
+        return []
+    plan, fanout = audiences["plan"], audiences["fanout"]
+    lines = [
+        "## Audiences and grace",
+        "",
+        "Who hears a presence change, counted as Azure SignalR Service bills it (one message per recipient "
+        "connection: the emulator's `/admin/messages`), and the table and queue requests of a reload, a last "
+        "disconnect, its grace decision, a big room's snapshot and a change of a user in R rooms (on the wire, "
+        "through the bench's proxies). Goals from the issue; *met* when the figure is within its bound.",
+        "",
+        "| figure | measured | goal | met |",
+        "|---|---:|---|---|",
+    ]
+    for row in audiences["figures"]:
+        met = "–" if row["bound"] is None else "yes" if row["met"] else "**no**"
+        lines.append(f"| {row['figure']} | {row['measured']:,} | {row['goal']} | {met} |")
+    scoped = fanout["scoped"]
+    reload = scoped["reload"]
+    lines += [
+        "",
+        f"- **Fan-out** (the real system: the SignalR emulator and the local host as processes, "
+        f"{fanout['online']:,} connections opened by light Python clients speaking the JSON hub protocol, in "
+        f"{fanout['open_seconds']:.0f} s; grace {plan['grace_seconds']} s): the subject, one tab, is in "
+        f"{plan['rooms']} rooms of {plan['room_size']} members and {plan['watchers']} connections watch it, so its "
+        f"audience is {plan['audience']} connections (its own tab hears each room's copy too). A setStatus billed "
+        f"{scoped['set_status']['billed_presence']} messages "
+        f"({_groups(scoped['set_status']['by_group'])}); its last disconnect, announced by the grace decision, "
+        f"{scoped['last_disconnect']['billed_presence']} (its tab is gone). The clients counted "
+        f"{scoped['set_status']['received_presence']} and {scoped['last_disconnect']['received_presence']} "
+        "received. Then the host is restarted with `PRESENCE_AUDIENCE=hub` (the clients stay connected to the "
+        f"emulator): {fanout['hub']['set_status']['billed_presence']:,} and "
+        f"{fanout['hub']['last_disconnect']['billed_presence']:,}, one per connection of the hub.",
+        f"- **Reload** within the grace: the subject's tab closes and a new one opens once the disconnect is "
+        f"handled; the decision, due {plan['grace_seconds']} s later, finds the user back. Table requests "
+        f"{_ops(reload['table'])}; the app's queue requests {_ops(reload['app_queue'])}; the queue trigger's own "
+        f"polling besides (the Functions host's, billed by Azure too, not counted as the app's): "
+        f"{_ops(reload['trigger_queue'])}.",
+        "- **Requests** (in-process: the app's functions called as the host calls them, grace 1 s, after a warm-up "
+        "user doing the same): a user in R rooms with one tab sets a status (the read, the index entry, the "
+        "transaction, one copy per room), closes its tab (the row stamped ended, the decision enqueued) and its "
+        "grace decision runs (the read, the transaction, one copy per room). A join into a room whose member index "
+        f"holds {audiences['requests']['snapshot']['members']:,} rows: its snapshot is the index queries (1,000 "
+        "rows a page; the joiner's own row makes one more), beside the join's own requests "
+        f"({_ops(audiences['requests']['snapshot']['join'])} in all).",
+        "",
+    ]
+    return lines
+
+
+def _ops(counted: dict[str, Any]) -> str:
+    detail = ", ".join(f"{op} {n}" for op, n in counted["by_operation"].items())
+    return f"{counted['total']}" + (f" ({detail})" if detail else "")
+
+
+def _groups(by_group: dict[str, int]) -> str:
+    presence = sum(n for group, n in by_group.items() if group.startswith("~presence."))
+    rooms = ", ".join(f"{group} {n}" for group, n in by_group.items() if not group.startswith("~presence."))
+    return f"the presence group {presence}" + (f", {rooms}" if rooms else "")
+
+
+def _audience_summary(audiences: dict[str, Any] | None) -> list[str]:
+    if not audiences:
+        return []
+    rows = {row["key"]: row for row in audiences["figures"]}
+    bounded = [row for row in rows.values() if row["bound"] is not None]
+    missed = [row["figure"] for row in bounded if not row["met"]]
+    online = audiences["fanout"]["online"]
+    return [
+        f"- Audiences and grace: a setStatus reaches {rows['fanout_scoped_set_status']['measured']} connections of "
+        f"{online:,} online ({rows['fanout_hub_set_status']['measured']:,} with `PRESENCE_AUDIENCE=hub`); a reload "
+        f"within the grace announces {rows['reload_messages']['measured']} and makes "
+        f"{rows['reload_table_requests']['measured']} table requests and {rows['reload_queue_requests']['measured']} "
+        "queue request(s) in all; "
+        + (
+            f"all {len(bounded)} bounded figures within their goals."
+            if not missed
+            else f"{len(missed)} of {len(bounded)} bounded figures over their goals: {'; '.join(missed)}."
+        )
+    ]
 
 
 def round_trip_line(row: dict[str, Any]) -> str:

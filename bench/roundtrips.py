@@ -347,7 +347,12 @@ SCENARIOS: list[tuple[str, dict[str, Any], str]] = [
     ("GET users/{user} (10 connections)", {"kind": "presence", "connections": 10}, ""),
 ]
 CLIENT_SCENARIOS: list[tuple[str, dict[str, Any], str]] = [
-    ("join(room), a new room (one tab, in 1 room)", {"kind": "join"}, ""),
+    (
+        "join(room), a new room (one tab, in 1 room)",
+        {"kind": "join"},
+        "the index row's pending flag cleared once the membership commits (roster C3: until then a snapshot "
+        "checks the row against the user's partition)",
+    ),
     ("join(room), already a member", {"kind": "join", "member": True}, ""),
     (
         "join(room) on an instance that did not open the tab",
@@ -362,7 +367,9 @@ CLIENT_SCENARIOS: list[tuple[str, dict[str, Any], str]] = [
     (
         "leave(room), a member (one tab, in 2 rooms)",
         {"kind": "leave"},
-        "the read: the leave commits on the presence row's ETag (R2) and removes the live connections from the group",
+        "the read (the leave commits on the presence row's ETag, R2, and removes the live connections from the "
+        "group), and the index row flagged pending (roster C3), so a snapshot, one query of the room, need not "
+        "verify every member",
     ),
 ]
 

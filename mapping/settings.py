@@ -257,17 +257,24 @@ def _hub_name(env: Mapping[str, str]) -> str:
     return hub
 
 
-def _positive_int(env: Mapping[str, str], name: str, default: int, *, maximum: int = MAX_SECONDS) -> int:
+def _whole_number(
+    env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int, unit: str = ""
+) -> int:
+    """Return a whole-number setting between `minimum` and `maximum`, or its default when unset."""
     raw = _value(env, name)
     if raw is None:
         return default
     try:
         value = int(raw)
     except ValueError:
-        raise ConfigurationError(f"{name} must be a whole number of seconds, got {raw!r}") from None
-    if not 1 <= value <= maximum:
-        raise ConfigurationError(f"{name} must be between 1 and {maximum}, got {value}")
+        raise ConfigurationError(f"{name} must be a whole number{unit}, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise ConfigurationError(f"{name} must be between {minimum} and {maximum}, got {value}")
     return value
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int, *, maximum: int = MAX_SECONDS) -> int:
+    return _whole_number(env, name, default, minimum=1, maximum=maximum, unit=" of seconds")
 
 
 def _boolean(env: Mapping[str, str], name: str, *, default: bool) -> bool:
@@ -293,28 +300,11 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
 
 def _count(env: Mapping[str, str], name: str, default: int, maximum: int) -> int:
     """Return a count setting from 1 (one partition or group: the layout before shards) up to `maximum`."""
-    raw = _value(env, name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from None
-    if not 1 <= value <= maximum:
-        raise ConfigurationError(f"{name} must be between 1 and {maximum}, got {value}")
-    return value
+    return _whole_number(env, name, default, minimum=1, maximum=maximum)
 
 
 def _grace_seconds(env: Mapping[str, str]) -> int:
     """Return PRESENCE_GRACE_SECONDS: 0 (announce offline at once) up to an hour."""
-    name = "PRESENCE_GRACE_SECONDS"
-    raw = _value(env, name)
-    if raw is None:
-        return DEFAULT_GRACE_SECONDS
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name} must be a whole number of seconds, got {raw!r}") from None
-    if not 0 <= value <= MAX_GRACE_SECONDS:
-        raise ConfigurationError(f"{name} must be between 0 and {MAX_GRACE_SECONDS}, got {value}")
-    return value
+    return _whole_number(
+        env, "PRESENCE_GRACE_SECONDS", DEFAULT_GRACE_SECONDS, minimum=0, maximum=MAX_GRACE_SECONDS, unit=" of seconds"
+    )

@@ -8,10 +8,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from bench.audience import AudiencePlan, measure_audiences
 from bench.floor import Floor
 from bench.naive import NaiveFunctions
-from bench.proxy import CountingProxy, classify
-from bench.report import NOT_COUNTED, ROUND_TRIP_IMPLS, round_trip_line
+from bench.proxy import CountingProxy, classify, classify_queue
+from bench.report import NOT_COUNTED, ROUND_TRIP_IMPLS, audience_section, round_trip_line
 from bench.roundtrips import CLIENT_SCENARIOS, count_client_round_trips
 from bench.scale import Plan as ScalePlan
 from bench.scale import goals as scale_goals
@@ -31,6 +32,14 @@ def test_classify_names_table_operations() -> None:
     assert classify("DELETE", "/devstoreaccount1/t(PartitionKey='a',RowKey='b')") == "delete"
     assert classify("GET", "/devstoreaccount1/t()?$filter=PartitionKey%20eq%20'a'") == "query"
     assert classify("POST", "/devstoreaccount1/$batch") == "batch"
+
+
+def test_classify_queue_names_queue_operations() -> None:
+    """Queue requests are named too: the app's enqueue apart from its trigger's polls and deletes."""
+    assert classify_queue("POST", "/devstoreaccount1/presence-grace/messages?visibilitytimeout=15") == "put message"
+    assert classify_queue("GET", "/devstoreaccount1/presence-grace/messages?numofmessages=16") == "get messages"
+    assert classify_queue("DELETE", "/devstoreaccount1/presence-grace/messages/abc?popreceipt=x") == "delete message"
+    assert classify_queue("PUT", "/devstoreaccount1/presence-grace") == "create queue"
 
 
 async def test_proxy_counts_each_request_on_the_wire(azurite: Azurite) -> None:
@@ -100,7 +109,8 @@ async def test_client_events_make_the_requests_the_report_says(azurite: Azurite,
     assert elsewhere["ours"]["by_operation"] == {"query": 3, "upsert/update (merge)": 3, "batch": 2}
     assert status["ours"]["by_operation"] == {"query": 1, "upsert/update (merge)": 1, "batch": 1}
     assert leave["ours"]["by_operation"] == {"query": 1, "upsert/update (merge)": 1, "batch": 1}
-    assert [row["minimal"]["total"] for row in (join, member, status, leave)] == [3, 1, 2, 1]
+    # The minimal join includes the snapshot it answers (one query of the room's members).
+    assert [row["minimal"]["total"] for row in (join, member, status, leave)] == [4, 2, 2, 1]
 
 
 def test_the_report_names_each_client_event() -> None:
@@ -109,6 +119,48 @@ def test_the_report_names_each_client_event() -> None:
     for label in ("join(room)", "setStatus(status)", "leave(room)"):
         timed = re.findall(rf"^\| {re.escape(label)} \(SignalR [^|]*\| (1|8|32) \|", text, flags=re.MULTILINE)
         assert len(timed) == 2 * 3, label  # the ratio table and the throughput table, three concurrencies each
+
+
+async def test_audiences_and_grace_hold_their_goals(azurite: Azurite, restored_environment: None) -> None:
+    """The audiences section, small (30 connections online): a change reaches its audience, not the hub; a reload
+    within the grace announces nothing; the requests of a reload, a last disconnect, its decision, a 1,000-member
+    room's snapshot and a change in R rooms stay within their goals. Counts only, no timings."""
+    plan = AudiencePlan(online=30)
+    results = await measure_audiences(azurite, plan)
+    fanout, requests = results["fanout"], results["requests"]
+    for event in ("set_status", "last_disconnect"):
+        scoped, hub = fanout["scoped"][event], fanout["hub"][event]
+        assert 0 < scoped["billed_presence"] <= plan.audience, (event, scoped)
+        assert scoped["billed_presence"] == scoped["received_presence"], event  # billed = delivered
+        assert hub["billed_presence"] >= plan.online - 1 > plan.audience, (event, hub)
+    reload = fanout["scoped"]["reload"]
+    assert (reload["billed_presence"], reload["received_presence"]) == (0, 0)
+    assert reload["table"]["total"] <= 5, reload["table"]
+    assert reload["app_queue"]["by_operation"] == {"put message": 1}
+    r0 = requests["changes"]["0"]
+    assert r0["disconnect"]["table"]["total"] <= 2
+    assert r0["disconnect"]["queue"]["by_operation"] == {"put message": 1}
+    assert r0["decision"]["table"]["total"] <= 2
+    assert requests["snapshot"]["listed"] == plan.big_room + 1
+    assert requests["snapshot"]["snapshot"] <= 10
+    for rooms, counted in requests["changes"].items():
+        assert counted["set_status"]["table"]["total"] <= 3 + int(rooms), (rooms, counted)
+        assert counted["decision"]["table"]["total"] <= 3 + int(rooms), (rooms, counted)
+    assert all(row["met"] for row in results["figures"]), [r for r in results["figures"] if not r["met"]]
+    section = "\n".join(audience_section(results))
+    assert section.startswith("## Audiences and grace")
+    assert section.count("| yes |") == sum(row["bound"] is not None for row in results["figures"])
+
+
+def test_the_report_holds_the_audiences_and_grace_goals() -> None:
+    """The committed report has the Audiences and grace section: 1,000 connections online, every bounded figure
+    within its goal (the hub figures are for comparison)."""
+    section = LATEST.read_text().split("\n## Audiences and grace\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| figure ")]
+    assert len(rows) == 17, rows
+    assert all(line.endswith(("| yes |", f"| {NOT_COUNTED} |")) for line in rows), rows
+    assert sum(line.endswith(f"| {NOT_COUNTED} |") for line in rows) == 2  # the hub audience, for comparison
+    assert sum("1,000 connections online" in line for line in rows) == 4
 
 
 async def test_the_sweep_at_scale_keeps_its_bounds_at_smoke_size(azurite: Azurite) -> None:

@@ -265,7 +265,7 @@ async def test_unwatch_ends_a_subscription(stack: Stack, clients: SignalRClients
     billed = await settled_billing(stack)
     assert billed["byGroup"] == {presence_group(ann): 1, presence_group(bob): 2}, billed
     assert [e for e in presence_heard(clients, "w1", ann) if e["status"]] == []
-    assert errors(clients, "w1") == [{"error": "not a member of this room", "room": "no-such-room"}]
+    assert errors(clients, "w1") == [{"error": "not a member of this room", "room": "no-such-room", "call": "sync"}]
 
 
 async def test_join_and_watch_answer_snapshots_that_converge_with_changes_by_version(
@@ -432,7 +432,8 @@ async def test_bad_input_gets_one_error_and_changes_nothing(
     assert says in error["error"], error
     assert error.get("retry") is None
     if method == "sync" and arguments == [OTHER_ROOM]:
-        assert error == {"error": "not a member of this room", "room": other}
+        assert error == {"error": "not a member of this room", "room": other, "call": "sync"}
+    assert error["call"] == method
     assert [e for e in clients.events[seen:] if e.get("event") == "message"] == [
         {"id": "h1", "event": "message", "target": "error", "args": [error]}
     ]
@@ -468,9 +469,10 @@ async def test_the_watch_policy_refuses_with_one_error_and_allows_room_mates(azu
             billed = await settled_billing(stack)
             assert billed["byTargetAndKind"] == {"error": {"connection": 1}}, billed
             if policy == "nobody":
-                assert refused == {"error": "watching users is turned off (PRESENCE_WATCH=nobody)"}
+                assert refused == {"error": "watching users is turned off (PRESENCE_WATCH=nobody)", "call": "watch"}
             else:
-                assert refused == {"error": "may watch only users who share a room with you", "refused": [max_]}
+                says = "may watch only users who share a room with you"
+                assert refused == {"error": says, "refused": [max_], "call": "watch"}
             assert syncs(clients, "k1")[1:] == []  # only the join's snapshot
 
             await clients.send("k1", "watch", [lee])

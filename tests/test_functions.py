@@ -450,6 +450,7 @@ async def test_timer_sweep_with_nothing_stale_sends_nothing() -> None:
 
 async def test_timer_sweep_asks_signalr_when_configured(monkeypatch: pytest.MonkeyPatch) -> None:
     """With AzureSignalRConnectionString set, the timer checks rows past half their lease with the service."""
+    from mapping.liveness import listing_group
     from testkit.signalr_rest import signalr_rest
 
     async with signalr_rest() as rest:
@@ -466,7 +467,8 @@ async def test_timer_sweep_asks_signalr_when_configured(monkeypatch: pytest.Monk
         assert [c.connection_id for c in await runtime.store().connections_of("zoe")] == ["alive"]
         # zoe stays online on one connection fewer; the one the listing lacked but HEAD found is re-added to the group
         actions = [m for m in out.messages if "action" in m]
-        assert actions == [{"action": "add", "groupName": "~connections", "connectionId": "alive"}]
+        group = listing_group("alive", runtime.settings().listing_groups)
+        assert actions == [{"action": "add", "groupName": group, "connectionId": "alive"}]
         presence = [m for m in out.messages if "action" not in m]
         assert versionless(presence) == [
             {

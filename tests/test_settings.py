@@ -56,6 +56,16 @@ def test_presence_settings_are_read_by_their_names() -> None:
     assert settings.presence_grace == timedelta(0)
 
 
+def test_shard_and_group_counts_are_read_by_their_names() -> None:
+    """MAPPING_INDEX_SHARDS and MAPPING_LISTING_GROUPS are read; unset, they default to 8 and 16."""
+    settings = Settings.from_environment(
+        {"MAPPING_STORAGE": "x", "MAPPING_INDEX_SHARDS": "1", "MAPPING_LISTING_GROUPS": "3"}
+    )
+    assert (settings.index_shards, settings.listing_groups) == (1, 3)
+    defaults = Settings.from_environment({"MAPPING_STORAGE": "x"})
+    assert (defaults.index_shards, defaults.listing_groups) == (8, 16)
+
+
 def test_mapping_storage_wins_over_the_host_storage() -> None:
     """MAPPING_STORAGE is used when both it and AzureWebJobsStorage are set."""
     settings = Settings.from_environment({"MAPPING_STORAGE": "A=1", "AzureWebJobsStorage": "B=2"})
@@ -112,6 +122,10 @@ def test_host_storage_fallbacks(env: dict[str, str], expected: tuple[str | None,
         {"MAPPING_STORAGE": "x", "PRESENCE_GRACE_SECONDS": "-1"},
         {"MAPPING_STORAGE": "x", "PRESENCE_GRACE_SECONDS": "3601"},
         {"MAPPING_STORAGE": "x", "PRESENCE_GRACE_SECONDS": "1.5"},
+        {"MAPPING_STORAGE": "x", "MAPPING_INDEX_SHARDS": "0"},
+        {"MAPPING_STORAGE": "x", "MAPPING_INDEX_SHARDS": "1000"},
+        {"MAPPING_STORAGE": "x", "MAPPING_LISTING_GROUPS": "many"},
+        {"MAPPING_STORAGE": "x", "MAPPING_LISTING_GROUPS": "0"},
     ],
 )
 def test_bad_settings_raise_a_configuration_error(env: dict[str, str]) -> None:
