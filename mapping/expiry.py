@@ -131,12 +131,6 @@ class ExpiryIndex:
         cutoff = datetime.fromtimestamp(upper, UTC)
         return [self._pages(lower, upper_key, cutoff=cutoff) for lower, upper_key in ranges]
 
-    async def pages(self, *, before: datetime) -> AsyncIterator[list[IndexEntry]]:
-        """Yield pages of the entries of buckets that began before `before` (each reader in turn)."""
-        for reader in self.readers(before=before):
-            async for page in reader:
-                yield page
-
     async def _pages(self, lower: str, upper: str, *, cutoff: datetime) -> AsyncIterator[list[IndexEntry]]:
         async for page in self._table.pages(
             "PartitionKey ge @lower and PartitionKey lt @upper",
