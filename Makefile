@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SHELL := bash
 
-.PHONY: install install-browser test casefold lint reliability bench bench-smoke bench-sweep run run-func azurite validate-infra smoke-azure smoke-local clean
+.PHONY: install install-browser dist test casefold lint reliability bench bench-smoke bench-sweep run run-func azurite validate-infra smoke-azure smoke-local clean
 
 # Ports of the local stack (`make run HOST_PORT=7072 EMULATOR_PORT=8889`).
 HOST_PORT ?= 7071
@@ -32,6 +32,12 @@ install-browser:
 	@test -x /usr/bin/chromium || { \
 	  sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$sudo apt-get update && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y chromium; }
+
+# The wheel (and sdist) other Functions apps install: the library and its blueprint, in dist/ (README, "Add to your
+# own app").
+dist: install
+	rm -rf dist
+	$(BIN)/python -m build --wheel --sdist --no-isolation --outdir dist .
 
 # Every test, end-to-end ones included, against an Azurite the tests start themselves; then the browser library's
 # tests (Node's own runner) against a stack they start themselves.
@@ -109,4 +115,4 @@ smoke-local: install
 	$(BIN)/python local/scripts/smoke.py local --url http://localhost:$(HOST_PORT)
 
 clean:
-	rm -rf $(VENV) .venv-infra node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis .reliability
+	rm -rf dist $(VENV) .venv-infra node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis .reliability

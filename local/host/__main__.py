@@ -85,7 +85,10 @@ async def serve(args: argparse.Namespace) -> None:
         queue_options = QueueOptions.from_host_json(host_json)
     except settings.SettingsError as error:
         raise SystemExit(f"{args.host_json}: {error}") from None
-    specs = load_functions(_load_app(args.app))
+    try:
+        specs = load_functions(_load_app(args.app))
+    except Exception as error:  # as the Functions host does, an app that fails to index serves nothing
+        raise SystemExit(f"Worker failed to index functions: {type(error).__name__}: {error}") from None
     prefix = _route_prefix(host_json)
     app = create_app(
         specs, route_prefix=prefix, static=static, queue_options=queue_options, function_keys=args.function_key

@@ -1,0 +1,132 @@
+"""The blueprint on someone else's app: registered beside its functions, refused at indexing on a name or route clash."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import azure.functions as func
+import pytest
+
+from mapping.blueprint import blueprint
+from mapping.registration import Registered, RegistrationError, clashes, register
+
+MAPPER_FUNCTIONS = 19
+
+
+def _app_with(*define: Callable[[func.FunctionApp], None], level: func.AuthLevel = func.AuthLevel.FUNCTION) -> Any:
+    """An "existing app" with the mapper registered first and then the app's own functions."""
+    app = func.FunctionApp(http_auth_level=level)
+    register(app)
+    for step in define:
+        step(app)
+    return app
+
+
+def _route(route: str, *, methods: list[str] | None = None, name: str = "mine") -> Callable[[func.FunctionApp], None]:
+    def define(app: func.FunctionApp) -> None:
+        @app.function_name(name)
+        @app.route(route=route, methods=methods)
+        def handler(req: func.HttpRequest) -> func.HttpResponse:
+            return func.HttpResponse("mine")
+
+    return define
+
+
+def _timer(name: str) -> Callable[[func.FunctionApp], None]:
+    def define(app: func.FunctionApp) -> None:
+        @app.function_name(name)
+        @app.timer_trigger(arg_name="timer", schedule="0 */5 * * * *")
+        def tick(timer: func.TimerRequest) -> None:
+            return None
+
+    return define
+
+
+def _auth_levels(app: Any) -> dict[str, str]:
+    levels: dict[str, str] = {}
+    for function in app.get_functions():
+        for binding in json.loads(function.get_function_json())["bindings"]:
+            if binding["type"] == "httpTrigger":
+                levels[str(function.get_function_name())] = binding["authLevel"]
+    return levels
+
+
+def test_the_mapper_and_the_apps_own_functions_index_together() -> None:
+    """An app's own HTTP function and timer index beside the mapper's 19 functions."""
+    app = _app_with(_route("hello", methods=["GET"], name="hello"), _timer("nightly"))
+    names = {str(function.get_function_name()) for function in app.get_functions()}
+    assert len(names) == MAPPER_FUNCTIONS + 2
+    assert {"hello", "nightly", "send", "negotiate", "sweep", "connected"} <= names
+
+
+def test_an_anonymous_app_does_not_open_the_mappers_keyed_routes() -> None:
+    """An app whose default auth level is anonymous still gets the mapper's keyed routes with a function key."""
+    levels = _auth_levels(_app_with(_route("hello", name="hello"), level=func.AuthLevel.ANONYMOUS))
+    assert levels["hello"] == "ANONYMOUS"
+    assert levels["send"] == levels["user_presence"] == levels["room_members"] == "FUNCTION"
+    assert levels["negotiate"] == levels["openapi"] == "ANONYMOUS"
+
+
+@pytest.mark.parametrize("name", ["send", "sweep", "Negotiate"])
+def test_a_function_name_clash_fails_at_indexing(name: str) -> None:
+    """An app function named like one of the mapper's (in any case) is refused when the host indexes the app."""
+    app = _app_with(_timer(name))
+    with pytest.raises(RegistrationError, match=f"(?i){name}.*(mapper|rename)"):
+        app.get_functions()
+
+
+@pytest.mark.parametrize(
+    ("route", "methods", "theirs"),
+    [
+        ("users/{id}", ["GET"], "user_presence"),
+        ("Users/{name:alpha}/", None, "user_presence"),
+        ("rooms/{r}/send", ["POST", "PUT"], "send_to_room"),
+        ("negotiate", None, "negotiate"),
+        ("OpenAPI.json", ["GET"], "openapi"),
+    ],
+)
+def test_a_route_clash_fails_at_indexing(route: str, methods: list[str] | None, theirs: str) -> None:
+    """An app route the host could not tell from one of the mapper's, with a method in common, is refused by name."""
+    app = _app_with(_route(route, methods=methods))
+    with pytest.raises(RegistrationError) as raised:
+        app.get_functions()
+    message = str(raised.value)
+    assert "'mine'" in message
+    assert repr(theirs) in message
+    assert "Rename the app's function or change its route" in message
+
+
+@pytest.mark.parametrize(
+    ("route", "methods"),
+    [("users/{id}", ["POST"]), ("users/me", ["GET"]), ("users/{id}/rooms", ["GET"]), ("presence/send", ["POST"])],
+)
+def test_routes_the_host_tells_apart_are_accepted(route: str, methods: list[str]) -> None:
+    """Another method on the same route, a literal beside a parameter, or a longer route do not clash."""
+    app = _app_with(_route(route, methods=methods))
+    assert len(app.get_functions()) == MAPPER_FUNCTIONS + 1
+
+
+def test_clashes_lists_every_pair() -> None:
+    """Two clashing app functions give two described clashes, and the mapper's functions alone give none."""
+    ours = [Registered("send", True, "send", frozenset({"POST"})), Registered("sweep", True, None, frozenset())]
+    theirs = [
+        Registered("send", False, None, frozenset()),
+        Registered("post_it", False, "SEND", frozenset({"POST"})),
+        Registered("other", False, "send", frozenset({"GET"})),
+    ]
+    assert clashes(ours) == []
+    found = clashes(ours + theirs)
+    assert len(found) == 2
+    assert "'send' has the name" in found[0]
+    assert "'post_it'" in found[1]
+
+
+def test_the_blueprint_holds_every_mapper_function() -> None:
+    """Each function of the blueprint is code of mapping.blueprint, so the clash checks know it as the mapper's."""
+    app = func.FunctionApp()
+    app.register_functions(blueprint)
+    registered = [Registered.of(function) for function in app.get_functions()]
+    assert len(registered) == MAPPER_FUNCTIONS
+    assert all(function.mapper for function in registered)
