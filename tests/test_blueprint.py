@@ -1,4 +1,4 @@
-"""The blueprint on someone else's app: registered beside its functions, refused at indexing on a name or route clash."""
+"""The blueprint on another app: registered beside its functions, refused at indexing on a name or route clash."""
 
 from __future__ import annotations
 
