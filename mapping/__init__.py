@@ -15,9 +15,10 @@ from mapping.events import on_connected, on_disconnected, on_send, on_timer
 from mapping.invocation import Invocation, parse_invocation
 from mapping.keys import connection_key, normalize_user_name, user_key
 from mapping.liveness import Liveness, LivenessCheck, SignalRLiveness
+from mapping.readers import UsersPage
 from mapping.send import SendRequest, parse_send_body, send_to_user
 from mapping.settings import Settings
-from mapping.store import ConnectionStore, UsersPage
+from mapping.store import ConnectionStore
 from mapping.sweep import SweepResult, sweep
 
 __all__ = [

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mapping.presence import PresenceChange
-    from mapping.store import UserView
+    from mapping.user_view import UserView
 
 logger = logging.getLogger(__name__)
 

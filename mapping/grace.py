@@ -39,7 +39,8 @@ from mapping.presence import PresenceChange
 from mapping.table import merge
 
 if TYPE_CHECKING:
-    from mapping.store import ConnectionStore, UserView
+    from mapping.store import ConnectionStore
+    from mapping.user_view import UserView
 
 logger = logging.getLogger(__name__)
 

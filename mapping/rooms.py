@@ -40,8 +40,9 @@ from mapping.errors import ConflictError, InvalidRequestError, RowChangedError, 
 from mapping.keys import membership_key, normalize_user_name, parse_room, room_partition, user_key
 from mapping.membership import IndexedMember, Membership, pending_fields
 from mapping.presence import PresenceChange, PresenceState, presence_write
-from mapping.store import ConnectionStore, UserView
+from mapping.store import ConnectionStore
 from mapping.table import Operation, create, delete, etag_of, merge, upsert
+from mapping.user_view import UserView
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ from mapping.errors import InvalidRequestError, RefusedError
 from mapping.keys import normalize_user_name, user_key
 from mapping.presence import PresenceChange, PresenceState
 from mapping.roster import RosterEntry
-from mapping.store import ConnectionStore, UserView
+from mapping.store import ConnectionStore
+from mapping.user_view import UserView
 
 MAX_WATCHED = 100  # users per watch or unwatch call
 _READS = 16  # watched users' partitions read at once
