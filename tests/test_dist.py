@@ -1,0 +1,293 @@
+"""The wheel: built from pyproject.toml, installed in a fresh virtual environment beside an existing app, run there."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import sysconfig
+import tomllib
+import venv
+import zipfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from packaging.requirements import Requirement
+
+from conftest import unique_table_name
+from testkit.azurite import ROOT, Azurite, _wait_listening, free_port, stop_process
+from testkit.hub_client import HubClient
+from testkit.local_stack import ACCESS_KEY, SECONDARY_KEY, signalr_connection_string
+
+pytestmark = pytest.mark.slow
+
+HUB = "chat"
+EXISTING_APP = """
+import json
+import os
+from pathlib import Path
+
+import azure.functions as func
+import mapping
+from mapping.registration import register
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+register(app)
+
+
+@app.function_name("{hello_name}")
+@app.route(route="{hello_route}", methods=["GET"])
+def hello(req: func.HttpRequest) -> func.HttpResponse:
+    body = {{"hello": req.params.get("name", "world"), "mapping": mapping.__file__}}
+    return func.HttpResponse(json.dumps(body), mimetype="application/json")
+
+
+@app.timer_trigger(arg_name="timer", schedule="* * * * * *")
+def tick(timer: func.TimerRequest) -> None:
+    with Path(os.environ["TICKS_FILE"]).open("a") as ticks:
+        ticks.write("tick\\n")
+"""
+
+
+def _requirement_lines(text: str) -> set[str]:
+    return {line.split("#")[0].strip() for line in text.splitlines() if line.split("#")[0].strip()}
+
+
+def _requirements(lines: set[str]) -> set[tuple[str, frozenset[str]]]:
+    """Each requirement as its name and its set of version clauses (order and spacing do not matter)."""
+    return {(r.name, frozenset(str(s) for s in r.specifier)) for r in map(Requirement, lines)}
+
+
+def test_the_declared_dependencies_are_requirements_txt() -> None:
+    """pyproject.toml declares exactly the runtime requirements that requirements.txt gives the Functions build."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert set(project["dependencies"]) == _requirement_lines((ROOT / "requirements.txt").read_text())
+    assert len(project["dependencies"]) == len(set(project["dependencies"]))
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel `make dist` builds (the same command), in a directory of its own."""
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
+    [built] = out.glob("*.whl")
+    return built
+
+
+def test_the_wheel_holds_the_library_its_blueprint_and_nothing_of_the_repository(wheel: Path) -> None:
+    """The wheel has every module of mapping/ (blueprint and OpenAPI document included), typed, and no app or tests."""
+    names = zipfile.ZipFile(wheel).namelist()
+    modules = {name for name in names if name.startswith("mapping/")}
+    assert modules == {f"mapping/{path.name}" for path in (ROOT / "mapping").iterdir() if path.suffix == ".py"} | {
+        "mapping/py.typed"
+    }
+    assert {"mapping/blueprint.py", "mapping/registration.py", "mapping/openapi.py"} <= modules
+    assert not [name for name in names if re.match(r"(tests|local|bench|testkit|client|infra)/|function_app", name)]
+    [metadata] = [name for name in names if name.endswith(".dist-info/METADATA")]
+    required = {
+        line.removeprefix("Requires-Dist: ")
+        for line in zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
+        if line.startswith("Requires-Dist: ")
+    }
+    assert _requirements(required) == _requirements(_requirement_lines((ROOT / "requirements.txt").read_text()))
+
+
+@pytest.fixture(scope="module")
+def fresh_python(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A new virtual environment with the wheel installed; its dependencies come from this one's, found offline."""
+    home = tmp_path_factory.mktemp("venv")
+    venv.create(home, with_pip=True)
+    python = home / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    # The installed dependencies of this environment, so that pip resolves the wheel's requirements without a network.
+    (Path(site) / "_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--no-index", str(wheel)], check=True, capture_output=True
+    )
+    return python
+
+
+@dataclass(frozen=True)
+class ExistingApp:
+    """An app of its own in a directory outside the repository, with the mapper registered beside its functions."""
+
+    directory: Path
+    ticks: Path
+
+
+def _existing_app(directory: Path, *, hello_name: str = "hello", hello_route: str = "hello") -> ExistingApp:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "function_app.py").write_text(EXISTING_APP.format(hello_name=hello_name, hello_route=hello_route))
+    (directory / "host.json").write_text((ROOT / "host.json").read_text())
+    # Only the local host comes from the repository (it is the stand-in for the Functions host), not mapping/.
+    tools = directory / "host-tools"
+    tools.mkdir(exist_ok=True)
+    (tools / "local").symlink_to(ROOT / "local")
+    return ExistingApp(directory, directory / "ticks.txt")
+
+
+def _host_command(python: Path, app: ExistingApp, port: int, settings: dict[str, str]) -> list[str]:
+    path = app.directory / "local.settings.json"
+    path.write_text(json.dumps({"IsEncrypted": False, "Values": {**settings, "TICKS_FILE": str(app.ticks)}}))
+    return [*(str(python), "-m", "local.host", "--host", "127.0.0.1", "--port", str(port), "--settings", str(path))]
+
+
+def _host_env(app: ExistingApp) -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(app.directory / "host-tools"), "HOME": str(app.directory)}
+
+
+def start_process(
+    command: list[str], port: int, log: Path, *, cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a process that listens on `port`, its output to `log`; fail with the log's end if it does not listen."""
+    with log.open("ab") as sink:
+        process = subprocess.Popen(command, cwd=cwd, stdout=sink, stderr=subprocess.STDOUT, env=env)
+    if not _wait_listening(port, process, timeout=60):
+        stop_process(process, timeout=5)
+        raise RuntimeError(f"{command[2]} did not start: " + log.read_text(errors="replace")[-3000:])
+    return process
+
+
+@dataclass(frozen=True)
+class Running:
+    """The existing app served by the local host from the fresh environment, beside the emulator."""
+
+    app: ExistingApp
+    host_url: str
+    emulator_url: str
+    table: str
+
+
+@pytest.fixture
+def running(fresh_python: Path, azurite: Azurite, tmp_path: Path) -> Iterator[Running]:
+    """Start the emulator (from this repository) and the existing app's host (from the fresh environment)."""
+    app = _existing_app(tmp_path / "existing-app")
+    emulator_port, host_port = free_port(), free_port()
+    emulator_url, host_url = f"http://127.0.0.1:{emulator_port}", f"http://127.0.0.1:{host_port}"
+    table = unique_table_name()
+    settings = {
+        "FUNCTIONS_WORKER_RUNTIME": "python",
+        "AzureWebJobsStorage": azurite.connection_string,
+        "MAPPING_STORAGE": azurite.connection_string,
+        "MAPPING_TABLE": table,
+        "SIGNALR_HUB": HUB,
+        "SWEEP_SCHEDULE": "0 */5 * * * *",
+        "AzureSignalRConnectionString": signalr_connection_string(emulator_port),
+    }
+    emulator = start_process(
+        [
+            *(sys.executable, "-m", "local.emulator", "--host", "127.0.0.1", "--port", str(emulator_port)),
+            *("--public-url", emulator_url, "--upstream", f"{host_url}/runtime/webhooks/signalr"),
+            *("--access-key", ACCESS_KEY, "--secondary-key", SECONDARY_KEY),
+        ],
+        emulator_port,
+        tmp_path / "emulator.log",
+    )
+    try:
+        host = start_process(
+            _host_command(fresh_python, app, host_port, settings),
+            host_port,
+            tmp_path / "host.log",
+            cwd=app.directory,
+            env=_host_env(app),
+        )
+        try:
+            yield Running(app, host_url, emulator_url, table)
+        finally:
+            stop_process(host, timeout=15)
+    finally:
+        stop_process(emulator, timeout=15)
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP session for the test."""
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
+async def _eventually_received(client: HubClient, *, seconds: float = 15.0) -> None:
+    for _ in range(int(seconds * 10)):
+        if client.messages:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the message never arrived")
+
+
+async def test_the_installed_mapper_and_the_apps_own_functions_both_work(
+    running: Running, session: aiohttp.ClientSession, fresh_python: Path
+) -> None:
+    """Served from the fresh environment, the mapper maps and delivers, and the app's HTTP function and timer run."""
+    async with session.get(f"{running.host_url}/api/hello", params={"name": "team"}) as response:
+        assert response.status == 200
+        hello = await response.json()
+    assert hello["hello"] == "team"
+    assert Path(hello["mapping"]).is_relative_to(fresh_python.parent.parent)  # the wheel's copy, not the repository's
+
+    client = await HubClient.open(session, running.emulator_url, hub=HUB, user="Ada", access_key=ACCESS_KEY)
+    try:
+        async with session.get(f"{running.host_url}/api/users/ada") as response:
+            assert response.status == 200
+            presence = await response.json()
+        assert presence["online"] is True
+        assert [c["connectionId"] for c in presence["connections"]] == [client.connection_id]
+        async with session.post(f"{running.host_url}/api/send", json={"to": "ada", "message": "hi"}) as response:
+            assert (response.status, await response.json()) == (200, {"to": "ada", "delivered": 1})
+        await _eventually_received(client)
+        assert any(arguments[-1] == "hi" or "hi" in json.dumps(arguments) for _, arguments in client.messages)
+    finally:
+        await client.close()
+
+    async with session.get(f"{running.host_url}/api/openapi.json") as response:
+        assert response.status == 200
+        assert (await response.json())["openapi"].startswith("3.1")
+    for _ in range(50):
+        if running.app.ticks.exists() and running.app.ticks.read_text().count("tick") >= 2:
+            break
+        await asyncio.sleep(0.1)
+    assert running.app.ticks.read_text().count("tick") >= 2
+
+
+@pytest.mark.parametrize(
+    ("hello_name", "hello_route", "expected"),
+    [
+        ("send", "hello", r"Function send does not have a unique function name.*connection mapper's functions"),
+        ("Sweep", "hello", r"'Sweep' has the name of the mapper's 'sweep'"),
+        (
+            "hello",
+            "users/{id}",
+            r"'hello' \(route 'users/\{id\}'\) answers GET on the route of the mapper's 'user_presence'",
+        ),
+    ],
+)
+def test_a_clash_with_the_apps_functions_fails_at_indexing(
+    fresh_python: Path, tmp_path: Path, hello_name: str, hello_route: str, expected: str
+) -> None:
+    """An app function with a mapper function's name, or its route and method, stops the host before it serves."""
+    app = _existing_app(tmp_path / "clashing-app", hello_name=hello_name, hello_route=hello_route)
+    port = free_port()
+    finished = subprocess.run(
+        _host_command(fresh_python, app, port, {"FUNCTIONS_WORKER_RUNTIME": "python", "SIGNALR_HUB": HUB}),
+        cwd=app.directory,
+        env=_host_env(app),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert finished.returncode != 0
+    assert "Worker failed to index functions: RegistrationError" in finished.stderr
+    assert re.search(expected, finished.stderr), finished.stderr[-2000:]
