@@ -36,6 +36,7 @@ from mapping.errors import InvalidRequestError, RowChangedError
 from mapping.keys import connection_key, normalize_user_name, user_key
 from mapping.lease import Lease
 from mapping.presence import PresenceChange
+from mapping.settle import settle
 from mapping.table import merge
 
 if TYPE_CHECKING:
@@ -106,7 +107,8 @@ class Grace:
             if not ended:
                 return None
             last = max(row.ended_at for row in ended.values() if row.ended_at is not None)
-            settled = await self.store.settle(
+            settled = await settle(
+                self.store,
                 view,
                 user_name=view.name(),
                 gone={key: row.etag or "" for key, row in ended.items()},

@@ -19,7 +19,7 @@ user `mapping.settle`, and what an instance remembers of its refreshes `mapping.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -37,7 +37,6 @@ from mapping.presence import PresenceChange, decide, presence_write
 from mapping.readers import UserPresence, UsersPage
 from mapping.refresh_memory import RefreshMemory
 from mapping.settings import Settings
-from mapping.settle import Settled, settle
 from mapping.status import parse_status
 from mapping.table import Operation, Table, create, delete, merge
 from mapping.transactions import RowWrite, Written, transact, write_live_row
@@ -209,7 +208,7 @@ class ConnectionStore:
         presence = written.change or written.view.presence.announced_as(name, rooms=written.view.rooms)
         return TouchOutcome(True, presence, self._rooms_if_revived(written, row, moment))
 
-    # -- readers and the sweep's step (mapping.readers, mapping.user_view, mapping.settle) ----------
+    # -- readers (mapping.readers, mapping.user_view) ---------------------------------------------
 
     async def presence_of(self, user_name: str, *, now: datetime | None = None) -> UserPresence:
         """Return a user's presence as their rows give it now (one query), with their connections and rooms."""
@@ -228,27 +227,6 @@ class ConnectionStore:
     async def read_user(self, partition: str) -> UserView:
         """Read a user's connection rows and presence row with one query (P2)."""
         return await read_user(self.table, partition)
-
-    async def settle(
-        self,
-        view: UserView,
-        *,
-        user_name: str,
-        gone: Mapping[str, str],
-        alive: Mapping[str, str],
-        now: datetime,
-        gone_known_alive_until: datetime | None = None,
-    ) -> Settled:
-        """Apply the sweep's verdicts on one user and decide their presence (mapping.settle)."""
-        return await settle(
-            self,
-            view,
-            user_name=user_name,
-            gone=gone,
-            alive=alive,
-            now=now,
-            gone_known_alive_until=gone_known_alive_until,
-        )
 
     async def transact(self, operations: Sequence[Operation], *, action: str, singly: bool = False) -> None:
         """Run a transaction, or one call at a time when the service refuses this partition's transactions."""

@@ -40,6 +40,7 @@ from mapping.keys import connection_key, user_key
 from mapping.liveness import AGE_ONLY, Listing, Liveness, LivenessCheck, list_groups, listing_groups
 from mapping.presence import PresenceChange
 from mapping.roster import Roster
+from mapping.settle import settle
 from mapping.store import ConnectionStore
 
 logger = logging.getLogger(__name__)
@@ -307,8 +308,8 @@ async def _sweep_user(
     # A row a disconnect ended says when itself (EndedAt); the listing vouches only for rows nothing ended.
     unended = any(not row.ended_at for (_, row), verdict in zip(due, verdicts, strict=True) if verdict is Liveness.GONE)
     vouched = clock.now if service.reconciling and unended else None
-    settled = await store.settle(
-        view, user_name=name, gone=gone, alive=alive, now=clock.now, gone_known_alive_until=vouched
+    settled = await settle(
+        store, view, user_name=name, gone=gone, alive=alive, now=clock.now, gone_known_alive_until=vouched
     )
     result.deleted += settled.deleted
     result.refreshed += settled.refreshed

@@ -15,6 +15,7 @@ from faultproxy import Fault, FaultProxy, fault_proxy
 from mapping.errors import StorageError
 from mapping.liveness import Liveness
 from mapping.presence import PresenceChange
+from mapping.settle import settle
 from mapping.store import ConnectionStore
 from mapping.sweep import sweep
 
@@ -258,7 +259,7 @@ async def test_a_decision_made_on_a_stale_read_never_commits(store: ConnectionSt
         await other_instance.connect("max", "new", now=T0)
     finally:
         await other_instance.close()
-    settled = await store.settle(view, user_name="max", gone={"old": view.rows["old"].etag or ""}, alive={}, now=T0)
+    settled = await settle(store, view, user_name="max", gone={"old": view.rows["old"].etag or ""}, alive={}, now=T0)
     assert (settled.deleted, settled.online) == (1, True)
     assert (await store.read_user("max")).presence.online is True
     assert settled.change is None or settled.change.online is True

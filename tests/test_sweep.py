@@ -13,6 +13,7 @@ from conftest import Azurite, index_rows, table_rows
 from fake_service import FakeService
 from mapping.liveness import Liveness, SignalRLiveness
 from mapping.settings import SignalRConnection
+from mapping.settle import settle
 from mapping.store import ConnectionStore
 from mapping.sweep import sweep
 from testkit.signalr_rest import ACCESS_KEY, SignalRRest, signalr_rest
@@ -155,7 +156,7 @@ async def test_a_row_refreshed_between_read_and_delete_survives(store: Connectio
     view = await store.read_user("hank")
     judged = {key: row.etag or "" for key, row in view.rows.items()}
     assert (await store.touch("hank", "talking", now=NOW)).found is True
-    settled = await store.settle(view, user_name="hank", gone=judged, alive={}, now=NOW)
+    settled = await settle(store, view, user_name="hank", gone=judged, alive={}, now=NOW)
     assert settled.deleted == 1
     assert [c.connection_id for c in await store.connections_of("hank", now=NOW)] == ["talking"]
     assert settled.online is True  # still online through the refreshed tab
@@ -170,7 +171,7 @@ async def test_a_row_removed_by_a_disconnect_meanwhile_is_skipped(store: Connect
     view = await store.read_user("ivan")
     judged = {key: row.etag or "" for key, row in view.rows.items()}
     await store.disconnect("ivan", "c2", now=NOW)
-    settled = await store.settle(view, user_name="ivan", gone=judged, alive={}, now=NOW)
+    settled = await settle(store, view, user_name="ivan", gone=judged, alive={}, now=NOW)
     assert settled.deleted == 4
     assert await table_rows(azurite, store.settings.table_name) == []
 
@@ -182,7 +183,7 @@ async def test_an_entry_left_by_a_crash_after_the_row_delete_is_dropped_next_tim
     them and repeats the user's recorded offline state (the first sweep's announcement was lost)."""
     await store.connect("judy", "j1", now=ago(TTL.total_seconds() + 120))
     view = await store.read_user("judy")
-    settled = await store.settle(view, user_name="judy", gone={"j1": view.rows["j1"].etag or ""}, alive={}, now=NOW)
+    settled = await settle(store, view, user_name="judy", gone={"j1": view.rows["j1"].etag or ""}, alive={}, now=NOW)
     assert settled.change is not None
     assert settled.change.online is False
     result = await sweep(store, now=NOW)
