@@ -46,16 +46,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _pairs(items: list[str], what: str) -> dict[str, str]:
-    pairs: dict[str, str] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise SystemExit(f"{what} must look like NAME=VALUE, not {item!r}")
-        pairs[name] = value
-    return pairs
-
-
 def _host_json(path: Path) -> dict[str, Any]:
     """Read host.json (an absent or unreadable file counts as empty)."""
     try:
@@ -78,8 +68,10 @@ def _load_app(reference: str) -> Any:
 
 async def serve(args: argparse.Namespace) -> None:
     """Load the settings and the app, then serve until SIGINT or SIGTERM."""
-    settings.apply({**settings.load_local_settings(args.settings), **_pairs(args.setting, "--setting")})
-    static = {prefix: Path(directory) for prefix, directory in _pairs(args.static, "--static").items()}
+    overrides = settings.parse_name_value_pairs(args.setting, "--setting")
+    settings.apply({**settings.load_local_settings(args.settings), **overrides})
+    directories = settings.parse_name_value_pairs(args.static, "--static")
+    static = {prefix: Path(directory) for prefix, directory in directories.items()}
     host_json = _host_json(args.host_json)
     try:
         queue_options = QueueOptions.from_host_json(host_json)
