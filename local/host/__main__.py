@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import json
-import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from local import serving
 from local.host import settings
 from local.host.functions import load_functions
 from local.host.queues import QueueOptions
@@ -91,11 +89,7 @@ async def serve(args: argparse.Namespace) -> None:
         f"Local host: {base}/{prefix.strip('/')}/ (SignalR upstream {base}{SIGNALR_WEBHOOK}; {keys})",
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+    await serving.until_stopped()
     await runner.cleanup()
     await _close_app_clients()
 
@@ -111,10 +105,8 @@ async def _close_app_clients() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s host %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("azure").setLevel(logging.WARNING)
-    asyncio.run(serve(args))
-    return 0
+    log_format = "%(asctime)s host %(levelname)s %(name)s: %(message)s"
+    return serving.run(serve(args), log_level=args.log_level, log_format=log_format, quiet_logger="azure")
 
 
 if __name__ == "__main__":
