@@ -26,18 +26,6 @@ RECONCILED = SignalRConnection(endpoint="http://127.0.0.1:9", access_key="unused
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
 
-@contextlib.asynccontextmanager
-async def grace_store(azurite: Azurite, **options: Any) -> AsyncIterator[ConnectionStore]:
-    """Open a store with a 15 s grace (and `options` among its settings) on a fresh table; drop the table after."""
-    settings = make_settings(azurite.connection_string, unique_table_name(), presence_grace=GRACE, **options)
-    store = ConnectionStore(settings, retry_total=1)
-    try:
-        yield store
-    finally:
-        await store.close()
-        await drop_table(azurite, settings.table_name)
-
-
 @pytest.fixture
 async def store(azurite: Azurite) -> AsyncIterator[ConnectionStore]:
     """A store with a 15 s grace on a fresh table."""
@@ -50,6 +38,18 @@ async def reconciled_store(azurite: Azurite) -> AsyncIterator[ConnectionStore]:
     """A store with a 15 s grace on a fresh table whose sweep checks rows with the SignalR service."""
     async with grace_store(azurite, signalr=RECONCILED) as store:
         yield store
+
+
+@contextlib.asynccontextmanager
+async def grace_store(azurite: Azurite, **options: Any) -> AsyncIterator[ConnectionStore]:
+    """Open a store with a 15 s grace (and `options` among its settings) on a fresh table; drop the table after."""
+    settings = make_settings(azurite.connection_string, unique_table_name(), presence_grace=GRACE, **options)
+    store = ConnectionStore(settings, retry_total=1)
+    try:
+        yield store
+    finally:
+        await store.close()
+        await drop_table(azurite, settings.table_name)
 
 
 @pytest.fixture
