@@ -91,8 +91,20 @@ def _figure(key: str, label: str, measured: int, bound: int | None, goal: str, *
     }
 
 
+def _at_most(
+    key: str, label: str, counted: dict[str, Any], bound: int, *, kind: str = "table", goal: str = "", **detail: Any
+) -> dict[str, Any]:
+    """Return the row of a count (`counted`, with its `total`) of at most `bound` (goal: `≤ bound` by default)."""
+    return _figure(key, label, counted["total"], bound, goal or f"≤ {bound}", **{kind: counted}, **detail)
+
+
 def figures(fanout: dict[str, Any], requests: dict[str, Any], plan: AudiencePlan) -> list[dict[str, Any]]:
     """Put each measured figure beside its goal (from the issue): one row each, `met` when within its bound."""
+    return [*_fanout_figures(fanout, plan), *_grace_figures(fanout, requests), *_change_figures(requests)]
+
+
+def _fanout_figures(fanout: dict[str, Any], plan: AudiencePlan) -> list[dict[str, Any]]:
+    """Return the presence messages per change, for each audience mode and event."""
     rows: list[dict[str, Any]] = []
     where = f"{fanout['online']:,} connections online, 1 tab in {plan.rooms} rooms of {plan.room_size}, "
     where += f"{plan.watchers} watchers"
@@ -113,8 +125,15 @@ def figures(fanout: dict[str, Any], requests: dict[str, Any], plan: AudiencePlan
                     by_group=run["by_group"],
                 )
             )
+    return rows
+
+
+def _grace_figures(fanout: dict[str, Any], requests: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return what a page reload, a last disconnect, the grace decision and a room snapshot cost."""
     reload = fanout["scoped"]["reload"]
-    rows.append(
+    r0 = requests["changes"]["0"]
+    snapshot = requests["snapshot"]
+    return [
         _figure(
             "reload_messages",
             f"page reload within the grace ({GRACE_SECONDS} s): presence messages",
@@ -122,62 +141,37 @@ def figures(fanout: dict[str, Any], requests: dict[str, Any], plan: AudiencePlan
             0,
             "0",
             received=reload["received_presence"],
-        )
-    )
-    rows.append(
-        _figure(
+        ),
+        _at_most(
             "reload_table_requests",
             "page reload within the grace: table requests in all (disconnect, connect, the decision)",
-            reload["table"]["total"],
+            reload["table"],
             5,
-            "≤ 5",
-            table=reload["table"],
-        )
-    )
-    rows.append(
-        _figure(
+        ),
+        _at_most(
             "reload_queue_requests",
             "page reload within the grace: the app's queue requests in all",
-            reload["app_queue"]["total"],
+            reload["app_queue"],
             1,
-            "≤ 1",
-            queue=reload["app_queue"],
+            kind="queue",
             trigger_queue=reload["trigger_queue"],
-        )
-    )
-    r0 = requests["changes"]["0"]
-    rows.append(
-        _figure(
+        ),
+        _at_most(
             "last_disconnect_table_requests",
             "last disconnect (grace on, in 0 rooms): table requests",
-            r0["disconnect"]["table"]["total"],
+            r0["disconnect"]["table"],
             2,
-            "≤ 2",
-            table=r0["disconnect"]["table"],
-        )
-    )
-    rows.append(
-        _figure(
+        ),
+        _at_most(
             "last_disconnect_queue_requests",
             "last disconnect (grace on): queue requests",
-            r0["disconnect"]["queue"]["total"],
+            r0["disconnect"]["queue"],
             1,
-            "≤ 1",
-            queue=r0["disconnect"]["queue"],
-        )
-    )
-    rows.append(
-        _figure(
-            "grace_decision_requests",
-            "the grace decision (in 0 rooms): table requests",
-            r0["decision"]["table"]["total"],
-            2,
-            "≤ 2",
-            table=r0["decision"]["table"],
-        )
-    )
-    snapshot = requests["snapshot"]
-    rows.append(
+            kind="queue",
+        ),
+        _at_most(
+            "grace_decision_requests", "the grace decision (in 0 rooms): table requests", r0["decision"]["table"], 2
+        ),
         _figure(
             "snapshot_requests",
             f"snapshot of a {snapshot['members']:,}-member room on join: table requests (the join's own beside)",
@@ -186,20 +180,19 @@ def figures(fanout: dict[str, Any], requests: dict[str, Any], plan: AudiencePlan
             "≤ 10",
             join_total=snapshot["join"]["total"],
             join=snapshot["join"],
-        )
-    )
+        ),
+    ]
+
+
+def _change_figures(requests: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return the table requests of a user's change, for each count of rooms R the user is in."""
+    rows: list[dict[str, Any]] = []
     for rooms, counted in requests["changes"].items():
-        for event, label in (("set_status", "setStatus"), ("decision", "grace decision (offline)")):
-            rows.append(
-                _figure(
-                    f"change_r{rooms}_{event}",
-                    f"a change of a user in R = {rooms} rooms, {label}: table requests",
-                    counted[event]["table"]["total"],
-                    3 + int(rooms),
-                    f"≤ 3 + R = {3 + int(rooms)}",
-                    table=counted[event]["table"],
-                )
-            )
+        bound = 3 + int(rooms)
+        for event, what in (("set_status", "setStatus"), ("decision", "grace decision (offline)")):
+            label = f"a change of a user in R = {rooms} rooms, {what}: table requests"
+            goal = f"≤ 3 + R = {bound}"
+            rows.append(_at_most(f"change_r{rooms}_{event}", label, counted[event]["table"], bound, goal=goal))
     return rows
 
 

@@ -1,15 +1,17 @@
 """The local stack as processes: the SignalR emulator and the local host running the app, on free ports.
 
-Shared by the benchmarks and (to come) the end-to-end tests: `running_local_stack(settings)` starts both with the
-app settings given (the stack adds the hub and the SignalR connection string to the emulator), and stops them when
-the block ends; `LocalStack.restart_host` runs the host again on the same port with changed settings, while the
-emulator keeps its client connections open (they are the emulator's, not the host's).
+Shared by the benchmarks, `testkit/serve_stack.py` and the end-to-end tests (`tests/stack.py`):
+`running_local_stack(settings)` starts both with the app settings given (the stack adds the hub and the SignalR
+connection string to the emulator), and stops them when the block ends; `HostOptions` says which app the host runs
+and how; `LocalStack.restart_host` runs the host again on the same port with changed settings, while the emulator
+keeps its client connections open (they are the emulator's, not the host's).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -33,6 +35,29 @@ def signalr_connection_string(emulator_port: int, access_key: str = ACCESS_KEY) 
     return f"Endpoint=http://127.0.0.1;Port={emulator_port};AccessKey={access_key};Version=1.0;"
 
 
+@dataclass(frozen=True)
+class HostOptions:
+    """How the local host runs besides its app settings: which app, with which keys and static directories."""
+
+    app: str | None = None  # module:attribute of the func.FunctionApp; None for function_app.py's
+    app_dirs: tuple[Path, ...] = ()  # on PYTHONPATH ahead of the repository, for `app`'s module
+    function_key: str | None = None  # with a key the host checks keys as Azure does
+    static: Mapping[str, Path] = field(default_factory=dict)  # URL prefix -> directory, also served
+
+    def arguments(self) -> list[str]:
+        """Return the local host's command-line options for these choices."""
+        arguments = [] if self.function_key is None else ["--function-key", self.function_key]
+        for prefix, directory in self.static.items():
+            arguments += ["--static", f"{prefix}={directory}"]
+        return arguments if self.app is None else [*arguments, "--app", self.app]
+
+    def environment(self) -> dict[str, str] | None:
+        """Return the local host's environment: this one with `app_dirs` on PYTHONPATH, or None to inherit it."""
+        if not self.app_dirs:
+            return None
+        return {**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, self.app_dirs), str(ROOT)])}
+
+
 @dataclass
 class LocalStack:
     """A running emulator and local host: their URLs, the app settings the host runs with, and their logs."""
@@ -42,9 +67,10 @@ class LocalStack:
     settings: dict[str, str]
     logs: Path
     host_json: Path
-    host_log_level: str
+    host_log_level: str | None  # None: the host's own default
     hub: str = HUB
     access_key: str = ACCESS_KEY
+    host_options: HostOptions = field(default_factory=HostOptions)
     _processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -63,9 +89,25 @@ class LocalStack:
         path.write_text(json.dumps({"IsEncrypted": False, "Values": self.settings}))
         command = [
             *(sys.executable, "-m", "local.host", "--host", "127.0.0.1", "--port", str(self.host_port)),
-            *("--settings", str(path), "--host-json", str(self.host_json), "--log-level", self.host_log_level),
+            *("--settings", str(path), "--host-json", str(self.host_json)),
+            *_log_level_option(self.host_log_level),
+            *self.host_options.arguments(),
         ]
-        self._processes["host"] = _start(command, self.host_port, self.logs / "host.log")
+        log = self.logs / "host.log"
+        self._processes["host"] = _start(command, self.host_port, log, env=self.host_options.environment())
+
+    def start_emulator(
+        self, *, secondary_key: str, client_timeout: float, keepalive: float, log_level: str | None
+    ) -> None:
+        """Start the emulator, its upstream the local host's SignalR webhook."""
+        command = [
+            *(sys.executable, "-m", "local.emulator", "--host", "127.0.0.1", "--port", str(self.emulator_port)),
+            *("--public-url", self.emulator_url, "--upstream", f"{self.host_url}/runtime/webhooks/signalr"),
+            *("--access-key", self.access_key, "--secondary-key", secondary_key),
+            *("--client-timeout", str(client_timeout), "--keepalive", str(keepalive)),
+            *_log_level_option(log_level),
+        ]
+        self._processes["emulator"] = _start(command, self.emulator_port, self.logs / "emulator.log")
 
     def stop_host(self) -> None:
         """Stop the local host (the emulator and its client connections stay)."""
@@ -88,17 +130,26 @@ class LocalStack:
 
     def log_tail(self, lines: int = 60) -> str:
         """Return the end of both processes' logs, for failure messages."""
-        parts = []
-        for name in ("emulator.log", "host.log"):
-            path = self.logs / name
-            text = path.read_text(errors="replace").splitlines()[-lines:] if path.exists() else []
-            parts.append(f"--- {name}\n" + "\n".join(text))
-        return "\n".join(parts)
+        return log_tail(self.logs, lines)
 
 
-def _start(command: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
+def log_tail(logs: Path, lines: int = 60) -> str:
+    """Return the end of the emulator's and the host's logs in the folder `logs`, for failure messages."""
+    parts = []
+    for name in ("emulator.log", "host.log"):
+        path = logs / name
+        text = path.read_text(errors="replace").splitlines()[-lines:] if path.exists() else []
+        parts.append(f"--- {name}\n" + "\n".join(text))
+    return "\n".join(parts)
+
+
+def _log_level_option(log_level: str | None) -> list[str]:
+    return [] if log_level is None else ["--log-level", log_level]
+
+
+def _start(command: list[str], port: int, log: Path, *, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     with log.open("ab") as sink:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, env=env)
     if not _wait_listening(port, process, timeout=START_SECONDS):
         stop_process(process, timeout=5)
         raise RuntimeError(f"{command[2]} did not start: " + log.read_text(errors="replace")[-3000:])
@@ -112,13 +163,18 @@ def running_local_stack(
     hub: str = HUB,
     client_timeout: float = 30.0,
     keepalive: float = 15.0,
-    log_level: str = "INFO",
+    log_level: str | None = "INFO",
     host_json: Mapping[str, Any] | None = None,
+    access_key: str = ACCESS_KEY,
+    secondary_key: str = SECONDARY_KEY,
+    host_options: HostOptions | None = None,
+    log_prefix: str = "local-stack-",
 ) -> Iterator[LocalStack]:
-    """Start the emulator and the local host running `function_app.py` with `settings` (plus the hub and the
-    emulator's connection string); stop both when the block ends. `client_timeout` and `keepalive` are the
-    emulator's (seconds a client may stay silent, seconds between its pings); `log_level` is both processes'."""
-    logs = Path(tempfile.mkdtemp(prefix="local-stack-"))
+    """Start the emulator and the local host running `function_app.py` (or `host_options.app`) with `settings`
+    (plus the hub and the emulator's connection string); stop both when the block ends. `client_timeout` and
+    `keepalive` are the emulator's (seconds a client may stay silent, seconds between its pings); `log_level` is
+    both processes' (None: their defaults); `host_json` replaces the repository's host.json."""
+    logs = Path(tempfile.mkdtemp(prefix=log_prefix))
     stack: LocalStack | None = None
     try:
         host_json_path = ROOT / "host.json"
@@ -130,18 +186,24 @@ def running_local_stack(
             values = {
                 "FUNCTIONS_WORKER_RUNTIME": "python",
                 "SIGNALR_HUB": hub,
-                "AzureSignalRConnectionString": signalr_connection_string(emulator_port),
+                "AzureSignalRConnectionString": signalr_connection_string(emulator_port, access_key),
                 **settings,
             }
-            stack = LocalStack(emulator_port, host_port, values, logs, host_json_path, log_level, hub=hub)
-            emulator = [
-                *(sys.executable, "-m", "local.emulator", "--host", "127.0.0.1", "--port", str(emulator_port)),
-                *("--public-url", stack.emulator_url, "--upstream", f"{stack.host_url}/runtime/webhooks/signalr"),
-                *("--access-key", ACCESS_KEY, "--secondary-key", SECONDARY_KEY),
-                *("--client-timeout", str(client_timeout), "--keepalive", str(keepalive), "--log-level", log_level),
-            ]
+            stack = LocalStack(
+                emulator_port,
+                host_port,
+                values,
+                logs,
+                host_json_path,
+                log_level,
+                hub=hub,
+                access_key=access_key,
+                host_options=host_options or HostOptions(),
+            )
             try:
-                stack._processes["emulator"] = _start(emulator, emulator_port, logs / "emulator.log")
+                stack.start_emulator(
+                    secondary_key=secondary_key, client_timeout=client_timeout, keepalive=keepalive, log_level=log_level
+                )
                 stack.start_host()
                 break
             except RuntimeError:  # a port taken meanwhile: try others

@@ -15,19 +15,9 @@ import threading
 import uuid
 from typing import Any
 
+from local.host.settings import parse_name_value_pairs
 from testkit.azurite import connection_string, running_azurite
 from testkit.local_stack import running_local_stack
-
-
-def _settings(pairs: list[str]) -> dict[str, str]:
-    """Parse NAME=VALUE pairs."""
-    settings: dict[str, str] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise SystemExit(f"--setting takes NAME=VALUE, not {pair!r}")
-        settings[name] = value
-    return settings
 
 
 def _wait_for_the_end() -> None:
@@ -62,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
             "AzureWebJobsStorage": azurite.connection_string,
             "MAPPING_STORAGE": mapping_storage,
             "MAPPING_TABLE": table,
-            **_settings(args.setting),
+            **parse_name_value_pairs(args.setting, "--setting"),
         }
         with running_local_stack(settings, client_timeout=args.client_timeout) as stack:
             ready: dict[str, Any] = {

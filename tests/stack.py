@@ -6,10 +6,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,7 +16,8 @@ import aiohttp
 import pytest
 
 from conftest import unique_table_name
-from testkit.azurite import ROOT, Azurite, _wait_listening, free_port, stop_process
+from testkit.azurite import ROOT, Azurite
+from testkit.local_stack import HostOptions, log_tail, running_local_stack
 from testkit.openapi_contract import check_answer
 
 DRIVER = ROOT / "tests" / "e2e" / "signalr_driver.mjs"
@@ -46,26 +43,7 @@ class Stack:
 
     def log_tail(self, lines: int = 60) -> str:
         """Return the end of both processes' logs, for failure messages."""
-        parts = []
-        for name in ("emulator.log", "host.log"):
-            path = self.logs / name
-            text = path.read_text(errors="replace").splitlines()[-lines:] if path.exists() else []
-            parts.append(f"--- {name}\n" + "\n".join(text))
-        return "\n".join(parts)
-
-
-def _start(command: list[str], port: int, log: Path, *, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    with log.open("ab") as sink:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, env=env)
-    if not _wait_listening(port, process, timeout=60):
-        process.kill()
-        process.wait()
-        raise RuntimeError(f"{command[2]} did not start: " + log.read_text(errors="replace")[-3000:])
-    return process
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    stop_process(process, timeout=15)
+        return log_tail(self.logs, lines)
 
 
 @contextlib.contextmanager
@@ -91,70 +69,36 @@ def running_stack(
     PRESENCE_GRACE_SECONDS and PRESENCE_WATCH (by default a hub-wide audience and no grace, unlike the app's
     defaults, for the tests written before those settings existed). With `function_key` the host checks keys as
     Azure does."""
-    logs = Path(tempfile.mkdtemp(prefix="e2e-stack-"))
     table = unique_table_name()
-    processes: list[subprocess.Popen[bytes]] = []
-    try:
-        for attempt in range(3):
-            emulator_port, host_port = free_port(), free_port()
-            emulator_url, host_url = f"http://127.0.0.1:{emulator_port}", f"http://127.0.0.1:{host_port}"
-            values = {
-                "FUNCTIONS_WORKER_RUNTIME": "python",
-                # The host storage: queue triggers read their queues through it (Azurite's queue endpoint).
-                "AzureWebJobsStorage": azurite.connection_string,
-                "MAPPING_STORAGE": azurite.connection_string,
-                "MAPPING_TABLE": table,
-                "MAPPING_TTL_SECONDS": str(ttl_seconds),
-                "SIGNALR_HUB": HUB,
-                "PRESENCE_EVENTS": "true",
-                "PRESENCE_AUDIENCE": audience,
-                "PRESENCE_GRACE_SECONDS": str(grace_seconds),
-                "PRESENCE_WATCH": watch,
-                "SWEEP_SCHEDULE": sweep_schedule,
-                "AzureSignalRConnectionString": (
-                    f"Endpoint=http://127.0.0.1;Port={emulator_port};AccessKey={ACCESS_KEY};Version=1.0;"
-                ),
-                **(extra_settings or {}),
-            }
-            settings = logs / "local.settings.json"
-            settings.write_text(json.dumps({"IsEncrypted": False, "Values": values}))
-            host_json_path = ROOT / "host.json"
-            if host_json is not None:
-                host_json_path = logs / "host.json"
-                host_json_path.write_text(json.dumps(host_json))
-            emulator = [
-                *(sys.executable, "-m", "local.emulator", "--host", "127.0.0.1", "--port", str(emulator_port)),
-                *("--public-url", emulator_url, "--upstream", f"{host_url}/runtime/webhooks/signalr"),
-                *("--access-key", ACCESS_KEY, "--secondary-key", SECONDARY_KEY),
-                *("--client-timeout", str(client_timeout), "--keepalive", str(keepalive)),
-            ]
-            host = [
-                *(sys.executable, "-m", "local.host", "--host", "127.0.0.1", "--port", str(host_port)),
-                *("--settings", str(settings), "--host-json", str(host_json_path)),
-            ]
-            if function_key is not None:
-                host += ["--function-key", function_key]
-            for prefix, directory in (static or {}).items():
-                host += ["--static", f"{prefix}={directory}"]
-            host_env = None
-            if app is not None:
-                host += ["--app", app]
-                host_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
-            try:
-                processes.append(_start(emulator, emulator_port, logs / "emulator.log"))
-                processes.append(_start(host, host_port, logs / "host.log", env=host_env))
-                break
-            except RuntimeError:
-                for process in processes:
-                    _stop(process)
-                processes.clear()
-                if attempt == 2:
-                    raise
-        yield Stack(host_url=host_url, emulator_url=emulator_url, table=table, logs=logs)
-    finally:
-        for process in reversed(processes):
-            _stop(process)
-        shutil.rmtree(logs, ignore_errors=True)
+    settings = {
+        # The host storage: queue triggers read their queues through it (Azurite's queue endpoint).
+        "AzureWebJobsStorage": azurite.connection_string,
+        "MAPPING_STORAGE": azurite.connection_string,
+        "MAPPING_TABLE": table,
+        "MAPPING_TTL_SECONDS": str(ttl_seconds),
+        "PRESENCE_EVENTS": "true",
+        "PRESENCE_AUDIENCE": audience,
+        "PRESENCE_GRACE_SECONDS": str(grace_seconds),
+        "PRESENCE_WATCH": watch,
+        "SWEEP_SCHEDULE": sweep_schedule,
+        **(extra_settings or {}),
+    }
+    host_options = HostOptions(
+        app=app, app_dirs=(ROOT / "tests",) if app else (), function_key=function_key, static=static or {}
+    )
+    with running_local_stack(
+        settings,
+        hub=HUB,
+        client_timeout=client_timeout,
+        keepalive=keepalive,
+        log_level=None,
+        host_json=host_json,
+        access_key=ACCESS_KEY,
+        secondary_key=SECONDARY_KEY,
+        host_options=host_options,
+        log_prefix="e2e-stack-",
+    ) as local:
+        yield Stack(host_url=local.host_url, emulator_url=local.emulator_url, table=table, logs=local.logs)
 
 
 def unique_user(prefix: str) -> str:

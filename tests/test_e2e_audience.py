@@ -172,6 +172,22 @@ async def watched(clients: SignalRClients, client: str, users: list[str]) -> dic
     return syncs(clients, client)[before]
 
 
+async def billed_for_statuses(
+    stack: Stack, clients: SignalRClients, changes: list[tuple[str, str, str, str]]
+) -> dict[str, Any]:
+    """Send each (client, user, status, listener) setStatus, wait until its listener hears it; return the billing."""
+    for client, _user, status, _listener in changes:
+        await clients.send(client, "setStatus", status)
+    for _client, user, status, listener in changes:
+        await heard_status(clients, listener, user, status)
+    return await settled_billing(stack)
+
+
+async def heard_status(clients: SignalRClients, listener: str, user: str, status: str) -> None:
+    """Wait until a client hears a user's presence with the given status."""
+    await clients.wait_message(listener, "presence", lambda a: a[0]["user"] == user and a[0]["status"] == status)
+
+
 async def test_a_change_reaches_its_audience_once_and_is_billed_for_it_alone(
     stack: Stack, clients: SignalRClients
 ) -> None:
@@ -258,11 +274,9 @@ async def test_unwatch_ends_a_subscription(stack: Stack, clients: SignalRClients
     await quiet_billing(stack, mine)
     await clients.send("w1", "sync", "no-such-room")  # the unwatch ran before it: calls of one connection keep order
     await clients.wait_message("w1", "error")
-    await clients.send("a1", "setStatus", "gone quiet")
-    await clients.send("b1", "setStatus", "still heard")
-    await clients.wait_message("w1", "presence", lambda a: a[0]["user"] == bob and a[0]["status"] == "still heard")
-    await clients.wait_message("a1", "presence", lambda a: a[0]["user"] == ann and a[0]["status"] == "gone quiet")
-    billed = await settled_billing(stack)
+    billed = await billed_for_statuses(
+        stack, clients, [("a1", ann, "gone quiet", "a1"), ("b1", bob, "still heard", "w1")]
+    )
     assert billed["byGroup"] == {presence_group(ann): 1, presence_group(bob): 2}, billed
     assert [e for e in presence_heard(clients, "w1", ann) if e["status"]] == []
     assert errors(clients, "w1") == [{"error": "not a member of this room", "room": "no-such-room", "call": "sync"}]
@@ -441,11 +455,7 @@ async def test_bad_input_gets_one_error_and_changes_nothing(
     assert billed["byTargetAndKind"] == {"error": {"connection": 1}}, billed
     assert await partition_rows(azurite, stack, partitions) == rows
 
-    await clients.send("t1", "setStatus", "probe")
-    await clients.send("s1", "setStatus", "probe")
-    await clients.wait_message("h1", "presence", lambda a: a[0]["user"] == tess and a[0]["status"] == "probe")
-    await clients.wait_message("t1", "presence", lambda a: a[0]["user"] == tom and a[0]["status"] == "probe")
-    billed = await settled_billing(stack)
+    billed = await billed_for_statuses(stack, clients, [("t1", tom, "probe", "t1"), ("s1", tess, "probe", "h1")])
     assert billed["byGroup"] == {presence_group(tom): 1, presence_group(tess): 2}, billed
     assert presence_heard(clients, "h1", tom) == []
 

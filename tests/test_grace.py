@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -27,17 +29,44 @@ T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 @pytest.fixture
 async def store(azurite: Azurite) -> AsyncIterator[ConnectionStore]:
     """A store with a 15 s grace on a fresh table."""
-    settings = make_settings(azurite.connection_string, unique_table_name(), presence_grace=GRACE)
+    async with grace_store(azurite) as store:
+        yield store
+
+
+@pytest.fixture
+async def reconciled_store(azurite: Azurite) -> AsyncIterator[ConnectionStore]:
+    """A store with a 15 s grace on a fresh table whose sweep checks rows with the SignalR service."""
+    async with grace_store(azurite, signalr=RECONCILED) as store:
+        yield store
+
+
+@contextlib.asynccontextmanager
+async def grace_store(azurite: Azurite, **options: Any) -> AsyncIterator[ConnectionStore]:
+    """Open a store with a 15 s grace (and `options` among its settings) on a fresh table; drop the table after."""
+    settings = make_settings(azurite.connection_string, unique_table_name(), presence_grace=GRACE, **options)
     store = ConnectionStore(settings, retry_total=1)
-    yield store
-    await store.close()
-    await drop_table(azurite, settings.table_name)
+    try:
+        yield store
+    finally:
+        await store.close()
+        await drop_table(azurite, settings.table_name)
 
 
 @pytest.fixture
 def queue() -> FakeDelayedActions:
     """The delayed actions, held in memory until a test delivers them."""
     return FakeDelayedActions(clock=lambda: T0)
+
+
+async def lose_the_decision(
+    store: ConnectionStore, queue: FakeDelayedActions, user: str, connection_id: str, *, connected_at: datetime = T0
+) -> Grace:
+    """Connect at `connected_at`, disconnect at T0 within the grace, and lose the decision the disconnect scheduled."""
+    grace = Grace(store, queue)
+    await store.connect(user, connection_id, now=connected_at)
+    await grace.end(user, connection_id, now=T0)
+    queue.pending.clear()  # the queue lost it
+    return grace
 
 
 async def decide_due(grace: Grace, queue: FakeDelayedActions, now: datetime) -> list[PresenceChange]:
@@ -102,33 +131,34 @@ async def test_an_early_decision_waits_for_the_rest_of_the_grace(
     store: ConnectionStore, queue: FakeDelayedActions
 ) -> None:
     """G2: a decision delivered before it is due changes nothing and schedules itself for the rest of the grace."""
-    grace = Grace(store, queue)
-    await store.connect("di", "d1", now=T0)
-    await grace.end("di", "d1", now=T0)
-    queue.pending.clear()
+    grace = await lose_the_decision(store, queue, "di", "d1")
     assert await grace.decide(Decision("di", T0 + GRACE), now=T0 + timedelta(seconds=5)) is None
     assert [s.body for s in queue.pending] == [Decision("di", T0 + GRACE).to_body()]
     assert (await store.presence_of("di", now=T0 + timedelta(seconds=6))).state.online is True
 
 
-async def test_a_lost_decision_is_made_by_the_sweep(azurite: Azurite, queue: FakeDelayedActions) -> None:
+async def test_a_lost_decision_is_made_by_the_sweep(
+    reconciled_store: ConnectionStore, queue: FakeDelayedActions
+) -> None:
     """G3: the sweep never ends a row a grace holds, and makes a lost decision once the grace is over."""
-    settings = make_settings(azurite.connection_string, unique_table_name(), presence_grace=GRACE, signalr=RECONCILED)
-    store = ConnectionStore(settings, retry_total=1)
+    store = reconciled_store
     service = FakeService({"e1": Liveness.GONE})  # the service has closed it: only the grace keeps it
-    try:
-        grace = Grace(store, queue)
-        await store.connect("eli", "e1", now=T0 - timedelta(minutes=20))
-        await grace.end("eli", "e1", now=T0)
-        queue.pending.clear()  # the queue lost it
-        during = await sweep(store, liveness=service, now=T0 + GRACE / 2)
-        assert during.presence == []
-        assert (await store.presence_of("eli", now=T0 + GRACE / 2)).state.online is True
-        after = await sweep(store, liveness=service, now=T0 + GRACE * 2)
-        assert [(c.user, c.online, c.last_seen) for c in after.presence] == [("eli", False, T0)]
-    finally:
-        await store.close()
-        await drop_table(azurite, settings.table_name)
+    await lose_the_decision(store, queue, "eli", "e1", connected_at=T0 - timedelta(minutes=20))
+    during = await sweep(store, liveness=service, now=T0 + GRACE / 2)
+    assert during.presence == []
+    assert (await store.presence_of("eli", now=T0 + GRACE / 2)).state.online is True
+    after = await sweep(store, liveness=service, now=T0 + GRACE * 2)
+    assert [(c.user, c.online, c.last_seen) for c in after.presence] == [("eli", False, T0)]
+
+
+async def test_a_reconciling_sweep_dates_a_lost_decision_at_the_disconnect(
+    reconciled_store: ConnectionStore, queue: FakeDelayedActions
+) -> None:
+    """G3: a listing sweep that makes a lost grace decision says last seen at the disconnect, not at the sweep."""
+    service = FakeService(listing=Listing.LISTED)  # the listing lacks it: the service closed it
+    await lose_the_decision(reconciled_store, queue, "jo", "j1", connected_at=T0 - timedelta(minutes=20))
+    after = await sweep(reconciled_store, liveness=service, now=T0 + GRACE * 2)
+    assert [(c.user, c.online, c.last_seen) for c in after.presence] == [("jo", False, T0)]
 
 
 async def test_two_tabs_decided_at_once_announce_offline_once(
@@ -146,25 +176,6 @@ async def test_two_tabs_decided_at_once_announce_offline_once(
     [change] = [change for change in results if change is not None]
     assert (change.online, change.last_seen) == (False, T0 + timedelta(seconds=1))
     assert not store.turns, "every turn was given back"
-
-
-async def test_a_reconciling_sweep_dates_a_lost_decision_at_the_disconnect(
-    azurite: Azurite, queue: FakeDelayedActions
-) -> None:
-    """G3: a listing sweep that makes a lost grace decision says last seen at the disconnect, not at the sweep."""
-    settings = make_settings(azurite.connection_string, unique_table_name(), presence_grace=GRACE, signalr=RECONCILED)
-    store = ConnectionStore(settings, retry_total=1)
-    service = FakeService(listing=Listing.LISTED)  # the listing lacks it: the service closed it
-    try:
-        grace = Grace(store, queue)
-        await store.connect("jo", "j1", now=T0 - timedelta(minutes=20))
-        await grace.end("jo", "j1", now=T0)
-        queue.pending.clear()  # the queue lost it
-        after = await sweep(store, liveness=service, now=T0 + GRACE * 2)
-        assert [(c.user, c.online, c.last_seen) for c in after.presence] == [("jo", False, T0)]
-    finally:
-        await store.close()
-        await drop_table(azurite, settings.table_name)
 
 
 async def test_several_tabs_closing_keep_their_count_until_the_grace_ends(

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import os
-import signal
 import sys
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from local import serving
 from local.emulator.server import EmulatorConfig, create_app
 
 # Development keys, published in the README and local.settings.sample.json; not secrets.
@@ -71,21 +69,15 @@ async def serve(args: argparse.Namespace) -> None:
     await web.TCPSite(runner, args.host, args.port).start()
     print(f"SignalR emulator: {public_url} (upstream {args.upstream})", flush=True)
     print(f"  AzureSignalRConnectionString={connection_string(public_url, args.access_key)}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+    await serving.until_stopped()
     await runner.cleanup()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s emulator %(levelname)s %(message)s")
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    asyncio.run(serve(args))
-    return 0
+    log_format = "%(asctime)s emulator %(levelname)s %(message)s"
+    return serving.run(serve(args), log_level=args.log_level, log_format=log_format, quiet_logger="aiohttp.access")
 
 
 if __name__ == "__main__":

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import json
-import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from local import serving
 from local.host import settings
 from local.host.functions import load_functions
 from local.host.queues import QueueOptions
@@ -46,16 +44,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _pairs(items: list[str], what: str) -> dict[str, str]:
-    pairs: dict[str, str] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise SystemExit(f"{what} must look like NAME=VALUE, not {item!r}")
-        pairs[name] = value
-    return pairs
-
-
 def _host_json(path: Path) -> dict[str, Any]:
     """Read host.json (an absent or unreadable file counts as empty)."""
     try:
@@ -78,8 +66,10 @@ def _load_app(reference: str) -> Any:
 
 async def serve(args: argparse.Namespace) -> None:
     """Load the settings and the app, then serve until SIGINT or SIGTERM."""
-    settings.apply({**settings.load_local_settings(args.settings), **_pairs(args.setting, "--setting")})
-    static = {prefix: Path(directory) for prefix, directory in _pairs(args.static, "--static").items()}
+    overrides = settings.parse_name_value_pairs(args.setting, "--setting")
+    settings.apply({**settings.load_local_settings(args.settings), **overrides})
+    directories = settings.parse_name_value_pairs(args.static, "--static")
+    static = {prefix: Path(directory) for prefix, directory in directories.items()}
     host_json = _host_json(args.host_json)
     try:
         queue_options = QueueOptions.from_host_json(host_json)
@@ -102,11 +92,7 @@ async def serve(args: argparse.Namespace) -> None:
         f"Local host: {base}/{prefix.strip('/')}/ (SignalR upstream {base}{SIGNALR_WEBHOOK}; {keys})",
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+    await serving.until_stopped()
     await runner.cleanup()
     await _close_app_clients()
 
@@ -122,10 +108,8 @@ async def _close_app_clients() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s host %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("azure").setLevel(logging.WARNING)
-    asyncio.run(serve(args))
-    return 0
+    log_format = "%(asctime)s host %(levelname)s %(name)s: %(message)s"
+    return serving.run(serve(args), log_level=args.log_level, log_format=log_format, quiet_logger="azure")
 
 
 if __name__ == "__main__":

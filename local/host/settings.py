@@ -33,6 +33,17 @@ def load_local_settings(path: Path) -> dict[str, str]:
     return {str(name): str(value) for name, value in values.items() if value is not None}
 
 
+def parse_name_value_pairs(items: list[str], option: str) -> dict[str, str]:
+    """Read a command-line `option`'s NAME=VALUE items into a dict (a malformed one exits with a message)."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"{option} must look like NAME=VALUE, not {item!r}")
+        pairs[name] = value
+    return pairs
+
+
 def apply(values: Mapping[str, str]) -> None:
     """Put settings into the process environment, where the app reads them (they win over inherited variables)."""
     os.environ.update(values)
