@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -10,6 +9,7 @@ from dataclasses import dataclass
 from typing import Concatenate, ParamSpec
 
 from mapping.audience import presence_group, presence_messages, room_presence, sync_messages
+from mapping.bounded import gather_bounded
 from mapping.delayed import DelayedActions
 from mapping.errors import InvalidNameError, InvalidRequestError, RefusedError, StorageError, UserOfflineError
 from mapping.grace import Decision, Grace
@@ -286,13 +286,11 @@ async def _membership(
 async def _join_first(service: GroupAdder, store: ConnectionStore, connection_id: str, names: list[str]) -> None:
     """Add the caller to the groups before its snapshot is read, so no change falls between the two (best effort:
     the output's group actions add it again)."""
-    slots = asyncio.Semaphore(_EARLY_ADDS)
 
-    async def add(group: str) -> None:
-        async with slots:
-            await service.add_to_group(store.settings.hub, group, connection_id)
+    async def add(group: str) -> bool:
+        return await service.add_to_group(store.settings.hub, group, connection_id)
 
-    await asyncio.gather(*(add(group) for group in names))
+    await gather_bounded(names, add, limit=_EARLY_ADDS)
 
 
 async def _roster(store: ConnectionStore, room: str) -> list[RosterEntry]:

@@ -28,12 +28,12 @@ R3. The room's SignalR group follows the membership: a join adds every live conn
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from mapping.bounded import gather_bounded
 from mapping.contention import Attempts
 from mapping.cursor import check_limit, decode_cursor, encode_cursor
 from mapping.errors import ConflictError, InvalidRequestError, RowChangedError, StorageError
@@ -170,17 +170,15 @@ class Rooms:
 
     async def _verified(self, room: str, rows: list[IndexedMember], moment: datetime) -> list[RoomMember | None]:
         """Read each candidate's partition: a member (with presence) if their membership row is there, else None."""
-        slots = asyncio.Semaphore(_MEMBER_READS)
 
         async def read(indexed: IndexedMember) -> RoomMember | None:
-            async with slots:
-                view = await self.store.read_user(indexed.user_key)
-                if room not in view.rooms:
-                    await self._clear_if_stale(room, indexed, moment)
-                    return None
+            view = await self.store.read_user(indexed.user_key)
+            if room not in view.rooms:
+                await self._clear_if_stale(room, indexed, moment)
+                return None
             return RoomMember(view.name(), view.state_now(self.store.lease, now=moment))
 
-        return list(await asyncio.gather(*(read(indexed) for indexed in rows)))
+        return await gather_bounded(rows, read, limit=_MEMBER_READS)
 
     async def _clear_if_stale(self, room: str, indexed: IndexedMember, moment: datetime) -> None:
         """Delete an index row with no membership once no join can be writing it (R1); best effort."""
