@@ -38,10 +38,10 @@ from mapping.contention import Attempts
 from mapping.cursor import check_limit, decode_cursor, encode_cursor
 from mapping.errors import ConflictError, InvalidRequestError, RowChangedError, StorageError
 from mapping.keys import membership_key, normalize_user_name, parse_room, room_partition, user_key
-from mapping.membership import IndexedMember, Membership, pending_fields
+from mapping.membership import IndexedMember, Membership, index_pages, pending_fields
 from mapping.presence import PresenceChange, PresenceState, presence_write
 from mapping.store import ConnectionStore, UserView
-from mapping.table import Operation, create, delete, etag_of, merge, upsert
+from mapping.table import Operation, create, delete, merge, upsert
 
 logger = logging.getLogger(__name__)
 
@@ -148,13 +148,10 @@ class Rooms:
         room, limit = parse_room(room), check_limit(limit)
         after = decode_cursor(cursor) if cursor else None
         moment = self.store.now(now)
-        query = "PartitionKey eq @pk" if after is None else "PartitionKey eq @pk and RowKey gt @after"
-        parameters = {"pk": room_partition(room), **({"after": after} if after is not None else {})}
         members: list[RoomMember] = []
         last_key = ""
         full = False
-        async for page in self.store.table.pages(query, parameters, action="list a room"):
-            rows = [IndexedMember.from_table(row, etag=etag_of(row)) for row in page]
+        async for rows in index_pages(self.store.table, room, action="list a room", after=after):
             if full:
                 return MembersPage(room, members, next=encode_cursor(last_key) if rows else None)
             while rows and not full:

@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from mapping.bounded import gather_bounded
 from mapping.errors import RowChangedError, StorageError
 from mapping.keys import parse_room, room_partition, user_key
-from mapping.membership import IndexedMember
+from mapping.membership import IndexedMember, index_pages
 from mapping.presence import PresenceChange, PresenceState, pair_fields
 from mapping.store import ConnectionStore
 from mapping.table import delete, etag_of, merge
@@ -75,9 +75,7 @@ class Roster:
     async def snapshot(self, room: str, *, now: datetime | None = None) -> AsyncIterator[list[RosterEntry]]:
         """Yield a room's members with their presence pairs, one index page at a time (C3: pending rows checked)."""
         room, moment = parse_room(room), self.store.now(now)
-        pages = self.store.table.pages("PartitionKey eq @pk", {"pk": room_partition(room)}, action="read a roster")
-        async for page in pages:
-            rows = [IndexedMember.from_table(row, etag=etag_of(row)) for row in page]
+        async for rows in index_pages(self.store.table, room, action="read a roster"):
             entries = await self._entries(room, rows, moment)
             yield [entry for entry in entries if entry is not None]
 
