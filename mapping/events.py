@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Concatenate, ParamSpec
+from typing import Any, Concatenate, ParamSpec
 
 from mapping.audience import presence_group, presence_messages, room_presence, sync_messages
+from mapping.bounded import gather_bounded
 from mapping.delayed import DelayedActions
 from mapping.errors import InvalidNameError, InvalidRequestError, RefusedError, StorageError, UserOfflineError
 from mapping.grace import Decision, Grace
@@ -29,19 +29,35 @@ logger = logging.getLogger(__name__)
 
 _EARLY_ADDS = 16  # group additions in flight at once before a snapshot
 
+
+@dataclass(frozen=True, slots=True)
+class _Caller:
+    """The checked caller of a client call: its user ("" when anonymous, which only `send` allows), its connection,
+    the call's arguments as sent, and its one argument (None for calls that do not take exactly one)."""
+
+    user: str
+    connection: str
+    arguments: list[Any] | None = None
+    argument: object = None
+
+
 _Options = ParamSpec("_Options")
-_Handler = Callable[Concatenate[ConnectionStore, Invocation, _Options], Awaitable[list[Message]]]
+_Handler = Callable[Concatenate[ConnectionStore, _Caller, _Options], Awaitable[list[Message]]]
+_EventHandler = Callable[Concatenate[ConnectionStore, Invocation, _Options], Awaitable[list[Message]]]
 
 
-def _client_call(method: str) -> Callable[[_Handler[_Options]], _Handler[_Options]]:
-    """Name the call in every error a client-call handler answers its caller; a retryable one echoes the arguments,
-    so a client knows what to send again."""
+def _client_call(
+    method: str, *, one_argument: str | None = None, anonymous: bool = False
+) -> Callable[[_Handler[_Options]], _EventHandler[_Options]]:
+    """Make a client-call handler of an event: the caller checked first (`_caller`), and the call named in every
+    error answered to the caller; a retryable one echoes the arguments, so a client knows what to send again."""
 
-    def wrap(handler: _Handler[_Options]) -> _Handler[_Options]:
+    def wrap(handler: _Handler[_Options]) -> _EventHandler[_Options]:
         async def handle(
             store: ConnectionStore, event: Invocation, /, *args: _Options.args, **options: _Options.kwargs
         ) -> list[Message]:
-            messages = await handler(store, event, *args, **options)
+            caller = _caller(event, method, one_argument=one_argument, anonymous=anonymous)
+            messages = caller if isinstance(caller, list) else await handler(store, caller, *args, **options)
             return [_named(message, event, method) for message in messages]
 
         functools.update_wrapper(handle, handler)
@@ -112,30 +128,24 @@ async def on_grace(store: ConnectionStore, body: str, *, delayed: DelayedActions
     return await _announced(store, await Grace(store, delayed).decide(decision))
 
 
-@_client_call("send")
-async def on_send(store: ConnectionStore, event: Invocation) -> list[Message]:
+@_client_call("send", anonymous=True)
+async def on_send(store: ConnectionStore, caller: _Caller) -> list[Message]:
     """Deliver a client's `send(to, message)` to the recipient, or answer the caller with one error."""
-    if not event.connection_id:
-        logger.warning("send: event without a connection id ignored")
-        return []
-    revived = await _refresh(store, event.user_id, event.connection_id) if event.user_id else []
+    revived = await _refresh(store, caller.user, caller.connection) if caller.user else []
     try:
-        request = parse_send_arguments(event.arguments)
-        return revived + await send_to_user(store, request, sender=event.user_id)
+        request = parse_send_arguments(caller.arguments)
+        return revived + await send_to_user(store, request, sender=caller.user or None)
     except InvalidRequestError as error:
-        return [*revived, error_message(event.connection_id, str(error))]
+        return [*revived, error_message(caller.connection, str(error))]
     except UserOfflineError:
-        return [*revived, error_message(event.connection_id, "recipient is offline", to=request.to)]
+        return [*revived, error_message(caller.connection, "recipient is offline", to=request.to)]
     except StorageError as error:
-        return [*revived, _unavailable(event.connection_id, "send", error)]
+        return [*revived, _unavailable(caller.connection, "send", error)]
 
 
-@_client_call("setStatus")
-async def on_set_status(store: ConnectionStore, event: Invocation) -> list[Message]:
+@_client_call("setStatus", one_argument="(status)")
+async def on_set_status(store: ConnectionStore, caller: _Caller) -> list[Message]:
     """Record the caller's `setStatus(status)` and announce the user's presence, or answer the caller an error."""
-    caller = _caller(event, "setStatus", "(status)")
-    if isinstance(caller, list):
-        return caller
     try:
         outcome = await store.set_status(caller.user, caller.connection, caller.argument)
     except (InvalidRequestError, InvalidNameError) as error:
@@ -151,27 +161,24 @@ async def on_set_status(store: ConnectionStore, event: Invocation) -> list[Messa
     return [*_rejoined(caller.connection, outcome.rooms), *announcement]
 
 
-@_client_call("join")
-async def on_join(store: ConnectionStore, event: Invocation, *, service: GroupAdder = AGE_ONLY) -> list[Message]:
+@_client_call("join", one_argument="(room)")
+async def on_join(store: ConnectionStore, caller: _Caller, *, service: GroupAdder = AGE_ONLY) -> list[Message]:
     """Make the caller's user a member of `join(room)`: add their live connections to its group, announce it."""
-    return await _membership(store, event, joining=True, service=service)
+    return await _membership(store, caller, joining=True, service=service)
 
 
-@_client_call("leave")
-async def on_leave(store: ConnectionStore, event: Invocation) -> list[Message]:
+@_client_call("leave", one_argument="(room)")
+async def on_leave(store: ConnectionStore, caller: _Caller) -> list[Message]:
     """End the caller's user's membership of `leave(room)`: announce it, remove their connections from the group."""
-    return await _membership(store, event, joining=False)
+    return await _membership(store, caller, joining=False)
 
 
 @_client_call("sendToRoom")
-async def on_send_to_room(store: ConnectionStore, event: Invocation) -> list[Message]:
+async def on_send_to_room(store: ConnectionStore, caller: _Caller) -> list[Message]:
     """Deliver a member's `sendToRoom(room, message)` to the room's group, or answer the caller an error."""
-    caller = _caller(event, "sendToRoom")
-    if isinstance(caller, list):
-        return caller
     revived = await _refresh(store, caller.user, caller.connection)
     try:
-        request = parse_room_send_arguments(event.arguments)
+        request = parse_room_send_arguments(caller.arguments)
         if not await Rooms(store).is_member(caller.user, request.room):
             return [*revived, error_message(caller.connection, "not a member of this room", room=request.room)]
     except (InvalidRequestError, InvalidNameError) as error:
@@ -192,12 +199,9 @@ async def on_timer(store: ConnectionStore, *, liveness: LivenessCheck = AGE_ONLY
     ]
 
 
-@_client_call("watch")
-async def on_watch(store: ConnectionStore, event: Invocation, *, service: GroupAdder = AGE_ONLY) -> list[Message]:
+@_client_call("watch", one_argument="(users)")
+async def on_watch(store: ConnectionStore, caller: _Caller, *, service: GroupAdder = AGE_ONLY) -> list[Message]:
     """Subscribe the caller to the presence of `watch(users)` and answer it their snapshot (`presenceSync`)."""
-    caller = _caller(event, "watch", "(users)")
-    if isinstance(caller, list):
-        return caller
     revived = await _refresh(store, caller.user, caller.connection)
     try:
         users = parse_users("watch", caller.argument)
@@ -215,12 +219,9 @@ async def on_watch(store: ConnectionStore, event: Invocation, *, service: GroupA
     return [*revived, *groups, *sync_messages(caller.connection, entries, room=None)]
 
 
-@_client_call("unwatch")
-async def on_unwatch(store: ConnectionStore, event: Invocation) -> list[Message]:
+@_client_call("unwatch", one_argument="(users)")
+async def on_unwatch(store: ConnectionStore, caller: _Caller) -> list[Message]:
     """End the caller's subscriptions to `unwatch(users)` (watching nobody of them does no harm)."""
-    caller = _caller(event, "unwatch", "(users)")
-    if isinstance(caller, list):
-        return caller
     revived = await _refresh(store, caller.user, caller.connection)
     try:
         users = parse_users("unwatch", caller.argument)
@@ -229,12 +230,9 @@ async def on_unwatch(store: ConnectionStore, event: Invocation) -> list[Message]
     return [*revived, *(leave_group(caller.connection, presence_group(user)) for user in users)]
 
 
-@_client_call("sync")
-async def on_sync(store: ConnectionStore, event: Invocation) -> list[Message]:
+@_client_call("sync", one_argument="(room)")
+async def on_sync(store: ConnectionStore, caller: _Caller) -> list[Message]:
     """Answer the caller a fresh snapshot of a room it is a member of (`sync(room)`)."""
-    caller = _caller(event, "sync", "(room)")
-    if isinstance(caller, list):
-        return caller
     revived = await _refresh(store, caller.user, caller.connection)
     try:
         room = parse_room(caller.argument)
@@ -249,12 +247,9 @@ async def on_sync(store: ConnectionStore, event: Invocation) -> list[Message]:
 
 
 async def _membership(
-    store: ConnectionStore, event: Invocation, *, joining: bool, service: GroupAdder = AGE_ONLY
+    store: ConnectionStore, caller: _Caller, *, joining: bool, service: GroupAdder = AGE_ONLY
 ) -> list[Message]:
     method = "join" if joining else "leave"
-    caller = _caller(event, method, "(room)")
-    if isinstance(caller, list):
-        return caller
     revived = await _refresh(store, caller.user, caller.connection)
     rooms = Rooms(store)
     try:
@@ -286,13 +281,11 @@ async def _membership(
 async def _join_first(service: GroupAdder, store: ConnectionStore, connection_id: str, names: list[str]) -> None:
     """Add the caller to the groups before its snapshot is read, so no change falls between the two (best effort:
     the output's group actions add it again)."""
-    slots = asyncio.Semaphore(_EARLY_ADDS)
 
-    async def add(group: str) -> None:
-        async with slots:
-            await service.add_to_group(store.settings.hub, group, connection_id)
+    async def add(group: str) -> bool:
+        return await service.add_to_group(store.settings.hub, group, connection_id)
 
-    await asyncio.gather(*(add(group) for group in names))
+    await gather_bounded(names, add, limit=_EARLY_ADDS)
 
 
 async def _roster(store: ConnectionStore, room: str) -> list[RosterEntry]:
@@ -300,27 +293,22 @@ async def _roster(store: ConnectionStore, room: str) -> list[RosterEntry]:
     return [entry async for page in Roster(store).snapshot(room) for entry in page]
 
 
-@dataclass(frozen=True, slots=True)
-class _Caller:
-    """The connection and signed-in user of a client call, and its one argument (None for calls without)."""
-
-    user: str
-    connection: str
-    argument: object = None
-
-
-def _caller(event: Invocation, method: str, signature: str | None = None) -> _Caller | list[Message]:
-    """The caller checks of every client call: a connection, a signed-in user, one argument when it takes one;
-    what to answer instead when a check fails."""
+def _caller(
+    event: Invocation, method: str, *, one_argument: str | None = None, anonymous: bool = False
+) -> _Caller | list[Message]:
+    """The caller checks of every client call: a connection, a signed-in user unless anonymous is allowed, one
+    argument when it takes one (`one_argument` names it); what to answer instead when a check fails."""
     if not event.connection_id:
+        logger.warning("%s: event without a connection id ignored", method)
         return []
-    if not event.user_id:
+    if not event.user_id and not anonymous:
         return [error_message(event.connection_id, f"{method} needs a signed-in user")]
-    if signature is None:
-        return _Caller(event.user_id, event.connection_id)
-    if event.arguments is None or len(event.arguments) != 1:
-        return [error_message(event.connection_id, f"{method} expects one argument: {signature}")]
-    return _Caller(event.user_id, event.connection_id, event.arguments[0])
+    argument = None
+    if one_argument is not None:
+        if event.arguments is None or len(event.arguments) != 1:
+            return [error_message(event.connection_id, f"{method} expects one argument: {one_argument}")]
+        argument = event.arguments[0]
+    return _Caller(event.user_id or "", event.connection_id, event.arguments, argument)
 
 
 def _unavailable(connection_id: str, method: str, error: StorageError) -> Message:

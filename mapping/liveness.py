@@ -27,6 +27,7 @@ from azure.core.credentials_async import AsyncTokenCredential
 from yarl import URL
 
 from mapping.access_token import access_key_token
+from mapping.bounded import gather_bounded
 from mapping.identity import identity_credential
 from mapping.settings import SignalRConnection
 
@@ -82,13 +83,11 @@ def listing_groups(groups: int) -> list[str]:
 
 async def list_groups(check: LivenessCheck, hub: str, groups: list[str], *, deadline: float) -> GroupMembers:
     """List `groups` concurrently (a bounded number at once) into one answer: listed only if every one was."""
-    slots = asyncio.Semaphore(_LISTINGS_IN_FLIGHT)
 
     async def one(group: str) -> GroupMembers:
-        async with slots:
-            return await check.members(hub, group, deadline=deadline)
+        return await check.members(hub, group, deadline=deadline)
 
-    answers = await asyncio.gather(*(one(group) for group in groups))
+    answers = await gather_bounded(groups, one, limit=_LISTINGS_IN_FLIGHT)
     requests = sum(answer.requests for answer in answers)
     for failed in (Listing.UNAVAILABLE, Listing.UNSUPPORTED):
         if any(answer.listing is failed for answer in answers):

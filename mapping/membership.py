@@ -9,13 +9,14 @@ checked against the user's partition.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from mapping.keys import MEMBERSHIP_PREFIX, membership_key, room_partition
 from mapping.presence import PresenceChange, Recorded, pair_fields, recorded_from
+from mapping.table import Table, etag_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,16 @@ class IndexedMember:
     def touched_at(self) -> datetime:
         """Return when a join or leave last wrote the row (its freshness, for readers deciding what is stale)."""
         return max(self.joined_at, self.pending_at or self.joined_at)
+
+
+async def index_pages(
+    table: Table, room: str, *, action: str, after: str | None = None
+) -> AsyncIterator[list[IndexedMember]]:
+    """Yield the rows of a room's member index in key order (those after the key `after`), one page at a time."""
+    query = "PartitionKey eq @pk" if after is None else "PartitionKey eq @pk and RowKey gt @after"
+    parameters = {"pk": room_partition(room), **({"after": after} if after is not None else {})}
+    async for page in table.pages(query, parameters, action=action):
+        yield [IndexedMember.from_table(row, etag=etag_of(row)) for row in page]
 
 
 def pending_fields(at: datetime) -> dict[str, Any]:

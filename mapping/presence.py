@@ -90,26 +90,6 @@ class PresenceChange:
     version: int
     rooms: tuple[str, ...] = ()
 
-    @property
-    def online(self) -> bool:
-        """Return whether the change says the user is online."""
-        return self.state.online
-
-    @property
-    def connections(self) -> int:
-        """Return the user's live connection count the change records."""
-        return self.state.connections
-
-    @property
-    def status(self) -> str | None:
-        """Return the user's status the change records."""
-        return self.state.status
-
-    @property
-    def last_seen(self) -> datetime | None:
-        """Return when an offline user was last seen (None while online or never seen)."""
-        return self.state.last_seen
-
     @classmethod
     def of(cls, user: str, state: PresenceState, version: int, *, rooms: Iterable[str] = ()) -> PresenceChange:
         """Return the change that records `state` under `version`, announced to `rooms`."""

@@ -3,35 +3,34 @@
 `QueueDelayedActions` implements `mapping.delayed.DelayedActions` on the queue a queue-triggered function
 reads. Messages are Base64-encoded text, which the Functions queue trigger decodes by default
 (`host.json` `extensions.queues.messageEncoding`). The queue is created on first use, and again when it
-disappears. Azure errors are translated into the `mapping.errors` tree here, as `mapping.table` does for
-the table. Delivery is at least once: a Put Message whose answer is lost is retried and may enqueue the
+disappears. Azure errors are translated into the `mapping.errors` tree by `mapping.storage_errors`, as
+for the table. Delivery is at least once: a Put Message whose answer is lost is retried and may enqueue the
 message twice, so the handler must be idempotent.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
 from azure.core.credentials_async import AsyncTokenCredential
-from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError, ResourceExistsError
+from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
-from mapping.errors import ConfigurationError, StorageError, StorageUnavailableError
+from mapping.errors import ConfigurationError, StorageUnavailableError
 from mapping.identity import identity_credential
 from mapping.settings import QueueConnection
+from mapping.storage_errors import ContainerGoneError, Translation, error_code
 
 logger = logging.getLogger(__name__)
 
 MAX_DELAY = timedelta(days=7)  # Put Message: visibilitytimeout is 0 s to 7 days
 MESSAGE_TTL_SECONDS = 7 * 24 * 3600  # a message lives this long once it is due (its delay is added to it)
 MAX_BODY_BYTES = 48 * 1024  # 64 KiB per message once Base64-encoded
-_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
 class QueueDelayedActions:
@@ -98,12 +97,12 @@ class QueueDelayedActions:
         for attempt in (1, 2):
             client = await self._queue()
             try:
-                with translated(action):
+                with _TRANSLATION.translated(action):
                     await client.send_message(
                         body, visibility_timeout=seconds, time_to_live=seconds + MESSAGE_TTL_SECONDS
                     )
                 return
-            except _QueueMissing:
+            except ContainerGoneError:
                 # Nothing was enqueued: create the queue again and send once more.
                 self._queue_missing = True
                 if attempt == 2:
@@ -134,13 +133,15 @@ class QueueDelayedActions:
         return client
 
     async def _create_queue(self, client: QueueClient) -> None:
-        with translated(f"create queue {self.queue_name}"):
+        with _TRANSLATION.translated(f"create queue {self.queue_name}"):
             try:
                 await client.create_queue()
                 logger.info("created queue %s", self.queue_name)
             except ResourceExistsError as error:
-                if _error_code(error) == "QueueBeingDeleted":
-                    raise _QueueMissing(f"queue {self.queue_name} is being deleted", retry_after_seconds=30) from None
+                if error_code(error) == "QueueBeingDeleted":
+                    raise ContainerGoneError(
+                        f"queue {self.queue_name} is being deleted", retry_after_seconds=30
+                    ) from None
 
     def _new_client(self) -> QueueClient:
         connection = self.connection
@@ -171,37 +172,4 @@ def visibility_seconds(delay: timedelta) -> int:
     return max(0, -(-delay // timedelta(seconds=1)))
 
 
-class _QueueMissing(StorageUnavailableError):
-    """The queue is gone (deleted, or the emulator restarted); it is created again before the next send."""
-
-
-@contextlib.contextmanager
-def translated(action: str) -> Iterator[None]:
-    """Turn Azure SDK and transport errors of queue calls into the mapping error tree."""
-    try:
-        yield
-    except StorageError:
-        raise
-    except HttpResponseError as error:
-        if _error_code(error) == "QueueNotFound":
-            logger.warning("queue storage: the queue is gone (%s); it is created again", action)
-            raise _QueueMissing(f"the queue disappeared ({action})", retry_after_seconds=1) from None
-        raise _storage_error(action, error) from None
-    except (TimeoutError, AzureError, OSError) as error:
-        raise _storage_error(action, error) from None
-
-
-def _error_code(error: HttpResponseError) -> str | None:
-    code = getattr(error, "error_code", None)
-    return str(code.value if hasattr(code, "value") else code) if code else None
-
-
-def _storage_error(action: str, error: BaseException) -> StorageError:
-    if isinstance(error, ClientAuthenticationError):
-        logger.error("queue storage refused the credentials during %s: %s", action, type(error).__name__)
-        return StorageError(f"queue storage refused the credentials ({action})")
-    if isinstance(error, HttpResponseError) and error.status_code not in _TRANSIENT_STATUS:
-        logger.error("queue storage answered %s (%s) during %s", error.status_code, _error_code(error), action)
-        return StorageError(f"queue storage answered {error.status_code} ({action})")
-    logger.warning("queue storage unavailable during %s: %s", action, type(error).__name__)
-    return StorageUnavailableError(f"queue storage is unavailable ({action})")
+_TRANSLATION = Translation("queue", gone_code="QueueNotFound")

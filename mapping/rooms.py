@@ -28,20 +28,20 @@ R3. The room's SignalR group follows the membership: a join adds every live conn
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from mapping.bounded import gather_bounded
 from mapping.contention import Attempts
 from mapping.cursor import check_limit, decode_cursor, encode_cursor
 from mapping.errors import ConflictError, InvalidRequestError, RowChangedError, StorageError
 from mapping.keys import membership_key, normalize_user_name, parse_room, room_partition, user_key
-from mapping.membership import IndexedMember, Membership, pending_fields
+from mapping.membership import IndexedMember, Membership, index_pages, pending_fields
 from mapping.presence import PresenceChange, PresenceState, presence_write
 from mapping.store import ConnectionStore
-from mapping.table import Operation, create, delete, etag_of, merge, upsert
+from mapping.table import Operation, create, delete, merge, upsert
 from mapping.user_view import UserView
 
 logger = logging.getLogger(__name__)
@@ -149,13 +149,10 @@ class Rooms:
         room, limit = parse_room(room), check_limit(limit)
         after = decode_cursor(cursor) if cursor else None
         moment = self.store.now(now)
-        query = "PartitionKey eq @pk" if after is None else "PartitionKey eq @pk and RowKey gt @after"
-        parameters = {"pk": room_partition(room), **({"after": after} if after is not None else {})}
         members: list[RoomMember] = []
         last_key = ""
         full = False
-        async for page in self.store.table.pages(query, parameters, action="list a room"):
-            rows = [IndexedMember.from_table(row, etag=etag_of(row)) for row in page]
+        async for rows in index_pages(self.store.table, room, action="list a room", after=after):
             if full:
                 return MembersPage(room, members, next=encode_cursor(last_key) if rows else None)
             while rows and not full:
@@ -171,17 +168,15 @@ class Rooms:
 
     async def _verified(self, room: str, rows: list[IndexedMember], moment: datetime) -> list[RoomMember | None]:
         """Read each candidate's partition: a member (with presence) if their membership row is there, else None."""
-        slots = asyncio.Semaphore(_MEMBER_READS)
 
         async def read(indexed: IndexedMember) -> RoomMember | None:
-            async with slots:
-                view = await self.store.read_user(indexed.user_key)
-                if room not in view.rooms:
-                    await self._clear_if_stale(room, indexed, moment)
-                    return None
+            view = await self.store.read_user(indexed.user_key)
+            if room not in view.rooms:
+                await self._clear_if_stale(room, indexed, moment)
+                return None
             return RoomMember(view.name(), view.state_now(self.store.lease, now=moment))
 
-        return list(await asyncio.gather(*(read(indexed) for indexed in rows)))
+        return await gather_bounded(rows, read, limit=_MEMBER_READS)
 
     async def _clear_if_stale(self, room: str, indexed: IndexedMember, moment: datetime) -> None:
         """Delete an index row with no membership once no join can be writing it (R1); best effort."""

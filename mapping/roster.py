@@ -21,15 +21,15 @@ C3. A row flagged pending (a join or leave in flight, or stopped half way) is ch
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from mapping.bounded import gather_bounded
 from mapping.errors import RowChangedError, StorageError
 from mapping.keys import parse_room, room_partition, user_key
-from mapping.membership import IndexedMember
+from mapping.membership import IndexedMember, index_pages
 from mapping.presence import PresenceChange, PresenceState, pair_fields
 from mapping.store import ConnectionStore
 from mapping.table import delete, etag_of, merge
@@ -66,33 +66,27 @@ class Roster:
         """Copy a pair onto the index rows of the change's rooms (C2); raise StorageError if any copy failed."""
         if not change.rooms:
             return
-        slots = asyncio.Semaphore(_ROOM_WRITES)
 
         async def copy(room: str) -> None:
-            async with slots:
-                await (self._copy_over_lower(change, room) if guarded else self._copy(change, room))
+            await (self._copy_over_lower(change, room) if guarded else self._copy(change, room))
 
-        await asyncio.gather(*(copy(room) for room in change.rooms))
+        await gather_bounded(change.rooms, copy, limit=_ROOM_WRITES)
 
     async def snapshot(self, room: str, *, now: datetime | None = None) -> AsyncIterator[list[RosterEntry]]:
         """Yield a room's members with their presence pairs, one index page at a time (C3: pending rows checked)."""
         room, moment = parse_room(room), self.store.now(now)
-        pages = self.store.table.pages("PartitionKey eq @pk", {"pk": room_partition(room)}, action="read a roster")
-        async for page in pages:
-            rows = [IndexedMember.from_table(row, etag=etag_of(row)) for row in page]
+        async for rows in index_pages(self.store.table, room, action="read a roster"):
             entries = await self._entries(room, rows, moment)
             yield [entry for entry in entries if entry is not None]
 
     async def _entries(self, room: str, rows: list[IndexedMember], moment: datetime) -> list[RosterEntry | None]:
-        slots = asyncio.Semaphore(_VERIFY_READS)
+        """Return each row's entry: a settled row's copy as it is, a pending one checked (C3); None: no member."""
 
-        async def entry(indexed: IndexedMember) -> RosterEntry | None:
-            if not indexed.pending:
-                return _entry(indexed.user_name, indexed.pair)
-            async with slots:
-                return await self._verified(room, indexed, moment)
+        async def verified(indexed: IndexedMember) -> RosterEntry | None:
+            return await self._verified(room, indexed, moment)
 
-        return list(await asyncio.gather(*(entry(indexed) for indexed in rows)))
+        checked = iter(await gather_bounded([row for row in rows if row.pending], verified, limit=_VERIFY_READS))
+        return [next(checked) if row.pending else _entry(row.user_name, row.pair) for row in rows]
 
     async def _verified(self, room: str, indexed: IndexedMember, moment: datetime) -> RosterEntry | None:
         """Check a pending row against the user's partition (C3); clear or delete it once it is stale."""

@@ -54,7 +54,7 @@ class ConnectOutcome:
     @property
     def came_online(self) -> bool:
         """Return whether this connect announces the user online with their first live connection."""
-        return self.presence is not None and self.presence.online and self.presence.connections == 1
+        return self.presence is not None and self.presence.state.online and self.presence.state.connections == 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +68,7 @@ class DisconnectOutcome:
     @property
     def went_offline(self) -> bool:
         """Return whether this disconnect announces the user offline."""
-        return self.presence is not None and not self.presence.online
+        return self.presence is not None and not self.presence.state.online
 
 
 @dataclass(frozen=True, slots=True)

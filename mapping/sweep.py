@@ -73,7 +73,7 @@ class SweepResult:
     @property
     def offline_users(self) -> list[str]:
         """Return the users this sweep announces offline."""
-        return [change.user for change in self.presence if not change.online]
+        return [change.user for change in self.presence if not change.state.online]
 
     @property
     def entities_read(self) -> int:

@@ -1,4 +1,4 @@
-"""The table layer: one Azure table client per process, and the only place Azure SDK errors are translated.
+"""The table layer: one Azure table client per process, and the only place its Azure SDK errors are translated.
 
 Every other module talks to Table Storage through `Table`: queries, point reads, writes and
 transactions, each answering with plain entities or raising from the `mapping.errors` tree. A
@@ -11,16 +11,13 @@ else wrote.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import (
-    AzureError,
-    ClientAuthenticationError,
     HttpResponseError,
     ResourceExistsError,
     ResourceModifiedError,
@@ -36,16 +33,15 @@ from mapping.errors import (
     RowChangedError,
     RowExistsError,
     StorageError,
-    StorageUnavailableError,
 )
 from mapping.identity import identity_credential
 from mapping.settings import Settings
+from mapping.storage_errors import Translation
 
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 100  # Table Storage: at most 100 operations per transaction, one partition.
 PAGE_SIZE = 1000
-_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _MAX_RETRY_AFTER_SLEEP = 2.0
 _SERVER_RETRY_AFTER = "x-mapping-server-retry-after"  # the server's Retry-After, before _on_response capped it
 
@@ -129,7 +125,7 @@ class Table:
     ) -> AsyncIterator[list[Entity]]:
         """Yield the entities a parameterised filter matches, one service page at a time."""
         client = await self._table()
-        with translated(action):
+        with _TRANSLATION.translated(action):
             pages = client.query_entities(
                 query, parameters=dict(parameters), select=select, results_per_page=PAGE_SIZE
             ).by_page()
@@ -140,7 +136,7 @@ class Table:
         """Carry out one operation on its own (a `create`, `merge`, `upsert` or `delete`); return the row's new ETag."""
         kind, entity, options = operation
         client = await self._table()
-        with translated(action):
+        with _TRANSLATION.translated(action):
             if kind == "create":
                 return _written_etag(await client.create_entity(entity))
             if kind == "update":
@@ -159,7 +155,7 @@ class Table:
         if len(operations) > MAX_BATCH:
             raise ValueError(f"a transaction holds at most {MAX_BATCH} operations")
         client = await self._table()
-        with translated(action):
+        with _TRANSLATION.translated(action):
             await client.submit_transaction(list(operations))
 
     async def close(self) -> None:
@@ -214,7 +210,7 @@ class Table:
         return client
 
     async def _create_table(self, client: TableClient) -> None:
-        with translated("create table"):
+        with _TRANSLATION.translated("create table"):
             try:
                 await client.create_table()
                 logger.info("created table %s", self.settings.table_name)
@@ -240,58 +236,25 @@ class Table:
         return client
 
 
-class _TableMissing(StorageUnavailableError):
-    """The table was deleted while the process ran; the next call creates it again (see _on_response)."""
+def _table_error(action: str, error: HttpResponseError) -> StorageError | None:
+    """The errors only the table answers: a failed transaction, a conflicting row."""
+    if isinstance(error, TableTransactionError):
+        return _transaction_error(action, error)
+    if isinstance(error, ResourceNotFoundError | ResourceModifiedError):
+        return RowChangedError(f"{action}: row missing or changed ({error.status_code})")
+    if isinstance(error, ResourceExistsError):
+        return RowExistsError(f"{action}: the row exists")
+    return None
 
 
-@contextlib.contextmanager
-def translated(action: str) -> Iterator[None]:
-    """Turn Azure SDK and transport errors into the mapping error tree."""
-    try:
-        yield
-    except StorageError:
-        raise
-    except HttpResponseError as error:
-        if _error_code(error) == "TableNotFound":
-            logger.warning("table storage: the table is gone (%s); it is created again on the next call", action)
-            raise _TableMissing(f"the table disappeared ({action})", retry_after_seconds=1) from None
-        if isinstance(error, TableTransactionError):
-            raise _transaction_error(action, error) from None
-        if isinstance(error, ResourceNotFoundError | ResourceModifiedError):
-            raise RowChangedError(f"{action}: row missing or changed ({error.status_code})") from None
-        if isinstance(error, ResourceExistsError):
-            raise RowExistsError(f"{action}: the row exists") from None
-        raise _storage_error(action, error) from None
-    except (TimeoutError, AzureError, OSError) as error:
-        raise _storage_error(action, error) from None
-
-
-def _transaction_error(action: str, error: TableTransactionError) -> StorageError:
+def _transaction_error(action: str, error: TableTransactionError) -> StorageError | None:
     if error.status_code in (404, 412):
         return RowChangedError(f"{action}: a row changed meanwhile", index=error.index)
     if error.status_code == 409:
         return RowExistsError(f"{action}: a row exists", index=error.index)
     if error.status_code == 400:
         return BatchRejectedError(f"{action}: the transaction was rejected")
-    return _storage_error(action, error)
-
-
-def _error_code(error: HttpResponseError) -> str | None:
-    code = getattr(error, "error_code", None)
-    return str(code.value if hasattr(code, "value") else code) if code else None
-
-
-def _storage_error(action: str, error: BaseException) -> StorageError:
-    if isinstance(error, ClientAuthenticationError):
-        logger.error("table storage refused the credentials during %s: %s", action, type(error).__name__)
-        return StorageError(f"table storage refused the credentials ({action})")
-    status = error.status_code if isinstance(error, HttpResponseError) else None
-    if status is not None and status not in _TRANSIENT_STATUS:
-        logger.error("table storage answered %s during %s", status, action)
-        return StorageError(f"table storage answered {status} ({action})")
-    retry_after = _retry_after(error)
-    logger.warning("table storage unavailable during %s: %s", action, type(error).__name__)
-    return StorageUnavailableError(f"table storage is unavailable ({action})", retry_after_seconds=retry_after)
+    return None
 
 
 def _capped_sleep(value: str, *, unit: float) -> float:
@@ -310,6 +273,10 @@ def _retry_after(error: BaseException) -> int:
         return max(1, min(int(header), 300)) if header else 5
     except ValueError:
         return 5
+
+
+# A table deleted while the process runs is also flagged by _on_response; the next call creates it again.
+_TRANSLATION = Translation("table", gone_code="TableNotFound", specific=_table_error, retry_after=_retry_after)
 
 
 def etag_of(entity: Any) -> str | None:

@@ -9,8 +9,7 @@ connection (SignalR groups end with it). `PRESENCE_WATCH` decides who may be wat
 
 from __future__ import annotations
 
-import asyncio
-
+from mapping.bounded import gather_bounded
 from mapping.errors import InvalidRequestError, RefusedError
 from mapping.keys import normalize_user_name, user_key
 from mapping.presence import PresenceChange, PresenceState
@@ -60,13 +59,7 @@ class Watching:
         return [_entry(user, view) for user, view in zip(users, views, strict=True)]
 
     async def _read(self, partitions: list[str]) -> list[UserView]:
-        slots = asyncio.Semaphore(_READS)
-
-        async def read(partition: str) -> UserView:
-            async with slots:
-                return await self.store.read_user(partition)
-
-        return list(await asyncio.gather(*(read(partition) for partition in partitions)))
+        return await gather_bounded(partitions, self.store.read_user, limit=_READS)
 
 
 def _entry(user: str, view: UserView) -> RosterEntry:

@@ -29,7 +29,7 @@ async def test_200_simultaneous_connects_of_one_user_on_one_instance_all_succeed
     elapsed = time.monotonic() - started
     changes = [outcome.presence for outcome in outcomes if outcome.presence is not None]
     latest = max(changes, key=lambda change: change.version)
-    assert (latest.online, latest.connections) == (True, 200), f"in {elapsed:.1f} s"
+    assert (latest.state.online, latest.state.connections) == (True, 200), f"in {elapsed:.1f} s"
     presence = await store.presence_of("kiosk")
     assert len(presence.connections) == 200
     recorded = (await presence_rows(azurite, store.settings.table_name))[user_key("kiosk")]

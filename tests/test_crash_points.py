@@ -606,7 +606,7 @@ State = tuple[bool, int, str | None]  # online, live connections, status
 
 def state_of(change: PresenceChange) -> State:
     """Return the part of an announcement a client shows (last seen follows from it)."""
-    return (change.online, change.connections, change.status)
+    return (change.state.online, change.state.connections, change.state.status)
 
 
 async def presence_rows_of(w: World) -> dict[str, dict[str, object]]:

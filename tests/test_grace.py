@@ -109,7 +109,7 @@ async def test_the_grace_expiring_announces_offline_once(store: ConnectionStore,
     assert during.connections == []  # but nothing is sent to the closed connection
     [offline] = await decide_due(grace, queue, ended_at + GRACE)
     assert online is not None
-    assert (offline.online, offline.last_seen, offline.version > online.version) == (False, ended_at, True)
+    assert (offline.state.online, offline.state.last_seen, offline.version > online.version) == (False, ended_at, True)
     assert (await store.read_user("bo")).rows == {}  # the ended row is gone
     again = await grace.decide(Decision("bo", ended_at + GRACE), now=ended_at + GRACE * 2)
     assert again is None
@@ -123,7 +123,7 @@ async def test_a_doubled_decision_converges(store: ConnectionStore, queue: FakeD
     decision = Decision("cy", T0 + GRACE)
     results = await asyncio.gather(grace.decide(decision, now=T0 + GRACE), grace.decide(decision, now=T0 + GRACE))
     [change] = [change for change in results if change is not None]  # one instance: the second waits its turn
-    assert (change.online, change.last_seen) == (False, T0)
+    assert (change.state.online, change.state.last_seen) == (False, T0)
     assert (await store.presence_of("cy", now=T0 + GRACE)).state.online is False
 
 
@@ -148,7 +148,7 @@ async def test_a_lost_decision_is_made_by_the_sweep(
     assert during.presence == []
     assert (await store.presence_of("eli", now=T0 + GRACE / 2)).state.online is True
     after = await sweep(store, liveness=service, now=T0 + GRACE * 2)
-    assert [(c.user, c.online, c.last_seen) for c in after.presence] == [("eli", False, T0)]
+    assert [(c.user, c.state.online, c.state.last_seen) for c in after.presence] == [("eli", False, T0)]
 
 
 async def test_a_reconciling_sweep_dates_a_lost_decision_at_the_disconnect(
@@ -158,7 +158,7 @@ async def test_a_reconciling_sweep_dates_a_lost_decision_at_the_disconnect(
     service = FakeService(listing=Listing.LISTED)  # the listing lacks it: the service closed it
     await lose_the_decision(reconciled_store, queue, "jo", "j1", connected_at=T0 - timedelta(minutes=20))
     after = await sweep(reconciled_store, liveness=service, now=T0 + GRACE * 2)
-    assert [(c.user, c.online, c.last_seen) for c in after.presence] == [("jo", False, T0)]
+    assert [(c.user, c.state.online, c.state.last_seen) for c in after.presence] == [("jo", False, T0)]
 
 
 async def test_two_tabs_decided_at_once_announce_offline_once(
@@ -174,7 +174,7 @@ async def test_two_tabs_decided_at_once_announce_offline_once(
     moment = T0 + GRACE * 2
     results = await asyncio.gather(*(grace.decide(decision, now=moment) for decision in decisions))
     [change] = [change for change in results if change is not None]
-    assert (change.online, change.last_seen) == (False, T0 + timedelta(seconds=1))
+    assert (change.state.online, change.state.last_seen) == (False, T0 + timedelta(seconds=1))
     assert not store.turns, "every turn was given back"
 
 
@@ -189,7 +189,7 @@ async def test_several_tabs_closing_keep_their_count_until_the_grace_ends(
     await grace.end("fay", "f2", now=T0)
     assert (await store.connect("fay", "f4", now=T0 + timedelta(seconds=1))).presence is None  # f2's reload
     [change] = await decide_due(grace, queue, T0 + GRACE)
-    assert (change.online, change.connections) == (True, 2)
+    assert (change.state.online, change.state.connections) == (True, 2)
 
 
 async def test_a_repeated_disconnect_schedules_nothing(store: ConnectionStore, queue: FakeDelayedActions) -> None:
@@ -209,7 +209,7 @@ async def test_an_unreachable_queue_fails_visibly_and_the_sweep_still_decides(
     with pytest.raises(StorageUnavailableError):
         await grace.end("hal", "h1", now=T0)
     after = await sweep(store, now=T0 + GRACE * 2)
-    assert [(c.user, c.online) for c in after.presence] == [("hal", False)]
+    assert [(c.user, c.state.online) for c in after.presence] == [("hal", False)]
 
 
 def test_a_decision_that_is_not_one_is_refused() -> None:

@@ -71,7 +71,7 @@ async def test_a_row_refreshed_under_another_shard_count_survives_its_old_entry(
         await new.touch("ann", "a1", now=NOW - timedelta(seconds=30))
         result = await sweep(new, now=NOW)
         assert result.deleted == 0
-        assert all(change.online for change in result.presence)  # at most P5's repeat of the recorded online
+        assert all(change.state.online for change in result.presence)  # at most P5's repeat of the recorded online
         remaining = await index_rows(azurite, table)
         assert [str(row["PartitionKey"]).startswith(SHARDED_PREFIX) for row in remaining] == [True]
         assert (await new.presence_of("ann", now=NOW)).state.online is True

@@ -73,7 +73,7 @@ async def test_a_disconnect_committed_then_answered_500_still_announces_offline(
     proxy.rule = None
     assert online is not None
     assert outcome.presence is not None
-    assert outcome.presence.online is False
+    assert outcome.presence.state.online is False
     assert outcome.presence.version > online.version
     assert await direct.connections_of("ann", now=T0) == []
 
@@ -87,7 +87,7 @@ async def test_a_first_connect_committed_then_answered_500_announces_once(
     outcome = await faulty.connect("bea", "b1", now=T0)
     proxy.rule = None
     assert outcome.presence is not None
-    assert outcome.presence.online is True
+    assert outcome.presence.state.online is True
 
 
 async def test_one_users_failure_never_drops_another_users_announcement(
@@ -125,11 +125,11 @@ async def test_a_revived_lease_is_announced_online(store: ConnectionStore) -> No
     await store.connect("fay", "f2", now=T0 - timedelta(seconds=2))
     left = await store.disconnect("fay", "f2", now=T0 - timedelta(seconds=1))
     assert left.presence is not None
-    assert left.presence.online is False  # f1's lease has lapsed
+    assert left.presence.state.online is False  # f1's lease has lapsed
     revived = await ConnectionStore(store.settings).touch("fay", "f1", now=T0)  # another instance: no memory of f1
     assert revived.found is True
     assert revived.presence is not None
-    assert (revived.presence.online, revived.presence.version > left.presence.version) == (True, True)
+    assert (revived.presence.state.online, revived.presence.version > left.presence.version) == (True, True)
 
 
 async def test_a_repeated_connected_event_revives_a_lapsed_lease_with_an_announcement(store: ConnectionStore) -> None:
@@ -151,7 +151,7 @@ async def test_a_sweep_refresh_of_a_lapsed_lease_is_announced(store: ConnectionS
     assert first.offline_users == ["hal"]  # kept for the next sweep, but no longer live
     service.answers["h1"] = Liveness.ALIVE
     second = await sweep(store, liveness=service, now=T0 + TTL * 1.3)
-    assert [(c.user, c.online) for c in second.presence] == [("hal", True)]
+    assert [(c.user, c.state.online) for c in second.presence] == [("hal", True)]
     assert second.presence[0].version > first.presence[0].version
 
 
@@ -245,7 +245,7 @@ async def test_a_refused_first_connect_and_its_reconnect_end_announced_online(
         heard += (await sweep(direct, now=moment)).presence
     assert [c.connection_id for c in await direct.connections_of("lea", now=moment)] == ["real"]
     assert heard
-    assert max(heard, key=lambda change: change.version).online is True
+    assert max(heard, key=lambda change: change.version).state.online is True
 
 
 async def test_a_decision_made_on_a_stale_read_never_commits(store: ConnectionStore) -> None:
@@ -262,4 +262,4 @@ async def test_a_decision_made_on_a_stale_read_never_commits(store: ConnectionSt
     settled = await settle(store, view, user_name="max", gone={"old": view.rows["old"].etag or ""}, alive={}, now=T0)
     assert (settled.deleted, settled.online) == (1, True)
     assert (await store.read_user("max")).presence.online is True
-    assert settled.change is None or settled.change.online is True
+    assert settled.change is None or settled.change.state.online is True

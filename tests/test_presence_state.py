@@ -61,7 +61,7 @@ async def test_the_latest_status_among_live_connections_is_the_users() -> None:
     assert (await user_presence("rita"))["status"] == "away"
     closed = (await store.disconnect("rita", "r2")).presence
     assert closed is not None
-    assert (closed.status, closed.connections) == ("busy", 1)
+    assert (closed.state.status, closed.state.connections) == ("busy", 1)
     body = await user_presence("rita")
     assert (body["status"], [c["status"] for c in body["connections"]]) == ("busy", ["busy"])
 
@@ -161,7 +161,7 @@ async def test_a_swept_user_was_last_seen_when_their_lease_was_last_renewed() ->
     await store.touch("abe", "a1", now=T0 + timedelta(minutes=4))
     result = await sweep(store, now=T0 + timedelta(hours=1))
     [change] = result.presence
-    assert (change.online, change.last_seen) == (False, T0 + timedelta(minutes=4))
+    assert (change.state.online, change.state.last_seen) == (False, T0 + timedelta(minutes=4))
     assert (await store.presence_of("abe", now=T0 + timedelta(hours=1))).state.last_seen == T0 + timedelta(minutes=4)
 
 
@@ -177,7 +177,7 @@ async def test_a_reconciling_sweep_dates_a_lost_disconnect_at_the_sweep(app_env:
         service = FakeService({"b1": Liveness.GONE}, listing=Listing.LISTED, listed=[])
         result = await sweep(reconciled, liveness=service, now=moment)
         [change] = result.presence
-        assert (change.online, change.last_seen) == (False, moment)
+        assert (change.state.online, change.state.last_seen) == (False, moment)
     finally:
         await reconciled.close()
 

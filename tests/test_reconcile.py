@@ -343,7 +343,7 @@ async def test_a_lost_connection_the_listing_still_shows_goes_the_sweep_after(
     second = await sweep(store, liveness=service, now=T0 + TTL * 0.6 + timedelta(minutes=5))
     assert (second.listed, second.deleted) == (1, 1)
     # fox is still online through f2: at most the recorded online state is repeated (f1's entry was its first)
-    assert [(change.user, change.online) for change in second.presence] in ([], [("fox", True)])
+    assert [(change.user, change.state.online) for change in second.presence] in ([], [("fox", True)])
     assert [c.connection_id for c in await store.connections_of("fox", now=T0 + TTL * 2)] == ["f2"]
     assert service.asked == ["f1"]
 

@@ -230,11 +230,11 @@ async def test_concurrent_first_connections_announce_online_exactly_once(store: 
         user = f"burst{round_}"
         outcomes = await asyncio.gather(*(store.connect(user, f"tab{n}") for n in range(8)))
         changes = [outcome.presence for outcome in outcomes if outcome.presence]
-        assert sorted(change.connections for change in changes) == list(range(1, 9))
-        assert all((change.user, change.online) == (user, True) for change in changes)
+        assert sorted(change.state.connections for change in changes) == list(range(1, 9))
+        assert all((change.user, change.state.online) == (user, True) for change in changes)
         assert sum(outcome.came_online for outcome in outcomes) == 1
         highest = max(changes, key=lambda change: change.version)
-        assert highest.connections == 8
+        assert highest.state.connections == 8
 
 
 async def test_racing_instances_leave_the_true_state_at_the_highest_version(azurite: Azurite) -> None:
@@ -249,7 +249,7 @@ async def test_racing_instances_leave_the_true_state_at_the_highest_version(azur
             events += [(instances[rng.randrange(2)], "disconnect", f"c{n}") for n in range(2) if rng.random() < 0.7]
             rng.shuffle(events)
             outcomes = await asyncio.gather(*(getattr(store, action)(user, tab) for store, action, tab in events))
-            changes = sorted((o.presence.version, o.presence.online) for o in outcomes if o.presence is not None)
+            changes = sorted((o.presence.version, o.presence.state.online) for o in outcomes if o.presence is not None)
             online = bool(await instances[0].connections_of(user))
             assert len({version for version, _ in changes}) == len(changes), user
             assert changes, user
@@ -285,14 +285,14 @@ async def test_disconnect_of_a_key_a_transaction_cannot_carry(store: ConnectionS
     """A name with U+2028 (found by fuzzing) disconnects cleanly although Azurite refuses it inside a batch."""
     online = (await store.connect("0\u20280", "c1")).presence
     assert online is not None
-    assert online.online is True
+    assert online.state.online is True
     outcome = await store.disconnect("0\u20280", "c1")
     assert outcome.removed is True
     assert outcome.presence is not None
     assert outcome.presence == PresenceChange(
-        "0\u20280", PresenceState(False, last_seen=outcome.presence.last_seen), outcome.presence.version
+        "0\u20280", PresenceState(False, last_seen=outcome.presence.state.last_seen), outcome.presence.version
     )
-    assert outcome.presence.last_seen is not None
+    assert outcome.presence.state.last_seen is not None
     assert outcome.presence.version > online.version
     assert await table_rows(azurite, store.settings.table_name) == []
 

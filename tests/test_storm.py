@@ -188,7 +188,7 @@ async def test_storm_leaves_exactly_the_open_connections(
         announced.setdefault(record["user"], []).extend(tuple(change) for change in record["presence"])
     for result in results:
         for change in result.presence:
-            announced.setdefault(change.user, []).append((change.version, change.online))
+            announced.setdefault(change.user, []).append((change.version, change.state.online))
     two_states = {
         user: changes for user, changes in announced.items() if len(set(changes)) != len({v for v, _ in changes})
     }

@@ -160,7 +160,7 @@ async def test_a_row_refreshed_between_read_and_delete_survives(store: Connectio
     assert settled.deleted == 1
     assert [c.connection_id for c in await store.connections_of("hank", now=NOW)] == ["talking"]
     assert settled.online is True  # still online through the refreshed tab
-    assert settled.change is None or settled.change.online is True  # at most a repeat of the recorded pair (P4)
+    assert settled.change is None or settled.change.state.online is True  # at most a repeat of the recorded pair (P4)
 
 
 async def test_a_row_removed_by_a_disconnect_meanwhile_is_skipped(store: ConnectionStore, azurite: Azurite) -> None:
@@ -185,7 +185,7 @@ async def test_an_entry_left_by_a_crash_after_the_row_delete_is_dropped_next_tim
     view = await store.read_user("judy")
     settled = await settle(store, view, user_name="judy", gone={"j1": view.rows["j1"].etag or ""}, alive={}, now=NOW)
     assert settled.change is not None
-    assert settled.change.online is False
+    assert settled.change.state.online is False
     result = await sweep(store, now=NOW)
     assert (result.deleted, result.entries_dropped) == (0, 1)
     assert result.presence == [settled.change]
