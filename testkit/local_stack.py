@@ -41,6 +41,8 @@ class HostOptions:
 
     app: str | None = None  # module:attribute of the func.FunctionApp; None for function_app.py's
     app_dirs: tuple[Path, ...] = ()  # on PYTHONPATH ahead of the repository, for `app`'s module
+    python: Path | None = None  # another interpreter (an environment the wheel is installed in); None: this one
+    app_dir: Path | None = None  # an app outside the repository: run there, with only `app_dirs` on PYTHONPATH
     function_key: str | None = None  # with a key the host checks keys as Azure does
     static: Mapping[str, Path] = field(default_factory=dict)  # URL prefix -> directory, also served
 
@@ -53,9 +55,18 @@ class HostOptions:
 
     def environment(self) -> dict[str, str] | None:
         """Return the local host's environment: this one with `app_dirs` on PYTHONPATH, or None to inherit it."""
+        if self.app_dir is not None:  # nothing of the repository but what `app_dirs` names
+            return {"PATH": os.environ.get("PATH", ""), "HOME": str(self.app_dir), "PYTHONPATH": self._path()}
         if not self.app_dirs:
             return None
-        return {**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, self.app_dirs), str(ROOT)])}
+        return {**os.environ, "PYTHONPATH": os.pathsep.join([self._path(), str(ROOT)])}
+
+    def command(self) -> list[str]:
+        """Return the interpreter and module that run the local host."""
+        return [str(self.python or sys.executable), "-m", "local.host"]
+
+    def _path(self) -> str:
+        return os.pathsep.join(map(str, self.app_dirs))
 
 
 @dataclass
@@ -88,13 +99,15 @@ class LocalStack:
         path = self.logs / "local.settings.json"
         path.write_text(json.dumps({"IsEncrypted": False, "Values": self.settings}))
         command = [
-            *(sys.executable, "-m", "local.host", "--host", "127.0.0.1", "--port", str(self.host_port)),
+            *self.host_options.command(),
+            *("--host", "127.0.0.1", "--port", str(self.host_port)),
             *("--settings", str(path), "--host-json", str(self.host_json)),
             *_log_level_option(self.host_log_level),
             *self.host_options.arguments(),
         ]
         log = self.logs / "host.log"
-        self._processes["host"] = _start(command, self.host_port, log, env=self.host_options.environment())
+        options = self.host_options
+        self._processes["host"] = _start(command, self.host_port, log, env=options.environment(), cwd=options.app_dir)
 
     def start_emulator(
         self, *, secondary_key: str, client_timeout: float, keepalive: float, log_level: str | None
@@ -147,9 +160,11 @@ def _log_level_option(log_level: str | None) -> list[str]:
     return [] if log_level is None else ["--log-level", log_level]
 
 
-def _start(command: list[str], port: int, log: Path, *, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def _start(
+    command: list[str], port: int, log: Path, *, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
     with log.open("ab") as sink:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(command, cwd=cwd or ROOT, stdout=sink, stderr=subprocess.STDOUT, env=env)
     if not _wait_listening(port, process, timeout=START_SECONDS):
         stop_process(process, timeout=5)
         raise RuntimeError(f"{command[2]} did not start: " + log.read_text(errors="replace")[-3000:])

@@ -20,9 +20,9 @@ import pytest
 from packaging.requirements import Requirement
 
 from conftest import unique_table_name
-from testkit.azurite import ROOT, Azurite, _wait_listening, free_port, stop_process
+from testkit.azurite import ROOT, Azurite
 from testkit.hub_client import HubClient
-from testkit.local_stack import ACCESS_KEY, SECONDARY_KEY, signalr_connection_string
+from testkit.local_stack import ACCESS_KEY, HostOptions, LocalStack, running_local_stack
 
 pytestmark = pytest.mark.slow
 
@@ -140,77 +140,28 @@ def _existing_app(directory: Path, *, hello_name: str = "hello", hello_route: st
     return ExistingApp(directory, directory / "ticks.txt")
 
 
-def _host_command(python: Path, app: ExistingApp, port: int, settings: dict[str, str]) -> list[str]:
-    path = app.directory / "local.settings.json"
-    path.write_text(json.dumps({"IsEncrypted": False, "Values": {**settings, "TICKS_FILE": str(app.ticks)}}))
-    return [*(str(python), "-m", "local.host", "--host", "127.0.0.1", "--port", str(port), "--settings", str(path))]
+def _host_options(python: Path, app: ExistingApp) -> HostOptions:
+    """The local host from the fresh environment, in the app's folder, with only the local host on PYTHONPATH."""
+    return HostOptions(python=python, app_dir=app.directory, app_dirs=(app.directory / "host-tools",))
 
 
-def _host_env(app: ExistingApp) -> dict[str, str]:
-    return {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(app.directory / "host-tools"), "HOME": str(app.directory)}
-
-
-def start_process(
-    command: list[str], port: int, log: Path, *, cwd: Path = ROOT, env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    """Start a process that listens on `port`, its output to `log`; fail with the log's end if it does not listen."""
-    with log.open("ab") as sink:
-        process = subprocess.Popen(command, cwd=cwd, stdout=sink, stderr=subprocess.STDOUT, env=env)
-    if not _wait_listening(port, process, timeout=60):
-        stop_process(process, timeout=5)
-        raise RuntimeError(f"{command[2]} did not start: " + log.read_text(errors="replace")[-3000:])
-    return process
-
-
-@dataclass(frozen=True)
-class Running:
-    """The existing app served by the local host from the fresh environment, beside the emulator."""
-
-    app: ExistingApp
-    host_url: str
-    emulator_url: str
-    table: str
+def _settings(azurite: Azurite, app: ExistingApp) -> dict[str, str]:
+    return {
+        "AzureWebJobsStorage": azurite.connection_string,
+        "MAPPING_STORAGE": azurite.connection_string,
+        "MAPPING_TABLE": unique_table_name(),
+        "SWEEP_SCHEDULE": "0 */5 * * * *",
+        "TICKS_FILE": str(app.ticks),
+    }
 
 
 @pytest.fixture
-def running(fresh_python: Path, azurite: Azurite, tmp_path: Path) -> Iterator[Running]:
-    """Start the emulator (from this repository) and the existing app's host (from the fresh environment)."""
+def running(fresh_python: Path, azurite: Azurite, tmp_path: Path) -> Iterator[tuple[ExistingApp, LocalStack]]:
+    """The emulator (from this repository) and the existing app's host (from the fresh environment)."""
     app = _existing_app(tmp_path / "existing-app")
-    emulator_port, host_port = free_port(), free_port()
-    emulator_url, host_url = f"http://127.0.0.1:{emulator_port}", f"http://127.0.0.1:{host_port}"
-    table = unique_table_name()
-    settings = {
-        "FUNCTIONS_WORKER_RUNTIME": "python",
-        "AzureWebJobsStorage": azurite.connection_string,
-        "MAPPING_STORAGE": azurite.connection_string,
-        "MAPPING_TABLE": table,
-        "SIGNALR_HUB": HUB,
-        "SWEEP_SCHEDULE": "0 */5 * * * *",
-        "AzureSignalRConnectionString": signalr_connection_string(emulator_port),
-    }
-    emulator = start_process(
-        [
-            *(sys.executable, "-m", "local.emulator", "--host", "127.0.0.1", "--port", str(emulator_port)),
-            *("--public-url", emulator_url, "--upstream", f"{host_url}/runtime/webhooks/signalr"),
-            *("--access-key", ACCESS_KEY, "--secondary-key", SECONDARY_KEY),
-        ],
-        emulator_port,
-        tmp_path / "emulator.log",
-    )
-    try:
-        host = start_process(
-            _host_command(fresh_python, app, host_port, settings),
-            host_port,
-            tmp_path / "host.log",
-            cwd=app.directory,
-            env=_host_env(app),
-        )
-        try:
-            yield Running(app, host_url, emulator_url, table)
-        finally:
-            stop_process(host, timeout=15)
-    finally:
-        stop_process(emulator, timeout=15)
+    options = _host_options(fresh_python, app)
+    with running_local_stack(_settings(azurite, app), hub=HUB, host_options=options) as stack:
+        yield app, stack
 
 
 @pytest.fixture
@@ -229,37 +180,38 @@ async def _eventually_received(client: HubClient, *, seconds: float = 15.0) -> N
 
 
 async def test_the_installed_mapper_and_the_apps_own_functions_both_work(
-    running: Running, session: aiohttp.ClientSession, fresh_python: Path
+    running: tuple[ExistingApp, LocalStack], session: aiohttp.ClientSession, fresh_python: Path
 ) -> None:
     """Served from the fresh environment, the mapper maps and delivers, and the app's HTTP function and timer run."""
-    async with session.get(f"{running.host_url}/api/hello", params={"name": "team"}) as response:
+    app, stack = running
+    async with session.get(f"{stack.host_url}/api/hello", params={"name": "team"}) as response:
         assert response.status == 200
         hello = await response.json()
     assert hello["hello"] == "team"
     assert Path(hello["mapping"]).is_relative_to(fresh_python.parent.parent)  # the wheel's copy, not the repository's
 
-    client = await HubClient.open(session, running.emulator_url, hub=HUB, user="Ada", access_key=ACCESS_KEY)
+    client = await HubClient.open(session, stack.emulator_url, hub=HUB, user="Ada", access_key=ACCESS_KEY)
     try:
-        async with session.get(f"{running.host_url}/api/users/ada") as response:
+        async with session.get(f"{stack.host_url}/api/users/ada") as response:
             assert response.status == 200
             presence = await response.json()
         assert presence["online"] is True
         assert [c["connectionId"] for c in presence["connections"]] == [client.connection_id]
-        async with session.post(f"{running.host_url}/api/send", json={"to": "ada", "message": "hi"}) as response:
+        async with session.post(f"{stack.host_url}/api/send", json={"to": "ada", "message": "hi"}) as response:
             assert (response.status, await response.json()) == (200, {"to": "ada", "delivered": 1})
         await _eventually_received(client)
         assert any(arguments[-1] == "hi" or "hi" in json.dumps(arguments) for _, arguments in client.messages)
     finally:
         await client.close()
 
-    async with session.get(f"{running.host_url}/api/openapi.json") as response:
+    async with session.get(f"{stack.host_url}/api/openapi.json") as response:
         assert response.status == 200
         assert (await response.json())["openapi"].startswith("3.1")
     for _ in range(50):
-        if running.app.ticks.exists() and running.app.ticks.read_text().count("tick") >= 2:
+        if app.ticks.exists() and app.ticks.read_text().count("tick") >= 2:
             break
         await asyncio.sleep(0.1)
-    assert running.app.ticks.read_text().count("tick") >= 2
+    assert app.ticks.read_text().count("tick") >= 2
 
 
 @pytest.mark.parametrize(
@@ -275,19 +227,15 @@ async def test_the_installed_mapper_and_the_apps_own_functions_both_work(
     ],
 )
 def test_a_clash_with_the_apps_functions_fails_at_indexing(
-    fresh_python: Path, tmp_path: Path, hello_name: str, hello_route: str, expected: str
+    fresh_python: Path, azurite: Azurite, tmp_path: Path, hello_name: str, hello_route: str, expected: str
 ) -> None:
     """An app function with a mapper function's name, or its route and method, stops the host before it serves."""
     app = _existing_app(tmp_path / "clashing-app", hello_name=hello_name, hello_route=hello_route)
-    port = free_port()
-    finished = subprocess.run(
-        _host_command(fresh_python, app, port, {"FUNCTIONS_WORKER_RUNTIME": "python", "SIGNALR_HUB": HUB}),
-        cwd=app.directory,
-        env=_host_env(app),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert finished.returncode != 0
-    assert "Worker failed to index functions: RegistrationError" in finished.stderr
-    assert re.search(expected, finished.stderr), finished.stderr[-2000:]
+    with (
+        pytest.raises(RuntimeError, match=r"local\.host did not start") as raised,
+        running_local_stack(_settings(azurite, app), hub=HUB, host_options=_host_options(fresh_python, app)),
+    ):
+        pass
+    log = str(raised.value)
+    assert "Worker failed to index functions: RegistrationError" in log
+    assert re.search(expected, log), log
