@@ -24,6 +24,7 @@ from azure.storage.queue.aio import QueueClient
 from mapping.errors import ConfigurationError, StorageUnavailableError
 from mapping.identity import identity_credential
 from mapping.settings import QueueConnection
+from mapping.storage_client import CachedClient
 from mapping.storage_errors import ContainerGoneError, Translation, error_code
 
 logger = logging.getLogger(__name__)
@@ -65,10 +66,7 @@ class QueueDelayedActions:
             **(client_options or {}),
             "message_encode_policy": TextBase64EncodePolicy(),
         }
-        self._client: QueueClient | None = None
-        self._credential: AsyncTokenCredential | None = None
-        self._lock = asyncio.Lock()
-        self._queue_missing = False
+        self._client = CachedClient(self._new_client, self._create_queue)
 
     async def schedule(self, body: str, *, delay: timedelta) -> None:
         """Enqueue `body`, invisible for `delay` (rounded up to whole seconds; negative means now)."""
@@ -85,17 +83,11 @@ class QueueDelayedActions:
 
     async def close(self) -> None:
         """Close the client and any credential; the next schedule opens them again."""
-        async with self._lock:
-            client, credential = self._client, self._credential
-            self._client = self._credential = None
-        if client is not None:
-            await client.close()
-        if credential is not None:
-            await credential.close()
+        await self._client.close()
 
     async def _send(self, body: str, seconds: int, action: str) -> None:
         for attempt in (1, 2):
-            client = await self._queue()
+            client = await self._client.get()
             try:
                 with _TRANSLATION.translated(action):
                     await client.send_message(
@@ -104,33 +96,9 @@ class QueueDelayedActions:
                 return
             except ContainerGoneError:
                 # Nothing was enqueued: create the queue again and send once more.
-                self._queue_missing = True
+                self._client.vanished()
                 if attempt == 2:
                     raise
-
-    async def _queue(self) -> QueueClient:
-        if self._client is not None and not self._queue_missing:
-            return self._client
-        async with self._lock:
-            if self._client is None:
-                self._client = await self._open_queue()
-            elif self._queue_missing:
-                # The queue vanished under the cached client (deleted, or an emulator restarted).
-                await self._create_queue(self._client)
-                self._queue_missing = False
-        return self._client
-
-    async def _open_queue(self) -> QueueClient:
-        client = self._new_client()
-        try:
-            await self._create_queue(client)
-        except BaseException:
-            await client.close()
-            if self._credential is not None:
-                await self._credential.close()
-                self._credential = None
-            raise
-        return client
 
     async def _create_queue(self, client: QueueClient) -> None:
         with _TRANSLATION.translated(f"create queue {self.queue_name}"):
@@ -143,13 +111,14 @@ class QueueDelayedActions:
                         f"queue {self.queue_name} is being deleted", retry_after_seconds=30
                     ) from None
 
-    def _new_client(self) -> QueueClient:
+    def _new_client(self) -> tuple[QueueClient, AsyncTokenCredential | None]:
         connection = self.connection
         if connection.connection_string:
             try:
-                return QueueClient.from_connection_string(
+                client = QueueClient.from_connection_string(
                     connection.connection_string, self.queue_name, **self._client_options
                 )
+                return client, None
             except ValueError:
                 raise ConfigurationError(f"the connection string in {connection.source} is malformed") from None
         assert connection.queue_service_uri is not None
@@ -161,8 +130,7 @@ class QueueDelayedActions:
         except ValueError as error:
             asyncio.get_running_loop().create_task(credential.close())
             raise ConfigurationError(f"{connection.source}__queueServiceUri is not usable: {error}") from None
-        self._credential = credential
-        return client
+        return client, credential
 
 
 def visibility_seconds(delay: timedelta) -> int:

@@ -36,6 +36,7 @@ from mapping.errors import (
 )
 from mapping.identity import identity_credential
 from mapping.settings import Settings
+from mapping.storage_client import CachedClient
 from mapping.storage_errors import Translation
 
 logger = logging.getLogger(__name__)
@@ -109,10 +110,7 @@ class Table:
             **extra_options,
             "raw_response_hook": self._on_response,
         }
-        self._client: TableClient | None = None
-        self._credential: AsyncTokenCredential | None = None
-        self._lock = asyncio.Lock()
-        self._table_missing = False
+        self._client = CachedClient(self._new_client, self._create_table)
 
     async def query(
         self, query: str, parameters: Mapping[str, Any], *, action: str, select: list[str] | None = None
@@ -124,7 +122,7 @@ class Table:
         self, query: str, parameters: Mapping[str, Any], *, action: str, select: list[str] | None = None
     ) -> AsyncIterator[list[Entity]]:
         """Yield the entities a parameterised filter matches, one service page at a time."""
-        client = await self._table()
+        client = await self._client.get()
         with _TRANSLATION.translated(action):
             pages = client.query_entities(
                 query, parameters=dict(parameters), select=select, results_per_page=PAGE_SIZE
@@ -135,7 +133,7 @@ class Table:
     async def write(self, operation: Operation, *, action: str) -> str | None:
         """Carry out one operation on its own (a `create`, `merge`, `upsert` or `delete`); return the row's new ETag."""
         kind, entity, options = operation
-        client = await self._table()
+        client = await self._client.get()
         with _TRANSLATION.translated(action):
             if kind == "create":
                 return _written_etag(await client.create_entity(entity))
@@ -154,38 +152,19 @@ class Table:
             return
         if len(operations) > MAX_BATCH:
             raise ValueError(f"a transaction holds at most {MAX_BATCH} operations")
-        client = await self._table()
+        client = await self._client.get()
         with _TRANSLATION.translated(action):
             await client.submit_transaction(list(operations))
 
     async def close(self) -> None:
         """Close the client and any credential; the next call opens them again."""
-        async with self._lock:
-            client, credential = self._client, self._credential
-            self._client = self._credential = None
-        if client is not None:
-            await client.close()
-        if credential is not None:
-            await credential.close()
-
-    async def _table(self) -> TableClient:
-        if self._client is not None and not self._table_missing:
-            return self._client
-        async with self._lock:
-            if self._client is None:
-                self._client = await self._open_table()
-            elif self._table_missing:
-                # The table vanished under the cached client (deleted, or an emulator restarted):
-                # create it again, as on first use, instead of failing until the process restarts.
-                await self._create_table(self._client)
-                self._table_missing = False
-        return self._client
+        await self._client.close()
 
     def _on_response(self, response: PipelineResponse[Any, Any]) -> None:
         """SDK hook on every HTTP response, before the retry policy sees it."""
         headers = response.http_response.headers
         if response.http_response.status_code == 404 and headers.get("x-ms-error-code") == "TableNotFound":
-            self._table_missing = True
+            self._client.vanished()
         # The SDK sleeps for whatever Retry-After says before retrying; keep the server's value for
         # the caller's hint, but let the SDK wait at most _MAX_RETRY_AFTER_SLEEP seconds.
         for name, unit in (("Retry-After", 1.0), ("retry-after-ms", 0.001), ("x-ms-retry-after-ms", 0.001)):
@@ -197,18 +176,6 @@ class Table:
         if self._response_hook is not None:
             self._response_hook(response)
 
-    async def _open_table(self) -> TableClient:
-        client = self._new_client()
-        try:
-            await self._create_table(client)
-        except BaseException:
-            await client.close()
-            if self._credential is not None:
-                await self._credential.close()
-                self._credential = None
-            raise
-        return client
-
     async def _create_table(self, client: TableClient) -> None:
         with _TRANSLATION.translated("create table"):
             try:
@@ -217,12 +184,15 @@ class Table:
             except ResourceExistsError:
                 pass
 
-    def _new_client(self) -> TableClient:
+    def _new_client(self) -> tuple[TableClient, AsyncTokenCredential | None]:
         storage = self.settings.storage
         table_name = self.settings.table_name
         if storage.connection_string:
             try:
-                return TableClient.from_connection_string(storage.connection_string, table_name, **self._client_options)
+                client = TableClient.from_connection_string(
+                    storage.connection_string, table_name, **self._client_options
+                )
+                return client, None
             except ValueError:
                 raise ConfigurationError(f"the connection string in {storage.source} is malformed") from None
         assert storage.table_service_uri is not None
@@ -232,8 +202,7 @@ class Table:
         except ValueError as error:
             asyncio.get_running_loop().create_task(credential.close())
             raise ConfigurationError(f"{storage.source}__tableServiceUri is not usable: {error}") from None
-        self._credential = credential
-        return client
+        return client, credential
 
 
 def _table_error(action: str, error: HttpResponseError) -> StorageError | None:
