@@ -11,7 +11,7 @@ G1. A connection that opens while a grace holds an ended row of its user takes t
     user's state does not change and a page reload announces nothing.
     (test_grace: test_a_reload_within_the_grace_announces_nothing)
 G2. The decision deletes the rows whose grace is over and decides presence in one transaction (the
-    sweep's step, `ConnectionStore.settle`); offline is last seen at the disconnect. Delivered twice,
+    sweep's step, `mapping.settle`); offline is last seen at the disconnect. Delivered twice,
     late or concurrently, it finds nothing left to do, or repeats the recorded pair (P4). Delivered
     early, it schedules itself again for the rest of the grace.
     (test_grace: test_the_grace_expiring_announces_offline_once, test_a_doubled_decision_converges)
@@ -40,7 +40,7 @@ from mapping.settle import settle
 from mapping.table import merge
 
 if TYPE_CHECKING:
-    from mapping.store import ConnectionStore
+    from mapping.user_store import UserStore
     from mapping.user_view import UserView
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def adoptable(view: UserView, lease: Lease, now: datetime) -> ConnectionEntity |
 class Grace:
     """Disconnects held for a grace, and the decisions that end them."""
 
-    def __init__(self, store: ConnectionStore, delayed: DelayedActions) -> None:
+    def __init__(self, store: UserStore, delayed: DelayedActions) -> None:
         self.store = store
         self.delayed = delayed
 

@@ -6,17 +6,14 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from mapping.contention import Attempts, repeat
 from mapping.errors import ConflictError, StorageError
 from mapping.presence import PresenceChange, PresenceState, Recorded, decide, presence_write
 from mapping.table import MAX_BATCH, Operation, delete, merge
 from mapping.transactions import transact
+from mapping.user_store import UserStore
 from mapping.user_view import UserView
-
-if TYPE_CHECKING:
-    from mapping.store import ConnectionStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +28,7 @@ class Settled:
 
 
 async def settle(
-    store: ConnectionStore,
+    store: UserStore,
     view: UserView,
     *,
     user_name: str,
@@ -92,7 +89,7 @@ def _still(judged: Mapping[str, str], view: UserView) -> list[str]:
 
 
 async def _writes(
-    store: ConnectionStore,
+    store: UserStore,
     view: UserView,
     doomed: Sequence[str],
     renewed: Sequence[str],

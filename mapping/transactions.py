@@ -12,17 +12,14 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from mapping.contention import Attempts
 from mapping.entity import ConnectionEntity
 from mapping.errors import BatchRejectedError, ConflictError, StorageError
 from mapping.presence import PresenceChange, decide, presence_write
 from mapping.table import Operation, Table
+from mapping.user_store import UserStore
 from mapping.user_view import UserView
-
-if TYPE_CHECKING:
-    from mapping.store import ConnectionStore
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +46,7 @@ PlanRowWrite = Callable[[ConnectionEntity | None, str, UserView], RowWrite | Non
 
 
 async def write_live_row(
-    store: ConnectionStore, partition: str, row: str, name: str, moment: datetime, plan: PlanRowWrite, *, action: str
+    store: UserStore, partition: str, row: str, name: str, moment: datetime, plan: PlanRowWrite, *, action: str
 ) -> Written:
     """Write a row live at `moment` (connect, revival, status) with the presence decision (P2-P4).
 
@@ -102,7 +99,7 @@ async def transact(table: Table, operations: Sequence[Operation], *, action: str
 
 
 async def _entry_first(
-    store: ConnectionStore, attempts: Attempts, partition: str, row: str, moment: datetime, *, version: int | None
+    store: UserStore, attempts: Attempts, partition: str, row: str, moment: datetime, *, version: int | None
 ) -> None:
     """Write the row's index entry before the row write (E1): once, and again only to flag it (E5)."""
     flagged = version is not None
