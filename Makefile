@@ -96,6 +96,7 @@ bench-sweep: install $(VENV)/.bench-installed
 	$(BIN)/python -m bench.sweep_scale
 	$(BIN)/python -m bench.reconcile_scale
 	$(BIN)/python -m bench.scale
+	$(BIN)/python -m bench --merge-scale
 
 # Offline checks of the Bicep template (pycep-parser and checkov, each in its own venv).
 validate-infra:

@@ -18,7 +18,7 @@ from typing import Any
 from bench.audience import AudiencePlan, measure_audiences
 from bench.coldstart import measure_cold_start
 from bench.load import Sample, drive, summarise
-from bench.report import write_report
+from bench.report import merge_scale_into_latest, write_report
 from bench.roundtrips import count_round_trips
 from bench.scale import SMOKE as SCALE_SMOKE
 from bench.scale import goals as scale_goals
@@ -156,12 +156,29 @@ async def run(plan: Plan, out: Path, *, smoke: bool) -> None:
         raise SystemExit(f"{len(missed)} audience or scale figure(s) over their goals (see {out / 'latest.md'})")
 
 
+def merge_scale(out: Path) -> None:
+    """Merge the figures of the last `python -m bench.scale` into the report in `out`, if both are there."""
+    scale = load_scale()
+    if scale is None:
+        raise SystemExit("no scale.json: run python -m bench.scale first")
+    if not merge_scale_into_latest(scale, out):
+        print(f"no {out / 'latest.json'} to merge into (run make bench); scale.md stands alone")
+
+
 def main() -> None:
     """Parse the command line and run."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="a few iterations only: checks that the bench works")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write latest.md, latest.json and the plots")
+    parser.add_argument(
+        "--merge-scale",
+        action="store_true",
+        help="only put the last `python -m bench.scale` figures (scale.json) into latest.json and latest.md",
+    )
     arguments = parser.parse_args()
+    if arguments.merge_scale:
+        merge_scale(arguments.out)
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("azure").setLevel(logging.WARNING)
     logging.getLogger("mapping").setLevel(logging.WARNING)

@@ -488,3 +488,15 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def merge_scale_into_latest(scale: dict[str, Any], latest: Path) -> bool:
+    """Put the sweep-at-scale figures into the last `make bench`'s report (latest.json's `scale`), render latest.md."""
+    path = latest / "latest.json"
+    if not path.exists():
+        return False
+    report = json.loads(path.read_text())
+    report["scale"] = scale
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    (latest / "latest.md").write_text(markdown(report))
+    return True

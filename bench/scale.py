@@ -550,19 +550,6 @@ def _fan_out(audiences: dict[str, Any] | None) -> list[str]:
         return []
 
 
-def merge_into_latest(results: dict[str, Any], latest: Path = RESULTS.parent) -> None:
-    """Put the figures into the report of the last `make bench` (latest.json's `scale`) and render latest.md again."""
-    from bench.report import markdown as report_markdown  # here: bench.report imports this module
-
-    path = latest / "latest.json"
-    if not path.exists():
-        return
-    report = json.loads(path.read_text())
-    report["scale"] = results
-    path.write_text(json.dumps(report, indent=1) + "\n")
-    (latest / "latest.md").write_text(report_markdown(report))
-
-
 def write_report(results: dict[str, Any], out: Path) -> None:
     """Write scale.json and scale.md into `out`."""
     out.mkdir(parents=True, exist_ok=True)
@@ -593,8 +580,6 @@ def main() -> None:
         if saved is None:
             parser.error(f"no {args.out / 'scale.json'}")
         write_report(saved, args.out)
-        if args.out == RESULTS:
-            merge_into_latest(saved)
         return
     base = SMOKE if args.smoke else FULL
     overrides = {
@@ -613,8 +598,6 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     results = asyncio.run(measure(plan))
     write_report(results, args.out)
-    if args.out == RESULTS and not args.smoke:
-        merge_into_latest(results)
     print((args.out / "scale.md").read_text())
 
 
