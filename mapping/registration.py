@@ -16,6 +16,9 @@ from mapping.errors import ConfigurationError
 MAPPER_MODULE = "mapping.blueprint"
 ALL_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
 _PARAMETER = re.compile(r"\{[^}]*\}")
+_OPTIONAL = re.compile(r"^\{[^}*]*(\?|=[^}]*)\}$")  # `{x?}`, `{x=default}`: one segment, or none
+_CATCH_ALL = re.compile(r"^\{\*")  # `{*rest}`, `{**rest}`: any number of segments, none included
+_REGISTERED = "_connection_mapper_registered"
 
 
 class RegistrationError(ConfigurationError):
@@ -42,17 +45,20 @@ class Registered:
                 return cls(name, mapper, str(binding.get("route") or name), methods)
         return cls(name, mapper, None, frozenset())
 
-    def route_shape(self) -> str:
-        """The route as the host matches it: literals without case, parameters without their names."""
-        segments = [s for s in (self.route or "").strip("/").split("/") if s]
-        return "/".join(_PARAMETER.sub(_parameter_shape, segment).casefold() for segment in segments)
+    def segments(self) -> tuple[str, ...]:
+        """The route's segments as the host matches them: a literal (without case), or one of the kinds
+        `{}` (a parameter: one segment), `{?}` (optional: one or none) and `{*}` (catch-all: any number)."""
+        return tuple(_kind(segment) for segment in (self.route or "").strip("/").split("/") if segment)
 
 
 def register(app: func.FunctionApp) -> None:
     """Register the mapper's functions on `app`; indexing then fails with a clear message on a clash with the app's."""
+    if getattr(app, _REGISTERED, False):
+        raise RegistrationError("the connection mapper's functions are registered on this app already")
+    setattr(app, _REGISTERED, True)
     app.register_functions(blueprint)
     index: Callable[[], list[Any]] = app.get_functions
-    app.get_functions = lambda: _checked(index)  # type: ignore[method-assign]
+    app.get_functions = lambda: _checked(app, index)  # type: ignore[method-assign]
 
 
 def clashes(functions: Iterable[Registered]) -> list[str]:
@@ -74,7 +80,9 @@ def clashes(functions: Iterable[Registered]) -> list[str]:
     return found
 
 
-def _checked(index: Callable[[], list[Any]]) -> list[Any]:
+def _checked(app: func.FunctionApp, index: Callable[[], list[Any]]) -> list[Any]:
+    # The SDK keeps the names it saw on the app, so a second indexing would find every name twice: forget them.
+    app.functions_bindings = None
     try:
         functions = index()
     except ValueError as error:
@@ -98,10 +106,28 @@ def _same_route(mine: Registered, other: Registered) -> bool:
     return (
         mine.route is not None
         and other.route is not None
-        and mine.route_shape() == other.route_shape()
+        and _overlap(mine.segments(), other.segments())
         and bool(mine.methods & other.methods)
     )
 
 
-def _parameter_shape(match: re.Match[str]) -> str:
-    return "{*}" if match.group(0).startswith("{*") else "{}"
+def _overlap(first: tuple[str, ...], second: tuple[str, ...]) -> bool:
+    """Whether some request path matches both routes (the host's precedence aside: either may take it)."""
+    if (first and first[0] == "{*}") or (second and second[0] == "{*}"):
+        return True
+    if not first or not second:
+        return all(segment == "{?}" for segment in first + second)
+    if first[0] == "{?}" and _overlap(first[1:], second):
+        return True
+    if second[0] == "{?}" and _overlap(first, second[1:]):
+        return True
+    literals = not first[0].startswith("{") and not second[0].startswith("{")
+    return (not literals or first[0] == second[0]) and _overlap(first[1:], second[1:])
+
+
+def _kind(segment: str) -> str:
+    if _CATCH_ALL.match(segment):
+        return "{*}"
+    if _OPTIONAL.match(segment):
+        return "{?}"
+    return "{}" if _PARAMETER.search(segment) else segment.casefold()

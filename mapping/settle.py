@@ -11,7 +11,6 @@ from mapping.contention import Attempts, repeat
 from mapping.errors import ConflictError, StorageError
 from mapping.presence import PresenceChange, PresenceState, Recorded, decide, presence_write
 from mapping.table import MAX_BATCH, Operation, delete, merge
-from mapping.transactions import transact
 from mapping.user_store import UserStore
 from mapping.user_view import UserView
 
@@ -72,7 +71,7 @@ async def settle(
                 )
                 # A user with more rows than one transaction holds: the presence write goes with the last chunk.
                 for chunk in [operations[i : i + MAX_BATCH] for i in range(0, len(operations), MAX_BATCH)]:
-                    await transact(store.table, chunk, action="sweep a user", singly=attempts.singly)
+                    await store.transact(chunk, action="sweep a user", singly=attempts.singly)
             except ConflictError:
                 await attempts.failed(view, attempt, deciding=version is not None)
                 view = await store.read_user(view.partition)

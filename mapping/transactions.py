@@ -77,7 +77,7 @@ async def write_live_row(
                 presence_write(partition, view.presence, writer=writer, user_name=name, state=state, version=version),
             ]
             try:
-                await transact(store.table, operations, action=action, singly=attempts.singly)
+                await store.transact(operations, action=action, singly=attempts.singly)
             except ConflictError:
                 await attempts.failed(view, attempt, deciding=version is not None)
                 continue

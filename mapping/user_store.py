@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -9,7 +10,7 @@ from mapping.contention import UserTurns
 from mapping.expiry import ExpiryIndex
 from mapping.lease import Lease
 from mapping.settings import Settings
-from mapping.table import Table
+from mapping.table import Operation, Table
 from mapping.user_view import UserView
 
 
@@ -24,6 +25,10 @@ class UserStore(Protocol):
 
     async def read_user(self, partition: str) -> UserView:
         """Read a user's connection rows, presence row and memberships with one query (P2)."""
+        ...
+
+    async def transact(self, operations: Sequence[Operation], *, action: str, singly: bool = False) -> None:
+        """Run a transaction, or one call at a time when the service refuses this partition's transactions."""
         ...
 
     def now(self, now: datetime | None = None) -> datetime:

@@ -85,10 +85,15 @@ def test_a_function_name_clash_fails_at_indexing(name: str) -> None:
         ("rooms/{r}/send", ["POST", "PUT"], "send_to_room"),
         ("negotiate", None, "negotiate"),
         ("OpenAPI.json", ["GET"], "openapi"),
+        ("users/me", ["GET"], "user_presence"),
+        ("rooms/{id}/{extra?}", ["GET"], "room_members"),
+        ("negotiate/{step=start}", ["POST"], "negotiate"),
+        ("rooms/{*rest}", ["POST"], "send_to_room"),
+        ("{*anything}", ["GET"], "online_users"),
     ],
 )
 def test_a_route_clash_fails_at_indexing(route: str, methods: list[str] | None, theirs: str) -> None:
-    """An app route the host could not tell from one of the mapper's, with a method in common, is refused by name."""
+    """An app route that could answer a request of one of the mapper's routes, with a method in common, is refused."""
     app = _app_with(_route(route, methods=methods))
     with pytest.raises(RegistrationError) as raised:
         app.get_functions()
@@ -100,10 +105,16 @@ def test_a_route_clash_fails_at_indexing(route: str, methods: list[str] | None, 
 
 @pytest.mark.parametrize(
     ("route", "methods"),
-    [("users/{id}", ["POST"]), ("users/me", ["GET"]), ("users/{id}/rooms", ["GET"]), ("presence/send", ["POST"])],
+    [
+        ("users/{id}", ["POST"]),
+        ("users/{id}/rooms", ["GET"]),
+        ("presence/send", ["POST"]),
+        ("hello/{name?}", ["GET"]),
+        ("rooms/{room}/send/{*rest}", ["GET"]),
+    ],
 )
-def test_routes_the_host_tells_apart_are_accepted(route: str, methods: list[str]) -> None:
-    """Another method on the same route, a literal beside a parameter, or a longer route do not clash."""
+def test_routes_no_request_of_the_mappers_can_reach_are_accepted(route: str, methods: list[str]) -> None:
+    """Another method on the same route, a longer route, or another literal do not clash."""
     app = _app_with(_route(route, methods=methods))
     assert len(app.get_functions()) == MAPPER_FUNCTIONS + 1
 
@@ -130,3 +141,24 @@ def test_the_blueprint_holds_every_mapper_function() -> None:
     registered = [Registered.of(function) for function in app.get_functions()]
     assert len(registered) == MAPPER_FUNCTIONS
     assert all(function.mapper for function in registered)
+
+
+def test_indexing_twice_gives_the_same_functions() -> None:
+    """The host may index an app more than once: the second indexing is no name clash of the app with itself."""
+    app = _app_with(_route("hello", name="hello"))
+    assert len(app.get_functions()) == len(app.get_functions()) == MAPPER_FUNCTIONS + 1
+
+
+def test_a_real_name_clash_is_refused_at_every_indexing() -> None:
+    """Forgetting the names seen by an earlier indexing does not let a real clash through the next one."""
+    app = _app_with(_timer("send"))
+    for _ in range(2):
+        with pytest.raises(RegistrationError, match="send"):
+            app.get_functions()
+
+
+def test_registering_twice_is_refused_with_a_clear_message() -> None:
+    """A second register() on one app fails at once, naming the cause, not as 19 name clashes at indexing."""
+    app = _app_with()
+    with pytest.raises(RegistrationError, match="registered on this app already"):
+        register(app)
