@@ -62,7 +62,7 @@ def register(app: func.FunctionApp) -> None:
 
 
 def clashes(functions: Iterable[Registered]) -> list[str]:
-    """Describe each pair of one mapper function and one of the app's that the host could not tell apart."""
+    """Describe each pair of one mapper function and one of the app's that clash: a name, or a request both answer."""
     listed = list(functions)
     ours = [f for f in listed if f.mapper]
     theirs = [f for f in listed if not f.mapper]
