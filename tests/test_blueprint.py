@@ -44,6 +44,33 @@ def _timer(name: str) -> Callable[[func.FunctionApp], None]:
     return define
 
 
+def _queue(queue: str, *, connection: str = "AzureWebJobsStorage") -> Callable[[func.FunctionApp], None]:
+    def define(app: func.FunctionApp) -> None:
+        @app.function_name("my_queue")
+        @app.queue_trigger(arg_name="message", queue_name=queue, connection=connection)
+        def take(message: func.QueueMessage) -> None:
+            return None
+
+    return define
+
+
+def _signalr(hub: str, category: str, event: str) -> Callable[[func.FunctionApp], None]:
+    def define(app: func.FunctionApp) -> None:
+        @app.function_name("my_signalr")
+        @app.generic_trigger(
+            arg_name="invocation",
+            type="signalRTrigger",
+            hub_name=hub,
+            category=category,
+            event=event,
+            connection_string_setting="AzureSignalRConnectionString",
+        )
+        def hear(invocation: str) -> None:
+            return None
+
+    return define
+
+
 def _auth_levels(app: Any) -> dict[str, str]:
     levels: dict[str, str] = {}
     for function in app.get_functions():
@@ -90,6 +117,10 @@ def test_a_function_name_clash_fails_at_indexing(name: str) -> None:
         ("negotiate/{step=start}", ["POST"], "negotiate"),
         ("rooms/{*rest}", ["POST"], "send_to_room"),
         ("{*anything}", ["GET"], "online_users"),
+        ("openapi.{ext}", ["GET"], "openapi"),
+        ("{name}.JSON", None, "openapi"),
+        ("neg{rest}", ["POST"], "negotiate"),
+        ("users/{id:regex(^[a-z]{3}$)}", ["GET"], "user_presence"),
     ],
 )
 def test_a_route_clash_fails_at_indexing(route: str, methods: list[str] | None, theirs: str) -> None:
@@ -111,10 +142,15 @@ def test_a_route_clash_fails_at_indexing(route: str, methods: list[str] | None, 
         ("presence/send", ["POST"]),
         ("hello/{name?}", ["GET"]),
         ("rooms/{room}/send/{*rest}", ["GET"]),
+        ("v{version}", ["GET"]),
+        ("v{n:regex(^[0-9]{2}$)}/users", ["GET"]),
+        ("report-{id}.csv", ["GET"]),
+        ("rooms/{room}/send-{kind}", ["POST"]),
+        ("{name}.yaml", ["GET"]),
     ],
 )
 def test_routes_no_request_of_the_mappers_can_reach_are_accepted(route: str, methods: list[str]) -> None:
-    """Another method on the same route, a longer route, or another literal do not clash."""
+    """Another method, a longer route, another literal, or a pattern no mapper route fits do not clash."""
     app = _app_with(_route(route, methods=methods))
     assert len(app.get_functions()) == MAPPER_FUNCTIONS + 1
 
@@ -162,3 +198,73 @@ def test_registering_twice_is_refused_with_a_clear_message() -> None:
     app = _app_with()
     with pytest.raises(RegistrationError, match="registered on this app already"):
         register(app)
+
+
+def test_two_functions_of_the_app_with_one_name_keep_the_sdks_own_error() -> None:
+    """A name the app repeats among its own functions is the SDK's error, not blamed on the mapper."""
+    app = _app_with(_route("hello", name="hello"), _timer("hello"))
+    with pytest.raises(ValueError, match="hello does not have a unique function name") as raised:
+        app.get_functions()
+    assert not isinstance(raised.value, RegistrationError)
+
+
+def test_a_queue_trigger_on_the_grace_queue_fails_at_indexing() -> None:
+    """An app function that would take the grace decisions off the mapper's queue is refused, naming the queue."""
+    app = _app_with(_queue("presence-grace"))
+    with pytest.raises(RegistrationError, match="'my_queue' takes the messages of queue 'presence-grace'"):
+        app.get_functions()
+
+
+def test_a_queue_named_by_a_setting_is_compared_by_its_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A queue name given as %SETTING% and another setting with the same storage connection are the same source."""
+    monkeypatch.setenv("MY_QUEUE", "presence-grace")
+    monkeypatch.setenv("AzureWebJobsStorage", "UseDevelopmentStorage=true")
+    monkeypatch.setenv("OTHER_STORAGE", "UseDevelopmentStorage=true")
+    with pytest.raises(RegistrationError, match="presence-grace"):
+        _app_with(_queue("%MY_QUEUE%", connection="OTHER_STORAGE")).get_functions()
+
+
+@pytest.mark.parametrize(
+    ("queue", "connection"), [("my-work", "AzureWebJobsStorage"), ("presence-grace", "ELSEWHERE_STORAGE")]
+)
+def test_another_queue_or_another_storage_is_accepted(
+    queue: str, connection: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A queue of another name, or one of the same name in another storage account, takes no mapper message."""
+    monkeypatch.setenv("AzureWebJobsStorage", "UseDevelopmentStorage=true")
+    monkeypatch.setenv("ELSEWHERE_STORAGE", "DefaultEndpointsProtocol=https;AccountName=elsewhere")
+    assert len(_app_with(_queue(queue, connection=connection)).get_functions()) == MAPPER_FUNCTIONS + 1
+
+
+@pytest.mark.parametrize(("hub", "event"), [("%SIGNALR_HUB%", "send"), ("Chat", "Join")])
+def test_a_signalr_trigger_on_a_mapper_event_fails_at_indexing(
+    hub: str, event: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An app function on the hub's messages/send or join event, however the hub is named, is refused."""
+    monkeypatch.setenv("SIGNALR_HUB", "chat")
+    with pytest.raises(RegistrationError, match=f"'my_signalr' takes the SignalR messages/{event.lower()} events"):
+        _app_with(_signalr(hub, "messages", event)).get_functions()
+
+
+@pytest.mark.parametrize(
+    ("hub", "category", "event"), [("chat", "messages", "typing"), ("other", "connections", "connected")]
+)
+def test_signalr_triggers_on_other_events_or_hubs_are_accepted(
+    hub: str, category: str, event: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An app's own SignalR event, or the mapper's events on another hub, index beside the mapper."""
+    monkeypatch.setenv("SIGNALR_HUB", "chat")
+    assert len(_app_with(_signalr(hub, category, event)).get_functions()) == MAPPER_FUNCTIONS + 1
+
+
+def test_two_patterns_clash_when_one_segment_fits_both() -> None:
+    """Mixed segments clash when their fixed heads and tails agree, and not when either differs."""
+    ours = [Registered("export", True, "v{n}.json", frozenset({"GET"}))]
+
+    def clash_with(route: str) -> bool:
+        return bool(clashes([*ours, Registered("mine", False, route, frozenset({"GET"}))]))
+
+    assert clash_with("{name}.json")
+    assert clash_with("v2{rest}")
+    assert not clash_with("w{rest}")
+    assert not clash_with("v{n}.csv")

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import importlib.metadata
 import json
 import re
 import subprocess
 import sys
-import sysconfig
 import tomllib
 import venv
 import zipfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,9 +102,82 @@ def test_the_wheel_holds_the_library_its_blueprint_and_nothing_of_the_repository
     assert _requirements(required) == _requirements(_requirement_lines((ROOT / "requirements.txt").read_text()))
 
 
+def _declared() -> set[str]:
+    return {Requirement(line).name for line in _requirement_lines((ROOT / "requirements.txt").read_text())}
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_every_package_the_library_imports_is_declared() -> None:
+    """Each third-party package that mapping/ imports comes from a distribution requirements.txt names itself."""
+    providers = importlib.metadata.packages_distributions()
+    declared = {_canonical(name) for name in _declared()}
+    undeclared: dict[str, list[str]] = {}
+    for module in (ROOT / "mapping").glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top == "mapping":
+                    continue
+                # A namespace package (azure) has many distributions: the module's own is the one that matters.
+                distributions = providers.get(top, [])
+                if top == "azure":
+                    distributions = [d for d in distributions if _provides(d, name)]
+                if not declared & {_canonical(d) for d in distributions}:
+                    undeclared.setdefault(name, []).append(module.name)
+    assert undeclared == {}
+
+
+def _provides(distribution: str, module: str) -> bool:
+    path = "/".join(module.split("."))
+    return any(
+        str(f).startswith((path + "/", path + ".py")) for f in importlib.metadata.distribution(distribution).files or ()
+    )
+
+
+def _closure(requirements: Iterable[str]) -> list[importlib.metadata.Distribution]:
+    """The installed distributions these requirements need, their own requirements followed (extras and markers
+    that do not apply left out)."""
+    found: dict[str, importlib.metadata.Distribution] = {}
+    pending = [Requirement(line) for line in requirements]
+    while pending:
+        requirement = pending.pop()
+        if _canonical(requirement.name) in found:
+            continue
+        distribution = importlib.metadata.distribution(requirement.name)
+        found[_canonical(requirement.name)] = distribution
+        for line in distribution.requires or ():
+            needed = Requirement(line)
+            if needed.marker is None or needed.marker.evaluate({"extra": ""}):
+                pending.append(needed)
+    return list(found.values())
+
+
+def _link_installed(distributions: Iterable[importlib.metadata.Distribution], site: Path) -> int:
+    """Link each file these distributions installed (their metadata included) into `site`; return how many."""
+    linked = 0
+    for distribution in distributions:
+        for file in distribution.files or ():
+            if file.parts[0] == ".." or "__pycache__" in file.parts:
+                continue  # scripts outside site-packages; bytecode is made again
+            target = site / file
+            if target.exists():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(Path(str(file.locate())).resolve())
+            linked += 1
+    return linked
+
+
 @pytest.fixture(scope="module")
 def fresh_python(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A new virtual environment with the wheel installed; its dependencies come from this one's, found offline."""
+    """A new virtual environment with the wheel installed offline: it holds only the distributions requirements.txt
+    needs (linked from this environment), so a dependency the wheel does not declare is missing there."""
     home = tmp_path_factory.mktemp("venv")
     venv.create(home, with_pip=True)
     python = home / "bin" / "python"
@@ -113,12 +187,21 @@ def fresh_python(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         capture_output=True,
         text=True,
     ).stdout.strip()
-    # The installed dependencies of this environment, so that pip resolves the wheel's requirements without a network.
-    (Path(site) / "_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    assert _link_installed(_closure(_requirement_lines((ROOT / "requirements.txt").read_text())), Path(site)) > 0
     subprocess.run(
         [str(python), "-m", "pip", "install", "--quiet", "--no-index", str(wheel)], check=True, capture_output=True
     )
     return python
+
+
+def test_the_fresh_environment_holds_only_the_declared_closure(fresh_python: Path) -> None:
+    """The fresh environment has the wheel and its requirements' closure, and none of this one's development tools."""
+    listed = subprocess.run(
+        [str(fresh_python), "-m", "pip", "list", "--format=json"], check=True, capture_output=True, text=True
+    ).stdout
+    installed = {_canonical(entry["name"]) for entry in json.loads(listed)}
+    assert {"signalr-connection-mapper", *map(_canonical, _declared())} <= installed
+    assert not installed & {"pytest", "ruff", "mypy", "build", "hatchling", "packaging"}
 
 
 @dataclass(frozen=True)
