@@ -82,8 +82,8 @@ class Registered:
         return tuple(_kind(segment) for segment in (self.route or "").strip("/").split("/") if segment)
 
 
-def register(app: func.FunctionApp) -> None:
-    """Register the mapper's functions on `app`; indexing then fails with a clear message on a clash with the app's."""
+def register(app: func.FunctionRegister) -> None:
+    """Register the mapper's functions on `app` (any function app); indexing then refuses a clash with the app's."""
     if getattr(app, _REGISTERED, False):
         raise RegistrationError("the connection mapper's functions are registered on this app already")
     setattr(app, _REGISTERED, True)
@@ -124,7 +124,7 @@ def mapper_names() -> frozenset[str]:
     return frozenset(str(function.get_function_name()).casefold() for function in app.get_functions())
 
 
-def _checked(app: func.FunctionApp, index: Callable[[], list[Any]]) -> list[Any]:
+def _checked(app: func.FunctionRegister, index: Callable[[], list[Any]]) -> list[Any]:
     # The SDK keeps the names it saw on the app, so a second indexing would find every name twice: forget them.
     app.functions_bindings = None
     try:

@@ -268,3 +268,32 @@ def test_two_patterns_clash_when_one_segment_fits_both() -> None:
     assert clash_with("v2{rest}")
     assert not clash_with("w{rest}")
     assert not clash_with("v{n}.csv")
+
+
+def test_an_asgi_app_whose_catch_all_takes_every_route_is_refused() -> None:
+    """`func.AsgiFunctionApp` answers `{*route}` for every method, so registering the mapper on it is refused."""
+
+    async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        return None
+
+    app = func.AsgiFunctionApp(app=asgi, http_auth_level=func.AuthLevel.ANONYMOUS)
+    register(app)
+    with pytest.raises(RegistrationError, match=r"'http_app_func' \(route '/\{\*route\}'\) answers"):
+        app.get_functions()
+
+
+def test_an_asgi_app_under_a_route_of_its_own_is_accepted() -> None:
+    """An ASGI app served from a function of its own under `app/{*route}` indexes beside the mapper."""
+
+    async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        return None
+
+    middleware = func.AsgiMiddleware(asgi)  # type: ignore[no-untyped-call]
+
+    def define(app: func.FunctionApp) -> None:
+        @app.route(route="app/{*route}", auth_level=func.AuthLevel.ANONYMOUS)
+        async def web(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
+            response: func.HttpResponse = await middleware.handle_async(req, context)
+            return response
+
+    assert len(_app_with(define).get_functions()) == MAPPER_FUNCTIONS + 1
