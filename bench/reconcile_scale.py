@@ -19,7 +19,6 @@ Usage: python -m bench.reconcile_scale [--sizes 1000 10000 50000] [--stale 100] 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -28,6 +27,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from bench import charts, scale_command
 from mapping.liveness import SignalRLiveness, listing_group
 from mapping.settings import SignalRConnection
 from mapping.store import ConnectionStore
@@ -203,49 +203,30 @@ def write_report(results: list[Measurement], out: Path) -> None:
 
 def plot(results: list[Measurement], path: Path) -> None:
     """Plot SignalR requests, table requests and wall time per sweep against N, one line per design."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, 3, figsize=(13, 4))
+    figure, axes = charts.pyplot().subplots(1, 3, figsize=(13, 4), constrained_layout=True)
     for design in DESIGNS:
         rows = [r for r in results if r.design == design]
         sizes = [r.live for r in rows]
         axes[0].plot(sizes, [r.signalr_requests for r in rows], marker="o", label=design)
         axes[1].plot(sizes, [r.table_requests for r in rows], marker="o", label=design)
         axes[2].plot(sizes, [r.seconds for r in rows], marker="o", label=design)
-    labels = ("SignalR requests per sweep", "table requests per sweep", "wall time of one sweep (s)")
-    for axis, label in zip(axes, labels, strict=True):
-        axis.set_xscale("log")
+    for axis in axes:
         axis.set_yscale("log")
-        axis.set_xlabel("quiet live connections")
-        axis.set_ylabel(label)
-        axis.legend()
-        axis.grid(alpha=0.3)
-    figure.suptitle(f"A sweep with {results[0].stale} lost disconnects among N quiet connections")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    labels = ("SignalR requests per sweep", "table requests per sweep", "wall time of one sweep (s)")
+    charts.log_axes(zip(axes, labels, strict=True), xlabel="quiet live connections")
+    charts.save(figure, f"A sweep with {results[0].stale} lost disconnects among N quiet connections", path)
 
 
 def main() -> None:
     """Run the benchmark from the command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 50000])
-    parser.add_argument("--stale", type=int, default=100)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "reconcile")
+    parser = scale_command.arguments(__doc__ or "", results="reconcile")
     parser.add_argument("--budget-seconds", type=float, default=1800, help="the sweep's time budget")
     parser.add_argument("--designs", nargs="+", choices=DESIGNS, default=list(DESIGNS), help="which designs to sweep")
-    parser.add_argument("--report-only", action="store_true", help="rewrite the report from reconcile.json")
     args = parser.parse_args()
     if args.report_only:
-        saved = json.loads((args.out / "reconcile.json").read_text())
-        write_report([Measurement(**entry) for entry in saved], args.out)
+        write_report(scale_command.saved(args.out, "reconcile", Measurement), args.out)
         return
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logger.setLevel(logging.INFO)
-    for noisy in ("azure", "mapping"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    scale_command.quiet_logging(logger, library_level=logging.ERROR)
     budget = timedelta(seconds=args.budget_seconds)
     designs = tuple(args.designs)
     results = asyncio.run(measure(sorted(args.sizes), args.stale, budget=budget, designs=designs, out=args.out))

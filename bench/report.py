@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from bench import charts
 from bench.scale import markdown as scale_markdown
 from bench.scale import per_event_counts
 from bench.workload import EVENTS, IMPLS
@@ -22,8 +23,23 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     (out / "latest.json").write_text(json.dumps(results, indent=1) + "\n")
     samples = {(s["event"], s["concurrency"], s["impl"]): s for s in results["samples"]}
     concurrency: list[int] = results["plan"]["concurrency"]
-    _plot_throughput(samples, concurrency, out / "throughput.png")
-    _plot_latency(samples, concurrency, out / "latency.png")
+    _plot_per_event(
+        samples,
+        concurrency,
+        out / "throughput.png",
+        bar="throughput",
+        ylabel="operations / s",
+        title="Throughput per event (higher is better)",
+    )
+    _plot_per_event(
+        samples,
+        concurrency,
+        out / "latency.png",
+        bar="p50_ms",
+        dash="p99_ms",
+        ylabel="ms (bar p50, dash p99)",
+        title="Latency per event (lower is better)",
+    )
     _plot_cold_start(results["cold_start"], out / "coldstart.png")
     (out / "latest.md").write_text(markdown(results))
 
@@ -412,50 +428,42 @@ def _headline(all_ratios: dict[tuple[str, int], dict[str, float]], levels: list[
 
 def _grid() -> tuple[Any, list[Any]]:
     rows = -(-len(EVENTS) // 3)
-    plt = _pyplot()
-    figure, axes = plt.subplots(rows, 3, figsize=(15, 4 * rows), constrained_layout=True)
+    figure, axes = charts.pyplot().subplots(rows, 3, figsize=(15, 4 * rows), constrained_layout=True)
     cells = list(axes.flat)
     for spare in cells[len(EVENTS) :]:
         spare.remove()
     return figure, cells[: len(EVENTS)]
 
 
-def _plot_throughput(samples: dict[tuple[str, int, str], dict[str, Any]], levels: list[int], path: Path) -> None:
-    figure, axes = _grid()
-    for axis, event in zip(axes, EVENTS, strict=True):
-        for offset, impl in enumerate(IMPLS):
-            values = [samples[(event.name, level, impl)]["throughput"] for level in levels]
-            positions = [i + (offset - 1) * 0.27 for i in range(len(levels))]
-            axis.bar(positions, values, width=0.27, label=impl, color=COLOURS[impl])
-        axis.set_title(event.label, fontsize=9)
-        axis.set_xticks(range(len(levels)), [f"{level} callers" for level in levels])
-        axis.set_ylabel("operations / s")
-    axes[0].legend()
-    figure.suptitle("Throughput per event (higher is better)")
-    figure.savefig(path, dpi=90)
-    _pyplot().close(figure)
-
-
-def _plot_latency(samples: dict[tuple[str, int, str], dict[str, Any]], levels: list[int], path: Path) -> None:
+def _plot_per_event(
+    samples: dict[tuple[str, int, str], dict[str, Any]],
+    levels: list[int],
+    path: Path,
+    *,
+    bar: str,
+    ylabel: str,
+    title: str,
+    dash: str | None = None,
+) -> None:
+    """One panel per event: a bar per implementation and caller count (`bar`), and a dash for `dash` if given."""
     figure, axes = _grid()
     for axis, event in zip(axes, EVENTS, strict=True):
         for offset, impl in enumerate(IMPLS):
             cells = [samples[(event.name, level, impl)] for level in levels]
             positions = [i + (offset - 1) * 0.27 for i in range(len(levels))]
-            axis.bar(positions, [c["p50_ms"] for c in cells], width=0.27, label=f"{impl} p50", color=COLOURS[impl])
-            axis.scatter(positions, [c["p99_ms"] for c in cells], marker="_", s=200, color="black", zorder=3)
+            label = impl if dash is None else f"{impl} {bar.removesuffix('_ms')}"
+            axis.bar(positions, [c[bar] for c in cells], width=0.27, label=label, color=COLOURS[impl])
+            if dash is not None:
+                axis.scatter(positions, [c[dash] for c in cells], marker="_", s=200, color="black", zorder=3)
         axis.set_title(event.label, fontsize=9)
         axis.set_xticks(range(len(levels)), [f"{level} callers" for level in levels])
-        axis.set_ylabel("ms (bar p50, dash p99)")
+        axis.set_ylabel(ylabel)
     axes[0].legend()
-    figure.suptitle("Latency per event (lower is better)")
-    figure.savefig(path, dpi=90)
-    _pyplot().close(figure)
+    charts.save(figure, title, path, dpi=90)
 
 
 def _plot_cold_start(rows: list[dict[str, Any]], path: Path) -> None:
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(11, 3.5), constrained_layout=True)
+    figure, axis = charts.pyplot().subplots(figsize=(11, 3.5), constrained_layout=True)
     labels = [_wrap(row["case"]) for row in rows]
     axis.barh(labels, [row["median_ms"] for row in rows], color="#1f77b4", label="in-process")
     axis.scatter([row["process_median_ms"] for row in rows], labels, color="black", marker="|", s=200, label="process")
@@ -463,9 +471,7 @@ def _plot_cold_start(rows: list[dict[str, Any]], path: Path) -> None:
     axis.set_xlabel("median ms")
     axis.tick_params(axis="y", labelsize=7)
     axis.legend(loc="lower right")
-    figure.suptitle("Cold start: importing the app beside its dependencies alone")
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
+    charts.save(figure, "Cold start: importing the app beside its dependencies alone", path, dpi=90)
 
 
 def _wrap(text: str, width: int = 60) -> str:
@@ -477,17 +483,6 @@ def _wrap(text: str, width: int = 60) -> str:
         else:
             current = f"{current} {word}".strip()
     return "\n".join([*lines, current])
-
-
-def _pyplot() -> Any:
-    """Return matplotlib's pyplot, drawing to files only (imported here: `make test` imports this module, and
-    matplotlib comes with the bench's own requirements)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def merge_scale_into_latest(scale: dict[str, Any], latest: Path) -> bool:

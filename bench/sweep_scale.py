@@ -9,7 +9,6 @@ Usage: python -m bench.sweep_scale [--sizes 1000 10000 50000] [--stale 100] [--o
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -22,6 +21,7 @@ from typing import Any
 from azure.core import MatchConditions
 from azure.data.tables.aio import TableClient
 
+from bench import charts, scale_command
 from mapping.store import ConnectionStore
 from mapping.sweep import sweep
 from testkit.azurite import running_azurite
@@ -173,44 +173,23 @@ def write_report(results: list[Measurement], out: Path) -> None:
 
 def plot(results: list[Measurement], path: Path) -> None:
     """Plot wall time and requests per sweep against live rows, one line per kind."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    figure, (left, right) = charts.pyplot().subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     for kind in dict.fromkeys(r.kind for r in results):
         rows = [r for r in results if r.kind == kind]
         left.plot([r.live_rows for r in rows], [r.seconds for r in rows], marker="o", label=kind)
         right.plot([r.live_rows for r in rows], [r.scanned for r in rows], marker="o", label=kind)
     right.set_yscale("log")
-    for axis, label in ((left, "wall time of one sweep (s)"), (right, "entities the service scans")):
-        axis.set_xscale("log")
-        axis.set_xlabel("live rows")
-        axis.set_ylabel(label)
-        axis.legend()
-        axis.grid(alpha=0.3)
-    figure.suptitle(f"Sweeping {results[0].stale_rows} stale rows as the table grows")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    charts.log_axes(((left, "wall time of one sweep (s)"), (right, "entities the service scans")), xlabel="live rows")
+    charts.save(figure, f"Sweeping {results[0].stale_rows} stale rows as the table grows", path)
 
 
 def main() -> None:
     """Run the benchmark from the command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 50000])
-    parser.add_argument("--stale", type=int, default=100)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "sweep")
-    parser.add_argument("--report-only", action="store_true", help="rewrite the report from sweep.json")
-    args = parser.parse_args()
+    args = scale_command.arguments(__doc__ or "", results="sweep").parse_args()
     if args.report_only:
-        saved = json.loads((args.out / "sweep.json").read_text())
-        write_report([Measurement(**entry) for entry in saved], args.out)
+        write_report(scale_command.saved(args.out, "sweep", Measurement), args.out)
         return
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logger.setLevel(logging.INFO)
-    logging.getLogger("azure").setLevel(logging.WARNING)
-    logging.getLogger("mapping").setLevel(logging.WARNING)
+    scale_command.quiet_logging(logger, library_level=logging.WARNING)
     results = asyncio.run(measure(sorted(args.sizes), args.stale))
     write_report(results, args.out)
     print((args.out / "sweep.md").read_text())
