@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,11 +15,11 @@ import aiohttp
 import pytest
 
 from conftest import unique_table_name
+from local.node_driver import NodeDriver
 from testkit.azurite import ROOT, Azurite
 from testkit.local_stack import HostOptions, log_tail, running_local_stack
 from testkit.openapi_contract import check_answer
 
-DRIVER = ROOT / "tests" / "e2e" / "signalr_driver.mjs"
 ACCESS_KEY = "e2e-primary-key-0123456789abcdefghijklmnopqrstuv"
 SECONDARY_KEY = "e2e-secondary-key-0123456789abcdefghijklmnopqrstu"
 WAIT_SECONDS = 30.0
@@ -120,68 +119,30 @@ async def wait_until(check: Callable[[], Any], *, within: float = WAIT_SECONDS, 
         await asyncio.sleep(0.1)
 
 
-class SignalRClients:
-    """Real `@microsoft/signalr` clients in one Node process, driven over JSON lines."""
+class SignalRClients(NodeDriver):
+    """Real `@microsoft/signalr` clients in one Node process, driven over JSON lines, for one stack."""
 
     def __init__(self, stack: Stack) -> None:
+        super().__init__()
         self.stack = stack
-        self.events: list[dict[str, Any]] = []
-        self._changed = asyncio.Condition()
-        self._next = 0
-        self._process: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> SignalRClients:
-        self._process = await asyncio.create_subprocess_exec(
-            "node", str(DRIVER), cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            env={**os.environ, "NODE_NO_WARNINGS": "1"},
-        )  # fmt: skip
-        self._reader = asyncio.create_task(self._read())
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._process is not None
-        assert self._process.stdin is not None
-        with contextlib.suppress(ConnectionError):
-            self._process.stdin.close()
-        try:
-            await asyncio.wait_for(self._process.wait(), timeout=15)
-        except TimeoutError:
-            self._process.kill()
-            await self._process.wait()
-        if self._reader is not None:
-            await self._reader
-
-    async def _read(self) -> None:
-        assert self._process is not None
-        assert self._process.stdout is not None
-        async for line in self._process.stdout:
-            with contextlib.suppress(ValueError):
-                event = json.loads(line)
-                async with self._changed:
-                    self.events.append(event)
-                    self._changed.notify_all()
 
     async def wait_for(
         self, predicate: Callable[[dict[str, Any]], bool], *, within: float = WAIT_SECONDS, what: str = "an event"
     ) -> dict[str, Any]:
         """Return the first event (past or future) matching `predicate`; fail after `within` seconds."""
-        async with self._changed:
-            try:
-                await asyncio.wait_for(self._changed.wait_for(lambda: any(map(predicate, self.events))), within)
-            except TimeoutError:
-                pytest.fail(f"timed out waiting for {what}; events: {self.events[-20:]}\n{self.stack.log_tail()}")
-            return next(event for event in self.events if predicate(event))
+        event = await self.first(predicate, within=within)
+        if event is None:
+            pytest.fail(
+                f"timed out waiting for {what}; events: {self.events[-20:]}; driver stderr: {self.stderr_tail()}\n"
+                f"{self.stack.log_tail()}"
+            )
+        return event
 
     async def command(self, op: str, **fields: Any) -> dict[str, Any]:
         """Send one command to the driver and return its answer (raises when the client call failed)."""
-        assert self._process is not None
-        assert self._process.stdin is not None
-        self._next += 1
-        request = self._next
-        self._process.stdin.write((json.dumps({"req": request, "op": op, **fields}) + "\n").encode())
-        await self._process.stdin.drain()
-        answer = await self.wait_for(lambda e: e.get("req") == request, what=f"the answer to {op}")
+        answer = await self.request(op, within=WAIT_SECONDS, **fields)
+        if answer is None:
+            pytest.fail(f"timed out waiting for the answer to {op}; driver stderr: {self.stderr_tail()}")
         if answer["event"] == "failed":
             raise ClientCallFailed(answer["error"])
         return answer

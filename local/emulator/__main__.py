@@ -7,8 +7,6 @@ import os
 import sys
 from urllib.parse import urlsplit
 
-from aiohttp import web
-
 from local import serving
 from local.emulator.server import EmulatorConfig, create_app
 
@@ -64,20 +62,17 @@ async def serve(args: argparse.Namespace) -> None:
         keepalive_interval=args.keepalive,
         upstream_timeout=args.upstream_timeout,
     )
-    runner = web.AppRunner(create_app(config), handle_signals=False, shutdown_timeout=5)
-    await runner.setup()
-    await web.TCPSite(runner, args.host, args.port).start()
-    print(f"SignalR emulator: {public_url} (upstream {args.upstream})", flush=True)
-    print(f"  AzureSignalRConnectionString={connection_string(public_url, args.access_key)}", flush=True)
-    await serving.until_stopped()
-    await runner.cleanup()
+    banner = (
+        f"SignalR emulator: {public_url} (upstream {args.upstream})\n"
+        f"  AzureSignalRConnectionString={connection_string(public_url, args.access_key)}"
+    )
+    await serving.serve_until_stopped(create_app(config), args.host, args.port, banner=banner, access_log=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     args = parse_args(argv)
-    log_format = "%(asctime)s emulator %(levelname)s %(message)s"
-    return serving.run(serve(args), log_level=args.log_level, log_format=log_format, quiet_logger="aiohttp.access")
+    return serving.run(serve(args), component="emulator", log_level=args.log_level, quiet_logger="aiohttp.access")
 
 
 if __name__ == "__main__":

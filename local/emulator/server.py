@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import re
 import secrets
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -96,7 +98,7 @@ PAGING_SECRET = web.AppKey("paging_secret", bytes)
 
 def create_app(config: EmulatorConfig) -> web.Application:
     """Build the emulator's aiohttp application."""
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_cors, _count_rest_calls])
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_cors, _loopback_admin, _count_rest_calls])
     app[CONFIG] = config
     app[REGISTRY] = Registry()
     app[UPSTREAM] = Upstream(config.upstream_url, config.keys, timeout=config.upstream_timeout)
@@ -356,24 +358,28 @@ def _client_query(request: web.Request) -> str:
 
 
 def _add_rest_routes(app: web.Application) -> None:
+    """Route the data-plane REST API: each route is one of a few handlers, told what it acts on."""
     base = "/api/hubs/{hub}"
-    router = app.router
-    router.add_post(base + "/:send", rest_broadcast)
-    router.add_post(base + "/connections/{connection}/:send", rest_send_connection)
-    router.add_route("HEAD", base + "/connections/{connection}", rest_connection_exists)
-    router.add_delete(base + "/connections/{connection}", rest_close_connection)
-    router.add_delete(base + "/connections/{connection}/groups", rest_connection_leave_all)
-    router.add_post(base + "/users/{user}/:send", rest_send_user)
-    router.add_route("HEAD", base + "/users/{user}", rest_user_exists)
-    router.add_route("HEAD", base + "/users/{user}/groups/{group}", rest_user_in_group)
-    router.add_put(base + "/users/{user}/groups/{group}", rest_user_join)
-    router.add_delete(base + "/users/{user}/groups/{group}", rest_user_leave)
-    router.add_delete(base + "/users/{user}/groups", rest_user_leave_all)
-    router.add_post(base + "/groups/{group}/:send", rest_send_group)
-    router.add_route("HEAD", base + "/groups/{group}", rest_group_exists)
-    router.add_get(base + "/groups/{group}/connections", rest_list_group, allow_head=False)
-    router.add_put(base + "/groups/{group}/connections/{connection}", rest_connection_join)
-    router.add_delete(base + "/groups/{group}/connections/{connection}", rest_connection_leave)
+    routes: list[tuple[str, str, Callable[..., Awaitable[web.StreamResponse]], dict[str, Any]]] = [
+        ("POST", "/:send", _send, {"pick": "all"}),
+        ("POST", "/connections/{connection}/:send", _send, {"pick": "connection"}),
+        ("HEAD", "/connections/{connection}", _exists, {"check": "connection"}),
+        ("DELETE", "/connections/{connection}", _close_client, {}),
+        ("DELETE", "/connections/{connection}/groups", _membership, {"add": False, "every_group": True}),
+        ("POST", "/users/{user}/:send", _send, {"pick": "user"}),
+        ("HEAD", "/users/{user}", _exists, {"check": "user"}),
+        ("HEAD", "/users/{user}/groups/{group}", _exists, {"check": "user-group"}),
+        ("PUT", "/users/{user}/groups/{group}", _membership, {"add": True}),
+        ("DELETE", "/users/{user}/groups/{group}", _membership, {"add": False}),
+        ("DELETE", "/users/{user}/groups", _membership, {"add": False, "every_group": True}),
+        ("POST", "/groups/{group}/:send", _send, {"pick": "group"}),
+        ("HEAD", "/groups/{group}", _exists, {"check": "group"}),
+        ("GET", "/groups/{group}/connections", _list_group, {}),
+        ("PUT", "/groups/{group}/connections/{connection}", _membership, {"add": True}),
+        ("DELETE", "/groups/{group}/connections/{connection}", _membership, {"add": False}),
+    ]
+    for method, path, handler, options in routes:
+        app.router.add_route(method, base + path, functools.partial(handler, **options) if options else handler)
 
 
 async def _authorised(request: web.Request, *, versions: frozenset[str] = API_VERSIONS) -> str | web.Response:
@@ -408,7 +414,8 @@ async def _payload(request: web.Request) -> tuple[str, str] | web.Response:
     return body["target"], protocol.invocation(body["target"], arguments)
 
 
-async def _send(request: web.Request, pick: str) -> web.Response:
+async def _send(request: web.Request, *, pick: str) -> web.Response:
+    """POST .../:send to the hub, a connection, a user or a group (`pick`), less any `excluded` connections."""
     hub = await _authorised(request)
     if isinstance(hub, web.Response):
         return hub
@@ -434,27 +441,8 @@ async def _send(request: web.Request, pick: str) -> web.Response:
     return web.Response(status=202)
 
 
-async def rest_broadcast(request: web.Request) -> web.Response:
-    """POST /api/hubs/{hub}/:send: every connection of the hub."""
-    return await _send(request, "all")
-
-
-async def rest_send_connection(request: web.Request) -> web.Response:
-    """POST /api/hubs/{hub}/connections/{id}/:send."""
-    return await _send(request, "connection")
-
-
-async def rest_send_user(request: web.Request) -> web.Response:
-    """POST /api/hubs/{hub}/users/{user}/:send."""
-    return await _send(request, "user")
-
-
-async def rest_send_group(request: web.Request) -> web.Response:
-    """POST /api/hubs/{hub}/groups/{group}/:send."""
-    return await _send(request, "group")
-
-
-async def _exists(request: web.Request, check: str) -> web.Response:
+async def _exists(request: web.Request, *, check: str) -> web.Response:
+    """HEAD a connection, a user, a group or a user in a group (`check`): 200 when alive, 404 when not."""
     hub = await _authorised(request)
     if isinstance(hub, web.Response):
         return hub
@@ -471,27 +459,7 @@ async def _exists(request: web.Request, check: str) -> web.Response:
     return web.Response(status=200 if found else 404)
 
 
-async def rest_connection_exists(request: web.Request) -> web.Response:
-    """HEAD /api/hubs/{hub}/connections/{id}: 200 alive, 404 gone."""
-    return await _exists(request, "connection")
-
-
-async def rest_user_exists(request: web.Request) -> web.Response:
-    """HEAD /api/hubs/{hub}/users/{user}: 200 when the user has a live connection."""
-    return await _exists(request, "user")
-
-
-async def rest_group_exists(request: web.Request) -> web.Response:
-    """HEAD /api/hubs/{hub}/groups/{group}: 200 when the group has a live connection."""
-    return await _exists(request, "group")
-
-
-async def rest_user_in_group(request: web.Request) -> web.Response:
-    """HEAD /api/hubs/{hub}/users/{user}/groups/{group}."""
-    return await _exists(request, "user-group")
-
-
-async def rest_close_connection(request: web.Request) -> web.Response:
+async def _close_client(request: web.Request) -> web.Response:
     """DELETE /api/hubs/{hub}/connections/{id}[?reason=]: close a client connection."""
     hub = await _authorised(request)
     if isinstance(hub, web.Response):
@@ -503,6 +471,7 @@ async def rest_close_connection(request: web.Request) -> web.Response:
 
 
 async def _membership(request: web.Request, *, add: bool, every_group: bool = False) -> web.Response:
+    """PUT or DELETE a connection's or a user's group membership, or (`every_group`) all of them."""
     hub = await _authorised(request)
     if isinstance(hub, web.Response):
         return hub
@@ -520,37 +489,7 @@ async def _membership(request: web.Request, *, add: bool, every_group: bool = Fa
     return web.Response(status=200)
 
 
-async def rest_connection_join(request: web.Request) -> web.Response:
-    """PUT /api/hubs/{hub}/groups/{group}/connections/{id}."""
-    return await _membership(request, add=True)
-
-
-async def rest_connection_leave(request: web.Request) -> web.Response:
-    """DELETE /api/hubs/{hub}/groups/{group}/connections/{id}."""
-    return await _membership(request, add=False)
-
-
-async def rest_connection_leave_all(request: web.Request) -> web.Response:
-    """DELETE /api/hubs/{hub}/connections/{id}/groups."""
-    return await _membership(request, add=False, every_group=True)
-
-
-async def rest_user_join(request: web.Request) -> web.Response:
-    """PUT /api/hubs/{hub}/users/{user}/groups/{group}."""
-    return await _membership(request, add=True)
-
-
-async def rest_user_leave(request: web.Request) -> web.Response:
-    """DELETE /api/hubs/{hub}/users/{user}/groups/{group}."""
-    return await _membership(request, add=False)
-
-
-async def rest_user_leave_all(request: web.Request) -> web.Response:
-    """DELETE /api/hubs/{hub}/users/{user}/groups."""
-    return await _membership(request, add=False, every_group=True)
-
-
-async def rest_list_group(request: web.Request) -> web.Response:
+async def _list_group(request: web.Request) -> web.Response:
     """GET /api/hubs/{hub}/groups/{group}/connections (2024-12-01): one page of the group's live connections."""
     hub = await _authorised(request, versions=LISTING_API_VERSIONS)
     if isinstance(hub, web.Response):
@@ -600,8 +539,6 @@ def _next_link(request: web.Request, token: str) -> str:
 
 async def drop_next_disconnect(request: web.Request) -> web.Response:
     """Make the emulator skip the next `count` (default 1) disconnected upstream calls, as a crashed app would."""
-    if request.remote not in LOOPBACK:
-        return _error(403, "the admin API answers loopback callers only")
     try:
         count = int(request.query.get("count", "1"))
     except ValueError:
@@ -615,16 +552,12 @@ async def drop_next_disconnect(request: web.Request) -> web.Response:
 
 async def drop_status(request: web.Request) -> web.Response:
     """Tell how many disconnected calls will still be dropped, and which connections' calls were (loopback only)."""
-    if request.remote not in LOOPBACK:
-        return _error(403, "the admin API answers loopback callers only")
     faults = request.app[FAULTS]
     return web.json_response({"dropNextDisconnected": faults.drop_disconnected, "droppedSoFar": list(faults.dropped)})
 
 
 async def list_connections(request: web.Request) -> web.Response:
     """List live connections (loopback only): id, hub, user."""
-    if request.remote not in LOOPBACK:
-        return _error(403, "the admin API answers loopback callers only")
     connections = [
         {"connectionId": c.id, "hub": c.caller.hub, "userId": c.caller.user_id}
         for c in request.app[REGISTRY].connections.values()
@@ -634,8 +567,6 @@ async def list_connections(request: web.Request) -> web.Response:
 
 async def drop_connection(request: web.Request) -> web.Response:
     """Cut one client's WebSocket with no close record, as a network failure would (loopback only)."""
-    if request.remote not in LOOPBACK:
-        return _error(403, "the admin API answers loopback callers only")
     connection_id = request.match_info["connection"]
     found = next((c for c in request.app[REGISTRY].connections.values() if c.id == connection_id), None)
     if found is None:
@@ -646,15 +577,11 @@ async def drop_connection(request: web.Request) -> web.Response:
 
 async def rest_calls(request: web.Request) -> web.Response:
     """Count the REST calls answered so far, in all and per route (loopback only)."""
-    if request.remote not in LOOPBACK:
-        return _error(403, "the admin API answers loopback callers only")
     return web.json_response(request.app[REST_CALLS].snapshot())
 
 
 async def reset_rest_calls(request: web.Request) -> web.Response:
     """Answer the REST call counts and start counting again from zero (loopback only)."""
-    if request.remote not in LOOPBACK:
-        return _error(403, "the admin API answers loopback callers only")
     calls = request.app[REST_CALLS]
     snapshot = calls.snapshot()
     calls.by_route.clear()
@@ -663,15 +590,11 @@ async def reset_rest_calls(request: web.Request) -> web.Response:
 
 async def billed_messages(request: web.Request) -> web.Response:
     """Count the outbound messages billed so far, in all and per kind, target and group (loopback only)."""
-    if request.remote not in LOOPBACK:
-        return _error(403, "the admin API answers loopback callers only")
     return web.json_response(request.app[BILLED].snapshot())
 
 
 async def reset_billed_messages(request: web.Request) -> web.Response:
     """Answer the billed-message counts and start counting again from zero (loopback only)."""
-    if request.remote not in LOOPBACK:
-        return _error(403, "the admin API answers loopback callers only")
     billed = request.app[BILLED]
     snapshot = billed.snapshot()
     billed.reset()
@@ -701,6 +624,15 @@ async def _cors(request: web.Request, handler: Any) -> web.StreamResponse:
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Access-Control-Allow-Credentials"] = "true"
         response.headers["Vary"] = "Origin"
+    return response
+
+
+@web.middleware
+async def _loopback_admin(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Answer the admin API (`/admin/...`) to loopback callers only: it can drop connections and reset counts."""
+    if request.path.startswith("/admin/") and request.remote not in LOOPBACK:
+        return _error(403, "the admin API answers loopback callers only")
+    response: web.StreamResponse = await handler(request)
     return response
 
 

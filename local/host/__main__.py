@@ -10,8 +10,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from local import serving
 from local.host import settings
 from local.host.functions import load_functions
@@ -83,18 +81,13 @@ async def serve(args: argparse.Namespace) -> None:
     app = create_app(
         specs, route_prefix=prefix, static=static, queue_options=queue_options, function_keys=args.function_key
     )
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
-    await runner.setup()
-    await web.TCPSite(runner, args.host, args.port).start()
     base = f"http://{'localhost' if args.host in ('', '0.0.0.0', '::') else args.host}:{args.port}"  # noqa: S104
     keys = "function keys checked" if args.function_key else "function keys not checked"
-    print(
-        f"Local host: {base}/{prefix.strip('/')}/ (SignalR upstream {base}{SIGNALR_WEBHOOK}; {keys})",
-        flush=True,
-    )
-    await serving.until_stopped()
-    await runner.cleanup()
-    await _close_app_clients()
+    banner = f"Local host: {base}/{prefix.strip('/')}/ (SignalR upstream {base}{SIGNALR_WEBHOOK}; {keys})"
+    try:
+        await serving.serve_until_stopped(app, args.host, args.port, banner=banner, access_log=False)
+    finally:
+        await _close_app_clients()
 
 
 async def _close_app_clients() -> None:
@@ -108,8 +101,7 @@ async def _close_app_clients() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     args = parse_args(argv)
-    log_format = "%(asctime)s host %(levelname)s %(name)s: %(message)s"
-    return serving.run(serve(args), log_level=args.log_level, log_format=log_format, quiet_logger="azure")
+    return serving.run(serve(args), component="host", log_level=args.log_level, quiet_logger="azure")
 
 
 if __name__ == "__main__":

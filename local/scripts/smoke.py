@@ -20,14 +20,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import json
 import os
 import re
 import shutil
 import sys
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -36,7 +34,11 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 
 ROOT = Path(__file__).resolve().parents[2]
-DRIVER = ROOT / "tests" / "e2e" / "signalr_driver.mjs"
+if str(ROOT) not in sys.path:  # run as a script (`python local/scripts/smoke.py`): the repository's packages
+    sys.path.insert(0, str(ROOT))
+
+from local.node_driver import NodeDriver  # noqa: E402
+
 PRINCIPAL_HEADER = "x-ms-client-principal-name"
 FUNCTION_KEY_HEADER = "x-functions-key"
 WEBHOOK = "/runtime/webhooks/signalr"
@@ -285,7 +287,7 @@ class Smoke:
             sent = await driver.command("send", id="smoke", method="send", args=[user, {"smoke": nonce}])
             received = None
             if sent.get("event") == "ok":
-                received = await driver.wait_for(
+                received = await driver.first(
                     lambda e: e.get("target") == "newMessage" and _carries(e, nonce), within=self.wait_seconds
                 )
             verdict: tuple[Status, str] = (
@@ -361,83 +363,26 @@ class Smoke:
             await asyncio.sleep(0.5)
 
 
-class DriverProcess:
-    """The Node driver of the end-to-end tests (one `@microsoft/signalr` client per id), spoken to in JSON lines."""
+class DriverProcess(NodeDriver):
+    """The Node driver of the end-to-end tests (one `@microsoft/signalr` client per id), its errors redacted."""
 
     def __init__(self, redact: Redactor) -> None:
+        super().__init__()
         self._redact = redact
-        self._process: asyncio.subprocess.Process | None = None
-        self._events: list[dict[str, Any]] = []
-        self._changed = asyncio.Condition()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._stderr: list[str] = []
-        self._next = 0
-
-    async def __aenter__(self) -> DriverProcess:
-        self._process = await asyncio.create_subprocess_exec(
-            "node", str(DRIVER), cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env={**os.environ, "NODE_NO_WARNINGS": "1"},
-        )  # fmt: skip
-        self._tasks = [asyncio.create_task(self._read_events()), asyncio.create_task(self._read_stderr())]
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._process is not None
-        if self._process.stdin is not None:
-            with contextlib.suppress(ConnectionError):
-                self._process.stdin.close()
-        try:
-            await asyncio.wait_for(self._process.wait(), timeout=15)
-        except TimeoutError:
-            self._process.kill()
-            await self._process.wait()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _read_events(self) -> None:
-        assert self._process is not None
-        assert self._process.stdout is not None
-        async for line in self._process.stdout:
-            with contextlib.suppress(ValueError):
-                event = json.loads(line)
-                if isinstance(event, dict):
-                    async with self._changed:
-                        self._events.append(event)
-                        self._changed.notify_all()
-
-    async def _read_stderr(self) -> None:
-        assert self._process is not None
-        assert self._process.stderr is not None
-        async for line in self._process.stderr:
-            self._stderr = [*self._stderr[-20:], line.decode(errors="replace").rstrip()]
-
-    async def wait_for(self, predicate: Callable[[dict[str, Any]], bool], *, within: float) -> dict[str, Any] | None:
-        """Return the first event (past or future) matching `predicate`, or None after `within` seconds."""
-        async with self._changed:
-            try:
-                await asyncio.wait_for(self._changed.wait_for(lambda: any(map(predicate, self._events))), within)
-            except TimeoutError:
-                return None
-            return next(event for event in self._events if predicate(event))
 
     async def command(self, op: str, *, within: float = 30.0, **fields: Any) -> dict[str, Any]:
         """Send one command; return its answer (`event` ok or failed), or a failed answer when none comes."""
-        assert self._process is not None
-        assert self._process.stdin is not None
-        self._next += 1
-        request = self._next
         try:
-            self._process.stdin.write((json.dumps({"req": request, "op": op, **fields}) + "\n").encode())
-            await self._process.stdin.drain()
+            answer = await self.request(op, within=within, **fields)
         except ConnectionError as error:
             return {"event": "failed", "error": f"the driver is gone: {error}; {self.stderr_tail()}"}
-        answer = await self.wait_for(lambda e: e.get("req") == request, within=within)
         if answer is None:
             return {"event": "failed", "error": f"no answer to {op} within {within:g}s; {self.stderr_tail()}"}
         return answer
 
-    def stderr_tail(self) -> str:
+    def stderr_tail(self, lines: int = 3) -> str:
         """Return the driver's last stderr lines, redacted."""
-        return self._redact(" | ".join(self._stderr[-3:]))
+        return self._redact(super().stderr_tail(lines))
 
 
 def _answer_verdict(answer: dict[str, Any], success: str) -> tuple[Status, str]:
