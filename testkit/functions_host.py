@@ -119,3 +119,19 @@ async def signalr_event(name: str, payload: str) -> Out:
     out = Out()
     await call(name, invocation=payload, signalr=out)
     return out
+
+
+async def connected(user: str, connection_id: str) -> Out:
+    """Fire a connected event; return its `signalR` output."""
+    return await signalr_event("connected", invocation("connected", user_id=user, connection_id=connection_id))
+
+
+async def disconnected(user: str, connection_id: str) -> Out:
+    """Fire a disconnected event; return its `signalR` output."""
+    return await signalr_event("disconnected", invocation("disconnected", user_id=user, connection_id=connection_id))
+
+
+async def client_sent(function: str, event: str, user: str | None, connection_id: str, *arguments: Any) -> Out:
+    """Fire a client's `connection.send(event, ...arguments)`, handled by `function`; return its `signalR` output."""
+    payload = invocation(event, user_id=user, connection_id=connection_id, arguments=list(arguments))
+    return await signalr_event(function, payload)

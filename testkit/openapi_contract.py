@@ -149,17 +149,9 @@ def contract() -> Contract:
     return Contract(document())
 
 
-def check_answer(
-    method: str,
-    path: str,
-    status: int,
-    *,
-    headers: Mapping[str, str] | None = None,
-    body: Any = None,
-    content_type: str | None = JSON,
-) -> None:
-    """Raise AssertionError unless the app's document describes this answer (see `Contract.check`)."""
-    contract().check(method, path, status, headers=headers, body=body, content_type=content_type)
+def check_answer(method: str, path: str, status: int, **answer: Any) -> None:
+    """Raise AssertionError unless the app's document describes this answer (the keywords of `Contract.check`)."""
+    contract().check(method, path, status, **answer)
 
 
 def _template_pattern(template: str) -> re.Pattern[str]:

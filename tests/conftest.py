@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
 
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
@@ -13,9 +15,12 @@ from figures import FIGURES, Figures
 from mapping import runtime
 from mapping.expiry import INDEX_PREFIX, SHARDED_PREFIX
 from mapping.keys import BOOKKEEPING_PREFIX
+from mapping.liveness import SignalRLiveness
 from mapping.presence import PRESENCE_ROW
+from mapping.settings import SignalRConnection
 from mapping.store import ConnectionStore
 from testkit.azurite import DEV_KEY, Azurite, free_port, running_azurite
+from testkit.signalr_rest import ACCESS_KEY, SignalRRest, signalr_rest
 from testkit.tables import make_settings, unique_table_name
 
 # Re-exported for the test modules, which import them from here.
@@ -29,13 +34,36 @@ def azurite() -> Iterator[Azurite]:
         yield service
 
 
+@contextlib.asynccontextmanager
+async def stores_on_one_table(
+    azurite: Azurite, *variants: Mapping[str, Any], store_options: Mapping[str, Any] | None = None
+) -> AsyncIterator[tuple[ConnectionStore, ...]]:
+    """Stores on one fresh table, a store per settings variant (as for make_settings); all closed, the table dropped."""
+    table = unique_table_name()
+    options = store_options or {}
+    stores = tuple(ConnectionStore(make_settings(azurite.connection_string, table, **v), **options) for v in variants)
+    try:
+        yield stores
+    finally:
+        for store in stores:
+            await store.close()
+        await drop_table(azurite, table)
+
+
+@contextlib.asynccontextmanager
+async def store_on_own_table(
+    azurite: Azurite, *, store_options: Mapping[str, Any] | None = None, **settings: Any
+) -> AsyncIterator[ConnectionStore]:
+    """A store on a fresh table of its own (`settings` as for make_settings), closed and its table dropped after."""
+    async with stores_on_one_table(azurite, settings, store_options=store_options) as (store,):
+        yield store
+
+
 @pytest.fixture
 async def store(azurite: Azurite) -> AsyncIterator[ConnectionStore]:
     """A store on its own fresh table in Azurite, dropped after the test."""
-    store = ConnectionStore(make_settings(azurite.connection_string, unique_table_name()), retry_total=1)
-    yield store
-    await store.close()
-    await drop_table(azurite, store.settings.table_name)
+    async with store_on_own_table(azurite, store_options={"retry_total": 1}) as store:
+        yield store
 
 
 async def drop_table(azurite: Azurite, table: str) -> None:
@@ -113,3 +141,12 @@ def figures() -> Iterator[Figures]:
     """The reliability figures of this run, written to JSON when the session ends."""
     yield FIGURES
     FIGURES.write()
+
+
+@pytest.fixture
+async def signalr_service() -> AsyncIterator[tuple[SignalRRest, SignalRLiveness]]:
+    """A loopback SignalR REST stand-in and a real liveness client pointed at it."""
+    async with signalr_rest() as service:
+        client = SignalRLiveness(SignalRConnection(endpoint=service.endpoint, access_key=ACCESS_KEY))
+        yield service, client
+        await client.close()

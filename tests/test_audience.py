@@ -20,7 +20,7 @@ from mapping.roster import STALE_FLAG, Roster
 from mapping.store import ConnectionStore
 from mapping.sweep import sweep
 from mapping.table import merge, upsert
-from testkit.functions_host import Out, invocation, signalr_event
+from testkit.functions_host import Out, client_sent, connected, disconnected, invocation, signalr_event
 
 pytestmark = pytest.mark.usefixtures("app_env")
 
@@ -30,22 +30,6 @@ async def scoped(app_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> No
     """Presence scoped to its audience (the shipped default), read again by the app."""
     monkeypatch.setenv("PRESENCE_AUDIENCE", "scoped")
     await runtime.reset()
-
-
-async def connect(user: str, connection_id: str) -> Out:
-    """Fire a connected event."""
-    return await signalr_event("connected", invocation("connected", user_id=user, connection_id=connection_id))
-
-
-async def disconnect(user: str, connection_id: str) -> Out:
-    """Fire a disconnected event."""
-    return await signalr_event("disconnected", invocation("disconnected", user_id=user, connection_id=connection_id))
-
-
-async def call(function: str, event: str, user: str | None, connection_id: str, *arguments: Any) -> Out:
-    """Fire a client's `connection.send(event, ...arguments)`."""
-    payload = invocation(event, user_id=user, connection_id=connection_id, arguments=list(arguments))
-    return await signalr_event(function, payload)
 
 
 def presence(out: Out) -> list[dict[str, Any]]:
@@ -72,10 +56,10 @@ def group_actions(out: Out) -> list[tuple[str, str, str]]:
 
 async def test_a_change_goes_to_the_users_rooms_and_watchers_never_the_hub() -> None:
     """Scoped: a change reaches the user's presence group and each of their rooms' groups, naming the room."""
-    await connect("ann", "a1")
-    await call("join_room", "join", "ann", "a1", "lobby")
-    await call("join_room", "join", "ann", "a1", "team")
-    out = await connect("ann", "a2")
+    await connected("ann", "a1")
+    await client_sent("join_room", "join", "ann", "a1", "lobby")
+    await client_sent("join_room", "join", "ann", "a1", "team")
+    out = await connected("ann", "a2")
     messages = presence(out)
     assert {m.get("groupName") for m in messages} == {presence_group("ann"), "lobby", "team"}
     assert all("connectionId" not in m and "userId" not in m for m in messages)  # nothing hub-wide
@@ -91,7 +75,7 @@ async def test_hub_audience_broadcasts_once(monkeypatch: pytest.MonkeyPatch) -> 
     """PRESENCE_AUDIENCE=hub: one message to the whole hub, and no presence group is joined."""
     monkeypatch.setenv("PRESENCE_AUDIENCE", "hub")
     await runtime.reset()
-    out = await connect("ben", "b1")
+    out = await connected("ben", "b1")
     [message] = presence(out)
     assert "groupName" not in message
     assert message["arguments"][0]["online"] is True
@@ -100,9 +84,9 @@ async def test_hub_audience_broadcasts_once(monkeypatch: pytest.MonkeyPatch) -> 
 
 async def test_watch_subscribes_and_answers_a_snapshot() -> None:
     """watch(users) adds the caller to each user's presence group and answers their recorded pairs."""
-    online = presence(await connect("cora", "c1"))[0]["arguments"][0]
-    await connect("dan", "d1")
-    out = await call("watch_users", "watch", "dan", "d1", ["Cora", "cora", "nobody-yet"])
+    online = presence(await connected("cora", "c1"))[0]["arguments"][0]
+    await connected("dan", "d1")
+    out = await client_sent("watch_users", "watch", "dan", "d1", ["Cora", "cora", "nobody-yet"])
     assert ("add", presence_group("cora"), "d1") in group_actions(out)
     assert ("add", presence_group("nobody-yet"), "d1") in group_actions(out)
     [sync] = syncs(out)
@@ -115,8 +99,8 @@ async def test_watch_subscribes_and_answers_a_snapshot() -> None:
 
 async def test_unwatch_removes_the_subscriptions() -> None:
     """unwatch(users) removes the caller from each user's presence group, touching no storage row."""
-    await connect("eve", "e1")
-    out = await call("unwatch_users", "unwatch", "eve", "e1", ["fay", "gus"])
+    await connected("eve", "e1")
+    out = await client_sent("unwatch_users", "unwatch", "eve", "e1", ["fay", "gus"])
     assert group_actions(out) == [("remove", presence_group("fay"), "e1"), ("remove", presence_group("gus"), "e1")]
 
 
@@ -137,8 +121,8 @@ async def test_unwatch_removes_the_subscriptions() -> None:
 )
 async def test_bad_input_gets_one_error_and_changes_nothing(function: str, event: str, arguments: list[Any]) -> None:
     """A malformed watch, unwatch or sync answers one error to the caller, with no group action or snapshot."""
-    await connect("hal", "h1")
-    out = await call(function, event, "hal", "h1", *arguments)
+    await connected("hal", "h1")
+    out = await client_sent(function, event, "hal", "h1", *arguments)
     assert len(errors(out)) == 1
     assert [m["connectionId"] for m in out.messages if m.get("target") == "error"] == ["h1"]
     assert group_actions(out) == []
@@ -149,8 +133,8 @@ async def test_watching_nobody_refuses_every_watch(monkeypatch: pytest.MonkeyPat
     """PRESENCE_WATCH=nobody: a watch is refused with one error; unwatch still works."""
     monkeypatch.setenv("PRESENCE_WATCH", "nobody")
     await runtime.reset()
-    await connect("ida", "i1")
-    out = await call("watch_users", "watch", "ida", "i1", ["jay"])
+    await connected("ida", "i1")
+    out = await client_sent("watch_users", "watch", "ida", "i1", ["jay"])
     assert [e["error"] for e in errors(out)] == ["watching users is turned off (PRESENCE_WATCH=nobody)"]
     assert group_actions(out) == []
 
@@ -160,13 +144,13 @@ async def test_room_members_may_watch_only_those_sharing_a_room(monkeypatch: pyt
     monkeypatch.setenv("PRESENCE_WATCH", "room-members")
     await runtime.reset()
     for user, tab in (("kim", "k1"), ("lee", "l1"), ("max", "m1")):
-        await connect(user, tab)
-    await call("join_room", "join", "kim", "k1", "club")
-    await call("join_room", "join", "lee", "l1", "club")
-    refused = await call("watch_users", "watch", "kim", "k1", ["lee", "max"])
+        await connected(user, tab)
+    await client_sent("join_room", "join", "kim", "k1", "club")
+    await client_sent("join_room", "join", "lee", "l1", "club")
+    refused = await client_sent("watch_users", "watch", "kim", "k1", ["lee", "max"])
     assert [e.get("refused") for e in errors(refused)] == [["max"]]
     assert group_actions(refused) == []
-    allowed = await call("watch_users", "watch", "kim", "k1", ["lee"])
+    allowed = await client_sent("watch_users", "watch", "kim", "k1", ["lee"])
     assert ("add", presence_group("lee"), "k1") in group_actions(allowed)
     assert [u["user"] for u in syncs(allowed)[0]["users"]] == ["lee"]
 
@@ -174,13 +158,13 @@ async def test_room_members_may_watch_only_those_sharing_a_room(monkeypatch: pyt
 async def test_a_snapshot_then_changes_converge_by_version() -> None:
     """C1: a join's snapshot holds each member's recorded pair; merged with later changes by version, it is true."""
     heard: dict[str, dict[str, Any]] = {}
-    await connect("nia", "n1")
-    await call("join_room", "join", "nia", "n1", "den")
-    await connect("oli", "o1")
-    await call("set_status", "setStatus", "oli", "o1", "busy")
-    await call("join_room", "join", "oli", "o1", "den")
-    await connect("pam", "p1")
-    joined = await call("join_room", "join", "pam", "p1", "den")
+    await connected("nia", "n1")
+    await client_sent("join_room", "join", "nia", "n1", "den")
+    await connected("oli", "o1")
+    await client_sent("set_status", "setStatus", "oli", "o1", "busy")
+    await client_sent("join_room", "join", "oli", "o1", "den")
+    await connected("pam", "p1")
+    joined = await client_sent("join_room", "join", "pam", "p1", "den")
     for entry in (u for sync in syncs(joined) for u in sync["users"]):
         heard[entry["user"]] = entry
     assert {u: (e["online"], e["status"]) for u, e in heard.items()} == {
@@ -188,12 +172,12 @@ async def test_a_snapshot_then_changes_converge_by_version() -> None:
         "oli": (True, "busy"),
         "pam": (True, None),
     }
-    for out in (await disconnect("nia", "n1"), await call("set_status", "setStatus", "oli", "o1", "away")):
+    for out in (await disconnected("nia", "n1"), await client_sent("set_status", "setStatus", "oli", "o1", "away")):
         for message in presence(out):
             entry = message["arguments"][0]
             if message.get("groupName") == "den" and entry["version"] > heard[entry["user"]]["version"]:
                 heard[entry["user"]] = {k: v for k, v in entry.items() if k != "room"}
-    resync = await call("sync_room", "sync", "pam", "p1", "den")
+    resync = await client_sent("sync_room", "sync", "pam", "p1", "den")
     assert {u["user"]: u for u in syncs(resync)[0]["users"]} == heard
     assert (heard["nia"]["online"], heard["oli"]["status"]) == (False, "away")
 
@@ -206,44 +190,30 @@ async def test_a_big_room_snapshot_comes_in_pages() -> None:
         await signalr_event(
             "join_room", invocation("join", user_id=f"m{number:03}", connection_id=f"c{number}", arguments=["hall"])
         )
-    await connect("last", "z1")
-    pages = syncs(await call("join_room", "join", "last", "z1", "hall"))
+    await connected("last", "z1")
+    pages = syncs(await client_sent("join_room", "join", "last", "z1", "hall"))
     assert [(p["page"], p["pages"], len(p["users"])) for p in pages] == [(1, 3, 100), (2, 3, 100), (3, 3, 50)]
     assert len({u["user"] for p in pages for u in p["users"]}) == 250
+
+
+async def _flag_pending(store: ConnectionStore, room: str, user: str, *, at: datetime) -> None:
+    """Flag a user's member-index row of a room pending since `at`, as a join or leave in progress does."""
+    row = {"PartitionKey": room_partition(room), "RowKey": user_key(user), "Pending": True, "PendingAt": at}
+    await store.table.write(merge(row), action="test")
 
 
 async def test_a_pending_row_is_verified_and_cleared_only_when_stale(azurite: Azurite) -> None:
     """C3: a pending index row is checked against the user's partition; its flag goes only once stale."""
     store = runtime.store()
     flagged_at = datetime.now(UTC)
-    await connect("quin", "q1")
-    await call("join_room", "join", "quin", "q1", "lab")
-    await store.table.write(
-        merge(
-            {
-                "PartitionKey": room_partition("lab"),
-                "RowKey": user_key("quin"),
-                "Pending": True,
-                "PendingAt": flagged_at,
-            }
-        ),
-        action="test",
-    )
+    await connected("quin", "q1")
+    await client_sent("join_room", "join", "quin", "q1", "lab")
+    await _flag_pending(store, "lab", "quin", at=flagged_at)
     roster = Roster(store)
     fresh = [e async for page in roster.snapshot("lab", now=flagged_at + STALE_FLAG / 2) for e in page]
     assert [e.user for e in fresh] == ["quin"]
     assert await _pending(azurite, store.settings.table_name) == {"quin": True}
-    await store.table.write(  # a left member's row, flagged by the leave long ago
-        merge(
-            {
-                "PartitionKey": room_partition("lab"),
-                "RowKey": user_key("quin"),
-                "Pending": True,
-                "PendingAt": flagged_at,
-            }
-        ),
-        action="test",
-    )
+    await _flag_pending(store, "lab", "quin", at=flagged_at)  # a left member's row, flagged by the leave long ago
     stale = [e async for page in roster.snapshot("lab", now=flagged_at + STALE_FLAG * 2) for e in page]
     assert [e.user for e in stale] == ["quin"]
     assert await _pending(azurite, store.settings.table_name) == {"quin": False}
@@ -252,11 +222,11 @@ async def test_a_pending_row_is_verified_and_cleared_only_when_stale(azurite: Az
 async def test_a_left_members_stale_row_is_dropped_from_snapshots(azurite: Azurite) -> None:
     """C3: after a leave, the member is gone from snapshots at once, and a reader deletes the row once stale."""
     store = runtime.store()
-    await connect("rex", "r1")
-    await connect("sue", "s1")
-    await call("join_room", "join", "rex", "r1", "pub")
-    await call("join_room", "join", "sue", "s1", "pub")
-    await call("leave_room", "leave", "rex", "r1", "pub")
+    await connected("rex", "r1")
+    await connected("sue", "s1")
+    await client_sent("join_room", "join", "rex", "r1", "pub")
+    await client_sent("join_room", "join", "sue", "s1", "pub")
+    await client_sent("leave_room", "leave", "rex", "r1", "pub")
     roster = Roster(store)
     assert [e.user for page in [p async for p in roster.snapshot("pub")] for e in page] == ["sue"]
     later = datetime.now(UTC) + STALE_FLAG * 2
@@ -269,7 +239,7 @@ async def test_the_sweep_puts_a_set_back_copy_right() -> None:
     store = runtime.store()
     start = datetime.now(UTC) - timedelta(minutes=30)
     first = (await store.connect("tom", "t1", now=start)).presence
-    await call("join_room", "join", "tom", "t1", "yard")
+    await client_sent("join_room", "join", "tom", "t1", "yard")
     second = (await store.disconnect("tom", "t1", now=start + timedelta(seconds=1))).presence
     assert first is not None
     assert second is not None
@@ -308,12 +278,12 @@ class _ChangeOnAdd:
 async def test_a_change_right_after_the_early_group_addition_is_in_the_snapshot() -> None:
     """The caller joins the room's group before the snapshot is read: a change just after the join is not missed."""
     store = runtime.store()
-    await connect("uma", "u1")
-    await call("join_room", "join", "uma", "u1", "gym")
-    await connect("vic", "v1")
+    await connected("uma", "u1")
+    await client_sent("join_room", "join", "uma", "u1", "gym")
+    await connected("vic", "v1")
 
     async def uma_sets_a_status() -> None:
-        await call("set_status", "setStatus", "uma", "u1", "lifting")
+        await client_sent("set_status", "setStatus", "uma", "u1", "lifting")
 
     adder = _ChangeOnAdd(uma_sets_a_status)
     payload = invocation("join", user_id="vic", connection_id="v1", arguments=["gym"])

@@ -261,6 +261,18 @@ class Case:
     retried: bool = False  # a queue-triggered function: a raise is followed by another delivery
 
 
+def _connected(*tabs: tuple[str, str], at: datetime, then: tuple[str, str, datetime] | None = None) -> Step:
+    """A setup step: each (user, tab) connects at `at`, and `then` (user, tab, time) after them."""
+
+    async def step(world: World, store: ConnectionStore) -> None:
+        for user, tab in tabs:
+            await connect(world, store, user, tab, at)
+        if then is not None:
+            await connect(world, store, *then)
+
+    return step
+
+
 def _case(
     name: str,
     setup: Step,
@@ -340,23 +352,13 @@ CASES = [
     ),
     _case(
         "sweep with liveness checks",
-        lambda w, s: _all(
-            connect(w, s, "ada", "a1", T0 - TTL * 0.6),
-            connect(w, s, "bob", "b1", T0 - TTL * 0.6),
-            connect(w, s, "cy", "c1", T0 - TTL * 0.6),
-            connect(w, s, "cy", "c2", T0 - TTL * 1.5),
-        ),
+        _connected(("ada", "a1"), ("bob", "b1"), ("cy", "c1"), at=T0 - TTL * 0.6, then=("cy", "c2", T0 - TTL * 1.5)),
         lambda w, s: w.sweep(s, T0),
         service={"a1": Liveness.ALIVE, "b1": Liveness.GONE, "c1": Liveness.UNKNOWN, "c2": Liveness.ALIVE},
     ),
     _case(
         "sweep reconciling with a group listing",
-        lambda w, s: _all(
-            connect(w, s, "ada", "a1", T0 - TTL * 0.6),
-            connect(w, s, "bob", "b1", T0 - TTL * 0.6),
-            connect(w, s, "cy", "c1", T0 - TTL * 0.6),
-            connect(w, s, "cy", "c2", T0 - TTL * 0.6),
-        ),
+        _connected(("ada", "a1"), ("bob", "b1"), ("cy", "c1"), ("cy", "c2"), at=T0 - TTL * 0.6),
         lambda w, s: w.sweep(s, T0),
         service={"b1": Liveness.GONE, "c2": Liveness.ALIVE},  # c2: a listing that lags a new connection
         listed=("a1", "c1"),

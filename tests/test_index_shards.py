@@ -8,10 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from conftest import Azurite, drop_table, index_rows, make_settings, table_rows, unique_table_name
+from conftest import Azurite, index_rows, make_settings, stores_on_one_table, table_rows
 from mapping.expiry import INDEX_PREFIX, SHARDED_PREFIX, ExpiryIndex, bucket_start, shard_of
 from mapping.keys import user_key
-from mapping.store import ConnectionStore
 from mapping.sweep import sweep
 
 TTL = timedelta(seconds=600)
@@ -42,10 +41,10 @@ async def test_an_index_written_with_another_shard_count_is_still_swept(
     azurite: Azurite, written_with: int, swept_with: int
 ) -> None:
     """Rows indexed under one S are found and removed by a sweep under another: nothing is orphaned."""
-    table = unique_table_name()
-    writer = ConnectionStore(make_settings(azurite.connection_string, table, index_shards=written_with), retry_total=1)
-    sweeper = ConnectionStore(make_settings(azurite.connection_string, table, index_shards=swept_with), retry_total=1)
-    try:
+    async with stores_on_one_table(
+        azurite, dict(index_shards=written_with), dict(index_shards=swept_with), store_options={"retry_total": 1}
+    ) as (writer, sweeper):
+        table = writer.settings.table_name
         users = [f"u{number}" for number in range(30)]
         for user in users:
             await writer.connect(user, f"{user}-tab", now=NOW - TTL * 3)
@@ -55,18 +54,14 @@ async def test_an_index_written_with_another_shard_count_is_still_swept(
         assert sorted(result.offline_users) == sorted(users)
         assert await index_rows(azurite, table) == []
         assert [row for row in await table_rows(azurite, table) if row["RowKey"] != "%~p"] == []
-    finally:
-        await writer.close()
-        await sweeper.close()
-        await drop_table(azurite, table)
 
 
 async def test_a_row_refreshed_under_another_shard_count_survives_its_old_entry(azurite: Azurite) -> None:
     """E2 across layouts: a row refreshed into a later bucket under S = 8 makes its S = 1 entry spent (by time)."""
-    table = unique_table_name()
-    old = ConnectionStore(make_settings(azurite.connection_string, table, index_shards=1), retry_total=1)
-    new = ConnectionStore(make_settings(azurite.connection_string, table, index_shards=8), retry_total=1)
-    try:
+    async with stores_on_one_table(
+        azurite, dict(index_shards=1), dict(index_shards=8), store_options={"retry_total": 1}
+    ) as (old, new):
+        table = old.settings.table_name
         await old.connect("ann", "a1", now=NOW - TTL * 2)
         await new.touch("ann", "a1", now=NOW - timedelta(seconds=30))
         result = await sweep(new, now=NOW)
@@ -75,10 +70,6 @@ async def test_a_row_refreshed_under_another_shard_count_survives_its_old_entry(
         remaining = await index_rows(azurite, table)
         assert [str(row["PartitionKey"]).startswith(SHARDED_PREFIX) for row in remaining] == [True]
         assert (await new.presence_of("ann", now=NOW)).state.online is True
-    finally:
-        await old.close()
-        await new.close()
-        await drop_table(azurite, table)
 
 
 def test_the_shard_count_is_bounded() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -645,32 +645,22 @@ def test_local_settings_sample_holds_only_local_development_secrets() -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "secret"),
+    ("detector", "value", "flagged"),
     [
-        ("'DefaultEndpointsProtocol=https;AccountName=x;AccountKey=abc=='", True),
-        ("storage.listKeys().keys[0].value", True),
-        ("'Endpoint=https://x.service.signalr.net;AccessKey=abc;Version=1.0;'", True),
-        ("'https://x.blob.core.windows.net/c?sv=2022&sig=abc'", True),
-        ("signalR.listKeys().primaryConnectionString", True),
-        ("storage.properties.primaryEndpoints.table", False),
-        ("'managedidentity'", False),
-        ("string(mappingTtlSeconds)", False),
+        (_holds_secret, "'DefaultEndpointsProtocol=https;AccountName=x;AccountKey=abc=='", True),
+        (_holds_secret, "storage.listKeys().keys[0].value", True),
+        (_holds_secret, "'Endpoint=https://x.service.signalr.net;AccessKey=abc;Version=1.0;'", True),
+        (_holds_secret, "'https://x.blob.core.windows.net/c?sv=2022&sig=abc'", True),
+        (_holds_secret, "signalR.listKeys().primaryConnectionString", True),
+        (_holds_secret, "storage.properties.primaryEndpoints.table", False),
+        (_holds_secret, "'managedidentity'", False),
+        (_holds_secret, "string(mappingTtlSeconds)", False),
+        (_is_local_development_value, "UseDevelopmentStorage=true", True),
+        (_is_local_development_value, "Endpoint=http://localhost;Port=8888;AccessKey=ABC;Version=1.0;", True),
+        (_is_local_development_value, "Endpoint=https://x.service.signalr.net;AccessKey=ABC;Version=1.0;", False),
+        (_is_local_development_value, "DefaultEndpointsProtocol=https;AccountName=x;AccountKey=abc==", False),
     ],
 )
-def test_secret_detector(value: str, secret: bool) -> None:
-    """The secret detector used above flags keys, SAS tokens and connection strings and nothing else."""
-    assert _holds_secret(value) is secret
-
-
-@pytest.mark.parametrize(
-    ("value", "local"),
-    [
-        ("UseDevelopmentStorage=true", True),
-        ("Endpoint=http://localhost;Port=8888;AccessKey=ABC;Version=1.0;", True),
-        ("Endpoint=https://x.service.signalr.net;AccessKey=ABC;Version=1.0;", False),
-        ("DefaultEndpointsProtocol=https;AccountName=x;AccountKey=abc==", False),
-    ],
-)
-def test_local_development_value_detector(value: str, local: bool) -> None:
-    """Only Azurite's shorthand and a localhost SignalR endpoint count as local development values."""
-    assert _is_local_development_value(value) is local
+def test_the_value_detectors(detector: Callable[[str], bool], value: str, flagged: bool) -> None:
+    """The detectors used above flag only what they name: keys, SAS tokens and connection strings; local values."""
+    assert detector(value) is flagged

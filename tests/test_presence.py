@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from aiohttp import web
 
-from conftest import Azurite, drop_table, index_rows, make_settings, table_rows, unique_table_name
+from conftest import Azurite, drop_table, index_rows, make_settings, stores_on_one_table, table_rows, unique_table_name
 from fake_service import FakeService
 from faultproxy import Fault, FaultProxy, fault_proxy
 from mapping.errors import StorageError
@@ -177,10 +177,8 @@ async def test_versions_grow_across_a_recreated_table(azurite: Azurite) -> None:
 
 async def test_lowering_the_lease_orphans_no_row(azurite: Azurite) -> None:
     """Rows written under a 600 s lease are still swept by a deployment with a 60 s lease (narrower buckets)."""
-    table = unique_table_name()
-    old = ConnectionStore(make_settings(azurite.connection_string, table, ttl=TTL))
-    new = ConnectionStore(make_settings(azurite.connection_string, table, ttl=timedelta(seconds=60)))
-    try:
+    async with stores_on_one_table(azurite, dict(ttl=TTL), dict(ttl=timedelta(seconds=60))) as (old, new):
+        table = old.settings.table_name
         for index in range(10):
             await old.connect(f"jo{index}", "j", now=T0 + timedelta(seconds=index * 7))
         kept = await sweep(new, now=T0 + timedelta(seconds=30))
@@ -190,28 +188,17 @@ async def test_lowering_the_lease_orphans_no_row(azurite: Azurite) -> None:
         assert sorted(result.offline_users) == [f"jo{index}" for index in range(10)]
         assert await table_rows(azurite, table) == []
         assert await index_rows(azurite, table) == []
-    finally:
-        await old.close()
-        await new.close()
-        await drop_table(azurite, table)
 
 
 async def test_raising_the_lease_evicts_no_live_row(azurite: Azurite) -> None:
     """Rows written under a 60 s lease are live for a deployment with a 600 s lease, and swept once it lapses."""
-    table = unique_table_name()
-    old = ConnectionStore(make_settings(azurite.connection_string, table, ttl=timedelta(seconds=60)))
-    new = ConnectionStore(make_settings(azurite.connection_string, table, ttl=TTL))
-    try:
+    async with stores_on_one_table(azurite, dict(ttl=timedelta(seconds=60)), dict(ttl=TTL)) as (old, new):
         await old.connect("kim", "k1", now=T0)
         early = await sweep(new, now=T0 + timedelta(seconds=300))
         assert (early.deleted, early.offline_users) == (0, [])
         assert [c.connection_id for c in await new.connections_of("kim", now=T0 + timedelta(seconds=300))] == ["k1"]
         late = await sweep(new, now=T0 + TTL + timedelta(minutes=5))
         assert (late.deleted, late.offline_users) == (1, ["kim"])
-    finally:
-        await old.close()
-        await new.close()
-        await drop_table(azurite, table)
 
 
 async def test_a_refused_first_connect_and_its_reconnect_end_announced_online(

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from conftest import Azurite, drop_table, index_rows, make_settings, table_rows, unique_table_name
+from conftest import Azurite, index_rows, store_on_own_table, table_rows
 from fake_service import FakeService
 from mapping.events import on_timer
 from mapping.liveness import (
@@ -26,7 +26,7 @@ from mapping.settings import SignalRConnection
 from mapping.store import ConnectionStore
 from mapping.sweep import sweep
 from testkit.functions_host import Out, call, invocation
-from testkit.signalr_rest import ACCESS_KEY, SignalRRest, signalr_rest
+from testkit.signalr_rest import ACCESS_KEY, SignalRRest
 from testkit.table_requests import TableRequests
 
 TTL = timedelta(seconds=600)
@@ -38,11 +38,9 @@ SIGNALR = SignalRConnection(endpoint="http://127.0.0.1:9", access_key="unused-by
 async def reconciled(azurite: Azurite) -> AsyncIterator[tuple[ConnectionStore, TableRequests]]:
     """A store whose settings name a SignalR connection (the reconciled lease), counting its table requests."""
     requests = TableRequests()
-    settings = make_settings(azurite.connection_string, unique_table_name(), ttl=TTL, signalr=SIGNALR)
-    store = ConnectionStore(settings, client_options={"raw_response_hook": requests.hook})
-    yield store, requests
-    await store.close()
-    await drop_table(azurite, settings.table_name)
+    hooked = {"client_options": {"raw_response_hook": requests.hook}}
+    async with store_on_own_table(azurite, store_options=hooked, ttl=TTL, signalr=SIGNALR) as store:
+        yield store, requests
 
 
 async def test_quiet_connections_cost_no_write_and_are_never_offline(
@@ -120,9 +118,7 @@ async def test_a_quiet_listed_connection_outlives_the_max_age(azurite: Azurite) 
     sweep renews its row once per half max age, and nobody is announced offline (the first renewal spends the
     connect's flagged entry, which repeats the recorded state: same version)."""
     max_age = timedelta(hours=2)
-    settings = make_settings(azurite.connection_string, unique_table_name(), ttl=TTL, signalr=SIGNALR, max_age=max_age)
-    store = ConnectionStore(settings)
-    try:
+    async with store_on_own_table(azurite, ttl=TTL, signalr=SIGNALR, max_age=max_age) as store:
         online = (await store.connect("quiet", "tab", now=T0)).presence
         service = FakeService(listed=["tab"], listing=Listing.LISTED)
         moment, announced, renewed = T0, [], 0
@@ -136,9 +132,6 @@ async def test_a_quiet_listed_connection_outlives_the_max_age(azurite: Azurite) 
         assert {change.version for change in announced} <= {online.version if online else 0}  # repeats at most
         assert 5 <= renewed <= 6  # once per half max age over three max ages
         assert service.asked == []
-    finally:
-        await store.close()
-        await drop_table(azurite, settings.table_name)
 
 
 async def test_a_live_connection_the_listing_lacks_is_added_to_the_group(
@@ -215,18 +208,9 @@ async def test_connected_joins_the_hub_wide_group_when_signalr_is_configured(
     assert out.messages[1]["target"] == "presence"
 
 
-@pytest.fixture
-async def rest() -> AsyncIterator[tuple[SignalRRest, SignalRLiveness]]:
-    """The loopback REST stand-in and a real liveness client pointed at it."""
-    async with signalr_rest() as service:
-        client = SignalRLiveness(SignalRConnection(endpoint=service.endpoint, access_key=ACCESS_KEY))
-        yield service, client
-        await client.close()
-
-
-async def test_the_listing_follows_pages_and_next_links(rest: tuple[SignalRRest, SignalRLiveness]) -> None:
+async def test_the_listing_follows_pages_and_next_links(signalr_service: tuple[SignalRRest, SignalRLiveness]) -> None:
     """450 members come back in three pages of at most 200, each signed for its own URL."""
-    service, client = rest
+    service, client = signalr_service
     service.groups[MAPPED_GROUP] = {f"c{index:03d}" for index in range(450)}
     members = await client.members("chat", MAPPED_GROUP, deadline=time.monotonic() + 30)
     assert members.listing is Listing.LISTED
@@ -245,10 +229,10 @@ async def test_the_listing_follows_pages_and_next_links(rest: tuple[SignalRRest,
     ],
 )
 async def test_a_service_that_cannot_list_says_why(
-    rest: tuple[SignalRRest, SignalRLiveness], status: int, listing: Listing
+    signalr_service: tuple[SignalRRest, SignalRLiveness], status: int, listing: Listing
 ) -> None:
     """An older service (404, 400, 501) means per-connection checks; any other failure means nobody is judged."""
-    service, client = rest
+    service, client = signalr_service
     service.listing_status = status
     assert (await client.members("chat", MAPPED_GROUP, deadline=time.monotonic() + 30)).listing is listing
 
@@ -268,18 +252,17 @@ async def test_an_unreachable_service_cannot_list() -> None:
 
 
 async def test_a_reconciling_sweep_over_http_asks_only_about_what_the_listing_lacks(
-    azurite: Azurite, rest: tuple[SignalRRest, SignalRLiveness]
+    azurite: Azurite, signalr_service: tuple[SignalRRest, SignalRLiveness]
 ) -> None:
     """250 quiet listed connections and 3 lost ones: 2 listing pages and 3 HEADs, the 3 rows deleted, no other
     write."""
-    service, client = rest
+    service, client = signalr_service
     connection = SignalRConnection(endpoint=service.endpoint, access_key=ACCESS_KEY)
     requests = TableRequests()
-    settings = make_settings(
-        azurite.connection_string, unique_table_name(), ttl=TTL, signalr=connection, listing_groups=1
-    )
-    store = ConnectionStore(settings, client_options={"raw_response_hook": requests.hook})
-    try:
+    hooked = {"client_options": {"raw_response_hook": requests.hook}}
+    async with store_on_own_table(
+        azurite, store_options=hooked, ttl=TTL, signalr=connection, listing_groups=1
+    ) as store:
         for index in range(250):
             await store.connect(f"u{index % 25}", f"live{index:03d}", now=T0)
         for index in range(3):
@@ -292,23 +275,16 @@ async def test_a_reconciling_sweep_over_http_asks_only_about_what_the_listing_la
         assert (service.listings, sorted(service.requests)) == (2, ["gone0", "gone1", "gone2"])
         # One transaction per stale user, one batch of entry drops per index partition they are in (shards).
         assert requests.writes <= 3 + 3
-    finally:
-        await store.close()
-        await drop_table(azurite, settings.table_name)
 
 
 async def test_listing_groups_are_listed_concurrently_and_a_changed_count_loses_nobody(
-    azurite: Azurite, rest: tuple[SignalRRest, SignalRLiveness]
+    azurite: Azurite, signalr_service: tuple[SignalRRest, SignalRLiveness]
 ) -> None:
     """With K = 4 the sweep lists each of the 4 groups (one request each here), and a live connection still in the
     group of K = 1 (it connected before K changed) is HEAD-checked, kept and added to its group again."""
-    service, client = rest
+    service, client = signalr_service
     connection = SignalRConnection(endpoint=service.endpoint, access_key=ACCESS_KEY)
-    settings = make_settings(
-        azurite.connection_string, unique_table_name(), ttl=TTL, signalr=connection, listing_groups=4
-    )
-    store = ConnectionStore(settings)
-    try:
+    async with store_on_own_table(azurite, ttl=TTL, signalr=connection, listing_groups=4) as store:
         live = [f"live{index:03d}" for index in range(40)]
         for index, connection_id in enumerate(live):
             await store.connect(f"u{index}", connection_id, now=T0)
@@ -323,9 +299,6 @@ async def test_listing_groups_are_listed_concurrently_and_a_changed_count_loses_
         assert result.unlisted_alive == ["before-k"]
         again = await on_timer(store, liveness=client)  # the timer's output adds it to its group again
         assert {"action": "add", "groupName": listing_group("before-k", 4), "connectionId": "before-k"} in again
-    finally:
-        await store.close()
-        await drop_table(azurite, settings.table_name)
 
 
 async def test_a_lost_connection_the_listing_still_shows_goes_the_sweep_after(

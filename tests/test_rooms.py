@@ -19,35 +19,19 @@ from mapping.membership import Membership
 from mapping.rooms import MAX_ROOMS_PER_USER, STALE_INDEX_ROW, Rooms
 from mapping.store import ConnectionStore
 from mapping.table import delete, upsert
-from testkit.functions_host import Out, http, http_request, invocation, signalr_event
+from testkit.functions_host import Out, client_sent, connected, disconnected, http, http_request
 
 pytestmark = pytest.mark.usefixtures("app_env")
 
 
-async def connect(user: str, connection_id: str) -> Out:
-    """Fire a connected event."""
-    return await signalr_event("connected", invocation("connected", user_id=user, connection_id=connection_id))
-
-
-async def disconnect(user: str, connection_id: str) -> Out:
-    """Fire a disconnected event."""
-    return await signalr_event("disconnected", invocation("disconnected", user_id=user, connection_id=connection_id))
-
-
-async def client_call(function: str, event: str, user: str | None, connection_id: str, *arguments: Any) -> Out:
-    """Fire a client's `connection.send(event, ...arguments)`."""
-    payload = invocation(event, user_id=user, connection_id=connection_id, arguments=list(arguments))
-    return await signalr_event(function, payload)
-
-
 async def join(user: str, connection_id: str, room: Any) -> Out:
     """A client's `join(room)`."""
-    return await client_call("join_room", "join", user, connection_id, room)
+    return await client_sent("join_room", "join", user, connection_id, room)
 
 
 async def leave(user: str, connection_id: str, room: Any) -> Out:
     """A client's `leave(room)`."""
-    return await client_call("leave_room", "leave", user, connection_id, room)
+    return await client_sent("leave_room", "leave", user, connection_id, room)
 
 
 async def members(room: str, **params: str) -> tuple[int, Any]:
@@ -89,8 +73,8 @@ def errors(out: Out) -> list[dict[str, Any]]:
 
 async def test_join_adds_every_live_connection_and_announces_to_the_room() -> None:
     """A join adds all the user's live tabs to the room's group, then tells the room who joined."""
-    await connect("Alice", "a1")
-    await connect("alice", "a2")
+    await connected("Alice", "a1")
+    await connected("alice", "a2")
     out = await join("ALICE", "a1", "lobby")
     assert groups(out, "add") == {("lobby", "a1"), ("lobby", "a2")}
     assert room_announcements(out) == [{"room": "lobby", "user": "ALICE", "joined": True}]
@@ -109,7 +93,7 @@ async def test_join_adds_every_live_connection_and_announces_to_the_room() -> No
 
 async def test_a_repeated_join_adds_and_announces_again() -> None:
     """R3: a join that finds the membership done repeats its group actions and announcement (a retry converges)."""
-    await connect("bob", "b1")
+    await connected("bob", "b1")
     first = await join("bob", "b1", "room.1")
     second = await join("bob", "b1", "room.1")
     assert groups(first, "add") == groups(second, "add") == {("room.1", "b1")}
@@ -121,11 +105,11 @@ async def test_a_repeated_join_adds_and_announces_again() -> None:
 
 async def test_a_connection_opened_later_joins_the_users_rooms() -> None:
     """SignalR forgets groups when a connection ends: each new connection is added to its user's rooms."""
-    await connect("carol", "c1")
+    await connected("carol", "c1")
     await join("carol", "c1", "b-room")
     await join("carol", "c1", "a_room")
-    await disconnect("carol", "c1")
-    out = await connect("Carol", "c2")
+    await disconnected("carol", "c1")
+    out = await connected("Carol", "c2")
     assert groups(out, "add") == {("a_room", "c2"), ("b-room", "c2")}
     body = await user_presence("carol")
     assert (body["online"], body["rooms"]) == (True, ["a_room", "b-room"])
@@ -133,8 +117,8 @@ async def test_a_connection_opened_later_joins_the_users_rooms() -> None:
 
 async def test_leave_announces_then_removes_every_live_connection() -> None:
     """A leave tells the room first (the leaver hears it too), then takes every live tab out of the group."""
-    await connect("dave", "d1")
-    await connect("dave", "d2")
+    await connected("dave", "d1")
+    await connected("dave", "d2")
     await join("dave", "d1", "lobby")
     out = await leave("dave", "d2", "lobby")
     assert room_announcements(out) == [{"room": "lobby", "user": "dave", "joined": False}]
@@ -143,12 +127,12 @@ async def test_leave_announces_then_removes_every_live_connection() -> None:
     assert announced < min(i for i, m in enumerate(out.messages) if m.get("action") == "remove")
     assert (await user_presence("dave"))["rooms"] == []
     assert (await members("lobby"))[1]["members"] == []
-    assert groups(await connect("dave", "d3"), "add") == set()
+    assert groups(await connected("dave", "d3"), "add") == set()
 
 
 async def test_leaving_a_room_one_is_not_in_is_harmless() -> None:
     """A leave of a room the user is not in still answers with its announcement and removes, and writes nothing."""
-    await connect("erin", "e1")
+    await connected("erin", "e1")
     out = await leave("erin", "e1", "nowhere")
     assert room_announcements(out) == [{"room": "nowhere", "user": "erin", "joined": False}]
     assert groups(out, "remove") == {("nowhere", "e1")}
@@ -163,7 +147,7 @@ async def test_a_bad_room_name_answers_the_caller_with_one_error(
     room: Any, app_env: dict[str, str], azurite: Azurite
 ) -> None:
     """A room name outside the rule gets one `error` to the caller and writes nothing."""
-    await connect("frank", "f1")
+    await connected("frank", "f1")
     before = await all_rows(azurite, app_env["MAPPING_TABLE"])
     for call in (join, leave):
         out = await call("frank", "f1", room)
@@ -177,22 +161,22 @@ async def test_a_bad_room_name_answers_the_caller_with_one_error(
 @pytest.mark.parametrize("arguments", [[], ["a", "b"]])
 async def test_join_with_the_wrong_arguments_answers_one_error(arguments: list[Any]) -> None:
     """join and leave take exactly one argument."""
-    await connect("gina", "g1")
-    out = await client_call("join_room", "join", "gina", "g1", *arguments)
+    await connected("gina", "g1")
+    out = await client_sent("join_room", "join", "gina", "g1", *arguments)
     [error] = errors(out)
     assert "one argument" in error["arguments"][0]["error"]
 
 
 async def test_join_without_a_user_answers_one_error() -> None:
     """A connection without a user id cannot hold a membership."""
-    out = await client_call("join_room", "join", None, "anon-1", "lobby")
+    out = await client_sent("join_room", "join", None, "anon-1", "lobby")
     [error] = errors(out)
     assert error["connectionId"] == "anon-1"
 
 
 async def test_the_room_limit_answers_the_caller_and_writes_nothing(app_env: dict[str, str], azurite: Azurite) -> None:
     """The 101st room is refused with one error; the user keeps exactly 100 rooms."""
-    await connect("hank", "h1")
+    await connected("hank", "h1")
     rooms = Rooms(runtime.store())
     for n in range(MAX_ROOMS_PER_USER):
         await rooms.join("hank", f"r{n:03d}")
@@ -222,11 +206,11 @@ async def test_concurrent_joins_keep_the_room_limit() -> None:
 
 async def test_a_connect_racing_a_join_ends_in_the_group() -> None:
     """R2: a tab that opens while its user joins a room is added to the room's group by one of the two."""
-    await connect("jack", "j0")
+    await connected("jack", "j0")
     for round_ in range(8):
         room, tab = f"race{round_}", f"j{round_ + 1}"
-        joined, connected = await asyncio.gather(join("jack", "j0", room), connect("jack", tab))
-        assert (room, tab) in groups(joined, "add") | groups(connected, "add")
+        joined, opened = await asyncio.gather(join("jack", "j0", room), connected("jack", tab))
+        assert (room, tab) in groups(joined, "add") | groups(opened, "add")
 
 
 # -- listing a room ----------------------------------------------------------------------------
@@ -236,9 +220,9 @@ async def test_room_members_page_with_next_and_offline_members_show_last_seen() 
     """Members come a page at a time in key order; an offline member has online false and a last-seen time."""
     rooms = Rooms(runtime.store())
     for n in range(5):
-        await connect(f"m{n}", f"m{n}-tab")
+        await connected(f"m{n}", f"m{n}-tab")
         await rooms.join(f"m{n}", "club")
-    await disconnect("m3", "m3-tab")
+    await disconnected("m3", "m3-tab")
     seen: list[dict[str, Any]] = []
     cursor: str | None = None
     while True:
@@ -362,10 +346,10 @@ async def test_http_room_send_bad_input_sends_nothing(room: str, body: bytes, ex
 
 async def test_a_member_sends_to_the_room_and_a_stranger_is_refused() -> None:
     """sendToRoom reaches the room's group from a member; a non-member gets one error and nothing is sent."""
-    await connect("olga", "o1")
-    await connect("pete", "p1")
+    await connected("olga", "o1")
+    await connected("pete", "p1")
     await join("olga", "o1", "club")
-    sent = await client_call("send_to_room_message", "sendToRoom", "olga", "o1", "club", {"text": "hello"})
+    sent = await client_sent("send_to_room_message", "sendToRoom", "olga", "o1", "club", {"text": "hello"})
     assert [m for m in sent.messages if m.get("groupName") == "club"] == [
         {
             "target": "newMessage",
@@ -373,7 +357,7 @@ async def test_a_member_sends_to_the_room_and_a_stranger_is_refused() -> None:
             "arguments": [{"from": "olga", "room": "club", "message": {"text": "hello"}}],
         }
     ]
-    refused = await client_call("send_to_room_message", "sendToRoom", "pete", "p1", "club", "let me in")
+    refused = await client_sent("send_to_room_message", "sendToRoom", "pete", "p1", "club", "let me in")
     [error] = errors(refused)
     assert error["arguments"][0] == {"error": "not a member of this room", "room": "club", "call": "sendToRoom"}
     assert not any(m.get("groupName") for m in refused.messages)
@@ -382,9 +366,9 @@ async def test_a_member_sends_to_the_room_and_a_stranger_is_refused() -> None:
 @pytest.mark.parametrize("arguments", [["club"], ["bad room", 1], [None, 1]])
 async def test_send_to_room_with_bad_arguments_answers_one_error(arguments: list[Any]) -> None:
     """Wrong argument counts, bad room names and non-JSON messages each get one error."""
-    await connect("quinn", "q1")
+    await connected("quinn", "q1")
     await join("quinn", "q1", "club")
-    out = await client_call("send_to_room_message", "sendToRoom", "quinn", "q1", *arguments)
+    out = await client_sent("send_to_room_message", "sendToRoom", "quinn", "q1", *arguments)
     [error] = errors(out)
     assert error["connectionId"] == "q1"
     assert not any(m.get("groupName") for m in out.messages)
@@ -457,9 +441,9 @@ async def test_a_lapsed_tab_made_live_again_rejoins_its_rooms() -> None:
     store = runtime.store()
     await store.connect("liv", "quiet", now=datetime.now(UTC) - timedelta(hours=2))
     await Rooms(store).join("liv", "club")
-    out = await client_call("send_message", "send", "liv", "quiet", "liv", "ping")
+    out = await client_sent("send_message", "send", "liv", "quiet", "liv", "ping")
     assert ("club", "quiet") in groups(out, "add")
-    again = await client_call("send_message", "send", "liv", "quiet", "liv", "ping")
+    again = await client_sent("send_message", "send", "liv", "quiet", "liv", "ping")
     assert groups(again, "add") == set()  # live now: nothing to redo
 
 
@@ -467,7 +451,7 @@ async def test_leave_removes_lapsed_tabs_too() -> None:
     """R3: a leave takes every connection with a row out of the group, a lapsed (maybe quiet, still open) one too."""
     store = runtime.store()
     await store.connect("max", "quiet", now=datetime.now(UTC) - timedelta(hours=2))
-    await connect("max", "busy")
+    await connected("max", "busy")
     await Rooms(store).join("max", "club")
     out = await leave("max", "busy", "club")
     assert groups(out, "remove") == {("club", "quiet"), ("club", "busy")}
@@ -493,8 +477,8 @@ async def test_a_lone_surrogate_in_a_message_is_400_and_sends_nothing(function: 
 
 async def test_a_lone_surrogate_in_a_room_message_answers_one_error() -> None:
     """sendToRoom with a lone surrogate in the message gets one error that says so."""
-    await connect("sue", "s1")
+    await connected("sue", "s1")
     await join("sue", "s1", "club")
-    out = await client_call("send_to_room_message", "sendToRoom", "sue", "s1", "club", "\ud800")
+    out = await client_sent("send_to_room_message", "sendToRoom", "sue", "s1", "club", "\ud800")
     [error] = errors(out)
     assert "surrogate" in error["arguments"][0]["error"]

@@ -24,36 +24,24 @@ def test_defaults_apply_when_only_a_connection_is_set() -> None:
     assert settings.presence_grace == timedelta(seconds=15)
 
 
-def test_every_setting_is_read_by_its_app_setting_name() -> None:
-    """Each documented name changes the corresponding field."""
-    settings = Settings.from_environment(
-        {
-            "MAPPING_STORAGE": "UseDevelopmentStorage=true",
-            "MAPPING_TABLE": "Links2",
-            "MAPPING_TTL_SECONDS": "90",
-            "SIGNALR_HUB": "news_feed",
-            "PRESENCE_EVENTS": "False",
-            "SWEEP_SCHEDULE": "*/30 * * * * *",
-        }
-    )
-    assert (settings.table_name, settings.ttl, settings.hub) == ("Links2", timedelta(seconds=90), "news_feed")
-    assert settings.presence_events is False
-    assert settings.sweep_schedule == "*/30 * * * * *"
-    assert {"MAPPING_TABLE", "MAPPING_TTL_SECONDS", "SIGNALR_HUB", "PRESENCE_EVENTS"} <= set(APP_SETTING_NAMES)
-
-
-def test_presence_settings_are_read_by_their_names() -> None:
-    """PRESENCE_AUDIENCE, PRESENCE_WATCH (case-insensitive) and PRESENCE_GRACE_SECONDS (0 allowed) are read."""
-    settings = Settings.from_environment(
-        {
-            "MAPPING_STORAGE": "x",
-            "PRESENCE_AUDIENCE": "Hub",
-            "PRESENCE_WATCH": "room-members",
-            "PRESENCE_GRACE_SECONDS": "0",
-        }
-    )
-    assert (settings.presence_audience, settings.presence_watch) == ("hub", "room-members")
-    assert settings.presence_grace == timedelta(0)
+@pytest.mark.parametrize(
+    ("name", "value", "field", "expected"),
+    [
+        ("MAPPING_TABLE", "Links2", "table_name", "Links2"),
+        ("MAPPING_TTL_SECONDS", "90", "ttl", timedelta(seconds=90)),
+        ("SIGNALR_HUB", "news_feed", "hub", "news_feed"),
+        ("PRESENCE_EVENTS", "False", "presence_events", False),
+        ("SWEEP_SCHEDULE", "*/30 * * * * *", "sweep_schedule", "*/30 * * * * *"),
+        ("PRESENCE_AUDIENCE", "Hub", "presence_audience", "hub"),  # case-insensitive
+        ("PRESENCE_WATCH", "room-members", "presence_watch", "room-members"),
+        ("PRESENCE_GRACE_SECONDS", "0", "presence_grace", timedelta(0)),  # 0 allowed: no grace
+    ],
+)
+def test_every_setting_is_read_by_its_app_setting_name(name: str, value: str, field: str, expected: object) -> None:
+    """Each documented name changes its field, away from the default, and is listed among the app settings."""
+    default = getattr(Settings.from_environment({"MAPPING_STORAGE": "x"}), field)
+    assert getattr(Settings.from_environment({"MAPPING_STORAGE": "x", name: value}), field) == expected != default
+    assert name in APP_SETTING_NAMES
 
 
 def test_shard_and_group_counts_are_read_by_their_names() -> None:

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-
-import pytest
 
 from conftest import Azurite, index_rows, table_rows
 from fake_service import FakeService
@@ -16,7 +13,7 @@ from mapping.settings import SignalRConnection
 from mapping.settle import settle
 from mapping.store import ConnectionStore
 from mapping.sweep import sweep
-from testkit.signalr_rest import ACCESS_KEY, SignalRRest, signalr_rest
+from testkit.signalr_rest import ACCESS_KEY, SignalRRest
 
 TTL = timedelta(seconds=600)
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -49,15 +46,6 @@ async def seed(store: ConnectionStore, connections: list[tuple[str, str]], *, no
 def keys(rows: list[dict[str, object]]) -> list[tuple[object, object]]:
     """Return the sorted (PartitionKey, RowKey) pairs of rows."""
     return sorted((row["PartitionKey"], row["RowKey"]) for row in rows)
-
-
-@pytest.fixture
-async def service() -> AsyncIterator[tuple[SignalRRest, SignalRLiveness]]:
-    """A loopback SignalR REST stand-in and a liveness checker pointed at it."""
-    async with signalr_rest() as rest:
-        checker = SignalRLiveness(SignalRConnection(endpoint=rest.endpoint, access_key=ACCESS_KEY))
-        yield rest, checker
-        await checker.close()
 
 
 # -- age-based (no SignalR connection) ---------------------------------------------------------
@@ -235,10 +223,10 @@ async def test_refreshes_write_at_most_once_per_quarter_lease(store: ConnectionS
 
 
 async def test_a_live_quiet_connection_survives_any_number_of_sweeps(
-    store: ConnectionStore, service: tuple[SignalRRest, SignalRLiveness]
+    store: ConnectionStore, signalr_service: tuple[SignalRRest, SignalRLiveness]
 ) -> None:
     """The service says 200: each sweep past half the lease refreshes the row instead of deleting it."""
-    rest, checker = service
+    rest, checker = signalr_service
     rest.answers["q1"] = [200]
     await store.connect("quiet", "q1", now=NOW)
     moment = NOW
@@ -275,10 +263,10 @@ async def test_an_unknown_answer_keeps_the_row_until_the_hard_limit(store: Conne
 
 
 async def test_throttling_is_honoured_then_answered(
-    store: ConnectionStore, service: tuple[SignalRRest, SignalRLiveness]
+    store: ConnectionStore, signalr_service: tuple[SignalRRest, SignalRLiveness]
 ) -> None:
     """A 429 with Retry-After pauses and retries: the following 404 still deletes the row."""
-    rest, checker = service
+    rest, checker = signalr_service
     rest.answers["busy"] = [429, 404]
     await store.connect("nina", "busy", now=NOW)
     result = await sweep(store, liveness=checker, now=NOW + TTL)
@@ -297,10 +285,10 @@ async def test_liveness_checks_only_rows_past_half_the_lease(store: ConnectionSt
 
 
 async def test_connection_ids_with_odd_characters_are_asked_about_exactly(
-    store: ConnectionStore, service: tuple[SignalRRest, SignalRLiveness]
+    store: ConnectionStore, signalr_service: tuple[SignalRRest, SignalRLiveness]
 ) -> None:
     """Connection ids are percent-encoded in the REST path and the token's audience matches it."""
-    rest, checker = service
+    rest, checker = signalr_service
     odd = "a/b#c?d %e"
     rest.answers[odd] = [404]
     await store.connect("pia", odd, now=NOW)
