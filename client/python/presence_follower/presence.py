@@ -1,0 +1,198 @@
+"""The presence map: users' states merged by version only, and the members of the rooms followed; no I/O."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeAlias
+
+from .names import _safe_fold, check_room, fold_user_name
+
+logger = logging.getLogger("follow_presence")  # one log for the whole follower
+
+
+def _notify(handler: Callable[..., None] | None, *arguments: Any) -> None:
+    """Call a handler; one that raises is logged and must not stop the merge or the connection."""
+    if handler is None:
+        return
+    try:
+        handler(*arguments)
+    except Exception:
+        logger.exception("a presence handler raised")
+
+
+@dataclass(frozen=True)
+class UserState:
+    """One user's presence as the server decided it; `version` only grows per user (0: never seen)."""
+
+    user: str
+    online: bool
+    connections: int
+    status: str | None
+    last_seen: str | None
+    version: int
+
+    @classmethod
+    def from_json(cls, entry: object) -> UserState | None:
+        """Read a `presence` message or a snapshot entry; None when it is not one."""
+        if not isinstance(entry, Mapping):
+            return None
+        user, version = entry.get("user"), entry.get("version")
+        if not isinstance(user, str) or not isinstance(version, int) or isinstance(version, bool):
+            return None
+        status, last_seen = entry.get("status"), entry.get("lastSeen")
+        return cls(
+            user=user,
+            online=entry.get("online") is True,
+            connections=_whole(entry.get("connections"), 0),
+            status=status if isinstance(status, str) else None,
+            last_seen=last_seen if isinstance(last_seen, str) else None,
+            version=version,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the state in the server's shape (`lastSeen`)."""
+        state = asdict(self)
+        state["lastSeen"] = state.pop("last_seen")
+        return state
+
+
+ChangeHandler: TypeAlias = Callable[[UserState, UserState | None], None]
+SyncHandler: TypeAlias = Callable[[str | None], None]
+MembersHandler: TypeAlias = Callable[[str, str, bool], None]
+
+
+@dataclass
+class _Room:
+    members: dict[str, str] = field(default_factory=dict)  # folded user -> name
+    pages: dict[int, list[str]] | None = None  # a snapshot being assembled: page -> names
+    total: int = 0
+    since: list[tuple[str, bool]] = field(default_factory=list)  # joins and leaves heard while pages came
+    synced: bool = False
+
+
+class Presence:
+    """Users' states merged by version only, and the members of the rooms followed. No I/O: feed it messages."""
+
+    def __init__(
+        self,
+        *,
+        on_change: ChangeHandler | None = None,
+        on_sync: SyncHandler | None = None,
+        on_members: MembersHandler | None = None,
+    ) -> None:
+        self.on_change = on_change
+        self.on_sync = on_sync
+        self.on_members = on_members
+        self._states: dict[str, UserState] = {}
+        self._rooms: dict[str, _Room] = {}
+
+    def of(self, user: str) -> UserState | None:
+        """Return the latest state heard of `user` (any case of the name), or None."""
+        key = _safe_fold(user)
+        return self._states.get(key) if key is not None else None
+
+    def states(self) -> list[UserState]:
+        """Return every user's latest state."""
+        return list(self._states.values())
+
+    def rooms(self) -> list[str]:
+        """Return the rooms followed."""
+        return list(self._rooms)
+
+    def members(self, room: str) -> list[UserState]:
+        """Return a followed room's members (last snapshot, then joins and leaves) with their latest states."""
+        tracked = self._rooms.get(room)
+        if tracked is None:
+            return []
+        never = UserState  # a member heard of only by name: never seen, version 0
+        return [self._states.get(key) or never(name, False, 0, None, None, 0) for key, name in tracked.members.items()]
+
+    def synced(self, room: str) -> bool:
+        """Return whether a complete snapshot of `room` arrived (on this or an earlier connection)."""
+        tracked = self._rooms.get(room)
+        return tracked is not None and tracked.synced
+
+    def follow(self, room: str) -> None:
+        """Start keeping the members of `room` (its snapshot arrives after the join)."""
+        self._rooms.setdefault(check_room(room), _Room())
+
+    def unfollow(self, room: str) -> None:
+        """Forget the members of `room`."""
+        self._rooms.pop(room, None)
+
+    def restart(self) -> None:
+        """Drop snapshots half received (a new connection): members and states stay until the new snapshots."""
+        for tracked in self._rooms.values():
+            tracked.pages, tracked.total, tracked.since = None, 0, []
+
+    def merge(self, entry: object) -> UserState | None:
+        """Keep `entry` if its version is higher than the one held for its user; return it then, else None."""
+        state = UserState.from_json(entry)
+        key = _safe_fold(state.user) if state is not None else None
+        if state is None or key is None:
+            return None
+        previous = self._states.get(key)
+        if previous is not None and previous.version >= state.version:
+            return None  # a repeat, or older than what we hold
+        self._states[key] = state
+        _notify(self.on_change, state, previous)
+        return state
+
+    def merge_sync(self, snapshot: object) -> bool:
+        """Merge a `presenceSync` page `{room, users, page, pages}`; True when a room's (or a watch's) snapshot is
+        complete with it."""
+        if not isinstance(snapshot, Mapping) or not isinstance(snapshot.get("users"), list):
+            return False
+        entries = [state for state in map(UserState.from_json, snapshot["users"]) if state is not None]
+        for entry in snapshot["users"]:
+            self.merge(entry)
+        room = snapshot.get("room")
+        if room is None:
+            _notify(self.on_sync, None)
+            return True
+        tracked = self._rooms.get(room) if isinstance(room, str) else None
+        if tracked is None:
+            return False
+        page, pages = _whole(snapshot.get("page"), 1), _whole(snapshot.get("pages"), 1)
+        if tracked.pages is None or tracked.total != pages or page in tracked.pages:
+            tracked.pages, tracked.total, tracked.since = {}, pages, []  # a page seen already starts a newer one
+        tracked.pages[page] = [state.user for state in entries]
+        if len(tracked.pages) < pages:
+            return False
+        members: dict[str, str] = {}
+        for _page, names in sorted(tracked.pages.items()):  # in page order: the server's key order
+            members.update((fold_user_name(name), name) for name in names if _safe_fold(name) is not None)
+        for user, joined in tracked.since:
+            _apply_membership(members, user, joined)
+        tracked.members, tracked.pages, tracked.total, tracked.since, tracked.synced = members, None, 0, [], True
+        _notify(self.on_sync, room)
+        return True
+
+    def merge_room(self, change: object) -> None:
+        """Apply a `room` message `{room, user, joined}` to a followed room's members."""
+        if not isinstance(change, Mapping):
+            return
+        room, user, joined = change.get("room"), change.get("user"), change.get("joined") is True
+        tracked = self._rooms.get(room) if isinstance(room, str) else None
+        if tracked is None or not isinstance(user, str) or not isinstance(room, str):
+            return
+        _apply_membership(tracked.members, user, joined)
+        if tracked.pages is not None:
+            tracked.since.append((user, joined))
+        _notify(self.on_members, room, user, joined)
+
+
+def _apply_membership(members: dict[str, str], user: str, joined: bool) -> None:
+    key = _safe_fold(user)
+    if key is None:
+        return
+    if joined:
+        members[key] = user
+    else:
+        members.pop(key, None)
+
+
+def _whole(value: object, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
