@@ -1,8 +1,8 @@
-"""The Azure Functions app (Python v2 model): the connection mapper's functions, defined in mapping/blueprint.py."""
+"""The Azure Functions app (Python v2 model): the mapper's functions, defined in mapping/functions/blueprint.py."""
 
 import azure.functions as func
 
-from mapping.registration import register
+from mapping.functions.registration import register
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 register(app)

@@ -35,12 +35,13 @@ import azure.functions as func
 
 from bench.proxy import APP_QUEUE_OPERATIONS, CountingProxy, classify, classify_queue
 from bench.workload import TTL, fresh_table, use_app_settings
-from mapping.grace import Decision
 from mapping.keys import ROOM_PREFIX, user_key
-from mapping.membership import Membership
+from mapping.presence.grace import Decision
+from mapping.presence.rows import Membership
+from mapping.presence.store import ConnectionStore
+from mapping.rooms.index import index_row
 from mapping.settings import Settings, StorageConnection
-from mapping.store import ConnectionStore
-from mapping.table import MAX_BATCH, upsert
+from mapping.storage.table import MAX_BATCH, upsert
 from testkit.azurite import Azurite, connection_string
 from testkit.emulator_billing import billed_messages
 from testkit.functions_host import FUNCTIONS, Out, invocation
@@ -358,7 +359,7 @@ async def _count_big_join(direct: str, table: str, table_proxy: CountingProxy, m
     try:
         now = datetime.now(UTC)
         rows = [
-            {**Membership("arena", now).index_row(user_key(f"m{n:04}"), f"m{n:04}"), "Pending": False}
+            {**index_row(Membership("arena", now), user_key(f"m{n:04}"), f"m{n:04}"), "Pending": False}
             for n in range(members)
         ]
         await asyncio.gather(

@@ -7,8 +7,8 @@ No function wrapper, no parsing, no validation, no key escaping, no output messa
   changes the row and writes the presence row conditional on the ETag the query returned; without
   presence the same requests, the presence row written unchanged). The app cannot do less work on
   the table than this; the ratio ours/floor is the cost of the app's own code. The client events
-  follow the same design: join and leave as in `mapping/rooms.py` (R1, R2), setStatus as a live-row
-  write with a presence decision (`mapping/store.py`).
+  follow the same design: join and leave as in `mapping/rooms/membership.py` (R1, R2), setStatus as a live-row
+  write with a presence decision (`mapping/presence/store.py`).
 - `MinimalFloor`, the least any correct solution needs given each event's contract, whatever the
   design (each method says why no correct solution can do with fewer requests):
   - connect, disconnect: one write per change, and one query of the user's partition to tell whether
@@ -35,7 +35,7 @@ from azure.data.tables import EdmType, EntityProperty, UpdateMode
 from azure.data.tables.aio import TableClient
 
 from mapping.keys import MEMBERSHIP_PREFIX, ROOM_PREFIX
-from mapping.presence import PRESENCE_ROW
+from mapping.presence.state import PRESENCE_ROW
 
 LIVE = "PartitionKey eq @pk and LastSeen gt @cutoff"
 PARTITION = "PartitionKey eq @pk"

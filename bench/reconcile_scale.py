@@ -28,9 +28,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench import charts, scale_command
-from mapping.liveness import SignalRLiveness, listing_group
+from mapping.presence.store import ConnectionStore
 from mapping.settings import SignalRConnection
-from mapping.store import ConnectionStore
+from mapping.signalr.liveness import SignalRLiveness, listing_group
 from mapping.sweep import sweep
 from testkit.azurite import running_azurite
 from testkit.signalr_rest import ACCESS_KEY, SignalRRest, signalr_rest

@@ -169,8 +169,9 @@ def markdown(results: dict[str, Any]) -> str:
         "conditional on the ETag read; without presence, the same for a connect (the presence row written "
         "unchanged) and a "
         "delete (disconnect); one live-rows query (send, presence). No parsing, validation, key escaping or output.",
-        "- **floor**, client events: join, leave and setStatus as the app's design makes them (`mapping/rooms.py`, "
-        "`mapping/store.py`): join reads the user's partition, writes the room's member-index row, then one "
+        "- **floor**, client events: join, leave and setStatus as the app's design makes them "
+        "(`mapping/rooms/membership.py`, `mapping/presence/store.py`): join reads the user's partition, writes the "
+        "room's member-index row, then one "
         "transaction with the membership row and the presence row on its ETag; leave reads, then deletes the "
         "membership row with the presence row in one transaction (the member-index row is left to readers); "
         "setStatus reads, writes the "

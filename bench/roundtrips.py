@@ -28,10 +28,10 @@ from bench.workload import (
     seed,
     use_app_settings,
 )
-from mapping.clock import utc_now
-from mapping.rooms import Rooms
+from mapping.presence.rows import utc_now
+from mapping.presence.store import ConnectionStore
+from mapping.rooms.membership import Rooms
 from mapping.settings import Settings, StorageConnection
-from mapping.store import ConnectionStore
 from mapping.sweep import sweep
 from testkit.azurite import connection_string
 from testkit.functions_host import FUNCTIONS, Out, http_request, invocation

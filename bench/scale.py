@@ -36,11 +36,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from mapping.expiry import INDEX_PREFIX, SHARDED_PREFIX
 from mapping.keys import connection_key, user_key
-from mapping.liveness import SignalRLiveness, list_groups, listing_group, listing_groups
+from mapping.presence.expiry import INDEX_PREFIX, SHARDED_PREFIX
+from mapping.presence.store import ConnectionStore
 from mapping.settings import SignalRConnection
-from mapping.store import ConnectionStore
+from mapping.signalr.liveness import SignalRLiveness, list_groups, listing_group, listing_groups
 from mapping.sweep import sweep
 from testkit.azurite import running_azurite
 from testkit.signalr_rest import ACCESS_KEY, NumberedIds, signalr_rest

@@ -22,7 +22,7 @@ from azure.core import MatchConditions
 from azure.data.tables.aio import TableClient
 
 from bench import charts, scale_command
-from mapping.store import ConnectionStore
+from mapping.presence.store import ConnectionStore
 from mapping.sweep import sweep
 from testkit.azurite import running_azurite
 from testkit.tables import make_settings, unique_table_name

@@ -24,13 +24,13 @@ from azure.data.tables.aio import TableServiceClient
 
 from bench.floor import Floor
 from bench.naive import ROOM_KEY, NaiveFunctions
-from mapping import runtime
-from mapping.entity import ConnectionEntity
-from mapping.membership import Membership
-from mapping.presence import PresenceState, Recorded, presence_write
+from mapping.functions import runtime
+from mapping.presence.rows import ConnectionEntity, Membership
+from mapping.presence.state import PresenceState, Recorded, presence_write
+from mapping.presence.store import ConnectionStore
+from mapping.rooms.index import index_row
 from mapping.settings import Settings, StorageConnection
-from mapping.store import ConnectionStore
-from mapping.table import MAX_BATCH, Operation, upsert
+from mapping.storage.table import MAX_BATCH, Operation, upsert
 from testkit.functions_host import FUNCTIONS, Out, http_request, invocation
 
 IMPLS = ("floor", "ours", "naive")
@@ -210,8 +210,8 @@ async def seed_users(
         for room in rooms_before(kind):
             membership = Membership(room, now)
             operations.append(("create", membership.to_table(partition), {}))
-            index_row = membership.index_row(partition, entity.user_name)
-            shared.setdefault(str(index_row["PartitionKey"]), []).append(upsert(index_row))
+            member_row = index_row(membership, partition, entity.user_name)
+            shared.setdefault(str(member_row["PartitionKey"]), []).append(upsert(member_row))
         partitions.append(operations)
     batches = [ops for ops in partitions if ops] + [
         ops[i : i + MAX_BATCH] for ops in shared.values() for i in range(0, len(ops), MAX_BATCH)

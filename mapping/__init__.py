@@ -1,6 +1,5 @@
 """Map SignalR users to their connections in Azure Table Storage: the library behind the function app."""
 
-from mapping.entity import ConnectionEntity
 from mapping.errors import (
     ConfigurationError,
     InvalidNameError,
@@ -12,13 +11,15 @@ from mapping.errors import (
     UserOfflineError,
 )
 from mapping.events import on_connected, on_disconnected, on_send, on_timer
-from mapping.invocation import Invocation, parse_invocation
+from mapping.functions import runtime
 from mapping.keys import connection_key, normalize_user_name, user_key
-from mapping.liveness import Liveness, LivenessCheck, SignalRLiveness
-from mapping.readers import UsersPage
-from mapping.send import SendRequest, parse_send_body, send_to_user
+from mapping.presence.readers import UsersPage
+from mapping.presence.rows import ConnectionEntity
+from mapping.presence.store import ConnectionStore
 from mapping.settings import Settings
-from mapping.store import ConnectionStore
+from mapping.signalr.invocation import Invocation, parse_invocation
+from mapping.signalr.liveness import Liveness, LivenessCheck, SignalRLiveness
+from mapping.signalr.send import SendRequest, parse_send_body, send_to_user
 from mapping.sweep import SweepResult, sweep
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "on_timer",
     "parse_invocation",
     "parse_send_body",
+    "runtime",
     "send_to_user",
     "sweep",
     "user_key",

@@ -8,22 +8,22 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec
 
-from mapping.audience import presence_group, presence_messages, room_presence, sync_messages
-from mapping.bounded import gather_bounded
-from mapping.delayed import DelayedActions
 from mapping.errors import InvalidNameError, InvalidRequestError, RefusedError, StorageError, UserOfflineError
-from mapping.grace import Decision, Grace
-from mapping.invocation import Invocation
 from mapping.keys import parse_room, user_key
-from mapping.liveness import AGE_ONLY, GroupAdder, LivenessCheck, listing_group
-from mapping.messages import ERROR_TARGET, Message, error_message, join_group, leave_group, room_message
-from mapping.presence import PresenceChange
-from mapping.rooms import Rooms
-from mapping.roster import Roster, RosterEntry
-from mapping.send import parse_room_send_arguments, parse_send_arguments, room_delivery_of, send_to_user
-from mapping.store import ConnectionStore
+from mapping.presence.grace import Decision, Grace
+from mapping.presence.state import PresenceChange
+from mapping.presence.store import ConnectionStore
+from mapping.rooms.membership import Rooms
+from mapping.rooms.roster import Roster, RosterEntry
+from mapping.rooms.watch import Watching, parse_users
+from mapping.signalr.audience import presence_group, presence_messages, room_presence, sync_messages
+from mapping.signalr.invocation import Invocation
+from mapping.signalr.liveness import AGE_ONLY, GroupAdder, LivenessCheck, listing_group
+from mapping.signalr.messages import ERROR_TARGET, Message, error_message, join_group, leave_group, room_message
+from mapping.signalr.send import parse_room_send_arguments, parse_send_arguments, room_delivery_of, send_to_user
+from mapping.storage.client import gather_bounded
+from mapping.storage.queue import DelayedActions
 from mapping.sweep import sweep
-from mapping.watch import Watching, parse_users
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ async def on_disconnected(
     try:
         if store.lease.grace:
             await Grace(store, delayed()).end(event.user_id, event.connection_id)
-            return []  # nothing changes until the grace is over (mapping.grace)
+            return []  # nothing changes until the grace is over (mapping.presence.grace)
         outcome = await store.disconnect(event.user_id, event.connection_id)
     except InvalidNameError as error:
         logger.warning("disconnected: ignored: %s", error)

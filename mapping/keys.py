@@ -8,16 +8,18 @@ User keys are casefolded: users compare case-insensitively, connection ids do no
 Room names are 1-64 characters of letters, digits, `-`, `_` and `.`, compared exactly (a room's
 SignalR group has the room's name). A membership is two rows: `%~r<room>` in the user's partition
 (the truth: "rooms of a user" is part of the user's one query) and the user's key in the room's
-partition `%~m<room>` (an index: "members of a room" is one partition query; see mapping.rooms).
+partition `%~m<room>` (an index: "members of a room" is one partition query; see mapping.rooms.membership).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import re
 import unicodedata
 
-from mapping.errors import InvalidNameError
+from mapping.errors import InvalidNameError, InvalidRequestError
 
 MAX_NAME_LENGTH = 256
 # Table Storage keys hold at most 1 KiB of UTF-16 (512 code units; Azurite counts 512 characters).
@@ -121,3 +123,34 @@ def _prefix(key: str, units: int) -> str:
 
 def _utf16_units(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
+
+
+MAX_PAGE_LIMIT = 1000
+_CURSOR_PREFIX = "u1."
+_MAX_CURSOR_LENGTH = 2048
+
+
+def check_limit(limit: int) -> int:
+    """Return a page size, or raise InvalidRequestError when it is outside 1..1000."""
+    if not 1 <= limit <= MAX_PAGE_LIMIT:
+        raise InvalidRequestError(f"limit must be between 1 and {MAX_PAGE_LIMIT}")
+    return limit
+
+
+def encode_cursor(key: str) -> str:
+    """Return the cursor of the page that follows `key`."""
+    return _CURSOR_PREFIX + base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """Return the key a cursor names, or raise InvalidRequestError for anything this API did not return."""
+    if not cursor.startswith(_CURSOR_PREFIX) or len(cursor) > _MAX_CURSOR_LENGTH:
+        raise InvalidRequestError("next is not a cursor this API returned")
+    body = cursor[len(_CURSOR_PREFIX) :]
+    try:
+        after = base64.b64decode(body + "=" * (-len(body) % 4), altchars=b"-_", validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        after = ""
+    if not after:
+        raise InvalidRequestError("next is not a cursor this API returned")
+    return after

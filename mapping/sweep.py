@@ -1,6 +1,6 @@
 """Stale-row removal: the timer function is the TTL that Table Storage does not have.
 
-The sweep reads only the expiry index's buckets that began before its cutoff (`mapping.expiry`), so
+The sweep reads only the expiry index's buckets that began before its cutoff (`mapping.presence.expiry`), so
 its cost follows the stale rows, not the table. It groups the entries by user and, for each user,
 reads the partition once (rows and presence row) and acts on what it finds:
 
@@ -9,7 +9,7 @@ reads the partition once (rows and presence row) and acts on what it finds:
   about (`HEAD .../connections/{id}`): alive → LastSeen is refreshed; gone → deleted; unknown → kept
   for the next sweep, unless LastSeen is older than MAPPING_MAX_AGE_SECONDS, then deleted; without
   one, a row past its lease is deleted (age-based);
-- the verdicts and the user's presence decision commit in one transaction (`mapping.presence`, P2),
+- the verdicts and the user's presence decision commit in one transaction (`mapping.presence.state`, P2),
   and the user's spent entries are dropped only after it (expiry E3);
 - with presence events on, every change of state is announced, and so is the recorded state of a
   user whose announcement an event may have lost (presence P5); a user left offline was last seen at
@@ -33,15 +33,15 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from mapping.entity import ConnectionEntity
 from mapping.errors import InvalidNameError, MappingError, StorageError
-from mapping.expiry import IndexEntry, bucket_start
 from mapping.keys import connection_key, user_key
-from mapping.liveness import AGE_ONLY, Listing, Liveness, LivenessCheck, list_groups, listing_groups
-from mapping.presence import PresenceChange
-from mapping.roster import Roster
-from mapping.settle import settle
-from mapping.store import ConnectionStore
+from mapping.presence.expiry import IndexEntry, bucket_start
+from mapping.presence.rows import ConnectionEntity
+from mapping.presence.settle import settle
+from mapping.presence.state import PresenceChange
+from mapping.presence.store import ConnectionStore
+from mapping.rooms.roster import Roster
+from mapping.signalr.liveness import AGE_ONLY, Listing, Liveness, LivenessCheck, list_groups, listing_groups
 
 logger = logging.getLogger(__name__)
 

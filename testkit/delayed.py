@@ -1,4 +1,4 @@
-"""A stand-in for `mapping.delayed.DelayedActions` in unit tests: records what was scheduled and when it is due."""
+"""A stand-in for `mapping.storage.queue.DelayedActions` in unit tests: what was scheduled and when it is due."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from mapping.clock import Clock, moment_of, utc_now
 from mapping.errors import StorageError
+from mapping.presence.rows import Clock, moment_of, utc_now
 
 
 @dataclass(frozen=True)

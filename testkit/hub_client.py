@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from mapping.access_token import access_key_token
+from mapping.signalr.tokens import access_key_token
 
 RECORD_SEPARATOR = "\x1e"
 HANDSHAKE = json.dumps({"protocol": "json", "version": 1}) + RECORD_SEPARATOR

@@ -1,4 +1,5 @@
-"""Check an HTTP answer of the app against its OpenAPI document (`mapping/openapi.py`): path, status, headers, body.
+"""Check an HTTP answer of the app against its OpenAPI document (`mapping/functions/openapi.py`): path, status, headers,
+body.
 
 Every test helper that calls the app's HTTP API passes each answer through `check_answer`, so an answer the
 document does not describe fails the test that saw it with an AssertionError naming what differs.
@@ -18,7 +19,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
-from mapping.openapi import document
+from mapping.functions.openapi import document
 
 DOCUMENT_URI = "urn:signalr-connection-mapper:openapi.json"
 JSON = "application/json"

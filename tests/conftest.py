@@ -12,13 +12,13 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables.aio import TableClient, TableServiceClient
 
 from figures import FIGURES, Figures
-from mapping import runtime
-from mapping.expiry import INDEX_PREFIX, SHARDED_PREFIX
+from mapping.functions import runtime
 from mapping.keys import BOOKKEEPING_PREFIX
-from mapping.liveness import SignalRLiveness
-from mapping.presence import PRESENCE_ROW
+from mapping.presence.expiry import INDEX_PREFIX, SHARDED_PREFIX
+from mapping.presence.state import PRESENCE_ROW
+from mapping.presence.store import ConnectionStore
 from mapping.settings import SignalRConnection
-from mapping.store import ConnectionStore
+from mapping.signalr.liveness import SignalRLiveness
 from testkit.azurite import DEV_KEY, Azurite, free_port, running_azurite
 from testkit.signalr_rest import ACCESS_KEY, SignalRRest, signalr_rest
 from testkit.tables import make_settings, unique_table_name

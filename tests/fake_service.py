@@ -1,11 +1,11 @@
-"""A fake of the sweep's seam to SignalR Service (`mapping.liveness.LivenessCheck`), for tests of the sweep."""
+"""A fake of the sweep's seam to SignalR Service (`mapping.signalr.liveness.LivenessCheck`), for tests of the sweep."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
 
-from mapping.liveness import GroupMembers, Listing, Liveness
+from mapping.signalr.liveness import GroupMembers, Listing, Liveness
 
 
 class FakeService:

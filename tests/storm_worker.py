@@ -18,7 +18,7 @@ def run_lanes(env: dict[str, str], lanes: list[list[Event]], concurrency: int) -
 
 
 async def _replay(lanes: list[list[Event]], concurrency: int) -> list[dict[str, Any]]:
-    from mapping import runtime
+    from mapping.functions import runtime
     from testkit.functions_host import invocation, signalr_event
 
     records: list[dict[str, Any]] = []

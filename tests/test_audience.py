@@ -10,16 +10,18 @@ import pytest
 
 from bench.proxy import CountingProxy
 from conftest import Azurite, all_rows, drop_table, make_settings, unique_table_name
-from mapping import events, runtime
-from mapping.audience import presence_group
-from mapping.invocation import parse_invocation
+from mapping import events
+from mapping.functions import runtime
 from mapping.keys import room_partition, user_key
-from mapping.membership import Membership
-from mapping.presence import PresenceChange, PresenceState
-from mapping.roster import STALE_FLAG, Roster
-from mapping.store import ConnectionStore
+from mapping.presence.rows import Membership
+from mapping.presence.state import PresenceChange, PresenceState
+from mapping.presence.store import ConnectionStore
+from mapping.rooms.index import index_row
+from mapping.rooms.roster import STALE_FLAG, Roster
+from mapping.signalr.audience import presence_group
+from mapping.signalr.invocation import parse_invocation
+from mapping.storage.table import merge, upsert
 from mapping.sweep import sweep
-from mapping.table import merge, upsert
 from testkit.functions_host import Out, client_sent, connected, disconnected, invocation, signalr_event
 
 pytestmark = pytest.mark.usefixtures("app_env")
@@ -301,7 +303,7 @@ async def test_a_thousand_member_rooms_snapshot_takes_at_most_ten_table_requests
             PresenceChange.of(f"member{n:04}", PresenceState(True, 1), 1_000 + n, rooms=("arena",)) for n in range(1000)
         ]
         rows = [
-            {**Membership("arena", datetime.now(UTC)).index_row(user_key(c.user), c.user), "Pending": False}
+            {**index_row(Membership("arena", datetime.now(UTC)), user_key(c.user), c.user), "Pending": False}
             for c in changes
         ]
         for start in range(0, len(rows), 100):

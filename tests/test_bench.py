@@ -20,7 +20,7 @@ from bench.scale import markdown as scale_markdown
 from bench.scale import measure as measure_scale
 from bench.workload import fresh_table
 from conftest import Azurite
-from mapping.entity import ConnectionEntity
+from mapping.presence.rows import ConnectionEntity
 from testkit.azurite import connection_string
 from testkit.functions_host import Out, http, http_request
 

@@ -9,8 +9,8 @@ from typing import Any
 import azure.functions as func
 import pytest
 
-from mapping.blueprint import blueprint
-from mapping.registration import Registered, RegistrationError, clashes, register
+from mapping.functions.blueprint import blueprint
+from mapping.functions.registration import Registered, RegistrationError, clashes, register
 
 MAPPER_FUNCTIONS = 19
 
@@ -171,7 +171,7 @@ def test_clashes_lists_every_pair() -> None:
 
 
 def test_the_blueprint_holds_every_mapper_function() -> None:
-    """Each function of the blueprint is code of mapping.blueprint, so the clash checks know it as the mapper's."""
+    """Each function of the blueprint is code of mapping.functions.blueprint: clash checks know it as the mapper's."""
     app = func.FunctionApp()
     app.register_functions(blueprint)
     registered = [Registered.of(function) for function in app.get_functions()]

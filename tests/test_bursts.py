@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from conftest import Azurite, presence_rows
-from mapping import runtime
+from mapping.functions import runtime
 from mapping.keys import user_key
-from mapping.store import ConnectionStore
-from mapping.table import int_value
+from mapping.presence.store import ConnectionStore
+from mapping.storage.table import int_value
 from storm_worker import Event, run_lanes
 
 pytestmark = pytest.mark.slow

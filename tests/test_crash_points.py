@@ -3,7 +3,7 @@
 For each event the suite first runs it cleanly through a fault proxy and counts its table requests.
 Then, for each request k and each mode, it sets the same state up again on a fresh table, runs the
 event with request k failed, lifts the fault and runs the recovery the design promises (the sweeps
-of `mapping.presence`, P5), asserting at each sweep where convergence is promised:
+of `mapping.presence.state`, P5), asserting at each sweep where convergence is promised:
 
 - the highest version announced for each user states what `GET /api/users/{user}` says;
 - no version names two states (over every announcement and the recorded presence rows);
@@ -13,7 +13,7 @@ of `mapping.presence`, P5), asserting at each sweep where convergence is promise
 Modes: an outage from request k on (longer than the retries); request k committing and answered 500
 (the SDK's retry meets its own result); request k committing, then an outage.
 
-With a grace (`mapping.grace`) the queue is a store too: every schedule of an event is failed the same
+With a grace (`mapping.presence.grace`) the queue is a store too: every schedule of an event is failed the same
 three ways (the queue unreachable from it on; the message enqueued and its answer lost, so the SDK's
 retry enqueues it again; the message enqueued, then an outage, so the caller sees an error). The
 recovery then also delivers each due decision to the `presence_grace` function, a raised one again (a
@@ -37,21 +37,21 @@ from conftest import Azurite, all_rows, drop_table, make_settings, presence_rows
 from fake_service import FakeService
 from faultproxy import PASS, Fault, FaultProxy, fault_proxy
 from figures import Figures
-from mapping.audience import PRESENCE_TARGET, SYNC_TARGET
 from mapping.errors import StorageError, StorageUnavailableError
 from mapping.events import on_connected, on_disconnected, on_grace, on_join, on_leave, on_set_status, on_sync
-from mapping.invocation import Invocation
 from mapping.keys import room_partition
-from mapping.liveness import AGE_ONLY, Listing, Liveness
-from mapping.membership import IndexedMember
-from mapping.messages import ERROR_TARGET, Message
-from mapping.presence import PresenceChange, PresenceState
-from mapping.rooms import RoomChange, Rooms
-from mapping.roster import Roster
+from mapping.presence.state import PresenceChange, PresenceState
+from mapping.presence.store import ConnectionStore
+from mapping.rooms.index import IndexedMember
+from mapping.rooms.membership import RoomChange, Rooms
+from mapping.rooms.roster import Roster
 from mapping.settings import SignalRConnection
-from mapping.store import ConnectionStore
+from mapping.signalr.audience import PRESENCE_TARGET, SYNC_TARGET
+from mapping.signalr.invocation import Invocation
+from mapping.signalr.liveness import AGE_ONLY, Listing, Liveness
+from mapping.signalr.messages import ERROR_TARGET, Message
+from mapping.storage.table import etag_of, int_value
 from mapping.sweep import sweep
-from mapping.table import etag_of, int_value
 from testkit.delayed import FakeDelayedActions
 
 pytestmark = pytest.mark.reliability

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import azure.functions as func
 import mapping
-from mapping.registration import register
+from mapping.functions.registration import register
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 register(app)
@@ -91,7 +91,11 @@ def test_the_wheel_holds_the_library_its_blueprint_and_nothing_of_the_repository
     assert modules == {f"mapping/{path.name}" for path in (ROOT / "mapping").iterdir() if path.suffix == ".py"} | {
         "mapping/py.typed"
     }
-    assert {"mapping/blueprint.py", "mapping/registration.py", "mapping/openapi.py"} <= modules
+    assert {
+        "mapping/functions/blueprint.py",
+        "mapping/functions/registration.py",
+        "mapping/functions/openapi.py",
+    } <= modules
     assert not [name for name in names if re.match(r"(tests|local|bench|testkit|client|infra)/|function_app", name)]
     [metadata] = [name for name in names if name.endswith(".dist-info/METADATA")]
     required = {

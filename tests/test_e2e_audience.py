@@ -18,10 +18,10 @@ from azure.storage.queue import TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
 from conftest import Azurite, drop_table, running_azurite
-from mapping.audience import presence_group
-from mapping.grace import Decision
 from mapping.keys import connection_key, room_partition, user_key
+from mapping.presence.grace import Decision
 from mapping.settings import GRACE_QUEUE
+from mapping.signalr.audience import presence_group
 from stack import SignalRClients, Stack, api, running_stack, unique_user, wait_until
 from testkit.emulator_billing import billed_messages
 

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from conftest import Azurite, table_rows
-from mapping.access_token import access_key_token
+from mapping.signalr.tokens import access_key_token
 from stack import (
     ACCESS_KEY,
     SECONDARY_KEY,

@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 
 from conftest import Azurite
-from mapping.access_token import access_key_token
-from mapping.liveness import SignalRLiveness
 from mapping.settings import SignalRConnection
+from mapping.signalr.liveness import SignalRLiveness
+from mapping.signalr.tokens import access_key_token
 from stack import ACCESS_KEY, HUB, Stack, running_stack, unique_user, wait_until
 
 pytestmark = pytest.mark.slow

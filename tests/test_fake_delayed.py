@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from mapping.delayed import DelayedActions
 from mapping.errors import StorageUnavailableError
+from mapping.storage.queue import DelayedActions
 from testkit.delayed import FakeDelayedActions, Scheduled
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)

@@ -18,10 +18,10 @@ import pytest
 from conftest import make_settings, table_rows, unique_table_name
 from faultproxy import CUT, HANG, PASS, Fault, FaultProxy, fault_proxy
 from figures import Figures
-from mapping import runtime
 from mapping.errors import StorageError, StorageUnavailableError
+from mapping.functions import runtime
 from mapping.keys import connection_key
-from mapping.store import ConnectionStore
+from mapping.presence.store import ConnectionStore
 from testkit.azurite import AZURITE, Azurite, free_port
 from testkit.functions_host import Out, http, http_request, invocation, signalr_event
 

@@ -11,8 +11,8 @@ import pytest
 from azure.functions.timer import TimerRequest
 
 from conftest import Azurite, table_rows
-from mapping import runtime
-from mapping.entity import iso
+from mapping.functions import runtime
+from mapping.presence.rows import iso
 from testkit.functions_host import Out, call, http, http_request, invocation, signalr_event
 
 pytestmark = pytest.mark.usefixtures("app_env")
@@ -450,7 +450,7 @@ async def test_timer_sweep_with_nothing_stale_sends_nothing() -> None:
 
 async def test_timer_sweep_asks_signalr_when_configured(monkeypatch: pytest.MonkeyPatch) -> None:
     """With AzureSignalRConnectionString set, the timer checks rows past half their lease with the service."""
-    from mapping.liveness import listing_group
+    from mapping.signalr.liveness import listing_group
     from testkit.signalr_rest import signalr_rest
 
     async with signalr_rest() as rest:

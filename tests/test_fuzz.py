@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 
 from conftest import Azurite, all_rows, drop_table, unique_table_name
 from figures import FIGURES
-from mapping import runtime
-from mapping.cursor import encode_cursor
+from mapping.functions import runtime
+from mapping.keys import encode_cursor
 from testkit.functions_host import Out, http, http_request, invocation, signalr_event
 
 pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("app_env", "figures")]

@@ -1,4 +1,4 @@
-"""The grace period before offline (mapping.grace, G1-G3), against Azurite, with an in-memory delayed-action queue."""
+"""The grace period before offline (mapping.presence.grace, G1-G3), against Azurite, with in-memory delayed actions."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import pytest
 from conftest import Azurite, drop_table, make_settings, unique_table_name
 from fake_service import FakeService
 from mapping.errors import InvalidRequestError, StorageUnavailableError
-from mapping.grace import Decision, Grace
-from mapping.liveness import Listing, Liveness
-from mapping.presence import PresenceChange
+from mapping.presence.grace import Decision, Grace
+from mapping.presence.state import PresenceChange
+from mapping.presence.store import ConnectionStore
 from mapping.settings import SignalRConnection
-from mapping.store import ConnectionStore
+from mapping.signalr.liveness import Listing, Liveness
 from mapping.sweep import sweep
 from testkit.delayed import FakeDelayedActions
 

@@ -21,8 +21,8 @@ from conftest import Azurite
 from local.host import settings
 from local.host.functions import FunctionSpec
 from local.host.queues import QueueBinding, QueueOptions, QueuePoller
-from mapping.queue import QueueDelayedActions
 from mapping.settings import QueueConnection
+from mapping.storage.queue import QueueDelayedActions
 from stack import SignalRClients, Stack, running_stack, unique_user, wait_until
 
 

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from conftest import Azurite, index_rows, make_settings, stores_on_one_table, table_rows
-from mapping.expiry import INDEX_PREFIX, SHARDED_PREFIX, ExpiryIndex, bucket_start, shard_of
 from mapping.keys import user_key
+from mapping.presence.expiry import INDEX_PREFIX, SHARDED_PREFIX, ExpiryIndex, bucket_start, shard_of
 from mapping.sweep import sweep
 
 TTL = timedelta(seconds=600)

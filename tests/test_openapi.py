@@ -12,7 +12,7 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 from openapi_spec_validator.validation import OpenAPIV31SpecValidator
 
-from mapping.openapi import document
+from mapping.functions.openapi import document
 from testkit.functions_host import FUNCTIONS, binding, bindings, http, http_request
 from testkit.openapi_contract import HTTP_METHODS, check_answer
 
@@ -75,7 +75,7 @@ def test_every_component_schema_is_json_schema_2020_12() -> None:
 def test_every_registered_route_is_documented_and_every_documented_route_registered() -> None:
     """The document's operations are exactly the app's HTTP routes."""
     registered, documented = registered_routes(), documented_routes()
-    assert registered - documented == set(), "registered routes missing from mapping/openapi.py"
+    assert registered - documented == set(), "registered routes missing from mapping/functions/openapi.py"
     assert documented - registered == set(), "documented routes that no function serves"
 
 

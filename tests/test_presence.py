@@ -13,10 +13,10 @@ from conftest import Azurite, drop_table, index_rows, make_settings, stores_on_o
 from fake_service import FakeService
 from faultproxy import Fault, FaultProxy, fault_proxy
 from mapping.errors import StorageError
-from mapping.liveness import Liveness
-from mapping.presence import PresenceChange
-from mapping.settle import settle
-from mapping.store import ConnectionStore
+from mapping.presence.settle import settle
+from mapping.presence.state import PresenceChange
+from mapping.presence.store import ConnectionStore
+from mapping.signalr.liveness import Liveness
 from mapping.sweep import sweep
 
 TTL = timedelta(seconds=600)

@@ -10,12 +10,12 @@ import pytest
 
 from conftest import Azurite, all_rows
 from fake_service import FakeService
-from mapping import runtime
-from mapping.entity import iso
-from mapping.liveness import Listing, Liveness
-from mapping.presence import PresenceChange, PresenceState
+from mapping.functions import runtime
+from mapping.presence.rows import iso
+from mapping.presence.state import PresenceChange, PresenceState
+from mapping.presence.store import ConnectionStore
 from mapping.settings import SignalRConnection
-from mapping.store import ConnectionStore
+from mapping.signalr.liveness import Listing, Liveness
 from mapping.sweep import sweep
 from testkit.functions_host import Out, http, http_request, invocation, signalr_event
 

@@ -1,5 +1,5 @@
-"""Delayed actions on a storage queue (mapping/queue.py) against a real Azurite queue service, and what that Azurite
-does with visibility timeouts."""
+"""Delayed actions on a storage queue (mapping/storage/queue.py) against a real Azurite queue service, and what that
+Azurite does with visibility timeouts."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from azure.storage.queue.aio import QueueClient, QueueServiceClient
 
 from conftest import DEV_KEY, Azurite, free_port
 from mapping.errors import StorageError, StorageUnavailableError
-from mapping.queue import MAX_BODY_BYTES, QueueDelayedActions, visibility_seconds
 from mapping.settings import QueueConnection
+from mapping.storage.queue import MAX_BODY_BYTES, QueueDelayedActions, visibility_seconds
 from testkit.azurite import queue_connection_string
 
 WRONG_KEY = "V3JvbmdLZXlXcm9uZ0tleVdyb25nS2V5V3JvbmdLZXk="

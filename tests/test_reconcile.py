@@ -12,7 +12,9 @@ import pytest
 from conftest import Azurite, index_rows, store_on_own_table, table_rows
 from fake_service import FakeService
 from mapping.events import on_timer
-from mapping.liveness import (
+from mapping.presence.store import ConnectionStore
+from mapping.settings import SignalRConnection
+from mapping.signalr.liveness import (
     MAPPED_GROUP,
     GroupMembers,
     Listing,
@@ -22,8 +24,6 @@ from mapping.liveness import (
     listing_group,
     listing_groups,
 )
-from mapping.settings import SignalRConnection
-from mapping.store import ConnectionStore
 from mapping.sweep import sweep
 from testkit.functions_host import Out, call, invocation
 from testkit.signalr_rest import ACCESS_KEY, SignalRRest
@@ -196,7 +196,7 @@ async def test_connected_joins_the_hub_wide_group_when_signalr_is_configured(
 ) -> None:
     """With a SignalR connection configured, the connected function also outputs the group action (no table
     request), before its presence message."""
-    from mapping import runtime
+    from mapping.functions import runtime
 
     monkeypatch.setenv("AzureSignalRConnectionString", "Endpoint=http://127.0.0.1;Port=9;AccessKey=k;Version=1.0;")
     await runtime.reset()

@@ -12,13 +12,14 @@ from aiohttp import web
 
 from conftest import Azurite, all_rows, drop_table, make_settings, unique_table_name
 from faultproxy import Fault, fault_proxy
-from mapping import runtime
 from mapping.errors import InvalidRequestError, StorageError
+from mapping.functions import runtime
 from mapping.keys import ROOM_PREFIX
-from mapping.membership import Membership
-from mapping.rooms import MAX_ROOMS_PER_USER, STALE_INDEX_ROW, Rooms
-from mapping.store import ConnectionStore
-from mapping.table import delete, upsert
+from mapping.presence.rows import Membership
+from mapping.presence.store import ConnectionStore
+from mapping.rooms.index import index_row
+from mapping.rooms.membership import MAX_ROOMS_PER_USER, STALE_INDEX_ROW, Rooms
+from mapping.storage.table import delete, upsert
 from testkit.functions_host import Out, client_sent, connected, disconnected, http, http_request
 
 pytestmark = pytest.mark.usefixtures("app_env")
@@ -425,7 +426,7 @@ async def test_a_reader_clears_stale_index_rows_but_never_a_fresh_one(
 
     async def a_join_rewrites_the_row_meanwhile(partition: str) -> Any:
         view = await read_user(partition)
-        await store.table.write(upsert(Membership("club", t0).index_row(partition, "gone")), action="test")
+        await store.table.write(upsert(index_row(Membership("club", t0), partition, "gone")), action="test")
         return view
 
     store.read_user = a_join_rewrites_the_row_meanwhile  # type: ignore[method-assign]

@@ -21,8 +21,8 @@ from conftest import DEV_KEY, Azurite, make_settings, table_rows
 from figures import Figures
 from mapping.errors import StorageError
 from mapping.keys import user_key
-from mapping.send import MAX_BODY_BYTES
-from mapping.store import ConnectionStore
+from mapping.presence.store import ConnectionStore
+from mapping.signalr.send import MAX_BODY_BYTES
 from testkit.functions_host import Out, binding, call, http, http_request, invocation, signalr_event
 
 pytestmark = pytest.mark.reliability

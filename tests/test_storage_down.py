@@ -9,9 +9,9 @@ import pytest
 from azure.functions.timer import TimerRequest
 
 from conftest import DEV_KEY, Azurite, free_port, make_settings, table_rows
-from mapping import runtime
 from mapping.errors import ConfigurationError, StorageError, StorageUnavailableError
-from mapping.store import ConnectionStore
+from mapping.functions import runtime
+from mapping.presence.store import ConnectionStore
 from mapping.sweep import sweep
 from testkit.functions_host import Out, call, http, http_request, invocation, signalr_event
 

@@ -11,11 +11,11 @@ import pytest
 
 from conftest import Azurite, drop_table, index_rows, make_settings, running_azurite, table_rows, unique_table_name
 from mapping.errors import InvalidNameError, InvalidRequestError, StorageUnavailableError
-from mapping.expiry import bucket_start as bucket_start_of
 from mapping.keys import connection_key, user_key
-from mapping.presence import PresenceChange, PresenceState
+from mapping.presence.expiry import bucket_start as bucket_start_of
+from mapping.presence.state import PresenceChange, PresenceState
+from mapping.presence.store import ConnectionStore
 from mapping.settings import Settings
-from mapping.store import ConnectionStore
 
 TTL = timedelta(seconds=600)
 

@@ -28,9 +28,9 @@ import pytest
 
 from conftest import Azurite, make_settings, table_rows
 from figures import Figures
-from mapping import runtime
+from mapping.functions import runtime
 from mapping.keys import connection_key, user_key
-from mapping.store import ConnectionStore
+from mapping.presence.store import ConnectionStore
 from mapping.sweep import sweep
 from storm_worker import Event, run_lanes
 from testkit.functions_host import http, http_request

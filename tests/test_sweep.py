@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 from conftest import Azurite, index_rows, table_rows
 from fake_service import FakeService
-from mapping.liveness import Liveness, SignalRLiveness
+from mapping.presence.settle import settle
+from mapping.presence.store import ConnectionStore
 from mapping.settings import SignalRConnection
-from mapping.settle import settle
-from mapping.store import ConnectionStore
+from mapping.signalr.liveness import Liveness, SignalRLiveness
 from mapping.sweep import sweep
 from testkit.signalr_rest import ACCESS_KEY, SignalRRest
 
@@ -314,8 +314,8 @@ async def test_an_unreachable_service_is_unknown_not_gone(store: ConnectionStore
 
 async def test_settings_select_the_liveness_check(store: ConnectionStore) -> None:
     """A SignalR connection in the settings gives the timer a checker; none gives an age-based sweep."""
-    from mapping.liveness import AGE_ONLY
-    from mapping.runtime import liveness_for
+    from mapping.functions.runtime import liveness_for
+    from mapping.signalr.liveness import AGE_ONLY
 
     assert liveness_for(None) is AGE_ONLY
     connection = SignalRConnection(endpoint="http://127.0.0.1:1", access_key="k")

@@ -92,7 +92,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 async def _close_app_clients() -> None:
     """Close what the app keeps open for the process (its table client), as a host shutting down would."""
-    runtime = sys.modules.get("mapping.runtime")  # loaded only if the app uses the mapping library
+    runtime = sys.modules.get("mapping.functions.runtime")  # loaded only if the app uses the mapping library
     reset = getattr(runtime, "reset", None)
     if reset is not None:
         await reset()

@@ -15,7 +15,7 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from mapping.access_token import access_key_token
+from mapping.signalr.tokens import access_key_token
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,76 @@
+"""The process's shared state, built on first use: the settings, the store and the SignalR checkers; one reset()."""
+
+from __future__ import annotations
+
+from mapping.errors import ConfigurationError
+from mapping.presence.store import ConnectionStore
+from mapping.settings import GRACE_QUEUE, Settings, SignalRConnection
+from mapping.signalr.liveness import AGE_ONLY, AgeOnly, GroupAdder, LivenessCheck, SignalRLiveness
+from mapping.storage.queue import DelayedActions, QueueDelayedActions
+
+_settings: Settings | None = None
+_store: ConnectionStore | None = None
+_delayed: QueueDelayedActions | None = None
+_checkers: dict[SignalRConnection, SignalRLiveness] = {}
+
+
+def settings() -> Settings:
+    """Return the process-wide settings, read from the environment on first use."""
+    global _settings
+    if _settings is None:
+        _settings = Settings.from_environment()
+    return _settings
+
+
+def store() -> ConnectionStore:
+    """Return the process-wide store, built from the app settings on first use."""
+    global _store
+    if _store is None:
+        _store = ConnectionStore(settings())
+    return _store
+
+
+def delayed_actions() -> DelayedActions:
+    """Return the process-wide queue of delayed actions (the grace decisions), in AzureWebJobsStorage."""
+    global _delayed
+    if _delayed is None:
+        queue = settings().queue
+        if queue is None:
+            raise ConfigurationError(
+                "PRESENCE_GRACE_SECONDS needs a queue: set AzureWebJobsStorage (or PRESENCE_GRACE_SECONDS=0)"
+            )
+        _delayed = QueueDelayedActions(queue, GRACE_QUEUE)
+    return _delayed
+
+
+def liveness_for(connection: SignalRConnection | None) -> LivenessCheck:
+    """Return the process's checker for a SignalR connection, or the age-only check when there is none."""
+    return _client(connection)
+
+
+def groups_for(connection: SignalRConnection | None) -> GroupAdder:
+    """Return the process's SignalR REST client for group additions, or the age-only check (adds nothing)."""
+    return _client(connection)
+
+
+def _client(connection: SignalRConnection | None) -> SignalRLiveness | AgeOnly:
+    if connection is None:
+        return AGE_ONLY
+    if connection not in _checkers:
+        _checkers[connection] = SignalRLiveness(connection)
+    return _checkers[connection]
+
+
+async def reset() -> None:
+    """Close and forget the store, the delayed actions and the checkers, and the settings (shutdown, tests)."""
+    global _settings, _store, _delayed
+    current, _store, _settings = _store, None, None
+    delayed, _delayed = _delayed, None
+    if delayed is not None:
+        await delayed.close()
+    checkers = list(_checkers.values())
+    _checkers.clear()
+    if current is not None:
+        await current.close()
+    for checker in checkers:
+        await checker.close()

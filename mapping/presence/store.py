@@ -1,0 +1,322 @@
+"""The connection rows: one per SignalR connection, in the partition of its user (azure-data-tables, async).
+
+Callers see ConnectionEntity values, presence changes and typed errors only; the table layer
+(`mapping.storage.table`) holds the client and translates Azure errors. Every row write follows the expiry
+index's rule (`mapping.presence.expiry`, E1: the index entry first) and the presence protocol's
+(`mapping.presence.state`, P2: one query reads the user's partition, rows, presence row and room
+memberships, and one transaction conditional on that read changes a row and decides presence
+together; with presence events off it decides nothing, but still serialises connects with joins).
+
+Table requests per event: connect 3 (read, index entry, transaction), disconnect 2 (read,
+transaction; 1 with presence events off), setStatus 3, a client message 0-2 (refreshes at most once
+per quarter lease: index entry, row; a connection this instance has not refreshed within half a
+lease reads its user first, as a lapsed lease made live again is a presence change).
+
+The events' write loop is `mapping.presence.write_loop`, the readers `mapping.presence.readers`, the sweep's step on one
+user `mapping.presence.settle`, and what an instance remembers of its refreshes `mapping.presence.lease`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from mapping.errors import ConflictError, RowChangedError, StorageError
+from mapping.keys import connection_key, normalize_user_name, user_key
+from mapping.presence import readers
+from mapping.presence.expiry import ExpiryIndex
+from mapping.presence.grace import adoptable
+from mapping.presence.lease import Lease, RefreshMemory
+from mapping.presence.readers import UserPresence, UsersPage
+from mapping.presence.rows import Clock, ConnectionEntity, moment_of, status_fields, utc_now
+from mapping.presence.state import PresenceChange, decide, parse_status, presence_write
+from mapping.presence.user_view import UserView, read_user
+from mapping.presence.write_loop import Attempts, RowWrite, UserTurns, Written, transact, write_live_row
+from mapping.settings import Settings
+from mapping.storage.table import Operation, Table, create, delete, merge
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectOutcome:
+    """What connecting did: the row written, and the presence change to announce, if any."""
+
+    entity: ConnectionEntity
+    presence: PresenceChange | None = None
+    rooms: tuple[str, ...] = ()  # the user's rooms, whose groups the new connection joins
+
+    @property
+    def came_online(self) -> bool:
+        """Return whether this connect announces the user online with their first live connection."""
+        return self.presence is not None and self.presence.state.online and self.presence.state.connections == 1
+
+
+@dataclass(frozen=True, slots=True)
+class DisconnectOutcome:
+    """What disconnecting did: the user's name (normalised), whether a row went, and the presence change."""
+
+    user_name: str
+    removed: bool
+    presence: PresenceChange | None = None
+
+    @property
+    def went_offline(self) -> bool:
+        """Return whether this disconnect announces the user offline."""
+        return self.presence is not None and not self.presence.state.online
+
+
+@dataclass(frozen=True, slots=True)
+class TouchOutcome:
+    """What a client message's write did (a refresh, a status): whether the row is there, what to announce, and,
+    when it made a lapsed lease live again, the user's rooms (the connection may have missed a join: rooms R3)."""
+
+    found: bool
+    presence: PresenceChange | None = None
+    rooms: tuple[str, ...] = ()
+
+
+class ConnectionStore:
+    """The user -> connections map in one Azure table; one instance (and one client) per process."""
+
+    def __init__(self, settings: Settings, *, clock: Clock = utc_now, **table_options: Any) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.table = Table(settings, **table_options)
+        self.lease = Lease.of(settings)
+        self.index = ExpiryIndex(self.table, width=self.lease.bucket_width, shards=settings.index_shards)
+        self.refreshes = RefreshMemory()  # what this instance refreshed, and when
+        self.turns = UserTurns()  # this instance's events of one user, one at a time (mapping.presence.write_loop)
+
+    # -- connection events ----------------------------------------------------------------------
+
+    async def connect(
+        self,
+        user_name: str,
+        connection_id: str,
+        *,
+        hub: str | None = None,
+        user_agent: str = "",
+        now: datetime | None = None,
+    ) -> ConnectOutcome:
+        """Write the row of a connection that opened; say whether the user came online with it."""
+        entity = ConnectionEntity.new(
+            user_name, connection_id, hub=hub or self.settings.hub, user_agent=user_agent, now=self.now(now)
+        )
+        # With presence events off too: the write is conditional on the user's read, so a join racing this
+        # connect sees the new connection or is seen by it (rooms R2).
+        outcome = await self._connect_deciding(entity)
+        self.refreshes.remember(entity.partition_key, entity.row_key, entity.last_seen)
+        return outcome if self.settings.presence_events else replace(outcome, presence=None)
+
+    async def disconnect(self, user_name: str, connection_id: str, *, now: datetime | None = None) -> DisconnectOutcome:
+        """Delete a connection's row (a missing row is fine); say whether that left the user offline."""
+        name = normalize_user_name(user_name)
+        partition, row = user_key(name), connection_key(connection_id)
+        self.refreshes.forget(partition, row)
+        if not self.settings.presence_events:
+            return DisconnectOutcome(name, removed=await self._delete_reporting(partition, row))
+        moment = self.now(now)
+        writer = uuid.uuid4().hex
+        attempts = Attempts()
+        tried = False
+        async with self.turns.turn(partition):
+            for _attempt in attempts.tries():
+                view = await self.read_user(partition)
+                attempts.read(view)
+                if view.presence.writer == writer:
+                    return DisconnectOutcome(
+                        name, removed=True, presence=view.presence.announced_as(name, rooms=view.rooms)
+                    )
+                if row not in view.rows:
+                    # Gone: a repeated event, or our own delete that committed and was answered with an error.
+                    return DisconnectOutcome(name, removed=tried, presence=attempts.announce(view, name, None))
+                after = {key: entity for key, entity in view.rows.items() if key != row}
+                state = view.state(self.lease, now=moment, ended_at=moment, rows=after)
+                version = decide(view.presence, state, now=moment)
+                operations = [
+                    delete(partition, row),
+                    presence_write(
+                        partition, view.presence, writer=writer, user_name=name, state=state, version=version
+                    ),
+                ]
+                tried = True
+                try:
+                    await self.transact(operations, action="disconnect", singly=attempts.singly)
+                except ConflictError:
+                    await attempts.failed(view, _attempt, deciding=version is not None)
+                    continue
+                change = PresenceChange.of(name, state, version, rooms=view.rooms) if version is not None else None
+                return DisconnectOutcome(name, removed=True, presence=attempts.announce(view, name, change))
+            raise StorageError("disconnect: the user's connections kept changing; try again")
+
+    async def touch(self, user_name: str, connection_id: str, *, now: datetime | None = None) -> TouchOutcome:
+        """Refresh a connection's `LastSeen` (at most once per quarter lease); a lapsed lease made live is announced."""
+        partition, row = user_key(user_name), connection_key(connection_id)
+        moment = self.now(now)
+        last = self.refreshes.last(partition, row)
+        if last is not None and moment - last < self.lease.refresh_every:
+            return TouchOutcome(True)
+        if not self.settings.presence_events or (last is not None and moment - last < self.lease.surely_live_within):
+            # This instance refreshed the row less than half a lease ago: it is live for every reader,
+            # so moving LastSeen on changes no presence decision.
+            return await self._refresh_blindly(partition, row, moment)
+        return await self._refresh_deciding(partition, row, normalize_user_name(user_name), moment)
+
+    async def set_status(
+        self, user_name: str, connection_id: str, status: object, *, now: datetime | None = None
+    ) -> TouchOutcome:
+        """Record a connection's status (None or "" clears it) and refresh its lease; say what to announce.
+
+        With presence events on, the user's presence is announced even when unchanged (a repeat), so a
+        client that retries after an error is sure to hear the outcome.
+        """
+        text = parse_status(status)
+        name = normalize_user_name(user_name)
+        partition, row = user_key(name), connection_key(connection_id)
+        moment = self.now(now)
+        if not self.settings.presence_events:
+            patch = {"PartitionKey": partition, "RowKey": row, **status_fields(text, moment)}
+            try:
+                await self.table.write(merge(patch), action="set a status")
+            except RowChangedError:
+                return TouchOutcome(False)
+            return TouchOutcome(True)
+
+        def row_write(existing: ConnectionEntity | None, bucket: str, view: UserView) -> RowWrite | None:
+            if existing is None:
+                return None  # not mapped (or swept): a status needs a connection to hold it
+            patch = {
+                "PartitionKey": partition,
+                "RowKey": row,
+                "LastSeen": moment,
+                "IndexBucket": bucket,
+                **status_fields(text, moment),
+            }
+            stored = replace(existing, last_seen=moment, index_bucket=bucket, status=text, status_at=moment)
+            return RowWrite(stored, [merge(patch, etag=existing.etag)])
+
+        written = await write_live_row(self, partition, row, name, moment, row_write, action="set a status")
+        if written.entity is None:
+            return TouchOutcome(False, written.change)
+        self.refreshes.remember(partition, row, moment)
+        presence = written.change or written.view.presence.announced_as(name, rooms=written.view.rooms)
+        return TouchOutcome(True, presence, self._rooms_if_revived(written, row, moment))
+
+    # -- readers (mapping.presence.readers, mapping.presence.user_view) ---------------------------------------------
+
+    async def presence_of(self, user_name: str, *, now: datetime | None = None) -> UserPresence:
+        """Return a user's presence as their rows give it now (one query), with their connections and rooms."""
+        return await readers.presence_of(self.table, self.lease, user_name, now=self.now(now))
+
+    async def connections_of(self, user_name: str, *, now: datetime | None = None) -> list[ConnectionEntity]:
+        """Return the live connections of a user (case-insensitive), oldest first."""
+        return await readers.connections_of(self.table, self.lease, user_name, now=self.now(now))
+
+    async def online_users(
+        self, *, limit: int = 100, cursor: str | None = None, now: datetime | None = None
+    ) -> UsersPage:
+        """Return a page of users with live connections, in key order, and the cursor of the next page."""
+        return await readers.online_users(self.table, self.lease, limit=limit, cursor=cursor, now=self.now(now))
+
+    async def read_user(self, partition: str) -> UserView:
+        """Read a user's connection rows and presence row with one query (P2)."""
+        return await read_user(self.table, partition)
+
+    async def transact(self, operations: Sequence[Operation], *, action: str, singly: bool = False) -> None:
+        """Run a transaction, or one call at a time when the service refuses this partition's transactions."""
+        await transact(self.table, operations, action=action, singly=singly)
+
+    async def close(self) -> None:
+        """Close the table client and any credential; the next call opens them again."""
+        await self.table.close()
+
+    def now(self, now: datetime | None = None) -> datetime:
+        """Return `now` in UTC when given (callers pin the time), else the store's clock's current time."""
+        return moment_of(now, self.clock)
+
+    def bucket_width(self) -> timedelta:
+        """Return the width of the expiry index's time buckets."""
+        return self.lease.bucket_width
+
+    # -- internals ------------------------------------------------------------------------------
+
+    async def _connect_deciding(self, entity: ConnectionEntity) -> ConnectOutcome:
+        def row_write(existing: ConnectionEntity | None, bucket: str, view: UserView) -> RowWrite:
+            if existing is None:
+                # A connection that opens while a grace holds an ended one takes its place (a page reload):
+                # its status and count carry over, so presence does not change (mapping.presence.grace).
+                ended = adoptable(view, self.lease, entity.last_seen)
+                stored = replace(entity, index_bucket=bucket)
+                if ended is None:
+                    return RowWrite(stored, [create(stored.to_table())])
+                stored = replace(stored, status=ended.status, status_at=ended.status_at, adopted=ended.row_key)
+                return RowWrite(
+                    stored,
+                    [create(stored.to_table()), delete(view.partition, ended.row_key, etag=ended.etag)],
+                    ended.row_key,
+                )
+            # A repeated connected event keeps the first ConnectedAt (and any status set since).
+            stored = replace(
+                existing, last_seen=entity.last_seen, user_agent=entity.user_agent, index_bucket=bucket, etag=None
+            )
+            return RowWrite(stored, [merge(_refresh_fields(stored), etag=existing.etag)])
+
+        written = await write_live_row(
+            self, entity.partition_key, entity.row_key, entity.user_name, entity.last_seen, row_write, action="connect"
+        )
+        return ConnectOutcome(written.entity or entity, written.change, tuple(sorted(written.view.rooms)))
+
+    async def _refresh_deciding(self, partition: str, row: str, name: str, moment: datetime) -> TouchOutcome:
+        def row_write(existing: ConnectionEntity | None, bucket: str, view: UserView) -> RowWrite | None:
+            if existing is None:
+                return None  # gone: a refresh never brings a row back
+            patch = {"PartitionKey": partition, "RowKey": row, "LastSeen": moment, "IndexBucket": bucket}
+            return RowWrite(
+                replace(existing, last_seen=moment, index_bucket=bucket), [merge(patch, etag=existing.etag)]
+            )
+
+        written = await write_live_row(self, partition, row, name, moment, row_write, action="refresh")
+        if written.entity is not None:
+            self.refreshes.remember(partition, row, moment)
+        else:
+            self.refreshes.forget(partition, row)
+        return TouchOutcome(written.entity is not None, written.change, self._rooms_if_revived(written, row, moment))
+
+    def _rooms_if_revived(self, written: Written, row: str, moment: datetime) -> tuple[str, ...]:
+        """Return the user's rooms when the write made a lapsed lease live again, else nothing."""
+        before = written.view.rows.get(row)
+        if written.entity is None or before is None or self.lease.is_live(before.last_seen, moment):
+            return ()
+        return tuple(sorted(written.view.rooms))
+
+    async def _refresh_blindly(self, partition: str, row: str, moment: datetime) -> TouchOutcome:
+        bucket = await self.index.write(partition, row, moment)
+        patch = {"PartitionKey": partition, "RowKey": row, "LastSeen": moment, "IndexBucket": bucket}
+        try:
+            # No ETag: `If-Match: *`, so a missing row fails and never reappears.
+            await self.table.write(merge(patch), action="touch")
+        except RowChangedError:
+            self.refreshes.forget(partition, row)
+            return TouchOutcome(False)
+        self.refreshes.remember(partition, row, moment)
+        return TouchOutcome(True)
+
+    async def _delete_reporting(self, partition: str, row: str) -> bool:
+        # Presence off: a transaction, unlike delete_entity, tells whether the row existed.
+        try:
+            await self.transact([delete(partition, row)], action="disconnect")
+        except RowChangedError:
+            return False
+        return True
+
+
+def _refresh_fields(entity: ConnectionEntity) -> dict[str, Any]:
+    return {
+        "PartitionKey": entity.partition_key,
+        "RowKey": entity.row_key,
+        "LastSeen": entity.last_seen,
+        "UserAgent": entity.user_agent,
+        **({"IndexBucket": entity.index_bucket} if entity.index_bucket else {}),
+    }

@@ -1,0 +1,242 @@
+"""How writers of one user's partition take turns: in turn on one instance, retrying for a while across instances.
+
+Every event of a user reads the user's partition and commits on the presence row's ETag (presence P2),
+so two writers of one user conflict and one reads again. On one instance they never need to: events of
+one user wait for each other (`UserTurns`), so a burst of one user's connects on one instance commits
+one after another. Across instances conflicts remain; a writer retries with a growing, capped, random
+back-off for as long as `ATTEMPT_SECONDS` allows (bounded by time, not by a count), then reports a
+conflict storm as a StorageError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from mapping.errors import BatchRejectedError, ConflictError, StorageError
+from mapping.presence.expiry import ExpiryIndex
+from mapping.presence.lease import Lease
+from mapping.presence.rows import ConnectionEntity
+from mapping.presence.state import PresenceChange, decide, presence_write
+from mapping.presence.user_view import UserView
+from mapping.settings import Settings
+from mapping.storage.table import Operation, Table
+
+if TYPE_CHECKING:
+    from mapping.presence.state import PresenceChange
+    from mapping.presence.user_view import UserView
+
+logger = logging.getLogger(__name__)
+
+ATTEMPT_SECONDS = 20.0  # how long one event keeps reading and committing again after conflicts
+_BACKOFF_SECONDS = 0.005  # the first conflict waits up to this long, doubling with every further one
+_MAX_BACKOFF_SECONDS = 0.25
+
+
+class UserTurns:
+    """One lock per user partition while anyone holds or awaits it: this instance's events of a user in turn.
+
+    A turn is re-entrant for the task that holds it: a step that takes the turn may call one that takes it again.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._holders: dict[str, asyncio.Task[Any] | None] = {}
+
+    @contextlib.asynccontextmanager
+    async def turn(self, partition: str) -> AsyncIterator[None]:
+        """Wait for the user's turn, and hold it for the block."""
+        task = asyncio.current_task()
+        if task is not None and self._holders.get(partition) is task:
+            yield  # this task holds the turn already
+            return
+        lock, waiting = self._locks.get(partition, (asyncio.Lock(), 0))
+        self._locks[partition] = (lock, waiting + 1)
+        try:
+            async with lock:
+                self._holders[partition] = task
+                try:
+                    yield
+                finally:
+                    del self._holders[partition]
+        finally:
+            lock, waiting = self._locks[partition]
+            if waiting == 1:
+                del self._locks[partition]
+            else:
+                self._locks[partition] = (lock, waiting - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+class Attempts:
+    """The memory of one read-decide-write loop (P4): whether a failed attempt may have recorded a change, and
+    whether the service refuses this partition's transactions (a conflict although nothing had changed)."""
+
+    def __init__(self, *, seconds: float = ATTEMPT_SECONDS) -> None:
+        self.pending = False
+        self.singly = False
+        self.indexed: bool | None = None  # the entry written so far: none, plain, or announcing online (E5)
+        self._failed: UserView | None = None
+        self._seconds = seconds
+
+    def tries(self) -> Iterator[int]:
+        """Yield attempt numbers: the first always, further ones while the time allowed lasts."""
+        deadline = time.monotonic() + self._seconds
+        attempt = 0
+        while attempt == 0 or time.monotonic() < deadline:
+            yield attempt
+            attempt += 1
+
+    def announce(self, view: UserView, name: str, change: PresenceChange | None) -> PresenceChange | None:
+        """Return the change to announce: this attempt's, else the recorded pair if an earlier one may have
+        committed (P4)."""
+        return change or (repeat(view, name) if self.pending else None)
+
+    def read(self, view: UserView) -> None:
+        """Note a fresh read; identical to the one a failed transaction was built on: the refusal was not a race."""
+        if self._failed is not None and _same(self._failed, view):
+            # Azurite answers 404 (or 400) to a transaction whose keys it cannot parse (U+2028, U+00AD, ...).
+            logger.info("a transaction was refused with nothing changed: one call at a time for this user")
+            self.singly = True
+
+    async def failed(self, view: UserView, attempt: int, *, deciding: bool) -> None:
+        """Note a transaction that met a conflict, and wait a little before reading again."""
+        self.pending = self.pending or deciding
+        self._failed = view
+        await _back_off(attempt)
+
+
+def repeat(view: UserView, user_name: str) -> PresenceChange | None:
+    """The recorded pair, announced again after an outcome that could not be told apart (P4)."""
+    return view.presence.announced_as(user_name, rooms=view.rooms)
+
+
+def _same(first: UserView, second: UserView) -> bool:
+    return first.presence.etag == second.presence.etag and {k: r.etag for k, r in first.rows.items()} == {
+        k: r.etag for k, r in second.rows.items()
+    }
+
+
+async def _back_off(attempt: int) -> None:
+    """Wait a random while after a conflict, so writers racing on one partition spread out."""
+    ceiling = min(_BACKOFF_SECONDS * 2 ** min(attempt, 16), _MAX_BACKOFF_SECONDS)
+    await asyncio.sleep(random.uniform(0, ceiling))  # noqa: S311 - jitter, not a secret
+
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RowWrite:
+    """A row as it will be, the writes that make it so, and the ended row it replaces (a reload), if any."""
+
+    stored: ConnectionEntity
+    operations: list[Operation]
+    replaces: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What a row write with a presence decision did: the row written, the change, the view decided on."""
+
+    entity: ConnectionEntity | None
+    change: PresenceChange | None
+    view: UserView
+
+
+PlanRowWrite = Callable[[ConnectionEntity | None, str, UserView], RowWrite | None]
+
+
+async def write_live_row(
+    store: UserStore, partition: str, row: str, name: str, moment: datetime, plan: PlanRowWrite, *, action: str
+) -> Written:
+    """Write a row live at `moment` (connect, revival, status) with the presence decision (P2-P4).
+
+    `plan` gives the row after the write and the write itself, or None to decline (the row being gone);
+    the result says which row was written (None: declined), the change to announce, and the view the
+    decision was made on.
+    """
+    writer = uuid.uuid4().hex
+    attempts = Attempts()
+    async with store.turns.turn(partition):
+        for attempt in attempts.tries():
+            view = await store.read_user(partition)
+            attempts.read(view)
+            existing = view.rows.get(row)
+            if view.presence.writer == writer:
+                return Written(existing, view.presence.announced_as(name, rooms=view.rooms), view)
+            planned = plan(existing, store.index.bucket(moment, partition), view)
+            if planned is None:
+                return Written(None, attempts.announce(view, name, None), view)
+            after = {key: entity for key, entity in view.rows.items() if key != planned.replaces}
+            state = view.state(store.lease, now=moment, rows={**after, row: planned.stored})
+            version = decide(view.presence, state, now=moment) if store.settings.presence_events else None
+            await _entry_first(store, attempts, partition, row, moment, version=version)
+            if existing is None:
+                attempts.pending = False  # our row is not there: no attempt of ours committed
+            operations = [
+                *planned.operations,
+                presence_write(partition, view.presence, writer=writer, user_name=name, state=state, version=version),
+            ]
+            try:
+                await store.transact(operations, action=action, singly=attempts.singly)
+            except ConflictError:
+                await attempts.failed(view, attempt, deciding=version is not None)
+                continue
+            change = PresenceChange.of(name, state, version, rooms=view.rooms) if version is not None else None
+            return Written(planned.stored, attempts.announce(view, name, change), view)
+        raise StorageError(f"{action}: the user's connections kept changing; try again")
+
+
+async def transact(table: Table, operations: Sequence[Operation], *, action: str, singly: bool = False) -> None:
+    """Run a transaction, or one call at a time when the service refuses this partition's transactions."""
+    if not singly:
+        try:
+            await table.transact(operations, action=action)
+            return
+        except BatchRejectedError:
+            logger.info("%s: a transaction the service cannot carry; one call at a time", action)
+    for operation in operations:
+        await table.write(operation, action=action)
+
+
+async def _entry_first(
+    store: UserStore, attempts: Attempts, partition: str, row: str, moment: datetime, *, version: int | None
+) -> None:
+    """Write the row's index entry before the row write (E1): once, and again only to flag it (E5)."""
+    flagged = version is not None
+    if attempts.indexed is None or (flagged and not attempts.indexed):
+        await store.index.write(partition, row, moment, announces=flagged)
+        attempts.indexed = flagged
+
+
+class UserStore(Protocol):
+    """The table, index, lease rules, turns and settings of a store, its clock and its read of one user."""
+
+    settings: Settings
+    table: Table
+    index: ExpiryIndex
+    lease: Lease
+    turns: UserTurns
+
+    async def read_user(self, partition: str) -> UserView:
+        """Read a user's connection rows, presence row and memberships with one query (P2)."""
+        ...
+
+    async def transact(self, operations: Sequence[Operation], *, action: str, singly: bool = False) -> None:
+        """Run a transaction, or one call at a time when the service refuses this partition's transactions."""
+        ...
+
+    def now(self, now: datetime | None = None) -> datetime:
+        """Return `now` in UTC when given, else the store's clock's current time."""
+        ...

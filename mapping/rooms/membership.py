@@ -1,0 +1,236 @@
+"""Rooms: memberships that belong to the user, kept in the table, and the SignalR groups that follow them.
+
+A membership is two rows (`mapping.rooms.index`): `%~r<room>` in the user's partition, the truth, read
+with the user's connections in one query; and the user's key in the room's partition `%~m<room>`,
+the member index, which lists a room's members with one partition query. Invariants (each named by
+the test that checks it):
+
+R1. The member-index row is written before the membership row, and only a reader of the room deletes
+    it: when the user's partition shows no membership, the row is older than any join can run
+    (STALE_INDEX_ROW), and conditional on the ETag the reader read. So the index names every member,
+    and perhaps someone who left or whose join stopped half way; readers keep only the members whose
+    membership row is there. A join racing a leave or a reader cannot lose its index row: a write
+    between the reader's read and delete fails the delete, and a fresh row is never deleted.
+    (test_rooms: test_a_half_written_join_lists_nobody, test_a_leave_racing_a_join_keeps_the_member_listed,
+    test_a_reader_clears_stale_index_rows_but_never_a_fresh_one)
+R2. A membership row is created or deleted in one transaction with a write to the user's presence
+    row, conditional on the ETag of the read the decision was made on (as presence P2). So joins are
+    serialised with each other (the limit of 100 rooms holds) and with connects: a connection that
+    opens during a join is added to the room's group by the one of the two that commits second.
+    (test_rooms: test_concurrent_joins_keep_the_room_limit)
+R3. The room's SignalR group follows the membership: a join adds every live connection of the user,
+    a connect adds the new connection to the groups of all the user's rooms (SignalR forgets groups
+    when a connection ends), and so does a lapsed lease made live again (its connection may have
+    missed a join); a leave removes every connection that has a row, lapsed ones too. A join or leave
+    that finds its work done does its group actions and its announcement again, so a client that
+    retries after an error ends with both. (test_rooms: test_a_repeated_join_adds_and_announces_again)
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from mapping.errors import ConflictError, InvalidRequestError, RowChangedError, StorageError
+from mapping.keys import (
+    check_limit,
+    decode_cursor,
+    encode_cursor,
+    membership_key,
+    normalize_user_name,
+    parse_room,
+    room_partition,
+    user_key,
+)
+from mapping.presence.rows import Membership
+from mapping.presence.state import PresenceChange, PresenceState, presence_write
+from mapping.presence.store import ConnectionStore
+from mapping.presence.user_view import UserView
+from mapping.presence.write_loop import Attempts
+from mapping.rooms.index import IndexedMember, index_pages, index_row, pending_fields
+from mapping.storage.client import gather_bounded
+from mapping.storage.table import Operation, create, delete, merge, upsert
+
+logger = logging.getLogger(__name__)
+
+MAX_ROOMS_PER_USER = 100
+# Longer than any join can run (host.json's functionTimeout is 5 minutes): an index row this old whose
+# membership is missing belongs to no join in flight.
+STALE_INDEX_ROW = timedelta(minutes=10)
+_MEMBER_READS = 16  # member partitions read at once when listing a room
+
+
+@dataclass(frozen=True, slots=True)
+class RoomChange:
+    """A join or leave as done: who, which room, and the connections its group actions apply to."""
+
+    user: str
+    room: str
+    joined: bool
+    connections: tuple[str, ...]
+    presence: PresenceChange | None = None  # the user's recorded pair, for the room's members
+
+
+@dataclass(frozen=True, slots=True)
+class RoomMember:
+    """A member of a room with their presence as their rows give it now."""
+
+    user: str
+    state: PresenceState
+
+
+@dataclass(frozen=True, slots=True)
+class MembersPage:
+    """One page of a room's members, and the cursor of the next page (None on the last)."""
+
+    room: str
+    members: list[RoomMember]
+    next: str | None
+
+
+class Rooms:
+    """Joining, leaving and listing rooms, in the connection store's table."""
+
+    def __init__(self, store: ConnectionStore) -> None:
+        self.store = store
+
+    async def join(self, user_name: str, room: str, *, now: datetime | None = None) -> RoomChange:
+        """Make the user a member of `room` (at most 100 rooms each); a member already is left as is."""
+        name, room = normalize_user_name(user_name), parse_room(room)
+        partition, moment = user_key(name), self.store.now(now)
+        membership = Membership(room, moment)
+        writer = uuid.uuid4().hex
+        attempts = Attempts()
+        async with self.store.turns.turn(partition):
+            for attempt in attempts.tries():
+                view = await self.store.read_user(partition)
+                attempts.read(view)
+                if room in view.rooms:
+                    return self._change(view, name, room, joined=True, moment=moment)
+                if len(view.rooms) >= MAX_ROOMS_PER_USER:
+                    raise InvalidRequestError(f"a user may be in at most {MAX_ROOMS_PER_USER} rooms")
+                # R1: the member index first, flagged pending, with the pair this decision is made on (roster C1).
+                row = index_row(membership, partition, name, recorded=view.presence)
+                written = await self.store.table.write(upsert(row), action="join a room")
+                if await self._commit(create(membership.to_table(partition)), view, name, writer, attempts, attempt):
+                    await self._confirm(room, partition, written)
+                    return self._change(view, name, room, joined=True, moment=moment)
+            raise StorageError("join: the user's rows kept changing; try again")
+
+    async def leave(self, user_name: str, room: str, *, now: datetime | None = None) -> RoomChange:
+        """End the user's membership of `room`; leaving a room one is not in does no harm."""
+        name, room = normalize_user_name(user_name), parse_room(room)
+        partition, moment = user_key(name), self.store.now(now)
+        writer = uuid.uuid4().hex
+        attempts = Attempts()
+        flagged = False
+        async with self.store.turns.turn(partition):
+            for attempt in attempts.tries():
+                view = await self.store.read_user(partition)
+                attempts.read(view)
+                membership = view.rooms.get(room)
+                if membership is not None and not flagged:
+                    await self._flag(room, partition, moment)  # roster C3: readers check the row until it is settled
+                    flagged = True
+                ending = delete(partition, membership_key(room), etag=membership.etag) if membership else None
+                if ending is not None and not await self._commit(ending, view, name, writer, attempts, attempt):
+                    continue
+                # R1: the index row stays; a reader of the room deletes it once it is stale.
+                return self._change(view, name, room, joined=False, moment=moment, lapsed_too=True)
+            raise StorageError("leave: the user's rows kept changing; try again")
+
+    async def is_member(self, user_name: str, room: str) -> bool:
+        """Return whether the user is a member of `room` (one point query of their membership row)."""
+        rows = await self.store.table.query(
+            "PartitionKey eq @pk and RowKey eq @rk",
+            {"pk": user_key(user_name), "rk": membership_key(parse_room(room))},
+            action="read a membership",
+            select=["RowKey"],
+        )
+        return bool(rows)
+
+    async def members(
+        self, room: str, *, limit: int = 100, cursor: str | None = None, now: datetime | None = None
+    ) -> MembersPage:
+        """Return a page of a room's members in key order, each with their presence now (R1: verified)."""
+        room, limit = parse_room(room), check_limit(limit)
+        after = decode_cursor(cursor) if cursor else None
+        moment = self.store.now(now)
+        members: list[RoomMember] = []
+        last_key = ""
+        full = False
+        async for rows in index_pages(self.store.table, room, action="list a room", after=after):
+            if full:
+                return MembersPage(room, members, next=encode_cursor(last_key) if rows else None)
+            while rows and not full:
+                chunk, rows = rows[: limit - len(members)], rows[limit - len(members) :]
+                for indexed, member in zip(chunk, await self._verified(room, chunk, moment), strict=True):
+                    if member is not None:
+                        members.append(member)
+                        last_key = indexed.user_key
+                full = len(members) == limit
+            if full and rows:
+                return MembersPage(room, members, next=encode_cursor(last_key))
+        return MembersPage(room, members, next=None)
+
+    async def _verified(self, room: str, rows: list[IndexedMember], moment: datetime) -> list[RoomMember | None]:
+        """Read each candidate's partition: a member (with presence) if their membership row is there, else None."""
+
+        async def read(indexed: IndexedMember) -> RoomMember | None:
+            view = await self.store.read_user(indexed.user_key)
+            if room not in view.rooms:
+                await self._clear_if_stale(room, indexed, moment)
+                return None
+            return RoomMember(view.name(), view.state_now(self.store.lease, now=moment))
+
+        return await gather_bounded(rows, read, limit=_MEMBER_READS)
+
+    async def _clear_if_stale(self, room: str, indexed: IndexedMember, moment: datetime) -> None:
+        """Delete an index row with no membership once no join can be writing it (R1); best effort."""
+        if moment - indexed.joined_at < STALE_INDEX_ROW or indexed.etag is None:
+            return
+        operation = delete(room_partition(room), indexed.user_key, etag=indexed.etag)
+        try:
+            await self.store.table.write(operation, action="clear a stale member-index row")
+        except StorageError as error:  # a join rewrote it (412), or storage failed: the next reader decides
+            logger.info("room %s: a stale index row stays: %s", room, error)
+
+    async def _confirm(self, room: str, partition: str, etag: str | None) -> None:
+        """Clear the pending flag of a committed join's index row, on the ETag of its own write; best effort."""
+        if etag is None:
+            return
+        fields = {"PartitionKey": room_partition(room), "RowKey": partition, "Pending": False}
+        try:
+            await self.store.table.write(merge(fields, etag=etag), action="confirm a join")
+        except StorageError as error:  # written since (a copy, a leave) or storage failed: readers check it
+            logger.info("room %s: a join's index row stays pending: %s", room, error)
+
+    async def _flag(self, room: str, partition: str, moment: datetime) -> None:
+        """Flag the index row of a membership about to end pending (a missing row is fine)."""
+        fields = {"PartitionKey": room_partition(room), "RowKey": partition, **pending_fields(moment)}
+        try:
+            await self.store.table.write(merge(fields), action="leave a room")
+        except RowChangedError:
+            logger.info("room %s: no index row to flag for a leave", room)
+
+    async def _commit(
+        self, operation: Operation, view: UserView, name: str, writer: str, attempts: Attempts, attempt: int
+    ) -> bool:
+        """Write a membership row with the presence row, conditional on `view` (R2); False: read again."""
+        operations = [operation, presence_write(view.partition, view.presence, writer=writer, user_name=name)]
+        try:
+            await self.store.transact(operations, action="change a membership", singly=attempts.singly)
+        except ConflictError:
+            await attempts.failed(view, attempt, deciding=False)
+            return False
+        return True
+
+    def _change(
+        self, view: UserView, name: str, room: str, *, joined: bool, moment: datetime, lapsed_too: bool = False
+    ) -> RoomChange:
+        rows = view.rows.values() if lapsed_too else view.live(self.store.lease, now=moment)
+        rows = [row for row in rows if row.ended_at is None]  # closed: a grace holds it for presence only
+        pair = view.presence.announced_as(name, rooms=(room,))
+        return RoomChange(name, room, joined, tuple(row.connection_id for row in rows), pair)

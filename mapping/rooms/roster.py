@@ -1,0 +1,152 @@
+"""A room's roster: its member index read as a snapshot of presence pairs, and the copies that keep it current.
+
+Every member-index row (`mapping.rooms.index`) carries a copy of its member's presence pair, so the
+presence of a room's members is one partition query (1,000 rows a page), not one read per member.
+Invariants (each named by the test that checks it):
+
+C1. A copy is a pair as recorded (P1): a snapshot entry and a presence message of one version state the
+    same thing, so a client merges the two by version alone.
+    (test_audience: test_a_snapshot_then_changes_converge_by_version)
+C2. Every announcement of a pair, new or repeated, first writes the pair onto the user's rooms' index
+    rows; an event whose copies fail raises, so its announcement is lost with them and made again
+    (P5: the sweep's repeat, or the client's retry). Events write blindly (one request per room); the
+    sweep writes only over a lower version (read, then write on the ETag read), so a copy that a slow
+    writer set back is put right by the sweep that repeats the user's pair.
+    (test_audience: test_the_sweep_puts_a_set_back_copy_right)
+C3. A row flagged pending (a join or leave in flight, or stopped half way) is checked against the user's
+    partition; the reader clears the flag, or deletes the row of a user who is not a member, only once
+    the flag is older than any join or leave can run, and only on the ETag it read.
+    (test_audience: test_a_pending_row_is_verified_and_cleared_only_when_stale)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from mapping.errors import RowChangedError, StorageError
+from mapping.keys import parse_room, room_partition, user_key
+from mapping.presence.state import PresenceChange, PresenceState, pair_fields
+from mapping.presence.store import ConnectionStore
+from mapping.rooms.index import IndexedMember, index_pages
+from mapping.storage.client import gather_bounded
+from mapping.storage.table import delete, etag_of, merge
+
+logger = logging.getLogger(__name__)
+
+# Longer than any join or leave can run (host.json's functionTimeout is 5 minutes): a pending flag this old
+# belongs to no join or leave in flight.
+STALE_FLAG = timedelta(minutes=10)
+_ROOM_WRITES = 16  # copies written at once
+_VERIFY_READS = 16  # pending rows checked at once
+_GUARDED_TRIES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class RosterEntry:
+    """One member in a snapshot: the user's name and their presence pair (version 0: never decided)."""
+
+    user: str
+    pair: PresenceChange
+
+    def to_json(self) -> dict[str, object]:
+        """Return the snapshot entry's JSON: the pair as a presence message states it."""
+        return self.pair.to_json()
+
+
+class Roster:
+    """Reads rooms' member indexes as presence snapshots, and copies presence pairs onto them."""
+
+    def __init__(self, store: ConnectionStore) -> None:
+        self.store = store
+
+    async def publish(self, change: PresenceChange, *, guarded: bool = False) -> None:
+        """Copy a pair onto the index rows of the change's rooms (C2); raise StorageError if any copy failed."""
+        if not change.rooms:
+            return
+
+        async def copy(room: str) -> None:
+            await (self._copy_over_lower(change, room) if guarded else self._copy(change, room))
+
+        await gather_bounded(change.rooms, copy, limit=_ROOM_WRITES)
+
+    async def snapshot(self, room: str, *, now: datetime | None = None) -> AsyncIterator[list[RosterEntry]]:
+        """Yield a room's members with their presence pairs, one index page at a time (C3: pending rows checked)."""
+        room, moment = parse_room(room), self.store.now(now)
+        async for rows in index_pages(self.store.table, room, action="read a roster"):
+            entries = await self._entries(room, rows, moment)
+            yield [entry for entry in entries if entry is not None]
+
+    async def _entries(self, room: str, rows: list[IndexedMember], moment: datetime) -> list[RosterEntry | None]:
+        """Return each row's entry: a settled row's copy as it is, a pending one checked (C3); None: no member."""
+
+        async def verified(indexed: IndexedMember) -> RosterEntry | None:
+            return await self._verified(room, indexed, moment)
+
+        checked = iter(await gather_bounded([row for row in rows if row.pending], verified, limit=_VERIFY_READS))
+        return [next(checked) if row.pending else _entry(row.user_name, row.pair) for row in rows]
+
+    async def _verified(self, room: str, indexed: IndexedMember, moment: datetime) -> RosterEntry | None:
+        """Check a pending row against the user's partition (C3); clear or delete it once it is stale."""
+        view = await self.store.read_user(indexed.user_key)
+        member = room in view.rooms
+        if moment - indexed.touched_at >= STALE_FLAG and indexed.etag is not None:
+            await self._settle_flag(room, indexed, member=member, view_pair=view.presence.announced_as(view.name()))
+        if not member:
+            return None
+        return _entry(view.name(), view.presence.announced_as(view.name()))
+
+    async def _settle_flag(
+        self, room: str, indexed: IndexedMember, *, member: bool, view_pair: PresenceChange | None
+    ) -> None:
+        """Clear a stale flag of a member (with their current pair), or delete a stale row of a non-member."""
+        partition = room_partition(room)
+        if member:
+            fields = {"PartitionKey": partition, "RowKey": indexed.user_key, "Pending": False}
+            if view_pair is not None:
+                fields.update(pair_fields(view_pair.state, view_pair.version))
+            operation = merge(fields, etag=indexed.etag)
+        else:
+            operation = delete(partition, indexed.user_key, etag=indexed.etag)
+        try:
+            await self.store.table.write(operation, action="settle a pending roster row")
+        except StorageError as error:  # a join or leave wrote it meanwhile (412), or storage failed: next reader
+            logger.info("room %s: a pending roster row stays: %s", room, error)
+
+    async def _copy(self, change: PresenceChange, room: str) -> None:
+        fields = {"PartitionKey": room_partition(room), "RowKey": user_key(change.user), **_pair(change)}
+        try:
+            await self.store.table.write(merge(fields), action="copy presence to a roster")
+        except RowChangedError:
+            logger.info("room %s: no roster row to copy %s's presence to", room, change.user)
+
+    async def _copy_over_lower(self, change: PresenceChange, room: str) -> None:
+        """Write the pair only over a lower version, on the ETag read (the sweep's repair of a set-back copy)."""
+        partition, key = room_partition(room), user_key(change.user)
+        for _try in range(_GUARDED_TRIES):
+            rows = await self.store.table.query(
+                "PartitionKey eq @pk and RowKey eq @rk", {"pk": partition, "rk": key}, action="read a roster row"
+            )
+            if not rows:
+                return
+            indexed = IndexedMember.from_table(rows[0], etag=etag_of(rows[0]))
+            if indexed.pair is not None and indexed.pair.version >= change.version:
+                return
+            fields = {"PartitionKey": partition, "RowKey": key, **_pair(change)}
+            try:
+                await self.store.table.write(merge(fields, etag=indexed.etag), action="repair a roster copy")
+                return
+            except RowChangedError:
+                continue
+        logger.info("room %s: %s's roster copy kept changing; left for the next repeat", room, change.user)
+
+
+def _entry(name: str, pair: PresenceChange | None) -> RosterEntry:
+    """A member's snapshot entry: their recorded pair, or offline at version 0 if nothing was ever decided."""
+    return RosterEntry(name, pair or PresenceChange.of(name, PresenceState(False), 0))
+
+
+def _pair(change: PresenceChange) -> dict[str, object]:
+    return pair_fields(change.state, change.version)

@@ -1,0 +1,65 @@
+"""The SignalR outputs the app sends: deliveries, presence broadcasts, errors, and group actions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from mapping.presence.rows import ConnectionEntity
+from mapping.presence.state import PresenceChange
+
+Message = dict[str, Any]
+
+PRESENCE_TARGET = "presence"
+ROOM_TARGET = "room"
+ERROR_TARGET = "error"
+
+
+def delivery_messages(
+    connections: Iterable[ConnectionEntity], *, target: str, sender: str | None, to: str, message: Any
+) -> list[Message]:
+    """Return one message per connection, carrying `{from, to, message}`."""
+    payload = {"from": sender, "to": to, "message": message}
+    return [
+        {"target": target, "connectionId": connection.connection_id, "arguments": [payload]}
+        for connection in connections
+    ]
+
+
+def presence_message(change: PresenceChange) -> Message:
+    """Return the hub-wide broadcast of a user's presence as recorded (a higher version is newer)."""
+    return {
+        "target": PRESENCE_TARGET,
+        "arguments": [{"user": change.user, **change.state.to_json(), "version": change.version}],
+    }
+
+
+def room_message(room: str, *, user: str, joined: bool) -> Message:
+    """Return the announcement to a room's group that a member joined or left it."""
+    return {"target": ROOM_TARGET, "groupName": room, "arguments": [{"room": room, "user": user, "joined": joined}]}
+
+
+def room_delivery(room: str, *, target: str, sender: str | None, message: Any) -> Message:
+    """Return a message to every connection in a room's group, carrying `{from, room, message}`."""
+    return {"target": target, "groupName": room, "arguments": [{"from": sender, "room": room, "message": message}]}
+
+
+def join_group(connection_id: str, group: str) -> Message:
+    """Return the `signalR` output binding's group action that adds a connection to a group."""
+    return {"action": "add", "groupName": group, "connectionId": connection_id}
+
+
+def leave_group(connection_id: str, group: str) -> Message:
+    """Return the `signalR` output binding's group action that removes a connection from a group."""
+    return {"action": "remove", "groupName": group, "connectionId": connection_id}
+
+
+def error_message(connection_id: str, error: str, **details: Any) -> Message:
+    """Return an error addressed to one connection only."""
+    return {"target": ERROR_TARGET, "connectionId": connection_id, "arguments": [{"error": error, **details}]}
+
+
+def encode(messages: Sequence[Message]) -> str | None:
+    """Return the `signalR` output value: a JSON array string, or None when there is nothing to send."""
+    return json.dumps(list(messages), ensure_ascii=False, allow_nan=False) if messages else None
