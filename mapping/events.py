@@ -109,7 +109,7 @@ async def on_disconnected(
         return []
     try:
         if store.lease.grace:
-            await Grace(store, delayed()).end(event.user_id, event.connection_id)
+            await Grace(store.writes, delayed()).end(event.user_id, event.connection_id)
             return []  # nothing changes until the grace is over (mapping.presence.grace)
         outcome = await store.disconnect(event.user_id, event.connection_id)
     except InvalidNameError as error:
@@ -118,14 +118,14 @@ async def on_disconnected(
     return await _announced(store, outcome.presence)
 
 
-async def on_grace(store: ConnectionStore, body: str, *, delayed: DelayedActions) -> list[Message]:
+async def on_grace(store: ConnectionStore, body: str, *, delayed: Callable[[], DelayedActions]) -> list[Message]:
     """Make a grace decision (a queue message): announce who went offline, or nothing if they came back."""
     try:
         decision = Decision.from_body(body)
     except (InvalidRequestError, InvalidNameError) as error:
         logger.error("grace: a message that is no decision was dropped: %s", error)
         return []  # retrying cannot mend it
-    return await _announced(store, await Grace(store, delayed).decide(decision))
+    return await _announced(store, await Grace(store.writes, delayed()).decide(decision))
 
 
 @_client_call("send", anonymous=True)

@@ -309,7 +309,7 @@ async def _sweep_user(
     unended = any(not row.ended_at for (_, row), verdict in zip(due, verdicts, strict=True) if verdict is Liveness.GONE)
     vouched = clock.now if service.reconciling and unended else None
     settled = await settle(
-        store, view, user_name=name, gone=gone, alive=alive, now=clock.now, gone_known_alive_until=vouched
+        store.writes, view, user_name=name, gone=gone, alive=alive, now=clock.now, gone_known_alive_until=vouched
     )
     result.deleted += settled.deleted
     result.refreshed += settled.refreshed

@@ -155,7 +155,7 @@ async def sync_room(invocation: str, signalr: func.Out[str]) -> None:
 async def presence_grace(decision: func.QueueMessage, signalr: func.Out[str]) -> None:
     """Decide a grace period that ran out (a delayed queue message): offline unless a connection came back."""
     body = decision.get_body().decode("utf-8", errors="replace")
-    _send(signalr, await events.on_grace(runtime.store(), body, delayed=runtime.delayed_actions()))
+    _send(signalr, await events.on_grace(runtime.store(), body, delayed=runtime.delayed_actions))
 
 
 @blueprint.function_name("send")

@@ -40,7 +40,7 @@ from mapping.storage.table import merge
 
 if TYPE_CHECKING:
     from mapping.presence.user_view import UserView
-    from mapping.presence.write_loop import UserStore
+    from mapping.presence.write_loop import UserWrites
 
 logger = logging.getLogger(__name__)
 
@@ -75,39 +75,39 @@ def adoptable(view: UserView, lease: Lease, now: datetime) -> ConnectionEntity |
 class Grace:
     """Disconnects held for a grace, and the decisions that end them."""
 
-    def __init__(self, store: UserStore, delayed: DelayedActions) -> None:
-        self.store = store
+    def __init__(self, writes: UserWrites, delayed: DelayedActions) -> None:
+        self.writes = writes
         self.delayed = delayed
 
     async def end(self, user_name: str, connection_id: str, *, now: datetime | None = None) -> bool:
         """Stamp a closed connection's row ended and schedule its decision; False when the row is gone."""
         name = normalize_user_name(user_name)
-        moment = self.store.now(now)
+        moment = self.writes.now(now)
         patch = {"PartitionKey": user_key(name), "RowKey": connection_key(connection_id), "EndedAt": moment}
         try:
-            await self.store.table.write(merge(patch), action="end a connection")
+            await self.writes.table.write(merge(patch), action="end a connection")
         except RowChangedError:
             return False  # gone already: a repeated disconnect, a sweep, or a reload took its place
-        grace = self.store.lease.grace
+        grace = self.writes.lease.grace
         await self.delayed.schedule(Decision(name, moment + grace).to_body(), delay=grace)
         return True
 
     async def decide(self, decision: Decision, *, now: datetime | None = None) -> PresenceChange | None:
         """End the user's rows whose grace is over, with the presence decision (G2); return what to announce."""
-        moment = self.store.now(now)
+        moment = self.writes.now(now)
         if moment < decision.due:
             await self.delayed.schedule(decision.to_body(), delay=decision.due - moment)
             return None
         partition = user_key(decision.user)
         # Read and settle in the user's turn: two decisions of one user on this instance announce one offline.
-        async with self.store.turns.turn(partition):
-            view = await self.store.read_user(partition)
-            ended = {key: row for key, row in view.rows.items() if self.store.lease.ended(row, moment)}
+        async with self.writes.turns.turn(partition):
+            view = await self.writes.read_user(partition)
+            ended = {key: row for key, row in view.rows.items() if self.writes.lease.ended(row, moment)}
             if not ended:
                 return None
             last = max(row.ended_at for row in ended.values() if row.ended_at is not None)
             settled = await settle(
-                self.store,
+                self.writes,
                 view,
                 user_name=view.name(),
                 gone={key: row.etag or "" for key, row in ended.items()},

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from mapping.errors import ConflictError, StorageError
 from mapping.presence.state import PresenceChange, PresenceState, Recorded, decide, presence_write
 from mapping.presence.user_view import UserView
-from mapping.presence.write_loop import Attempts, UserStore, repeat
-from mapping.storage.table import MAX_BATCH, Operation, delete, merge
+from mapping.presence.write_loop import Attempts, Commit, Done, UserWrites, repeat
+from mapping.storage.table import Operation, delete, merge
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +24,7 @@ class Settled:
 
 
 async def settle(
-    store: UserStore,
+    writes: UserWrites,
     view: UserView,
     *,
     user_name: str,
@@ -42,43 +40,35 @@ async def settle(
     last seen at their rows' latest LastSeen, or `gone_known_alive_until` when the service vouched
     for the `gone` rows later than that (a reconciling sweep's listing).
     """
-    writer = uuid.uuid4().hex
-    attempts = Attempts()
-    deciding = store.settings.presence_events
-    async with store.turns.turn(view.partition):
-        for attempt in attempts.tries():
-            attempts.read(view)
-            if view.presence.writer == writer:
-                return Settled(
-                    online=bool(view.presence.online), recorded=view.presence, change=repeat(view, user_name)
-                )
-            doomed = _still(gone, view)
-            renewed = _still(alive, view)
-            after = {
-                key: replace(row, last_seen=now) if key in renewed else row
-                for key, row in view.rows.items()
-                if key not in doomed
-            }
-            ends = [row.ended_at or row.last_seen for row in view.rows.values()]  # a disconnect ends it
-            if doomed and gone_known_alive_until is not None:
-                ends.append(gone_known_alive_until)
-            state = view.state(store.lease, now=now, ended_at=max(ends, default=None), rows=after)
-            version = decide(view.presence, state, now=now) if deciding else None
-            try:
-                operations = await _writes(
-                    store, view, doomed, renewed, name=user_name, state=state, version=version, writer=writer, now=now
-                )
-                # A user with more rows than one transaction holds: the presence write goes with the last chunk.
-                for chunk in [operations[i : i + MAX_BATCH] for i in range(0, len(operations), MAX_BATCH)]:
-                    await store.transact(chunk, action="sweep a user", singly=attempts.singly)
-            except ConflictError:
-                await attempts.failed(view, attempt, deciding=version is not None)
-                view = await store.read_user(view.partition)
-                continue
-            change = PresenceChange.of(user_name, state, version, rooms=view.rooms) if version is not None else None
-            announced = attempts.announce(view, user_name, change)
-            return Settled(len(doomed), len(renewed), announced, state.online, view.presence)
-        raise StorageError("sweep: the user's connections kept changing; left for the next run")
+    deciding = writes.settings.presence_events
+
+    async def step(view: UserView, attempts: Attempts) -> Done[Settled] | Commit[Settled]:
+        if attempts.mine(view):
+            return Done(
+                Settled(online=bool(view.presence.online), recorded=view.presence, change=repeat(view, user_name))
+            )
+        doomed = _still(gone, view)
+        renewed = _still(alive, view)
+        after = {
+            key: replace(row, last_seen=now) if key in renewed else row
+            for key, row in view.rows.items()
+            if key not in doomed
+        }
+        ends = [row.ended_at or row.last_seen for row in view.rows.values()]  # a disconnect ends it
+        if doomed and gone_known_alive_until is not None:
+            ends.append(gone_known_alive_until)
+        state = view.state(writes.lease, now=now, ended_at=max(ends, default=None), rows=after)
+        version = decide(view.presence, state, now=now) if deciding else None
+        operations = await _writes(
+            writes, view, doomed, renewed, name=user_name, state=state, version=version, writer=attempts.writer, now=now
+        )
+        change = PresenceChange.of(user_name, state, version, rooms=view.rooms) if version is not None else None
+        settled = Settled(
+            len(doomed), len(renewed), attempts.announce(view, user_name, change), state.online, view.presence
+        )
+        return Commit(operations, settled, deciding=version is not None) if operations else Done(settled)
+
+    return await writes.write(view.partition, step, action="sweep a user", view=view)
 
 
 def _still(judged: Mapping[str, str], view: UserView) -> list[str]:
@@ -87,7 +77,7 @@ def _still(judged: Mapping[str, str], view: UserView) -> list[str]:
 
 
 async def _writes(
-    store: UserStore,
+    writes: UserWrites,
     view: UserView,
     doomed: Sequence[str],
     renewed: Sequence[str],
@@ -100,10 +90,10 @@ async def _writes(
 ) -> list[Operation]:
     """Write the renewed rows' index entries (E1), and return the row writes with the presence write last."""
     partition = view.partition
-    bucket = store.index.bucket(now, partition)
+    bucket = writes.index.bucket(now, partition)
     if renewed:
-        await store.index.write_many(
-            [store.index.entry(partition, key, now, announces=version is not None) for key in renewed]
+        await writes.index.write_many(
+            [writes.index.entry(partition, key, now, announces=version is not None) for key in renewed]
         )
     operations: list[Operation] = [delete(partition, key, etag=view.rows[key].etag) for key in doomed]
     operations += [
@@ -113,7 +103,7 @@ async def _writes(
         )
         for key in renewed
     ]
-    if store.settings.presence_events and (operations or version is not None):
+    if writes.settings.presence_events and (operations or version is not None):
         operations.append(
             presence_write(partition, view.presence, writer=writer, user_name=name, state=state, version=version)
         )

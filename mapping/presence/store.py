@@ -18,25 +18,23 @@ user `mapping.presence.settle`, and what an instance remembers of its refreshes 
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from mapping.errors import ConflictError, RowChangedError, StorageError
+from mapping.errors import RowChangedError
 from mapping.keys import connection_key, normalize_user_name, user_key
 from mapping.presence import readers
 from mapping.presence.expiry import ExpiryIndex
 from mapping.presence.grace import adoptable
 from mapping.presence.lease import Lease, RefreshMemory
 from mapping.presence.readers import UserPresence, UsersPage
-from mapping.presence.rows import Clock, ConnectionEntity, moment_of, status_fields, utc_now
+from mapping.presence.rows import Clock, ConnectionEntity, status_fields, utc_now
 from mapping.presence.state import PresenceChange, decide, parse_status, presence_write
-from mapping.presence.user_view import UserView, read_user
-from mapping.presence.write_loop import Attempts, RowWrite, UserTurns, Written, transact, write_live_row
+from mapping.presence.user_view import UserView
+from mapping.presence.write_loop import Attempts, Commit, Done, RowWrite, UserWrites, Written, write_live_row
 from mapping.settings import Settings
-from mapping.storage.table import Operation, Table, create, delete, merge
+from mapping.storage.table import Table, create, delete, merge
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +84,9 @@ class ConnectionStore:
         self.table = Table(settings, **table_options)
         self.lease = Lease.of(settings)
         self.index = ExpiryIndex(self.table, width=self.lease.bucket_width, shards=settings.index_shards)
+        self.writes = UserWrites(self.table, self.index, self.lease, settings, clock=clock)  # the one write loop
+        self.turns = self.writes.turns  # this instance's events of one user, one at a time
         self.refreshes = RefreshMemory()  # what this instance refreshed, and when
-        self.turns = UserTurns()  # this instance's events of one user, one at a time (mapping.presence.write_loop)
 
     # -- connection events ----------------------------------------------------------------------
 
@@ -118,38 +117,27 @@ class ConnectionStore:
         if not self.settings.presence_events:
             return DisconnectOutcome(name, removed=await self._delete_reporting(partition, row))
         moment = self.now(now)
-        writer = uuid.uuid4().hex
-        attempts = Attempts()
-        tried = False
-        async with self.turns.turn(partition):
-            for _attempt in attempts.tries():
-                view = await self.read_user(partition)
-                attempts.read(view)
-                if view.presence.writer == writer:
-                    return DisconnectOutcome(
-                        name, removed=True, presence=view.presence.announced_as(name, rooms=view.rooms)
-                    )
-                if row not in view.rows:
-                    # Gone: a repeated event, or our own delete that committed and was answered with an error.
-                    return DisconnectOutcome(name, removed=tried, presence=attempts.announce(view, name, None))
-                after = {key: entity for key, entity in view.rows.items() if key != row}
-                state = view.state(self.lease, now=moment, ended_at=moment, rows=after)
-                version = decide(view.presence, state, now=moment)
-                operations = [
-                    delete(partition, row),
-                    presence_write(
-                        partition, view.presence, writer=writer, user_name=name, state=state, version=version
-                    ),
-                ]
-                tried = True
-                try:
-                    await self.transact(operations, action="disconnect", singly=attempts.singly)
-                except ConflictError:
-                    await attempts.failed(view, _attempt, deciding=version is not None)
-                    continue
-                change = PresenceChange.of(name, state, version, rooms=view.rooms) if version is not None else None
-                return DisconnectOutcome(name, removed=True, presence=attempts.announce(view, name, change))
-            raise StorageError("disconnect: the user's connections kept changing; try again")
+
+        async def step(view: UserView, attempts: Attempts) -> Done[DisconnectOutcome] | Commit[DisconnectOutcome]:
+            if attempts.mine(view):
+                return Done(DisconnectOutcome(name, True, view.presence.announced_as(name, rooms=view.rooms)))
+            if row not in view.rows:
+                # Gone: a repeated event, or our own delete that committed and was answered with an error.
+                return Done(DisconnectOutcome(name, attempts.tried, attempts.announce(view, name, None)))
+            after = {key: entity for key, entity in view.rows.items() if key != row}
+            state = view.state(self.lease, now=moment, ended_at=moment, rows=after)
+            version = decide(view.presence, state, now=moment)
+            operations = [
+                delete(partition, row),
+                presence_write(
+                    partition, view.presence, writer=attempts.writer, user_name=name, state=state, version=version
+                ),
+            ]
+            change = PresenceChange.of(name, state, version, rooms=view.rooms) if version is not None else None
+            outcome = DisconnectOutcome(name, True, attempts.announce(view, name, change))
+            return Commit(operations, outcome, deciding=version is not None)
+
+        return await self.writes.write(partition, step, action="disconnect")
 
     async def touch(self, user_name: str, connection_id: str, *, now: datetime | None = None) -> TouchOutcome:
         """Refresh a connection's `LastSeen` (at most once per quarter lease); a lapsed lease made live is announced."""
@@ -197,7 +185,7 @@ class ConnectionStore:
             stored = replace(existing, last_seen=moment, index_bucket=bucket, status=text, status_at=moment)
             return RowWrite(stored, [merge(patch, etag=existing.etag)])
 
-        written = await write_live_row(self, partition, row, name, moment, row_write, action="set a status")
+        written = await write_live_row(self.writes, partition, row, name, moment, row_write, action="set a status")
         if written.entity is None:
             return TouchOutcome(False, written.change)
         self.refreshes.remember(partition, row, moment)
@@ -221,12 +209,8 @@ class ConnectionStore:
         return await readers.online_users(self.table, self.lease, limit=limit, cursor=cursor, now=self.now(now))
 
     async def read_user(self, partition: str) -> UserView:
-        """Read a user's connection rows and presence row with one query (P2)."""
-        return await read_user(self.table, partition)
-
-    async def transact(self, operations: Sequence[Operation], *, action: str, singly: bool = False) -> None:
-        """Run a transaction, or one call at a time when the service refuses this partition's transactions."""
-        await transact(self.table, operations, action=action, singly=singly)
+        """Read a user's connection rows, presence row and memberships with one query (P2)."""
+        return await self.writes.read_user(partition)
 
     async def close(self) -> None:
         """Close the table client and any credential; the next call opens them again."""
@@ -234,7 +218,7 @@ class ConnectionStore:
 
     def now(self, now: datetime | None = None) -> datetime:
         """Return `now` in UTC when given (callers pin the time), else the store's clock's current time."""
-        return moment_of(now, self.clock)
+        return self.writes.now(now)
 
     def bucket_width(self) -> timedelta:
         """Return the width of the expiry index's time buckets."""
@@ -264,7 +248,13 @@ class ConnectionStore:
             return RowWrite(stored, [merge(_refresh_fields(stored), etag=existing.etag)])
 
         written = await write_live_row(
-            self, entity.partition_key, entity.row_key, entity.user_name, entity.last_seen, row_write, action="connect"
+            self.writes,
+            entity.partition_key,
+            entity.row_key,
+            entity.user_name,
+            entity.last_seen,
+            row_write,
+            action="connect",
         )
         return ConnectOutcome(written.entity or entity, written.change, tuple(sorted(written.view.rooms)))
 
@@ -277,7 +267,7 @@ class ConnectionStore:
                 replace(existing, last_seen=moment, index_bucket=bucket), [merge(patch, etag=existing.etag)]
             )
 
-        written = await write_live_row(self, partition, row, name, moment, row_write, action="refresh")
+        written = await write_live_row(self.writes, partition, row, name, moment, row_write, action="refresh")
         if written.entity is not None:
             self.refreshes.remember(partition, row, moment)
         else:
@@ -306,7 +296,7 @@ class ConnectionStore:
     async def _delete_reporting(self, partition: str, row: str) -> bool:
         # Presence off: a transaction, unlike delete_entity, tells whether the row existed.
         try:
-            await self.transact([delete(partition, row)], action="disconnect")
+            await self.writes.transact([delete(partition, row)], action="disconnect")
         except RowChangedError:
             return False
         return True

@@ -1,11 +1,14 @@
-"""How writers of one user's partition take turns: in turn on one instance, retrying for a while across instances.
+"""The one write loop of a user's partition: take the user's turn, read the partition, plan, commit on the read's
+ETag, and retry within a time bound (presence P2, P4).
 
-Every event of a user reads the user's partition and commits on the presence row's ETag (presence P2),
-so two writers of one user conflict and one reads again. On one instance they never need to: events of
-one user wait for each other (`UserTurns`), so a burst of one user's connects on one instance commits
-one after another. Across instances conflicts remain; a writer retries with a growing, capped, random
-back-off for as long as `ATTEMPT_SECONDS` allows (bounded by time, not by a count), then reports a
-conflict storm as a StorageError.
+Every writer of a user (connect, disconnect, refresh, setStatus, the sweep's and the grace's settling, join and
+leave) reads the user's partition with one query and commits conditional on the presence row's ETag, so two
+writers of one user conflict and one reads again. On one instance they never need to: events of one user wait
+for each other (`UserTurns`), so a burst of one user's connects on one instance commits one after another.
+Across instances conflicts remain; a writer retries with a growing, capped, random back-off for as long as
+`ATTEMPT_SECONDS` allows (bounded by time, not by a count), then reports a conflict storm as a StorageError,
+raised here and nowhere else. A plan says what to write for one read (`Commit`) or that the event is done
+(`Done`); `UserWrites.write` runs it.
 """
 
 from __future__ import annotations
@@ -16,29 +19,27 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Generic, TypeVar
 
 from mapping.errors import BatchRejectedError, ConflictError, StorageError
 from mapping.presence.expiry import ExpiryIndex
 from mapping.presence.lease import Lease
-from mapping.presence.rows import ConnectionEntity
+from mapping.presence.rows import Clock, ConnectionEntity, moment_of
 from mapping.presence.state import PresenceChange, decide, presence_write
-from mapping.presence.user_view import UserView
+from mapping.presence.user_view import UserView, read_user
 from mapping.settings import Settings
-from mapping.storage.table import Operation, Table
-
-if TYPE_CHECKING:
-    from mapping.presence.state import PresenceChange
-    from mapping.presence.user_view import UserView
+from mapping.storage.table import MAX_BATCH, Operation, Table
 
 logger = logging.getLogger(__name__)
 
 ATTEMPT_SECONDS = 20.0  # how long one event keeps reading and committing again after conflicts
 _BACKOFF_SECONDS = 0.005  # the first conflict waits up to this long, doubling with every further one
 _MAX_BACKOFF_SECONDS = 0.25
+
+_Outcome = TypeVar("_Outcome")
 
 
 class UserTurns:
@@ -79,11 +80,14 @@ class UserTurns:
 
 
 class Attempts:
-    """The memory of one read-decide-write loop (P4): whether a failed attempt may have recorded a change, and
-    whether the service refuses this partition's transactions (a conflict although nothing had changed)."""
+    """The memory of one run of the write loop (P4): its writer id, whether an attempt was sent, whether a failed one
+    may have recorded a change, and whether the service refuses this partition's transactions (a conflict although
+    nothing had changed)."""
 
     def __init__(self, *, seconds: float = ATTEMPT_SECONDS) -> None:
+        self.writer = uuid.uuid4().hex  # names this event's presence writes, so it knows its own commit (P4)
         self.pending = False
+        self.tried = False  # an attempt sent its writes (which may have committed though answered with an error)
         self.singly = False
         self.indexed: bool | None = None  # the entry written so far: none, plain, or announcing online (E5)
         self._failed: UserView | None = None
@@ -96,6 +100,10 @@ class Attempts:
         while attempt == 0 or time.monotonic() < deadline:
             yield attempt
             attempt += 1
+
+    def mine(self, view: UserView) -> bool:
+        """Return whether `view` shows this event's own presence write: an attempt answered with an error committed."""
+        return view.presence.writer == self.writer
 
     def announce(self, view: UserView, name: str, change: PresenceChange | None) -> PresenceChange | None:
         """Return the change to announce: this attempt's, else the recorded pair if an earlier one may have
@@ -133,7 +141,77 @@ async def _back_off(attempt: int) -> None:
     await asyncio.sleep(random.uniform(0, ceiling))  # noqa: S311 - jitter, not a secret
 
 
-logger = logging.getLogger(__name__)
+@dataclass(frozen=True, slots=True)
+class Done(Generic[_Outcome]):
+    """A plan's answer when the read shows nothing (more) to write: the event's outcome."""
+
+    outcome: _Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Commit(Generic[_Outcome]):
+    """A plan's writes, committed together on the read they were planned on, and the outcome once they are."""
+
+    operations: Sequence[Operation]
+    outcome: _Outcome
+    deciding: bool = False  # the writes record a presence decision: a failed attempt may have committed it (P4)
+    then: Callable[[], Awaitable[None]] | None = None  # best-effort work once committed (a join's confirmation)
+
+
+Plan = Callable[[UserView, "Attempts"], Awaitable[Done[_Outcome] | Commit[_Outcome]]]
+
+
+class UserWrites:
+    """One user's partition as its writers see it: the table, the expiry index, the lease rules, the settings,
+    the clock and this instance's turns; `write` runs the one write loop."""
+
+    def __init__(self, table: Table, index: ExpiryIndex, lease: Lease, settings: Settings, *, clock: Clock) -> None:
+        self.table = table
+        self.index = index
+        self.lease = lease
+        self.settings = settings
+        self.clock = clock
+        self.turns = UserTurns()  # this instance's events of one user, one at a time
+
+    async def read_user(self, partition: str) -> UserView:
+        """Read a user's connection rows, presence row and memberships with one query (P2)."""
+        return await read_user(self.table, partition)
+
+    def now(self, now: datetime | None = None) -> datetime:
+        """Return `now` in UTC when given (callers pin the time), else the clock's current time."""
+        return moment_of(now, self.clock)
+
+    async def write(
+        self, partition: str, plan: Plan[_Outcome], *, action: str, view: UserView | None = None
+    ) -> _Outcome:
+        """Run `plan` in the user's turn on a fresh read (or `view`, for the first attempt) until it is done or its
+        writes commit on the ETags it read; a conflict reads again, for as long as `ATTEMPT_SECONDS` allows."""
+        attempts = Attempts()
+        async with self.turns.turn(partition):
+            for attempt in attempts.tries():
+                if view is None:
+                    view = await self.read_user(partition)
+                attempts.read(view)
+                step = await plan(view, attempts)
+                if isinstance(step, Done):
+                    return step.outcome
+                attempts.tried = True
+                try:
+                    await self.transact(step.operations, action=action, singly=attempts.singly)
+                except ConflictError:
+                    await attempts.failed(view, attempt, deciding=step.deciding)
+                    view = None
+                    continue
+                if step.then is not None:
+                    await step.then()
+                return step.outcome
+            raise StorageError(f"{action}: the user's rows kept changing; try again")
+
+    async def transact(self, operations: Sequence[Operation], *, action: str, singly: bool = False) -> None:
+        """Commit `operations` in transactions of at most 100 (a user with more rows than one holds: the presence
+        write, last, goes with the last), or one call at a time when the service refuses this partition's."""
+        for start in range(0, len(operations), MAX_BATCH):
+            await _transact(self.table, operations[start : start + MAX_BATCH], action=action, singly=singly)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +236,7 @@ PlanRowWrite = Callable[[ConnectionEntity | None, str, UserView], RowWrite | Non
 
 
 async def write_live_row(
-    store: UserStore, partition: str, row: str, name: str, moment: datetime, plan: PlanRowWrite, *, action: str
+    writes: UserWrites, partition: str, row: str, name: str, moment: datetime, plan: PlanRowWrite, *, action: str
 ) -> Written:
     """Write a row live at `moment` (connect, revival, status) with the presence decision (P2-P4).
 
@@ -166,39 +244,34 @@ async def write_live_row(
     the result says which row was written (None: declined), the change to announce, and the view the
     decision was made on.
     """
-    writer = uuid.uuid4().hex
-    attempts = Attempts()
-    async with store.turns.turn(partition):
-        for attempt in attempts.tries():
-            view = await store.read_user(partition)
-            attempts.read(view)
-            existing = view.rows.get(row)
-            if view.presence.writer == writer:
-                return Written(existing, view.presence.announced_as(name, rooms=view.rooms), view)
-            planned = plan(existing, store.index.bucket(moment, partition), view)
-            if planned is None:
-                return Written(None, attempts.announce(view, name, None), view)
-            after = {key: entity for key, entity in view.rows.items() if key != planned.replaces}
-            state = view.state(store.lease, now=moment, rows={**after, row: planned.stored})
-            version = decide(view.presence, state, now=moment) if store.settings.presence_events else None
-            await _entry_first(store, attempts, partition, row, moment, version=version)
-            if existing is None:
-                attempts.pending = False  # our row is not there: no attempt of ours committed
-            operations = [
-                *planned.operations,
-                presence_write(partition, view.presence, writer=writer, user_name=name, state=state, version=version),
-            ]
-            try:
-                await store.transact(operations, action=action, singly=attempts.singly)
-            except ConflictError:
-                await attempts.failed(view, attempt, deciding=version is not None)
-                continue
-            change = PresenceChange.of(name, state, version, rooms=view.rooms) if version is not None else None
-            return Written(planned.stored, attempts.announce(view, name, change), view)
-        raise StorageError(f"{action}: the user's connections kept changing; try again")
+
+    async def step(view: UserView, attempts: Attempts) -> Done[Written] | Commit[Written]:
+        existing = view.rows.get(row)
+        if attempts.mine(view):
+            return Done(Written(existing, view.presence.announced_as(name, rooms=view.rooms), view))
+        planned = plan(existing, writes.index.bucket(moment, partition), view)
+        if planned is None:
+            return Done(Written(None, attempts.announce(view, name, None), view))
+        after = {key: entity for key, entity in view.rows.items() if key != planned.replaces}
+        state = view.state(writes.lease, now=moment, rows={**after, row: planned.stored})
+        version = decide(view.presence, state, now=moment) if writes.settings.presence_events else None
+        await _entry_first(writes, attempts, partition, row, moment, version=version)
+        if existing is None:
+            attempts.pending = False  # our row is not there: no attempt of ours committed
+        operations = [
+            *planned.operations,
+            presence_write(
+                partition, view.presence, writer=attempts.writer, user_name=name, state=state, version=version
+            ),
+        ]
+        change = PresenceChange.of(name, state, version, rooms=view.rooms) if version is not None else None
+        written = Written(planned.stored, attempts.announce(view, name, change), view)
+        return Commit(operations, written, deciding=version is not None)
+
+    return await writes.write(partition, step, action=action)
 
 
-async def transact(table: Table, operations: Sequence[Operation], *, action: str, singly: bool = False) -> None:
+async def _transact(table: Table, operations: Sequence[Operation], *, action: str, singly: bool) -> None:
     """Run a transaction, or one call at a time when the service refuses this partition's transactions."""
     if not singly:
         try:
@@ -211,32 +284,10 @@ async def transact(table: Table, operations: Sequence[Operation], *, action: str
 
 
 async def _entry_first(
-    store: UserStore, attempts: Attempts, partition: str, row: str, moment: datetime, *, version: int | None
+    writes: UserWrites, attempts: Attempts, partition: str, row: str, moment: datetime, *, version: int | None
 ) -> None:
     """Write the row's index entry before the row write (E1): once, and again only to flag it (E5)."""
     flagged = version is not None
     if attempts.indexed is None or (flagged and not attempts.indexed):
-        await store.index.write(partition, row, moment, announces=flagged)
+        await writes.index.write(partition, row, moment, announces=flagged)
         attempts.indexed = flagged
-
-
-class UserStore(Protocol):
-    """The table, index, lease rules, turns and settings of a store, its clock and its read of one user."""
-
-    settings: Settings
-    table: Table
-    index: ExpiryIndex
-    lease: Lease
-    turns: UserTurns
-
-    async def read_user(self, partition: str) -> UserView:
-        """Read a user's connection rows, presence row and memberships with one query (P2)."""
-        ...
-
-    async def transact(self, operations: Sequence[Operation], *, action: str, singly: bool = False) -> None:
-        """Run a transaction, or one call at a time when the service refuses this partition's transactions."""
-        ...
-
-    def now(self, now: datetime | None = None) -> datetime:
-        """Return `now` in UTC when given, else the store's clock's current time."""
-        ...

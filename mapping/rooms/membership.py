@@ -29,11 +29,10 @@ R3. The room's SignalR group follows the membership: a join adds every live conn
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from mapping.errors import ConflictError, InvalidRequestError, RowChangedError, StorageError
+from mapping.errors import InvalidRequestError, RowChangedError, StorageError
 from mapping.keys import (
     check_limit,
     decode_cursor,
@@ -48,7 +47,7 @@ from mapping.presence.rows import Membership
 from mapping.presence.state import PresenceChange, PresenceState, presence_write
 from mapping.presence.store import ConnectionStore
 from mapping.presence.user_view import UserView
-from mapping.presence.write_loop import Attempts
+from mapping.presence.write_loop import Attempts, Commit, Done
 from mapping.rooms.index import IndexedMember, index_pages, index_row, pending_fields
 from mapping.storage.client import gather_bounded
 from mapping.storage.table import Operation, create, delete, merge, upsert
@@ -101,45 +100,42 @@ class Rooms:
         name, room = normalize_user_name(user_name), parse_room(room)
         partition, moment = user_key(name), self.store.now(now)
         membership = Membership(room, moment)
-        writer = uuid.uuid4().hex
-        attempts = Attempts()
-        async with self.store.turns.turn(partition):
-            for attempt in attempts.tries():
-                view = await self.store.read_user(partition)
-                attempts.read(view)
-                if room in view.rooms:
-                    return self._change(view, name, room, joined=True, moment=moment)
-                if len(view.rooms) >= MAX_ROOMS_PER_USER:
-                    raise InvalidRequestError(f"a user may be in at most {MAX_ROOMS_PER_USER} rooms")
-                # R1: the member index first, flagged pending, with the pair this decision is made on (roster C1).
-                row = index_row(membership, partition, name, recorded=view.presence)
-                written = await self.store.table.write(upsert(row), action="join a room")
-                if await self._commit(create(membership.to_table(partition)), view, name, writer, attempts, attempt):
-                    await self._confirm(room, partition, written)
-                    return self._change(view, name, room, joined=True, moment=moment)
-            raise StorageError("join: the user's rows kept changing; try again")
+
+        async def step(view: UserView, attempts: Attempts) -> Done[RoomChange] | Commit[RoomChange]:
+            change = self._change(view, name, room, joined=True, moment=moment)
+            if room in view.rooms:
+                return Done(change)
+            if len(view.rooms) >= MAX_ROOMS_PER_USER:
+                raise InvalidRequestError(f"a user may be in at most {MAX_ROOMS_PER_USER} rooms")
+            # R1: the member index first, flagged pending, with the pair this decision is made on (roster C1).
+            written = await self.store.table.write(
+                upsert(index_row(membership, partition, name, recorded=view.presence)), action="join a room"
+            )
+            operations = [create(membership.to_table(partition)), _presence_touch(view, name, attempts)]
+            return Commit(operations, change, then=lambda: self._confirm(room, partition, written))
+
+        return await self.store.writes.write(partition, step, action="join")
 
     async def leave(self, user_name: str, room: str, *, now: datetime | None = None) -> RoomChange:
         """End the user's membership of `room`; leaving a room one is not in does no harm."""
         name, room = normalize_user_name(user_name), parse_room(room)
         partition, moment = user_key(name), self.store.now(now)
-        writer = uuid.uuid4().hex
-        attempts = Attempts()
         flagged = False
-        async with self.store.turns.turn(partition):
-            for attempt in attempts.tries():
-                view = await self.store.read_user(partition)
-                attempts.read(view)
-                membership = view.rooms.get(room)
-                if membership is not None and not flagged:
-                    await self._flag(room, partition, moment)  # roster C3: readers check the row until it is settled
-                    flagged = True
-                ending = delete(partition, membership_key(room), etag=membership.etag) if membership else None
-                if ending is not None and not await self._commit(ending, view, name, writer, attempts, attempt):
-                    continue
-                # R1: the index row stays; a reader of the room deletes it once it is stale.
-                return self._change(view, name, room, joined=False, moment=moment, lapsed_too=True)
-            raise StorageError("leave: the user's rows kept changing; try again")
+
+        async def step(view: UserView, attempts: Attempts) -> Done[RoomChange] | Commit[RoomChange]:
+            nonlocal flagged
+            # R1: the index row stays; a reader of the room deletes it once it is stale.
+            change = self._change(view, name, room, joined=False, moment=moment, lapsed_too=True)
+            membership = view.rooms.get(room)
+            if membership is None:
+                return Done(change)
+            if not flagged:
+                await self._flag(room, partition, moment)  # roster C3: readers check the row until it is settled
+                flagged = True
+            ending = delete(partition, membership_key(room), etag=membership.etag)
+            return Commit([ending, _presence_touch(view, name, attempts)], change)
+
+        return await self.store.writes.write(partition, step, action="leave")
 
     async def is_member(self, user_name: str, room: str) -> bool:
         """Return whether the user is a member of `room` (one point query of their membership row)."""
@@ -215,18 +211,6 @@ class Rooms:
         except RowChangedError:
             logger.info("room %s: no index row to flag for a leave", room)
 
-    async def _commit(
-        self, operation: Operation, view: UserView, name: str, writer: str, attempts: Attempts, attempt: int
-    ) -> bool:
-        """Write a membership row with the presence row, conditional on `view` (R2); False: read again."""
-        operations = [operation, presence_write(view.partition, view.presence, writer=writer, user_name=name)]
-        try:
-            await self.store.transact(operations, action="change a membership", singly=attempts.singly)
-        except ConflictError:
-            await attempts.failed(view, attempt, deciding=False)
-            return False
-        return True
-
     def _change(
         self, view: UserView, name: str, room: str, *, joined: bool, moment: datetime, lapsed_too: bool = False
     ) -> RoomChange:
@@ -234,3 +218,8 @@ class Rooms:
         rows = [row for row in rows if row.ended_at is None]  # closed: a grace holds it for presence only
         pair = view.presence.announced_as(name, rooms=(room,))
         return RoomChange(name, room, joined, tuple(row.connection_id for row in rows), pair)
+
+
+def _presence_touch(view: UserView, name: str, attempts: Attempts) -> Operation:
+    """The presence row's write that makes a membership change conditional on `view` (R2): its state unchanged."""
+    return presence_write(view.partition, view.presence, writer=attempts.writer, user_name=name)
