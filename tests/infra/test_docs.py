@@ -1,4 +1,4 @@
-"""The README and docs/ as a guide: every module has its row, and every relative link and anchor resolves."""
+"""The README and docs/ as a guide: every package has its row, every module its line, every link and anchor resolves."""
 
 from __future__ import annotations
 
@@ -29,12 +29,30 @@ def _anchors(page: Path) -> set[str]:
     return found
 
 
-def test_every_module_of_the_library_has_a_row_in_the_architecture_table() -> None:
-    """Each mapping/ module (its package face aside) is named in the README's "where to change what" table."""
+def _subpackages() -> list[Path]:
+    """The sub-packages of mapping/: its folders with an `__init__.py`."""
+    return sorted(path.parent for path in (ROOT / "mapping").glob("*/__init__.py"))
+
+
+def test_every_package_and_top_level_module_has_a_row_in_the_architecture_table() -> None:
+    """Each sub-package of mapping/, and each top-level module but `__init__`, is named in the README's table."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     table = readme[readme.index("## Architecture") :].split("\n## ", 1)[0]
-    modules = sorted(f"mapping/{path.name}" for path in (ROOT / "mapping").glob("*.py") if path.name != "__init__.py")
-    assert [module for module in modules if f"`{module}`" not in table] == []
+    names = [f"mapping/{package.name}/" for package in _subpackages()]
+    names += [f"mapping/{path.name}" for path in sorted((ROOT / "mapping").glob("*.py")) if path.name != "__init__.py"]
+    assert [name for name in names if f"`{name}`" not in table] == []
+
+
+def test_every_module_of_every_subpackage_is_named_in_the_architecture_page() -> None:
+    """Each module of each sub-package of mapping/ has its line in docs/architecture.md, as a link to the file."""
+    page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    modules = [
+        f"mapping/{package.name}/{path.name}"
+        for package in _subpackages()
+        for path in sorted(package.glob("*.py"))
+        if path.name != "__init__.py"
+    ]
+    assert [module for module in modules if f"](../{module})" not in page] == []
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
