@@ -34,8 +34,7 @@ from azure.core import MatchConditions
 from azure.data.tables import EdmType, EntityProperty, UpdateMode
 from azure.data.tables.aio import TableClient
 
-from mapping.keys import MEMBERSHIP_PREFIX, ROOM_PREFIX
-from mapping.presence.state import PRESENCE_ROW
+from mapping.keys import MEMBERSHIP_PREFIX, PRESENCE_ROW, ROOM_PREFIX
 
 LIVE = "PartitionKey eq @pk and LastSeen gt @cutoff"
 PARTITION = "PartitionKey eq @pk"

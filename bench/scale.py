@@ -36,8 +36,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from mapping.keys import connection_key, user_key
-from mapping.presence.expiry import INDEX_PREFIX, SHARDED_PREFIX
+from mapping.keys import INDEX_PREFIX, SHARDED_PREFIX, connection_key, user_key
 from mapping.presence.store import ConnectionStore
 from mapping.settings import SignalRConnection
 from mapping.signalr.liveness import SignalRLiveness, list_groups, listing_group, listing_groups

@@ -31,6 +31,10 @@ BOOKKEEPING_PREFIX = "%~"  # starts the keys of the app's own rows; never starts
 MAX_ROOM_LENGTH = 64
 MEMBERSHIP_PREFIX = "%~r"  # RowKey prefix of a membership row in the user's partition
 ROOM_PREFIX = "%~m"  # PartitionKey prefix of a room's member index
+PRESENCE_ROW = "%~p"  # RowKey of the presence row in a user's partition
+INDEX_PREFIX = "%~x"  # PartitionKey prefix of the unsharded expiry index (S = 1, and every index before shards)
+SHARDED_PREFIX = "%~i"  # PartitionKey prefix of a sharded expiry index: %~i<shard, 3 digits>.<bucket>
+AFTER_SHARDS = "%~j"  # sorts after every sharded expiry-index partition
 
 _ROOM = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _ESCAPED = re.compile(r"[/\\#?%\x00-\x1f\x7f-\x9f]")

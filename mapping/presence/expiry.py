@@ -38,12 +38,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from mapping.errors import BatchRejectedError, RowChangedError
+from mapping.keys import AFTER_SHARDS, INDEX_PREFIX, SHARDED_PREFIX
 from mapping.presence.rows import as_utc
 from mapping.storage.table import MAX_BATCH, Operation, Table, delete, upsert
 
-INDEX_PREFIX = "%~x"  # unsharded (S = 1, and every index before shards): %~x<bucket>
-SHARDED_PREFIX = "%~i"  # %~i<shard, 3 digits>.<bucket>
-_AFTER_SHARDS = "%~j"  # sorts after every sharded partition
 MAX_SHARDS = 999
 _BUCKET_DIGITS = 12
 
@@ -127,7 +125,7 @@ class ExpiryIndex:
         ranges = [(INDEX_PREFIX, f"{INDEX_PREFIX}{upper:0{_BUCKET_DIGITS}d}")]
         sharded = range(self.shards) if self.shards > 1 else range(0)
         ranges += [(_shard_prefix(s), f"{_shard_prefix(s)}{upper:0{_BUCKET_DIGITS}d}") for s in sharded]
-        ranges.append((_shard_prefix(len(sharded)), _AFTER_SHARDS))  # shards of a larger S, if any
+        ranges.append((_shard_prefix(len(sharded)), AFTER_SHARDS))  # shards of a larger S, if any
         cutoff = datetime.fromtimestamp(upper, UTC)
         return [self._pages(lower, upper_key, cutoff=cutoff) for lower, upper_key in ranges]
 

@@ -48,14 +48,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from azure.data.tables import EdmType, EntityProperty
-
 from mapping.errors import InvalidRequestError
+from mapping.keys import PRESENCE_ROW
 from mapping.presence.lease import Lease
 from mapping.presence.rows import ConnectionEntity, iso
-from mapping.storage.table import Operation, create, int_value, merge
-
-PRESENCE_ROW = "%~p"  # `%~` never starts an escaped connection key
+from mapping.storage.table import Operation, create, int64, int_value, merge
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +187,7 @@ def pair_fields(state: PresenceState, version: int) -> dict[str, Any]:
     """Return the properties that record a (version, state) pair: on the presence row, and its copies (roster)."""
     fields: dict[str, Any] = {
         "Online": state.online,
-        "Version": EntityProperty(version, EdmType.INT64),
+        "Version": int64(version),
         "Connections": state.connections,
         "Status": state.status or "",
     }

@@ -6,10 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from mapping.keys import BOOKKEEPING_PREFIX, unescape_key
+from mapping.keys import BOOKKEEPING_PREFIX, PRESENCE_ROW, unescape_key
 from mapping.presence.lease import Lease
 from mapping.presence.rows import ConnectionEntity, Membership, is_membership_key
-from mapping.presence.state import PRESENCE_ROW, PresenceState, Recorded, derive, recorded_from
+from mapping.presence.state import PresenceState, Recorded, derive, recorded_from
 from mapping.storage.table import Table, etag_of
 
 

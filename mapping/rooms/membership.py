@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from mapping.errors import InvalidRequestError, RowChangedError, StorageError
+from mapping.errors import InvalidRequestError
 from mapping.keys import (
     check_limit,
     decode_cursor,
@@ -40,7 +40,6 @@ from mapping.keys import (
     membership_key,
     normalize_user_name,
     parse_room,
-    room_partition,
     user_key,
 )
 from mapping.presence.rows import Membership
@@ -48,16 +47,13 @@ from mapping.presence.state import PresenceChange, PresenceState, presence_write
 from mapping.presence.store import ConnectionStore
 from mapping.presence.user_view import UserView
 from mapping.presence.write_loop import Attempts, Commit, Done
-from mapping.rooms.index import IndexedMember, index_pages, index_row, pending_fields
+from mapping.rooms.index import STALE_INDEX_ROW, IndexedMember, MemberIndex
 from mapping.storage.client import gather_bounded
-from mapping.storage.table import Operation, create, delete, merge, upsert
+from mapping.storage.table import Operation, create, delete
 
 logger = logging.getLogger(__name__)
 
 MAX_ROOMS_PER_USER = 100
-# Longer than any join can run (host.json's functionTimeout is 5 minutes): an index row this old whose
-# membership is missing belongs to no join in flight.
-STALE_INDEX_ROW = timedelta(minutes=10)
 _MEMBER_READS = 16  # member partitions read at once when listing a room
 
 
@@ -94,6 +90,7 @@ class Rooms:
 
     def __init__(self, store: ConnectionStore) -> None:
         self.store = store
+        self.index = MemberIndex(store.table)
 
     async def join(self, user_name: str, room: str, *, now: datetime | None = None) -> RoomChange:
         """Make the user a member of `room` (at most 100 rooms each); a member already is left as is."""
@@ -108,11 +105,9 @@ class Rooms:
             if len(view.rooms) >= MAX_ROOMS_PER_USER:
                 raise InvalidRequestError(f"a user may be in at most {MAX_ROOMS_PER_USER} rooms")
             # R1: the member index first, flagged pending, with the pair this decision is made on (roster C1).
-            written = await self.store.table.write(
-                upsert(index_row(membership, partition, name, recorded=view.presence)), action="join a room"
-            )
+            written = await self.index.joining(membership, partition, name, recorded=view.presence)
             operations = [create(membership.to_table(partition)), _presence_touch(view, name, attempts)]
-            return Commit(operations, change, then=lambda: self._confirm(room, partition, written))
+            return Commit(operations, change, then=lambda: self.index.confirm(room, partition, written))
 
         return await self.store.writes.write(partition, step, action="join")
 
@@ -130,7 +125,8 @@ class Rooms:
             if membership is None:
                 return Done(change)
             if not flagged:
-                await self._flag(room, partition, moment)  # roster C3: readers check the row until it is settled
+                # Roster C3: readers check the flagged row until it is settled.
+                await self.index.leaving(room, partition, moment)
                 flagged = True
             ending = delete(partition, membership_key(room), etag=membership.etag)
             return Commit([ending, _presence_touch(view, name, attempts)], change)
@@ -157,7 +153,7 @@ class Rooms:
         members: list[RoomMember] = []
         last_key = ""
         full = False
-        async for rows in index_pages(self.store.table, room, action="list a room", after=after):
+        async for rows in self.index.pages(room, action="list a room", after=after):
             if full:
                 return MembersPage(room, members, next=encode_cursor(last_key) if rows else None)
             while rows and not full:
@@ -185,31 +181,8 @@ class Rooms:
 
     async def _clear_if_stale(self, room: str, indexed: IndexedMember, moment: datetime) -> None:
         """Delete an index row with no membership once no join can be writing it (R1); best effort."""
-        if moment - indexed.joined_at < STALE_INDEX_ROW or indexed.etag is None:
-            return
-        operation = delete(room_partition(room), indexed.user_key, etag=indexed.etag)
-        try:
-            await self.store.table.write(operation, action="clear a stale member-index row")
-        except StorageError as error:  # a join rewrote it (412), or storage failed: the next reader decides
-            logger.info("room %s: a stale index row stays: %s", room, error)
-
-    async def _confirm(self, room: str, partition: str, etag: str | None) -> None:
-        """Clear the pending flag of a committed join's index row, on the ETag of its own write; best effort."""
-        if etag is None:
-            return
-        fields = {"PartitionKey": room_partition(room), "RowKey": partition, "Pending": False}
-        try:
-            await self.store.table.write(merge(fields, etag=etag), action="confirm a join")
-        except StorageError as error:  # written since (a copy, a leave) or storage failed: readers check it
-            logger.info("room %s: a join's index row stays pending: %s", room, error)
-
-    async def _flag(self, room: str, partition: str, moment: datetime) -> None:
-        """Flag the index row of a membership about to end pending (a missing row is fine)."""
-        fields = {"PartitionKey": room_partition(room), "RowKey": partition, **pending_fields(moment)}
-        try:
-            await self.store.table.write(merge(fields), action="leave a room")
-        except RowChangedError:
-            logger.info("room %s: no index row to flag for a leave", room)
+        if moment - indexed.joined_at >= STALE_INDEX_ROW and indexed.etag is not None:
+            await self.index.settle(room, indexed, member=False, pair=None)
 
     def _change(
         self, view: UserView, name: str, room: str, *, joined: bool, moment: datetime, lapsed_too: bool = False

@@ -24,21 +24,17 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from mapping.errors import RowChangedError, StorageError
-from mapping.keys import parse_room, room_partition, user_key
-from mapping.presence.state import PresenceChange, PresenceState, pair_fields
+from mapping.errors import RowChangedError
+from mapping.keys import parse_room, user_key
+from mapping.presence.state import PresenceChange, PresenceState
 from mapping.presence.store import ConnectionStore
-from mapping.rooms.index import IndexedMember, index_pages
+from mapping.rooms.index import STALE_INDEX_ROW, IndexedMember, MemberIndex
 from mapping.storage.client import gather_bounded
-from mapping.storage.table import delete, etag_of, merge
 
 logger = logging.getLogger(__name__)
 
-# Longer than any join or leave can run (host.json's functionTimeout is 5 minutes): a pending flag this old
-# belongs to no join or leave in flight.
-STALE_FLAG = timedelta(minutes=10)
 _ROOM_WRITES = 16  # copies written at once
 _VERIFY_READS = 16  # pending rows checked at once
 _GUARDED_TRIES = 3
@@ -51,6 +47,11 @@ class RosterEntry:
     user: str
     pair: PresenceChange
 
+    @classmethod
+    def of(cls, name: str, pair: PresenceChange | None) -> RosterEntry:
+        """A member's snapshot entry: their recorded pair, or offline at version 0 if nothing was ever decided."""
+        return cls(name, pair or PresenceChange.of(name, PresenceState(False), 0))
+
     def to_json(self) -> dict[str, object]:
         """Return the snapshot entry's JSON: the pair as a presence message states it."""
         return self.pair.to_json()
@@ -61,6 +62,7 @@ class Roster:
 
     def __init__(self, store: ConnectionStore) -> None:
         self.store = store
+        self.index = MemberIndex(store.table)
 
     async def publish(self, change: PresenceChange, *, guarded: bool = False) -> None:
         """Copy a pair onto the index rows of the change's rooms (C2); raise StorageError if any copy failed."""
@@ -75,7 +77,7 @@ class Roster:
     async def snapshot(self, room: str, *, now: datetime | None = None) -> AsyncIterator[list[RosterEntry]]:
         """Yield a room's members with their presence pairs, one index page at a time (C3: pending rows checked)."""
         room, moment = parse_room(room), self.store.now(now)
-        async for rows in index_pages(self.store.table, room, action="read a roster"):
+        async for rows in self.index.pages(room, action="read a roster"):
             entries = await self._entries(room, rows, moment)
             yield [entry for entry in entries if entry is not None]
 
@@ -86,67 +88,33 @@ class Roster:
             return await self._verified(room, indexed, moment)
 
         checked = iter(await gather_bounded([row for row in rows if row.pending], verified, limit=_VERIFY_READS))
-        return [next(checked) if row.pending else _entry(row.user_name, row.pair) for row in rows]
+        return [next(checked) if row.pending else RosterEntry.of(row.user_name, row.pair) for row in rows]
 
     async def _verified(self, room: str, indexed: IndexedMember, moment: datetime) -> RosterEntry | None:
         """Check a pending row against the user's partition (C3); clear or delete it once it is stale."""
         view = await self.store.read_user(indexed.user_key)
         member = room in view.rooms
-        if moment - indexed.touched_at >= STALE_FLAG and indexed.etag is not None:
-            await self._settle_flag(room, indexed, member=member, view_pair=view.presence.announced_as(view.name()))
+        if moment - indexed.touched_at >= STALE_INDEX_ROW and indexed.etag is not None:
+            await self.index.settle(room, indexed, member=member, pair=view.presence.announced_as(view.name()))
         if not member:
             return None
-        return _entry(view.name(), view.presence.announced_as(view.name()))
-
-    async def _settle_flag(
-        self, room: str, indexed: IndexedMember, *, member: bool, view_pair: PresenceChange | None
-    ) -> None:
-        """Clear a stale flag of a member (with their current pair), or delete a stale row of a non-member."""
-        partition = room_partition(room)
-        if member:
-            fields = {"PartitionKey": partition, "RowKey": indexed.user_key, "Pending": False}
-            if view_pair is not None:
-                fields.update(pair_fields(view_pair.state, view_pair.version))
-            operation = merge(fields, etag=indexed.etag)
-        else:
-            operation = delete(partition, indexed.user_key, etag=indexed.etag)
-        try:
-            await self.store.table.write(operation, action="settle a pending roster row")
-        except StorageError as error:  # a join or leave wrote it meanwhile (412), or storage failed: next reader
-            logger.info("room %s: a pending roster row stays: %s", room, error)
+        return RosterEntry.of(view.name(), view.presence.announced_as(view.name()))
 
     async def _copy(self, change: PresenceChange, room: str) -> None:
-        fields = {"PartitionKey": room_partition(room), "RowKey": user_key(change.user), **_pair(change)}
         try:
-            await self.store.table.write(merge(fields), action="copy presence to a roster")
+            await self.index.copy(room, change)
         except RowChangedError:
             logger.info("room %s: no roster row to copy %s's presence to", room, change.user)
 
     async def _copy_over_lower(self, change: PresenceChange, room: str) -> None:
         """Write the pair only over a lower version, on the ETag read (the sweep's repair of a set-back copy)."""
-        partition, key = room_partition(room), user_key(change.user)
         for _try in range(_GUARDED_TRIES):
-            rows = await self.store.table.query(
-                "PartitionKey eq @pk and RowKey eq @rk", {"pk": partition, "rk": key}, action="read a roster row"
-            )
-            if not rows:
+            indexed = await self.index.read(room, user_key(change.user))
+            if indexed is None or (indexed.pair is not None and indexed.pair.version >= change.version):
                 return
-            indexed = IndexedMember.from_table(rows[0], etag=etag_of(rows[0]))
-            if indexed.pair is not None and indexed.pair.version >= change.version:
-                return
-            fields = {"PartitionKey": partition, "RowKey": key, **_pair(change)}
             try:
-                await self.store.table.write(merge(fields, etag=indexed.etag), action="repair a roster copy")
+                await self.index.copy(room, change, etag=indexed.etag)
                 return
             except RowChangedError:
                 continue
         logger.info("room %s: %s's roster copy kept changing; left for the next repeat", room, change.user)
-
-
-def _entry(name: str, pair: PresenceChange | None) -> RosterEntry:
-    """A member's snapshot entry: their recorded pair, or offline at version 0 if nothing was ever decided."""
-    return RosterEntry(name, pair or PresenceChange.of(name, PresenceState(False), 0))
-
-
-def _pair(change: PresenceChange) -> dict[str, object]:
-    return pair_fields(change.state, change.version)

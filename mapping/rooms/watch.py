@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from mapping.errors import InvalidRequestError, RefusedError
 from mapping.keys import normalize_user_name, user_key
-from mapping.presence.state import PresenceChange, PresenceState
 from mapping.presence.store import ConnectionStore
 from mapping.presence.user_view import UserView
 from mapping.rooms.roster import RosterEntry
@@ -64,5 +63,4 @@ class Watching:
 
 def _entry(user: str, view: UserView) -> RosterEntry:
     name = view.name() if view.rows or view.presence.user_name else user
-    pair = view.presence.announced_as(name)
-    return RosterEntry(name, pair or PresenceChange.of(name, PresenceState(False), 0))
+    return RosterEntry.of(name, view.presence.announced_as(name))

@@ -18,10 +18,8 @@ from collections.abc import Sequence
 from mapping.keys import user_key
 from mapping.presence.state import PresenceChange
 from mapping.rooms.roster import RosterEntry
-from mapping.signalr.messages import Message
+from mapping.signalr.messages import PRESENCE_TARGET, SYNC_TARGET, Message
 
-PRESENCE_TARGET = "presence"
-SYNC_TARGET = "presenceSync"
 PRESENCE_GROUP_PREFIX = "~presence."  # room names never hold `~`: no room's group can take this name
 SYNC_PAGE = 100  # entries per presenceSync message (about 12 KB)
 

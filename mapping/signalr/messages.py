@@ -1,4 +1,4 @@
-"""The SignalR outputs the app sends: deliveries, presence broadcasts, errors, and group actions."""
+"""The SignalR outputs the app sends: their targets, deliveries, room announcements, errors, and group actions."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from mapping.presence.rows import ConnectionEntity
-from mapping.presence.state import PresenceChange
 
 Message = dict[str, Any]
 
 PRESENCE_TARGET = "presence"
+SYNC_TARGET = "presenceSync"
 ROOM_TARGET = "room"
 ERROR_TARGET = "error"
 
@@ -25,14 +25,6 @@ def delivery_messages(
         {"target": target, "connectionId": connection.connection_id, "arguments": [payload]}
         for connection in connections
     ]
-
-
-def presence_message(change: PresenceChange) -> Message:
-    """Return the hub-wide broadcast of a user's presence as recorded (a higher version is newer)."""
-    return {
-        "target": PRESENCE_TARGET,
-        "arguments": [{"user": change.user, **change.state.to_json(), "version": change.version}],
-    }
 
 
 def room_message(room: str, *, user: str, joined: bool) -> Message:

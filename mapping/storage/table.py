@@ -24,7 +24,7 @@ from azure.core.exceptions import (
     ResourceNotFoundError,
 )
 from azure.core.pipeline import PipelineResponse
-from azure.data.tables import TableTransactionError, UpdateMode
+from azure.data.tables import EdmType, EntityProperty, TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient
 
 from mapping.errors import (
@@ -258,6 +258,11 @@ def _written_etag(answer: Any) -> str | None:
     # A single write answers with its response metadata: a mapping holding the new ETag.
     etag = answer.get("etag") if isinstance(answer, Mapping) else None
     return str(etag) if etag else None
+
+
+def int64(value: int) -> Any:
+    """Return an integer property written as Int64 (a plain int over 32 bits is refused as Int32)."""
+    return EntityProperty(value, EdmType.INT64)
 
 
 def int_value(value: Any) -> int:
