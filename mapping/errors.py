@@ -1,5 +1,5 @@
 """One exception tree for the mapping library; Azure errors are translated into it by the storage layer
-(storage_errors.py, for the table layer table.py and the queue layer queue.py)."""
+(`mapping.storage.errors`, for the table and the queue)."""
 
 from __future__ import annotations
 
