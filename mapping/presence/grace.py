@@ -31,15 +31,13 @@ from typing import TYPE_CHECKING
 
 from mapping.errors import InvalidRequestError, RowChangedError
 from mapping.keys import connection_key, normalize_user_name, user_key
-from mapping.presence.lease import Lease
-from mapping.presence.rows import ConnectionEntity, as_utc, iso
+from mapping.presence.rows import as_utc, iso
 from mapping.presence.settle import settle
 from mapping.presence.state import PresenceChange
 from mapping.storage.queue import DelayedActions
 from mapping.storage.table import merge
 
 if TYPE_CHECKING:
-    from mapping.presence.user_view import UserView
     from mapping.presence.write_loop import UserWrites
 
 logger = logging.getLogger(__name__)
@@ -64,12 +62,6 @@ class Decision:
             return cls(normalize_user_name(value["user"]), as_utc(datetime.fromisoformat(value["due"])))
         except (ValueError, KeyError, TypeError) as error:
             raise InvalidRequestError(f"not a grace decision: {error}") from None
-
-
-def adoptable(view: UserView, lease: Lease, now: datetime) -> ConnectionEntity | None:
-    """Return the ended row a new connection takes over (G1): the latest ended that a grace still holds."""
-    held = [row for row in view.rows.values() if lease.in_grace(row, now) and lease.is_live(row.last_seen, now)]
-    return max(held, key=lambda row: (row.ended_at, row.row_key), default=None)
 
 
 class Grace:

@@ -15,12 +15,20 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from mapping.settings import Settings
 
-if TYPE_CHECKING:
-    from mapping.presence.rows import ConnectionEntity
+
+class Leased(Protocol):
+    """What the lease rules read of a connection row: when it was last seen, and when a disconnect ended it."""
+
+    @property
+    def last_seen(self) -> datetime: ...
+
+    @property
+    def ended_at(self) -> datetime | None: ...
+
 
 _MIN_BUCKET = timedelta(seconds=1)
 _MAX_BUCKET = timedelta(minutes=5)
@@ -54,15 +62,15 @@ class Lease:
         """Return whether a row last seen at `last_seen` is live at `now`."""
         return last_seen > self.live_after(now)
 
-    def holds(self, row: ConnectionEntity, now: datetime) -> bool:
+    def holds(self, row: Leased, now: datetime) -> bool:
         """Return whether a row counts for presence at `now`: live, and not ended longer than the grace ago."""
         return self.is_live(row.last_seen, now) and not self.ended(row, now)
 
-    def ended(self, row: ConnectionEntity, now: datetime) -> bool:
+    def ended(self, row: Leased, now: datetime) -> bool:
         """Return whether a row's connection ended and its grace is over (its decision is due)."""
         return row.ended_at is not None and now >= row.ended_at + self.grace
 
-    def in_grace(self, row: ConnectionEntity, now: datetime) -> bool:
+    def in_grace(self, row: Leased, now: datetime) -> bool:
         """Return whether a row's connection ended but its grace still holds it."""
         return row.ended_at is not None and not self.ended(row, now)
 

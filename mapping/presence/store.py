@@ -26,7 +26,6 @@ from mapping.errors import RowChangedError
 from mapping.keys import connection_key, normalize_user_name, user_key
 from mapping.presence import readers
 from mapping.presence.expiry import ExpiryIndex
-from mapping.presence.grace import adoptable
 from mapping.presence.lease import Lease, RefreshMemory
 from mapping.presence.readers import UserPresence, UsersPage
 from mapping.presence.rows import Clock, ConnectionEntity, status_fields, utc_now
@@ -230,8 +229,8 @@ class ConnectionStore:
         def row_write(existing: ConnectionEntity | None, bucket: str, view: UserView) -> RowWrite:
             if existing is None:
                 # A connection that opens while a grace holds an ended one takes its place (a page reload):
-                # its status and count carry over, so presence does not change (mapping.presence.grace).
-                ended = adoptable(view, self.lease, entity.last_seen)
+                # its status and count carry over, so presence does not change (mapping.presence.grace, G1).
+                ended = view.adoptable(self.lease, now=entity.last_seen)
                 stored = replace(entity, index_bucket=bucket)
                 if ended is None:
                     return RowWrite(stored, [create(stored.to_table())])

@@ -40,6 +40,11 @@ class UserView:
         """Return the presence `rows` (this partition's rows after a change) give at `now` (P3)."""
         return derive(rows.values(), lease=lease, now=now, recorded=self.presence, ended_at=ended_at)
 
+    def adoptable(self, lease: Lease, *, now: datetime) -> ConnectionEntity | None:
+        """Return the ended row a new connection takes over (grace G1): the latest ended that a grace still holds."""
+        held = [row for row in self.rows.values() if lease.in_grace(row, now) and lease.is_live(row.last_seen, now)]
+        return max(held, key=lambda row: (row.ended_at, row.row_key), default=None)
+
     def state_now(self, lease: Lease, *, now: datetime) -> PresenceState:
         """Return the presence the rows give at `now`, last seen at the latest LastSeen if not yet recorded."""
         ended_at = max((row.last_seen for row in self.rows.values()), default=None)
