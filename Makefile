@@ -53,7 +53,7 @@ casefold: install
 reliability: install
 	rm -f .reliability/figures.json
 	$(BIN)/python -m pytest -m reliability
-	$(BIN)/python tests/reliability_page.py .reliability/figures.json docs/reliability.md
+	$(BIN)/python testkit/reliability_page.py .reliability/figures.json docs/reliability.md
 
 # Benchmarks against an Azurite of their own: writes bench/results/latest.md, latest.json and the plots.
 bench: install $(VENV)/.bench-installed

@@ -1,6 +1,6 @@
 """The local stack as processes: the SignalR emulator and the local host running the app, on free ports.
 
-Shared by the benchmarks, `testkit/serve_stack.py` and the end-to-end tests (`tests/stack.py`):
+Shared by the benchmarks, `testkit/serve_stack.py` and the end-to-end tests (`testkit/stack.py`):
 `running_local_stack(settings)` starts both with the app settings given (the stack adds the hub and the SignalR
 connection string to the emulator), and stops them when the block ends; `HostOptions` says which app the host runs
 and how; `LocalStack.restart_host` runs the host again on the same port with changed settings, while the emulator

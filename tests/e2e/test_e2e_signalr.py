@@ -1,0 +1,362 @@
+"""End to end with the official `@microsoft/signalr` Node client: emulator, local host, function app, Azurite."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from mapping.signalr.tokens import access_key_token
+from testkit.azurite import Azurite
+from testkit.stack import (
+    ACCESS_KEY,
+    SECONDARY_KEY,
+    ClientCallFailed,
+    SignalRClients,
+    Stack,
+    api,
+    running_stack,
+    unique_user,
+    wait_until,
+)
+from testkit.tables import table_rows
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def stack(azurite: Azurite) -> Iterator[Stack]:
+    """One emulator and local host for this module's tests, on their own table."""
+    with running_stack(azurite) as running:
+        yield running
+
+
+@pytest.fixture
+async def clients(stack: Stack) -> AsyncIterator[SignalRClients]:
+    """A Node process with real SignalR clients; every connection is stopped afterwards."""
+    async with SignalRClients(stack) as driver:
+        yield driver
+
+
+async def rows_of(azurite: Azurite, stack: Stack, user: str) -> list[dict[str, Any]]:
+    """Return a user's rows, read straight from the table."""
+    return [row for row in await table_rows(azurite, stack.table) if row["PartitionKey"] == user.casefold()]
+
+
+async def connection_ids(stack: Stack, user: str) -> set[str]:
+    """Return the live connection ids the app reports for a user."""
+    status, body = await api(stack, "GET", f"users/{user}")
+    assert status == 200, body
+    return {c["connectionId"] for c in body["connections"]}
+
+
+async def test_negotiate_and_connect_write_the_row(azurite: Azurite, stack: Stack, clients: SignalRClients) -> None:
+    """A client negotiates through the app, connects to the emulator, and its row holds its user and connection."""
+    alice = unique_user("Alice")
+    connection_id = await clients.connect("a1", alice)
+    [row] = await rows_of(azurite, stack, alice)
+    assert row["RowKey"] == connection_id
+    assert row["ConnectionId"] == connection_id
+    assert row["UserName"] == alice
+    assert row["Hub"] == "chat"
+    assert "SignalR" in row["UserAgent"]  # the Node client's own User-Agent, forwarded upstream
+    assert await connection_ids(stack, alice.upper()) == {connection_id}
+
+
+async def test_negotiate_without_a_principal_is_refused(stack: Stack, clients: SignalRClients) -> None:
+    """Without `x-ms-client-principal-name` negotiate answers 401 and the client cannot start."""
+    with pytest.raises(ClientCallFailed, match="401"):
+        await clients.connect("anon", None)
+
+
+async def test_http_send_reaches_every_tab_of_the_user_and_nobody_else(stack: Stack, clients: SignalRClients) -> None:
+    """POST /api/send delivers to both of alice's connections and not to bob's."""
+    alice, bob = unique_user("alice"), unique_user("bob")
+    await clients.connect("a1", alice)
+    await clients.connect("a2", alice)
+    await clients.connect("b1", bob, targets=["newMessage", "note"])
+    status, body = await api(stack, "POST", "send", json={"to": alice, "message": {"text": "hello"}})
+    assert (status, body) == (200, {"to": alice, "delivered": 2})
+    expected = [{"from": None, "to": alice, "message": {"text": "hello"}}]
+    assert await clients.wait_message("a1", "newMessage") == expected
+    assert await clients.wait_message("a2", "newMessage") == expected
+    # A later message to bob arrives after anything sent to him before it: so bob got nothing of alice's.
+    status, _ = await api(stack, "POST", "send", json={"to": bob, "message": "marker", "target": "note"})
+    assert status == 200
+    await clients.wait_for(lambda e: e.get("id") == "b1" and e.get("target") == "note", what="bob's marker")
+    assert clients.received("b1", "newMessage") == []
+
+
+def announces(arguments: list[Any], user: str, *, online: bool) -> bool:
+    """Return whether a presence message's arguments say `user` is (or is not) online, with a version."""
+    [change] = arguments
+    return change["user"] == user and change["online"] is online and change["version"] > 0
+
+
+async def test_presence_on_first_and_last_connection(stack: Stack, clients: SignalRClients) -> None:
+    """Each tab opened or closed announces the count; offline, with a last-seen time, only on the last disconnect."""
+    alice = unique_user("alice")
+    await clients.connect("watcher", unique_user("watcher"), targets=["presence"])
+
+    def heard() -> list[dict[str, Any]]:
+        return [a[0] for a in clients.received("watcher", "presence") if a and a[0].get("user") == alice]
+
+    first = await clients.connect("a1", alice)
+    await clients.wait_message("watcher", "presence", lambda a: announces(a, alice, online=True))
+    second = await clients.connect("a2", alice)
+    await clients.wait_message("watcher", "presence", lambda a: a[0].get("user") == alice and a[0]["connections"] == 2)
+    await clients.stop("a1")
+    assert first != second
+
+    async def only_second_left() -> bool:
+        return await connection_ids(stack, alice) == {second}
+
+    await wait_until(only_second_left, what="the first connection's row to go")
+    await clients.stop("a2")
+    await clients.wait_message("watcher", "presence", lambda a: announces(a, alice, online=False))
+    newest = sorted({m["version"]: m for m in heard()}.items())
+    assert [(m["online"], m["connections"]) for _, m in newest] == [(True, 1), (True, 2), (True, 1), (False, 0)]
+    assert newest[-1][1]["lastSeen"] is not None
+
+
+async def test_client_send_reaches_the_recipient(stack: Stack, clients: SignalRClients) -> None:
+    """A client's `send("send", to, message)` reaches the recipient with `from` set to the caller."""
+    alice, bob = unique_user("alice"), unique_user("bob")
+    await clients.connect("a1", alice)
+    await clients.connect("b1", bob)
+    await clients.send("a1", "send", bob.upper(), {"text": "hi bob"})
+    assert await clients.wait_message("b1", "newMessage") == [
+        {"from": alice, "to": bob.upper(), "message": {"text": "hi bob"}}
+    ]
+
+
+async def test_client_send_to_an_offline_user_errors_to_the_caller_only(stack: Stack, clients: SignalRClients) -> None:
+    """Sending to someone offline gives the caller one `error` message."""
+    alice, nobody = unique_user("alice"), unique_user("nobody")
+    await clients.connect("a1", alice)
+    await clients.send("a1", "send", nobody, "anyone there?")
+    [error] = await clients.wait_message("a1", "error")
+    assert error["to"] == nobody
+    assert "offline" in error["error"]
+
+
+async def test_closing_removes_the_row(azurite: Azurite, stack: Stack, clients: SignalRClients) -> None:
+    """Stopping a client makes the emulator send disconnected upstream and the app delete the row."""
+    alice = unique_user("alice")
+    await clients.connect("a1", alice)
+    assert len(await rows_of(azurite, stack, alice)) == 1
+    await clients.stop("a1")
+
+    async def gone() -> bool:
+        return not await rows_of(azurite, stack, alice)
+
+    await wait_until(gone, what="the row to be deleted")
+
+
+async def test_rest_api_reports_live_connections(stack: Stack, clients: SignalRClients) -> None:
+    """The emulator's REST API (as the app's output binding uses it) answers HEAD for live connections and users."""
+    alice = unique_user("alice")
+    connection_id = await clients.connect("a1", alice)
+    async with aiohttp.ClientSession() as session:
+
+        async def head(path: str, key: str = ACCESS_KEY) -> int:
+            url = f"{stack.emulator_url}/api/hubs/chat/{path}"
+            token = access_key_token(key, audience=url)
+            headers = {"Authorization": f"Bearer {token}"}
+            async with session.head(url, params={"api-version": "2022-06-01"}, headers=headers) as response:
+                return response.status
+
+        assert await head(f"connections/{connection_id}") == 200
+        assert await head(f"users/{alice}") == 200
+        assert await head(f"connections/{connection_id}", key=SECONDARY_KEY) == 200
+        assert await head(f"users/{unique_user('ghost')}") == 404
+        assert await head(f"users/{alice}", key="not-the-key-0123456789abcdefghijklmnop") == 401
+
+
+def _signature(connection_id: str, key: str) -> str:
+    return "sha256=" + hmac.new(key.encode(), connection_id.encode(), hashlib.sha256).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("headers", "content_type", "status"),
+    [
+        ({"X-ASRS-Signature": _signature("c1", ACCESS_KEY)}, "text/plain", 415),
+        ({"X-ASRS-Event": None}, "application/json", 400),
+        ({"X-ASRS-Event": "nosuchevent"}, "application/json", 404),
+        ({"X-ASRS-Signature": _signature("c1", "wrong-key-0123456789abcdefghijklmnopq")}, "application/json", 401),
+        ({"X-ASRS-Signature": None}, "application/json", 401),
+        ({"X-ASRS-Signature": "sha256=00," + _signature("c1", ACCESS_KEY).upper()}, "application/json", 200),
+    ],
+)
+async def test_webhook_answers_like_the_extension(
+    stack: Stack, headers: dict[str, str | None], content_type: str, status: int
+) -> None:
+    """The local host's SignalR webhook answers 415, 400, 404, 401 and 200 as the SignalR extension does."""
+    sent = {
+        "X-ASRS-Hub": "chat",
+        "X-ASRS-Category": "messages",
+        "X-ASRS-Event": "send",
+        "X-ASRS-Connection-Id": "c1",
+        "X-ASRS-User-Id": unique_user("ghost"),
+        "X-ASRS-Signature": _signature("c1", ACCESS_KEY),
+        "Content-Type": content_type,
+    }
+    for name, value in headers.items():
+        if value is None:
+            sent.pop(name)
+        else:
+            sent[name] = value
+    body = json.dumps({"type": 1, "target": "send", "arguments": []})
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{stack.host_url}/runtime/webhooks/signalr", data=body, headers=sent) as response,
+    ):
+        assert response.status == status, await response.text()
+
+
+async def test_connected_failure_refuses_the_client(azurite: Azurite, clients: SignalRClients) -> None:
+    """When the connected function fails (storage down), the host answers 403 and the client cannot start."""
+    dead_storage = Azurite(port=1)  # nothing listens on port 1: every storage call fails
+    with running_stack(dead_storage) as broken:
+        clients.stack = broken
+        with pytest.raises(ClientCallFailed):
+            await clients.connect("x1", unique_user("alice"))
+        assert "connected function failed" in (broken.logs / "host.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def leasing_stack(azurite: Azurite) -> Iterator[Stack]:
+    """A stack with 12 s leases, a sweep every second and a 3 s client timeout, for lost and late disconnects."""
+    with running_stack(azurite, ttl_seconds=12, sweep_schedule="* * * * * *", client_timeout=3, keepalive=1) as running:
+        yield running
+
+
+async def test_dropped_disconnect_leaves_a_row_the_sweep_removes(azurite: Azurite, leasing_stack: Stack) -> None:
+    """With the disconnected call dropped the row outlives the connection, until the sweep removes it."""
+    alice = unique_user("alice")
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{leasing_stack.emulator_url}/admin/drop-next-disconnect") as response:
+            assert response.status == 200
+        async with SignalRClients(leasing_stack) as clients:
+            connection_id = await clients.connect("a1", alice)
+            await clients.stop("a1")
+
+            async def dropped() -> bool:
+                url = f"{leasing_stack.emulator_url}/admin/drop-next-disconnect"
+                async with session.get(url) as answer:
+                    return connection_id in (await answer.json())["droppedSoFar"]
+
+            await wait_until(dropped, what="the emulator to drop the disconnected call")
+    rows = await rows_of(azurite, leasing_stack, alice)
+    assert [row["RowKey"] for row in rows] == [connection_id]
+
+    async def swept() -> bool:
+        return not await rows_of(azurite, leasing_stack, alice)
+
+    await wait_until(swept, what="the sweep to remove the stale row")
+    assert "Executed 'Functions.sweep' (Succeeded" in (leasing_stack.logs / "host.log").read_text()
+
+
+async def test_missed_pings_disconnect_the_client(azurite: Azurite, leasing_stack: Stack) -> None:
+    """A client that stops pinging is closed by the emulator after the client timeout, and its row is deleted."""
+    alice = unique_user("alice")
+    async with SignalRClients(leasing_stack) as clients:
+        await clients.connect("quiet", alice, keepAliveMs=120_000)
+        assert len(await rows_of(azurite, leasing_stack, alice)) == 1
+        closed = await clients.wait_for(lambda e: e.get("id") == "quiet" and e.get("event") == "closed")
+        assert "timed out" in (closed["error"] or "")
+
+    async def gone() -> bool:
+        return not await rows_of(azurite, leasing_stack, alice)
+
+    # Sooner than the 12 s lease could expire: the disconnected event removed it, not the sweep.
+    await wait_until(gone, within=6, what="the row of the timed-out connection to be deleted")
+
+
+async def test_a_quiet_live_client_outlives_its_lease_and_a_lost_one_is_swept_with_presence(
+    azurite: Azurite, leasing_stack: Stack
+) -> None:
+    """The sweep lists the hub-wide group at the emulator: a connected client that never sends stays online through
+    many sweeps with no write to its row and no question about it; once it is gone with its disconnect dropped, the
+    sweep removes the row within two sweeps and broadcasts the user offline."""
+    quiet, watcher = unique_user("quiet"), unique_user("watcher")
+    async with aiohttp.ClientSession() as session, SignalRClients(leasing_stack) as clients:
+        await clients.connect("w", watcher, targets=["presence"], keepAliveMs=1000)
+        # Pings keep the connection open at the service, but SignalR does not forward them to the app.
+        connection_id = await clients.connect("q", quiet, keepAliveMs=1000)
+        [first] = await rows_of(azurite, leasing_stack, quiet)
+        async with session.delete(f"{leasing_stack.emulator_url}/admin/rest-calls") as response:
+            assert response.status == 200
+        await asyncio.sleep(16)  # longer than the 12 s lease, a sweep every second, not one message from the client
+        [later] = await rows_of(azurite, leasing_stack, quiet)
+        assert later["RowKey"] == connection_id
+        assert later["LastSeen"] == first["LastSeen"]  # never written: the listing had it
+        assert await connection_ids(leasing_stack, quiet) == {connection_id}
+        async with session.get(f"{leasing_stack.emulator_url}/admin/rest-calls") as response:
+            calls = (await response.json())["byRoute"]
+        assert calls.get("GET /api/hubs/{hub}/groups/{group}/connections", 0) >= 10  # one listing per sweep
+        assert calls.get("HEAD /api/hubs/{hub}/connections/{connection}", 0) == 0
+
+        async with session.post(f"{leasing_stack.emulator_url}/admin/drop-next-disconnect") as response:
+            assert response.status == 200
+        await clients.stop("q")
+        await clients.wait_message("w", "presence", lambda a: announces(a, quiet, online=False))
+    assert await rows_of(azurite, leasing_stack, quiet) == []
+
+
+async def test_rooms_follow_the_user_across_connections(stack: Stack, clients: SignalRClients) -> None:
+    """join adds every tab to the room's group, a tab opened later is added on connect, sendToRoom reaches them all,
+    a stranger is refused, and leave takes the tabs out: through the emulator's real groups."""
+    alice, bob = unique_user("alice"), unique_user("bob")
+    room = f"room-{alice[-8:]}"
+    targets = ["newMessage", "room", "error"]
+    await clients.connect("a1", alice, targets=targets)
+    await clients.connect("b1", bob, targets=targets)
+    await clients.send("a1", "join", room)
+    await clients.wait_message("a1", "room", lambda a: a == [{"room": room, "user": alice, "joined": True}])
+    await clients.send("b1", "join", room)
+    await clients.wait_message("a1", "room", lambda a: a[0]["user"] == bob)
+    await clients.connect("a2", alice, targets=targets)  # opened after the join: added on connect
+    await clients.send("b1", "sendToRoom", room, {"text": "hi room"})
+    expected = [{"from": bob, "room": room, "message": {"text": "hi room"}}]
+    for client in ("a1", "a2", "b1"):
+        assert await clients.wait_message(client, "newMessage") == expected
+    await clients.connect("c1", unique_user("carol"), targets=targets)
+    await clients.send("c1", "sendToRoom", room, "let me in")
+    [error] = await clients.wait_message("c1", "error")
+    assert error == {"error": "not a member of this room", "room": room, "call": "sendToRoom"}
+    status, body = await api(stack, "GET", f"rooms/{room}")
+    assert status == 200
+    assert {(m["user"], m["online"], m["connections"]) for m in body["members"]} == {(alice, True, 2), (bob, True, 1)}
+    await clients.send("a2", "leave", room)
+    await clients.wait_message("b1", "room", lambda a: a == [{"room": room, "user": alice, "joined": False}])
+    await clients.send("b1", "sendToRoom", room, "after alice left")
+    await clients.wait_message("b1", "newMessage", lambda a: a[0]["message"] == "after alice left")
+    status, _ = await api(stack, "POST", f"rooms/{room}/send", json={"message": "marker", "target": "note"})
+    assert status == 200
+    assert not any(a[0]["message"] == "after alice left" for a in clients.received("a1", "newMessage"))
+    assert not any(a[0]["message"] == "after alice left" for a in clients.received("a2", "newMessage"))
+
+
+async def test_status_and_last_seen_reach_watchers(stack: Stack, clients: SignalRClients) -> None:
+    """setStatus is broadcast in presence; closing the last tab announces offline with a last-seen time."""
+    dora = unique_user("dora")
+    await clients.connect("watcher", unique_user("watcher"), targets=["presence"])
+    await clients.connect("d1", dora)
+    await clients.send("d1", "setStatus", "in a meeting")
+    await clients.wait_message(
+        "watcher", "presence", lambda a: a[0]["user"] == dora and a[0]["status"] == "in a meeting"
+    )
+    status, body = await api(stack, "GET", f"users/{dora}")
+    assert (status, body["status"], body["connections"][0]["status"]) == (200, "in a meeting", "in a meeting")
+    await clients.stop("d1")
+    [offline] = await clients.wait_message("watcher", "presence", lambda a: a[0]["user"] == dora and not a[0]["online"])
+    assert (offline["status"], offline["connections"]) == (None, 0)
+    status, body = await api(stack, "GET", f"users/{dora}")
+    assert (body["online"], body["lastSeen"]) == (False, offline["lastSeen"])
