@@ -102,7 +102,15 @@ def _normalize(value: object, *, what: str) -> str:
         raise InvalidNameError(f"{what} must not be empty")
     if len(normalized) > MAX_NAME_LENGTH:
         raise InvalidNameError(f"{what} must be at most {MAX_NAME_LENGTH} characters")
+    if what == "user name" and has_format_characters(normalized):
+        # A name must look like what it is: no bidirectional overrides, no zero-width characters (category Cf).
+        raise InvalidNameError(f"{what} must not hold invisible format characters (bidirectional, zero-width)")
     return normalized
+
+
+def has_format_characters(text: str) -> bool:
+    """Return whether `text` holds a Unicode format character (category Cf: bidirectional controls, zero-width)."""
+    return any(unicodedata.category(character) == "Cf" for character in text)
 
 
 def _fit(key: str) -> str:

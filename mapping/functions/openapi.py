@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from mapping.keys import MAX_NAME_LENGTH
+from mapping.signalr.messages import RESERVED_TARGETS
 from mapping.signalr.send import DEFAULT_TARGET, MAX_BODY_BYTES, MAX_TARGET_LENGTH
 
 OPENAPI_VERSION = "3.1.0"
@@ -251,7 +252,8 @@ def _schemas() -> dict[str, Schema]:
         "Message": {"description": "Any JSON value, `null` included (at most 64 levels deep)."},
         "Target": {
             "type": "string",
-            "description": f"The client method to invoke (default `{DEFAULT_TARGET}`).",
+            "description": f"The client method to invoke (default `{DEFAULT_TARGET}`); the app's own are refused "
+            f"(400): {', '.join(RESERVED_TARGETS)}, in any case.",
             "minLength": 1,
             "maxLength": MAX_TARGET_LENGTH,
             "pattern": r"\S",

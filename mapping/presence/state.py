@@ -49,7 +49,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from mapping.errors import InvalidRequestError
-from mapping.keys import PRESENCE_ROW
+from mapping.keys import PRESENCE_ROW, has_format_characters
 from mapping.presence.lease import Lease
 from mapping.presence.rows import ConnectionEntity, iso
 from mapping.storage.table import Operation, create, int64, int_value, merge
@@ -219,6 +219,8 @@ def parse_status(value: object) -> str | None:
         raise InvalidRequestError(f"status must be at most {MAX_STATUS_LENGTH} characters")
     if any(unicodedata.category(character) in ("Cc", "Cs") for character in status):
         raise InvalidRequestError("status must not hold control characters")
+    if has_format_characters(status):
+        raise InvalidRequestError("status must not hold invisible format characters (bidirectional, zero-width)")
     return status or None
 
 

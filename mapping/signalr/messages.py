@@ -14,6 +14,8 @@ PRESENCE_TARGET = "presence"
 SYNC_TARGET = "presenceSync"
 ROOM_TARGET = "room"
 ERROR_TARGET = "error"
+# What the app itself sends: a server may not send under these names, in any case (no forged presence).
+RESERVED_TARGETS = (PRESENCE_TARGET, SYNC_TARGET, ROOM_TARGET, ERROR_TARGET)
 
 
 def delivery_messages(

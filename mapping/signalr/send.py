@@ -9,7 +9,7 @@ from typing import Any
 from mapping.errors import InvalidNameError, InvalidRequestError, PayloadTooLargeError, UserOfflineError
 from mapping.keys import normalize_user_name, parse_room
 from mapping.presence.store import ConnectionStore
-from mapping.signalr.messages import Message, delivery_messages, room_delivery
+from mapping.signalr.messages import RESERVED_TARGETS, Message, delivery_messages, room_delivery
 
 MAX_BODY_BYTES = 64 * 1024
 DEFAULT_TARGET = "newMessage"
@@ -75,6 +75,9 @@ def _target(data: dict[str, Any]) -> str:
     target = data.get("target", DEFAULT_TARGET)
     if not isinstance(target, str) or not target.strip() or len(target) > MAX_TARGET_LENGTH:
         raise InvalidRequestError(f"'target' must be a non-empty string of at most {MAX_TARGET_LENGTH} characters")
+    if target.casefold() in {reserved.casefold() for reserved in RESERVED_TARGETS}:
+        # The SignalR client matches method names case-insensitively: `Presence` would reach `presence` handlers.
+        raise InvalidRequestError(f"'target' {target!r} is the app's own (reserved: {', '.join(RESERVED_TARGETS)})")
     _encodable(target)
     return target
 
