@@ -66,9 +66,10 @@ async def test_negotiate_returns_the_bindings_json() -> None:
     assert (status, body) == (200, info)
 
 
-async def test_negotiate_rejects_an_unusable_user_name() -> None:
-    """A principal name longer than a user name may be gets a 400, not a token for an unmappable user."""
-    request = http_request("POST", "negotiate", headers={"x-ms-client-principal-name": "x" * 300})
+@pytest.mark.parametrize("principal", ["x" * 300, "admin\u202e", "bo\u200bb"])
+async def test_negotiate_rejects_an_unusable_user_name(principal: str) -> None:
+    """A principal name longer than a user name may be, or one with format characters, gets a 400, not a token."""
+    request = http_request("POST", "negotiate", headers={"x-ms-client-principal-name": principal})
     status, body, _ = await http("negotiate", request, connection_info="{}")
     assert status == 400
     assert "error" in body
@@ -322,6 +323,10 @@ async def test_http_send_ignores_expired_connections() -> None:
         {"to": "bob", "message": "x", "target": 5},
         {"to": "bob", "message": "x", "target": None},
         {"to": "bob", "message": "x", "target": ""},
+        {"to": "bob", "message": "x", "target": "presence"},  # the app's own targets: no forged presence
+        {"to": "bob", "message": "x", "target": "PresenceSync"},
+        {"to": "bob", "message": "x", "target": "room"},
+        {"to": "bob", "message": "x", "target": "ERROR"},
         b"[" * 60000,
     ],
 )

@@ -68,10 +68,16 @@ TRIGGER_KEYS = [
 
 
 def valid_name(value: object) -> bool:
-    """The contract's name rule, independent of mapping.keys: NFC, stripped, 1-256 characters, no surrogates."""
+    """The contract's connection-id rule, independent of mapping.keys: NFC, stripped, 1-256 characters, no
+    surrogates."""
     if not isinstance(value, str) or any(0xD800 <= ord(ch) <= 0xDFFF for ch in value):
         return False
     return 1 <= len(unicodedata.normalize("NFC", value).strip()) <= 256
+
+
+def valid_user_name(value: object) -> bool:
+    """The contract's user-name rule: a valid id with no format character (category Cf: bidi, zero-width)."""
+    return valid_name(value) and not any(unicodedata.category(ch) == "Cf" for ch in str(value))
 
 
 def count(kind: str) -> None:
@@ -103,9 +109,9 @@ async def test_fuzzed_names_round_trip_or_are_refused(user: str, connection: str
     """Valid user and connection ids are mapped and read back as sent; others are not mapped and HTTP says 400."""
     count("names")
     out = await signalr_event("connected", invocation("connected", user_id=user, connection_id=connection))
-    accepted = valid_name(user) and valid_name(connection)
+    accepted = valid_user_name(user) and valid_name(connection)
     status, body = await checked_http("user_presence", http_request("GET", "users/x", route_params={"user": user}))
-    if not valid_name(user):
+    if not valid_user_name(user):
         assert status == 400
         assert out.value is None
         return
@@ -207,7 +213,7 @@ async def test_fuzzed_principals_on_negotiate(principal: str | None, extra: dict
     )
     if principal is None or not principal.strip():
         assert status == 401
-    elif not valid_name(principal):
+    elif not valid_user_name(principal):
         assert status == 400
     else:
         assert (status, body) == (200, info)
@@ -306,13 +312,14 @@ def valid_room(value: object) -> bool:
 
 
 def stored_status(value: object) -> tuple[bool, str | None]:
-    """The contract's status rule: (accepted, the status stored); null or "" clear, else NFC, <= 64, no controls."""
+    """The contract's status rule: (accepted, the status stored); null or "" clear, else NFC, <= 64, no controls and
+    no format characters (Cf)."""
     if value is None:
         return True, None
     if not isinstance(value, str) or any(0xD800 <= ord(ch) <= 0xDFFF for ch in value):
         return False, None
     text = unicodedata.normalize("NFC", value)
-    if len(text) > 64 or any(unicodedata.category(ch) == "Cc" for ch in text):
+    if len(text) > 64 or any(unicodedata.category(ch) in ("Cc", "Cf") for ch in text):
         return False, None
     return True, text or None
 
@@ -516,7 +523,7 @@ def room_event_calls(draw: st.DrawFn) -> dict[str, Any]:
     mode = draw(st.sampled_from(["well-formed", "near", "anything"]))
     if mode == "well-formed":
         rooms, texts, messages = room_text, statuses, message_like
-        odd_names = st.text(st.characters(codec="utf-8"), min_size=1, max_size=40).filter(valid_name)
+        odd_names = st.text(st.characters(codec="utf-8"), min_size=1, max_size=40).filter(valid_user_name)
         users = st.one_of(st.sampled_from(USERS_OK), odd_names)
         connections, flags = st.sampled_from(CONNECTIONS_OK), st.just(True)
     else:
@@ -550,7 +557,7 @@ async def test_fuzzed_room_and_status_arguments_get_one_error_or_their_actions(
     connected, member = call["connected"], call["member"]
     args = arguments if isinstance(arguments, list) else None
     room = args[0] if args else None
-    user_ok = user is not None and valid_name(user)
+    user_ok = user is not None and valid_user_name(user)
     async with fresh_table(azurite, monkeypatch) as table:
         joined: set[str] = set()
         ever: set[str] = set()  # rooms joined at some point: a leave leaves their index rows to readers (R1)
@@ -626,7 +633,7 @@ async def rooms_agree(azurite: Azurite, table: str, user: str | None, joined: se
     assert members <= indexed, "R1: every membership row has its index row"
     assert {room for _, room in indexed - members} <= ever - joined, "only rooms left keep an index row"
     assert len(members) == len(joined)
-    if user is not None and valid_name(user):
+    if user is not None and valid_user_name(user):
         assert sorted(await rooms_of(user)) == sorted(joined)
         for name in joined:
             assert [member["user"] for member in await members_of(name, 100)] == [user_name(user)]

@@ -90,12 +90,23 @@ async def test_setting_the_same_status_again_repeats_the_recorded_state() -> Non
 
 @pytest.mark.parametrize(
     "arguments",
-    [[], ["a", "b"], ["x" * 65], [7], [["busy"]], [{"s": 1}], ["bell\x07"], ["line\nbreak"]],
+    [
+        [],
+        ["a", "b"],
+        ["x" * 65],
+        [7],
+        [["busy"]],
+        [{"s": 1}],
+        ["bell\x07"],
+        ["line\nbreak"],
+        ["in a meeting\u202e"],  # a bidirectional override: the text would read otherwise than it is
+        ["a\u200bway"],  # a zero-width space
+    ],
 )
 async def test_a_bad_status_answers_the_caller_with_one_error(
     arguments: list[Any], app_env: dict[str, str], azurite: Azurite
 ) -> None:
-    """A status that is not a string of at most 64 characters (or null) gets one error and changes nothing."""
+    """A status that is not a string of at most 64 visible characters (or null) gets one error and changes nothing."""
     await runtime.store().connect("uma", "u1")
     before = await all_rows(azurite, app_env["MAPPING_TABLE"])
     out = await set_status("uma", "u1", *arguments)

@@ -332,6 +332,7 @@ async def test_http_room_send_delivers_to_the_group() -> None:
         ("lobby", b"not json", 400),
         ("lobby", json.dumps({"text": "no message"}).encode(), 400),
         ("lobby", json.dumps({"message": 1, "target": ""}).encode(), 400),
+        ("lobby", json.dumps({"message": 1, "target": "Presence"}).encode(), 400),  # no forged presence
         ("no room!", json.dumps({"message": 1}).encode(), 400),
         ("lobby", json.dumps({"message": "x" * (70 * 1024)}).encode(), 413),
     ],

@@ -20,8 +20,8 @@ from mapping.keys import (
 )
 
 FORBIDDEN_IN_KEYS = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
-# Unicode scalar values (no surrogates): every character a name may hold.
-scalar = st.characters(exclude_categories=["Cs"])
+# Unicode scalar values (no surrogates) that are not format characters (Cf): every character a name may hold.
+scalar = st.characters(exclude_categories=["Cs", "Cf"])
 valid_names = st.text(scalar, min_size=1, max_size=256).filter(
     lambda s: 1 <= len(unicodedata.normalize("NFC", s).strip()) <= 256
 )
@@ -111,9 +111,26 @@ def test_nfc_and_nfd_spellings_are_one_user() -> None:
     assert user_key("Ame\u0301lie") == user_key("Am\u00e9lie")
 
 
-@pytest.mark.parametrize("name", ["", "   ", "\t\n", "x" * 257, None, 42, ["alice"], "bad\ud800"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "   ",
+        "\t\n",
+        "x" * 257,
+        None,
+        42,
+        ["alice"],
+        "bad\ud800",
+        "alice\u202egnp.exe",  # a right-to-left override
+        "bo\u200bb",  # a zero-width space
+        "\ufeffcarol",  # a zero-width no-break space (byte order mark)
+        "dave\u2066",  # a bidirectional isolate
+        "\U0001f468\u200d\U0001f469",  # a zero-width joiner between two emoji
+    ],
+)
 def test_invalid_names_are_rejected(name: object) -> None:
-    """Empty, blank, over-long, non-string and non-Unicode names raise InvalidNameError."""
+    """Empty, blank, over-long, non-string, non-Unicode names and names with format characters (Cf) are refused."""
     with pytest.raises(InvalidNameError):
         user_key(name)
 
