@@ -153,6 +153,14 @@ param presenceAudience string = 'scoped'
 ])
 param presenceWatch string = 'anyone'
 
+@description('To whom a client may send a direct message (DIRECT_MESSAGES): shared-room (users it shares a room with), anyone or nobody.')
+@allowed([
+  'shared-room'
+  'anyone'
+  'nobody'
+])
+param directMessages string = 'shared-room'
+
 @description('Grace period in seconds (PRESENCE_GRACE_SECONDS): a user whose last connection ends is announced offline only if no connection is back within it (0 announces at once; at most 3600). The decision travels as a delayed message on the host storage\'s queue.')
 @minValue(0)
 @maxValue(3600)
@@ -293,6 +301,7 @@ module functionApp 'app/function-app.bicep' = {
     presenceEvents: presenceEvents
     presenceAudience: presenceAudience
     presenceWatch: presenceWatch
+    directMessages: directMessages
     presenceGraceSeconds: presenceGraceSeconds
     mappingIndexShards: mappingIndexShards
     mappingListingGroups: mappingListingGroups

@@ -20,7 +20,7 @@ from mapping.signalr.audience import presence_group, presence_messages, room_pre
 from mapping.signalr.invocation import Invocation
 from mapping.signalr.liveness import AGE_ONLY, GroupAdder, LivenessCheck, listing_group
 from mapping.signalr.messages import ERROR_TARGET, Message, error_message, join_group, leave_group, room_message
-from mapping.signalr.send import parse_room_send_arguments, parse_send_arguments, room_delivery_of, send_to_user
+from mapping.signalr.send import parse_room_send_arguments, parse_send_arguments, room_delivery_of, send_direct
 from mapping.storage.client import gather_bounded
 from mapping.storage.queue import DelayedActions
 from mapping.sweep import sweep
@@ -32,7 +32,7 @@ _EARLY_ADDS = 16  # group additions in flight at once before a snapshot
 
 @dataclass(frozen=True, slots=True)
 class _Caller:
-    """The checked caller of a client call: its user ("" when anonymous, which only `send` allows), its connection,
+    """The checked caller of a client call: its user (every client call needs a signed-in one), its connection,
     the call's arguments as sent, and its one argument (None for calls that do not take exactly one)."""
 
     user: str
@@ -47,7 +47,7 @@ _EventHandler = Callable[Concatenate[ConnectionStore, Invocation, _Options], Awa
 
 
 def _client_call(
-    method: str, *, one_argument: str | None = None, anonymous: bool = False
+    method: str, *, one_argument: str | None = None
 ) -> Callable[[_Handler[_Options]], _EventHandler[_Options]]:
     """Make a client-call handler of an event: the caller checked first (`_caller`), and the call named in every
     error answered to the caller; a retryable one echoes the arguments, so a client knows what to send again."""
@@ -56,7 +56,7 @@ def _client_call(
         async def handle(
             store: ConnectionStore, event: Invocation, /, *args: _Options.args, **options: _Options.kwargs
         ) -> list[Message]:
-            caller = _caller(event, method, one_argument=one_argument, anonymous=anonymous)
+            caller = _caller(event, method, one_argument=one_argument)
             messages = caller if isinstance(caller, list) else await handler(store, caller, *args, **options)
             return [_named(message, event, method) for message in messages]
 
@@ -128,13 +128,14 @@ async def on_grace(store: ConnectionStore, body: str, *, delayed: Callable[[], D
     return await _announced(store, await Grace(store.writes, delayed()).decide(decision))
 
 
-@_client_call("send", anonymous=True)
+@_client_call("send")
 async def on_send(store: ConnectionStore, caller: _Caller) -> list[Message]:
-    """Deliver a client's `send(to, message)` to the recipient, or answer the caller with one error."""
-    revived = await _refresh(store, caller.user, caller.connection) if caller.user else []
+    """Deliver a client's `send(to, message)` to the recipient when `DIRECT_MESSAGES` allows it, or answer the caller
+    one error (a refused message as an offline recipient: `send` tells nothing of presence)."""
+    revived = await _refresh(store, caller.user, caller.connection)
     try:
         request = parse_send_arguments(caller.arguments)
-        return revived + await send_to_user(store, request, sender=caller.user or None)
+        return revived + await send_direct(store, request, sender=caller.user)
     except InvalidRequestError as error:
         return [*revived, error_message(caller.connection, str(error))]
     except UserOfflineError:
@@ -293,22 +294,20 @@ async def _roster(store: ConnectionStore, room: str) -> list[RosterEntry]:
     return [entry async for page in Roster(store).snapshot(room) for entry in page]
 
 
-def _caller(
-    event: Invocation, method: str, *, one_argument: str | None = None, anonymous: bool = False
-) -> _Caller | list[Message]:
-    """The caller checks of every client call: a connection, a signed-in user unless anonymous is allowed, one
+def _caller(event: Invocation, method: str, *, one_argument: str | None = None) -> _Caller | list[Message]:
+    """The caller checks of every client call: a connection, a signed-in user, one
     argument when it takes one (`one_argument` names it); what to answer instead when a check fails."""
     if not event.connection_id:
         logger.warning("%s: event without a connection id ignored", method)
         return []
-    if not event.user_id and not anonymous:
+    if not event.user_id:
         return [error_message(event.connection_id, f"{method} needs a signed-in user")]
     argument = None
     if one_argument is not None:
         if event.arguments is None or len(event.arguments) != 1:
             return [error_message(event.connection_id, f"{method} expects one argument: {one_argument}")]
         argument = event.arguments[0]
-    return _Caller(event.user_id or "", event.connection_id, event.arguments, argument)
+    return _Caller(event.user_id, event.connection_id, event.arguments, argument)
 
 
 def _unavailable(connection_id: str, method: str, error: StorageError) -> Message:

@@ -28,6 +28,7 @@ VALUE_SETTINGS: tuple[str, ...] = (
     "MAPPING_MAX_AGE_SECONDS",
     "PRESENCE_AUDIENCE",
     "PRESENCE_WATCH",
+    "DIRECT_MESSAGES",
     "PRESENCE_GRACE_SECONDS",
     "MAPPING_INDEX_SHARDS",
     "MAPPING_LISTING_GROUPS",
@@ -45,6 +46,8 @@ DEFAULT_GRACE_SECONDS = 15
 MAX_GRACE_SECONDS = 3600  # a grace longer than an hour is a configuration mistake
 AUDIENCES = ("scoped", "hub")  # PRESENCE_AUDIENCE: rooms, watchers and own tabs; or the whole hub
 WATCH_POLICIES = ("anyone", "room-members", "nobody")  # PRESENCE_WATCH: whom a connection may watch
+# DIRECT_MESSAGES: to whom a client may `send`: users sharing a room with the sender, anyone, or nobody.
+DM_POLICIES = ("shared-room", "anyone", "nobody")
 # MAPPING_INDEX_SHARDS: partitions per expiry-index bucket. Each takes about 2,000 writes/s (Table Storage's
 # per-partition target); at half that for headroom, S = ceil(peak connects and refreshes per second / 1,000).
 DEFAULT_INDEX_SHARDS = 8
@@ -120,6 +123,7 @@ class Settings:
     queue: QueueConnection | None = None  # None: AzureWebJobsStorage has no queue endpoint the app can use
     presence_audience: str = "scoped"
     presence_watch: str = "anyone"
+    direct_messages: str = DM_POLICIES[0]
     # No grace unless asked: the app setting's default (15 s) is applied by from_environment.
     presence_grace: timedelta = timedelta(0)
     index_shards: int = DEFAULT_INDEX_SHARDS
@@ -141,6 +145,7 @@ class Settings:
             queue=_queue_connection(env),
             presence_audience=_choice(env, "PRESENCE_AUDIENCE", AUDIENCES),
             presence_watch=_choice(env, "PRESENCE_WATCH", WATCH_POLICIES),
+            direct_messages=_choice(env, "DIRECT_MESSAGES", DM_POLICIES),
             presence_grace=timedelta(seconds=_grace_seconds(env)),
             index_shards=_count(env, "MAPPING_INDEX_SHARDS", DEFAULT_INDEX_SHARDS, MAX_INDEX_SHARDS),
             listing_groups=_count(env, "MAPPING_LISTING_GROUPS", DEFAULT_LISTING_GROUPS, MAX_LISTING_GROUPS),

@@ -66,6 +66,14 @@ param presenceAudience string
 ])
 param presenceWatch string
 
+@description('To whom a client may send a direct message: shared-room, anyone or nobody.')
+@allowed([
+  'shared-room'
+  'anyone'
+  'nobody'
+])
+param directMessages string
+
 @description('Seconds after a user\'s last connection ends before they are announced offline (0 to 3600).')
 @minValue(0)
 @maxValue(3600)
@@ -231,6 +239,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     PRESENCE_EVENTS: presenceEvents ? 'true' : 'false'
     PRESENCE_AUDIENCE: presenceAudience
     PRESENCE_WATCH: presenceWatch
+    DIRECT_MESSAGES: directMessages
     PRESENCE_GRACE_SECONDS: string(presenceGraceSeconds)
     MAPPING_INDEX_SHARDS: string(mappingIndexShards)
     MAPPING_LISTING_GROUPS: string(mappingListingGroups)

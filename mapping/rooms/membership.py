@@ -34,6 +34,7 @@ from datetime import datetime
 
 from mapping.errors import InvalidRequestError
 from mapping.keys import (
+    MEMBERSHIP_PREFIX,
     check_limit,
     decode_cursor,
     encode_cursor,
@@ -142,6 +143,16 @@ class Rooms:
             select=["RowKey"],
         )
         return bool(rows)
+
+    async def rooms_of(self, user_name: str) -> set[str]:
+        """Return the rooms the user is a member of (one range query over their membership rows)."""
+        rows = await self.store.table.query(
+            "PartitionKey eq @pk and RowKey ge @first and RowKey lt @after",
+            {"pk": user_key(user_name), "first": MEMBERSHIP_PREFIX, "after": MEMBERSHIP_PREFIX[:-1] + "s"},
+            action="read memberships",
+            select=["RowKey", "Room"],
+        )
+        return {Membership.from_table(row).room for row in rows}
 
     async def members(
         self, room: str, *, limit: int = 100, cursor: str | None = None, now: datetime | None = None

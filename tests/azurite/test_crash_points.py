@@ -34,7 +34,16 @@ from typing import Any
 import pytest
 
 from mapping.errors import StorageError, StorageUnavailableError
-from mapping.events import on_connected, on_disconnected, on_grace, on_join, on_leave, on_set_status, on_sync
+from mapping.events import (
+    on_connected,
+    on_disconnected,
+    on_grace,
+    on_join,
+    on_leave,
+    on_send,
+    on_set_status,
+    on_sync,
+)
 from mapping.keys import room_partition
 from mapping.presence.state import PresenceChange, PresenceState
 from mapping.presence.store import ConnectionStore
@@ -234,6 +243,13 @@ async def synced(world: World, store: ConnectionStore, user: str, tab: str, room
     """The sync_room function: the caller's lease refreshed (a revival announced), then the room's snapshot."""
     world.clock.at = at
     world.receive(await on_sync(store, invocation(world, user, tab, "sync", room)))
+
+
+async def sent(world: World, store: ConnectionStore, user: str, tab: str, to: str, at: datetime) -> None:
+    """The send_message function: the caller's lease refreshed (a revival announced), then the direct message's reads
+    (the recipient's partition, the sender's rooms: DIRECT_MESSAGES=shared-room) and its delivery."""
+    world.clock.at = at
+    world.receive(await on_send(store, invocation(world, user, tab, "send", to, "hi")))
 
 
 async def membership(
@@ -440,6 +456,19 @@ CASES = [
             disconnected(w, s, "ada", "a2", T0 - timedelta(seconds=1)),  # a1 lapsed: ada announced offline
         ),
         lambda w, s: synced(w, s, "ada", "a1", "club", T0),
+        rooms=ROOMS,
+        decided=3,
+        announced=5,
+    ),
+    _case(
+        "direct message reviving a member's lapsed lease",  # send(to): the caller refreshed, then the policy's reads
+        lambda w, s: _all(
+            in_rooms(w, s, "a1", at=T0 - TTL * 2),
+            connected(w, s, "ada", "a2", T0 - timedelta(seconds=2)),
+            disconnected(w, s, "ada", "a2", T0 - timedelta(seconds=1)),  # a1 lapsed: ada announced offline
+            connected(w, s, "bob", "b2", T0 - timedelta(seconds=1)),  # bob, ada's room-mate, online to receive it
+        ),
+        lambda w, s: sent(w, s, "ada", "a1", "bob", T0),
         rooms=ROOMS,
         decided=3,
         announced=5,

@@ -214,11 +214,32 @@ async def test_forbidden_characters_survive_connect_send_and_disconnect() -> Non
 # -- the client `send` event ------------------------------------------------------------------
 
 
+async def join(user: str, connection_id: str, room: str) -> None:
+    """Make `user` a member of `room` through the client's `join` (it must succeed)."""
+    out = await signalr_event(
+        "join_room", invocation("join", user_id=user, connection_id=connection_id, arguments=[room])
+    )
+    assert not [m for m in out.messages if m.get("target") == "error"]
+
+
+def offline_answer(to: str) -> list[dict[str, Any]]:
+    """The one answer a caller gets when its direct message reaches nobody."""
+    return [
+        {
+            "target": "error",
+            "connectionId": "a1",
+            "arguments": [{"error": "recipient is offline", "to": to, "call": "send"}],
+        }
+    ]
+
+
 async def test_client_send_reaches_every_connection_of_the_recipient() -> None:
-    """send(to, message) delivers one message per live connection of the recipient, from the caller."""
+    """send(to, message) delivers one message per live connection of a recipient sharing a room, from the caller."""
     await connect("bob", "b1")
     await connect("bob", "b2")
     await connect("alice", "a1")
+    await join("alice", "a1", "team")
+    await join("bob", "b1", "team")
     out = await client_send("alice", "a1", ["BOB", {"text": "hello"}])
     payload = {"from": "alice", "to": "BOB", "message": {"text": "hello"}}
     assert sorted(out.messages, key=lambda m: m["connectionId"]) == [
@@ -245,6 +266,49 @@ async def test_client_send_to_an_offline_user_answers_the_caller_only() -> None:
             "target": "error",
             "connectionId": "a1",
             "arguments": [{"error": "recipient is offline", "to": "nobody", "call": "send"}],
+        }
+    ]
+
+
+async def test_a_direct_message_to_a_stranger_is_answered_as_to_an_offline_user() -> None:
+    """DIRECT_MESSAGES=shared-room (the default): a message to an online user sharing no room with the sender reaches
+    nobody and is answered exactly as one to an offline user, so `send` tells nothing of presence."""
+    await connect("alice", "a1")
+    await connect("bob", "b1")
+    await join("alice", "a1", "lobby")
+    await join("bob", "b1", "secret-board")
+    assert (await client_send("alice", "a1", ["bob", "hi"])).messages == offline_answer("bob")
+    assert (await client_send("alice", "a1", ["carol", "hi"])).messages == offline_answer("carol")
+
+
+@pytest.mark.parametrize(("policy", "delivered"), [("anyone", True), ("nobody", False)])
+async def test_the_direct_message_policy_is_a_setting(
+    policy: str, delivered: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DIRECT_MESSAGES=anyone delivers without a shared room; nobody refuses even in a shared room, as offline."""
+    monkeypatch.setenv("DIRECT_MESSAGES", policy)
+    await runtime.reset()
+    await connect("alice", "a1")
+    await connect("bob", "b1")
+    if not delivered:
+        await join("alice", "a1", "team")
+        await join("bob", "b1", "team")
+    out = await client_send("alice", "a1", ["bob", "hi"])
+    if delivered:
+        assert [(m["target"], m["connectionId"]) for m in out.messages] == [("newMessage", "b1")]
+    else:
+        assert out.messages == offline_answer("bob")
+
+
+async def test_a_connection_without_a_user_may_not_send() -> None:
+    """An anonymous connection's `send` is refused with one error naming the rule, and delivers nothing."""
+    await connect("bob", "b1")
+    out = await client_send(None, "x1", ["bob", "hi"])
+    assert out.messages == [
+        {
+            "target": "error",
+            "connectionId": "x1",
+            "arguments": [{"error": "send needs a signed-in user", "call": "send"}],
         }
     ]
 

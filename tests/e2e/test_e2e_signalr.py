@@ -146,6 +146,39 @@ async def test_client_send_to_an_offline_user_errors_to_the_caller_only(stack: S
     assert "offline" in error["error"]
 
 
+async def test_a_refused_direct_message_and_an_offline_recipient_look_the_same(azurite: Azurite) -> None:
+    """DIRECT_MESSAGES=shared-room with real clients: a message to an online stranger is answered exactly as one to an
+    offline user and reaches nobody; once the two share a room it is delivered."""
+    with running_stack(azurite, direct_messages="shared-room") as private:
+        async with SignalRClients(private) as clients:
+            alice, bob, nobody = unique_user("alice"), unique_user("bob"), unique_user("nobody")
+            targets = ["newMessage", "room", "error"]
+            await clients.connect("a1", alice, targets=targets, ignore=["presence", "presenceSync"])
+            await clients.connect("b1", bob, targets=targets, ignore=["presence", "presenceSync"])
+            await clients.send("a1", "join", "dm-lobby")
+            await clients.send("b1", "join", "dm-board")
+            await clients.wait_message("a1", "room", lambda args: args[0]["user"] == alice)
+            await clients.wait_message("b1", "room", lambda args: args[0]["user"] == bob)
+            await clients.send("a1", "send", bob, "psst")
+            refused = await clients.wait_message("a1", "error", lambda args: args[0].get("to") == bob)
+            await clients.send("a1", "send", nobody, "psst")
+            offline = await clients.wait_message("a1", "error", lambda args: args[0].get("to") == nobody)
+            assert (
+                {**refused[0], "to": "?"}
+                == {**offline[0], "to": "?"}
+                == {"error": "recipient is offline", "to": "?", "call": "send"}
+            )
+            await clients.send("b1", "join", "dm-lobby")
+            await clients.wait_message("a1", "room", lambda args: args[0]["user"] == bob)
+            await clients.send("a1", "send", bob, "now we share a room")
+            assert await clients.wait_message("b1", "newMessage") == [
+                {"from": alice, "to": bob, "message": "now we share a room"}
+            ]
+            assert clients.received("b1", "newMessage") == [
+                [{"from": alice, "to": bob, "message": "now we share a room"}]
+            ]
+
+
 async def test_closing_removes_the_row(azurite: Azurite, stack: Stack, clients: SignalRClients) -> None:
     """Stopping a client makes the emulator send disconnected upstream and the app delete the row."""
     alice = unique_user("alice")

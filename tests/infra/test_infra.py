@@ -20,6 +20,7 @@ from mapping.settings import (
     AUDIENCES,
     CONNECTION_SETTINGS,
     DEFAULT_GRACE_SECONDS,
+    DM_POLICIES,
     MAX_GRACE_SECONDS,
     VALUE_SETTINGS,
     WATCH_POLICIES,
@@ -295,12 +296,14 @@ def test_the_identity_may_send_and_delete_queue_messages() -> None:
     [
         ("presenceAudience", "PRESENCE_AUDIENCE", list(AUDIENCES), AUDIENCES[0]),
         ("presenceWatch", "PRESENCE_WATCH", list(WATCH_POLICIES), WATCH_POLICIES[0]),
+        ("directMessages", "DIRECT_MESSAGES", list(DM_POLICIES), DM_POLICIES[0]),
     ],
 )
 def test_presence_choices_are_parameters_allowing_what_the_app_accepts(
     parameter: str, setting: str, allowed: list[str], default: str
 ) -> None:
-    """PRESENCE_AUDIENCE and PRESENCE_WATCH are main.bicep parameters with the app's choices and default, passed on."""
+    """PRESENCE_AUDIENCE, PRESENCE_WATCH and DIRECT_MESSAGES are main.bicep parameters with the app's choices and
+    default, passed on."""
     for path in (MAIN_BICEP, FUNCTION_APP_BICEP):
         assert _allowed(path, parameter) == allowed, path
         assert "@description(" in _param_decorators(path, parameter), path

@@ -34,6 +34,7 @@ def test_defaults_apply_when_only_a_connection_is_set() -> None:
         ("SWEEP_SCHEDULE", "*/30 * * * * *", "sweep_schedule", "*/30 * * * * *"),
         ("PRESENCE_AUDIENCE", "Hub", "presence_audience", "hub"),  # case-insensitive
         ("PRESENCE_WATCH", "room-members", "presence_watch", "room-members"),
+        ("DIRECT_MESSAGES", "nobody", "direct_messages", "nobody"),
         ("PRESENCE_GRACE_SECONDS", "0", "presence_grace", timedelta(0)),  # 0 allowed: no grace
     ],
 )
@@ -107,6 +108,7 @@ def test_host_storage_fallbacks(env: dict[str, str], expected: tuple[str | None,
         {"MAPPING_STORAGE": "x", "SIGNALR_HUB": "bad hub"},
         {"MAPPING_STORAGE": "x", "PRESENCE_AUDIENCE": "everyone"},
         {"MAPPING_STORAGE": "x", "PRESENCE_WATCH": "friends"},
+        {"MAPPING_STORAGE": "x", "DIRECT_MESSAGES": "friends"},
         {"MAPPING_STORAGE": "x", "PRESENCE_GRACE_SECONDS": "-1"},
         {"MAPPING_STORAGE": "x", "PRESENCE_GRACE_SECONDS": "3601"},
         {"MAPPING_STORAGE": "x", "PRESENCE_GRACE_SECONDS": "1.5"},
