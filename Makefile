@@ -45,7 +45,7 @@ test: install install-browser
 	$(BIN)/python -m pytest
 	PYTHON=$(BIN)/python node --test --test-concurrency=1 client/test/*.test.mjs
 
-# The client library's folding data, from the Python the app runs on (tests/test_client_fold.py checks it).
+# The client library's folding data, from the Python the app runs on (tests/infra/test_client_fold.py checks it).
 casefold: install
 	$(BIN)/python client/scripts/casefold.py
 
