@@ -20,6 +20,9 @@ class Invocation:
     arguments: list[Any] | None = None
     error: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    # The client token's claims, one value per type (the service forwards them upstream as X-ASRS-User-Claims and
+    # the extension hands them over as `Claims`); what an access policy decides on. Never a secret: not logged.
+    claims: Mapping[str, str] = field(default_factory=dict)
 
     def header(self, name: str) -> str:
         """Return a request header of the connection (case-insensitive), or an empty string."""
@@ -39,7 +42,8 @@ def parse_invocation(payload: str | bytes | Mapping[str, Any]) -> Invocation:
         user_id=_text(data.get("UserId")),
         arguments=arguments if isinstance(arguments, list) else None,
         error=_text(data.get("Error")),
-        headers=_headers(data.get("Headers")),
+        headers=_strings(data.get("Headers")),
+        claims=_strings(data.get("Claims")),
     )
 
 
@@ -57,13 +61,14 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _headers(value: Any) -> dict[str, str]:
+def _strings(value: Any) -> dict[str, str]:
+    """A JSON object of names to strings (headers, claims): a list value joined with ", ", other values dropped."""
     if not isinstance(value, dict):
         return {}
-    headers: dict[str, str] = {}
+    strings: dict[str, str] = {}
     for key, raw in value.items():
         if isinstance(raw, list):
             raw = ", ".join(item for item in raw if isinstance(item, str))
         if isinstance(key, str) and isinstance(raw, str):
-            headers[key] = raw
-    return headers
+            strings[key] = raw
+    return strings
