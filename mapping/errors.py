@@ -36,6 +36,10 @@ class UserOfflineError(MappingError):
     """The recipient of a message has no live connection."""
 
 
+class SignalRUnavailableError(MappingError):
+    """SignalR Service could not be asked (not configured, unreachable, or it refused); nothing was changed."""
+
+
 class StorageError(MappingError):
     """Storage (the table, or a queue) failed or could not be reached; the operation did not take effect."""
 

@@ -8,8 +8,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec
 
-from mapping.errors import InvalidNameError, InvalidRequestError, RefusedError, StorageError, UserOfflineError
-from mapping.keys import parse_room, user_key
+from mapping.errors import (
+    InvalidNameError,
+    InvalidRequestError,
+    RefusedError,
+    SignalRUnavailableError,
+    StorageError,
+    UserOfflineError,
+)
+from mapping.keys import normalize_user_name, parse_room, user_key
 from mapping.presence.grace import Decision, Grace
 from mapping.presence.state import PresenceChange
 from mapping.presence.store import ConnectionStore
@@ -18,7 +25,7 @@ from mapping.rooms.roster import Roster, RosterEntry
 from mapping.rooms.watch import Watching, parse_users
 from mapping.signalr.audience import presence_group, presence_messages, room_presence, sync_messages
 from mapping.signalr.invocation import Invocation
-from mapping.signalr.liveness import AGE_ONLY, GroupAdder, LivenessCheck, listing_group
+from mapping.signalr.liveness import AGE_ONLY, ConnectionCloser, GroupAdder, LivenessCheck, listing_group
 from mapping.signalr.messages import ERROR_TARGET, Message, error_message, join_group, leave_group, room_message
 from mapping.signalr.send import parse_room_send_arguments, parse_send_arguments, room_delivery_of, send_direct
 from mapping.storage.client import gather_bounded
@@ -116,6 +123,35 @@ async def on_disconnected(
         logger.warning("disconnected: ignored: %s", error)
         return []
     return await _announced(store, outcome.presence)
+
+
+@dataclass(frozen=True, slots=True)
+class UserDisconnected:
+    """What an operator's disconnect did: how many live connections of the user were closed, and what to announce."""
+
+    user: str
+    closed: int
+    messages: list[Message]
+
+
+async def on_disconnect_user(
+    store: ConnectionStore, user_name: str, *, service: ConnectionCloser, delayed: Callable[[], DelayedActions]
+) -> UserDisconnected:
+    """Close every connection of a user through the service's REST API (each spelling of the name the user connected
+    with: the service matches user ids exactly), then end their live rows as a disconnect does; raise
+    SignalRUnavailableError, changing nothing, when the service could not close them."""
+    name = normalize_user_name(user_name)
+    view = await store.read_user(user_key(name))
+    live = view.live(store.lease, now=store.now())
+    spellings = sorted({name, *(row.user_name for row in view.rows.values() if row.user_name)})
+    for spelling in spellings:
+        if not await service.close_user(store.settings.hub, spelling, reason="disconnected by an operator"):
+            raise SignalRUnavailableError("SignalR Service did not close the user's connections; try again")
+    messages: list[Message] = []
+    for row in live:  # the service's own disconnected events follow, and find the rows ended (or gone) already
+        event = Invocation("connections", "disconnected", store.settings.hub, row.connection_id, row.user_name)
+        messages += await on_disconnected(store, event, delayed=delayed)
+    return UserDisconnected(name, len(live), messages)
 
 
 async def on_grace(store: ConnectionStore, body: str, *, delayed: Callable[[], DelayedActions]) -> list[Message]:

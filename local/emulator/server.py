@@ -365,6 +365,9 @@ def _add_rest_routes(app: web.Application) -> None:
         ("POST", "/connections/{connection}/:send", _send, {"pick": "connection"}),
         ("HEAD", "/connections/{connection}", _exists, {"check": "connection"}),
         ("DELETE", "/connections/{connection}", _close_client, {}),
+        ("POST", "/:closeConnections", _close_by_rest, {"pick": "all"}),
+        ("POST", "/users/{user}/:closeConnections", _close_by_rest, {"pick": "user"}),
+        ("POST", "/groups/{group}/:closeConnections", _close_by_rest, {"pick": "group"}),
         ("DELETE", "/connections/{connection}/groups", _membership, {"add": False, "every_group": True}),
         ("POST", "/users/{user}/:send", _send, {"pick": "user"}),
         ("HEAD", "/users/{user}", _exists, {"check": "user"}),
@@ -468,6 +471,28 @@ async def _close_client(request: web.Request) -> web.Response:
     if found is not None:
         await found.close(request.query.get("reason") or None)
     return web.Response(status=200)
+
+
+async def _close_by_rest(request: web.Request, *, pick: str) -> web.Response:
+    """POST .../:closeConnections (2024-12-01) of the hub, a user or a group (`pick`), less any `excluded`
+    connections, with an optional `reason`: 204, as Microsoft's emulator answers (Azure/azure-signalr,
+    `SignalRServiceWebApiDefinition.CloseUserConnections`). User ids match case-sensitively, as the service's."""
+    hub = await _authorised(request)
+    if isinstance(hub, web.Response):
+        return hub
+    registry = request.app[REGISTRY]
+    if pick == "all":
+        targets = registry.of_hub(hub)
+    elif pick == "user":
+        targets = registry.of_user(hub, request.match_info["user"])
+    else:
+        targets = registry.of_group(hub, request.match_info["group"])
+    excluded = set(request.query.getall("excluded", []))
+    closing = [target for target in targets if target.id not in excluded]
+    for target in closing:
+        await target.close(request.query.get("reason") or None)
+    logger.info("REST close of %s in %s: %d connection(s)", pick, hub, len(closing))
+    return web.Response(status=204)
 
 
 async def _membership(request: web.Request, *, add: bool, every_group: bool = False) -> web.Response:

@@ -18,6 +18,7 @@ from mapping.errors import (
     InvalidRequestError,
     MappingError,
     PayloadTooLargeError,
+    SignalRUnavailableError,
     StorageError,
     UserOfflineError,
 )
@@ -236,6 +237,25 @@ async def user_presence(req: func.HttpRequest) -> func.HttpResponse:
     return _json(200, body)
 
 
+@blueprint.function_name("disconnect_user")
+@blueprint.route(route="users/{user}/disconnect", methods=["POST"], auth_level=KEYED)
+@signalr_output
+async def disconnect_user(req: func.HttpRequest, signalr: func.Out[str]) -> func.HttpResponse:
+    """Close every live connection of a user through SignalR's REST API (an operator's disconnect)."""
+    store = runtime.store()
+    try:
+        done = await events.on_disconnect_user(
+            store,
+            req.route_params.get("user", ""),
+            service=runtime.closer_for(store.settings.signalr),
+            delayed=runtime.delayed_actions,
+        )
+    except MappingError as error:
+        return _error(error)
+    _send(signalr, done.messages)
+    return _json(200, {"user": done.user, "closed": done.closed})
+
+
 @blueprint.function_name("openapi")
 @blueprint.route(route="openapi.json", methods=["GET"], auth_level=ANONYMOUS)
 async def openapi(req: func.HttpRequest) -> func.HttpResponse:
@@ -280,6 +300,9 @@ def _error(error: MappingError) -> func.HttpResponse:
         return _json(400, {"error": str(error)})
     if isinstance(error, UserOfflineError):
         return _json(404, {"error": str(error)})
+    if isinstance(error, SignalRUnavailableError):
+        logger.error("request failed: %s", error)
+        return _json(503, {"error": str(error)}, retry_after=30)
     retry_after = error.retry_after_seconds if isinstance(error, StorageError) else 30
     logger.error("request failed: %s", error)
     return _json(503, {"error": "the connection store is unavailable, try again later"}, retry_after=retry_after)

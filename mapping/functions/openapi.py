@@ -151,6 +151,27 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        "/users/{user}/disconnect": {
+            "post": {
+                "operationId": "disconnectUser",
+                "summary": "Close every connection of a user through SignalR Service (an operator's disconnect); their "
+                "rows leave presence as a disconnect does.",
+                "parameters": [{"$ref": "#/components/parameters/User"}],
+                "responses": {
+                    "200": _answer("How many live connections of the user were closed.", "Disconnected"),
+                    "400": {"$ref": "#/components/responses/BadRequest"},
+                    "401": {"$ref": "#/components/responses/NoKey"},
+                    "503": {
+                        **_answer(
+                            "SignalR Service could not close the connections (or is not configured), or the "
+                            "connection store is unavailable.",
+                            "Error",
+                        ),
+                        "headers": {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}},
+                    },
+                },
+            }
+        },
         "/rooms/{room}": {
             "get": {
                 "operationId": "roomMembers",
@@ -263,6 +284,7 @@ def _schemas() -> dict[str, Schema]:
             "required": ["to", "message"],
             "properties": {"to": _name(), "message": _ref("Message"), "target": _ref("Target")},
         },
+        "Disconnected": _closed({"user": {"type": "string"}, "closed": {"type": "integer", "minimum": 0}}),
         "SendResult": _closed({"to": {"type": "string"}, "delivered": {"type": "integer", "minimum": 1}}),
         "Cursor": {
             "type": ["string", "null"],

@@ -5,7 +5,14 @@ from __future__ import annotations
 from mapping.errors import ConfigurationError
 from mapping.presence.store import ConnectionStore
 from mapping.settings import GRACE_QUEUE, Settings, SignalRConnection
-from mapping.signalr.liveness import AGE_ONLY, AgeOnly, GroupAdder, LivenessCheck, SignalRLiveness
+from mapping.signalr.liveness import (
+    AGE_ONLY,
+    AgeOnly,
+    ConnectionCloser,
+    GroupAdder,
+    LivenessCheck,
+    SignalRLiveness,
+)
 from mapping.storage.queue import DelayedActions, QueueDelayedActions
 
 _settings: Settings | None = None
@@ -50,6 +57,11 @@ def liveness_for(connection: SignalRConnection | None) -> LivenessCheck:
 
 def groups_for(connection: SignalRConnection | None) -> GroupAdder:
     """Return the process's SignalR REST client for group additions, or the age-only check (adds nothing)."""
+    return _client(connection)
+
+
+def closer_for(connection: SignalRConnection | None) -> ConnectionCloser:
+    """Return the process's SignalR REST client for closing connections, or the age-only check (closes nothing)."""
     return _client(connection)
 
 

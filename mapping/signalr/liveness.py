@@ -116,6 +116,14 @@ class GroupAdder(Protocol):
         ...
 
 
+class ConnectionCloser(Protocol):
+    """Closes a user's connections through the service's REST API (an operator's disconnect)."""
+
+    async def close_user(self, hub: str, user_id: str, *, reason: str) -> bool:
+        """Close every connection the service has of `user_id` (matched exactly); False when it did not confirm."""
+        ...
+
+
 class AgeOnly:
     """The check of a deployment without SignalR REST access: it never asks, so a row's age alone decides."""
 
@@ -131,6 +139,10 @@ class AgeOnly:
 
     async def add_to_group(self, hub: str, group: str, connection_id: str) -> bool:
         """Return False: without REST access only the output binding adds connections to groups."""
+        return False
+
+    async def close_user(self, hub: str, user_id: str, *, reason: str) -> bool:
+        """Return False: without REST access no connection can be closed."""
         return False
 
 
@@ -219,6 +231,27 @@ class SignalRLiveness:
             logger.warning("group addition failed: %s", type(error).__name__)
         except Exception as error:  # a credential failure: the output binding still adds the connection
             logger.warning("group addition could not authenticate: %s", type(error).__name__)
+        return False
+
+    async def close_user(self, hub: str, user_id: str, *, reason: str) -> bool:
+        """Close every connection of a user (`POST .../users/{user}/:closeConnections`, 2024-12-01: 204); False when the
+        service did not confirm it."""
+        url = (
+            f"{self.connection.endpoint}/api/hubs/{quote(hub, safe='')}/users/{quote(user_id, safe='')}"
+            "/:closeConnections"
+        )
+        try:
+            await self._wait_if_throttled()
+            headers = {"Authorization": f"Bearer {await self._bearer(url)}"}
+            query = {"api-version": LIST_API_VERSION, "reason": reason}
+            async with self._slots, self._http().post(url, params=query, headers=headers) as response:
+                if response.status == 429:
+                    self._throttle(_retry_after(response.headers.get("Retry-After")))
+                return response.status in (200, 204)
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            logger.warning("closing a user's connections failed: %s", type(error).__name__)
+        except Exception as error:  # a credential failure
+            logger.warning("closing a user's connections could not authenticate: %s", type(error).__name__)
         return False
 
     async def close(self) -> None:

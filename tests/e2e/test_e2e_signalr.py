@@ -179,6 +179,31 @@ async def test_a_refused_direct_message_and_an_offline_recipient_look_the_same(a
             ]
 
 
+CLOSE_USER = "POST /api/hubs/{hub}/users/{user}/:closeConnections"
+
+
+async def test_an_operator_disconnect_closes_every_tab_of_the_user(stack: Stack, clients: SignalRClients) -> None:
+    """POST /api/users/{user}/disconnect closes both tabs of the user through the emulator's REST API
+    (users/{user}/:closeConnections); the user is offline at once, and another user's tab stays open."""
+    mallory, bob = unique_user("mallory"), unique_user("bob")
+    await clients.connect("m1", mallory)
+    await clients.connect("m2", mallory)
+    await clients.connect("b1", bob)
+    async with aiohttp.ClientSession() as session, session.get(f"{stack.emulator_url}/admin/rest-calls") as response:
+        before = (await response.json())["byRoute"].get(CLOSE_USER, 0)
+    assert await api(stack, "POST", f"users/{mallory}/disconnect") == (200, {"user": mallory, "closed": 2})
+    async with aiohttp.ClientSession() as session, session.get(f"{stack.emulator_url}/admin/rest-calls") as response:
+        assert (await response.json())["byRoute"].get(CLOSE_USER, 0) == before + 1  # one spelling, one call
+    for tab in ("m1", "m2"):
+        await clients.wait_for(lambda e, tab=tab: e.get("id") == tab and e.get("event") == "closed", what="a close")
+    status, body = await api(stack, "GET", f"users/{mallory}")
+    assert (status, body["online"], body["connections"]) == (200, False, [])
+    assert await api(stack, "POST", f"users/{mallory}/disconnect") == (200, {"user": mallory, "closed": 0})
+    await clients.send("b1", "send", bob, "still here")
+    assert await clients.wait_message("b1", "newMessage") == [{"from": bob, "to": bob, "message": "still here"}]
+    assert not [e for e in clients.events if e.get("id") == "b1" and e.get("event") == "closed"]
+
+
 async def test_closing_removes_the_row(azurite: Azurite, stack: Stack, clients: SignalRClients) -> None:
     """Stopping a client makes the emulator send disconnected upstream and the app delete the row."""
     alice = unique_user("alice")
