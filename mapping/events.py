@@ -84,8 +84,11 @@ def _named(message: Message, event: Invocation, method: str) -> Message:
     return {**message, "arguments": [named]}
 
 
-async def on_connected(store: ConnectionStore, event: Invocation) -> list[Message]:
-    """Map a new connection to its user; announce the user online on their first live connection."""
+async def on_connected(
+    store: ConnectionStore, event: Invocation, *, service: ConnectionCloser = AGE_ONLY
+) -> list[Message]:
+    """Map a new connection to its user; announce the user online on their first live connection. A blocked user's
+    connection is not mapped, and closed through the service (refused by raising where the service cannot close)."""
     if not event.user_id or not event.connection_id:
         logger.warning("connected: connection %s has no user id; not mapped", event.connection_id)
         return []
@@ -95,6 +98,11 @@ async def on_connected(store: ConnectionStore, event: Invocation) -> list[Messag
         )
     except InvalidNameError as error:
         logger.warning("connected: connection not mapped: %s", error)
+        return []
+    if outcome.blocked:
+        logger.warning("connected: a blocked user's connection %s is closed, not mapped", event.connection_id)
+        if not await service.close_connection(store.settings.hub, event.connection_id, reason="blocked"):
+            raise RefusedError("the user is blocked")  # the extension answers 403: refused where the service can
         return []
     logger.info("connected: %s", outcome.entity.connection_id)
     connection_id = outcome.entity.connection_id

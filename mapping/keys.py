@@ -32,6 +32,7 @@ MAX_ROOM_LENGTH = 64
 MEMBERSHIP_PREFIX = "%~r"  # RowKey prefix of a membership row in the user's partition
 ROOM_PREFIX = "%~m"  # PartitionKey prefix of a room's member index
 PRESENCE_ROW = "%~p"  # RowKey of the presence row in a user's partition
+BLOCKED_ROW = "%~b"  # RowKey of an operator's block in a user's partition (present: blocked)
 INDEX_PREFIX = "%~x"  # PartitionKey prefix of the unsharded expiry index (S = 1, and every index before shards)
 SHARDED_PREFIX = "%~i"  # PartitionKey prefix of a sharded expiry index: %~i<shard, 3 digits>.<bucket>
 AFTER_SHARDS = "%~j"  # sorts after every sharded expiry-index partition

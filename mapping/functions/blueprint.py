@@ -74,6 +74,11 @@ async def negotiate(req: func.HttpRequest, connection_info: str) -> func.HttpRes
         normalize_user_name(principal)
     except InvalidNameError as error:
         return _json(400, {"error": f"the signed-in user name is not usable: {error}"})
+    try:
+        if await runtime.store().is_blocked(principal):
+            return _json(403, {"error": "this user is blocked"})
+    except MappingError as error:
+        return _error(error)
     return func.HttpResponse(connection_info, status_code=200, mimetype="application/json")
 
 
@@ -81,7 +86,9 @@ async def negotiate(req: func.HttpRequest, connection_info: str) -> func.HttpRes
 @signalr_event("connections", "connected")
 async def connected(invocation: str, signalr: func.Out[str]) -> None:
     """Map a new connection to its user; raising makes SignalR refuse the connection, so none goes unmapped."""
-    _send(signalr, await events.on_connected(runtime.store(), parse_invocation(invocation)))
+    store = runtime.store()
+    closer = runtime.closer_for(store.settings.signalr)
+    _send(signalr, await events.on_connected(store, parse_invocation(invocation), service=closer))
 
 
 @blueprint.function_name("disconnected")
@@ -232,6 +239,7 @@ async def user_presence(req: func.HttpRequest) -> func.HttpResponse:
         "status": presence.state.status,
         "lastSeen": presence.state.to_json()["lastSeen"],
         "rooms": list(presence.rooms),
+        "blocked": presence.blocked,
         "connections": [connection.to_json() for connection in presence.connections],
     }
     return _json(200, body)
@@ -254,6 +262,27 @@ async def disconnect_user(req: func.HttpRequest, signalr: func.Out[str]) -> func
         return _error(error)
     _send(signalr, done.messages)
     return _json(200, {"user": done.user, "closed": done.closed})
+
+
+@blueprint.function_name("block_user")
+@blueprint.route(route="users/{user}/block", methods=["PUT", "DELETE"], auth_level=KEYED)
+@signalr_output
+async def block_user(req: func.HttpRequest, signalr: func.Out[str]) -> func.HttpResponse:
+    """Block a user (PUT: negotiate refused, connections closed and not mapped) or unblock them (DELETE)."""
+    store = runtime.store()
+    user = req.route_params.get("user", "")
+    blocking = req.method.upper() == "PUT"
+    try:
+        await store.set_blocked(user, blocking)
+        if not blocking:
+            return _json(200, {"user": normalize_user_name(user), "blocked": False})
+        done = await events.on_disconnect_user(
+            store, user, service=runtime.closer_for(store.settings.signalr), delayed=runtime.delayed_actions
+        )
+    except MappingError as error:
+        return _error(error)
+    _send(signalr, done.messages)
+    return _json(200, {"user": done.user, "blocked": True, "closed": done.closed})
 
 
 @blueprint.function_name("openapi")

@@ -107,6 +107,8 @@ def _paths() -> dict[str, Any]:
                     "200": _answer("The SignalR connection info.", "ConnectionInfo"),
                     "400": _answer("The signed-in user name is not a usable user name.", "Error"),
                     "401": _answer("No authenticated principal.", "Error"),
+                    "403": _answer("The user is blocked (`PUT /api/users/{user}/block`).", "Error"),
+                    "503": {"$ref": "#/components/responses/StorageUnavailable"},
                 },
             }
         },
@@ -150,6 +152,38 @@ def _paths() -> dict[str, Any]:
                     "503": {"$ref": "#/components/responses/StorageUnavailable"},
                 },
             }
+        },
+        "/users/{user}/block": {
+            "put": {
+                "operationId": "blockUser",
+                "summary": "Block a user: negotiate answers 403, a connection that reaches `connected` is closed and "
+                "not mapped, and their connections are closed now (as `disconnect`). Idempotent.",
+                "parameters": [{"$ref": "#/components/parameters/User"}],
+                "responses": {
+                    "200": _answer("Blocked; how many live connections were closed.", "Blocked"),
+                    "400": {"$ref": "#/components/responses/BadRequest"},
+                    "401": {"$ref": "#/components/responses/NoKey"},
+                    "503": {
+                        **_answer(
+                            "The store is unavailable (nothing changed), or SignalR Service could not close the "
+                            "connections (the block holds; try again to close them).",
+                            "Error",
+                        ),
+                        "headers": {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}},
+                    },
+                },
+            },
+            "delete": {
+                "operationId": "unblockUser",
+                "summary": "Unblock a user. Idempotent.",
+                "parameters": [{"$ref": "#/components/parameters/User"}],
+                "responses": {
+                    "200": _answer("Not blocked.", "Blocked"),
+                    "400": {"$ref": "#/components/responses/BadRequest"},
+                    "401": {"$ref": "#/components/responses/NoKey"},
+                    "503": {"$ref": "#/components/responses/StorageUnavailable"},
+                },
+            },
         },
         "/users/{user}/disconnect": {
             "post": {
@@ -322,8 +356,17 @@ def _schemas() -> dict[str, Schema]:
                 "status": _ref("Status"),
                 "lastSeen": _ref("TimestampOrNull"),
                 "rooms": {"type": "array", "items": {"type": "string"}},
+                "blocked": {"type": "boolean", "description": "An operator blocked the user."},
                 "connections": {"type": "array", "items": _ref("Connection")},
             }
+        ),
+        "Blocked": _closed(
+            {
+                "user": {"type": "string"},
+                "blocked": {"type": "boolean"},
+                "closed": {"type": "integer", "minimum": 0, "description": "PUT: the live connections closed."},
+            },
+            required=["user", "blocked"],
         ),
         "RoomMember": _closed(
             {
@@ -355,8 +398,14 @@ def _name() -> Schema:
     return {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LENGTH, "pattern": r"\S"}
 
 
-def _closed(properties: dict[str, Schema]) -> Schema:
-    return {"type": "object", "required": list(properties), "properties": properties, "additionalProperties": False}
+def _closed(properties: dict[str, Schema], *, required: list[str] | None = None) -> Schema:
+    """An object of exactly `properties`, each required unless `required` names fewer."""
+    return {
+        "type": "object",
+        "required": list(properties) if required is None else required,
+        "properties": properties,
+        "additionalProperties": False,
+    }
 
 
 def _ref(name: str) -> Schema:

@@ -38,13 +38,15 @@ class UserPresence:
     state: PresenceState
     connections: list[ConnectionEntity]
     rooms: tuple[str, ...]
+    blocked: bool = False
 
 
 async def presence_of(table: Table, lease: Lease, user_name: str, *, now: datetime) -> UserPresence:
     """Return a user's presence as their rows give it at `now` (one query), with their connections and rooms."""
     name = normalize_user_name(user_name)
     view = await read_user(table, user_key(name))
-    return UserPresence(name, view.state_now(lease, now=now), view.live(lease, now=now), tuple(sorted(view.rooms)))
+    live = view.live(lease, now=now)
+    return UserPresence(name, view.state_now(lease, now=now), live, tuple(sorted(view.rooms)), view.blocked)
 
 
 async def connections_of(table: Table, lease: Lease, user_name: str, *, now: datetime) -> list[ConnectionEntity]:

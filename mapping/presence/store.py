@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from mapping.errors import RowChangedError
-from mapping.keys import connection_key, normalize_user_name, user_key
+from mapping.keys import BLOCKED_ROW, connection_key, normalize_user_name, user_key
 from mapping.presence import readers
 from mapping.presence.expiry import ExpiryIndex
 from mapping.presence.lease import Lease, RefreshMemory
@@ -33,7 +33,7 @@ from mapping.presence.state import PresenceChange, decide, parse_status, presenc
 from mapping.presence.user_view import UserView
 from mapping.presence.write_loop import Attempts, Commit, Done, RowWrite, UserWrites, Written, write_live_row
 from mapping.settings import Settings
-from mapping.storage.table import Table, create, delete, merge
+from mapping.storage.table import Table, create, delete, merge, upsert
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +43,7 @@ class ConnectOutcome:
     entity: ConnectionEntity
     presence: PresenceChange | None = None
     rooms: tuple[str, ...] = ()  # the user's rooms, whose groups the new connection joins
+    blocked: bool = False  # the user is blocked: nothing was written, the connection is to be closed
 
     @property
     def came_online(self) -> bool:
@@ -105,6 +106,8 @@ class ConnectionStore:
         # With presence events off too: the write is conditional on the user's read, so a join racing this
         # connect sees the new connection or is seen by it (rooms R2).
         outcome = await self._connect_deciding(entity)
+        if outcome.blocked:
+            return outcome
         self.refreshes.remember(entity.partition_key, entity.row_key, entity.last_seen)
         return outcome if self.settings.presence_events else replace(outcome, presence=None)
 
@@ -191,6 +194,32 @@ class ConnectionStore:
         presence = written.change or written.view.presence.announced_as(name, rooms=written.view.rooms)
         return TouchOutcome(True, presence, self._rooms_if_revived(written, row, moment))
 
+    async def set_blocked(self, user_name: str, blocked: bool) -> bool:
+        """Block or unblock a user (the block row, committed on the presence row's ETag, so a connect racing it is
+        decided on one side of it); return whether this call changed it."""
+        name = normalize_user_name(user_name)
+        partition = user_key(name)
+
+        async def step(view: UserView, attempts: Attempts) -> Done[bool] | Commit[bool]:
+            if view.blocked == blocked:
+                return Done(attempts.tried)  # as wanted (an attempt of ours answered with an error may have done it)
+            row = {"PartitionKey": partition, "RowKey": BLOCKED_ROW, "BlockedAt": self.now()}
+            change = upsert(row) if blocked else delete(partition, BLOCKED_ROW)
+            touch = presence_write(partition, view.presence, writer=attempts.writer, user_name=name)
+            return Commit([change, touch], True)
+
+        return await self.writes.write(partition, step, action="block" if blocked else "unblock")
+
+    async def is_blocked(self, user_name: str) -> bool:
+        """Return whether an operator blocked the user (one point query of the block row)."""
+        rows = await self.table.query(
+            "PartitionKey eq @pk and RowKey eq @rk",
+            {"pk": user_key(user_name), "rk": BLOCKED_ROW},
+            action="read a block",
+            select=["RowKey"],
+        )
+        return bool(rows)
+
     # -- readers (mapping.presence.readers, mapping.presence.user_view) ---------------------------------------------
 
     async def presence_of(self, user_name: str, *, now: datetime | None = None) -> UserPresence:
@@ -226,7 +255,9 @@ class ConnectionStore:
     # -- internals ------------------------------------------------------------------------------
 
     async def _connect_deciding(self, entity: ConnectionEntity) -> ConnectOutcome:
-        def row_write(existing: ConnectionEntity | None, bucket: str, view: UserView) -> RowWrite:
+        def row_write(existing: ConnectionEntity | None, bucket: str, view: UserView) -> RowWrite | None:
+            if view.blocked:
+                return None  # an operator blocked the user: the connection is not mapped
             if existing is None:
                 # A connection that opens while a grace holds an ended one takes its place (a page reload):
                 # its status and count carry over, so presence does not change (mapping.presence.grace, G1).
@@ -255,6 +286,8 @@ class ConnectionStore:
             row_write,
             action="connect",
         )
+        if written.view.blocked:
+            return ConnectOutcome(entity, blocked=True)
         return ConnectOutcome(written.entity or entity, written.change, tuple(sorted(written.view.rooms)))
 
     async def _refresh_deciding(self, partition: str, row: str, name: str, moment: datetime) -> TouchOutcome:

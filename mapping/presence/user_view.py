@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from mapping.keys import BOOKKEEPING_PREFIX, PRESENCE_ROW, unescape_key
+from mapping.keys import BLOCKED_ROW, BOOKKEEPING_PREFIX, PRESENCE_ROW, unescape_key
 from mapping.presence.lease import Lease
 from mapping.presence.rows import ConnectionEntity, Membership, is_membership_key
 from mapping.presence.state import PresenceState, Recorded, derive, recorded_from
@@ -21,6 +21,7 @@ class UserView:
     rows: dict[str, ConnectionEntity] = field(default_factory=dict)
     presence: Recorded = field(default_factory=Recorded)
     rooms: dict[str, Membership] = field(default_factory=dict)  # the user's rooms, by name
+    blocked: bool = False  # an operator blocked the user (the block row): no connection of theirs is mapped
 
     def name(self) -> str:
         """Return the user's name as received: from a row, else as last written to the presence row."""
@@ -52,17 +53,20 @@ class UserView:
 
 
 async def read_user(table: Table, partition: str) -> UserView:
-    """Read a user's connection rows, presence row and memberships with one query (P2)."""
+    """Read a user's connection rows, presence row, memberships and block with one query (P2)."""
     rows: dict[str, ConnectionEntity] = {}
     rooms: dict[str, Membership] = {}
     presence = Recorded()
+    blocked = False
     for row in await table.query("PartitionKey eq @pk", {"pk": partition}, action="read a user"):
         key = str(row["RowKey"])
         if key == PRESENCE_ROW:
             presence = recorded_from(row, etag=etag_of(row))
+        elif key == BLOCKED_ROW:
+            blocked = True
         elif is_membership_key(key):
             membership = Membership.from_table(row, etag=etag_of(row))
             rooms[membership.room] = membership
         elif not key.startswith(BOOKKEEPING_PREFIX):
             rows[key] = ConnectionEntity.from_table(row, etag=etag_of(row))
-    return UserView(partition, rows, presence, rooms)
+    return UserView(partition, rows, presence, rooms, blocked)

@@ -32,7 +32,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from mapping.errors import InvalidRequestError
+from mapping.errors import InvalidRequestError, RefusedError
 from mapping.keys import (
     MEMBERSHIP_PREFIX,
     check_limit,
@@ -100,6 +100,8 @@ class Rooms:
         membership = Membership(room, moment)
 
         async def step(view: UserView, attempts: Attempts) -> Done[RoomChange] | Commit[RoomChange]:
+            if view.blocked:
+                raise RefusedError("this user is blocked", room=room)
             change = self._change(view, name, room, joined=True, moment=moment)
             if room in view.rooms:
                 return Done(change)

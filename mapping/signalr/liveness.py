@@ -123,6 +123,10 @@ class ConnectionCloser(Protocol):
         """Close every connection the service has of `user_id` (matched exactly); False when it did not confirm."""
         ...
 
+    async def close_connection(self, hub: str, connection_id: str, *, reason: str) -> bool:
+        """Close one connection; False when the service did not confirm it."""
+        ...
+
 
 class AgeOnly:
     """The check of a deployment without SignalR REST access: it never asks, so a row's age alone decides."""
@@ -142,6 +146,10 @@ class AgeOnly:
         return False
 
     async def close_user(self, hub: str, user_id: str, *, reason: str) -> bool:
+        """Return False: without REST access no connection can be closed."""
+        return False
+
+    async def close_connection(self, hub: str, connection_id: str, *, reason: str) -> bool:
         """Return False: without REST access no connection can be closed."""
         return False
 
@@ -240,18 +248,26 @@ class SignalRLiveness:
             f"{self.connection.endpoint}/api/hubs/{quote(hub, safe='')}/users/{quote(user_id, safe='')}"
             "/:closeConnections"
         )
+        return await self._close("POST", url, reason=reason)
+
+    async def close_connection(self, hub: str, connection_id: str, *, reason: str) -> bool:
+        """Close one connection (`DELETE .../connections/{id}`: 200); False when the service did not confirm it."""
+        url = f"{self.connection.endpoint}/api/hubs/{quote(hub, safe='')}/connections/{quote(connection_id, safe='')}"
+        return await self._close("DELETE", url, reason=reason)
+
+    async def _close(self, method: str, url: str, *, reason: str) -> bool:
         try:
             await self._wait_if_throttled()
             headers = {"Authorization": f"Bearer {await self._bearer(url)}"}
             query = {"api-version": LIST_API_VERSION, "reason": reason}
-            async with self._slots, self._http().post(url, params=query, headers=headers) as response:
+            async with self._slots, self._http().request(method, url, params=query, headers=headers) as response:
                 if response.status == 429:
                     self._throttle(_retry_after(response.headers.get("Retry-After")))
                 return response.status in (200, 204)
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
-            logger.warning("closing a user's connections failed: %s", type(error).__name__)
+            logger.warning("closing connections failed: %s", type(error).__name__)
         except Exception as error:  # a credential failure
-            logger.warning("closing a user's connections could not authenticate: %s", type(error).__name__)
+            logger.warning("closing connections could not authenticate: %s", type(error).__name__)
         return False
 
     async def close(self) -> None:

@@ -450,7 +450,15 @@ async def test_user_presence_of_an_unknown_user_is_offline() -> None:
     status, body, _ = await http("user_presence", request)
     assert (status, body) == (
         200,
-        {"user": "nobody", "online": False, "status": None, "lastSeen": None, "rooms": [], "connections": []},
+        {
+            "user": "nobody",
+            "online": False,
+            "status": None,
+            "lastSeen": None,
+            "rooms": [],
+            "blocked": False,
+            "connections": [],
+        },
     )
 
 

@@ -1,16 +1,18 @@
-"""An operator's controls through the functions against Azurite: closing every connection of a user."""
+"""An operator's controls through the functions against Azurite: closing every connection of a user, blocking."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from mapping import events
-from mapping.errors import SignalRUnavailableError
+from mapping.errors import RefusedError, SignalRUnavailableError
 from mapping.functions import runtime
 from mapping.presence.store import ConnectionStore
-from testkit.functions_host import Out, connected, http, http_request
+from mapping.signalr.invocation import parse_invocation
+from testkit.functions_host import Out, connected, http, http_request, invocation, signalr_event
 
 pytestmark = pytest.mark.usefixtures("app_env")
 
@@ -25,6 +27,11 @@ class Closer:
     async def close_user(self, hub: str, user_id: str, *, reason: str) -> bool:
         """Record the user id (matched exactly by the service) and answer as configured."""
         self.closed.append(user_id)
+        return self.confirms
+
+    async def close_connection(self, hub: str, connection_id: str, *, reason: str) -> bool:
+        """Record the connection id and answer as configured."""
+        self.closed.append(connection_id)
         return self.confirms
 
 
@@ -76,3 +83,73 @@ async def test_the_http_disconnect_of_an_invalid_name_is_400(user: str) -> None:
     status, body, _ = await http("disconnect_user", request, signalr=Out())
     assert status == 400
     assert isinstance(body["error"], str)
+
+
+async def negotiate(user: str) -> int:
+    """POST /api/negotiate as `user` (the platform's principal header); return the status."""
+    request = http_request("POST", "negotiate", headers={"x-ms-client-principal-name": user})
+    info = {"url": "https://x.service.signalr.net/client/?hub=chat", "accessToken": "token"}
+    status, _, _ = await http("negotiate", request, connection_info=json.dumps(info))
+    return int(status)
+
+
+async def test_a_blocked_user_cannot_negotiate_and_is_not_mapped() -> None:
+    """Blocked: negotiate answers 403, a `connected` writes no row and closes the connection at the service, the
+    user's presence says blocked; unblocked, all is as before. Blocking twice changes nothing the second time."""
+    store: ConnectionStore = runtime.store()
+    assert await store.set_blocked("Mallory", True) is True
+    assert await store.set_blocked("mallory", True) is False
+    assert await negotiate("MALLORY") == 403
+    service = Closer()
+    invocation_ = invocation("connected", user_id="mallory", connection_id="m1")
+    assert await events.on_connected(store, parse_invocation(invocation_), service=service) == []
+    assert service.closed == ["m1"]
+    assert await store.connections_of("mallory") == []
+    status, body, _ = await http(
+        "user_presence", http_request("GET", "users/mallory", route_params={"user": "mallory"})
+    )
+    assert (status, body["blocked"], body["connections"]) == (200, True, [])
+    assert await store.set_blocked("mallory", False) is True
+    assert await negotiate("mallory") == 200
+    assert (await connected("mallory", "m2")).messages
+    assert [c.connection_id for c in await store.connections_of("mallory")] == ["m2"]
+
+
+async def test_a_blocked_users_connected_raises_where_the_service_cannot_close_it() -> None:
+    """Without REST access the `connected` of a blocked user raises (the extension answers 403), mapping nothing."""
+    store: ConnectionStore = runtime.store()
+    await store.set_blocked("mallory", True)
+    with pytest.raises(RefusedError):
+        await events.on_connected(
+            store, parse_invocation(invocation("connected", user_id="mallory", connection_id="m1"))
+        )
+    assert await store.connections_of("mallory") == []
+
+
+async def test_the_http_block_holds_even_when_signalr_cannot_close() -> None:
+    """PUT /api/users/{user}/block without SignalR: the block holds (negotiate 403) and the answer is a 503 saying
+    the connections were not closed; DELETE unblocks (200, idempotent)."""
+    await connected("mallory", "m1")
+    route = {"user": "mallory"}
+    status, body, _ = await http(
+        "block_user", http_request("PUT", "users/mallory/block", route_params=route), signalr=Out()
+    )
+    assert status == 503
+    assert "SignalR" in body["error"]
+    assert await negotiate("mallory") == 403
+    for _ in range(2):
+        request = http_request("DELETE", "users/mallory/block", route_params=route)
+        assert (await http("block_user", request, signalr=Out()))[:2] == (200, {"user": "mallory", "blocked": False})
+    assert await negotiate("mallory") == 200
+
+
+async def test_a_blocked_users_join_is_refused_and_writes_nothing() -> None:
+    """A connection of a blocked user that is still open (its close failed) gets one error for `join`, and no
+    membership is written."""
+    store: ConnectionStore = runtime.store()
+    await connected("mallory", "m1")
+    await store.set_blocked("mallory", True)
+    payload = invocation("join", user_id="mallory", connection_id="m1", arguments=["lobby"])
+    out = await signalr_event("join_room", payload)
+    assert [(m["target"], m["arguments"][0]["error"]) for m in out.messages] == [("error", "this user is blocked")]
+    assert (await store.presence_of("mallory")).rooms == ()

@@ -204,6 +204,22 @@ async def test_an_operator_disconnect_closes_every_tab_of_the_user(stack: Stack,
     assert not [e for e in clients.events if e.get("id") == "b1" and e.get("event") == "closed"]
 
 
+async def test_a_blocked_user_cannot_negotiate_or_stay_connected(stack: Stack, clients: SignalRClients) -> None:
+    """PUT /api/users/{user}/block closes the user's open tab and refuses their next connect (negotiate 403);
+    DELETE lets them connect again."""
+    mallory = unique_user("mallory")
+    await clients.connect("m1", mallory)
+    assert await api(stack, "PUT", f"users/{mallory}/block") == (200, {"user": mallory, "blocked": True, "closed": 1})
+    await clients.wait_for(lambda e: e.get("id") == "m1" and e.get("event") == "closed", what="the tab closed")
+    with pytest.raises(ClientCallFailed, match="403"):
+        await clients.connect("m2", mallory)
+    status, body = await api(stack, "GET", f"users/{mallory}")
+    assert (status, body["blocked"], body["online"]) == (200, True, False)
+    assert await api(stack, "DELETE", f"users/{mallory}/block") == (200, {"user": mallory, "blocked": False})
+    await clients.connect("m3", mallory)
+    assert len(await connection_ids(stack, mallory)) == 1
+
+
 async def test_closing_removes_the_row(azurite: Azurite, stack: Stack, clients: SignalRClients) -> None:
     """Stopping a client makes the emulator send disconnected upstream and the app delete the row."""
     alice = unique_user("alice")

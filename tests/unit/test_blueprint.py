@@ -12,7 +12,7 @@ import pytest
 from mapping.functions.blueprint import blueprint
 from mapping.functions.registration import Registered, RegistrationError, clashes, register
 
-MAPPER_FUNCTIONS = 20
+MAPPER_FUNCTIONS = 21
 
 
 def _app_with(*define: Callable[[func.FunctionApp], None], level: func.AuthLevel = func.AuthLevel.FUNCTION) -> Any:
@@ -81,7 +81,7 @@ def _auth_levels(app: Any) -> dict[str, str]:
 
 
 def test_the_mapper_and_the_apps_own_functions_index_together() -> None:
-    """An app's own HTTP function and timer index beside the mapper's 20 functions."""
+    """An app's own HTTP function and timer index beside the mapper's 21 functions."""
     app = _app_with(_route("hello", methods=["GET"], name="hello"), _timer("nightly"))
     names = {str(function.get_function_name()) for function in app.get_functions()}
     assert len(names) == MAPPER_FUNCTIONS + 2
@@ -194,7 +194,7 @@ def test_a_real_name_clash_is_refused_at_every_indexing() -> None:
 
 
 def test_registering_twice_is_refused_with_a_clear_message() -> None:
-    """A second register() on one app fails at once, naming the cause, not as 20 name clashes at indexing."""
+    """A second register() on one app fails at once, naming the cause, not as 21 name clashes at indexing."""
     app = _app_with()
     with pytest.raises(RegistrationError, match="registered on this app already"):
         register(app)

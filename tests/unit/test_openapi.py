@@ -32,6 +32,7 @@ PRESENCE = {
     "status": "away",
     "lastSeen": "2026-11-22T09:04:10.5Z",
     "rooms": ["lobby"],
+    "blocked": False,
     "connections": [CONNECTION],
 }
 

@@ -24,6 +24,7 @@ HTTP_ROUTES = {
     "online_users": ("users", ["GET"], "FUNCTION"),
     "user_presence": ("users/{user}", ["GET"], "FUNCTION"),
     "disconnect_user": ("users/{user}/disconnect", ["POST"], "FUNCTION"),
+    "block_user": ("users/{user}/block", ["PUT", "DELETE"], "FUNCTION"),
     "room_members": ("rooms/{room}", ["GET"], "FUNCTION"),
     "send_to_room": ("rooms/{room}/send", ["POST"], "FUNCTION"),
     "openapi": ("openapi.json", ["GET"], "ANONYMOUS"),
@@ -64,9 +65,9 @@ def test_signalr_triggers_and_outputs(name: str, expected: tuple[str, str]) -> N
     assert (output["direction"], output["hubName"], output["name"]) == ("OUT", "%SIGNALR_HUB%", "signalr")
 
 
-@pytest.mark.parametrize("name", ["send", "send_to_room", "disconnect_user"])
+@pytest.mark.parametrize("name", ["send", "send_to_room", "disconnect_user", "block_user"])
 def test_http_functions_that_announce_have_a_signalr_output(name: str) -> None:
-    """The HTTP send functions and the operator's disconnect deliver through a signalR output on the configured hub."""
+    """The HTTP sends and the operator's disconnect and block deliver through a signalR output on the configured hub."""
     output = binding(name, "signalR")
     assert (output["direction"], output["hubName"]) == ("OUT", "%SIGNALR_HUB%")
 
