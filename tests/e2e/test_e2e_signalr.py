@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -16,6 +17,7 @@ from mapping.signalr.tokens import access_key_token
 from testkit.azurite import Azurite
 from testkit.stack import (
     ACCESS_KEY,
+    HUB,
     SECONDARY_KEY,
     ClientCallFailed,
     SignalRClients,
@@ -213,8 +215,13 @@ async def test_a_blocked_user_cannot_negotiate_or_stay_connected(stack: Stack, c
     await clients.wait_for(lambda e: e.get("id") == "m1" and e.get("event") == "closed", what="the tab closed")
     with pytest.raises(ClientCallFailed, match="403"):
         await clients.connect("m2", mallory)
+    url = f"{stack.emulator_url}/client/?hub={HUB}"  # a token from before the block, straight to the service
+    token = access_key_token(ACCESS_KEY, audience=url, claims={"nameid": mallory})
+    with contextlib.suppress(ClientCallFailed):
+        await clients.command("connect", id="m4", url=url, user=None, accessToken=token)
+    await clients.wait_for(lambda e: e.get("id") == "m4" and e.get("event") in ("closed", "failed"), what="m4 shut")
     status, body = await api(stack, "GET", f"users/{mallory}")
-    assert (status, body["blocked"], body["online"]) == (200, True, False)
+    assert (status, body["blocked"], body["online"], body["connections"]) == (200, True, False, [])
     assert await api(stack, "DELETE", f"users/{mallory}/block") == (200, {"user": mallory, "blocked": False})
     await clients.connect("m3", mallory)
     assert len(await connection_ids(stack, mallory)) == 1
@@ -295,12 +302,17 @@ async def test_webhook_answers_like_the_extension(
 
 
 async def test_connected_failure_refuses_the_client(azurite: Azurite, clients: SignalRClients) -> None:
-    """When the connected function fails (storage down), the host answers 403 and the client cannot start."""
+    """With storage down negotiate answers 503 (it reads the user's block); a client holding a token from before,
+    straight to the service, reaches the connected function, which fails: the host answers 403 and it cannot start."""
     dead_storage = Azurite(port=1)  # nothing listens on port 1: every storage call fails
     with running_stack(dead_storage) as broken:
         clients.stack = broken
+        with pytest.raises(ClientCallFailed, match="503"):
+            await clients.connect("x0", unique_user("alice"))
+        url = f"{broken.emulator_url}/client/?hub={HUB}"
+        token = access_key_token(ACCESS_KEY, audience=url, claims={"nameid": unique_user("alice")})
         with pytest.raises(ClientCallFailed):
-            await clients.connect("x1", unique_user("alice"))
+            await clients.command("connect", id="x1", url=url, user=None, accessToken=token)
         assert "connected function failed" in (broken.logs / "host.log").read_text()
 
 
