@@ -36,6 +36,7 @@ import pytest
 from mapping.errors import StorageError, StorageUnavailableError
 from mapping.events import (
     on_connected,
+    on_disconnect_user,
     on_disconnected,
     on_grace,
     on_join,
@@ -252,6 +253,27 @@ async def sent(world: World, store: ConnectionStore, user: str, tab: str, to: st
     world.receive(await on_send(store, invocation(world, user, tab, "send", to, "hi")))
 
 
+class Closing:
+    """SignalR Service's REST API as the operator's calls see it: every close is confirmed."""
+
+    async def close_user(self, hub: str, user_id: str, *, reason: str) -> bool:
+        """Confirm closing the user's connections (the case's service answers say which are gone)."""
+        return True
+
+    async def close_connection(self, hub: str, connection_id: str, *, reason: str) -> bool:
+        """Confirm closing the connection."""
+        return True
+
+
+async def blocked(world: World, store: ConnectionStore, user: str, at: datetime) -> None:
+    """The block_user function: the block row, then the user's connections closed at the service and their rows
+    ended as disconnects end them (a failure answers the operator 503: they send it again, or the sweep ends them)."""
+    world.clock.at = at
+    await store.set_blocked(user, True)
+    done = await on_disconnect_user(store, user, service=Closing(), delayed=lambda: world.queue)
+    world.receive(done.messages)
+
+
 async def membership(
     world: World, store: ConnectionStore, user: str, tab: str, room: str, at: datetime, *, joining: bool = True
 ) -> list[Message]:
@@ -459,6 +481,13 @@ CASES = [
         rooms=ROOMS,
         decided=3,
         announced=5,
+    ),
+    _case(
+        "block of a member with two tabs",  # the block row, the close, then each tab's disconnect
+        lambda w, s: in_rooms(w, s, "a1", "a2", at=T0 - timedelta(seconds=2)),
+        lambda w, s: blocked(w, s, "ada", T0),
+        service={"a1": Liveness.GONE, "a2": Liveness.GONE, "b1": Liveness.ALIVE},  # closed at the service
+        rooms=ROOMS,
     ),
     _case(
         "direct message reviving a member's lapsed lease",  # send(to): the caller refreshed, then the policy's reads
