@@ -163,14 +163,7 @@ def _paths() -> dict[str, Any]:
                     "200": _answer("Blocked; how many live connections were closed.", "Blocked"),
                     "400": {"$ref": "#/components/responses/BadRequest"},
                     "401": {"$ref": "#/components/responses/NoKey"},
-                    "503": {
-                        **_answer(
-                            "The store is unavailable (nothing changed), or SignalR Service could not close the "
-                            "connections (the block holds; try again to close them).",
-                            "Error",
-                        ),
-                        "headers": {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}},
-                    },
+                    "503": {"$ref": "#/components/responses/SignalRUnavailable"},
                 },
             },
             "delete": {
@@ -195,14 +188,7 @@ def _paths() -> dict[str, Any]:
                     "200": _answer("How many live connections of the user were closed.", "Disconnected"),
                     "400": {"$ref": "#/components/responses/BadRequest"},
                     "401": {"$ref": "#/components/responses/NoKey"},
-                    "503": {
-                        **_answer(
-                            "SignalR Service could not close the connections (or is not configured), or the "
-                            "connection store is unavailable.",
-                            "Error",
-                        ),
-                        "headers": {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}},
-                    },
+                    "503": {"$ref": "#/components/responses/SignalRUnavailable"},
                 },
             }
         },
@@ -291,6 +277,14 @@ def _responses() -> dict[str, Any]:
             "headers": {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}},
         },
         "NoKey": {"description": "No valid function key (answered by the Functions host in Azure, with no body)."},
+        "SignalRUnavailable": {
+            **_answer(
+                "SignalR Service could not close the connections (not configured, unreachable, or refused), or the "
+                "connection store is unavailable. A block holds once written: send it again to close them.",
+                "Error",
+            ),
+            "headers": {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}},
+        },
     }
 
 
