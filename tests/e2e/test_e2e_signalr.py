@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -184,6 +184,11 @@ async def test_a_refused_direct_message_and_an_offline_recipient_look_the_same(a
 CLOSE_USER = "POST /api/hubs/{hub}/users/{user}/:closeConnections"
 
 
+def closed(client: str) -> Callable[[dict[str, Any]], bool]:
+    """Match the driver's event that `client`'s connection closed."""
+    return lambda event: event.get("id") == client and event.get("event") == "closed"
+
+
 async def test_an_operator_disconnect_closes_every_tab_of_the_user(stack: Stack, clients: SignalRClients) -> None:
     """POST /api/users/{user}/disconnect closes both tabs of the user through the emulator's REST API
     (users/{user}/:closeConnections); the user is offline at once, and another user's tab stays open."""
@@ -197,7 +202,7 @@ async def test_an_operator_disconnect_closes_every_tab_of_the_user(stack: Stack,
     async with aiohttp.ClientSession() as session, session.get(f"{stack.emulator_url}/admin/rest-calls") as response:
         assert (await response.json())["byRoute"].get(CLOSE_USER, 0) == before + 1  # one spelling, one call
     for tab in ("m1", "m2"):
-        await clients.wait_for(lambda e, tab=tab: e.get("id") == tab and e.get("event") == "closed", what="a close")
+        await clients.wait_for(closed(tab), what=f"{tab} closed")
     status, body = await api(stack, "GET", f"users/{mallory}")
     assert (status, body["online"], body["connections"]) == (200, False, [])
     assert await api(stack, "POST", f"users/{mallory}/disconnect") == (200, {"user": mallory, "closed": 0})
