@@ -85,10 +85,12 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_wheel_holds_the_library_its_blueprint_and_nothing_of_the_repository(wheel: Path) -> None:
-    """The wheel has every module of mapping/ (blueprint and OpenAPI document included), typed, and no app or tests."""
+    """The wheel has every module of mapping/ and its sub-packages (blueprint and OpenAPI document included), typed,
+    and no app or tests."""
     names = zipfile.ZipFile(wheel).namelist()
     modules = {name for name in names if name.startswith("mapping/")}
-    assert modules == {f"mapping/{path.name}" for path in (ROOT / "mapping").iterdir() if path.suffix == ".py"} | {
+    library = ROOT / "mapping"
+    assert modules == {f"mapping/{path.relative_to(library).as_posix()}" for path in library.rglob("*.py")} | {
         "mapping/py.typed"
     }
     assert {
@@ -119,7 +121,7 @@ def test_every_package_the_library_imports_is_declared() -> None:
     providers = importlib.metadata.packages_distributions()
     declared = {_canonical(name) for name in _declared()}
     undeclared: dict[str, list[str]] = {}
-    for module in (ROOT / "mapping").glob("*.py"):
+    for module in (ROOT / "mapping").rglob("*.py"):
         for node in ast.walk(ast.parse(module.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
