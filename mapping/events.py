@@ -145,16 +145,19 @@ class UserDisconnected:
 async def on_disconnect_user(
     store: ConnectionStore, user_name: str, *, service: ConnectionCloser, delayed: Callable[[], DelayedActions]
 ) -> UserDisconnected:
-    """Close every connection of a user through the service's REST API (each spelling of the name the user connected
-    with: the service matches user ids exactly), then end their live rows as a disconnect does; raise
-    SignalRUnavailableError, changing nothing, when the service could not close them."""
+    """Close every connection of a user through the service's REST API (each live row's connection by its id, then
+    each spelling of the name they connected with, for connections the app never mapped: the service matches user
+    ids exactly), then end their live rows as a disconnect does; raise SignalRUnavailableError when the service did
+    not confirm a close (no row ended: send it again)."""
     name = normalize_user_name(user_name)
     view = await store.read_user(user_key(name))
     live = view.live(store.lease, now=store.now())
+    hub, reason = store.settings.hub, "disconnected by an operator"
     spellings = sorted({name, *(row.user_name for row in view.rows.values() if row.user_name)})
-    for spelling in spellings:
-        if not await service.close_user(store.settings.hub, spelling, reason="disconnected by an operator"):
-            raise SignalRUnavailableError("SignalR Service did not close the user's connections; try again")
+    closes = [service.close_connection(hub, row.connection_id, reason=reason) for row in live]
+    closes += [service.close_user(hub, spelling, reason=reason) for spelling in spellings]
+    if not all([await close for close in closes]):
+        raise SignalRUnavailableError("SignalR Service did not close the user's connections; try again")
     messages: list[Message] = []
     for row in live:  # the service's own disconnected events follow, and find the rows ended (or gone) already
         event = Invocation("connections", "disconnected", store.settings.hub, row.connection_id, row.user_name)
@@ -180,7 +183,7 @@ async def on_send(store: ConnectionStore, caller: _Caller) -> list[Message]:
     try:
         request = parse_send_arguments(caller.arguments)
         return revived + await send_direct(store, request, sender=caller.user)
-    except InvalidRequestError as error:
+    except (InvalidRequestError, InvalidNameError) as error:
         return [*revived, error_message(caller.connection, str(error))]
     except UserOfflineError:
         return [*revived, error_message(caller.connection, "recipient is offline", to=request.to)]
@@ -224,7 +227,10 @@ async def on_send_to_room(store: ConnectionStore, caller: _Caller) -> list[Messa
     revived = await _refresh(store, caller.user, caller.connection)
     try:
         request = parse_room_send_arguments(caller.arguments)
-        if not await Rooms(store).is_member(caller.user, request.room):
+        standing = await Rooms(store).standing(caller.user)
+        if standing.blocked:
+            return [*revived, error_message(caller.connection, "this user is blocked", room=request.room)]
+        if request.room not in standing.rooms:
             return [*revived, error_message(caller.connection, "not a member of this room", room=request.room)]
     except (InvalidRequestError, InvalidNameError) as error:
         return [*revived, error_message(caller.connection, str(error))]
@@ -281,7 +287,10 @@ async def on_sync(store: ConnectionStore, caller: _Caller) -> list[Message]:
     revived = await _refresh(store, caller.user, caller.connection)
     try:
         room = parse_room(caller.argument)
-        if room not in (await store.read_user(user_key(caller.user))).rooms:
+        standing = await store.read_user(user_key(caller.user))
+        if standing.blocked:
+            return [*revived, error_message(caller.connection, "this user is blocked", room=room)]
+        if room not in standing.rooms:
             return [*revived, error_message(caller.connection, "not a member of this room", room=room)]
         entries = await _roster(store, room)
     except (InvalidRequestError, InvalidNameError) as error:

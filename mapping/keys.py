@@ -103,9 +103,16 @@ def _normalize(value: object, *, what: str) -> str:
         raise InvalidNameError(f"{what} must not be empty")
     if len(normalized) > MAX_NAME_LENGTH:
         raise InvalidNameError(f"{what} must be at most {MAX_NAME_LENGTH} characters")
-    if what == "user name" and has_format_characters(normalized):
-        # A name must look like what it is: no bidirectional overrides, no zero-width characters (category Cf).
-        raise InvalidNameError(f"{what} must not hold invisible format characters (bidirectional, zero-width)")
+    return normalized
+
+
+def new_user_name(name: object) -> str:
+    """Return a name a user may sign in with: a valid user name without format characters (category Cf: bidirectional
+    overrides, zero-width characters), so it looks like what it is; or raise InvalidNameError. Checked at negotiate
+    only: names already stored keep working everywhere else."""
+    normalized = normalize_user_name(name)
+    if has_format_characters(normalized):
+        raise InvalidNameError("user name must not hold invisible format characters (bidirectional, zero-width)")
     return normalized
 
 

@@ -24,7 +24,7 @@ from mapping.errors import (
 )
 from mapping.functions import runtime
 from mapping.functions.openapi import document as openapi_document
-from mapping.keys import normalize_user_name
+from mapping.keys import new_user_name, normalize_user_name
 from mapping.rooms.membership import Rooms
 from mapping.settings import GRACE_QUEUE
 from mapping.signalr import messages
@@ -71,7 +71,7 @@ async def negotiate(req: func.HttpRequest, connection_info: str) -> func.HttpRes
     if not principal:
         return _json(401, {"error": "sign in first: no authenticated principal"})
     try:
-        normalize_user_name(principal)
+        new_user_name(principal)
     except InvalidNameError as error:
         return _json(400, {"error": f"the signed-in user name is not usable: {error}"})
     try:

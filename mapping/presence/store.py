@@ -175,8 +175,8 @@ class ConnectionStore:
             return TouchOutcome(True)
 
         def row_write(existing: ConnectionEntity | None, bucket: str, view: UserView) -> RowWrite | None:
-            if existing is None:
-                return None  # not mapped (or swept): a status needs a connection to hold it
+            if existing is None or view.blocked:
+                return None  # not mapped (or swept), or blocked: a status needs a connection to hold it
             patch = {
                 "PartitionKey": partition,
                 "RowKey": row,
@@ -292,8 +292,8 @@ class ConnectionStore:
 
     async def _refresh_deciding(self, partition: str, row: str, name: str, moment: datetime) -> TouchOutcome:
         def row_write(existing: ConnectionEntity | None, bucket: str, view: UserView) -> RowWrite | None:
-            if existing is None:
-                return None  # gone: a refresh never brings a row back
+            if existing is None or view.blocked:
+                return None  # gone (a refresh never brings a row back), or blocked (never revived)
             patch = {"PartitionKey": partition, "RowKey": row, "LastSeen": moment, "IndexBucket": bucket}
             return RowWrite(
                 replace(existing, last_seen=moment, index_bucket=bucket), [merge(patch, etag=existing.etag)]

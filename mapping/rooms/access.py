@@ -1,11 +1,15 @@
 """Who may reach whom: the direct-message policy (`DIRECT_MESSAGES`), decided for each client `send`.
 
-`shared-room` (the default): a client may send to users who share a room with its user; `anyone`; `nobody`. A
-refused message is answered as an offline recipient is, so `send` is no presence oracle. Servers (`POST /api/send`,
-function key) are not subject to it.
+`shared-room` (the default): a client may send to users who share a room with its user; `anyone`; `nobody`; a
+blocked sender reaches nobody. The decision reads the same whatever it decides (the recipient's partition and the
+sender's standing, concurrently: two table requests), so neither its cost nor its failures tell a refused message
+from one to an offline recipient, which is answered alike. Servers (`POST /api/send`, function key) are not subject
+to it.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from mapping.keys import user_key
 from mapping.presence.store import ConnectionStore
@@ -13,11 +17,12 @@ from mapping.presence.user_view import UserView
 from mapping.rooms.membership import Rooms
 
 
-async def may_message(store: ConnectionStore, sender: str, recipient: UserView) -> bool:
-    """Return whether `sender` may send a direct message to the user whose partition `recipient` is."""
+async def reachable(store: ConnectionStore, sender: str, recipient: str) -> UserView | None:
+    """Return the recipient's partition as read if `sender` may send them a direct message, else None."""
+    partition = user_key(recipient)
+    view, standing = await asyncio.gather(store.read_user(partition), Rooms(store).standing(sender))
     policy = store.settings.direct_messages
-    if policy == "anyone" or user_key(sender) == recipient.partition:
-        return True
-    if policy == "nobody" or not recipient.rooms:
-        return False
-    return bool(recipient.rooms.keys() & await Rooms(store).rooms_of(sender))  # one more request: the sender's rooms
+    if standing.blocked or policy == "nobody":
+        return None
+    shared = user_key(sender) == partition or bool(view.rooms.keys() & standing.rooms)
+    return view if policy == "anyone" or shared else None

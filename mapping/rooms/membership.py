@@ -34,6 +34,7 @@ from datetime import datetime
 
 from mapping.errors import InvalidRequestError, RefusedError
 from mapping.keys import (
+    BLOCKED_ROW,
     MEMBERSHIP_PREFIX,
     check_limit,
     decode_cursor,
@@ -43,7 +44,7 @@ from mapping.keys import (
     parse_room,
     user_key,
 )
-from mapping.presence.rows import Membership
+from mapping.presence.rows import Membership, is_membership_key
 from mapping.presence.state import PresenceChange, PresenceState, presence_write
 from mapping.presence.store import ConnectionStore
 from mapping.presence.user_view import UserView
@@ -84,6 +85,14 @@ class MembersPage:
     room: str
     members: list[RoomMember]
     next: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """What a user may reach by themselves: their rooms, and whether an operator blocked them."""
+
+    rooms: frozenset[str]
+    blocked: bool
 
 
 class Rooms:
@@ -136,25 +145,18 @@ class Rooms:
 
         return await self.store.writes.write(partition, step, action="leave")
 
-    async def is_member(self, user_name: str, room: str) -> bool:
-        """Return whether the user is a member of `room` (one point query of their membership row)."""
-        rows = await self.store.table.query(
-            "PartitionKey eq @pk and RowKey eq @rk",
-            {"pk": user_key(user_name), "rk": membership_key(parse_room(room))},
-            action="read a membership",
-            select=["RowKey"],
-        )
-        return bool(rows)
-
-    async def rooms_of(self, user_name: str) -> set[str]:
-        """Return the rooms the user is a member of (one range query over their membership rows)."""
+    async def standing(self, user_name: str) -> Standing:
+        """Return the user's rooms and whether they are blocked: one range query over the app's own rows of their
+        partition from the block row to the membership rows (`%~b` to `%~r...`; the presence row between)."""
         rows = await self.store.table.query(
             "PartitionKey eq @pk and RowKey ge @first and RowKey lt @after",
-            {"pk": user_key(user_name), "first": MEMBERSHIP_PREFIX, "after": MEMBERSHIP_PREFIX[:-1] + "s"},
+            {"pk": user_key(user_name), "first": BLOCKED_ROW, "after": MEMBERSHIP_PREFIX[:-1] + "s"},
             action="read memberships",
             select=["RowKey", "Room"],
         )
-        return {Membership.from_table(row).room for row in rows}
+        keys = [str(row["RowKey"]) for row in rows]
+        rooms = {Membership.from_table(row).room for row in rows if is_membership_key(str(row["RowKey"]))}
+        return Standing(frozenset(rooms), BLOCKED_ROW in keys)
 
     async def members(
         self, room: str, *, limit: int = 100, cursor: str | None = None, now: datetime | None = None

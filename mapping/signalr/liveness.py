@@ -263,7 +263,7 @@ class SignalRLiveness:
             async with self._slots, self._http().request(method, url, params=query, headers=headers) as response:
                 if response.status == 429:
                     self._throttle(_retry_after(response.headers.get("Retry-After")))
-                return response.status in (200, 204)
+                return response.status in (200, 204, 404)  # 404: no such connection or user, so none is open
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
             logger.warning("closing connections failed: %s", type(error).__name__)
         except Exception as error:  # a credential failure

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from mapping.errors import InvalidNameError, InvalidRequestError, PayloadTooLargeError, UserOfflineError
-from mapping.keys import normalize_user_name, parse_room, user_key
+from mapping.keys import normalize_user_name, parse_room
 from mapping.presence.store import ConnectionStore
-from mapping.rooms.access import may_message
+from mapping.rooms.access import reachable
 from mapping.signalr.messages import RESERVED_TARGETS, Message, delivery_messages, room_delivery
 
 MAX_BODY_BYTES = 64 * 1024
@@ -114,9 +114,9 @@ async def send_to_user(store: ConnectionStore, request: SendRequest, *, sender: 
 async def send_direct(store: ConnectionStore, request: SendRequest, *, sender: str) -> list[Message]:
     """Return a client's direct message, one delivery per live connection of the recipient, when `DIRECT_MESSAGES`
     allows it; raise UserOfflineError when the recipient has no live connection or the policy refuses, alike."""
-    recipient = await store.read_user(user_key(request.to))
-    connections = recipient.live(store.lease, now=store.now())
-    if not connections or not await may_message(store, sender, recipient):
+    recipient = await reachable(store, sender, request.to)
+    connections = recipient.live(store.lease, now=store.now()) if recipient is not None else []
+    if not connections:  # offline, or refused: answered alike
         raise UserOfflineError(f"user {request.to!r} has no live connection")
     return delivery_messages(connections, target=request.target, sender=sender, to=request.to, message=request.message)
 

@@ -68,15 +68,14 @@ TRIGGER_KEYS = [
 
 
 def valid_name(value: object) -> bool:
-    """The contract's connection-id rule, independent of mapping.keys: NFC, stripped, 1-256 characters, no
-    surrogates."""
+    """The contract's name rule, independent of mapping.keys: NFC, stripped, 1-256 characters, no surrogates."""
     if not isinstance(value, str) or any(0xD800 <= ord(ch) <= 0xDFFF for ch in value):
         return False
     return 1 <= len(unicodedata.normalize("NFC", value).strip()) <= 256
 
 
 def valid_user_name(value: object) -> bool:
-    """The contract's user-name rule: a valid id with no format character (category Cf: bidi, zero-width)."""
+    """The contract's rule for signing in (negotiate): a valid name with no format character (Cf: bidi, zero-width)."""
     return valid_name(value) and not any(unicodedata.category(ch) == "Cf" for ch in str(value))
 
 
@@ -109,9 +108,9 @@ async def test_fuzzed_names_round_trip_or_are_refused(user: str, connection: str
     """Valid user and connection ids are mapped and read back as sent; others are not mapped and HTTP says 400."""
     count("names")
     out = await signalr_event("connected", invocation("connected", user_id=user, connection_id=connection))
-    accepted = valid_user_name(user) and valid_name(connection)
+    accepted = valid_name(user) and valid_name(connection)
     status, body = await checked_http("user_presence", http_request("GET", "users/x", route_params={"user": user}))
-    if not valid_user_name(user):
+    if not valid_name(user):
         assert status == 400
         assert out.value is None
         return
@@ -523,7 +522,7 @@ def room_event_calls(draw: st.DrawFn) -> dict[str, Any]:
     mode = draw(st.sampled_from(["well-formed", "near", "anything"]))
     if mode == "well-formed":
         rooms, texts, messages = room_text, statuses, message_like
-        odd_names = st.text(st.characters(codec="utf-8"), min_size=1, max_size=40).filter(valid_user_name)
+        odd_names = st.text(st.characters(codec="utf-8"), min_size=1, max_size=40).filter(valid_name)
         users = st.one_of(st.sampled_from(USERS_OK), odd_names)
         connections, flags = st.sampled_from(CONNECTIONS_OK), st.just(True)
     else:
@@ -557,7 +556,7 @@ async def test_fuzzed_room_and_status_arguments_get_one_error_or_their_actions(
     connected, member = call["connected"], call["member"]
     args = arguments if isinstance(arguments, list) else None
     room = args[0] if args else None
-    user_ok = user is not None and valid_user_name(user)
+    user_ok = user is not None and valid_name(user)
     async with fresh_table(azurite, monkeypatch) as table:
         joined: set[str] = set()
         ever: set[str] = set()  # rooms joined at some point: a leave leaves their index rows to readers (R1)
@@ -633,7 +632,7 @@ async def rooms_agree(azurite: Azurite, table: str, user: str | None, joined: se
     assert members <= indexed, "R1: every membership row has its index row"
     assert {room for _, room in indexed - members} <= ever - joined, "only rooms left keep an index row"
     assert len(members) == len(joined)
-    if user is not None and valid_user_name(user):
+    if user is not None and valid_name(user):
         assert sorted(await rooms_of(user)) == sorted(joined)
         for name in joined:
             assert [member["user"] for member in await members_of(name, 100)] == [user_name(user)]

@@ -41,15 +41,15 @@ def no_queue() -> Any:
 
 
 async def test_disconnect_closes_every_spelling_and_ends_the_rows() -> None:
-    """Each spelling the user connected with is closed at the service, their rows go and the user is announced
-    offline, as a disconnect does; `closed` counts their live connections."""
+    """Each live connection and each spelling the user connected with is closed at the service, their rows go and
+    the user is announced offline, as a disconnect does; `closed` counts their live connections."""
     store: ConnectionStore = runtime.store()
     await connected("Mallory", "m1")
     await connected("mallory", "m2")
     service = Closer()
     done = await events.on_disconnect_user(store, "MALLORY", service=service, delayed=no_queue)
     assert (done.user, done.closed) == ("MALLORY", 2)
-    assert sorted(service.closed) == ["MALLORY", "Mallory", "mallory"]
+    assert sorted(service.closed) == ["MALLORY", "Mallory", "m1", "m2", "mallory"]  # each tab, then each spelling
     assert await store.connections_of("mallory") == []
     offline = [m["arguments"][0] for m in done.messages if m.get("target") == "presence"]
     assert offline[-1]["online"] is False
@@ -76,7 +76,7 @@ async def test_the_http_disconnect_without_signalr_is_503_and_keeps_the_rows() -
     assert [c.connection_id for c in await runtime.store().connections_of("mallory")] == ["m1"]
 
 
-@pytest.mark.parametrize("user", ["", "x" * 300, "bo\u200bb"])
+@pytest.mark.parametrize("user", ["", "x" * 300, "bad\ud800"])
 async def test_the_http_disconnect_of_an_invalid_name_is_400(user: str) -> None:
     """An invalid user name is a 400 with a JSON error."""
     request = http_request("POST", f"users/{user}/disconnect", route_params={"user": user})
@@ -153,3 +153,24 @@ async def test_a_blocked_users_join_is_refused_and_writes_nothing() -> None:
     out = await signalr_event("join_room", payload)
     assert [(m["target"], m["arguments"][0]["error"]) for m in out.messages] == [("error", "this user is blocked")]
     assert (await store.presence_of("mallory")).rooms == ()
+
+
+async def test_a_blocked_users_open_connection_reaches_nobody() -> None:
+    """A connection of a blocked user still open (its close failed) sends to nobody (answered as an offline
+    recipient), may not post to or sync its room, nor set a status; the room-mate hears nothing of it."""
+    store: ConnectionStore = runtime.store()
+    await connected("mallory", "m1")
+    await connected("bob", "b1")
+    for user, tab in (("mallory", "m1"), ("bob", "b1")):
+        await signalr_event("join_room", invocation("join", user_id=user, connection_id=tab, arguments=["lobby"]))
+    await store.set_blocked("mallory", True)
+
+    async def call(function: str, event: str, *arguments: Any) -> list[tuple[str, Any]]:
+        payload = invocation(event, user_id="mallory", connection_id="m1", arguments=list(arguments))
+        out = await signalr_event(function, payload)
+        return [(m.get("target"), m.get("connectionId") or m.get("groupName")) for m in out.messages]
+
+    assert await call("send_message", "send", "bob", "hi") == [("error", "m1")]
+    assert await call("send_to_room_message", "sendToRoom", "lobby", "hi") == [("error", "m1")]
+    assert await call("sync_room", "sync", "lobby") == [("error", "m1")]
+    assert await call("set_status", "setStatus", "here") == [("error", "m1")]

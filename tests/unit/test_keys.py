@@ -14,14 +14,15 @@ from mapping.keys import (
     MAX_KEY_UTF16_UNITS,
     connection_key,
     escape_key,
+    new_user_name,
     normalize_user_name,
     unescape_key,
     user_key,
 )
 
 FORBIDDEN_IN_KEYS = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
-# Unicode scalar values (no surrogates) that are not format characters (Cf): every character a name may hold.
-scalar = st.characters(exclude_categories=["Cs", "Cf"])
+# Unicode scalar values (no surrogates): every character a stored name may hold.
+scalar = st.characters(exclude_categories=["Cs"])
 valid_names = st.text(scalar, min_size=1, max_size=256).filter(
     lambda s: 1 <= len(unicodedata.normalize("NFC", s).strip()) <= 256
 )
@@ -122,6 +123,17 @@ def test_nfc_and_nfd_spellings_are_one_user() -> None:
         42,
         ["alice"],
         "bad\ud800",
+    ],
+)
+def test_invalid_names_are_rejected(name: object) -> None:
+    """Empty, blank, over-long, non-string and non-Unicode names raise InvalidNameError."""
+    with pytest.raises(InvalidNameError):
+        user_key(name)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
         "alice\u202egnp.exe",  # a right-to-left override
         "bo\u200bb",  # a zero-width space
         "\ufeffcarol",  # a zero-width no-break space (byte order mark)
@@ -129,10 +141,12 @@ def test_nfc_and_nfd_spellings_are_one_user() -> None:
         "\U0001f468\u200d\U0001f469",  # a zero-width joiner between two emoji
     ],
 )
-def test_invalid_names_are_rejected(name: object) -> None:
-    """Empty, blank, over-long, non-string, non-Unicode names and names with format characters (Cf) are refused."""
-    with pytest.raises(InvalidNameError):
-        user_key(name)
+def test_a_new_user_name_with_format_characters_is_refused_but_a_stored_one_still_keys(name: str) -> None:
+    """Signing in (new_user_name) refuses format characters (Cf); a name already stored keeps its key and works."""
+    with pytest.raises(InvalidNameError, match="format characters"):
+        new_user_name(name)
+    assert user_key(name)
+    assert new_user_name("alice") == "alice"
 
 
 def test_a_name_of_256_characters_is_valid_and_257_is_not() -> None:
