@@ -1,6 +1,6 @@
 """Write client/casefold.js: the server's user-name folding (Python's str.casefold and str.strip) as JavaScript data.
 
-Run with the Python the app runs on (`make casefold`); tests/test_client_casefold.py checks the file is current.
+Run with the Python the app runs on (`make casefold`); tests/infra/test_client_fold.py checks the file is current.
 """
 
 from __future__ import annotations

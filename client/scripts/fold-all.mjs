@@ -1,4 +1,4 @@
-// For tests/test_client_fold.py: print, as JSON, foldUserName("#" + c + "#") for every code point c it changes.
+// For tests/infra/test_client_fold.py: print, as JSON, foldUserName("#" + c + "#") for every code point c it changes.
 import { foldUserName } from "../fold.js";
 
 const changed = {};
