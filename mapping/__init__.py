@@ -11,7 +11,6 @@ from mapping.errors import (
     UserOfflineError,
 )
 from mapping.events import on_connected, on_disconnected, on_send, on_timer
-from mapping.functions import runtime
 from mapping.keys import connection_key, normalize_user_name, user_key
 from mapping.presence.readers import UsersPage
 from mapping.presence.rows import ConnectionEntity
@@ -49,8 +48,16 @@ __all__ = [
     "on_timer",
     "parse_invocation",
     "parse_send_body",
-    "runtime",
     "send_to_user",
     "sweep",
     "user_key",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """`from mapping import runtime`: the process's shared state, loaded on first use (with the queue's SDK)."""
+    if name == "runtime":
+        from mapping.functions import runtime
+
+        return runtime
+    raise AttributeError(f"module 'mapping' has no attribute {name!r}")

@@ -6,7 +6,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Concatenate, ParamSpec
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec
 
 from mapping.errors import (
     InvalidNameError,
@@ -29,8 +29,10 @@ from mapping.signalr.liveness import AGE_ONLY, ConnectionCloser, GroupAdder, Liv
 from mapping.signalr.messages import ERROR_TARGET, Message, error_message, join_group, leave_group, room_message
 from mapping.signalr.send import parse_room_send_arguments, parse_send_arguments, room_delivery_of, send_direct
 from mapping.storage.client import gather_bounded
-from mapping.storage.queue import DelayedActions
 from mapping.sweep import sweep
+
+if TYPE_CHECKING:  # the queue carrier's SDK loads only where a queue is used (functions.runtime)
+    from mapping.storage.queue import DelayedActions
 
 logger = logging.getLogger(__name__)
 

@@ -34,11 +34,11 @@ from mapping.keys import connection_key, normalize_user_name, user_key
 from mapping.presence.rows import as_utc, iso
 from mapping.presence.settle import settle
 from mapping.presence.state import PresenceChange
-from mapping.storage.queue import DelayedActions
 from mapping.storage.table import merge
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the queue carrier's SDK loads only where a queue is used (functions.runtime)
     from mapping.presence.write_loop import UserWrites
+    from mapping.storage.queue import DelayedActions
 
 logger = logging.getLogger(__name__)
 

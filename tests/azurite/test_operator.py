@@ -165,7 +165,7 @@ async def test_a_blocked_users_open_connection_reaches_nobody() -> None:
         await signalr_event("join_room", invocation("join", user_id=user, connection_id=tab, arguments=["lobby"]))
     await store.set_blocked("mallory", True)
 
-    async def call(function: str, event: str, *arguments: Any) -> list[tuple[str, Any]]:
+    async def call(function: str, event: str, *arguments: Any) -> list[tuple[Any, Any]]:
         payload = invocation(event, user_id="mallory", connection_id="m1", arguments=list(arguments))
         out = await signalr_event(function, payload)
         return [(m.get("target"), m.get("connectionId") or m.get("groupName")) for m in out.messages]
