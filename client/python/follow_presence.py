@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -138,9 +139,18 @@ async def _follow(arguments: argparse.Namespace) -> int:
     except (aiohttp.ClientError, OSError, HandshakeError, TimeoutError) as error:
         sys.stderr.write(f"follow_presence: cannot connect: {error}\n")
         return 1
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        # Ctrl-C or a service manager's stop; also where a shell started it in the background with SIGINT ignored.
+        with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows' event loop: Ctrl-C raises
+            loop.add_signal_handler(signum, stopped.set)
+    closed, stop = asyncio.ensure_future(follower.wait_closed()), asyncio.ensure_future(stopped.wait())
     try:
-        await follower.wait_closed()
+        await asyncio.wait({closed, stop}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        closed.cancel()
+        stop.cancel()
         await follower.close()
     return 0
 
