@@ -156,9 +156,9 @@ async def on_disconnect_user(
     live = view.live(store.lease, now=store.now())
     hub, reason = store.settings.hub, "disconnected by an operator"
     spellings = sorted({name, *(row.user_name for row in view.rows.values() if row.user_name)})
-    closes = [service.close_connection(hub, row.connection_id, reason=reason) for row in live]
-    closes += [service.close_user(hub, spelling, reason=reason) for spelling in spellings]
-    if not all([await close for close in closes]):
+    confirmed = [await service.close_connection(hub, row.connection_id, reason=reason) for row in live]
+    confirmed += [await service.close_user(hub, spelling, reason=reason) for spelling in spellings]
+    if not all(confirmed):
         raise SignalRUnavailableError("SignalR Service did not close the user's connections; try again")
     messages: list[Message] = []
     for row in live:  # the service's own disconnected events follow, and find the rows ended (or gone) already
@@ -289,10 +289,10 @@ async def on_sync(store: ConnectionStore, caller: _Caller) -> list[Message]:
     revived = await _refresh(store, caller.user, caller.connection)
     try:
         room = parse_room(caller.argument)
-        standing = await store.read_user(user_key(caller.user))
-        if standing.blocked:
+        view = await store.read_user(user_key(caller.user))
+        if view.blocked:
             return [*revived, error_message(caller.connection, "this user is blocked", room=room)]
-        if room not in standing.rooms:
+        if room not in view.rooms:
             return [*revived, error_message(caller.connection, "not a member of this room", room=room)]
         entries = await _roster(store, room)
     except (InvalidRequestError, InvalidNameError) as error:

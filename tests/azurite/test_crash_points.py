@@ -265,6 +265,11 @@ class Closing:
         return True
 
 
+async def block(store: ConnectionStore, user: str, *, blocked: bool) -> None:
+    """The block row alone, written or deleted (the unblock route; the block's first step)."""
+    await store.set_blocked(user, blocked)
+
+
 async def blocked(world: World, store: ConnectionStore, user: str, at: datetime) -> None:
     """The block_user function: the block row, then the user's connections closed at the service and their rows
     ended as disconnects end them (a failure answers the operator 503: they send it again, or the sweep ends them)."""
@@ -487,6 +492,13 @@ CASES = [
         lambda w, s: in_rooms(w, s, "a1", "a2", at=T0 - timedelta(seconds=2)),
         lambda w, s: blocked(w, s, "ada", T0),
         service={"a1": Liveness.GONE, "a2": Liveness.GONE, "b1": Liveness.ALIVE},  # closed at the service
+        rooms=ROOMS,
+    ),
+    _case(
+        "unblock of a member",  # the block row deleted on the presence row's ETag; nothing announced
+        lambda w, s: _all(in_rooms(w, s, "a1", at=T0 - timedelta(seconds=2)), block(s, "ada", blocked=True)),
+        lambda w, s: block(s, "ada", blocked=False),
+        service={"a1": Liveness.ALIVE, "b1": Liveness.ALIVE},
         rooms=ROOMS,
     ),
     _case(
