@@ -15,6 +15,7 @@ from mapping.keys import connection_key, normalize_user_name, user_key
 from mapping.presence.readers import UsersPage
 from mapping.presence.rows import ConnectionEntity
 from mapping.presence.store import ConnectionStore
+from mapping.rooms.policy import AccessPolicy, Claims
 from mapping.settings import Settings
 from mapping.signalr.invocation import Invocation, parse_invocation
 from mapping.signalr.liveness import Liveness, LivenessCheck, SignalRLiveness
@@ -22,6 +23,8 @@ from mapping.signalr.send import SendRequest, parse_send_body, send_to_user
 from mapping.sweep import SweepResult, sweep
 
 __all__ = [
+    "AccessPolicy",
+    "Claims",
     "ConfigurationError",
     "ConnectionEntity",
     "ConnectionStore",

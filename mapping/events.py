@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec
 
 from mapping.errors import (
@@ -21,6 +21,7 @@ from mapping.presence.grace import Decision, Grace
 from mapping.presence.state import PresenceChange
 from mapping.presence.store import ConnectionStore
 from mapping.rooms.membership import Rooms
+from mapping.rooms.policy import SETTINGS_DECIDE, AccessPolicy
 from mapping.rooms.roster import Roster, RosterEntry
 from mapping.rooms.watch import Watching, parse_users
 from mapping.signalr.audience import presence_group, presence_messages, room_presence, sync_messages
@@ -48,6 +49,7 @@ class _Caller:
     connection: str
     arguments: list[Any] | None = None
     argument: object = None
+    claims: Mapping[str, str] = field(default_factory=dict)  # the client token's, for the app's access policy
 
 
 _Options = ParamSpec("_Options")
@@ -115,6 +117,7 @@ async def on_connected(
         groups.append(join_group(connection_id, listing_group(connection_id, store.settings.listing_groups)))
     if store.settings.presence_audience == "scoped":
         groups.append(join_group(connection_id, presence_group(outcome.entity.user_name)))  # hears its own user
+    groups += [leave_group(connection, room) for connection, room in outcome.lingering]  # a revoke's (rooms R4)
     return groups + await _announced(store, outcome.presence)
 
 
@@ -167,6 +170,54 @@ async def on_disconnect_user(
     return UserDisconnected(name, len(live), messages)
 
 
+@dataclass(frozen=True, slots=True)
+class RoomAccess:
+    """What a server's grant or revoke did: the room, the user, whether they are a member now, what to send."""
+
+    room: str
+    user: str
+    member: bool
+    messages: list[Message]
+
+
+async def on_grant(store: ConnectionStore, user_name: str, room: str, *, service: GroupAdder) -> RoomAccess:
+    """Grant a room to a user and make them a member at once: their live connections join its group, the room hears
+    the join and their presence, and their connections hear it and a snapshot of the room (`presenceSync`)."""
+    change = await Rooms(store).grant(user_name, room)
+    for connection in change.connections:
+        await _join_first(service, store, connection, [change.room])
+    entries = await _roster(store, change.room)
+    presence = [room_presence(change.presence, change.room)] if change.presence is not None else []
+    messages = [
+        *(join_group(connection, change.room) for connection in change.connections),
+        room_message(change.room, user=change.user, joined=True),
+        *presence,
+        *(m for connection in change.connections for m in sync_messages(connection, entries, room=change.room)),
+    ]
+    return RoomAccess(change.room, change.user, True, messages)
+
+
+async def on_revoke(store: ConnectionStore, user_name: str, room: str, *, service: GroupAdder) -> RoomAccess:
+    """Take a user out of a room and revoke its grant: their connections leave its group before this answers (through
+    the REST API; SignalRUnavailableError when the service did not confirm it: the revocation is recorded and the
+    next event or sweep removes them again, rooms R4), then the room and the user's connections hear them leave."""
+    change = await Rooms(store).revoke(user_name, room)
+    hub = store.settings.hub
+
+    async def remove(connection: str) -> bool:
+        return await service.remove_from_group(hub, change.room, connection)
+
+    confirmed = await gather_bounded(list(change.connections), remove, limit=_EARLY_ADDS)
+    if service.asks_service and not all(confirmed):
+        raise SignalRUnavailableError("SignalR Service did not confirm the removal from the room's group; try again")
+    messages = [
+        *(leave_group(connection, change.room) for connection in change.connections),
+        room_message(change.room, user=change.user, joined=False),
+        *(room_message(change.room, user=change.user, joined=False, to=c) for c in change.connections),
+    ]
+    return RoomAccess(change.room, change.user, False, messages)
+
+
 async def on_grace(store: ConnectionStore, body: str, *, delayed: Callable[[], DelayedActions]) -> list[Message]:
     """Make a grace decision (a queue message): announce who went offline, or nothing if they came back."""
     try:
@@ -178,13 +229,13 @@ async def on_grace(store: ConnectionStore, body: str, *, delayed: Callable[[], D
 
 
 @_client_call("send")
-async def on_send(store: ConnectionStore, caller: _Caller) -> list[Message]:
-    """Deliver a client's `send(to, message)` to the recipient when `DIRECT_MESSAGES` allows it, or answer the caller
-    one error (a refused message as an offline recipient: `send` tells nothing of presence)."""
+async def on_send(store: ConnectionStore, caller: _Caller, *, access: AccessPolicy = SETTINGS_DECIDE) -> list[Message]:
+    """Deliver a client's `send(to, message)` to the recipient when the app's policy or `DIRECT_MESSAGES` allows it,
+    or answer the caller one error (a refused message as an offline recipient: `send` tells nothing of presence)."""
     revived = await _refresh(store, caller.user, caller.connection)
     try:
         request = parse_send_arguments(caller.arguments)
-        return revived + await send_direct(store, request, sender=caller.user)
+        return revived + await send_direct(store, request, sender=caller.user, policy=access, claims=caller.claims)
     except (InvalidRequestError, InvalidNameError) as error:
         return [*revived, error_message(caller.connection, str(error))]
     except UserOfflineError:
@@ -212,9 +263,16 @@ async def on_set_status(store: ConnectionStore, caller: _Caller) -> list[Message
 
 
 @_client_call("join", one_argument="(room)")
-async def on_join(store: ConnectionStore, caller: _Caller, *, service: GroupAdder = AGE_ONLY) -> list[Message]:
-    """Make the caller's user a member of `join(room)`: add their live connections to its group, announce it."""
-    return await _membership(store, caller, joining=True, service=service)
+async def on_join(
+    store: ConnectionStore,
+    caller: _Caller,
+    *,
+    service: GroupAdder = AGE_ONLY,
+    access: AccessPolicy = SETTINGS_DECIDE,
+) -> list[Message]:
+    """Make the caller's user a member of `join(room)` when it is open, granted or the app's policy admits them: add
+    their live connections to its group, announce it; a refused join is one error to the caller, nothing else."""
+    return await _membership(store, caller, joining=True, service=service, access=access)
 
 
 @_client_call("leave", one_argument="(room)")
@@ -233,7 +291,9 @@ async def on_send_to_room(store: ConnectionStore, caller: _Caller) -> list[Messa
         if standing.blocked:
             return [*revived, error_message(caller.connection, "this user is blocked", room=request.room)]
         if request.room not in standing.rooms:
-            return [*revived, error_message(caller.connection, "not a member of this room", room=request.room)]
+            # A connection still in the group of a room revoked from its user leaves it (rooms R4).
+            left = [leave_group(caller.connection, request.room)] if request.room in standing.revoked else []
+            return [*revived, *left, error_message(caller.connection, "not a member of this room", room=request.room)]
     except (InvalidRequestError, InvalidNameError) as error:
         return [*revived, error_message(caller.connection, str(error))]
     except StorageError as error:
@@ -246,6 +306,7 @@ async def on_timer(store: ConnectionStore, *, liveness: LivenessCheck = AGE_ONLY
     result = await sweep(store, liveness=liveness)
     groups = store.settings.listing_groups
     regrouped = [join_group(c, listing_group(c, groups)) for c in result.unlisted_alive]
+    regrouped += [leave_group(connection, room) for connection, room in result.lingering]  # rooms R4
     audience = store.settings.presence_audience
     return regrouped + [
         message for change in result.presence for message in presence_messages(change, audience=audience)
@@ -253,14 +314,24 @@ async def on_timer(store: ConnectionStore, *, liveness: LivenessCheck = AGE_ONLY
 
 
 @_client_call("watch", one_argument="(users)")
-async def on_watch(store: ConnectionStore, caller: _Caller, *, service: GroupAdder = AGE_ONLY) -> list[Message]:
-    """Subscribe the caller to the presence of `watch(users)` and answer it their snapshot (`presenceSync`)."""
+async def on_watch(
+    store: ConnectionStore,
+    caller: _Caller,
+    *,
+    service: GroupAdder = AGE_ONLY,
+    access: AccessPolicy = SETTINGS_DECIDE,
+) -> list[Message]:
+    """Watch the presence of `watch(users)` when the app's policy or `PRESENCE_WATCH` allows it (at most 200 users a
+    connection), and answer the caller their snapshot (`presenceSync`)."""
     revived = await _refresh(store, caller.user, caller.connection)
     try:
         users = parse_users("watch", caller.argument)
-        watching = Watching(store)
-        await watching.check(caller.user, users)
-        await _join_first(service, store, caller.connection, [presence_group(user) for user in users])
+        watching = Watching(store, policy=access, claims=caller.claims)
+        admitted = await watching.admit(caller.user, caller.connection, users)
+        if not admitted.mapped:
+            return [*revived, _not_mapped_yet(caller.connection)]
+        subscriptions = [presence_group(user) for user in admitted.subscribed]
+        await _join_first(service, store, caller.connection, subscriptions)
         entries = await watching.snapshot(users)
     except RefusedError as error:
         return [*revived, error_message(caller.connection, str(error), **error.details)]
@@ -268,19 +339,28 @@ async def on_watch(store: ConnectionStore, caller: _Caller, *, service: GroupAdd
         return [*revived, error_message(caller.connection, str(error))]
     except StorageError as error:
         return [*revived, _unavailable(caller.connection, "watch", error)]
-    groups = [join_group(caller.connection, presence_group(user)) for user in users]
+    groups = [join_group(caller.connection, group) for group in subscriptions]
     return [*revived, *groups, *sync_messages(caller.connection, entries, room=None)]
 
 
 @_client_call("unwatch", one_argument="(users)")
 async def on_unwatch(store: ConnectionStore, caller: _Caller) -> list[Message]:
-    """End the caller's subscriptions to `unwatch(users)` (watching nobody of them does no harm)."""
+    """End the caller's watch of `unwatch(users)` (watching nobody of them does no harm)."""
     revived = await _refresh(store, caller.user, caller.connection)
     try:
         users = parse_users("unwatch", caller.argument)
+        mapped = await Watching(store).forget(caller.user, caller.connection, users)
     except (InvalidRequestError, InvalidNameError) as error:
         return [*revived, error_message(caller.connection, str(error))]
-    return [*revived, *(leave_group(caller.connection, presence_group(user)) for user in users)]
+    except StorageError as error:
+        return [*revived, _unavailable(caller.connection, "unwatch", error)]
+    left = [leave_group(caller.connection, presence_group(user)) for user in users]
+    return [*revived, *left] if mapped else [*revived, *left, _not_mapped_yet(caller.connection)]
+
+
+def _not_mapped_yet(connection_id: str) -> Message:
+    """The caller's answer when its connection has no row yet (its `connected` event is still on its way)."""
+    return error_message(connection_id, "this connection is not mapped yet, try again", retry=True)
 
 
 @_client_call("sync", one_argument="(room)")
@@ -293,7 +373,8 @@ async def on_sync(store: ConnectionStore, caller: _Caller) -> list[Message]:
         if view.blocked:
             return [*revived, error_message(caller.connection, "this user is blocked", room=room)]
         if room not in view.rooms:
-            return [*revived, error_message(caller.connection, "not a member of this room", room=room)]
+            left = [leave_group(connection, gone) for connection, gone in view.lingering() if gone == room]  # R4
+            return [*revived, *left, error_message(caller.connection, "not a member of this room", room=room)]
         entries = await _roster(store, room)
     except (InvalidRequestError, InvalidNameError) as error:
         return [*revived, error_message(caller.connection, str(error))]
@@ -303,18 +384,26 @@ async def on_sync(store: ConnectionStore, caller: _Caller) -> list[Message]:
 
 
 async def _membership(
-    store: ConnectionStore, caller: _Caller, *, joining: bool, service: GroupAdder = AGE_ONLY
+    store: ConnectionStore,
+    caller: _Caller,
+    *,
+    joining: bool,
+    service: GroupAdder = AGE_ONLY,
+    access: AccessPolicy = SETTINGS_DECIDE,
 ) -> list[Message]:
     method = "join" if joining else "leave"
     revived = await _refresh(store, caller.user, caller.connection)
     rooms = Rooms(store)
     try:
         if joining:
-            change = await rooms.join(caller.user, parse_room(caller.argument))
+            room = parse_room(caller.argument)
+            change = await rooms.join(caller.user, room, policy=access, claims=caller.claims)
             await _join_first(service, store, caller.connection, [change.room])
             entries = await _roster(store, change.room)
         else:
             change = await rooms.leave(caller.user, parse_room(caller.argument))
+    except RefusedError as error:
+        return [*revived, error_message(caller.connection, str(error), **error.details)]
     except (InvalidRequestError, InvalidNameError) as error:
         return [*revived, error_message(caller.connection, str(error))]
     except StorageError as error:
@@ -362,7 +451,7 @@ def _caller(event: Invocation, method: str, *, one_argument: str | None = None) 
         if event.arguments is None or len(event.arguments) != 1:
             return [error_message(event.connection_id, f"{method} expects one argument: {one_argument}")]
         argument = event.arguments[0]
-    return _Caller(event.user_id, event.connection_id, event.arguments, argument)
+    return _Caller(event.user_id, event.connection_id, event.arguments, argument, event.claims)
 
 
 def _unavailable(connection_id: str, method: str, error: StorageError) -> Message:

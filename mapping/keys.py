@@ -33,6 +33,8 @@ MEMBERSHIP_PREFIX = "%~r"  # RowKey prefix of a membership row in the user's par
 ROOM_PREFIX = "%~m"  # PartitionKey prefix of a room's member index
 PRESENCE_ROW = "%~p"  # RowKey of the presence row in a user's partition
 BLOCKED_ROW = "%~b"  # RowKey of an operator's block in a user's partition (present: blocked)
+GRANT_PREFIX = "%~g"  # RowKey prefix of a server's grant of a room, in the user's partition
+REVOKED_PREFIX = "%~q"  # RowKey prefix of a revoked room whose group may still hold the user's older connections
 INDEX_PREFIX = "%~x"  # PartitionKey prefix of the unsharded expiry index (S = 1, and every index before shards)
 SHARDED_PREFIX = "%~i"  # PartitionKey prefix of a sharded expiry index: %~i<shard, 3 digits>.<bucket>
 AFTER_SHARDS = "%~j"  # sorts after every sharded expiry-index partition
@@ -76,6 +78,16 @@ def parse_room(room: object) -> str:
 def membership_key(room: str) -> str:
     """Return the RowKey of a user's membership of `room`, in the user's partition."""
     return MEMBERSHIP_PREFIX + parse_room(room)
+
+
+def grant_key(room: str) -> str:
+    """Return the RowKey of a user's grant of `room` (a server let them in), in the user's partition."""
+    return GRANT_PREFIX + parse_room(room)
+
+
+def revoked_key(room: str) -> str:
+    """Return the RowKey of a user's revocation of `room` (their connections leave its group), in their partition."""
+    return REVOKED_PREFIX + parse_room(room)
 
 
 def room_partition(room: str) -> str:

@@ -29,6 +29,7 @@ VALUE_SETTINGS: tuple[str, ...] = (
     "PRESENCE_AUDIENCE",
     "PRESENCE_WATCH",
     "DIRECT_MESSAGES",
+    "ROOMS_OPEN",
     "PRESENCE_GRACE_SECONDS",
     "MAPPING_INDEX_SHARDS",
     "MAPPING_LISTING_GROUPS",
@@ -45,7 +46,9 @@ MAX_SECONDS = 366 * 24 * 3600  # durations above a year are configuration mistak
 DEFAULT_GRACE_SECONDS = 15
 MAX_GRACE_SECONDS = 3600  # a grace longer than an hour is a configuration mistake
 AUDIENCES = ("scoped", "hub")  # PRESENCE_AUDIENCE: rooms, watchers and own tabs; or the whole hub
-WATCH_POLICIES = ("anyone", "room-members", "nobody")  # PRESENCE_WATCH: whom a connection may watch
+# PRESENCE_WATCH: whom a connection may watch: users sharing a room with its user (the default), anyone, or nobody.
+WATCH_POLICIES = ("room-members", "anyone", "nobody")
+_ROOM_PATTERN = re.compile(r"\*|[A-Za-z0-9._-]{1,63}\*|[A-Za-z0-9._-]{1,64}")  # ROOMS_OPEN: a name, prefix* or *
 # DIRECT_MESSAGES: to whom a client may `send`: users sharing a room with the sender, anyone, or nobody.
 DM_POLICIES = ("shared-room", "anyone", "nobody")
 # MAPPING_INDEX_SHARDS: partitions per expiry-index bucket. Each takes about 2,000 writes/s (Table Storage's
@@ -122,8 +125,9 @@ class Settings:
     signalr: SignalRConnection | None = None
     queue: QueueConnection | None = None  # None: AzureWebJobsStorage has no queue endpoint the app can use
     presence_audience: str = "scoped"
-    presence_watch: str = "anyone"
+    presence_watch: str = WATCH_POLICIES[0]
     direct_messages: str = DM_POLICIES[0]
+    rooms_open: tuple[str, ...] = ()  # ROOMS_OPEN: rooms any signed-in user may join (names, `prefix*`, `*`)
     # No grace unless asked: the app setting's default (15 s) is applied by from_environment.
     presence_grace: timedelta = timedelta(0)
     index_shards: int = DEFAULT_INDEX_SHARDS
@@ -146,10 +150,15 @@ class Settings:
             presence_audience=_choice(env, "PRESENCE_AUDIENCE", AUDIENCES),
             presence_watch=_choice(env, "PRESENCE_WATCH", WATCH_POLICIES),
             direct_messages=_choice(env, "DIRECT_MESSAGES", DM_POLICIES),
+            rooms_open=_rooms_open(env),
             presence_grace=timedelta(seconds=_grace_seconds(env)),
             index_shards=_count(env, "MAPPING_INDEX_SHARDS", DEFAULT_INDEX_SHARDS, MAX_INDEX_SHARDS),
             listing_groups=_count(env, "MAPPING_LISTING_GROUPS", DEFAULT_LISTING_GROUPS, MAX_LISTING_GROUPS),
         )
+
+    def opens(self, room: str) -> bool:
+        """Return whether `ROOMS_OPEN` lets any signed-in user join `room` (by its name or a `prefix*` pattern)."""
+        return any(room.startswith(p[:-1]) if p.endswith("*") else room == p for p in self.rooms_open)
 
 
 def _value(env: Mapping[str, str], name: str) -> str | None:
@@ -301,6 +310,18 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     if raw.lower() not in choices:
         raise ConfigurationError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
     return raw.lower()
+
+
+def _rooms_open(env: Mapping[str, str]) -> tuple[str, ...]:
+    """Return ROOMS_OPEN's patterns (space-separated room names and prefixes ending in `*`); empty: none is open."""
+    patterns = tuple(dict.fromkeys((_value(env, "ROOMS_OPEN") or "").split()))
+    for pattern in patterns:
+        if not _ROOM_PATTERN.fullmatch(pattern):
+            raise ConfigurationError(
+                "ROOMS_OPEN must list room names and prefixes ending in '*' (letters, digits, '-', '_', '.'), "
+                f"separated by spaces; got {pattern!r}"
+            )
+    return patterns
 
 
 def _count(env: Mapping[str, str], name: str, default: int, maximum: int) -> int:

@@ -40,6 +40,7 @@ from mapping.presence.rows import ConnectionEntity
 from mapping.presence.settle import settle
 from mapping.presence.state import PresenceChange
 from mapping.presence.store import ConnectionStore
+from mapping.rooms.membership import settle_revocations
 from mapping.rooms.roster import Roster
 from mapping.signalr.liveness import AGE_ONLY, Listing, Liveness, LivenessCheck, list_groups, listing_groups
 
@@ -65,6 +66,7 @@ class SweepResult:
     listed: int = 0
     listing: str = "none"
     unlisted_alive: list[str] = field(default_factory=list)  # connection ids the listing lacked but a HEAD found
+    lingering: list[tuple[str, str]] = field(default_factory=list)  # (connection id, revoked room): to leave its group
     signalr_requests: int = 0
     failed_users: int = 0
     presence: list[PresenceChange] = field(default_factory=list)
@@ -313,6 +315,8 @@ async def _sweep_user(
     )
     result.deleted += settled.deleted
     result.refreshed += settled.refreshed
+    if view.revoked:
+        result.lingering += await settle_revocations(store, view, gone=set(gone))
     announce = settled.change
     if announce is None and store.settings.presence_events:
         # P5: an event may have recorded a change and failed before announcing it.

@@ -105,7 +105,7 @@ async def disconnected(invocation: str, signalr: func.Out[str]) -> None:
 @signalr_event("messages", "send")
 async def send_message(invocation: str, signalr: func.Out[str]) -> None:
     """Deliver a client's `send(to, message)` to every live connection of the recipient."""
-    _send(signalr, await events.on_send(runtime.store(), parse_invocation(invocation)))
+    _send(signalr, await events.on_send(runtime.store(), parse_invocation(invocation), access=runtime.access()))
 
 
 @blueprint.function_name("set_status")
@@ -119,7 +119,10 @@ async def set_status(invocation: str, signalr: func.Out[str]) -> None:
 @signalr_event("messages", "join")
 async def join_room(invocation: str, signalr: func.Out[str]) -> None:
     """Make the caller's user a member of a room (`join(room)`), with all their live connections."""
-    _send(signalr, await events.on_join(runtime.store(), parse_invocation(invocation), service=_rest()))
+    _send(
+        signalr,
+        await events.on_join(runtime.store(), parse_invocation(invocation), service=_rest(), access=runtime.access()),
+    )
 
 
 @blueprint.function_name("leave_room")
@@ -140,7 +143,10 @@ async def send_to_room_message(invocation: str, signalr: func.Out[str]) -> None:
 @signalr_event("messages", "watch")
 async def watch_users(invocation: str, signalr: func.Out[str]) -> None:
     """Subscribe the caller to the presence of `watch(users)`, answered with their snapshot."""
-    _send(signalr, await events.on_watch(runtime.store(), parse_invocation(invocation), service=_rest()))
+    _send(
+        signalr,
+        await events.on_watch(runtime.store(), parse_invocation(invocation), service=_rest(), access=runtime.access()),
+    )
 
 
 @blueprint.function_name("unwatch_users")
@@ -240,6 +246,7 @@ async def user_presence(req: func.HttpRequest) -> func.HttpResponse:
         "lastSeen": presence.state.to_json()["lastSeen"],
         "rooms": list(presence.rooms),
         "blocked": presence.blocked,
+        "grants": list(presence.grants),
         "connections": [connection.to_json() for connection in presence.connections],
     }
     return _json(200, body)
@@ -283,6 +290,22 @@ async def block_user(req: func.HttpRequest, signalr: func.Out[str]) -> func.Http
         return _error(error)
     _send(signalr, done.messages)
     return _json(200, {"user": done.user, "blocked": True, "closed": done.closed})
+
+
+@blueprint.function_name("room_member")
+@blueprint.route(route="rooms/{room}/members/{user}", methods=["PUT", "DELETE"], auth_level=KEYED)
+@signalr_output
+async def room_member(req: func.HttpRequest, signalr: func.Out[str]) -> func.HttpResponse:
+    """Grant a room to a user, making them a member at once (PUT), or revoke it, taking them out at once (DELETE)."""
+    store = runtime.store()
+    user, room = req.route_params.get("user", ""), req.route_params.get("room", "")
+    change = events.on_grant if req.method.upper() == "PUT" else events.on_revoke
+    try:
+        done = await change(store, user, room, service=_rest())
+    except MappingError as error:
+        return _error(error)
+    _send(signalr, done.messages)
+    return _json(200, {"room": done.room, "user": done.user, "member": done.member})
 
 
 @blueprint.function_name("openapi")

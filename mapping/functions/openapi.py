@@ -178,6 +178,34 @@ def _paths() -> dict[str, Any]:
                 },
             },
         },
+        "/rooms/{room}/members/{user}": {
+            "put": {
+                "operationId": "grantRoom",
+                "summary": "Grant a room to a user and make them a member at once: their live connections join the "
+                "room's group, the room hears the join and their presence, their connections hear it and a snapshot. "
+                "Later joins of the room by the user are admitted. Idempotent.",
+                "parameters": [{"$ref": "#/components/parameters/Room"}, {"$ref": "#/components/parameters/User"}],
+                "responses": {
+                    "200": _answer("A member, with the grant.", "RoomAccess"),
+                    "400": {"$ref": "#/components/responses/BadRequest"},
+                    "401": {"$ref": "#/components/responses/NoKey"},
+                    "503": {"$ref": "#/components/responses/StorageUnavailable"},
+                },
+            },
+            "delete": {
+                "operationId": "revokeRoom",
+                "summary": "Revoke a user's grant of a room and end their membership: their connections leave the "
+                "room's group before this answers (they hear nothing more from the room), the room hears them "
+                "leave, and later joins are refused unless the room is open. Idempotent.",
+                "parameters": [{"$ref": "#/components/parameters/Room"}, {"$ref": "#/components/parameters/User"}],
+                "responses": {
+                    "200": _answer("No member, no grant.", "RoomAccess"),
+                    "400": {"$ref": "#/components/responses/BadRequest"},
+                    "401": {"$ref": "#/components/responses/NoKey"},
+                    "503": {"$ref": "#/components/responses/SignalRUnavailable"},
+                },
+            },
+        },
         "/users/{user}/disconnect": {
             "post": {
                 "operationId": "disconnectUser",
@@ -351,6 +379,11 @@ def _schemas() -> dict[str, Schema]:
                 "lastSeen": _ref("TimestampOrNull"),
                 "rooms": {"type": "array", "items": {"type": "string"}},
                 "blocked": {"type": "boolean", "description": "An operator blocked the user."},
+                "grants": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "Rooms a server granted the user (`PUT /api/rooms/{room}/members/{user}`).",
+                },
                 "connections": {"type": "array", "items": _ref("Connection")},
             }
         ),
@@ -361,6 +394,13 @@ def _schemas() -> dict[str, Schema]:
                 "closed": {"type": "integer", "minimum": 0, "description": "PUT: the live connections closed."},
             },
             required=["user", "blocked"],
+        ),
+        "RoomAccess": _closed(
+            {
+                "room": {"type": "string"},
+                "user": {"type": "string"},
+                "member": {"type": "boolean", "description": "PUT: true (a member, granted); DELETE: false."},
+            }
         ),
         "RoomMember": _closed(
             {

@@ -14,7 +14,9 @@ from typing import Any
 import azure.functions as func
 
 from mapping.errors import ConfigurationError
+from mapping.functions import runtime
 from mapping.functions.blueprint import blueprint
+from mapping.rooms.policy import SETTINGS_DECIDE, AccessPolicy
 
 MAPPER_MODULE = "mapping.functions.blueprint"
 ALL_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
@@ -82,11 +84,15 @@ class Registered:
         return tuple(_kind(segment) for segment in (self.route or "").strip("/").split("/") if segment)
 
 
-def register(app: func.FunctionRegister) -> None:
-    """Register the mapper's functions on `app` (any function app); indexing then refuses a clash with the app's."""
+def register(app: func.FunctionRegister, *, access: AccessPolicy = SETTINGS_DECIDE) -> None:
+    """Register the mapper's functions on `app` (any function app), with the app's access policy (who may join, send
+    and watch beyond what the settings allow: `mapping.rooms.policy`); indexing then refuses a clash with the app's."""
     if getattr(app, _REGISTERED, False):
         raise RegistrationError("the connection mapper's functions are registered on this app already")
+    if not isinstance(access, AccessPolicy):
+        raise RegistrationError("access must be an AccessPolicy (subclass mapping.AccessPolicy)")
     setattr(app, _REGISTERED, True)
+    runtime.use_access(access)
     app.register_functions(blueprint)
     index: Callable[[], list[Any]] = app.get_functions
     app.get_functions = lambda: _checked(app, index)  # type: ignore[method-assign]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mapping.errors import ConfigurationError
 from mapping.presence.store import ConnectionStore
+from mapping.rooms.policy import SETTINGS_DECIDE, AccessPolicy
 from mapping.settings import GRACE_QUEUE, Settings, SignalRConnection
 from mapping.signalr.liveness import (
     AGE_ONLY,
@@ -19,6 +20,7 @@ _settings: Settings | None = None
 _store: ConnectionStore | None = None
 _delayed: QueueDelayedActions | None = None
 _checkers: dict[SignalRConnection, SignalRLiveness] = {}
+_access: AccessPolicy = SETTINGS_DECIDE  # the app's, as passed to register(app, access=...)
 
 
 def settings() -> Settings:
@@ -48,6 +50,17 @@ def delayed_actions() -> DelayedActions:
             )
         _delayed = QueueDelayedActions(queue, GRACE_QUEUE)
     return _delayed
+
+
+def access() -> AccessPolicy:
+    """Return the app's access policy (the settings decide alone unless the app passed one to `register`)."""
+    return _access
+
+
+def use_access(policy: AccessPolicy) -> None:
+    """Make `policy` the app's access policy (`register(app, access=...)`); it outlives reset()."""
+    global _access
+    _access = policy
 
 
 def liveness_for(connection: SignalRConnection | None) -> LivenessCheck:

@@ -39,6 +39,7 @@ class UserPresence:
     connections: list[ConnectionEntity]
     rooms: tuple[str, ...]
     blocked: bool = False
+    grants: tuple[str, ...] = ()  # rooms a server granted the user (`PUT /api/rooms/{room}/members/{user}`)
 
 
 async def presence_of(table: Table, lease: Lease, user_name: str, *, now: datetime) -> UserPresence:
@@ -46,7 +47,9 @@ async def presence_of(table: Table, lease: Lease, user_name: str, *, now: dateti
     name = normalize_user_name(user_name)
     view = await read_user(table, user_key(name))
     live = view.live(lease, now=now)
-    return UserPresence(name, view.state_now(lease, now=now), live, tuple(sorted(view.rooms)), view.blocked)
+    return UserPresence(
+        name, view.state_now(lease, now=now), live, tuple(sorted(view.rooms)), view.blocked, tuple(sorted(view.grants))
+    )
 
 
 async def connections_of(table: Table, lease: Lease, user_name: str, *, now: datetime) -> list[ConnectionEntity]:

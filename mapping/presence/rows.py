@@ -35,6 +35,7 @@ class ConnectionEntity:
     status_at: datetime | None = None  # when it was last set (None: never)
     ended_at: datetime | None = None  # when its disconnect came, while a grace period holds it (mapping.presence.grace)
     adopted: str | None = None  # the RowKey of an ended row this connection took over (a page reload)
+    watching: frozenset[str] = field(default=frozenset(), compare=False)  # digests of the users it watches
 
     @classmethod
     def new(
@@ -76,6 +77,7 @@ class ConnectionEntity:
             **(status_fields(self.status, self.status_at) if self.status_at else {}),
             **({"EndedAt": self.ended_at} if self.ended_at else {}),
             **({"Adopted": self.adopted} if self.adopted else {}),
+            **({"Watching": " ".join(sorted(self.watching))} if self.watching else {}),
         }
 
     @classmethod
@@ -94,6 +96,7 @@ class ConnectionEntity:
             status_at=_stored_time(row["StatusAt"]) if isinstance(row.get("StatusAt"), datetime) else None,
             ended_at=_stored_time(row["EndedAt"]) if isinstance(row.get("EndedAt"), datetime) else None,
             adopted=str(row["Adopted"]) if row.get("Adopted") else None,
+            watching=frozenset(str(row.get("Watching") or "").split()),
         )
 
     def to_json(self) -> dict[str, str | None]:
@@ -167,6 +170,28 @@ class Membership:
         """Build a membership from its row in the user's partition."""
         joined = row.get("JoinedAt")
         moment = joined if isinstance(joined, datetime) else datetime.min.replace(tzinfo=UTC)
+        room = str(row.get("Room") or str(row["RowKey"])[len(MEMBERSHIP_PREFIX) :])
+        return cls(room, moment if moment.tzinfo else moment.replace(tzinfo=UTC), etag)
+
+
+@dataclass(frozen=True, slots=True)
+class RoomMark:
+    """A grant (`%~g<room>`: a server let the user into the room) or a revocation (`%~q<room>`: a server took the
+    user out; their connections that opened before `at` may still be in the room's group) in the user's partition."""
+
+    room: str
+    at: datetime
+    etag: str | None = field(default=None, compare=False)
+
+    def to_table(self, user_partition: str, *, prefix: str) -> dict[str, Any]:
+        """Return the mark's row of the user's partition (`prefix`: GRANT_PREFIX or REVOKED_PREFIX)."""
+        return {"PartitionKey": user_partition, "RowKey": prefix + self.room, "Room": self.room, "At": self.at}
+
+    @classmethod
+    def from_table(cls, row: Mapping[str, Any], *, etag: str | None = None) -> RoomMark:
+        """Build a mark from its row in the user's partition."""
+        at = row.get("At")
+        moment = at if isinstance(at, datetime) else datetime.min.replace(tzinfo=UTC)
         room = str(row.get("Room") or str(row["RowKey"])[len(MEMBERSHIP_PREFIX) :])
         return cls(room, moment if moment.tzinfo else moment.replace(tzinfo=UTC), etag)
 

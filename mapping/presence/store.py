@@ -44,6 +44,8 @@ class ConnectOutcome:
     presence: PresenceChange | None = None
     rooms: tuple[str, ...] = ()  # the user's rooms, whose groups the new connection joins
     blocked: bool = False  # the user is blocked: nothing was written, the connection is to be closed
+    # (connection id, room) of the user's older connections a revoked room's group may still hold (rooms R4)
+    lingering: tuple[tuple[str, str], ...] = ()
 
     @property
     def came_online(self) -> bool:
@@ -288,7 +290,10 @@ class ConnectionStore:
         )
         if written.view.blocked:
             return ConnectOutcome(entity, blocked=True)
-        return ConnectOutcome(written.entity or entity, written.change, tuple(sorted(written.view.rooms)))
+        view = written.view
+        return ConnectOutcome(
+            written.entity or entity, written.change, tuple(sorted(view.rooms)), lingering=tuple(view.lingering())
+        )
 
     async def _refresh_deciding(self, partition: str, row: str, name: str, moment: datetime) -> TouchOutcome:
         def row_write(existing: ConnectionEntity | None, bucket: str, view: UserView) -> RowWrite | None:

@@ -24,39 +24,58 @@ R3. The room's SignalR group follows the membership: a join adds every live conn
     missed a join); a leave removes every connection that has a row, lapsed ones too. A join or leave
     that finds its work done does its group actions and its announcement again, so a client that
     retries after an error ends with both. (test_rooms: test_a_repeated_join_adds_and_announces_again)
+R4. Who may join: a member stays one (memberships from before rooms were closed stay); anyone else is admitted when
+    `ROOMS_OPEN` opens the room, a grant row `%~g<room>` is in their partition (the join's own read finds it: no
+    extra request), or the app's policy says so; a refused join writes nothing. A revoke deletes the grant and the
+    membership and writes a revocation `%~q<room>` in the same transaction; the user's connections that opened before
+    it may still be in the room's group (the revoke's own removal, or a connect's group action in flight, may be
+    lost), so every later read that finds it removes them again: the revoke itself, the user's next connect,
+    sendToRoom or sync, and the sweep's visit of the user, which deletes it once no such connection is left. A grant
+    or a join of the room deletes it in their transaction. (test_access: test_a_revoke_lost_before_the_group_removal_
+    is_redone_by_the_next_connect, test_crash_points: the revoke cases)
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from mapping.errors import InvalidRequestError, RefusedError
+from mapping.errors import InvalidRequestError, RefusedError, StorageError
 from mapping.keys import (
     BLOCKED_ROW,
+    GRANT_PREFIX,
     MEMBERSHIP_PREFIX,
+    REVOKED_PREFIX,
     check_limit,
+    connection_key,
     decode_cursor,
     encode_cursor,
+    grant_key,
     membership_key,
     normalize_user_name,
     parse_room,
+    revoked_key,
     user_key,
 )
-from mapping.presence.rows import Membership, is_membership_key
+from mapping.presence.rows import Membership, RoomMark, is_membership_key
 from mapping.presence.state import PresenceChange, PresenceState, presence_write
 from mapping.presence.store import ConnectionStore
 from mapping.presence.user_view import UserView
 from mapping.presence.write_loop import Attempts, Commit, Done
 from mapping.rooms.index import STALE_INDEX_ROW, IndexedMember, MemberIndex
+from mapping.rooms.policy import SETTINGS_DECIDE, AccessPolicy, Claims
 from mapping.storage.client import gather_bounded
-from mapping.storage.table import Operation, create, delete
+from mapping.storage.table import Operation, create, delete, upsert
 
 logger = logging.getLogger(__name__)
 
 MAX_ROOMS_PER_USER = 100
 _MEMBER_READS = 16  # member partitions read at once when listing a room
+
+
+_Check = Callable[[UserView], Awaitable[None]]  # raises RefusedError when the user may not enter
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +112,7 @@ class Standing:
 
     rooms: frozenset[str]
     blocked: bool
+    revoked: frozenset[str] = frozenset()  # rooms a server took the user out of, whose groups may still hold them
 
 
 class Rooms:
@@ -102,26 +122,72 @@ class Rooms:
         self.store = store
         self.index = MemberIndex(store.table)
 
-    async def join(self, user_name: str, room: str, *, now: datetime | None = None) -> RoomChange:
-        """Make the user a member of `room` (at most 100 rooms each); a member already is left as is."""
+    async def join(
+        self,
+        user_name: str,
+        room: str,
+        *,
+        policy: AccessPolicy = SETTINGS_DECIDE,
+        claims: Claims | None = None,
+        now: datetime | None = None,
+    ) -> RoomChange:
+        """Make the user a member of `room` (at most 100 rooms each) when it is open, granted or the policy admits them
+        (R4; else RefusedError, nothing written); a member already is left as is."""
         name, room = normalize_user_name(user_name), parse_room(room)
+        admitted: list[bool] = []  # the policy's answer, asked once whatever the retries
+
+        async def admits(view: UserView) -> bool:
+            if self.store.settings.opens(room) or room in view.grants:
+                return True
+            if not admitted:
+                admitted.append(await policy.may_join(name, room, dict(claims or {})) is True)
+            return admitted[0]
+
+        async def check(view: UserView) -> None:
+            if view.blocked:
+                raise RefusedError("this user is blocked", room=room)
+            if room not in view.rooms and not await admits(view):
+                raise RefusedError("this room is closed to you", room=room, refused=True)
+
+        return await self._enter(name, room, check, now=now, action="join")
+
+    async def grant(self, user_name: str, room: str, *, now: datetime | None = None) -> RoomChange:
+        """Grant `room` to the user and make them a member at once (a server's call); granting again does no harm."""
+        name, room = normalize_user_name(user_name), parse_room(room)
+        return await self._enter(name, room, _anyone, now=now, action="grant a room", granting=True)
+
+    async def _enter(
+        self, name: str, room: str, check: _Check, *, now: datetime | None, action: str, granting: bool = False
+    ) -> RoomChange:
+        """The write loop of a join or a grant: the membership (and the grant) with the presence row's touch (R2)."""
         partition, moment = user_key(name), self.store.now(now)
         membership = Membership(room, moment)
 
         async def step(view: UserView, attempts: Attempts) -> Done[RoomChange] | Commit[RoomChange]:
-            if view.blocked:
-                raise RefusedError("this user is blocked", room=room)
+            await check(view)
             change = self._change(view, name, room, joined=True, moment=moment)
-            if room in view.rooms:
-                return Done(change)
-            if len(view.rooms) >= MAX_ROOMS_PER_USER:
-                raise InvalidRequestError(f"a user may be in at most {MAX_ROOMS_PER_USER} rooms")
-            # R1: the member index first, flagged pending, with the pair this decision is made on (roster C1).
-            written = await self.index.joining(membership, partition, name, recorded=view.presence)
-            operations = [create(membership.to_table(partition)), _presence_touch(view, name, attempts)]
-            return Commit(operations, change, then=lambda: self.index.confirm(room, partition, written))
+            operations: list[Operation] = []
+            if granting and room not in view.grants:
+                operations.append(upsert(RoomMark(room, moment).to_table(partition, prefix=GRANT_PREFIX)))
+            if (revoked := view.revoked.get(room)) is not None:
+                operations.append(delete(partition, revoked_key(room), etag=revoked.etag))  # a member again (R4)
+            then: Callable[[], Awaitable[None]] | None = None
+            if room not in view.rooms:
+                if len(view.rooms) >= MAX_ROOMS_PER_USER:
+                    raise InvalidRequestError(f"a user may be in at most {MAX_ROOMS_PER_USER} rooms")
+                # R1: the member index first, flagged pending, with the pair this decision is made on (roster C1).
+                written = await self.index.joining(membership, partition, name, recorded=view.presence)
+                operations.append(create(membership.to_table(partition)))
 
-        return await self.store.writes.write(partition, step, action="join")
+                async def then() -> None:
+                    await self.index.confirm(room, partition, written)
+
+            if not operations:
+                return Done(change)
+            operations.append(_presence_touch(view, name, attempts))
+            return Commit(operations, change, then=then)
+
+        return await self.store.writes.write(partition, step, action=action)
 
     async def leave(self, user_name: str, room: str, *, now: datetime | None = None) -> RoomChange:
         """End the user's membership of `room`; leaving a room one is not in does no harm."""
@@ -145,9 +211,35 @@ class Rooms:
 
         return await self.store.writes.write(partition, step, action="leave")
 
+    async def revoke(self, user_name: str, room: str, *, now: datetime | None = None) -> RoomChange:
+        """Take the user out of `room` and revoke its grant (a server's call): the membership and the grant end, and a
+        revocation names the connections the room's group may still hold (R4); revoking again does no harm."""
+        name, room = normalize_user_name(user_name), parse_room(room)
+        partition, moment = user_key(name), self.store.now(now)
+        flagged = False
+
+        async def step(view: UserView, attempts: Attempts) -> Done[RoomChange] | Commit[RoomChange]:
+            nonlocal flagged
+            change = self._change(view, name, room, joined=False, moment=moment, lapsed_too=True)
+            operations: list[Operation] = []
+            if (grant := view.grants.get(room)) is not None:
+                operations.append(delete(partition, grant_key(room), etag=grant.etag))
+            if (membership := view.rooms.get(room)) is not None:
+                if not flagged:
+                    await self.index.leaving(room, partition, moment)  # roster C3, as a leave
+                    flagged = True
+                operations.append(delete(partition, membership_key(room), etag=membership.etag))
+                operations.append(upsert(RoomMark(room, moment).to_table(partition, prefix=REVOKED_PREFIX)))
+            if not operations:
+                return Done(change)
+            return Commit([*operations, _presence_touch(view, name, attempts)], change)
+
+        return await self.store.writes.write(partition, step, action="revoke a room")
+
     async def standing(self, user_name: str) -> Standing:
-        """Return the user's rooms and whether they are blocked: one range query over the app's own rows of their
-        partition from the block row to the membership rows (`%~b` to `%~r...`; the presence row between)."""
+        """Return the user's rooms, whether they are blocked and their revoked rooms: one range query over the app's own
+        rows of their partition from the block row to the membership rows (`%~b` to `%~r...`: grants, the presence
+        row and revocations between)."""
         rows = await self.store.table.query(
             "PartitionKey eq @pk and RowKey ge @first and RowKey lt @after",
             {"pk": user_key(user_name), "first": BLOCKED_ROW, "after": MEMBERSHIP_PREFIX[:-1] + "s"},
@@ -156,7 +248,8 @@ class Rooms:
         )
         keys = [str(row["RowKey"]) for row in rows]
         rooms = {Membership.from_table(row).room for row in rows if is_membership_key(str(row["RowKey"]))}
-        return Standing(frozenset(rooms), BLOCKED_ROW in keys)
+        revoked = {RoomMark.from_table(row).room for row in rows if str(row["RowKey"]).startswith(REVOKED_PREFIX)}
+        return Standing(frozenset(rooms), BLOCKED_ROW in keys, frozenset(revoked - rooms))
 
     async def members(
         self, room: str, *, limit: int = 100, cursor: str | None = None, now: datetime | None = None
@@ -206,6 +299,25 @@ class Rooms:
         rows = [row for row in rows if row.ended_at is None]  # closed: a grace holds it for presence only
         pair = view.presence.announced_as(name, rooms=(room,))
         return RoomChange(name, room, joined, tuple(row.connection_id for row in rows), pair)
+
+
+async def settle_revocations(store: ConnectionStore, view: UserView, *, gone: set[str]) -> list[tuple[str, str]]:
+    """The sweep's step on a user's revocations (R4): return (connection id, room) for each connection that may
+    still be in a revoked room's group (not among the `gone` row keys the sweep deleted), and delete, on their ETags,
+    the revocations no such connection is left for; best effort."""
+    lingering = [(c, room) for c, room in view.lingering() if connection_key(c) not in gone]
+    still_held = {room for _, room in lingering}
+    for mark in [mark for room, mark in view.revoked.items() if room not in still_held]:
+        spent = delete(view.partition, revoked_key(mark.room), etag=mark.etag)
+        try:
+            await store.table.write(spent, action="settle a revoke")
+        except StorageError as error:  # changed since (a join, a grant) or storage failed: the next visit
+            logger.info("a revocation stays for the next visit: %s", error)
+    return lingering
+
+
+async def _anyone(view: UserView) -> None:
+    """A grant's admission: a server's call may make anyone a member."""
 
 
 def _presence_touch(view: UserView, name: str, attempts: Attempts) -> Operation:

@@ -109,10 +109,17 @@ class LivenessCheck(Protocol):
 
 
 class GroupAdder(Protocol):
-    """Adds a connection to a group before the function returns (its output binding would add it only after)."""
+    """Adds a connection to a group, or removes it, before the function returns (its output binding would act only
+    after, and unconfirmed)."""
+
+    asks_service: bool  # False: no service to ask (`AgeOnly`): group actions are the output binding's alone
 
     async def add_to_group(self, hub: str, group: str, connection_id: str) -> bool:
         """Return whether the service confirmed the addition (False: it is left to the output binding)."""
+        ...
+
+    async def remove_from_group(self, hub: str, group: str, connection_id: str) -> bool:
+        """Return whether the service confirmed the removal (False: it is left to the output binding)."""
         ...
 
 
@@ -143,6 +150,10 @@ class AgeOnly:
 
     async def add_to_group(self, hub: str, group: str, connection_id: str) -> bool:
         """Return False: without REST access only the output binding adds connections to groups."""
+        return False
+
+    async def remove_from_group(self, hub: str, group: str, connection_id: str) -> bool:
+        """Return False: without REST access only the output binding removes connections from groups."""
         return False
 
     async def close_user(self, hub: str, user_id: str, *, reason: str) -> bool:
@@ -221,24 +232,33 @@ class SignalRLiveness:
 
     async def add_to_group(self, hub: str, group: str, connection_id: str) -> bool:
         """Add a connection to a group now; False when the service did not confirm it (best effort)."""
+        return await self._group_action("PUT", hub, group, connection_id)
+
+    async def remove_from_group(self, hub: str, group: str, connection_id: str) -> bool:
+        """Remove a connection from a group now (`DELETE .../groups/{group}/connections/{id}`); False when the service
+        did not confirm it (a connection it does not know, 404, is in no group)."""
+        return await self._group_action("DELETE", hub, group, connection_id)
+
+    async def _group_action(self, method: str, hub: str, group: str, connection_id: str) -> bool:
         url = (
             f"{self.connection.endpoint}/api/hubs/{quote(hub, safe='')}/groups/{quote(group, safe='')}"
             f"/connections/{quote(connection_id, safe='')}"
         )
+        confirmed = (200,) if method == "PUT" else (200, 404)
         try:
             await self._wait_if_throttled()
             headers = {"Authorization": f"Bearer {await self._bearer(url)}"}
             async with (
                 self._slots,
-                self._http().put(url, params={"api-version": API_VERSION}, headers=headers) as response,
+                self._http().request(method, url, params={"api-version": API_VERSION}, headers=headers) as response,
             ):
                 if response.status == 429:
                     self._throttle(_retry_after(response.headers.get("Retry-After")))
-                return response.status == 200
+                return response.status in confirmed
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
-            logger.warning("group addition failed: %s", type(error).__name__)
-        except Exception as error:  # a credential failure: the output binding still adds the connection
-            logger.warning("group addition could not authenticate: %s", type(error).__name__)
+            logger.warning("group action failed: %s", type(error).__name__)
+        except Exception as error:  # a credential failure: the output binding's group action still follows
+            logger.warning("group action could not authenticate: %s", type(error).__name__)
         return False
 
     async def close_user(self, hub: str, user_id: str, *, reason: str) -> bool:

@@ -29,9 +29,10 @@ def delivery_messages(
     ]
 
 
-def room_message(room: str, *, user: str, joined: bool) -> Message:
-    """Return the announcement to a room's group that a member joined or left it."""
-    return {"target": ROOM_TARGET, "groupName": room, "arguments": [{"room": room, "user": user, "joined": joined}]}
+def room_message(room: str, *, user: str, joined: bool, to: str | None = None) -> Message:
+    """Return the announcement to a room's group (or to the one connection `to`) that a member joined or left it."""
+    audience = {"connectionId": to} if to is not None else {"groupName": room}
+    return {"target": ROOM_TARGET, **audience, "arguments": [{"room": room, "user": user, "joined": joined}]}
 
 
 def room_delivery(room: str, *, target: str, sender: str | None, message: Any) -> Message:

@@ -10,6 +10,7 @@ from mapping.errors import InvalidNameError, InvalidRequestError, PayloadTooLarg
 from mapping.keys import normalize_user_name, parse_room
 from mapping.presence.store import ConnectionStore
 from mapping.rooms.access import reachable
+from mapping.rooms.policy import SETTINGS_DECIDE, AccessPolicy, Claims
 from mapping.signalr.messages import RESERVED_TARGETS, Message, delivery_messages, room_delivery
 
 MAX_BODY_BYTES = 64 * 1024
@@ -111,10 +112,18 @@ async def send_to_user(store: ConnectionStore, request: SendRequest, *, sender: 
     return delivery_messages(connections, target=request.target, sender=sender, to=request.to, message=request.message)
 
 
-async def send_direct(store: ConnectionStore, request: SendRequest, *, sender: str) -> list[Message]:
-    """Return a client's direct message, one delivery per live connection of the recipient, when `DIRECT_MESSAGES`
-    allows it; raise UserOfflineError when the recipient has no live connection or the policy refuses, alike."""
-    recipient = await reachable(store, sender, request.to)
+async def send_direct(
+    store: ConnectionStore,
+    request: SendRequest,
+    *,
+    sender: str,
+    policy: AccessPolicy = SETTINGS_DECIDE,
+    claims: Claims | None = None,
+) -> list[Message]:
+    """Return a client's direct message, one delivery per live connection of the recipient, when the app's policy or
+    `DIRECT_MESSAGES` allows it; raise UserOfflineError when the recipient has no live connection or it is refused,
+    alike."""
+    recipient = await reachable(store, sender, request.to, policy=policy, claims=claims)
     connections = recipient.live(store.lease, now=store.now()) if recipient is not None else []
     if not connections:  # offline, or refused: answered alike
         raise UserOfflineError(f"user {request.to!r} has no live connection")

@@ -33,6 +33,7 @@ PRESENCE = {
     "lastSeen": "2026-11-22T09:04:10.5Z",
     "rooms": ["lobby"],
     "blocked": False,
+    "grants": [],
     "connections": [CONNECTION],
 }
 

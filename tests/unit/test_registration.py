@@ -27,6 +27,7 @@ HTTP_ROUTES = {
     "block_user": ("users/{user}/block", ["PUT", "DELETE"], "FUNCTION"),
     "room_members": ("rooms/{room}", ["GET"], "FUNCTION"),
     "send_to_room": ("rooms/{room}/send", ["POST"], "FUNCTION"),
+    "room_member": ("rooms/{room}/members/{user}", ["PUT", "DELETE"], "FUNCTION"),
     "openapi": ("openapi.json", ["GET"], "ANONYMOUS"),
 }
 

@@ -20,7 +20,8 @@ def test_defaults_apply_when_only_a_connection_is_set() -> None:
     assert settings.presence_events is True
     assert settings.sweep_schedule == "0 */5 * * * *"
     assert settings.storage.connection_string == "UseDevelopmentStorage=true"
-    assert (settings.presence_audience, settings.presence_watch) == ("scoped", "anyone")
+    assert (settings.presence_audience, settings.presence_watch) == ("scoped", "room-members")
+    assert (settings.direct_messages, settings.rooms_open) == ("shared-room", ())
     assert settings.presence_grace == timedelta(seconds=15)
 
 
@@ -33,7 +34,8 @@ def test_defaults_apply_when_only_a_connection_is_set() -> None:
         ("PRESENCE_EVENTS", "False", "presence_events", False),
         ("SWEEP_SCHEDULE", "*/30 * * * * *", "sweep_schedule", "*/30 * * * * *"),
         ("PRESENCE_AUDIENCE", "Hub", "presence_audience", "hub"),  # case-insensitive
-        ("PRESENCE_WATCH", "room-members", "presence_watch", "room-members"),
+        ("PRESENCE_WATCH", "anyone", "presence_watch", "anyone"),
+        ("ROOMS_OPEN", "lobby  public.* lobby", "rooms_open", ("lobby", "public.*")),
         ("DIRECT_MESSAGES", "nobody", "direct_messages", "nobody"),
         ("PRESENCE_GRACE_SECONDS", "0", "presence_grace", timedelta(0)),  # 0 allowed: no grace
     ],
