@@ -6,6 +6,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec
 
 from mapping.errors import (
@@ -301,9 +302,11 @@ async def on_send_to_room(store: ConnectionStore, caller: _Caller) -> list[Messa
     return [*revived, room_delivery_of(request, sender=caller.user)]
 
 
-async def on_timer(store: ConnectionStore, *, liveness: LivenessCheck = AGE_ONLY) -> list[Message]:
+async def on_timer(
+    store: ConnectionStore, *, liveness: LivenessCheck = AGE_ONLY, now: datetime | None = None
+) -> list[Message]:
     """Sweep stale rows (liveness-checked unless age-only); announce users whose presence changed."""
-    result = await sweep(store, liveness=liveness)
+    result = await sweep(store, liveness=liveness, now=now)
     groups = store.settings.listing_groups
     regrouped = [join_group(c, listing_group(c, groups)) for c in result.unlisted_alive]
     regrouped += [leave_group(connection, room) for connection, room in result.lingering]  # rooms R4

@@ -53,6 +53,7 @@ def invocation(
     hub: str = "chat",
     headers: Mapping[str, str] | None = None,
     error: str | None = None,
+    claims: Mapping[str, str] | None = None,
 ) -> str:
     """Return a SignalR trigger payload as the extension produces it: PascalCase keys, nulls included."""
     return json.dumps(
@@ -66,7 +67,7 @@ def invocation(
             "UserId": user_id,
             "Headers": dict(headers or {"User-Agent": "pytest-client/1.0"}),
             "Query": {},
-            "Claims": {},
+            "Claims": dict(claims or {}),
         }
     )
 

@@ -23,10 +23,13 @@ def unique_table_name() -> str:
 
 
 def make_settings(connection_string: str, table: str, **overrides: object) -> Settings:
-    """Build settings for a store on the given storage and table."""
+    """Build settings for a store on the given storage and table; rooms open to all and anyone watched unless
+    overridden (unlike the app's defaults: for the tests written before access was decided)."""
     values: dict[str, object] = {
         "storage": StorageConnection(connection_string=connection_string),
         "table_name": table,
+        "rooms_open": ("*",),
+        "presence_watch": "anyone",
         **overrides,
     }
     return Settings(**values)  # type: ignore[arg-type]

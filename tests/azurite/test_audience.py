@@ -101,7 +101,7 @@ async def test_watch_subscribes_and_answers_a_snapshot() -> None:
 
 
 async def test_unwatch_removes_the_subscriptions() -> None:
-    """unwatch(users) removes the caller from each user's presence group, touching no storage row."""
+    """unwatch(users) removes the caller from each user's presence group (watching none of them, nothing is written)."""
     await connected("eve", "e1")
     out = await client_sent("unwatch_users", "unwatch", "eve", "e1", ["fay", "gus"])
     assert group_actions(out) == [("remove", presence_group("fay"), "e1"), ("remove", presence_group("gus"), "e1")]
@@ -154,8 +154,10 @@ async def test_room_members_may_watch_only_those_sharing_a_room(monkeypatch: pyt
     assert [e.get("refused") for e in errors(refused)] == [["max"]]
     assert group_actions(refused) == []
     allowed = await client_sent("watch_users", "watch", "kim", "k1", ["lee"])
-    assert ("add", presence_group("lee"), "k1") in group_actions(allowed)
+    assert group_actions(allowed) == []  # lee's presence reaches kim through club's group: no subscription to end
     assert [u["user"] for u in syncs(allowed)[0]["users"]] == ["lee"]
+    changed = await client_sent("set_status", "setStatus", "lee", "l1", "busy")
+    assert "club" in {m.get("groupName") for m in presence(changed)}
 
 
 async def test_a_snapshot_then_changes_converge_by_version() -> None:
@@ -270,6 +272,12 @@ class _ChangeOnAdd:
     def __init__(self, change: Any) -> None:
         self.change = change
         self.added: list[tuple[str, str]] = []
+
+    asks_service = True
+
+    async def remove_from_group(self, hub: str, group: str, connection_id: str) -> bool:
+        """Confirm nothing: this adder only adds."""
+        return False
 
     async def add_to_group(self, hub: str, group: str, connection_id: str) -> bool:
         """Record the addition, then run the racing change."""
