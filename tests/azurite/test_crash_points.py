@@ -944,3 +944,87 @@ async def test_every_room_function_crash_point_keeps_the_roster_true(
     points = sum(counts["points"] for counts in modes.values())
     print(f"\n{case.name} function: {total} requests, {points} crash points, {points} converged")
     figures.put("crash_points", f"room {case.name} function (roster)", {"requests": total, "modes": modes})
+
+
+ACCESS_CASES = ["grant", "revoke"]
+
+
+@pytest.mark.parametrize("kind", ACCESS_CASES)
+async def test_every_access_crash_point_ends_granted_or_revoked(
+    azurite: Azurite, proxy: FaultProxy, figures: Figures, kind: str
+) -> None:
+    """Fail each table request of a server's grant or revoke three ways: nobody sees half a membership (R1); the
+    operator's retry after the error ends granted or revoked; a revoke that committed is acted on by the user's next
+    connect (its older tabs leave the room's group) and by the sweep, which forgets it once those tabs are gone (R4)."""
+    granting = kind == "grant"
+
+    async def setup(w: World) -> None:
+        await connect(w, w.proxied, "ada", "a1", T0)
+        await connect(w, w.proxied, "ada", "a2", T0)
+        if not granting:
+            await Rooms(w.proxied).grant("ada", "club", now=T0)
+
+    async def event(w: World) -> RoomChange:
+        rooms = Rooms(w.proxied)
+        moment = T0 + timedelta(seconds=1)
+        return await (rooms.grant if granting else rooms.revoke)("ada", "club", now=moment)
+
+    base = _case(f"room {kind}", _nothing, _nothing)
+    async with world(azurite, proxy, base) as w:
+        await setup(w)
+        before = proxy.requests
+        await event(w)
+        total = proxy.requests - before
+    modes: Counts = {mode: {"points": 0, "converged": 0, "next_sweep": 0} for mode in MODES}
+    for k in range(1, total + 1):
+        for mode, faults in MODES.items():
+            label = f"{kind}: request {k} of {total}, {mode}"
+            fault, after = faults()
+            async with world(azurite, proxy, base) as w:
+                await setup(w)
+                proxy.plan(*([PASS] * (k - 1)), fault, then=after)
+                change: RoomChange | None = None
+                with contextlib.suppress(StorageError):  # the operator is answered 503
+                    change = await event(w)
+                proxy.plan(then=PASS)
+                await assert_whole_membership(w, label=label)
+                view = await w.store.read_user("ada")
+                if not granting and "club" in view.revoked:  # committed: the next events act on it, retried or not
+                    await assert_revoke_redone(w, label=label)
+                    assert not await member(w), label
+                    assert "club" not in (await w.store.read_user("ada")).grants, label
+                    await assert_whole_membership(w, label=label)
+                    count(modes[mode], by_next_sweep=True)
+                    continue
+                if change is None:
+                    change = await event(w)  # the operator's retry
+                assert (change.joined, set(change.connections)) == (granting, {"a1", "a2"}), label
+                view = await w.store.read_user("ada")
+                assert await member(w) is granting, label
+                assert ("club" in view.grants) is granting, label
+                await assert_whole_membership(w, label=label)
+                await w.sweep(w.store, NEXT_SWEEP)
+                await assert_converged(w, now=NEXT_SWEEP, leases_lapsed=False, label=label)
+            count(modes[mode], by_next_sweep=True)
+    points = sum(counts["points"] for counts in modes.values())
+    print(f"\nroom {kind}: {total} requests, {points} crash points, {points} converged")
+    figures.put("crash_points", f"room {kind} (a server's)", {"requests": total, "modes": modes})
+
+
+async def assert_revoke_redone(w: World, *, label: str) -> None:
+    """A committed revoke whose group removal was lost: ada's next connect sends her older tabs out of the room's
+    group (not the new one in); a sweep that reads her while they live does it again and keeps the revocation; once
+    they are gone a sweep forgets it."""
+    w.clock.at = T0 + timedelta(seconds=2)
+    sent = await on_connected(w.store, invocation(w, "ada", "a3", "connected"))
+    actions = {(m["action"], m["groupName"], m["connectionId"]) for m in sent if "action" in m}
+    assert {("remove", "club", "a1"), ("remove", "club", "a2")} <= actions, (label, actions)
+    assert ("add", "club", "a3") not in actions, (label, actions)
+    alive = FakeService({"a1": Liveness.ALIVE, "a2": Liveness.ALIVE, "a3": Liveness.ALIVE})
+    result = await sweep(w.store, liveness=alive, now=AFTER_LEASES)
+    assert sorted(result.lingering) == [("a1", "club"), ("a2", "club")], (label, result.lingering)
+    assert "club" in (await w.store.read_user("ada")).revoked, label
+    gone = FakeService({"a1": Liveness.GONE, "a2": Liveness.GONE, "a3": Liveness.ALIVE})
+    result = await sweep(w.store, liveness=gone, now=AFTER_LEASES + TTL)
+    assert result.lingering == [], (label, result.lingering)
+    assert "club" not in (await w.store.read_user("ada")).revoked, label
