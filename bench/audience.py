@@ -295,6 +295,8 @@ def _env(storage: str, *, grace: int, audience: str = "scoped") -> dict[str, str
         "PRESENCE_AUDIENCE": audience,
         "PRESENCE_GRACE_SECONDS": str(grace),
         "SWEEP_SCHEDULE": NEVER,
+        "ROOMS_OPEN": "*",  # open rooms, and watchers who share none with the watched: as measured before issue 30
+        "PRESENCE_WATCH": "anyone",
     }
 
 

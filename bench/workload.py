@@ -89,6 +89,7 @@ def app_environment(connection_string: str, table: str, *, presence: bool = True
         "PRESENCE_GRACE_SECONDS": "0",  # each disconnect decides at once
         "PRESENCE_AUDIENCE": "hub",  # one presence message per change: the audience costs no table request
         "SWEEP_SCHEDULE": "0 */5 * * * *",
+        "ROOMS_OPEN": "*",  # the join measured is an open room's (a granted join costs the same: bench.access)
     }
 
 

@@ -457,6 +457,7 @@ async def test_user_presence_of_an_unknown_user_is_offline() -> None:
             "lastSeen": None,
             "rooms": [],
             "blocked": False,
+            "grants": [],
             "connections": [],
         },
     )
