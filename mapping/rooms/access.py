@@ -16,7 +16,7 @@ from mapping.keys import user_key
 from mapping.presence.store import ConnectionStore
 from mapping.presence.user_view import UserView
 from mapping.rooms.membership import Rooms
-from mapping.rooms.policy import SETTINGS_DECIDE, AccessPolicy, Claims
+from mapping.rooms.policy import SETTINGS_DECIDE, AccessPolicy, Claims, asked
 
 
 async def reachable(
@@ -32,7 +32,7 @@ async def reachable(
     view, standing, answer = await asyncio.gather(
         store.read_user(partition),
         Rooms(store).standing(sender),
-        policy.may_message(sender, recipient, dict(claims or {})),
+        asked(policy.may_message(sender, recipient, dict(claims or {})), what="may_message"),
     )
     if standing.blocked:
         return None

@@ -65,7 +65,7 @@ from mapping.presence.store import ConnectionStore
 from mapping.presence.user_view import UserView
 from mapping.presence.write_loop import Attempts, Commit, Done
 from mapping.rooms.index import STALE_INDEX_ROW, IndexedMember, MemberIndex
-from mapping.rooms.policy import SETTINGS_DECIDE, AccessPolicy, Claims
+from mapping.rooms.policy import SETTINGS_DECIDE, AccessPolicy, Claims, asked
 from mapping.storage.client import gather_bounded
 from mapping.storage.table import Operation, create, delete, upsert
 
@@ -140,7 +140,8 @@ class Rooms:
             if self.store.settings.opens(room) or room in view.grants:
                 return True
             if not admitted:
-                admitted.append(await policy.may_join(name, room, dict(claims or {})) is True)
+                answer = await asked(policy.may_join(name, room, dict(claims or {})), what="may_join")
+                admitted.append(answer is True)
             return admitted[0]
 
         async def check(view: UserView) -> None:

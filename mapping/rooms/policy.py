@@ -11,13 +11,16 @@ and the claims of their client token as SignalR delivered them, and answers True
 - `may_watch`: asked for each watched user before `PRESENCE_WATCH`; a bool decides instead of it. A watch it
   allows lasts as long as the connection (or its `unwatch`), rooms or not.
 
-A blocked user is refused before any policy is asked. A policy that raises fails the call as storage does (an
-`error` the client may retry); it must not be slow, as every join, send and watch waits for it.
+A blocked user is refused before any policy is asked. A decision that raises refuses (fail closed; the error is
+logged); a decision must not be slow, as every join, send and watch waits for it (a join holds the user's turn).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Awaitable, Mapping
+
+logger = logging.getLogger(__name__)
 
 Claims = Mapping[str, str]  # claim type -> value (several values of one type joined with ", ")
 
@@ -39,3 +42,16 @@ class AccessPolicy:
 
 
 SETTINGS_DECIDE = AccessPolicy()  # the policy of an app that passes none
+
+
+async def asked(decision: Awaitable[bool | None], *, what: str) -> bool | None:
+    """Return a policy's answer; one that raised or answered no bool or None refuses (False), logged."""
+    try:
+        answer = await decision
+    except Exception:
+        logger.exception("access policy: %s raised; refused", what)
+        return False
+    if answer is not None and not isinstance(answer, bool):
+        logger.error("access policy: %s answered %s, not True, False or None; refused", what, type(answer).__name__)
+        return False
+    return answer

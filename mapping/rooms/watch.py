@@ -24,7 +24,7 @@ from mapping.errors import InvalidRequestError, RefusedError, RowChangedError
 from mapping.keys import connection_key, normalize_user_name, user_key
 from mapping.presence.store import ConnectionStore
 from mapping.presence.user_view import UserView
-from mapping.rooms.policy import SETTINGS_DECIDE, AccessPolicy, Claims
+from mapping.rooms.policy import SETTINGS_DECIDE, AccessPolicy, Claims, asked
 from mapping.rooms.roster import RosterEntry
 from mapping.storage.client import gather_bounded
 from mapping.storage.table import merge
@@ -76,7 +76,7 @@ class Watching:
         policy = self.store.settings.presence_watch
 
         async def ask(user: str) -> bool | None:
-            return await self.policy.may_watch(caller, user, self.claims)
+            return await asked(self.policy.may_watch(caller, user, self.claims), what="may_watch")
 
         answers = await gather_bounded(users, ask, limit=_READS)
         if policy == "nobody" and any(answer is None for answer in answers):
