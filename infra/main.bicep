@@ -145,13 +145,13 @@ param presenceEvents bool = true
 ])
 param presenceAudience string = 'scoped'
 
-@description('Whom a connection may watch for presence changes (PRESENCE_WATCH): anyone, room-members (users it shares a room with) or nobody.')
+@description('Whom a connection may watch for presence changes (PRESENCE_WATCH): room-members (users it shares a room with; their presence reaches it through the room already), anyone or nobody. The app\'s access policy, when it answers, decides instead.')
 @allowed([
-  'anyone'
   'room-members'
+  'anyone'
   'nobody'
 ])
-param presenceWatch string = 'anyone'
+param presenceWatch string = 'room-members'
 
 @description('To whom a client may send a direct message (DIRECT_MESSAGES): shared-room (users it shares a room with), anyone or nobody.')
 @allowed([
@@ -160,6 +160,9 @@ param presenceWatch string = 'anyone'
   'nobody'
 ])
 param directMessages string = 'shared-room'
+
+@description('Rooms any signed-in client may join (ROOMS_OPEN): room names and prefixes ending in *, separated by spaces (\'lobby public.*\'; \'*\' opens every room). Empty: every room is closed, and a client joins only a room a server granted it (PUT /api/rooms/{room}/members/{user}) or the app\'s access policy admits. A malformed value makes the app answer 503 and its triggers fail (ConfigurationError).')
+param roomsOpen string = ''
 
 @description('Grace period in seconds (PRESENCE_GRACE_SECONDS): a user whose last connection ends is announced offline only if no connection is back within it (0 announces at once; at most 3600). The decision travels as a delayed message on the host storage\'s queue.')
 @minValue(0)
@@ -302,6 +305,7 @@ module functionApp 'app/function-app.bicep' = {
     presenceAudience: presenceAudience
     presenceWatch: presenceWatch
     directMessages: directMessages
+    roomsOpen: roomsOpen
     presenceGraceSeconds: presenceGraceSeconds
     mappingIndexShards: mappingIndexShards
     mappingListingGroups: mappingListingGroups

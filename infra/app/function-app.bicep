@@ -58,10 +58,10 @@ param presenceEvents bool
 ])
 param presenceAudience string
 
-@description('Whom a connection may watch for presence changes: anyone, room-members or nobody.')
+@description('Whom a connection may watch for presence changes: room-members, anyone or nobody.')
 @allowed([
-  'anyone'
   'room-members'
+  'anyone'
   'nobody'
 ])
 param presenceWatch string
@@ -73,6 +73,9 @@ param presenceWatch string
   'nobody'
 ])
 param directMessages string
+
+@description('Rooms any signed-in client may join: names and prefixes ending in *, separated by spaces; empty: none.')
+param roomsOpen string
 
 @description('Seconds after a user\'s last connection ends before they are announced offline (0 to 3600).')
 @minValue(0)
@@ -240,6 +243,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     PRESENCE_AUDIENCE: presenceAudience
     PRESENCE_WATCH: presenceWatch
     DIRECT_MESSAGES: directMessages
+    ROOMS_OPEN: roomsOpen
     PRESENCE_GRACE_SECONDS: string(presenceGraceSeconds)
     MAPPING_INDEX_SHARDS: string(mappingIndexShards)
     MAPPING_LISTING_GROUPS: string(mappingListingGroups)

@@ -24,6 +24,7 @@ from mapping.settings import (
     MAX_GRACE_SECONDS,
     VALUE_SETTINGS,
     WATCH_POLICIES,
+    Settings,
 )
 from testkit.azurite import ROOT
 
@@ -311,6 +312,21 @@ def test_presence_choices_are_parameters_allowing_what_the_app_accepts(
     assert _param_line(FUNCTION_APP_BICEP, parameter) == f"param {parameter} string"
     assert re.search(rf"^\s*{parameter}:\s*{parameter}\s*$", _bicep(MAIN_BICEP), re.MULTILINE)
     assert _app_settings()[setting] == parameter
+
+
+def test_rooms_open_is_a_parameter_closed_by_default() -> None:
+    """ROOMS_OPEN is a main.bicep string parameter defaulting to the app's default (empty: every room closed), passed
+    on to the app setting and filled from the azd environment's ROOMS_OPEN."""
+    assert Settings.from_environment({"MAPPING_STORAGE": "UseDevelopmentStorage=true"}).rooms_open == ()
+    for path in (MAIN_BICEP, FUNCTION_APP_BICEP):
+        assert "@description(" in _param_decorators(path, "roomsOpen"), path
+        assert "@allowed(" not in _param_decorators(path, "roomsOpen"), path
+    assert _param_line(MAIN_BICEP, "roomsOpen") == "param roomsOpen string = ''"
+    assert _param_line(FUNCTION_APP_BICEP, "roomsOpen") == "param roomsOpen string"
+    assert re.search(r"^\s*roomsOpen:\s*roomsOpen\s*$", _bicep(MAIN_BICEP), re.MULTILINE)
+    assert _app_settings()["ROOMS_OPEN"] == "roomsOpen"
+    parameters = json.loads(MAIN_PARAMETERS.read_text(encoding="utf-8"))["parameters"]
+    assert parameters["roomsOpen"]["value"] == "${ROOMS_OPEN}"
 
 
 def test_presence_grace_is_a_bounded_parameter_set_as_a_string() -> None:
