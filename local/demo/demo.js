@@ -86,7 +86,13 @@ function note(text, className = "") {
 
 function showError(error) {
   const target = ["join", "leave", "sync", "sendToRoom"].includes(error.call) ? "room-error" : "";
-  const text = error.call ? `${error.call}: ${error.error}` : error.error;
+  let text = error.call ? `${error.call}: ${error.error}` : error.error;
+  if (error.refused === true && error.call === "join") {
+    // A private room not granted to this user: forget it here (a server's grant opens it by itself).
+    remembered.remove(error.room);
+    $("room-note").textContent = "";
+    text = `join ${error.room}: ${error.error} (private: a server must grant it to you first)`;
+  }
   const detail = error.retry ? `${text} (gave up after ${RETRIES} retries)` : text;
   if (target) $(target).textContent = detail;
   else if (["watch", "unwatch"].includes(error.call)) $("watch-error").textContent = detail;
@@ -167,8 +173,13 @@ function wire() {
     else note(`${message.from}: ${message.message}`);
   });
   connection.on("room", (change) => {
-    // Another tab of this user joined or left: follow it here.
+    // This user joined (in another tab, or a server granted the room) or left (another tab, or a server revoked
+    // the room): follow it here. A granted room's snapshot follows, which opens its panel.
     if (foldUserName(change.user) !== me.key) return;
+    if (change.joined) {
+      remembered.add(change.room);
+      if ($("room-error").textContent.includes(` ${change.room}:`)) $("room-error").textContent = ""; // refused before
+    }
     if (change.joined && !presence.rooms().includes(change.room)) joinRoom(change.room);
     if (!change.joined && rooms.has(change.room)) leaveRoom(change.room);
   });
@@ -185,6 +196,7 @@ function setState(state) {
     $(id).disabled = !connected;
   }
   for (const id of ["watch-names", "watch", "unwatch"]) $(id).disabled = !connected;
+  for (const button of document.querySelectorAll(".quick-join")) button.disabled = !connected;
   $("connect").disabled = connected || state === "connecting";
   $("name").disabled = connected || state === "connecting";
 }
@@ -210,6 +222,8 @@ async function connect(event) {
     return;
   }
   setState("connected");
+  const grant = `${location.origin}/api/rooms/staff/members/${encodeURIComponent(user).replaceAll("'", "%27")}`;
+  $("grant-example").textContent = `curl -X PUT '${grant}'`; // what a server runs to let this user into staff
   await presence.watch([user]).catch(showError); // this user's own state, from a snapshot
   for (const room of remembered.all()) await joinRoom(room).catch((error) => showError({ error: String(error) }));
 }
@@ -260,6 +274,12 @@ $("room-form").addEventListener(
     joinRoom,
   ),
 );
+for (const button of document.querySelectorAll(".quick-join")) {
+  button.addEventListener("click", () => {
+    $("room-error").textContent = "";
+    joinRoom(button.dataset.room).catch((error) => ($("room-error").textContent = String(error)));
+  });
+}
 const watchList = () => checkUsers($("watch-names").value.split(",").map((name) => name.trim()).filter(Boolean));
 $("watch-form").addEventListener(
   "submit",

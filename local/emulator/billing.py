@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,26 +22,21 @@ def billed_units(record: str) -> int:
 
 
 @dataclass
-class BilledMessages:
-    """Billed outbound messages since the start or the last reset, by kind, target (hub method) and group."""
+class Counts:
+    """Billed messages by kind, target (hub method) and group."""
 
     by_kind: Counter[str] = field(default_factory=Counter)
     by_target: Counter[str] = field(default_factory=Counter)
     by_target_and_kind: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     by_group: Counter[str] = field(default_factory=Counter)
 
-    def count(self, record: str, *, kind: str, target: str, recipients: int, group: str | None = None) -> int:
-        """Count one record delivered to `recipients` connections; return the messages billed for it."""
-        if recipients <= 0:
-            return 0
-        billed = billed_units(record) * recipients
+    def add(self, billed: int, *, kind: str, target: str, group: str | None) -> None:
+        """Count `billed` messages of one send."""
         self.by_kind[kind] += billed
         self.by_target[target] += billed
         self.by_target_and_kind[target][kind] += billed
         if group is not None:
             self.by_group[group] += billed
-        logger.debug("billed %d message(s): %s send of %s to %d connection(s)", billed, kind, target, recipients)
-        return billed
 
     def snapshot(self) -> dict[str, Any]:
         """Return the counts as the admin API shows them."""
@@ -54,9 +50,36 @@ class BilledMessages:
             "byGroup": dict(sorted(self.by_group.items())),
         }
 
+
+@dataclass
+class BilledMessages:
+    """Billed outbound messages since the start or the last reset, in all and per recipient connection."""
+
+    overall: Counts = field(default_factory=Counts)
+    by_connection: defaultdict[str, Counts] = field(default_factory=lambda: defaultdict(Counts))
+
+    def count(
+        self, record: str, *, kind: str, target: str, recipients: Collection[str], group: str | None = None
+    ) -> int:
+        """Count one record delivered to the `recipients` connections (their ids); return the messages billed."""
+        if not recipients:
+            return 0
+        units = billed_units(record)
+        billed = units * len(recipients)
+        self.overall.add(billed, kind=kind, target=target, group=group)
+        for connection_id in recipients:
+            self.by_connection[connection_id].add(units, kind=kind, target=target, group=group)
+        logger.debug("billed %d message(s): %s send of %s to %d connection(s)", billed, kind, target, len(recipients))
+        return billed
+
+    def snapshot(self, connection_id: str | None = None) -> dict[str, Any]:
+        """Return the counts as the admin API shows them: in all, or those billed to one connection."""
+        if connection_id is None:
+            return self.overall.snapshot()
+        found = self.by_connection.get(connection_id)
+        return (found or Counts()).snapshot()
+
     def reset(self) -> None:
         """Start counting again from zero."""
-        self.by_kind.clear()
-        self.by_target.clear()
-        self.by_target_and_kind.clear()
-        self.by_group.clear()
+        self.overall = Counts()
+        self.by_connection.clear()

@@ -170,7 +170,8 @@ class Registry:
         return user in self._user_groups.get((hub_key(hub), group), set())
 
 
-async def send_to(connections: Iterable[ClientConnection], record: str) -> int:
-    """Send one record to many connections; return how many took it."""
-    results = await asyncio.gather(*(connection.send(record) for connection in connections))
-    return sum(results)
+async def send_to(connections: Iterable[ClientConnection], record: str) -> list[str]:
+    """Send one record to many connections; return the ids of those that took it."""
+    targets = list(connections)
+    results = await asyncio.gather(*(connection.send(record) for connection in targets))
+    return [connection.id for connection, took in zip(targets, results, strict=True) if took]

@@ -15,7 +15,8 @@ Admin (loopback callers only, no token):
   "byKind": {"connection": n, "user": n, "group": n, "broadcast": n}, "byTarget": {"<target>": n},
   "byTargetAndKind": {"<target>": {"<kind>": n}}, "byGroup": {"<group>": n}}`; each REST send counts, per
   connection it reached, one message per started 2 KB of the framed record (pings, handshakes, close records,
-  completions and group calls count nothing); `DELETE /admin/messages` answers the same and resets it.
+  completions and group calls count nothing); `?connection=<id>` answers, in the same shape, what was billed to
+  that one connection; `DELETE /admin/messages` answers the totals and resets every count.
 """
 
 from __future__ import annotations
@@ -437,10 +438,10 @@ async def _send(request: web.Request, *, pick: str) -> web.Response:
         targets = registry.of_user(hub, request.match_info["user"])
     else:
         targets = registry.of_group(hub, request.match_info["group"])
-    sent = await send_to([t for t in targets if t.id not in excluded], record)
+    reached = await send_to([t for t in targets if t.id not in excluded], record)
     group = request.match_info["group"] if pick == "group" else None
-    billed = request.app[BILLED].count(record, kind=SEND_KINDS[pick], target=target, recipients=sent, group=group)
-    logger.info("REST send to %s in %s: %d connection(s), %d billed message(s)", pick, hub, sent, billed)
+    billed = request.app[BILLED].count(record, kind=SEND_KINDS[pick], target=target, recipients=reached, group=group)
+    logger.info("REST send to %s in %s: %d connection(s), %d billed message(s)", pick, hub, len(reached), billed)
     return web.Response(status=202)
 
 
@@ -614,8 +615,9 @@ async def reset_rest_calls(request: web.Request) -> web.Response:
 
 
 async def billed_messages(request: web.Request) -> web.Response:
-    """Count the outbound messages billed so far, in all and per kind, target and group (loopback only)."""
-    return web.json_response(request.app[BILLED].snapshot())
+    """Count the outbound messages billed so far, in all and per kind, target and group, or (`?connection=<id>`)
+    those billed to one connection (loopback only)."""
+    return web.json_response(request.app[BILLED].snapshot(request.query.get("connection") or None))
 
 
 async def reset_billed_messages(request: web.Request) -> web.Response:
