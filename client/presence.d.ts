@@ -18,6 +18,8 @@ export interface PresenceError {
   readonly error: string;
   readonly call?: string;
   readonly retry?: boolean;
+  /** "too many calls": the seconds to wait before the connection's budget pays for a call again. */
+  readonly retryAfter?: number;
   readonly arguments?: unknown[];
   readonly [detail: string]: unknown;
 }

@@ -69,6 +69,7 @@ export class PresenceTracker {
   #status; // the status this tab asked for (undefined: never set)
   #handlers = new Map(EVENTS.map((event) => [event, new Set()]));
   #attempts = new Map(); // JSON of [call, arguments] -> retries made
+  #quietUntil = 0; // Date.now() before which this tab holds its calls: the server said "too many calls"
   #timers = new Set();
   #listeners;
   #disposed = false;
@@ -206,7 +207,17 @@ export class PresenceTracker {
 
   #call(method, argument) {
     this.#attempts.delete(JSON.stringify([method, [argument]])); // a fresh call starts its retries afresh
-    return this.#connection.send(method, argument);
+    const wait = this.#quietUntil - Date.now();
+    if (wait <= 0) return this.#connection.send(method, argument);
+    // Over its budget a moment ago: the server would refuse it, silently within a second. Send it when it may pass.
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#timers.delete(timer);
+        if (this.#disposed) return resolve();
+        this.#connection.send(method, argument).then(resolve, reject);
+      }, wait);
+      this.#timers.add(timer);
+    });
   }
 
   #emit(event, ...args) {
@@ -268,12 +279,13 @@ export class PresenceTracker {
 
   #failed(error) {
     if (!error || typeof error !== "object") return;
+    if (error.call === "join" && error.refused === true) this.#rooms.delete(error.room); // closed to this user
     if (error.retry === true && Array.isArray(error.arguments) && this.#stillWanted(error.call, error.arguments)) {
       const key = JSON.stringify([error.call, error.arguments]);
       const made = this.#attempts.get(key) ?? 0;
       if (made < this.#options.retries) {
         this.#attempts.set(key, made + 1);
-        this.#later(made, () => this.#resend(error.call, error.arguments));
+        this.#later(made, () => this.#resend(error.call, error.arguments), this.#cooldown(error));
         return;
       }
       this.#attempts.delete(key);
@@ -309,9 +321,42 @@ export class PresenceTracker {
     this.#connection.send(call, argument).catch((error) => this.#emit("error", { error: String(error), call }));
   }
 
-  #later(made, action) {
+  /** The wait a "too many calls" answer asks for (`retryAfter`, seconds), in ms; this tab's own calls hold till then,
+   * and then the joins not answered yet and the status are sent again (the server drops, unanswered, what it refuses
+   * within a second of that answer). */
+  #cooldown(error) {
+    const seconds = Number(error.retryAfter);
+    if (!Number.isFinite(seconds) || seconds <= 0) return 0;
+    const wait = Math.min(seconds * 1000, this.#options.maxRetryDelayMs);
+    const first = this.#quietUntil <= Date.now();
+    this.#quietUntil = Math.max(this.#quietUntil, Date.now() + wait);
+    if (first) this.#later(0, () => this.#catchUp(error, 0), wait);
+    return wait;
+  }
+
+  /** Send again, one round a second after a "too many calls", the joins still unanswered and the status. */
+  #catchUp(answered, round) {
+    if (this.#disposed || this.#connection.state !== CONNECTED) return;
+    const rooms = [...this.#rooms].filter(([, tracked]) => !tracked.synced).map(([room]) => room);
+    const calls = rooms
+      .filter((room) => round > 0 || !(answered.call === "join" && answered.arguments?.[0] === room))
+      .map((room) => ["join", room]);
+    if (round === 0 && this.#status !== undefined && answered.call !== "setStatus") {
+      calls.push(["setStatus", this.#status]);
+    }
+    for (const [method, argument] of calls) this.#call(method, argument).catch(() => undefined);
+    if (rooms.length && round < this.#options.retries) {
+      const timer = setTimeout(() => {
+        this.#timers.delete(timer);
+        this.#catchUp(answered, round + 1);
+      }, Math.max(1000, this.#quietUntil - Date.now()));
+      this.#timers.add(timer);
+    }
+  }
+
+  #later(made, action, atLeastMs = 0) {
     const ceiling = Math.min(this.#options.maxRetryDelayMs, this.#options.retryDelayMs * 2 ** made);
-    const delay = ceiling / 2 + (this.#options.random() * ceiling) / 2;
+    const delay = Math.max(atLeastMs, ceiling / 2 + (this.#options.random() * ceiling) / 2);
     const timer = setTimeout(() => {
       this.#timers.delete(timer);
       action();

@@ -164,6 +164,21 @@ param directMessages string = 'shared-room'
 @description('Rooms any signed-in client may join (ROOMS_OPEN): room names and prefixes ending in *, separated by spaces (\'lobby public.*\'; \'*\' opens every room). Empty: every room is closed, and a client joins only a room a server granted it (PUT /api/rooms/{room}/members/{user}) or the app\'s access policy admits. A malformed value makes the app answer 503 and its triggers fail (ConfigurationError).')
 param roomsOpen string = ''
 
+@description('A connection\'s budget of client calls at once (CLIENT_CALL_BURST): a token bucket this big, refilled at clientCallRate a second; a call over it is refused with one error and nothing else.')
+@minValue(1)
+@maxValue(10000)
+param clientCallBurst int = 20
+
+@description('Tokens a second a connection\'s call budget refills (CLIENT_CALL_RATE); 0 turns the budget off.')
+@minValue(0)
+@maxValue(10000)
+param clientCallRate int = 5
+
+@description('The largest message a client may send with send or sendToRoom, in bytes of JSON (CLIENT_MESSAGE_MAX_BYTES); servers\' HTTP sends keep 65536.')
+@minValue(1)
+@maxValue(65536)
+param clientMessageMaxBytes int = 16384
+
 @description('Grace period in seconds (PRESENCE_GRACE_SECONDS): a user whose last connection ends is announced offline only if no connection is back within it (0 announces at once; at most 3600). The decision travels as a delayed message on the host storage\'s queue.')
 @minValue(0)
 @maxValue(3600)
@@ -307,6 +322,9 @@ module functionApp 'app/function-app.bicep' = {
     directMessages: directMessages
     roomsOpen: roomsOpen
     presenceGraceSeconds: presenceGraceSeconds
+    clientCallBurst: clientCallBurst
+    clientCallRate: clientCallRate
+    clientMessageMaxBytes: clientMessageMaxBytes
     mappingIndexShards: mappingIndexShards
     mappingListingGroups: mappingListingGroups
     sweepSchedule: sweepSchedule

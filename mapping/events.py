@@ -18,6 +18,7 @@ from mapping.errors import (
     UserOfflineError,
 )
 from mapping.keys import normalize_user_name, parse_room, user_key
+from mapping.presence.budget import weight_of
 from mapping.presence.grace import Decision, Grace
 from mapping.presence.state import PresenceChange
 from mapping.presence.store import ConnectionStore
@@ -25,10 +26,18 @@ from mapping.rooms.membership import Rooms
 from mapping.rooms.policy import SETTINGS_DECIDE, AccessPolicy
 from mapping.rooms.roster import Roster, RosterEntry
 from mapping.rooms.watch import Watching, parse_users
-from mapping.signalr.audience import presence_group, presence_messages, room_presence, sync_messages
+from mapping.signalr.audience import SYNC_PAGE, presence_group, presence_messages, room_presence, sync_messages
 from mapping.signalr.invocation import Invocation
 from mapping.signalr.liveness import AGE_ONLY, ConnectionCloser, GroupAdder, LivenessCheck, listing_group
-from mapping.signalr.messages import ERROR_TARGET, Message, error_message, join_group, leave_group, room_message
+from mapping.signalr.messages import (
+    ERROR_TARGET,
+    PRESENCE_TARGET,
+    Message,
+    error_message,
+    join_group,
+    leave_group,
+    room_message,
+)
 from mapping.signalr.send import parse_room_send_arguments, parse_send_arguments, room_delivery_of, send_direct
 from mapping.storage.client import gather_bounded
 from mapping.sweep import sweep
@@ -69,13 +78,37 @@ def _client_call(
             store: ConnectionStore, event: Invocation, /, *args: _Options.args, **options: _Options.kwargs
         ) -> list[Message]:
             caller = _caller(event, method, one_argument=one_argument)
-            messages = caller if isinstance(caller, list) else await handler(store, caller, *args, **options)
+            if isinstance(caller, list):
+                messages = caller
+            elif (refused := _over_budget(store, caller, method)) is not None:
+                messages = refused
+            else:
+                messages = await handler(store, caller, *args, **options)
+                await store.writes.budgets.publish(caller.user, caller.connection, now=store.now())
             return [_named(message, event, method) for message in messages]
 
         functools.update_wrapper(handle, handler)
         return handle
 
     return wrap
+
+
+def _over_budget(store: ConnectionStore, caller: _Caller, method: str) -> list[Message] | None:
+    """What to answer a call its connection's budget cannot pay for (one error a second at most; nothing read,
+    written or sent), or None when it may run (mapping.presence.budget)."""
+    weight = weight_of(method, caller.arguments)
+    verdict = store.writes.budgets.take(caller.user, caller.connection, weight, now=store.now())
+    if verdict.allowed:
+        return None
+    logger.info("%s: a connection over its call budget was refused", method)
+    if not verdict.answer:
+        return []
+    return [error_message(caller.connection, "too many calls", retry=True, retryAfter=verdict.retry_after)]
+
+
+def _charge_snapshot(store: ConnectionStore, caller: _Caller, entries: list[RosterEntry]) -> None:
+    """Charge a snapshot's pages beyond the first to the caller's budget (its reads and messages grow with them)."""
+    store.writes.budgets.charge(caller.user, caller.connection, max(0, -(-len(entries) // SYNC_PAGE) - 1))
 
 
 def _named(message: Message, event: Invocation, method: str) -> Message:
@@ -211,11 +244,10 @@ async def on_revoke(store: ConnectionStore, user_name: str, room: str, *, servic
     confirmed = await gather_bounded(list(change.connections), remove, limit=_EARLY_ADDS)
     if service.asks_service and not all(confirmed):
         raise SignalRUnavailableError("SignalR Service did not confirm the removal from the room's group; try again")
-    messages = [
-        *(leave_group(connection, change.room) for connection in change.connections),
-        room_message(change.room, user=change.user, joined=False),
-        *(room_message(change.room, user=change.user, joined=False, to=c) for c in change.connections),
-    ]
+    messages = [leave_group(connection, change.room) for connection in change.connections]
+    if change.announce:  # not for a user who was no member (rooms R5)
+        messages.append(room_message(change.room, user=change.user, joined=False))
+        messages += [room_message(change.room, user=change.user, joined=False, to=c) for c in change.connections]
     return RoomAccess(change.room, change.user, False, messages)
 
 
@@ -235,7 +267,7 @@ async def on_send(store: ConnectionStore, caller: _Caller, *, access: AccessPoli
     or answer the caller one error (a refused message as an offline recipient: `send` tells nothing of presence)."""
     revived = await _refresh(store, caller.user, caller.connection)
     try:
-        request = parse_send_arguments(caller.arguments)
+        request = parse_send_arguments(caller.arguments, max_bytes=store.settings.client_message_max_bytes)
         return revived + await send_direct(store, request, sender=caller.user, policy=access, claims=caller.claims)
     except (InvalidRequestError, InvalidNameError) as error:
         return [*revived, error_message(caller.connection, str(error))]
@@ -256,6 +288,10 @@ async def on_set_status(store: ConnectionStore, caller: _Caller) -> list[Message
         return [_unavailable(caller.connection, "setStatus", error)]
     if not outcome.found:
         return [error_message(caller.connection, "this connection is not mapped; reconnect")]
+    if outcome.unchanged and outcome.presence is not None:  # the status it had: the caller alone (rooms R5)
+        return [
+            {"target": PRESENCE_TARGET, "connectionId": caller.connection, "arguments": [outcome.presence.to_json()]}
+        ]
     try:
         announcement = await _announced(store, outcome.presence)
     except StorageError as error:
@@ -287,7 +323,7 @@ async def on_send_to_room(store: ConnectionStore, caller: _Caller) -> list[Messa
     """Deliver a member's `sendToRoom(room, message)` to the room's group, or answer the caller an error."""
     revived = await _refresh(store, caller.user, caller.connection)
     try:
-        request = parse_room_send_arguments(caller.arguments)
+        request = parse_room_send_arguments(caller.arguments, max_bytes=store.settings.client_message_max_bytes)
         standing = await Rooms(store).standing(caller.user)
         if standing.blocked:
             return [*revived, error_message(caller.connection, "this user is blocked", room=request.room)]
@@ -379,6 +415,7 @@ async def on_sync(store: ConnectionStore, caller: _Caller) -> list[Message]:
             left = [leave_group(connection, gone) for connection, gone in view.lingering() if gone == room]  # R4
             return [*revived, *left, error_message(caller.connection, "not a member of this room", room=room)]
         entries = await _roster(store, room)
+        _charge_snapshot(store, caller, entries)
     except (InvalidRequestError, InvalidNameError) as error:
         return [*revived, error_message(caller.connection, str(error))]
     except StorageError as error:
@@ -403,6 +440,7 @@ async def _membership(
             change = await rooms.join(caller.user, room, policy=access, claims=caller.claims)
             await _join_first(service, store, caller.connection, [change.room])
             entries = await _roster(store, change.room)
+            _charge_snapshot(store, caller, entries)
         else:
             change = await rooms.leave(caller.user, parse_room(caller.argument))
     except RefusedError as error:
@@ -413,6 +451,10 @@ async def _membership(
         return [*revived, _unavailable(caller.connection, method, error)]
     # The caller first (it is surely connected: it asked), even should its row be missing.
     connections = dict.fromkeys([caller.connection, *change.connections])
+    if not change.announce:  # nothing changed of long standing: the caller alone hears (rooms R5)
+        own = join_group(caller.connection, change.room) if joining else leave_group(caller.connection, change.room)
+        snapshot = sync_messages(caller.connection, entries, room=change.room) if joining else []
+        return [*revived, own, *snapshot]
     announcement = room_message(change.room, user=change.user, joined=joining)
     if not joining:
         return [*revived, announcement, *(leave_group(c, change.room) for c in connections)]

@@ -30,6 +30,9 @@ VALUE_SETTINGS: tuple[str, ...] = (
     "PRESENCE_WATCH",
     "DIRECT_MESSAGES",
     "ROOMS_OPEN",
+    "CLIENT_CALL_BURST",
+    "CLIENT_CALL_RATE",
+    "CLIENT_MESSAGE_MAX_BYTES",
     "PRESENCE_GRACE_SECONDS",
     "MAPPING_INDEX_SHARDS",
     "MAPPING_LISTING_GROUPS",
@@ -59,6 +62,13 @@ MAX_INDEX_SHARDS = 999
 # request and N connections a sweep lists for about N / 200 / min(K, 16) * L: K = 16 lists 1,000,000 at 30 ms in ~10 s.
 DEFAULT_LISTING_GROUPS = 16
 MAX_LISTING_GROUPS = 999
+# CLIENT_CALL_BURST and CLIENT_CALL_RATE: a connection's client calls, as a token bucket (mapping.presence.budget).
+DEFAULT_CALL_BURST = 20
+DEFAULT_CALL_RATE = 5
+MAX_CALL_BUDGET = 10_000
+# CLIENT_MESSAGE_MAX_BYTES: a client's send or sendToRoom message as JSON (the HTTP API for servers keeps 64 KiB).
+DEFAULT_CLIENT_MESSAGE_BYTES = 16 * 1024
+MAX_CLIENT_MESSAGE_BYTES = 64 * 1024
 GRACE_QUEUE = "presence-grace"  # the queue in AzureWebJobsStorage that carries the grace period's decisions
 
 _TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
@@ -127,6 +137,9 @@ class Settings:
     presence_audience: str = "scoped"
     presence_watch: str = WATCH_POLICIES[0]
     direct_messages: str = DM_POLICIES[0]
+    client_call_burst: int = DEFAULT_CALL_BURST  # CLIENT_CALL_BURST: a connection's budget of client calls at once
+    client_call_rate: int = DEFAULT_CALL_RATE  # CLIENT_CALL_RATE: tokens a second it refills (0: no budget)
+    client_message_max_bytes: int = DEFAULT_CLIENT_MESSAGE_BYTES  # CLIENT_MESSAGE_MAX_BYTES: a client send's message
     rooms_open: tuple[str, ...] = ()  # ROOMS_OPEN: rooms any signed-in user may join (names, `prefix*`, `*`)
     # No grace unless asked: the app setting's default (15 s) is applied by from_environment.
     presence_grace: timedelta = timedelta(0)
@@ -151,6 +164,13 @@ class Settings:
             presence_watch=_choice(env, "PRESENCE_WATCH", WATCH_POLICIES),
             direct_messages=_choice(env, "DIRECT_MESSAGES", DM_POLICIES),
             rooms_open=_rooms_open(env),
+            client_call_burst=_count(env, "CLIENT_CALL_BURST", DEFAULT_CALL_BURST, MAX_CALL_BUDGET),
+            client_call_rate=_whole_number(
+                env, "CLIENT_CALL_RATE", DEFAULT_CALL_RATE, minimum=0, maximum=MAX_CALL_BUDGET
+            ),
+            client_message_max_bytes=_count(
+                env, "CLIENT_MESSAGE_MAX_BYTES", DEFAULT_CLIENT_MESSAGE_BYTES, MAX_CLIENT_MESSAGE_BYTES
+            ),
             presence_grace=timedelta(seconds=_grace_seconds(env)),
             index_shards=_count(env, "MAPPING_INDEX_SHARDS", DEFAULT_INDEX_SHARDS, MAX_INDEX_SHARDS),
             listing_groups=_count(env, "MAPPING_LISTING_GROUPS", DEFAULT_LISTING_GROUPS, MAX_LISTING_GROUPS),

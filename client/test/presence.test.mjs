@@ -238,3 +238,42 @@ describe("retries", () => {
     assert.equal(presence.members("retried").length, 1);
   });
 });
+
+describe("budget", () => {
+  let tight;
+  before(async () => {
+    tight = await startStack({ PRESENCE_GRACE_SECONDS: "0", CLIENT_CALL_BURST: "2", CLIENT_CALL_RATE: "2" });
+  });
+  after(async () => {
+    await tight?.stop();
+  });
+
+  test("over its budget a tab waits retryAfter before it sends again, and every join lands", async () => {
+    const connection = await connected(tight, uniqueUser("kit"));
+    open.push(connection);
+    const presence = trackPresence(connection);
+    const errors = [];
+    presence.on("error", (error) => errors.push(error));
+    const refusals = [];
+    connection.on("error", (error) => {
+      if (error?.error === "too many calls") refusals.push({ at: Date.now(), retryAfter: error.retryAfter });
+    });
+    const sent = [];
+    const send = connection.send.bind(connection);
+    connection.send = (...args) => {
+      sent.push({ at: Date.now(), call: args[0], argument: args[1] });
+      return send(...args);
+    };
+    const rooms = ["b1", "b2", "b3", "b4", "b5"].map((room) => `${room}_${uniqueUser("r").slice(-6)}`);
+    const synced = rooms.map((room) => next(presence, "sync", (r) => r === room, 30000));
+    await Promise.all(rooms.map((room) => presence.join(room)));
+    await Promise.all(synced);
+    assert.deepEqual(errors, [], "no refusal reaches the app");
+    assert.ok(refusals.length >= 1, "the server refused some joins");
+    const [first] = refusals;
+    const later = sent.filter((call) => call.at > first.at);
+    assert.ok(later.length >= 1, "the refused joins were sent again");
+    assert.ok(later[0].at - first.at >= first.retryAfter * 1000 - 50, "not before retryAfter");
+    assert.deepEqual(new Set(presence.rooms()), new Set(rooms));
+  });
+});

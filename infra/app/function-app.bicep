@@ -82,6 +82,21 @@ param roomsOpen string
 @maxValue(3600)
 param presenceGraceSeconds int
 
+@description('A connection\'s budget of client calls at once (1 to 10000).')
+@minValue(1)
+@maxValue(10000)
+param clientCallBurst int
+
+@description('Tokens a second a connection\'s call budget refills (0 to 10000; 0: no budget).')
+@minValue(0)
+@maxValue(10000)
+param clientCallRate int
+
+@description('The largest message of a client\'s send or sendToRoom, in bytes of JSON (1 to 65536).')
+@minValue(1)
+@maxValue(65536)
+param clientMessageMaxBytes int
+
 @description('Partitions per expiry-index bucket (1 to 999).')
 @minValue(1)
 @maxValue(999)
@@ -245,6 +260,9 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     DIRECT_MESSAGES: directMessages
     ROOMS_OPEN: roomsOpen
     PRESENCE_GRACE_SECONDS: string(presenceGraceSeconds)
+    CLIENT_CALL_BURST: string(clientCallBurst)
+    CLIENT_CALL_RATE: string(clientCallRate)
+    CLIENT_MESSAGE_MAX_BYTES: string(clientMessageMaxBytes)
     MAPPING_INDEX_SHARDS: string(mappingIndexShards)
     MAPPING_LISTING_GROUPS: string(mappingListingGroups)
     SWEEP_SCHEDULE: sweepSchedule

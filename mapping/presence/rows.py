@@ -36,6 +36,8 @@ class ConnectionEntity:
     ended_at: datetime | None = None  # when its disconnect came, while a grace period holds it (mapping.presence.grace)
     adopted: str | None = None  # the RowKey of an ended row this connection took over (a page reload)
     watching: frozenset[str] = field(default=frozenset(), compare=False)  # digests of the users it watches
+    tokens: float = field(default=0.0, compare=False)  # its call budget's level as published (mapping.presence.budget)
+    tokens_at: datetime | None = field(default=None, compare=False)  # when; None: never published (a full bucket)
 
     @classmethod
     def new(
@@ -97,6 +99,8 @@ class ConnectionEntity:
             ended_at=_stored_time(row["EndedAt"]) if isinstance(row.get("EndedAt"), datetime) else None,
             adopted=str(row["Adopted"]) if row.get("Adopted") else None,
             watching=frozenset(str(row.get("Watching") or "").split()),
+            tokens=float(row["Tokens"]) if isinstance(row.get("Tokens"), int | float) else 0.0,
+            tokens_at=_stored_time(row["TokensAt"]) if isinstance(row.get("TokensAt"), datetime) else None,
         )
 
     def to_json(self) -> dict[str, str | None]:

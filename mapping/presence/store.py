@@ -75,6 +75,7 @@ class TouchOutcome:
     found: bool
     presence: PresenceChange | None = None
     rooms: tuple[str, ...] = ()
+    unchanged: bool = False  # a status as it was, with a fresh lease: nothing written, the caller alone is answered
 
 
 class ConnectionStore:
@@ -162,7 +163,9 @@ class ConnectionStore:
         """Record a connection's status (None or "" clears it) and refresh its lease; say what to announce.
 
         With presence events on, the user's presence is announced even when unchanged (a repeat), so a
-        client that retries after an error is sure to hear the outcome.
+        client that retries after an error is sure to hear the outcome; but a status the connection has already,
+        set again within a quarter lease, writes nothing and is answered to the caller alone (`unchanged`): a lost
+        announcement of the first is repeated by the sweep (P5).
         """
         text = parse_status(status)
         name = normalize_user_name(user_name)
@@ -179,6 +182,8 @@ class ConnectionStore:
         def row_write(existing: ConnectionEntity | None, bucket: str, view: UserView) -> RowWrite | None:
             if existing is None or view.blocked:
                 return None  # not mapped (or swept), or blocked: a status needs a connection to hold it
+            if existing.status == text and moment - existing.last_seen < self.lease.refresh_every:
+                return RowWrite(existing, [])  # the status it has, and a fresh lease: only the caller hears (R5)
             patch = {
                 "PartitionKey": partition,
                 "RowKey": row,
@@ -192,8 +197,11 @@ class ConnectionStore:
         written = await write_live_row(self.writes, partition, row, name, moment, row_write, action="set a status")
         if written.entity is None:
             return TouchOutcome(False, written.change)
+        recorded = written.view.presence.announced_as(name, rooms=written.view.rooms)
+        if written.unchanged:  # nothing written: the status it had
+            return TouchOutcome(True, recorded, unchanged=True)
         self.refreshes.remember(partition, row, moment)
-        presence = written.change or written.view.presence.announced_as(name, rooms=written.view.rooms)
+        presence = written.change or recorded
         return TouchOutcome(True, presence, self._rooms_if_revived(written, row, moment))
 
     async def set_blocked(self, user_name: str, blocked: bool) -> bool:

@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from mapping.errors import BatchRejectedError, ConflictError, StorageError
+from mapping.presence.budget import Budgets
 from mapping.presence.expiry import ExpiryIndex
 from mapping.presence.lease import Lease
 from mapping.presence.rows import Clock, ConnectionEntity, moment_of
@@ -172,10 +173,14 @@ class UserWrites:
         self.settings = settings
         self.clock = clock
         self.turns = UserTurns()  # this instance's events of one user, one at a time
+        self.budgets = Budgets(table, settings, clock=clock)  # what this process knows of each connection's call budget
 
     async def read_user(self, partition: str) -> UserView:
-        """Read a user's connection rows, presence row and memberships with one query (P2)."""
-        return await read_user(self.table, partition)
+        """Read a user's connection rows, presence row and memberships with one query (P2); the connections' call
+        budgets are learnt on the way (budget B1)."""
+        view = await read_user(self.table, partition)
+        self.budgets.observe(partition, view.rows)
+        return view
 
     def now(self, now: datetime | None = None) -> datetime:
         """Return `now` in UTC when given (callers pin the time), else the clock's current time."""
@@ -230,6 +235,7 @@ class Written:
     entity: ConnectionEntity | None
     change: PresenceChange | None
     view: UserView
+    unchanged: bool = False  # the row was as asked: nothing written
 
 
 PlanRowWrite = Callable[[ConnectionEntity | None, str, UserView], RowWrite | None]
@@ -240,7 +246,8 @@ async def write_live_row(
 ) -> Written:
     """Write a row live at `moment` (connect, revival, status) with the presence decision (P2-P4).
 
-    `plan` gives the row after the write and the write itself, or None to decline (the row being gone);
+    `plan` gives the row after the write and the write itself (none: the row is as asked), or None to decline (the
+    row being gone);
     the result says which row was written (None: declined), the change to announce, and the view the
     decision was made on.
     """
@@ -252,6 +259,8 @@ async def write_live_row(
         planned = plan(existing, writes.index.bucket(moment, partition), view)
         if planned is None:
             return Done(Written(None, attempts.announce(view, name, None), view))
+        if not planned.operations:  # the row is as asked already: nothing to write or decide
+            return Done(Written(existing, None, view, unchanged=True))
         after = {key: entity for key, entity in view.rows.items() if key != planned.replaces}
         state = view.state(writes.lease, now=moment, rows={**after, row: planned.stored})
         version = decide(view.presence, state, now=moment) if writes.settings.presence_events else None

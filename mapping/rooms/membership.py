@@ -22,8 +22,9 @@ R3. The room's SignalR group follows the membership: a join adds every live conn
     a connect adds the new connection to the groups of all the user's rooms (SignalR forgets groups
     when a connection ends), and so does a lapsed lease made live again (its connection may have
     missed a join); a leave removes every connection that has a row, lapsed ones too. A join or leave
-    that finds its work done does its group actions and its announcement again, so a client that
-    retries after an error ends with both. (test_rooms: test_a_repeated_join_adds_and_announces_again)
+    that finds its work done does its group actions again, and within a minute of the change its
+    announcement too (R5), so a client that retries after an error ends with both.
+    (test_rooms: test_a_repeated_join_adds_and_announces_again)
 R4. Who may join: a member stays one (memberships from before rooms were closed stay); anyone else is admitted when
     `ROOMS_OPEN` opens the room, a grant row `%~g<room>` is in their partition (the join's own read finds it: no
     extra request), or the app's policy says so; a refused join writes nothing. A revoke deletes the grant and the
@@ -31,22 +32,25 @@ R4. Who may join: a member stays one (memberships from before rooms were closed 
     it may still be in the room's group (the revoke's own removal, or a connect's group action in flight, may be
     lost), so every later read that finds it removes them again: the revoke itself, the user's next connect,
     sendToRoom or sync, and the sweep's visit of the user, which deletes it once no such connection is left. A grant
-    or a join of the room deletes it in their transaction. (test_access: test_a_revoke_lost_before_the_group_removal_
-    is_redone_by_the_next_connect, test_crash_points: the revoke cases)
+    or a join of the room deletes it in their transaction. (test_access: test_a_revoke_lost_before_the_group_
+    removal_is_redone_by_the_next_connect_and_the_sweep; test_crash_points: test_every_access_crash_point_ends_...)
+R5. A call that changes nothing of long standing costs only its caller: a join of a room the user has been in for
+    over a minute answers the caller its group action and snapshot, and a leave of a room the user is not in (and did
+    not leave within the minute, by the index row's flag) answers the caller alone: the room hears nothing. Sooner,
+    both repeat the announcement, as the client's retry after an error needs (R3). (test_budget: test_calls_that_
+    change_nothing_cost_only_the_caller)
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 
 from mapping.errors import InvalidRequestError, RefusedError, StorageError
 from mapping.keys import (
-    BLOCKED_ROW,
     GRANT_PREFIX,
-    MEMBERSHIP_PREFIX,
     REVOKED_PREFIX,
     check_limit,
     connection_key,
@@ -59,7 +63,7 @@ from mapping.keys import (
     revoked_key,
     user_key,
 )
-from mapping.presence.rows import Membership, RoomMark, is_membership_key
+from mapping.presence.rows import Membership, RoomMark
 from mapping.presence.state import PresenceChange, PresenceState, presence_write
 from mapping.presence.store import ConnectionStore
 from mapping.presence.user_view import UserView
@@ -72,6 +76,8 @@ from mapping.storage.table import Operation, create, delete, upsert
 logger = logging.getLogger(__name__)
 
 MAX_ROOMS_PER_USER = 100
+# A join of a room one is in, or a leave of one one is not in, this soon after the change is announced again (R5).
+REPEAT_ANNOUNCED = timedelta(minutes=1)
 _MEMBER_READS = 16  # member partitions read at once when listing a room
 
 
@@ -87,6 +93,9 @@ class RoomChange:
     joined: bool
     connections: tuple[str, ...]
     presence: PresenceChange | None = None  # the user's recorded pair, for the room's members
+    # False: it changed nothing of long standing (a member joining, a non-member leaving), so only the caller hears
+    # (R5); True also for a repeat soon after a change, whose announcement an error may have lost
+    announce: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +193,8 @@ class Rooms:
                     await self.index.confirm(room, partition, written)
 
             if not operations:
-                return Done(change)
+                joined_at = view.rooms[room].joined_at
+                return Done(replace(change, announce=moment - joined_at < REPEAT_ANNOUNCED or attempts.tried))
             operations.append(_presence_touch(view, name, attempts))
             return Commit(operations, change, then=then)
 
@@ -202,7 +212,7 @@ class Rooms:
             change = self._change(view, name, room, joined=False, moment=moment, lapsed_too=True)
             membership = view.rooms.get(room)
             if membership is None:
-                return Done(change)
+                return Done(replace(change, announce=flagged or attempts.tried or await self._left_lately(room, view)))
             if not flagged:
                 # Roster C3: readers check the flagged row until it is settled.
                 await self.index.leaving(room, partition, moment)
@@ -211,6 +221,12 @@ class Rooms:
             return Commit([ending, _presence_touch(view, name, attempts)], change)
 
         return await self.store.writes.write(partition, step, action="leave")
+
+    async def _left_lately(self, room: str, view: UserView) -> bool:
+        """Whether a leave of the room flagged the user's index row lately: its announcement may have been lost (R5)."""
+        indexed = await self.index.read(room, view.partition)
+        moment = self.store.now()
+        return indexed is not None and indexed.pending_at is not None and moment - indexed.pending_at < REPEAT_ANNOUNCED
 
     async def revoke(self, user_name: str, room: str, *, now: datetime | None = None) -> RoomChange:
         """Take the user out of `room` and revoke its grant (a server's call): the membership and the grant end, and a
@@ -231,26 +247,19 @@ class Rooms:
                     flagged = True
                 operations.append(delete(partition, membership_key(room), etag=membership.etag))
                 operations.append(upsert(RoomMark(room, moment).to_table(partition, prefix=REVOKED_PREFIX)))
-            if not operations:
-                return Done(change)
+            if not operations:  # nothing to revoke: the room hears nothing, unless a revoke of ours is recent (R5)
+                revoked = view.revoked.get(room)
+                recent = revoked is not None and moment - revoked.at < REPEAT_ANNOUNCED
+                return Done(replace(change, announce=recent or attempts.tried))
             return Commit([*operations, _presence_touch(view, name, attempts)], change)
 
         return await self.store.writes.write(partition, step, action="revoke a room")
 
     async def standing(self, user_name: str) -> Standing:
-        """Return the user's rooms, whether they are blocked and their revoked rooms: one range query over the app's own
-        rows of their partition from the block row to the membership rows (`%~b` to `%~r...`: grants, the presence
-        row and revocations between)."""
-        rows = await self.store.table.query(
-            "PartitionKey eq @pk and RowKey ge @first and RowKey lt @after",
-            {"pk": user_key(user_name), "first": BLOCKED_ROW, "after": MEMBERSHIP_PREFIX[:-1] + "s"},
-            action="read memberships",
-            select=["RowKey", "Room"],
-        )
-        keys = [str(row["RowKey"]) for row in rows]
-        rooms = {Membership.from_table(row).room for row in rows if is_membership_key(str(row["RowKey"]))}
-        revoked = {RoomMark.from_table(row).room for row in rows if str(row["RowKey"]).startswith(REVOKED_PREFIX)}
-        return Standing(frozenset(rooms), BLOCKED_ROW in keys, frozenset(revoked - rooms))
+        """Return the user's rooms, whether they are blocked and their revoked rooms: one query of their partition
+        (which also tells the connections' call budgets: budget B1)."""
+        view = await self.store.read_user(user_key(user_name))
+        return Standing(frozenset(view.rooms), view.blocked, frozenset(view.revoked.keys() - view.rooms.keys()))
 
     async def members(
         self, room: str, *, limit: int = 100, cursor: str | None = None, now: datetime | None = None

@@ -22,7 +22,9 @@ from collections.abc import Awaitable, Mapping
 
 logger = logging.getLogger(__name__)
 
-Claims = Mapping[str, str]  # claim type -> value (several values of one type joined with ", ")
+# Claim type -> value. SignalR's extension delivers one value per type (the first; Azure Functions SignalR extension,
+# SignalRTriggerUtils.GetClaimDictionary); a claim whose value holds ": " does not arrive at all.
+Claims = Mapping[str, str]
 
 
 class AccessPolicy:

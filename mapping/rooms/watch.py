@@ -94,7 +94,9 @@ class Watching:
             if answer is False or (answer is None and policy == "room-members" and user_key(user) not in shared)
         ]
         if refused:
-            raise RefusedError("may watch only users who share a room with you", refused=refused)
+            by_policy = any(answer is False for answer in answers)
+            reason = "may not watch these users" if by_policy else "may watch only users who share a room with you"
+            raise RefusedError(reason, refused=refused)
         subscribed = [user for user in users if user_key(user) not in shared]
         mapped = await self._record(mine, caller, connection, {watch_digest(user) for user in users}, adding=True)
         return Admitted(subscribed, mapped)

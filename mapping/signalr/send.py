@@ -49,11 +49,12 @@ def parse_room_send_body(room: str, body: bytes) -> RoomSendRequest:
     return RoomSendRequest(room=room, message=data["message"], target=_target(data))
 
 
-def parse_room_send_arguments(arguments: list[Any] | None) -> RoomSendRequest:
-    """Parse the arguments of a client's `sendToRoom(room, message)` call, or raise InvalidRequestError."""
+def parse_room_send_arguments(arguments: list[Any] | None, *, max_bytes: int = MAX_BODY_BYTES) -> RoomSendRequest:
+    """Parse the arguments of a client's `sendToRoom(room, message)` call (a message of at most `max_bytes` as JSON),
+    or raise InvalidRequestError."""
     if arguments is None or len(arguments) != 2:
         raise InvalidRequestError("sendToRoom expects two arguments: (room, message)")
-    return RoomSendRequest(room=_room(arguments[0]), message=_client_message(arguments[1]))
+    return RoomSendRequest(room=_room(arguments[0]), message=_client_message(arguments[1], max_bytes=max_bytes))
 
 
 def _body_object(body: bytes) -> dict[str, Any]:
@@ -84,14 +85,15 @@ def _target(data: dict[str, Any]) -> str:
     return target
 
 
-def parse_send_arguments(arguments: list[Any] | None) -> SendRequest:
-    """Parse the arguments of a client's `send(to, message)` call, or raise InvalidRequestError."""
+def parse_send_arguments(arguments: list[Any] | None, *, max_bytes: int = MAX_BODY_BYTES) -> SendRequest:
+    """Parse the arguments of a client's `send(to, message)` call (a message of at most `max_bytes` as JSON), or
+    raise InvalidRequestError."""
     if arguments is None or len(arguments) != 2:
         raise InvalidRequestError("send expects two arguments: (to, message)")
-    return SendRequest(to=_recipient(arguments[0]), message=_client_message(arguments[1]))
+    return SendRequest(to=_recipient(arguments[0]), message=_client_message(arguments[1], max_bytes=max_bytes))
 
 
-def _client_message(message: Any) -> Any:
+def _client_message(message: Any, *, max_bytes: int) -> Any:
     if not within_depth(message, MAX_JSON_DEPTH):
         raise InvalidRequestError(f"the message must nest at most {MAX_JSON_DEPTH} levels")
     try:
@@ -99,8 +101,8 @@ def _client_message(message: Any) -> Any:
     except ValueError:
         raise InvalidRequestError("the message must be plain JSON (no NaN or Infinity)") from None
     size = len(_encodable(text))
-    if size > MAX_BODY_BYTES:
-        raise PayloadTooLargeError(f"the message must be at most {MAX_BODY_BYTES} bytes")
+    if size > max_bytes:
+        raise PayloadTooLargeError(f"the message must be at most {max_bytes} bytes")
     return message
 
 

@@ -19,8 +19,13 @@ from mapping.settings import (
     APP_SETTING_NAMES,
     AUDIENCES,
     CONNECTION_SETTINGS,
+    DEFAULT_CALL_BURST,
+    DEFAULT_CALL_RATE,
+    DEFAULT_CLIENT_MESSAGE_BYTES,
     DEFAULT_GRACE_SECONDS,
     DM_POLICIES,
+    MAX_CALL_BUDGET,
+    MAX_CLIENT_MESSAGE_BYTES,
     MAX_GRACE_SECONDS,
     VALUE_SETTINGS,
     WATCH_POLICIES,
@@ -341,6 +346,35 @@ def test_presence_grace_is_a_bounded_parameter_set_as_a_string() -> None:
     )
     assert re.search(r"^\s*presenceGraceSeconds:\s*presenceGraceSeconds\s*$", _bicep(MAIN_BICEP), re.MULTILINE)
     assert _app_settings()["PRESENCE_GRACE_SECONDS"] == "string(presenceGraceSeconds)"
+
+
+@pytest.mark.parametrize(
+    ("parameter", "setting", "minimum", "maximum", "default"),
+    [
+        ("clientCallBurst", "CLIENT_CALL_BURST", 1, MAX_CALL_BUDGET, DEFAULT_CALL_BURST),
+        ("clientCallRate", "CLIENT_CALL_RATE", 0, MAX_CALL_BUDGET, DEFAULT_CALL_RATE),
+        (
+            "clientMessageMaxBytes",
+            "CLIENT_MESSAGE_MAX_BYTES",
+            1,
+            MAX_CLIENT_MESSAGE_BYTES,
+            DEFAULT_CLIENT_MESSAGE_BYTES,
+        ),
+    ],
+)
+def test_a_clients_budget_is_bounded_parameters_set_as_strings(
+    parameter: str, setting: str, minimum: int, maximum: int, default: int
+) -> None:
+    """The call budget and the client message size are int parameters bounded as the app bounds them, defaulting to
+    the app's defaults, passed on and set as strings."""
+    for path in (MAIN_BICEP, FUNCTION_APP_BICEP):
+        decorators = _param_decorators(path, parameter)
+        assert "@description(" in decorators, path
+        assert f"@minValue({minimum})" in decorators, path
+        assert f"@maxValue({maximum})" in decorators, path
+    assert _param_line(MAIN_BICEP, parameter) == f"param {parameter} int = {default}"
+    assert re.search(rf"^\s*{parameter}:\s*{parameter}\s*$", _bicep(MAIN_BICEP), re.MULTILINE)
+    assert _app_settings()[setting] == f"string({parameter})"
 
 
 def test_mapping_storage_points_at_the_table_endpoint() -> None:

@@ -1,0 +1,146 @@
+"""What one client may spend, against Azurite: one connection's calls spread over two processes (two stores, each
+with its own memory, on one table), and the calls that change nothing (budget B1-B3, rooms R5)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bench.proxy import CountingProxy
+from mapping import events
+from mapping.presence.store import ConnectionStore
+from mapping.signalr.invocation import Invocation
+from mapping.signalr.messages import Message
+from testkit.azurite import Azurite
+from testkit.tables import drop_table, make_settings, unique_table_name
+
+T0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+BURST, RATE = 20, 5
+
+
+@dataclass
+class Moment:
+    """The processes' shared clock, moved by the test."""
+
+    at: datetime = T0
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
+@contextlib.asynccontextmanager
+async def two_processes(
+    azurite: Azurite, **settings: Any
+) -> AsyncIterator[tuple[ConnectionStore, ConnectionStore, Moment, CountingProxy]]:
+    """Two stores on one table behind a request counter, as two instances of the app (each its own memory)."""
+    table, clock = unique_table_name(), Moment()
+    with CountingProxy(azurite.port) as proxy:
+        counted = azurite.connection_string.replace(f":{azurite.port}/", f":{proxy.port}/")
+        stores = [ConnectionStore(make_settings(counted, table, **settings), clock=clock) for _ in range(2)]
+        try:
+            yield stores[0], stores[1], clock, proxy
+        finally:
+            for store in stores:
+                await store.close()
+            await drop_table(azurite, table)
+
+
+async def loop_send_to_room(azurite: Azurite, **settings: Any) -> tuple[int, int, int]:
+    """ann's c1 in lobby sends to it every 20 ms for 60 s, the calls dealt round-robin to two processes; return the
+    calls accepted, the refusals answered, and the table requests of the loop."""
+    async with two_processes(azurite, **settings) as (first, second, clock, proxy):
+        await events.on_connected(first, Invocation("connections", "connected", "chat", "c1", "ann"))
+        await events.on_join(first, call("join", "c1", "lobby"))
+        start = clock.at = T0 + timedelta(seconds=10)  # the bucket full again
+        accepted = answered = 0
+        with proxy.counting() as requests:
+            for step in range(3000):
+                clock.at = start + timedelta(milliseconds=20 * step)
+                store = (first, second)[step % 2]
+                sent = await events.on_send_to_room(store, call("sendToRoom", "c1", "lobby", {"n": step}))
+                if refused(sent):
+                    answered += bool(sent)
+                else:
+                    assert [m["target"] for m in sent if "target" in m] == ["newMessage"], sent
+                    accepted += 1
+    return accepted, answered, sum(requests.values())
+
+
+def call(event: str, connection: str, *arguments: Any) -> Invocation:
+    """A client call of ann's `connection`."""
+    return Invocation("messages", event, "chat", connection, "ann", list(arguments))
+
+
+def refused(messages: list[Message]) -> bool:
+    """Whether a call was refused for its budget (one error, or nothing at all within a second of one)."""
+    return messages == [] or any(m.get("arguments", [{}])[0].get("error") == "too many calls" for m in messages)
+
+
+async def test_one_connections_budget_holds_across_two_processes(azurite: Azurite) -> None:
+    """A client looping sendToRoom every 20 ms for 60 s over two processes: the calls accepted stay within 20% of
+    burst + rate x 60 (and at least 80% of it are accepted), at most one refusal a second per process is answered,
+    and the budget costs at most one table request per ten accepted calls over the same loop without it."""
+    accepted, answered, requests = await loop_send_to_room(azurite)
+    free, _, free_requests = await loop_send_to_room(azurite, client_call_rate=0)
+    bound = BURST + RATE * 60
+    print(
+        f"\nbudget on: {accepted} of 3000 accepted (bound {bound}), {answered} refusals answered, {requests} requests"
+    )
+    print(f"budget off: {free} accepted, {free_requests} requests")
+    assert free == 3000
+    assert 0.8 * bound <= accepted <= 1.2 * bound
+    assert answered <= 2 * 61
+    # A call reads its caller's partition once, with or without a budget; the rest of the loop's requests without
+    # one (lease refreshes) do not grow with the calls. What the budget adds over both: at most one in ten.
+    fixed = free_requests - free
+    assert requests - accepted - fixed <= accepted / 10
+
+
+async def test_a_refused_call_reads_writes_and_sends_nothing(azurite: Azurite) -> None:
+    """Over its budget, a call costs no table request and sends nothing but its one error."""
+    async with two_processes(azurite) as (first, _, _, proxy):
+        await events.on_connected(first, Invocation("connections", "connected", "chat", "c1", "ann"))
+        await events.on_join(first, call("join", "c1", "lobby"))
+        for _ in range(BURST - 1):  # the join took one
+            await events.on_send_to_room(first, call("sendToRoom", "c1", "lobby", "hi"))
+        with proxy.counting() as requests:
+            sent = await events.on_send_to_room(first, call("sendToRoom", "c1", "lobby", "one too many"))
+    assert [m["arguments"][0]["error"] for m in sent] == ["too many calls"]
+    assert sent[0]["arguments"][0]["retryAfter"] > 0
+    assert sum(requests.values()) == 0
+
+
+def targets(messages: list[Message]) -> list[tuple[str, str]]:
+    """Return each message's target or group action, with whom it goes to."""
+    return [
+        (str(m.get("target") or m.get("action")), str(m.get("groupName") or m.get("connectionId"))) for m in messages
+    ]
+
+
+async def test_calls_that_change_nothing_cost_only_the_caller(azurite: Azurite) -> None:
+    """A join of a room the user is in (after the minute a retry may need), a status set again, a leave of a room the
+    user is not in and an unwatch of users not watched: the caller alone is answered, nothing is written (rooms R5)."""
+    async with two_processes(azurite) as (store, _, clock, proxy):
+        await events.on_connected(store, Invocation("connections", "connected", "chat", "c1", "ann"))
+        await events.on_join(store, call("join", "c1", "lobby"))
+        soon = await events.on_join(store, call("join", "c1", "lobby"))  # a client's retry: announced again
+        assert ("room", "lobby") in targets(soon)
+        await events.on_set_status(store, call("setStatus", "c1", "busy"))
+        clock.at = T0 + timedelta(minutes=2)
+        await events.on_set_status(store, call("setStatus", "c1", "busy"))  # refreshes the lease: announced
+        clock.at += timedelta(seconds=5)
+        with proxy.counting() as requests:
+            joined = await events.on_join(store, call("join", "c1", "lobby"))
+            status = await events.on_set_status(store, call("setStatus", "c1", "busy"))
+            left = await events.on_leave(store, call("leave", "c1", "elsewhere"))
+            unwatched = await events.on_unwatch(store, call("unwatch", "c1", ["nobody"]))
+    assert targets(joined) == [("add", "lobby"), ("presenceSync", "c1")]
+    assert targets(status) == [("presence", "c1")]
+    assert status[0]["arguments"][0]["status"] == "busy"
+    assert targets(left) == [("remove", "elsewhere")]
+    assert targets(unwatched) == [("remove", "~presence.nobody")]
+    writes = {op: n for op, n in requests.items() if op not in ("query", "point read")}
+    assert writes == {}, requests
