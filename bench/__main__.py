@@ -15,6 +15,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench.access import measure_access
+from bench.access import missed as access_missed
 from bench.audience import AudiencePlan, measure_audiences
 from bench.coldstart import measure_cold_start
 from bench.load import Sample, drive, summarise
@@ -127,6 +129,8 @@ async def run(plan: Plan, out: Path, *, smoke: bool) -> None:
         every_round, samples = await measure_events(connection, plan)
         logger.info("counting round trips")
         round_trips = await count_round_trips(connection, sweep_rows=plan.sweep_rows)
+        logger.info("counting access: grants, revokes, refused joins, disconnect-all")
+        access = await measure_access(azurite)
         logger.info("measuring audiences and grace (%d connections online)", plan.online)
         audiences = await measure_audiences(azurite, AudiencePlan(online=plan.online))
         logger.info("measuring cold start")
@@ -142,6 +146,7 @@ async def run(plan: Plan, out: Path, *, smoke: bool) -> None:
         "all_rounds": [sample.to_json() for sample in every_round],
         "round_trips": round_trips,
         "audiences": audiences,
+        "access": access,
         "cold_start": cold,
         **({"scale": scale} if scale else {}),
         "duration_seconds": round(time.monotonic() - started, 1),
@@ -150,10 +155,13 @@ async def run(plan: Plan, out: Path, *, smoke: bool) -> None:
     logger.info("wrote %s in %.0f s", out / "latest.md", time.monotonic() - started)
     missed = [row["figure"] for row in audiences["figures"] if not row["met"]]
     missed += [what for what, _measured, _goal, met in (scale_goals(scale) if scale else []) if not met]
+    missed += access_missed(access)
     for figure in missed:
         logger.error("over its goal: %s", figure)
     if missed and smoke:
-        raise SystemExit(f"{len(missed)} audience or scale figure(s) over their goals (see {out / 'latest.md'})")
+        raise SystemExit(
+            f"{len(missed)} audience, scale or access figure(s) over their goals (see {out / 'latest.md'})"
+        )
 
 
 def merge_scale(out: Path) -> None:

@@ -90,6 +90,7 @@ def markdown(results: dict[str, Any]) -> str:
         *_headline(all_ratios, levels),
         _round_trip_summary(results["round_trips"]),
         *_audience_summary(results.get("audiences")),
+        *_access_summary(results.get("access")),
         "",
         "## Ratios",
         "",
@@ -133,6 +134,7 @@ def markdown(results: dict[str, Any]) -> str:
         *round_trip_section(results["round_trips"]),
         "",
         *audience_section(results.get("audiences")),
+        *access_markdown(results.get("access")),
         "## Cold start",
         "",
         "Each case in a fresh interpreter (this machine's Python, `.pyc` files already written), "
@@ -306,6 +308,142 @@ def audience_section(audiences: dict[str, Any] | None) -> list[str]:
         "",
     ]
     return lines
+
+
+def access_markdown(access: dict[str, Any] | None, *, heading: str = "##") -> list[str]:
+    """Render the access section (`bench/access.py`): each event's requests beside its floor, then how."""
+    if not access:
+        return []
+    plan, rows = access["plan"], {row["key"]: row for row in access["figures"]}
+    lines = [
+        f"{heading} Access: grants, revokes, refused joins, disconnect-all",
+        "",
+        "Table requests on the wire (the bench's proxy in front of Azurite) of each event of issue 30, beside its "
+        "floor: the requests the event needs at least, or the event whose count it should equal; *over* is ours "
+        "less the floor. SignalR REST requests counted by the local emulator's REST surface (in this process), by "
+        "route; the output binding's group actions and messages besides (in the JSON). Each user has "
+        f"{plan['tabs']} tabs; `ROOMS_OPEN={plan['rooms_open']}`, `PRESENCE_AUDIENCE={plan['presence_audience']}`. "
+        f"Counted {access['date']} ({access['duration_seconds']:.0f} s; alone: `python -m bench.access`).",
+        "",
+        "| event | table requests | floor | over | the floor is | ours, by request | SignalR REST requests |",
+        "|---|---:|---:|---:|---|---|---|",
+    ]
+    for row in access["figures"]:
+        lines.append(access_line(row))
+    goals = [row for row in access["figures"] if row["goal"]]
+    missed = [row["event"] for row in goals if not row["met"]]
+    over = [row for row in access["figures"] if not row["met"] and not row["goal"]]
+    join, granted, refused = rows["open_join"], rows["granted_join"], rows["refused_join"]
+    lines += [
+        "",
+        f"The issue's requirements: a granted join costs what a join costs today ({granted['table']['total']} table "
+        f"requests, today's join {join['table']['total']}), and a refused join makes {_reads_writes(refused['table'])} "
+        "(floor: 1 read, no write): "
+        + ("met." if not missed else f"**missed**: {'; '.join(missed)}.")
+        + (" Over their floors besides:" if over else ""),
+        *(
+            ["", *(f"- *{row['event']}*: {_over(row)}: {row['over_why'] or 'not explained'}." for row in over)]
+            if over
+            else []
+        ),
+        "",
+        f"SignalR REST requests: a client's join {rows['open_join']['signalr']['total']} (the caller added to the "
+        f"room's group before its snapshot is read), a grant {rows['grant']['signalr']['total']} and a revoke "
+        f"{rows['revoke']['signalr']['total']} (one group addition or removal per tab, before the answer), a "
+        f"disconnect-all {rows['disconnect_all']['signalr']['total']} (each live tab closed by its id, then each "
+        "spelling of the user's name closed by user id), a refused join none.",
+        "",
+        "- In-process, as the audiences section's requests: the app's functions called as the host calls them "
+        "(`join_room` and `leave_room` invocations with the token's claims; `room_member` PUT and DELETE and "
+        "`disconnect_user` POST as real requests, their answers checked against the OpenAPI document). Each "
+        "lifecycle runs for a warm-up user, then for the counted one; each user's rooms are their own, so a snapshot "
+        "lists the user alone. The tabs are opened through the app's `connected`, so the refresh before a client's "
+        "join is free, as on the instance that served the connect.",
+        "- SignalR Service is the local emulator served in the bench's process, through the app's own REST client; "
+        "it holds no WebSocket for these tabs, so it answers a group addition 404 (left to the output binding) and "
+        "a removal or a close 200 or 204: the counts do not depend on it.",
+        "- The app's policy admits `staff.*` rooms to a token with `role: staff` and leaves other rooms to the "
+        "settings (the refused join asks it, and it says nothing). Grace off, as the round-trip table; then on "
+        f"({plan['grace_seconds']} s) for a second disconnect-all, whose queued decisions are taken off the queue "
+        "once due and run as the queue trigger runs them (the app's queue requests counted: put message).",
+        "",
+    ]
+    return lines
+
+
+def access_line(row: dict[str, Any]) -> str:
+    """Render one access row: ours, its floor, ours less the floor, by request, SignalR REST by route."""
+    table = row["table"]
+    detail = ", ".join(f"{op} {n}" for op, n in table["by_operation"].items())
+    if row.get("queue", {}).get("total"):
+        detail += "; queue: " + ", ".join(f"{op} {n}" for op, n in row["queue"]["by_operation"].items())
+    presence = row["output"]["messages"].get("presence", 0)
+    if presence:
+        detail += f"; output: {presence} presence message(s)"
+    rest = row["signalr"]
+    routes = ", ".join(f"{_route(route)} {n}" for route, n in rest["by_operation"].items())
+    floor = NOT_COUNTED if row["floor"] is None else str(row["floor"])
+    return (
+        f"| {row['event']} | {table['total']} | {floor} | {_over(row)} | {row['floor_is']} | {detail} | "
+        f"{rest['total']}{f' ({routes})' if routes else ''} |"
+    )
+
+
+def _over(row: dict[str, Any]) -> str:
+    """Ours less the floor: table requests, and queue requests over the floor's where it has one."""
+    if row["floor"] is None:
+        return NOT_COUNTED
+    parts = [f"{row['table']['total'] - row['floor']:+d}"] if row["table"]["total"] != row["floor"] else []
+    if row.get("floor_writes") is not None and row["table"]["writes"] > row["floor_writes"]:
+        parts.append(f"{row['table']['writes'] - row['floor_writes']:+d} write(s)")
+    queue = row.get("queue", {}).get("total", 0)
+    if row.get("floor_queue") is not None and queue > row["floor_queue"]:
+        parts.append(f"{queue - row['floor_queue']:+d} queue")
+    return ", ".join(parts) or "0"
+
+
+def _route(route: str) -> str:
+    """A REST route without its common prefix: `DELETE connections/{connection}`."""
+    method, _, path = route.partition(" ")
+    return f"{method} {path.removeprefix('/api/hubs/{hub}/')}"
+
+
+def _access_summary(access: dict[str, Any] | None) -> list[str]:
+    if not access:
+        return []
+    rows = {row["key"]: row for row in access["figures"]}
+
+    def total(key: str) -> int:
+        return int(rows[key]["table"]["total"])
+
+    def rest(key: str) -> int:
+        return int(rows[key]["signalr"]["total"])
+
+    tabs = access["plan"]["tabs"]
+    return [
+        f"- Access: a granted join makes {total('granted_join')} table requests (today's join "
+        f"{total('open_join')}), a refused join {_reads_writes(rows['refused_join']['table'])}; a grant "
+        f"{total('grant')} and {rest('grant')} SignalR REST request(s), a revoke {total('revoke')} (a leave "
+        f"{total('granted_leave')}) and {rest('revoke')}; a disconnect-all of {tabs} tabs {total('disconnect_all')} "
+        f"(floor {rows['disconnect_all']['floor']}) and {rest('disconnect_all')} SignalR closes."
+    ]
+
+
+def _reads_writes(table: dict[str, Any]) -> str:
+    reads, writes = table["reads"], table["writes"]
+    return f"{reads} read{'' if reads == 1 else 's'} and {writes or 'no'} write{'' if writes == 1 else 's'}"
+
+
+def merge_access_into_latest(access: dict[str, Any], latest: Path) -> bool:
+    """Put the access figures into the last `make bench`'s report (latest.json's `access`), render latest.md."""
+    path = latest / "latest.json"
+    if not path.exists():
+        return False
+    report = json.loads(path.read_text())
+    report["access"] = access
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    (latest / "latest.md").write_text(markdown(report))
+    return True
 
 
 def _ops(counted: dict[str, Any]) -> str:
