@@ -62,14 +62,16 @@ def running_stack(
     watch: str = "anyone",
     direct_messages: str = "anyone",
     rooms_open: str = "*",
+    client_call_rate: int = 0,
     function_key: str | None = None,
 ) -> Iterator[Stack]:
     """Start the emulator and the local host for the app (or `app`, a module:attribute importable from the
     repository root, such as `testkit.group_app:app`) on a fresh table, with `extra_settings` among the app settings
     and `host_json` instead of the repository's host.json; stop both when the block ends. `audience`,
     `grace_seconds`, `watch`, `direct_messages` and `rooms_open` set PRESENCE_AUDIENCE, PRESENCE_GRACE_SECONDS,
-    PRESENCE_WATCH, DIRECT_MESSAGES and ROOMS_OPEN (by default a hub-wide audience, no grace, anyone watched and
-    messaged, every room open, unlike the app's defaults, for the tests written before those settings existed).
+    PRESENCE_WATCH, DIRECT_MESSAGES and ROOMS_OPEN, and `client_call_rate` CLIENT_CALL_RATE (by default a hub-wide
+    audience, no grace, anyone watched and messaged, every room open, no call budget, unlike the app's defaults, for
+    the tests written before those settings existed).
     With `function_key` the host checks keys as Azure does."""
     table = unique_table_name()
     settings = {
@@ -84,6 +86,7 @@ def running_stack(
         "PRESENCE_WATCH": watch,
         "DIRECT_MESSAGES": direct_messages,
         "ROOMS_OPEN": rooms_open,
+        "CLIENT_CALL_RATE": str(client_call_rate),
         "SWEEP_SCHEDULE": sweep_schedule,
         **(extra_settings or {}),
     }

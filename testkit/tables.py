@@ -23,13 +23,14 @@ def unique_table_name() -> str:
 
 
 def make_settings(connection_string: str, table: str, **overrides: object) -> Settings:
-    """Build settings for a store on the given storage and table; rooms open to all and anyone watched unless
-    overridden (unlike the app's defaults: for the tests written before access was decided)."""
+    """Build settings for a store on the given storage and table; rooms open to all, anyone watched and no call budget
+    unless overridden (unlike the app's defaults: for the tests written before access and budgets were decided)."""
     values: dict[str, object] = {
         "storage": StorageConnection(connection_string=connection_string),
         "table_name": table,
         "rooms_open": ("*",),
         "presence_watch": "anyone",
+        "client_call_rate": 0,
         **overrides,
     }
     return Settings(**values)  # type: ignore[arg-type]

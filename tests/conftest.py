@@ -33,12 +33,14 @@ async def app_env(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> AsyncIte
         "PRESENCE_AUDIENCE": "hub",
         "PRESENCE_GRACE_SECONDS": "0",
         "SWEEP_SCHEDULE": "0 */5 * * * *",
-        # Open rooms and watching, unlike the app's defaults: the tests written before access was decided.
+        # Open rooms and watching, and no call budget, unlike the app's defaults: the tests written before access and
+        # budgets were decided.
         "ROOMS_OPEN": "*",
         "PRESENCE_WATCH": "anyone",
+        "CLIENT_CALL_RATE": "0",
     }
     for name in list(os.environ):
-        if name.startswith(("MAPPING_", "AzureWebJobsStorage", "DIRECT_MESSAGES", "ROOMS_OPEN")):
+        if name.startswith(("MAPPING_", "AzureWebJobsStorage", "DIRECT_MESSAGES", "ROOMS_OPEN", "CLIENT_")):
             monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)

@@ -16,8 +16,9 @@ const PYTHON = process.env.PYTHON ?? path.join(ROOT, ".venv", "bin", "python");
 export async function startStack(settings = {}, { gate = false } = {}) {
   const proxy = gate ? await startGate() : null;
   const args = ["-m", "testkit.serve_stack"];
-  // Rooms open to all and anyone watched, unlike the app's defaults: the tests written before access was decided.
-  const all = { ROOMS_OPEN: "*", PRESENCE_WATCH: "anyone", ...settings };
+  // Rooms open to all, anyone watched and no call budget, unlike the app's defaults: the tests written before access
+  // and budgets were decided.
+  const all = { ROOMS_OPEN: "*", PRESENCE_WATCH: "anyone", CLIENT_CALL_RATE: "0", ...settings };
   for (const [name, value] of Object.entries(all)) args.push("--setting", `${name}=${value}`);
   if (proxy) args.push("--app-table-port", String(proxy.port));
   const child = spawn(PYTHON, args, { cwd: ROOT, stdio: ["pipe", "pipe", "inherit"] });

@@ -39,7 +39,8 @@ async def two_processes(
     table, clock = unique_table_name(), Moment()
     with CountingProxy(azurite.port) as proxy:
         counted = azurite.connection_string.replace(f":{azurite.port}/", f":{proxy.port}/")
-        stores = [ConnectionStore(make_settings(counted, table, **settings), clock=clock) for _ in range(2)]
+        options = {"client_call_burst": BURST, "client_call_rate": RATE, **settings}
+        stores = [ConnectionStore(make_settings(counted, table, **options), clock=clock) for _ in range(2)]
         try:
             yield stores[0], stores[1], clock, proxy
         finally:
