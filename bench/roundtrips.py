@@ -249,7 +249,8 @@ async def _count_ours_client(
 
     try:
         if elsewhere:
-            other = ConnectionStore(Settings(StorageConnection(connection_string=direct), table_name=table, ttl=TTL))
+            opened = Settings(StorageConnection(connection_string=direct), table_name=table, ttl=TTL, rooms_open=("*",))
+            other = ConnectionStore(opened)
             try:
                 for index in (0, 1):
                     await other.connect(f"u{index}-rt", f"c{index}-rt", hub="chat")
