@@ -181,9 +181,7 @@ class UserDisconnected:
     messages: list[Message]
 
 
-async def on_disconnect_user(
-    store: ConnectionStore, user_name: str, *, service: ConnectionCloser, delayed: Callable[[], DelayedActions]
-) -> UserDisconnected:
+async def on_disconnect_user(store: ConnectionStore, user_name: str, *, service: ConnectionCloser) -> UserDisconnected:
     """Close every connection of a user through the service's REST API (each live row's connection by its id, then
     each spelling of the name they connected with, for connections the app never mapped: the service matches user
     ids exactly), then end their live rows as a disconnect does; raise SignalRUnavailableError when the service did
@@ -197,11 +195,10 @@ async def on_disconnect_user(
     confirmed += [await service.close_user(hub, spelling, reason=reason) for spelling in spellings]
     if not all(confirmed):
         raise SignalRUnavailableError("SignalR Service did not close the user's connections; try again")
-    messages: list[Message] = []
-    for row in live:  # the service's own disconnected events follow, and find the rows ended (or gone) already
-        event = Invocation("connections", "disconnected", store.settings.hub, row.connection_id, row.user_name)
-        messages += await on_disconnected(store, event, delayed=delayed)
-    return UserDisconnected(name, len(live), messages)
+    # One transaction for all of them, no grace (nobody reloads a page an operator closed): one announcement. The
+    # service's own disconnected events follow and find the rows gone.
+    outcome = await store.disconnect_all(name, [row.connection_id for row in live], view=view)
+    return UserDisconnected(name, len(live), await _announced(store, outcome.presence))
 
 
 @dataclass(frozen=True, slots=True)

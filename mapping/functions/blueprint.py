@@ -263,7 +263,6 @@ async def disconnect_user(req: func.HttpRequest, signalr: func.Out[str]) -> func
             store,
             req.route_params.get("user", ""),
             service=runtime.closer_for(store.settings.signalr),
-            delayed=runtime.delayed_actions,
         )
     except MappingError as error:
         return _error(error)
@@ -283,9 +282,7 @@ async def block_user(req: func.HttpRequest, signalr: func.Out[str]) -> func.Http
         await store.set_blocked(user, blocking)
         if not blocking:
             return _json(200, {"user": normalize_user_name(user), "blocked": False})
-        done = await events.on_disconnect_user(
-            store, user, service=runtime.closer_for(store.settings.signalr), delayed=runtime.delayed_actions
-        )
+        done = await events.on_disconnect_user(store, user, service=runtime.closer_for(store.settings.signalr))
     except MappingError as error:
         return _error(error)
     _send(signalr, done.messages)

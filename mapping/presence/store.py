@@ -35,6 +35,8 @@ from mapping.presence.write_loop import Attempts, Commit, Done, RowWrite, UserWr
 from mapping.settings import Settings
 from mapping.storage.table import Table, create, delete, merge, upsert
 
+_ROWS_A_TRANSACTION = 99  # and the presence row: a transaction takes at most 100 operations
+
 
 @dataclass(frozen=True, slots=True)
 class ConnectOutcome:
@@ -121,19 +123,48 @@ class ConnectionStore:
         self.refreshes.forget(partition, row)
         if not self.settings.presence_events:
             return DisconnectOutcome(name, removed=await self._delete_reporting(partition, row))
-        moment = self.now(now)
+        return await self._end_rows(name, [row], moment=self.now(now), action="disconnect")
+
+    async def disconnect_all(
+        self, user_name: str, connection_ids: list[str], *, now: datetime | None = None, view: UserView | None = None
+    ) -> DisconnectOutcome:
+        """Delete the rows of many connections of one user with one presence decision (an operator's disconnect: no
+        grace, one announcement), 99 rows a transaction, deciding first on `view` when given (the user's partition
+        as just read); say whether that left the user offline."""
+        name = normalize_user_name(user_name)
+        rows = sorted({connection_key(connection) for connection in connection_ids})
+        for row in rows:
+            self.refreshes.forget(user_key(name), row)
+        outcome = DisconnectOutcome(name, removed=False)
+        for start in range(0, max(len(rows), 1), _ROWS_A_TRANSACTION):
+            chunk = rows[start : start + _ROWS_A_TRANSACTION]
+            if not self.settings.presence_events:
+                removed = [await self._delete_reporting(user_key(name), row) for row in chunk]
+                outcome = DisconnectOutcome(name, removed=outcome.removed or any(removed))
+                continue
+            ended = await self._end_rows(name, chunk, moment=self.now(now), action="disconnect a user", view=view)
+            view = None  # the next chunk reads again
+            outcome = DisconnectOutcome(name, outcome.removed or ended.removed, ended.presence or outcome.presence)
+        return outcome
+
+    async def _end_rows(
+        self, name: str, rows: list[str], *, moment: datetime, action: str, view: UserView | None = None
+    ) -> DisconnectOutcome:
+        """Delete a user's `rows` (those still there) in one transaction with the presence decision (P2)."""
+        partition = user_key(name)
 
         async def step(view: UserView, attempts: Attempts) -> Done[DisconnectOutcome] | Commit[DisconnectOutcome]:
             if attempts.mine(view):
                 return Done(DisconnectOutcome(name, True, view.presence.announced_as(name, rooms=view.rooms)))
-            if row not in view.rows:
+            present = [row for row in rows if row in view.rows]
+            if not present:
                 # Gone: a repeated event, or our own delete that committed and was answered with an error.
                 return Done(DisconnectOutcome(name, attempts.tried, attempts.announce(view, name, None)))
-            after = {key: entity for key, entity in view.rows.items() if key != row}
+            after = {key: entity for key, entity in view.rows.items() if key not in present}
             state = view.state(self.lease, now=moment, ended_at=moment, rows=after)
             version = decide(view.presence, state, now=moment)
             operations = [
-                delete(partition, row),
+                *(delete(partition, row) for row in present),
                 presence_write(
                     partition, view.presence, writer=attempts.writer, user_name=name, state=state, version=version
                 ),
@@ -142,7 +173,7 @@ class ConnectionStore:
             outcome = DisconnectOutcome(name, True, attempts.announce(view, name, change))
             return Commit(operations, outcome, deciding=version is not None)
 
-        return await self.writes.write(partition, step, action="disconnect")
+        return await self.writes.write(partition, step, action=action, view=view)
 
     async def touch(self, user_name: str, connection_id: str, *, now: datetime | None = None) -> TouchOutcome:
         """Refresh a connection's `LastSeen` (at most once per quarter lease); a lapsed lease made live is announced."""

@@ -275,7 +275,7 @@ async def blocked(world: World, store: ConnectionStore, user: str, at: datetime)
     ended as disconnects end them (a failure answers the operator 503: they send it again, or the sweep ends them)."""
     world.clock.at = at
     await store.set_blocked(user, True)
-    done = await on_disconnect_user(store, user, service=Closing(), delayed=lambda: world.queue)
+    done = await on_disconnect_user(store, user, service=Closing())
     world.receive(done.messages)
 
 

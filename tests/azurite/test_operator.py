@@ -47,7 +47,7 @@ async def test_disconnect_closes_every_spelling_and_ends_the_rows() -> None:
     await connected("Mallory", "m1")
     await connected("mallory", "m2")
     service = Closer()
-    done = await events.on_disconnect_user(store, "MALLORY", service=service, delayed=no_queue)
+    done = await events.on_disconnect_user(store, "MALLORY", service=service)
     assert (done.user, done.closed) == ("MALLORY", 2)
     assert sorted(service.closed) == ["MALLORY", "Mallory", "m1", "m2", "mallory"]  # each tab, then each spelling
     assert await store.connections_of("mallory") == []
@@ -60,7 +60,7 @@ async def test_a_refused_close_changes_nothing() -> None:
     store: ConnectionStore = runtime.store()
     await connected("mallory", "m1")
     with pytest.raises(SignalRUnavailableError):
-        await events.on_disconnect_user(store, "mallory", service=Closer(confirms=False), delayed=no_queue)
+        await events.on_disconnect_user(store, "mallory", service=Closer(confirms=False))
     assert [c.connection_id for c in await store.connections_of("mallory")] == ["m1"]
 
 
