@@ -179,6 +179,12 @@ param clientCallRate int = 5
 @maxValue(65536)
 param clientMessageMaxBytes int = 16384
 
+@description('The most members a client\'s join may make a room (ROOM_MAX_MEMBERS): a join beyond it is refused as full. Empty: no cap. Counting costs the join one table request per 1,000 members.')
+param roomMaxMembers string = ''
+
+@description('The most live connections one user may hold (USER_MAX_CONNECTIONS): a connection beyond it is closed and not mapped. Empty: no cap.')
+param userMaxConnections string = ''
+
 @description('Grace period in seconds (PRESENCE_GRACE_SECONDS): a user whose last connection ends is announced offline only if no connection is back within it (0 announces at once; at most 3600). The decision travels as a delayed message on the host storage\'s queue.')
 @minValue(0)
 @maxValue(3600)
@@ -325,6 +331,8 @@ module functionApp 'app/function-app.bicep' = {
     clientCallBurst: clientCallBurst
     clientCallRate: clientCallRate
     clientMessageMaxBytes: clientMessageMaxBytes
+    roomMaxMembers: roomMaxMembers
+    userMaxConnections: userMaxConnections
     mappingIndexShards: mappingIndexShards
     mappingListingGroups: mappingListingGroups
     sweepSchedule: sweepSchedule

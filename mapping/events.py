@@ -137,10 +137,11 @@ async def on_connected(
     except InvalidNameError as error:
         logger.warning("connected: connection not mapped: %s", error)
         return []
-    if outcome.blocked:
-        logger.warning("connected: a blocked user's connection %s is closed, not mapped", event.connection_id)
-        if not await service.close_connection(store.settings.hub, event.connection_id, reason="blocked"):
-            raise RefusedError("the user is blocked")  # the extension answers 403: refused where the service can
+    if outcome.blocked or outcome.over_cap:
+        reason = "blocked" if outcome.blocked else "too many connections"
+        logger.warning("connected: connection %s is closed, not mapped: %s", event.connection_id, reason)
+        if not await service.close_connection(store.settings.hub, event.connection_id, reason=reason):
+            raise RefusedError(reason)  # the extension answers 403: refused where the service cannot close it
         return []
     logger.info("connected: %s", outcome.entity.connection_id)
     connection_id = outcome.entity.connection_id

@@ -33,6 +33,8 @@ VALUE_SETTINGS: tuple[str, ...] = (
     "CLIENT_CALL_BURST",
     "CLIENT_CALL_RATE",
     "CLIENT_MESSAGE_MAX_BYTES",
+    "ROOM_MAX_MEMBERS",
+    "USER_MAX_CONNECTIONS",
     "PRESENCE_GRACE_SECONDS",
     "MAPPING_INDEX_SHARDS",
     "MAPPING_LISTING_GROUPS",
@@ -66,6 +68,7 @@ MAX_LISTING_GROUPS = 999
 DEFAULT_CALL_BURST = 20
 DEFAULT_CALL_RATE = 5
 MAX_CALL_BUDGET = 10_000
+MAX_CAP = 1_000_000  # ROOM_MAX_MEMBERS and USER_MAX_CONNECTIONS at most
 # CLIENT_MESSAGE_MAX_BYTES: a client's send or sendToRoom message as JSON (the HTTP API for servers keeps 64 KiB).
 DEFAULT_CLIENT_MESSAGE_BYTES = 16 * 1024
 MAX_CLIENT_MESSAGE_BYTES = 64 * 1024
@@ -140,6 +143,8 @@ class Settings:
     client_call_burst: int = DEFAULT_CALL_BURST  # CLIENT_CALL_BURST: a connection's budget of client calls at once
     client_call_rate: int = DEFAULT_CALL_RATE  # CLIENT_CALL_RATE: tokens a second it refills (0: no budget)
     client_message_max_bytes: int = DEFAULT_CLIENT_MESSAGE_BYTES  # CLIENT_MESSAGE_MAX_BYTES: a client send's message
+    room_max_members: int | None = None  # ROOM_MAX_MEMBERS: members a client's join may make a room (None: no cap)
+    user_max_connections: int | None = None  # USER_MAX_CONNECTIONS: a user's live connections (None: no cap)
     rooms_open: tuple[str, ...] = ()  # ROOMS_OPEN: rooms any signed-in user may join (names, `prefix*`, `*`)
     # No grace unless asked: the app setting's default (15 s) is applied by from_environment.
     presence_grace: timedelta = timedelta(0)
@@ -168,6 +173,8 @@ class Settings:
             client_call_rate=_whole_number(
                 env, "CLIENT_CALL_RATE", DEFAULT_CALL_RATE, minimum=0, maximum=MAX_CALL_BUDGET
             ),
+            room_max_members=_cap(env, "ROOM_MAX_MEMBERS"),
+            user_max_connections=_cap(env, "USER_MAX_CONNECTIONS"),
             client_message_max_bytes=_count(
                 env, "CLIENT_MESSAGE_MAX_BYTES", DEFAULT_CLIENT_MESSAGE_BYTES, MAX_CLIENT_MESSAGE_BYTES
             ),
@@ -342,6 +349,13 @@ def _rooms_open(env: Mapping[str, str]) -> tuple[str, ...]:
                 f"separated by spaces; got {pattern!r}"
             )
     return patterns
+
+
+def _cap(env: Mapping[str, str], name: str) -> int | None:
+    """Return a cap (1 to 1,000,000), or None when unset or empty (no cap)."""
+    if _value(env, name) is None:
+        return None
+    return _whole_number(env, name, 0, minimum=1, maximum=MAX_CAP)
 
 
 def _count(env: Mapping[str, str], name: str, default: int, maximum: int) -> int:

@@ -97,6 +97,12 @@ param clientCallRate int
 @maxValue(65536)
 param clientMessageMaxBytes int
 
+@description('The most members a client\'s join may make a room (1 to 1000000); empty: no cap.')
+param roomMaxMembers string
+
+@description('The most live connections one user may hold (1 to 1000000); empty: no cap.')
+param userMaxConnections string
+
 @description('Partitions per expiry-index bucket (1 to 999).')
 @minValue(1)
 @maxValue(999)
@@ -263,6 +269,8 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     CLIENT_CALL_BURST: string(clientCallBurst)
     CLIENT_CALL_RATE: string(clientCallRate)
     CLIENT_MESSAGE_MAX_BYTES: string(clientMessageMaxBytes)
+    ROOM_MAX_MEMBERS: roomMaxMembers
+    USER_MAX_CONNECTIONS: userMaxConnections
     MAPPING_INDEX_SHARDS: string(mappingIndexShards)
     MAPPING_LISTING_GROUPS: string(mappingListingGroups)
     SWEEP_SCHEDULE: sweepSchedule

@@ -46,6 +46,7 @@ class ConnectOutcome:
     presence: PresenceChange | None = None
     rooms: tuple[str, ...] = ()  # the user's rooms, whose groups the new connection joins
     blocked: bool = False  # the user is blocked: nothing was written, the connection is to be closed
+    over_cap: bool = False  # the user has USER_MAX_CONNECTIONS live connections: nothing written, to be closed
     # (connection id, room) of the user's older connections a revoked room's group may still hold (rooms R4)
     lingering: tuple[tuple[str, str], ...] = ()
 
@@ -111,7 +112,7 @@ class ConnectionStore:
         # With presence events off too: the write is conditional on the user's read, so a join racing this
         # connect sees the new connection or is seen by it (rooms R2).
         outcome = await self._connect_deciding(entity)
-        if outcome.blocked:
+        if outcome.blocked or outcome.over_cap:
             return outcome
         self.refreshes.remember(entity.partition_key, entity.row_key, entity.last_seen)
         return outcome if self.settings.presence_events else replace(outcome, presence=None)
@@ -296,9 +297,14 @@ class ConnectionStore:
     # -- internals ------------------------------------------------------------------------------
 
     async def _connect_deciding(self, entity: ConnectionEntity) -> ConnectOutcome:
+        cap = self.settings.user_max_connections
+
+        def over_cap(existing: ConnectionEntity | None, view: UserView) -> bool:
+            return existing is None and cap is not None and len(view.live(self.lease, now=entity.last_seen)) >= cap
+
         def row_write(existing: ConnectionEntity | None, bucket: str, view: UserView) -> RowWrite | None:
-            if view.blocked:
-                return None  # an operator blocked the user: the connection is not mapped
+            if view.blocked or over_cap(existing, view):
+                return None  # blocked by an operator, or as many connections as USER_MAX_CONNECTIONS: not mapped
             if existing is None:
                 # A connection that opens while a grace holds an ended one takes its place (a page reload):
                 # its status and count carry over, so presence does not change (mapping.presence.grace, G1).
@@ -329,6 +335,8 @@ class ConnectionStore:
         )
         if written.view.blocked:
             return ConnectOutcome(entity, blocked=True)
+        if written.entity is None and over_cap(None, written.view):
+            return ConnectOutcome(entity, over_cap=True)
         view = written.view
         return ConnectOutcome(
             written.entity or entity, written.change, tuple(sorted(view.rooms)), lingering=tuple(view.lingering())

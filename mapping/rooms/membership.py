@@ -158,6 +158,9 @@ class Rooms:
                 raise RefusedError("this user is blocked", room=room)
             if room not in view.rooms and not await admits(view):
                 raise RefusedError("this room is closed to you", room=room, refused=True)
+            cap = self.store.settings.room_max_members
+            if room not in view.rooms and cap is not None and await self.index.count(room, up_to=cap) >= cap:
+                raise RefusedError("this room is full", room=room, refused=True, full=True)
 
         return await self._enter(name, room, check, now=now, action="join")
 

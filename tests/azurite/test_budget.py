@@ -145,3 +145,40 @@ async def test_calls_that_change_nothing_cost_only_the_caller(azurite: Azurite) 
     assert targets(unwatched) == [("remove", "~presence.nobody")]
     writes = {op: n for op, n in requests.items() if op not in ("query", "point read")}
     assert writes == {}, requests
+
+
+class Closer:
+    """Stands in for SignalR's REST close of a connection: records each connection closed."""
+
+    def __init__(self) -> None:
+        self.closed: list[str] = []
+
+    async def close_user(self, hub: str, user_id: str, *, reason: str) -> bool:
+        """Confirm (unused here)."""
+        return True
+
+    async def close_connection(self, hub: str, connection_id: str, *, reason: str) -> bool:
+        """Record the connection and confirm."""
+        self.closed.append(connection_id)
+        return True
+
+
+async def test_caps_on_a_rooms_members_and_a_users_connections(azurite: Azurite) -> None:
+    """ROOM_MAX_MEMBERS=2: a third member's join is refused as full (a member's own join still answers);
+    USER_MAX_CONNECTIONS=2: a third live connection of a user is closed at the service and not mapped."""
+    async with two_processes(azurite, room_max_members=2, user_max_connections=2) as (store, _, _, _):
+        closer = Closer()
+        for user, tab in (("ann", "a1"), ("bob", "b1"), ("cy", "c1"), ("ann", "a2"), ("ann", "a3")):
+            invocation = Invocation("connections", "connected", "chat", tab, user)
+            await events.on_connected(store, invocation, service=closer)
+        assert closer.closed == ["a3"]
+        assert sorted(row.connection_id for row in await store.connections_of("ann")) == ["a1", "a2"]
+        for user, tab in (("ann", "a1"), ("bob", "b1")):
+            joined = await events.on_join(store, Invocation("messages", "join", "chat", tab, user, ["club"]))
+            assert not [m for m in joined if m.get("target") == "error"]
+        full = await events.on_join(store, Invocation("messages", "join", "chat", "c1", "cy", ["club"]))
+        assert [m["arguments"][0] for m in full] == [
+            {"error": "this room is full", "room": "club", "refused": True, "full": True, "call": "join"}
+        ]
+        again = await events.on_join(store, Invocation("messages", "join", "chat", "a2", "ann", ["club"]))
+        assert not [m for m in again if m.get("target") == "error"]

@@ -36,6 +36,11 @@ def test_defaults_apply_when_only_a_connection_is_set() -> None:
         ("PRESENCE_AUDIENCE", "Hub", "presence_audience", "hub"),  # case-insensitive
         ("PRESENCE_WATCH", "anyone", "presence_watch", "anyone"),
         ("ROOMS_OPEN", "lobby  public.* lobby", "rooms_open", ("lobby", "public.*")),
+        ("CLIENT_CALL_BURST", "40", "client_call_burst", 40),
+        ("CLIENT_CALL_RATE", "0", "client_call_rate", 0),  # 0 allowed: no budget
+        ("CLIENT_MESSAGE_MAX_BYTES", "65536", "client_message_max_bytes", 65536),
+        ("ROOM_MAX_MEMBERS", "500", "room_max_members", 500),
+        ("USER_MAX_CONNECTIONS", "5", "user_max_connections", 5),
         ("DIRECT_MESSAGES", "nobody", "direct_messages", "nobody"),
         ("PRESENCE_GRACE_SECONDS", "0", "presence_grace", timedelta(0)),  # 0 allowed: no grace
     ],
