@@ -9,12 +9,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from bench.proxy import CountingProxy
 from mapping import events
 from mapping.presence.store import ConnectionStore
 from mapping.signalr.invocation import Invocation
 from mapping.signalr.messages import Message
 from testkit.azurite import Azurite
+from testkit.faultproxy import PASS, Fault, fault_proxy
 from testkit.tables import drop_table, make_settings, unique_table_name
 
 T0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
@@ -182,3 +185,51 @@ async def test_caps_on_a_rooms_members_and_a_users_connections(azurite: Azurite)
         ]
         again = await events.on_join(store, Invocation("messages", "join", "chat", "a2", "ann", ["club"]))
         assert not [m for m in again if m.get("target") == "error"]
+
+
+FAULTS = {
+    "outage": lambda: (Fault.answer(503), Fault.answer(503)),
+    "committed, answered 500": lambda: (Fault.committed(500), PASS),
+    "committed, then outage": lambda: (Fault.committed(500), Fault.answer(503)),
+}
+
+
+@pytest.mark.parametrize("mode", list(FAULTS))
+async def test_a_lost_budget_publish_refuses_nothing_for_ever_and_loses_no_presence(
+    azurite: Azurite, mode: str
+) -> None:
+    """The publish of a connection's budget (the tenth token's call) failed three ways: the call is answered as if it
+    had not failed, the spend stays counted, calls are accepted again as the bucket refills, and presence holds."""
+    async with fault_proxy(azurite.port) as proxy:
+        table, clock = unique_table_name(), Moment()
+        through = azurite.connection_string.replace(f":{azurite.port}/", f":{proxy.port}/")
+        settings = make_settings(through, table, client_call_burst=BURST, client_call_rate=RATE)
+        store = ConnectionStore(settings, clock=clock, retry_total=1, retry_backoff_factor=0.01, retry_timeout=2.0)
+        try:
+            await events.on_connected(store, Invocation("connections", "connected", "chat", "c1", "ann"))
+            await events.on_join(store, call("join", "c1", "lobby"))  # a token
+            for step in range(8):
+                await events.on_send_to_room(store, call("sendToRoom", "c1", "lobby", step))
+            before = proxy.requests
+            await events.on_send_to_room(store, call("sendToRoom", "c1", "lobby", "tenth"))  # publishes
+            publish = proxy.requests - before  # the last of its requests
+            first, after = FAULTS[mode]()
+            for step in range(9):
+                await events.on_send_to_room(store, call("sendToRoom", "c1", "lobby", f"again {step}"))
+            injected = proxy.faults_injected
+            proxy.plan(*([PASS] * (publish - 1)), first, then=after)
+            sent = await events.on_send_to_room(store, call("sendToRoom", "c1", "lobby", "the failing one"))
+            proxy.plan(then=PASS)
+            assert proxy.faults_injected > injected, "the publish was failed"
+            assert [m.get("target") for m in sent] == ["newMessage"], (mode, sent)
+            accepted = 0
+            for step in range(50):  # 10 s at 5 calls a second: the bucket refills
+                clock.at += timedelta(seconds=0.2)
+                reply = await events.on_send_to_room(store, call("sendToRoom", "c1", "lobby", f"later {step}"))
+                accepted += not refused(reply)
+            assert accepted >= 45, (mode, accepted)
+            assert (await store.presence_of("ann")).state.online
+        finally:
+            proxy.plan(then=PASS)
+            await store.close()
+            await drop_table(azurite, table)
