@@ -14,6 +14,7 @@ import pytest
 from bench.proxy import CountingProxy
 from mapping import events
 from mapping.presence.store import ConnectionStore
+from mapping.rooms.watch import watch_digest
 from mapping.signalr.invocation import Invocation
 from mapping.signalr.messages import Message
 from testkit.azurite import Azurite
@@ -233,3 +234,51 @@ async def test_a_lost_budget_publish_refuses_nothing_for_ever_and_loses_no_prese
             proxy.plan(then=PASS)
             await store.close()
             await drop_table(azurite, table)
+
+
+async def test_every_crash_point_of_a_watch_ends_watched_after_the_clients_retry(azurite: Azurite) -> None:
+    """Fail each table request of a `watch` of two users (reads, the connection's watch list) three ways: the caller is
+    answered an error to retry or the watch; after the retry it is subscribed and its row names exactly them."""
+    async with fault_proxy(azurite.port) as proxy:
+        through = azurite.connection_string.replace(f":{azurite.port}/", f":{proxy.port}/")
+
+        @contextlib.asynccontextmanager
+        async def fresh() -> AsyncIterator[ConnectionStore]:
+            table = unique_table_name()
+            settings = make_settings(through, table, presence_watch="anyone")
+            store = ConnectionStore(settings, retry_total=1, retry_backoff_factor=0.01, retry_timeout=2.0)
+            try:
+                await events.on_connected(store, Invocation("connections", "connected", "chat", "k1", "kai"))
+                yield store
+            finally:
+                proxy.plan(then=PASS)
+                await store.close()
+                await drop_table(azurite, table)
+
+        watch = Invocation("messages", "watch", "chat", "k1", "kai", [["lee", "max"]])
+        async with fresh() as store:
+            before = proxy.requests
+            await events.on_watch(store, watch)
+            total = proxy.requests - before
+        points = 0
+        for k in range(1, total + 1):
+            for mode, faults in FAULTS.items():
+                async with fresh() as store:
+                    first, after = faults()
+                    proxy.plan(*([PASS] * (k - 1)), first, then=after)
+                    sent = await events.on_watch(store, watch)
+                    proxy.plan(then=PASS)
+                    errors = [m["arguments"][0] for m in sent if m.get("target") == "error"]
+                    assert all(error.get("retry") is True for error in errors), (k, mode, errors)
+                    if errors:
+                        sent = await events.on_watch(store, watch)  # the client's retry
+                    label = (k, mode, sent)
+                    assert not [m for m in sent if m.get("target") == "error"], label
+                    assert {m["groupName"] for m in sent if m.get("action") == "add"} == {
+                        "~presence.lee",
+                        "~presence.max",
+                    }
+                    row = (await store.read_user("kai")).rows["k1"]
+                    assert row.watching == {watch_digest("lee"), watch_digest("max")}, label
+                points += 1
+    print(f"\nwatch: {total} requests, {points} crash points, {points} converged")
