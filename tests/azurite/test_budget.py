@@ -4,7 +4,7 @@ with its own memory, on one table), and the calls that change nothing (budget B1
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -188,7 +188,7 @@ async def test_caps_on_a_rooms_members_and_a_users_connections(azurite: Azurite)
         assert not [m for m in again if m.get("target") == "error"]
 
 
-FAULTS = {
+FAULTS: dict[str, Callable[[], tuple[Fault, Fault]]] = {
     "outage": lambda: (Fault.answer(503), Fault.answer(503)),
     "committed, answered 500": lambda: (Fault.committed(500), PASS),
     "committed, then outage": lambda: (Fault.committed(500), Fault.answer(503)),
