@@ -21,7 +21,7 @@ from mapping.keys import normalize_user_name, parse_room, user_key
 from mapping.presence.budget import weight_of
 from mapping.presence.grace import Decision, Grace
 from mapping.presence.state import PresenceChange
-from mapping.presence.store import ConnectionStore
+from mapping.presence.store import ConnectionStore, ConnectOutcome, TouchOutcome
 from mapping.rooms.membership import Rooms
 from mapping.rooms.policy import SETTINGS_DECIDE, AccessPolicy
 from mapping.rooms.roster import Roster, RosterEntry
@@ -137,6 +137,12 @@ async def on_connected(
     except InvalidNameError as error:
         logger.warning("connected: connection not mapped: %s", error)
         return []
+    except StorageError:
+        # A failing `connected` need not refuse the client (Azure may keep it connected): closed here where the
+        # service can, it reconnects; if not, its first call maps it (`_map_late`).
+        closed = await service.close_connection(store.settings.hub, event.connection_id, reason="not mapped, reconnect")
+        logger.warning("connected: connection %s not mapped (storage failed); closed: %s", event.connection_id, closed)
+        raise
     if outcome.blocked or outcome.over_cap:
         reason = "blocked" if outcome.blocked else "too many connections"
         logger.warning("connected: connection %s is closed, not mapped: %s", event.connection_id, reason)
@@ -144,6 +150,12 @@ async def on_connected(
             raise RefusedError(reason)  # the extension answers 403: refused where the service cannot close it
         return []
     logger.info("connected: %s", outcome.entity.connection_id)
+    return await _mapped(store, outcome)
+
+
+async def _mapped(store: ConnectionStore, outcome: ConnectOutcome) -> list[Message]:
+    """What a connection just mapped is sent: its groups (rooms, the sweep's listing, its user's presence group), the
+    removal from revoked rooms' groups, and the user's presence when it changed."""
     connection_id = outcome.entity.connection_id
     # SignalR forgets groups when a connection ends: every new connection joins its user's rooms (R3).
     groups = [join_group(connection_id, room) for room in outcome.rooms]
@@ -285,7 +297,21 @@ async def on_set_status(store: ConnectionStore, caller: _Caller) -> list[Message
     except StorageError as error:
         return [_unavailable(caller.connection, "setStatus", error)]
     if not outcome.found:
-        return [error_message(caller.connection, "this connection is not mapped; reconnect")]
+        mapped = await _map_late(store, caller.user, caller.connection)
+        if not mapped:
+            return [error_message(caller.connection, "this connection is not mapped; reconnect")]
+        try:
+            outcome = await store.set_status(caller.user, caller.connection, caller.argument)
+        except StorageError as error:
+            return [*mapped, _unavailable(caller.connection, "setStatus", error)]
+        if not outcome.found:
+            return [*mapped, error_message(caller.connection, "this connection is not mapped; reconnect")]
+        return [*mapped, *await _set_status_answer(store, caller, outcome)]
+    return await _set_status_answer(store, caller, outcome)
+
+
+async def _set_status_answer(store: ConnectionStore, caller: _Caller, outcome: TouchOutcome) -> list[Message]:
+    """The answer to a recorded status: the caller alone for the status it had, else its announcement."""
     if outcome.unchanged and outcome.presence is not None:  # the status it had: the caller alone (rooms R5)
         return [
             {"target": PRESENCE_TARGET, "connectionId": caller.connection, "arguments": [outcome.presence.to_json()]}
@@ -519,13 +545,31 @@ async def _refresh(store: ConnectionStore, user_id: str, connection_id: str) -> 
         logger.warning("client message: caller not refreshed: %s", error)
         return []
     if not outcome.found:
-        logger.info("client message: caller %s has no row to refresh", connection_id)
+        return await _map_late(store, user_id, connection_id)
     try:
         announcement = await _announced(store, outcome.presence)
     except StorageError as error:
         logger.warning("client message: a revival's announcement is left to the sweep: %s", error)
         announcement = []
     return [*_rejoined(connection_id, outcome.rooms), *announcement]
+
+
+async def _map_late(store: ConnectionStore, user_id: str, connection_id: str) -> list[Message]:
+    """Map a calling connection that has no row: its `connected` failed without closing it, or is still on its way.
+    Not when the service says it is gone (a call that outlived its disconnect); without REST access it is mapped,
+    and were it closed after all, its row lapses with its lease. Best effort: a failure leaves it to the next call."""
+    try:
+        if await store.probe.alive(store.settings.hub, connection_id) is False:
+            logger.info("client message: caller %s has no row and is gone at the service", connection_id)
+            return []
+        outcome = await store.connect(user_id, connection_id, hub=store.settings.hub)
+        if outcome.blocked or outcome.over_cap:
+            return []
+        logger.info("client message: caller %s had no row: mapped now", connection_id)
+        return await _mapped(store, outcome)
+    except (InvalidNameError, StorageError) as error:
+        logger.warning("client message: caller %s not mapped: %s", connection_id, error)
+        return []
 
 
 def _rejoined(connection_id: str, rooms: tuple[str, ...]) -> list[Message]:

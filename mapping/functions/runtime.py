@@ -11,6 +11,7 @@ from mapping.signalr.liveness import (
     AgeOnly,
     ConnectionCloser,
     GroupAdder,
+    Liveness,
     LivenessCheck,
     SignalRLiveness,
 )
@@ -32,11 +33,27 @@ def settings() -> Settings:
 
 
 def store() -> ConnectionStore:
-    """Return the process-wide store, built from the app settings on first use."""
+    """Return the process-wide store, built from the app settings on first use, asking the service about a connection
+    that calls without a row (events `_map_late`) where the app has SignalR REST access."""
     global _store
     if _store is None:
         _store = ConnectionStore(settings())
+        _store.probe = _Probe(_client(_store.settings.signalr))
     return _store
+
+
+class _Probe:
+    """The liveness check as a connection probe: alive, gone, or unknown."""
+
+    def __init__(self, check: LivenessCheck) -> None:
+        self._check = check
+
+    async def alive(self, hub: str, connection_id: str) -> bool | None:
+        """Ask the service (one HEAD); None without REST access or when it cannot say."""
+        if not self._check.asks_service:
+            return None
+        verdict = await self._check.check(hub, connection_id)
+        return True if verdict is Liveness.ALIVE else False if verdict is Liveness.GONE else None
 
 
 def delayed_actions() -> DelayedActions:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from mapping.errors import RowChangedError
 from mapping.keys import BLOCKED_ROW, connection_key, normalize_user_name, user_key
@@ -34,6 +34,26 @@ from mapping.presence.user_view import UserView
 from mapping.presence.write_loop import Attempts, Commit, Done, RowWrite, UserWrites, Written, write_live_row
 from mapping.settings import Settings
 from mapping.storage.table import Table, create, delete, merge, upsert
+
+
+class ConnectionProbe(Protocol):
+    """The service's word on one connection, for a call from a connection that has no row (its `connected` failed or
+    is late): True, it is open; False, it is gone; None, nobody can say."""
+
+    async def alive(self, hub: str, connection_id: str) -> bool | None:
+        """Return whether the service has the connection open (None: unknown)."""
+        ...
+
+
+class _Unprobed:
+    """No service to ask (the store alone, tests): nobody can say."""
+
+    async def alive(self, hub: str, connection_id: str) -> bool | None:
+        """Return None."""
+        return None
+
+
+UNPROBED = _Unprobed()
 
 _ROWS_A_TRANSACTION = 99  # and the presence row: a transaction takes at most 100 operations
 
@@ -93,6 +113,7 @@ class ConnectionStore:
         self.writes = UserWrites(self.table, self.index, self.lease, settings, clock=clock)  # the one write loop
         self.turns = self.writes.turns  # this instance's events of one user, one at a time
         self.refreshes = RefreshMemory()  # what this instance refreshed, and when
+        self.probe: ConnectionProbe = UNPROBED  # the service's word on a connection (mapping.functions.runtime sets it)
 
     # -- connection events ----------------------------------------------------------------------
 
