@@ -235,7 +235,11 @@ class ConnectionStore:
         def row_write(existing: ConnectionEntity | None, bucket: str, view: UserView) -> RowWrite | None:
             if existing is None or view.blocked:
                 return None  # not mapped (or swept), or blocked: a status needs a connection to hold it
-            if existing.status == text and moment - existing.last_seen < self.lease.refresh_every:
+            if (
+                existing.status == text
+                and view.presence.status == text  # and the user's as recorded: another tab's may be the latest
+                and moment - existing.last_seen < self.lease.refresh_every
+            ):
                 return RowWrite(existing, [])  # the status it has, and a fresh lease: only the caller hears (R5)
             patch = {
                 "PartitionKey": partition,

@@ -242,6 +242,8 @@ class Rooms:
             nonlocal flagged
             change = self._change(view, name, room, joined=False, moment=moment, lapsed_too=True)
             operations: list[Operation] = []
+            if room not in view.rooms:
+                change = replace(change, announce=False)  # no member: the room hears nothing (R5)
             if (grant := view.grants.get(room)) is not None:
                 operations.append(delete(partition, grant_key(room), etag=grant.etag))
             if (membership := view.rooms.get(room)) is not None:
