@@ -10,11 +10,12 @@ the connection's own row, whose `Tokens` and `TokensAt` properties hold its leve
 B1. Reading rides on the calls: every client call reads its caller's partition (a write loop, a standing, a watch),
     and every read of a partition tells this process's `Budgets` the published level of each connection it holds
     (`observe`). So checking costs no request.
-B2. Spending is counted here first: a process accepts a call when the level it last read, refilled since, minus what
-    it spent itself since that read, pays for it; once it has spent `PUBLISH_EVERY` (10) tokens it publishes the new
+B2. Spending is counted here first: a process keeps the bucket's level as it knows it (the last level published by
+    another process, refilled since, less what it spent itself since that publication; its own spends refill like
+    any level) and accepts a call the level pays for. Once it has spent `PUBLISH_EVERY` (10) tokens it publishes its
     level with one merge on the ETag it read (at most one table request per 10 accepted calls). A publish that finds
     the row changed (another instance published, a refresh) is skipped and tried again after the next call's read:
-    nothing is lost, as the unpublished spend stays counted here.
+    nothing is lost, as the unpublished spend stays counted here and is taken off the next level it learns.
 B3. The bound: a process sees every other's spend once it is published, and no process holds more than
     `PUBLISH_EVERY` - 1 tokens unpublished, nor reads a level older than its previous call. So with N instances the
     calls accepted in any span exceed the bucket's own bound (burst + rate x span) by at most about
