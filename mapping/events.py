@@ -100,9 +100,9 @@ def _over_budget(store: ConnectionStore, caller: _Caller, method: str) -> list[M
     verdict = store.writes.budgets.take(caller.user, caller.connection, weight, now=store.now())
     if verdict.allowed:
         return None
-    logger.info("%s: a connection over its call budget was refused", method)
     if not verdict.answer:
-        return []
+        return []  # refused silently: logged once a second, with the answer
+    logger.info("%s: a connection over its call budget was refused (told so at most once a second)", method)
     return [error_message(caller.connection, "too many calls", retry=True, retryAfter=verdict.retry_after)]
 
 
