@@ -53,6 +53,8 @@ class SignalRRest:
     endpoint: str = ""
     answers: dict[str, list[int]] = field(default_factory=dict)  # connection id -> statuses, last one repeats
     default_status: int = 404
+    # The service's "connection does not exist" on a 404 (mapping.signalr.liveness); None: a bare 404 (unknown).
+    not_existed_code: str | None = "Warning.Connection.NotExisted"
     retry_after: str = "0"
     requests: list[str] = field(default_factory=list)
     rejected_tokens: int = 0
@@ -109,7 +111,9 @@ async def signalr_rest() -> AsyncIterator[SignalRRest]:
             return web.Response(status=401)
         state.requests.append(connection_id)
         status = state.answer(connection_id)
-        headers = {"Retry-After": state.retry_after} if status == 429 else None
+        headers = {"Retry-After": state.retry_after} if status == 429 else {}
+        if status == 404 and state.not_existed_code is not None:
+            headers["x-ms-error-code"] = state.not_existed_code
         return web.Response(status=status, headers=headers)
 
     async def list_group(request: web.Request) -> web.Response:

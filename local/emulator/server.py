@@ -2,7 +2,11 @@
 
 REST (JWT, `aud` = the request URL without its query): the 2022-06-01 routes, also under `api-version=2024-12-01`,
 and 2024-12-01's `GET /api/hubs/{hub}/groups/{group}/connections` (`maxpagesize` 1-200, default 200; `top`;
-`continuationToken`) answering `{"value": [{"connectionId", "userId"?}], "nextLink"?}`.
+`continuationToken`) answering `{"value": [{"connectionId", "userId"?}], "nextLink"?}`. A 404 that says what does not
+exist carries the service's `x-ms-error-code` (`local.emulator.errors`): HEAD and DELETE of a connection
+`Warning.Connection.NotExisted`, PUT of a connection into a group `Error.Connection.NotExisted`, HEAD of a user, a group
+or a user in a group `Warning.User.NotExisted`, `Warning.Group.NotExisted`, `Info.User.NotInGroup`; removing a
+connection from a group (or all groups) answers 200 whether or not the service has it.
 
 Admin (loopback callers only, no token):
 - `POST /admin/drop-next-disconnect[?count=n]`, `GET` the same: skip the next disconnected upstream calls.
@@ -37,7 +41,7 @@ from urllib.parse import urlencode
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from local.emulator import paging, protocol, tokens
+from local.emulator import errors, paging, protocol, tokens
 from local.emulator.billing import BilledMessages
 from local.emulator.registry import ClientConnection, PendingConnection, Registry, hub_key, send_to
 from local.emulator.upstream import CONNECTIONS, MESSAGES, Caller, Upstream
@@ -446,31 +450,34 @@ async def _send(request: web.Request, *, pick: str) -> web.Response:
 
 
 async def _exists(request: web.Request, *, check: str) -> web.Response:
-    """HEAD a connection, a user, a group or a user in a group (`check`): 200 when alive, 404 when not."""
+    """HEAD a connection, a user, a group or a user in a group (`check`): 200 when alive, 404 when not, with the
+    service's `x-ms-error-code` naming what does not exist (`local.emulator.errors`)."""
     hub = await _authorised(request)
     if isinstance(hub, web.Response):
         return hub
     registry = request.app[REGISTRY]
     info = request.match_info
     if check == "connection":
-        found = registry.connection(hub, info["connection"]) is not None
+        found, code = registry.connection(hub, info["connection"]) is not None, errors.CONNECTION_NOT_EXISTED
     elif check == "user":
-        found = bool(registry.of_user(hub, info["user"]))
+        found, code = bool(registry.of_user(hub, info["user"])), errors.USER_NOT_EXISTED
     elif check == "group":
-        found = bool(registry.of_group(hub, info["group"]))
+        found, code = bool(registry.of_group(hub, info["group"])), errors.GROUP_NOT_EXISTED
     else:
-        found = registry.user_in_group(hub, info["group"], info["user"])
-    return web.Response(status=200 if found else 404)
+        found, code = registry.user_in_group(hub, info["group"], info["user"]), errors.USER_NOT_IN_GROUP
+    return web.Response(status=200) if found else web.Response(status=404, headers={errors.HEADER: code})
 
 
 async def _close_client(request: web.Request) -> web.Response:
-    """DELETE /api/hubs/{hub}/connections/{id}[?reason=]: close a client connection."""
+    """DELETE /api/hubs/{hub}/connections/{id}[?reason=]: close a client connection (200); one the service does not
+    have is a 404 with `Warning.Connection.NotExisted`, as the service answers (`local.emulator.errors`)."""
     hub = await _authorised(request)
     if isinstance(hub, web.Response):
         return hub
     found = request.app[REGISTRY].connection(hub, request.match_info["connection"])
-    if found is not None:
-        await found.close(request.query.get("reason") or None)
+    if found is None:
+        return _not_existed(errors.CONNECTION_NOT_EXISTED, "the connection does not exist")
+    await found.close(request.query.get("reason") or None)
     return web.Response(status=200)
 
 
@@ -497,7 +504,9 @@ async def _close_by_rest(request: web.Request, *, pick: str) -> web.Response:
 
 
 async def _membership(request: web.Request, *, add: bool, every_group: bool = False) -> web.Response:
-    """PUT or DELETE a connection's or a user's group membership, or (`every_group`) all of them."""
+    """PUT or DELETE a connection's or a user's group membership, or (`every_group`) all of them: 200. Adding a
+    connection the service does not have is a 404 with `Error.Connection.NotExisted`; removing one, from a group or
+    from all, is a 200, as the service answers (`local.emulator.errors`)."""
     hub = await _authorised(request)
     if isinstance(hub, web.Response):
         return hub
@@ -508,7 +517,7 @@ async def _membership(request: web.Request, *, add: bool, every_group: bool = Fa
         registry.remove_from_all_groups(hub, connection_id=connection_id, user=user)
     elif add:
         if connection_id is not None and registry.connection(hub, connection_id) is None:
-            return _error(404, "the connection does not exist")
+            return _not_existed(errors.ADD_CONNECTION_NOT_EXISTED, "the connection does not exist")
         registry.add_to_group(hub, info["group"], connection_id=connection_id, user=user)
     else:
         registry.remove_from_group(hub, info["group"], connection_id=connection_id, user=user)
@@ -691,6 +700,13 @@ def _new_id() -> str:
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+def _not_existed(code: str, message: str) -> web.Response:
+    """A 404 that names what does not exist in `x-ms-error-code`, as the service's (`local.emulator.errors`)."""
+    response = _error(404, message)
+    response.headers[errors.HEADER] = code
+    return response
 
 
 async def _close_connections(app: web.Application) -> None:

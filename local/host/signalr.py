@@ -1,4 +1,14 @@
-"""The SignalR bindings: connection info for negotiate, output messages and group actions over the REST API."""
+"""The SignalR bindings: connection info for negotiate, output messages and group actions over the REST API.
+
+A `signalR` output is delivered as the Functions extension delivers it (Azure/azure-sdk-for-net,
+sdk/signalr/Microsoft.Azure.WebJobs.Extensions.SignalRService/src/Bindings/SignalRAsyncCollector.cs @ 6a0a7cc and
+src/Client/AzureSignalRClient.cs @ 1a7d340): item by item, each sent as it is added, through the Management SDK, whose
+first failure fails the output (the items after it are not sent) and the invocation. The SDK fails a call on any
+answer but 2xx, except a 404 whose `x-ms-error-code` says the one thing that call may not find (Azure/azure-signalr
+src/Microsoft.Azure.SignalR.Management/RestHubLifetimeManager.cs @ 31686ed, `FilterExpectedResponse`): of the output's
+calls only adding a connection to a group has one, `Error.Connection.NotExisted`, so adding a connection that has just
+closed fails nothing and the items after it are sent. A bare 404 fails as any error does.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +16,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +31,10 @@ from mapping.signalr.tokens import access_key_token
 logger = logging.getLogger(__name__)
 
 API_VERSION = "2022-06-01"
+ERROR_CODE_HEADER = "x-ms-error-code"  # Azure/azure-signalr src/Microsoft.Azure.SignalR.Common/Constants.cs
+# The one output call whose 404 the SDK accepts, and the code it must carry (RestHubLifetimeManager.AddToGroupAsync).
+ADD_CONNECTION_NOT_EXISTED = "Error.Connection.NotExisted"
+_CONNECTION_IN_GROUP = re.compile(r"^/api/hubs/[^/]+/groups/[^/]+/connections/[^/]+$")  # segments are %-encoded
 
 
 class SignalRBindingError(Exception):
@@ -90,7 +105,7 @@ class SignalRClient:
         items = _items(value)
         for item in items:
             method, path, body = _request_for(hub, item)
-            await self._call(service, method, path, body)
+            await self._call(service, method, path, body, accepted_code=_accepted_not_found(method, path))
         return len(items)
 
     async def close(self) -> None:
@@ -99,7 +114,16 @@ class SignalRClient:
             await self._session.close()
             self._session = None
 
-    async def _call(self, service: ServiceEndpoint, method: str, path: str, body: Mapping[str, Any] | None) -> None:
+    async def _call(
+        self,
+        service: ServiceEndpoint,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None,
+        *,
+        accepted_code: str | None = None,
+    ) -> None:
+        """Make one REST call; raise SignalRBindingError unless it answered 2xx, or 404 with `accepted_code`."""
         url = service.endpoint + path
         headers = {"Authorization": f"Bearer {service.token(url)}"}
         data = json.dumps(body, ensure_ascii=False).encode() if body is not None else None
@@ -108,7 +132,10 @@ class SignalRClient:
         target = URL(f"{url}?api-version={API_VERSION}", encoded=True)
         try:
             async with self._client().request(method, target, data=data, headers=headers) as response:
-                if response.status >= 300:
+                if accepted_code is not None and not_found_with(response.status, response.headers, accepted_code):
+                    logger.info("SignalR REST %s %s answered 404 %s: done, as in Azure", method, path, accepted_code)
+                    return
+                if not 200 <= response.status < 300:
                     detail = (await response.text())[:200]
                     raise SignalRBindingError(f"SignalR REST {method} {path} answered {response.status}: {detail}")
         except (aiohttp.ClientError, TimeoutError) as error:
@@ -118,6 +145,17 @@ class SignalRClient:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         return self._session
+
+
+def not_found_with(status: int, headers: Mapping[str, str], code: str) -> bool:
+    """Whether an answer is the 404 the SDK takes as done: its first `x-ms-error-code` is `code`, ignoring case."""
+    return status == 404 and headers.get(ERROR_CODE_HEADER, "").strip().casefold() == code.casefold()
+
+
+def _accepted_not_found(method: str, path: str) -> str | None:
+    """The `x-ms-error-code` whose 404 completes this output call, as the SDK's: only adding a connection to a
+    group (PUT /api/hubs/{hub}/groups/{group}/connections/{id}) has one."""
+    return ADD_CONNECTION_NOT_EXISTED if method == "PUT" and _CONNECTION_IN_GROUP.match(path) else None
 
 
 def _items(value: Any) -> list[dict[str, Any]]:

@@ -9,6 +9,21 @@ service still has. A connection in none of them (K changed since it connected) i
 group again, so changing K loses nobody. The same client also adds a
 connection to a group at once (`PUT .../groups/{group}/connections/{id}`), for a snapshot that must not
 miss a change: the group first, then the read (`mapping.events`, join and watch).
+
+A 404 means "does not exist" only with the `x-ms-error-code` the service sends for it; a bare 404 (a wrong endpoint,
+a proxy, a route the service lacks) says nothing about the connection. As the Management SDK reads them
+(Azure/azure-signalr @ 31686ed, src/Microsoft.Azure.SignalR.Management/RestHubLifetimeManager.cs,
+`FilterExpectedResponse`; the codes in src/Microsoft.Azure.SignalR.Common/Constants.cs):
+
+- HEAD .../connections/{id} (`check`): 200 is ALIVE; 404 with Warning.Connection.NotExisted (or
+  Error.Connection.NotExisted) is GONE; any other 404, any other status or no answer is UNKNOWN (429: wait, ask again).
+- PUT .../groups/{group}/connections/{id} (`add_to_group`): 2xx is True; 404 with a connection's not-existed code is
+  False and no failure (not added: the connection is gone); anything else is False, logged.
+- DELETE .../groups/{group}/connections/{id} (`remove_from_group`): 2xx (what the service answers for a gone connection
+  too) or 404 with a connection's not-existed code is True (in no group); anything else, a bare 404 included, False.
+- DELETE .../connections/{id} (`close_connection`): 2xx, or 404 with a connection's not-existed code, is True;
+  POST .../users/{user}/:closeConnections (`close_user`): 2xx, or 404 with Warning.User.NotExisted, is True; anything
+  else, a bare 404 included, False.
 """
 
 from __future__ import annotations
@@ -40,14 +55,20 @@ _LIST_PAGE_SIZE = 200
 _UNSUPPORTED = frozenset({400, 404, 501})  # an older service: no listing
 TOKEN_SCOPE = "https://signalr.azure.com/.default"  # noqa: S105 - an OAuth scope, not a secret
 _MAX_RETRY_AFTER_SECONDS = 30
+ERROR_CODE_HEADER = "x-ms-error-code"
+# "The connection does not exist", as the service says it on a 404 (Azure/azure-signalr @ 31686ed,
+# src/Microsoft.Azure.SignalR.Common/Constants.cs `ErrorCodes`): HEAD and DELETE of a connection send the warning, a
+# PUT into a group the error; either names the same fact, so either is read as it on every connection route.
+_CONNECTION_NOT_EXISTED = frozenset({"warning.connection.notexisted", "error.connection.notexisted"})
+_USER_NOT_EXISTED = frozenset({"warning.user.notexisted"})  # HEAD .../users/{user} (`UserExistsAsync`)
 
 
 class Liveness(enum.Enum):
     """What the service said about a connection."""
 
     ALIVE = "alive"  # 200: the connection is open
-    GONE = "gone"  # 404: the service does not know it
-    UNKNOWN = "unknown"  # anything else: ask again later
+    GONE = "gone"  # 404 with the service's "connection does not exist" code: the service does not know it
+    UNKNOWN = "unknown"  # anything else, a bare 404 included: ask again later
 
 
 class Listing(enum.Enum):
@@ -196,11 +217,14 @@ class SignalRLiveness:
         for _attempt in range(self._max_attempts):
             await self._wait_if_throttled()
             async with self._slots:
-                status, retry_after = await self._head(url)
+                status, retry_after, code = await self._head(url)
             if status == 200:
                 return Liveness.ALIVE
             if status == 404:
-                return Liveness.GONE
+                if _says(status, code, _CONNECTION_NOT_EXISTED):
+                    return Liveness.GONE
+                logger.warning("liveness check: 404 without the service's not-existed code (%r): unknown", code)
+                return Liveness.UNKNOWN
             if status != 429:
                 return Liveness.UNKNOWN
             self._throttle(retry_after)
@@ -231,12 +255,13 @@ class SignalRLiveness:
         return GroupMembers(Listing.LISTED, frozenset(ids), requests=requests)
 
     async def add_to_group(self, hub: str, group: str, connection_id: str) -> bool:
-        """Add a connection to a group now; False when the service did not confirm it (best effort)."""
+        """Add a connection to a group now; False when the service did not confirm it (best effort), or answered
+        that the connection does not exist (404 with its code: not added, and no failure)."""
         return await self._group_action("PUT", hub, group, connection_id)
 
     async def remove_from_group(self, hub: str, group: str, connection_id: str) -> bool:
         """Remove a connection from a group now (`DELETE .../groups/{group}/connections/{id}`); False when the service
-        did not confirm it (a connection it does not know, 404, is in no group)."""
+        did not confirm it (a connection it says does not exist, 404 with its code, is in no group: True)."""
         return await self._group_action("DELETE", hub, group, connection_id)
 
     async def _group_action(self, method: str, hub: str, group: str, connection_id: str) -> bool:
@@ -244,7 +269,6 @@ class SignalRLiveness:
             f"{self.connection.endpoint}/api/hubs/{quote(hub, safe='')}/groups/{quote(group, safe='')}"
             f"/connections/{quote(connection_id, safe='')}"
         )
-        confirmed = (200,) if method == "PUT" else (200, 404)
         try:
             await self._wait_if_throttled()
             headers = {"Authorization": f"Bearer {await self._bearer(url)}"}
@@ -254,7 +278,12 @@ class SignalRLiveness:
             ):
                 if response.status == 429:
                     self._throttle(_retry_after(response.headers.get("Retry-After")))
-                return response.status in confirmed
+                if 200 <= response.status < 300:
+                    return True
+                if _says(response.status, response.headers.get(ERROR_CODE_HEADER), _CONNECTION_NOT_EXISTED):
+                    return method == "DELETE"  # gone: in no group, so removed; and not added
+                logger.warning("group action %s answered %d", method, response.status)
+                return False
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
             logger.warning("group action failed: %s", type(error).__name__)
         except Exception as error:  # a credential failure: the output binding's group action still follows
@@ -268,14 +297,15 @@ class SignalRLiveness:
             f"{self.connection.endpoint}/api/hubs/{quote(hub, safe='')}/users/{quote(user_id, safe='')}"
             "/:closeConnections"
         )
-        return await self._close("POST", url, reason=reason)
+        return await self._close("POST", url, reason=reason, not_existed=_USER_NOT_EXISTED)
 
     async def close_connection(self, hub: str, connection_id: str, *, reason: str) -> bool:
-        """Close one connection (`DELETE .../connections/{id}`: 200); False when the service did not confirm it."""
+        """Close one connection (`DELETE .../connections/{id}`: 200, or 404 with the service's code for a connection
+        it does not have); False when the service did not confirm it."""
         url = f"{self.connection.endpoint}/api/hubs/{quote(hub, safe='')}/connections/{quote(connection_id, safe='')}"
-        return await self._close("DELETE", url, reason=reason)
+        return await self._close("DELETE", url, reason=reason, not_existed=_CONNECTION_NOT_EXISTED)
 
-    async def _close(self, method: str, url: str, *, reason: str) -> bool:
+    async def _close(self, method: str, url: str, *, reason: str, not_existed: frozenset[str]) -> bool:
         try:
             await self._wait_if_throttled()
             headers = {"Authorization": f"Bearer {await self._bearer(url)}"}
@@ -283,7 +313,13 @@ class SignalRLiveness:
             async with self._slots, self._http().request(method, url, params=query, headers=headers) as response:
                 if response.status == 429:
                     self._throttle(_retry_after(response.headers.get("Retry-After")))
-                return response.status in (200, 204, 404)  # 404: no such connection or user, so none is open
+                if 200 <= response.status < 300:
+                    return True
+                # 404 with the code: no such connection or user, so none is open; a bare 404 confirms nothing.
+                if _says(response.status, response.headers.get(ERROR_CODE_HEADER), not_existed):
+                    return True
+                logger.warning("closing connections answered %d", response.status)
+                return False
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
             logger.warning("closing connections failed: %s", type(error).__name__)
         except Exception as error:  # a credential failure
@@ -299,17 +335,19 @@ class SignalRLiveness:
         if credential is not None:
             await credential.close()
 
-    async def _head(self, url: str) -> tuple[int | None, float | None]:
+    async def _head(self, url: str) -> tuple[int | None, float | None, str | None]:
+        """HEAD a connection: the status, its Retry-After, its `x-ms-error-code` (None, None, None: no answer)."""
         try:
             headers = {"Authorization": f"Bearer {await self._bearer(url)}"}
             async with self._http().head(url, params={"api-version": API_VERSION}, headers=headers) as response:
-                return response.status, _retry_after(response.headers.get("Retry-After"))
+                retry_after = _retry_after(response.headers.get("Retry-After"))
+                return response.status, retry_after, response.headers.get(ERROR_CODE_HEADER)
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
             logger.warning("liveness check failed: %s", type(error).__name__)
-            return None, None
+            return None, None, None
         except Exception as error:  # a credential failure must not stop the sweep; the row is kept
             logger.warning("liveness check could not authenticate: %s", type(error).__name__)
-            return None, None
+            return None, None, None
 
     async def _get_page(self, url: str, query: dict[str, str] | None) -> tuple[int | None, dict[str, Any] | None]:
         for _attempt in range(self._max_attempts):
@@ -374,6 +412,12 @@ def _next_link(endpoint: str, page: dict[str, Any]) -> str | None:
     if not isinstance(link, str) or not link:
         return None
     return link if link.startswith(("http://", "https://")) else endpoint + "/" + link.lstrip("/")
+
+
+def _says(status: int | None, code: str | None, codes: frozenset[str]) -> bool:
+    """Whether an answer is a 404 whose (first) `x-ms-error-code` is one of `codes` (lower case), ignoring case, as
+    the Management SDK compares it."""
+    return status == 404 and code is not None and code.strip().casefold() in codes
 
 
 def _retry_after(header: str | None) -> float | None:
