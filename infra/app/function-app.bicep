@@ -281,11 +281,26 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
   }
 }
 
-// App Service Authentication (Easy Auth) with Microsoft Entra ID. Unauthenticated requests still
-// reach the app (AllowAnonymous): the SignalR upstream webhook and the function-key routes must keep
-// working, and negotiate answers 401 itself when no user is signed in. What matters is that the
-// platform validates bearer tokens, sets x-ms-client-principal-* from a valid token and strips any
-// copy a client sends, so negotiate can trust x-ms-client-principal-name.
+// App Service Authentication (Easy Auth) with Microsoft Entra ID. It requires a signed-in caller and answers 401
+// itself (Return401) before any function runs, on every path but authExcludedPaths below: the platform validates
+// bearer tokens, sets x-ms-client-principal-* from a valid token and strips any copy a client sends, so negotiate
+// (not excluded) can trust x-ms-client-principal-name, and an unauthenticated negotiate never reaches the
+// signalRConnectionInfo binding (which, without that header, fails with a 500 before the function runs).
+// The excluded paths are the ones that do not trust the header and are guarded by the Functions host instead:
+// the SignalR upstream webhook (the signalr_extension system key in ?code=, set by the postdeploy hook; with the
+// identity-based SignalR connection the extension checks no signature, so that key is all that guards it) and the
+// function-key routes called by servers (/api/send, /api/users..., /api/rooms/...), plus the anonymous OpenAPI
+// document. A trailing /* excludes everything under a path (the configuration file reference's
+// "/path3/subpath/*").
+var authExcludedPaths = [
+  '/runtime/webhooks/signalr'
+  '/api/send'
+  '/api/users'
+  '/api/users/*'
+  '/api/rooms/*'
+  '/api/openapi.json'
+]
+
 resource authSettings 'Microsoft.Web/sites/config@2024-04-01' = {
   parent: functionApp
   name: 'authsettingsV2'
@@ -294,8 +309,9 @@ resource authSettings 'Microsoft.Web/sites/config@2024-04-01' = {
       enabled: true
     }
     globalValidation: {
-      requireAuthentication: false
-      unauthenticatedClientAction: 'AllowAnonymous'
+      requireAuthentication: true
+      unauthenticatedClientAction: 'Return401'
+      excludedPaths: authExcludedPaths
     }
     identityProviders: {
       azureActiveDirectory: {
@@ -305,7 +321,8 @@ resource authSettings 'Microsoft.Web/sites/config@2024-04-01' = {
           openIdIssuer: '${environment().authentication.loginEndpoint}${authTenantId}/v2.0'
         }
         // Tokens must be issued for one of the allowed audiences and, when authAllowedApplications
-        // is set, to one of those client applications; anything else is refused by the platform.
+        // is set, to one of those client applications; anything else is refused by the platform
+        // (a token it cannot validate: 401; one from a client application not allowed: 403).
         validation: {
           allowedAudiences: allowedAudiences
           defaultAuthorizationPolicy: defaultAuthorizationPolicy

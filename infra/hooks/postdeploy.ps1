@@ -42,8 +42,9 @@ Write-Host "postdeploy: waiting for the signalr_extension system key of $app (up
 $key = ''
 for ($try = 1; ; $try++) {
     # A request wakes the host (Flex Consumption scales to zero), which indexes the functions and
-    # creates the extension's system key. Any answer will do.
-    try { Invoke-WebRequest -Uri "https://$appHost/" -Method Get -TimeoutSec 20 -UseBasicParsing | Out-Null } catch { }
+    # creates the extension's system key. Any answer will do; the webhook's path is one that App Service
+    # Authentication lets through to the host (an excluded path), which answers 401 without the key.
+    try { Invoke-WebRequest -Uri "https://$appHost/runtime/webhooks/signalr" -Method Post -TimeoutSec 20 -UseBasicParsing | Out-Null } catch { }
     $key = az functionapp keys list --subscription $subscription --resource-group $group --name $app `
         --query 'systemKeys.signalr_extension' --output tsv 2>$null
     if ($LASTEXITCODE -eq 0 -and -not [string]::IsNullOrWhiteSpace($key)) { break }

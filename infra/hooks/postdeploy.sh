@@ -37,9 +37,10 @@ key=""
 try=1
 while :; do
   # A request wakes the host (Flex Consumption scales to zero), which indexes the functions and
-  # creates the extension's system key. Any answer will do.
+  # creates the extension's system key. Any answer will do; the webhook's path is one that App Service
+  # Authentication lets through to the host (an excluded path), which answers 401 without the key.
   if command -v curl >/dev/null 2>&1; then
-    curl --silent --output /dev/null --max-time 20 "https://$host/" || true
+    curl --silent --output /dev/null --max-time 20 -X POST "https://$host/runtime/webhooks/signalr" || true
   fi
   key="$(az functionapp keys list --subscription "$AZURE_SUBSCRIPTION_ID" --resource-group "$AZURE_RESOURCE_GROUP" \
     --name "$AZURE_FUNCTION_APP_NAME" --query "systemKeys.signalr_extension" --output tsv 2>"$errors" || true)"

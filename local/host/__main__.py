@@ -38,6 +38,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="KEY",
         help="check keys as Azure does: a route that is not anonymous needs ?code=KEY or x-functions-key (repeatable)",
     )
+    parser.add_argument(
+        "--system-key",
+        action="append",
+        default=[],
+        metavar="NAME=KEY",
+        help="a host system key, as in Azure: signalr_extension=KEY makes /runtime/webhooks/signalr need ?code=KEY"
+        " (needed when the SignalR connection is identity-based: then no signature is checked)",
+    )
     parser.add_argument("--log-level", default=os.environ.get("LOCAL_HOST_LOG_LEVEL", "INFO"))
     return parser.parse_args(argv)
 
@@ -77,9 +85,15 @@ async def serve(args: argparse.Namespace) -> None:
         specs = load_functions(_load_app(args.app))
     except Exception as error:  # as the Functions host does, an app that fails to index serves nothing
         raise SystemExit(f"Worker failed to index functions: {type(error).__name__}: {error}") from None
+    system_keys = settings.parse_name_value_pairs(args.system_key, "--system-key")
     prefix = _route_prefix(host_json)
     app = create_app(
-        specs, route_prefix=prefix, static=static, queue_options=queue_options, function_keys=args.function_key
+        specs,
+        route_prefix=prefix,
+        static=static,
+        queue_options=queue_options,
+        function_keys=args.function_key,
+        system_keys=system_keys,
     )
     base = f"http://{'localhost' if args.host in ('', '0.0.0.0', '::') else args.host}:{args.port}"  # noqa: S104
     keys = "function keys checked" if args.function_key else "function keys not checked"

@@ -32,6 +32,13 @@ from local.host.ncrontab import Schedule, ScheduleError
 from local.host.queues import QueueBinding, QueueOptions, QueuePoller
 from local.host.routes import RouteTemplate
 from local.host.signalr import ServiceEndpoint, SignalRBindingError, SignalRClient
+from local.host.upstream_auth import (
+    SIGNALR_SYSTEM_KEY,
+    UpstreamValidation,
+    given_key,
+    system_key_status,
+    upstream_validation,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +58,7 @@ class HostState:
     queues: list[tuple[QueueBinding, FunctionSpec]] = field(default_factory=list)
     queue_options: QueueOptions = field(default_factory=QueueOptions)
     function_keys: frozenset[str] = frozenset()  # empty: keys are not checked (the local default)
+    system_keys: Mapping[str, str] = field(default_factory=dict)  # by name, e.g. signalr_extension
     client: SignalRClient = field(default_factory=SignalRClient)
     background_tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -65,15 +73,23 @@ def create_app(
     static: Mapping[str, Path] | None = None,
     queue_options: QueueOptions | None = None,
     function_keys: Iterable[str] = (),
+    system_keys: Mapping[str, str] | None = None,
 ) -> web.Application:
     """Build the host for the given functions; functions whose bindings cannot be resolved are reported and skipped.
-    With `function_keys`, HTTP routes that are not anonymous need one of them, as in Azure."""
-    state = HostState(queue_options=queue_options or QueueOptions(), function_keys=frozenset(function_keys))
+    With `function_keys`, HTTP routes that are not anonymous need one of them, as in Azure. With a `signalr_extension`
+    key in `system_keys`, or a SignalR trigger on an identity-based connection, the SignalR webhook needs that key
+    (`?code=` or `x-functions-key`), as in Azure."""
+    state = HostState(
+        queue_options=queue_options or QueueOptions(),
+        function_keys=frozenset(function_keys),
+        system_keys=dict(system_keys or {}),
+    )
     for spec in specs:
         try:
             _register(state, spec, route_prefix)
         except (settings.SettingsError, ScheduleError) as error:
             logger.error("function %s is in error and is not served: %s", spec.name, error)
+    _report_upstream_auth(state)
     # More literal segments first, as the Functions host prefers `users/me` over `users/{user}`.
     state.routes.sort(key=lambda item: (-item[0].literal_segments, len(item[0].names)))
     app = web.Application(client_max_size=100 * 1024 * 1024)
@@ -160,7 +176,14 @@ async def _run_http(
     inputs: dict[str, Any] = {}
     try:
         for binding in spec.inputs("signalRConnectionInfo"):
-            user = _expression(str(binding.get("userId") or ""), request, route_params)
+            try:
+                user = _expression(str(binding.get("userId") or ""), request, route_params)
+            except BindingExpressionError as error:
+                # As the Functions host: the input binding fails before the function runs, and the call is a 500.
+                logger.warning(
+                    "Executed '%s' (Failed): Exception binding parameter '%s'. %s", spec.name, binding["name"], error
+                )
+                raise
             inputs[binding["name"]] = _service(binding).connection_info(_hub(binding), user or None)
         result, outputs = await _invoke(state, spec, http_request, inputs)
     except Exception:
@@ -189,17 +212,28 @@ def _to_response(result: Any) -> web.Response:
     return web.json_response(result)
 
 
+class BindingExpressionError(Exception):
+    """A binding expression names a value the request does not have (the binding fails, as in Azure)."""
+
+
 def _expression(template: str, request: web.Request, route_params: Mapping[str, str]) -> str:
-    """Resolve binding expressions: `{headers.x}`, `{query.x}`, `{routeParam}`; a missing value is empty."""
+    """Resolve binding expressions: `{headers.x}`, `{query.x}`, `{routeParam}`, as the WebJobs SDK does: a header or
+    query parameter that is absent raises `Error while accessing 'x': property doesn't exist.`, a route parameter
+    that is absent `No value for named parameter 'x'.` (a present but empty value is empty, not an error)."""
 
     def value(match: re.Match[str]) -> str:
         key = match.group(1).strip()
         source, _, name = key.partition(".")
-        if source.lower() == "headers" and name:
-            return request.headers.get(name, "")
-        if source.lower() == "query" and name:
-            return request.query.get(name, "")
-        return route_params.get(key, "")
+        found: str | None
+        if source.lower() in ("headers", "query") and name:
+            found = (request.headers if source.lower() == "headers" else request.query).get(name)
+            if found is None:
+                raise BindingExpressionError(f"Error while accessing '{name}': property doesn't exist.")
+            return found
+        found = route_params.get(key)
+        if found is None:
+            raise BindingExpressionError(f"No value for named parameter '{key}'.")
+        return found
 
     return _EXPRESSION.sub(value, settings.resolve(template)).strip()
 
@@ -208,8 +242,18 @@ def _expression(template: str, request: web.Request, route_params: Mapping[str, 
 
 
 async def signalr_webhook(request: web.Request) -> web.Response:
-    """Dispatch an upstream call to its SignalR trigger, answering as the SignalR extension does."""
+    """Dispatch an upstream call to its SignalR trigger, answering as the Functions host (the system key) and the
+    SignalR extension (content type, headers, dispatch, signature) do."""
     state = request.app[STATE]
+    if _webhook_needs_key(state):
+        status = system_key_status(
+            given_key(request.headers, request.query),
+            system_key=state.system_keys.get(SIGNALR_SYSTEM_KEY),
+            other_keys=state.function_keys,
+        )
+        if status is not None:
+            logger.warning("SignalR webhook: %d (the %s system key is needed)", status, SIGNALR_SYSTEM_KEY)
+            return web.Response(status=status)  # as the Functions host: no body
     if request.content_type.lower() != "application/json":
         return _problem(415, f"unsupported content type {request.content_type!r} (application/json expected)")
     missing = [name for name in REQUIRED_ASRS_HEADERS if not request.headers.get(name)]
@@ -220,12 +264,11 @@ async def signalr_webhook(request: web.Request) -> web.Response:
     if spec is None:
         return _problem(404, f"no function for hub {hub!r}, category {category!r}, event {event!r}")
     connection_id = request.headers["X-ASRS-Connection-Id"]
-    try:
-        service = _service(spec.trigger)
-    except SignalRBindingError as error:
-        logger.error("function %s: %s", spec.name, error)
+    validation = _upstream_validation(spec.trigger)
+    if validation is None:
+        logger.error("function %s: its SignalR connection setting is not set", spec.name)
         return _problem(500, "the function's SignalR connection is not configured")
-    if not service.signature_matches(connection_id, request.headers.get("X-ASRS-Signature", "")):
+    if not validation.signature_matches(connection_id, request.headers.get("X-ASRS-Signature")):
         return _problem(401, "signature validation failed")
     try:
         message = json.loads(await request.read() or b"{}")
@@ -248,6 +291,53 @@ async def signalr_webhook(request: web.Request) -> web.Response:
         completion = json.dumps({"type": 3, "invocationId": invocation_id, "result": None}) + "\x1e"
         return web.Response(text=completion, content_type="application/json")
     return web.Response(status=200)
+
+
+def _connection_setting(binding: Mapping[str, Any]) -> str:
+    """Return the app setting that names a SignalR binding's connection."""
+    return str(binding.get("connectionStringSetting") or binding.get("connection") or DEFAULT_SIGNALR_CONNECTION)
+
+
+def _upstream_validation(trigger: Mapping[str, Any]) -> UpstreamValidation | None:
+    return upstream_validation(_connection_setting(trigger))
+
+
+def _identity_based_triggers(state: HostState) -> list[str]:
+    """Return the SignalR triggers whose connection is identity-based (no access key: no signature check)."""
+    names = []
+    for spec in state.signalr.values():
+        validation = _upstream_validation(spec.trigger)
+        if validation is not None and validation.identity_based:
+            names.append(spec.name)
+    return names
+
+
+def _webhook_needs_key(state: HostState) -> bool:
+    """The webhook needs the system key when one is configured, and always when a trigger is identity-based."""
+    return SIGNALR_SYSTEM_KEY in state.system_keys or bool(_identity_based_triggers(state))
+
+
+def _report_upstream_auth(state: HostState) -> None:
+    """Log how the SignalR webhook is guarded, once at start-up."""
+    if not state.signalr:
+        return
+    identity = _identity_based_triggers(state)
+    has_key = SIGNALR_SYSTEM_KEY in state.system_keys
+    if identity and not has_key:
+        logger.error(
+            "SignalR webhook: %s use an identity-based connection (no access key, so no signature check), and no %s"
+            " system key is configured: every upstream call is refused (401). Give --system-key %s=KEY and put"
+            " ?code=KEY on the service's upstream URL",
+            ", ".join(sorted(identity)),
+            SIGNALR_SYSTEM_KEY,
+            SIGNALR_SYSTEM_KEY,
+        )
+    elif identity:
+        logger.info("SignalR webhook: identity-based: ?code=<%s key> checked, no signature", SIGNALR_SYSTEM_KEY)
+    elif has_key:
+        logger.info("SignalR webhook: ?code=<%s key> and X-ASRS-Signature checked", SIGNALR_SYSTEM_KEY)
+    else:
+        logger.info("SignalR webhook: X-ASRS-Signature checked (system key not checked, as with Core Tools)")
 
 
 def _invocation(

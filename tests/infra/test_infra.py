@@ -623,13 +623,14 @@ def test_role_assignments_are_all_named_with_guid() -> None:
         assert re.search(r"^\s*name:\s*guid\(", block, re.MULTILINE), block
 
 
-def test_authentication_is_on_and_lets_anonymous_requests_through() -> None:
-    """authsettingsV2 turns on Microsoft Entra ID with the client id parameter and lets unauthenticated calls in."""
+def test_authentication_is_on_and_refuses_unauthenticated_requests() -> None:
+    """authsettingsV2 turns on Microsoft Entra ID with the client id parameter and answers 401 to unauthenticated
+    calls (but on its excluded paths: tests/infra/test_deployed_auth.py)."""
     auth = _property_block(_resource_block(_bicep(FUNCTION_APP_BICEP), "authsettingsV2"), "properties")
     assert re.search(r"enabled:\s*true", _property_block(auth, "platform"))
     validation = _property_block(auth, "globalValidation")
-    assert re.search(r"unauthenticatedClientAction:\s*'AllowAnonymous'", validation)
-    assert re.search(r"requireAuthentication:\s*false", validation)
+    assert re.search(r"unauthenticatedClientAction:\s*'Return401'", validation)
+    assert re.search(r"requireAuthentication:\s*true", validation)
     entra = _property_block(_property_block(auth, "identityProviders"), "azureActiveDirectory")
     assert re.search(r"^\s*enabled:\s*true\s*$", entra, re.MULTILINE)
     registration = _property_block(entra, "registration")
