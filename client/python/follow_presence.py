@@ -60,7 +60,7 @@ __all__ = [
     "normalize_user_name",
 ]
 
-LOCAL_PRINCIPAL_HEADER = "x-ms-client-principal-name"
+LOCAL_PRINCIPAL_HEADER = connection.PRINCIPAL_HEADER  # "x-ms-client-principal-name"
 
 normalize_user_name = names.normalize_user_name
 fold_user_name = names.fold_user_name
@@ -135,7 +135,7 @@ async def _follow(arguments: argparse.Namespace) -> int:
         await follower.start()
     except NegotiateError as error:
         sys.stderr.write(f"follow_presence: {error}\n")
-        return 2 if error.status in (401, 403) else 1
+        return 2 if error.not_signed_in else 1
     except (aiohttp.ClientError, OSError, HandshakeError, TimeoutError) as error:
         sys.stderr.write(f"follow_presence: cannot connect: {error}\n")
         return 1

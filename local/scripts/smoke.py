@@ -3,13 +3,17 @@
     python local/scripts/smoke.py azure --env-file <(azd env get-values)   # what `make smoke-azure` runs
     python local/scripts/smoke.py local --url http://localhost:7071          # against `make run`
 
-Checks: negotiate without a token is 401; with only a forged principal header it is 401 (Azure); `GET /api/users`
-is 401 without the function key (Azure) and 200 with it; the SignalR webhook is 401 without its key (Azure); the
-SignalR upstream is set for the hub (Azure); and, given a token (Azure: SMOKE_ACCESS_TOKEN) or locally with the
-principal header the local stack trusts, a real `@microsoft/signalr` client (tests/e2e/signalr_driver.mjs)
-negotiates, connects, sees itself online, sends itself a message and receives it, disconnects and is reported
-offline. Azure-only checks are SKIP locally, with the reason. Exit status: 0 when nothing failed, 1 otherwise,
-2 for a usage error. Keys and tokens are never printed: every message goes through a redactor first.
+Checks: negotiate without a token is refused (Azure: App Service Authentication's 401, before the app; locally,
+where nothing stands in for it, the Functions host's 500 with no body: negotiate's binding has no principal header to
+read); with only a forged principal header it is 401 (Azure); `GET /api/users` is 401 without the function key
+(Azure) and 200 with it; `PUT /api/rooms/{room}/members/{user}` with the function key gets past App Service
+Authentication (an excluded path: any answer of the app but 401; the grant, to a made-up user, is deleted at once);
+the SignalR webhook is 401 without its key (Azure); the SignalR upstream is set for the hub (Azure); and, given a
+token (Azure: SMOKE_ACCESS_TOKEN) or locally with the principal header the local stack trusts, a real
+`@microsoft/signalr` client (tests/e2e/signalr_driver.mjs) negotiates, connects, sees itself online, sends itself a
+message and receives it, disconnects and is reported offline. Azure-only checks are SKIP locally, with the reason.
+Exit status: 0 when nothing failed, 1 otherwise, 2 for a usage error. Keys and tokens are never printed: every
+message goes through a redactor first.
 
 Environment: SMOKE_ACCESS_TOKEN (a Microsoft Entra access token for the app registration; Azure only),
 SMOKE_FUNCTION_KEY (a function key; by default read with `az functionapp keys list`).
@@ -43,6 +47,8 @@ PRINCIPAL_HEADER = "x-ms-client-principal-name"
 FUNCTION_KEY_HEADER = "x-functions-key"
 WEBHOOK = "/runtime/webhooks/signalr"
 LOCAL_KEYS = "the local host does not check function or system keys (as Core Tools); Azure does"
+NEGOTIATE_WITHOUT_TOKEN = "negotiate without a token -> refused (Azure: 401, local: 500)"  # noqa: S105 - a check
+EXCLUDED_ROUTE = "PUT /api/rooms/{room}/members/{user} with the function key -> not 401"
 REDACTED = "<redacted>"
 # Secrets that can show up inside error text: query-string keys and tokens, bearer tokens, JWTs.
 _SECRET_PARAMETER = re.compile(r"(?i)\b(code|access_token|sig|key)=[^&\s\"']+")
@@ -128,7 +134,7 @@ class Smoke:
         """Run every check against the target."""
         timeout = aiohttp.ClientTimeout(total=60)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            await self._expect(session, "negotiate without a token -> 401", "POST", "negotiate", 401)
+            await self._negotiate_without_token(session)
             if self.target.mode == "azure":
                 await self._expect(
                     session,
@@ -145,6 +151,7 @@ class Smoke:
                     )
                 else:
                     self.record("GET /api/users with the function key -> 200", "FAIL", self.target.function_key_error)
+                await self._excluded_route(session)
                 await self._webhook_without_key(session)
                 await self._upstream_configured()
             else:
@@ -155,6 +162,7 @@ class Smoke:
                 await self._expect(
                     session, "GET /api/users with the function key -> 200", "GET", "users", 200, keyed=True
                 )
+                await self._excluded_route(session)
                 self.record("SignalR webhook without its key -> 401", "SKIP", LOCAL_KEYS)
                 self.record(
                     "SignalR upstream configured for the hub",
@@ -195,6 +203,51 @@ class Smoke:
         except (aiohttp.ClientError, TimeoutError) as error:
             return self.record(name, "FAIL", f"request failed: {_describe(error)}")
         return self.record(name, "PASS" if got == status else "FAIL", f"got {got}")
+
+    async def _negotiate_without_token(self, session: aiohttp.ClientSession) -> None:
+        """Deployed, App Service Authentication answers 401 (none of the app's JSON) before negotiate runs; locally
+        nothing stands in for it, and the binding (`{headers.x-ms-client-principal-name}`) fails: 500, no body."""
+        name = NEGOTIATE_WITHOUT_TOKEN
+        try:
+            got, text = await self._request(session, "POST", f"{self.target.api}/negotiate")
+        except (aiohttp.ClientError, TimeoutError) as error:
+            self.record(name, "FAIL", f"request failed: {_describe(error)}")
+            return
+        if self.target.mode == "azure":
+            if got == 401 and not _app_error(text):
+                self.record(name, "PASS", "got 401 from App Service Authentication")
+            elif got == 401:
+                self.record(name, "FAIL", "got the app's own 401: App Service Authentication let the call through")
+            else:
+                why = " (the binding: no principal)" if got == 500 else ""
+                hint = "is App Service Authentication on, with Return401, and negotiate not excluded?"
+                self.record(name, "FAIL", f"got {got}{why}, not App Service Authentication's 401: {hint}")
+        elif got == 500 and not text.strip():
+            self.record(name, "PASS", "got 500 with no body: the binding found no principal header (as in Azure)")
+        else:
+            self.record(name, "FAIL", f"got {got}, not the binding's 500 with no body")
+
+    async def _excluded_route(self, session: aiohttp.ClientSession) -> None:
+        """A function-key route is an excluded path: App Service Authentication lets it through without a token and
+        the app answers. Grant a made-up room to a made-up user, and take it back at once."""
+        name = EXCLUDED_ROUTE
+        if self.target.mode == "azure" and not self.target.function_key:
+            self.record(name, "FAIL", self.target.function_key_error)
+            return
+        suffix = uuid.uuid4().hex[:10]
+        url = f"{self.target.api}/rooms/smoke-{suffix}/members/smoke-{suffix}"
+        answers: list[str] = []
+        for method in ("PUT", "DELETE"):
+            try:
+                got, _ = await self._request(session, method, url, keyed=True)
+            except (aiohttp.ClientError, TimeoutError) as error:
+                self.record(name, "FAIL", f"{method}: request failed: {_describe(error)}")
+                return
+            if got == 401:
+                self.record(name, "FAIL", f"{method} got 401 with the key: is /api/rooms/* an excluded path?")
+                return
+            answers.append(f"{method} {got}")
+        self.record(name, "PASS", f"the app answered ({', '.join(answers)})")
 
     async def _webhook_without_key(self, session: aiohttp.ClientSession) -> None:
         name = "SignalR webhook without its key -> 401"
@@ -400,6 +453,15 @@ def _carries(event: dict[str, Any], nonce: str) -> bool:
     first = args[0] if args and isinstance(args[0], dict) else {}
     message = first.get("message")
     return isinstance(message, dict) and message.get("smoke") == nonce
+
+
+def _app_error(text: str) -> bool:
+    """Tell whether a body is the app's JSON error (`{"error": ...}`), which App Service Authentication never sends."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(body, dict) and "error" in body
 
 
 def _describe(error: BaseException) -> str:

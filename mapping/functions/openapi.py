@@ -91,7 +91,12 @@ def _paths() -> dict[str, Any]:
                 "operationId": "negotiate",
                 "summary": "Hand a signed-in client its SignalR URL and access token.",
                 "description": (
-                    "The user is the `x-ms-client-principal-name` header, which App Service Authentication sets."
+                    "The user is the `x-ms-client-principal-name` header, which App Service Authentication sets. "
+                    "Deployed, App Service Authentication answers first, before any function runs: 401 with none of "
+                    "the app's JSON when there is no bearer token or one it cannot validate, 403 for a client "
+                    "application it does not allow; the statuses below are then the app's and the Functions "
+                    "host's. Without the header (locally, any call that does not send it) the "
+                    "`signalRConnectionInfo` binding fails before the function runs: 500 with no body."
                 ),
                 "security": [],
                 "parameters": [
@@ -106,8 +111,22 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "200": _answer("The SignalR connection info.", "ConnectionInfo"),
                     "400": _answer("The signed-in user name is not a usable user name.", "Error"),
-                    "401": _answer("No authenticated principal.", "Error"),
+                    "401": _answer(
+                        "No authenticated principal: the header is present but blank (the app's own check). "
+                        "Deployed, App Service Authentication answers 401 first, without the app's JSON, to a call "
+                        "without a valid bearer token.",
+                        "Error",
+                    ),
                     "403": _answer("The user is blocked (`PUT /api/users/{user}/block`).", "Error"),
+                    "500": {
+                        "description": (
+                            "No principal: the `x-ms-client-principal-name` header is absent, so the "
+                            "`signalRConnectionInfo` binding (`{headers.x-ms-client-principal-name}`) fails before "
+                            "the function runs and the Functions host answers, with no body. Locally: any call "
+                            "without the header. Deployed: a token App Service Authentication accepts but that names "
+                            "no principal (without a valid token it answers 401 first)."
+                        )
+                    },
                     "503": {"$ref": "#/components/responses/StorageUnavailable"},
                 },
             }

@@ -72,9 +72,16 @@ async def test_negotiate_and_connect_write_the_row(azurite: Azurite, stack: Stac
 
 
 async def test_negotiate_without_a_principal_is_refused(stack: Stack, clients: SignalRClients) -> None:
-    """Without `x-ms-client-principal-name` negotiate answers 401 and the client cannot start."""
-    with pytest.raises(ClientCallFailed, match="401"):
+    """Without `x-ms-client-principal-name` negotiate's binding fails before the function runs, as in Azure: a 500
+    with no body, and the client cannot start. A header that is present but blank reaches the function: its 401.
+    (Deployed, App Service Authentication answers 401 before either: docs/deploy.md, "What negotiate answers".)"""
+    with pytest.raises(ClientCallFailed, match="Status code '500'"):
         await clients.connect("anon", None)
+    # `api` checks each answer against the OpenAPI document: the 500 with no body, the 401 with the app's JSON.
+    assert await api(stack, "POST", "negotiate") == (500, None)
+    status, body = await api(stack, "POST", "negotiate", headers={"x-ms-client-principal-name": " "})
+    assert status == 401, body
+    assert body["error"]
 
 
 async def test_http_send_reaches_every_tab_of_the_user_and_nobody_else(stack: Stack, clients: SignalRClients) -> None:

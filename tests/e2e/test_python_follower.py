@@ -16,6 +16,8 @@ from urllib.parse import quote
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from client.python.follow_presence import (
     Backoff,
@@ -333,14 +335,53 @@ async def test_a_call_answered_retry_is_sent_again_with_backoff(
         assert "(retry 2 of 20)" in retried()[1].getMessage()
 
 
-@pytest.mark.slow
-async def test_negotiate_refused_without_a_principal(stack: Stack) -> None:
-    """Without the principal header the first negotiate's 401 reaches the caller of start()."""
-    follower = PresenceFollower(stack.api, rooms=["lobby"])
+async def refusal(api_url: str, headers: dict[str, str]) -> NegotiateError:
+    """Return the NegotiateError a follower's start() raises with these headers."""
+    follower = PresenceFollower(api_url, headers=headers, rooms=["lobby"])
     with pytest.raises(NegotiateError) as refused:
         async with asyncio.timeout(30):
             await follower.start()
-    assert refused.value.status == 401
+    return refused.value
+
+
+@pytest.mark.slow
+async def test_negotiate_refused_without_a_principal(stack: Stack) -> None:
+    """Without the principal header negotiate's binding fails before the function runs (the host's 500 with no body,
+    as in Azure): start() raises it as not signed in, and the command line exits 2, as for a 401. A blank header
+    reaches the function, whose 401 is not signed in too."""
+    absent = await refusal(stack.api, {})
+    assert (absent.status, absent.no_principal, absent.not_signed_in) == (500, True, True)
+    assert "no principal" in str(absent)
+    blank = await refusal(stack.api, {PRINCIPAL: " "})
+    assert (blank.status, blank.no_principal, blank.not_signed_in) == (401, False, True)
+    command = [sys.executable, str(FOLLOWER), "--api", stack.api, "--room", "lobby"]
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, cwd="/"
+    )
+    async with asyncio.timeout(30):
+        _, stderr = await process.communicate()
+    assert process.returncode == 2, stderr
+    assert b"negotiate answered 500: no principal" in stderr
+
+
+async def test_only_a_bodiless_500_to_a_call_without_the_header_means_no_principal() -> None:
+    """The follower tells the binding's 500 from another only where it can: no body, and no principal header sent.
+    With the header sent, or with a body, a 500 is some other failure (not signed in: no; the CLI's exit status 1)."""
+
+    async def negotiate(request: web.Request) -> web.Response:
+        return web.Response(status=500, body=b'{"error": "boom"}' if "x-body" in request.headers else b"")
+
+    app = web.Application()
+    app.router.add_post("/api/negotiate", negotiate)
+    async with TestServer(app) as server:
+        base = str(server.make_url("/api"))
+        bearer = await refusal(base, {"Authorization": "Bearer t"})  # deployed: the platform named no principal
+        assert (bearer.status, bearer.no_principal, bearer.not_signed_in) == (500, True, True)
+        sent = await refusal(base, {"X-MS-Client-Principal-Name": "bot"})
+        assert (sent.status, sent.no_principal, sent.not_signed_in) == (500, False, False)
+        bodied = await refusal(base, {"x-body": "1"})
+        assert (bodied.status, bodied.no_principal, bodied.not_signed_in) == (500, False, False)
+        assert "boom" in str(bodied)
 
 
 @pytest.mark.slow

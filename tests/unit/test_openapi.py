@@ -106,6 +106,24 @@ def test_the_checker_accepts_documented_answers() -> None:
     check_answer("POST", "/api/negotiate", 200, body={"url": "u", "accessToken": "t", "availableTransports": []})
     check_answer("GET", "/api/rooms/lobby.1", 200, body={"room": "lobby.1", "members": [], "next": None})
     check_answer("POST", "/api/send", 401, content_type=None)
+    check_answer("POST", "/api/negotiate", 401, body={"error": "sign in first: no authenticated principal"})
+    check_answer("POST", "/api/negotiate", 500, content_type=None)
+
+
+def test_negotiate_documents_who_refuses_a_call_without_a_principal() -> None:
+    """negotiate lists the app's 401 (a blank header, JSON), the binding's 500 (no header, no body), and says that
+    deployed App Service Authentication answers 401 first."""
+    operation = document()["paths"]["/negotiate"]["post"]
+    responses = operation["responses"]
+    assert set(responses) == {"200", "400", "401", "403", "500", "503"}
+    assert "content" in responses["401"], "the app's 401 is its JSON"
+    assert "blank" in responses["401"]["description"]
+    assert "content" not in responses["500"], "the host's 500 has no body"
+    assert "binding" in responses["500"]["description"]
+    for text in (operation["description"], responses["401"]["description"]):
+        assert "App Service Authentication answers" in text
+    with pytest.raises(AssertionError, match="no body, but the document gives it application/json"):
+        check_answer("POST", "/api/negotiate", 401, content_type=None)
 
 
 def test_the_checker_rejects_an_undocumented_status() -> None:

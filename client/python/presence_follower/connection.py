@@ -24,17 +24,41 @@ HANDSHAKE = json.dumps({"protocol": "json", "version": 1}) + RECORD_SEPARATOR
 INVOCATION, COMPLETION, PING, CLOSE = 1, 3, 6, 7
 PING_RECORD = json.dumps({"type": PING}) + RECORD_SEPARATOR
 MAX_USERS_PER_CALL = 100
+PRINCIPAL_HEADER = "x-ms-client-principal-name"  # what negotiate's binding takes the user from
 
 Headers: TypeAlias = Mapping[str, str] | Callable[[], Mapping[str, str] | Awaitable[Mapping[str, str]]]
 ErrorHandler: TypeAlias = Callable[[Mapping[str, Any]], None]
 
 
 class NegotiateError(RuntimeError):
-    """The app or the service refused to negotiate (`status` is the HTTP status; 401/403: not signed in)."""
+    """The app or the service refused to negotiate (`status` is the HTTP status). `not_signed_in`: 401 or 403, or
+    `no_principal`: the app's negotiate answered 500 with no body to a request without the principal header, which
+    is how the Functions host answers when negotiate's binding has no principal to read (locally: no
+    `x-ms-client-principal-name` sent; deployed: a token App Service Authentication accepts but that names no one)."""
 
-    def __init__(self, status: int, text: str) -> None:
-        super().__init__(f"negotiate answered {status}: {text[:300]}")
+    def __init__(self, status: int, text: str, *, no_principal: bool = False) -> None:
+        if no_principal:
+            detail = (
+                f"no principal: no {PRINCIPAL_HEADER} reached the app, so its binding failed before the function"
+                " ran (locally send that header, e.g. --user; deployed, use a token that names a user)"
+            )
+        else:
+            detail = text[:300]
+        super().__init__(f"negotiate answered {status}: {detail}")
         self.status = status
+        self.no_principal = no_principal
+
+    @property
+    def not_signed_in(self) -> bool:
+        """Tell whether the credentials were refused (401, 403) or named no principal (the binding's 500)."""
+        return self.status in (401, 403) or self.no_principal
+
+
+def _no_principal(status: int, text: str, headers: Mapping[str, str]) -> bool:
+    """Tell whether the app's negotiate answer is the binding's failure for want of a principal: a 500 with no body
+    to a request that did not carry the principal header (with the header sent, a 500 is some other failure)."""
+    sent = any(name.lower() == PRINCIPAL_HEADER for name in headers)
+    return status == 500 and not text.strip() and not sent
 
 
 class HandshakeError(RuntimeError):
@@ -122,8 +146,8 @@ class PresenceFollower:
 
     async def start(self) -> None:
         """Connect (negotiate, WebSocket, handshake, joins and watches sent); raise what kept the first connection
-        from opening (NegotiateError 401/403 when the headers are not accepted). Reconnects follow by themselves.
-        Bound it with `asyncio.timeout` if the app may hang."""
+        from opening (NegotiateError with `not_signed_in` when the headers are not accepted or name no principal).
+        Reconnects follow by themselves. Bound it with `asyncio.timeout` if the app may hang."""
         if self._task is not None:
             raise RuntimeError("already started")
         if self._session is None:
@@ -235,7 +259,9 @@ class PresenceFollower:
             headers = await headers
         async with self._session.post(f"{self.api}/negotiate", headers=dict(headers)) as response:
             if response.status != 200:
-                raise NegotiateError(response.status, await response.text())
+                text = await response.text()
+                no_principal = _no_principal(response.status, text, headers)
+                raise NegotiateError(response.status, text, no_principal=no_principal)
             info = await response.json(content_type=None)
         url, token = str(info["url"]), str(info["accessToken"])
         for _redirect in range(10):  # the service may send the client on to another URL
