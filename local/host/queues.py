@@ -3,7 +3,8 @@
 A message is leased for 10 minutes when received (a crashed host's message comes back after that), deleted
 when the function succeeds, released to be tried again after `visibilityTimeout` when it fails, and moved
 to `<queue>-poison` once it has been tried `maxDequeueCount` times. The options come from `host.json`
-`extensions.queues`; polling is faster locally than in Azure (see README.md).
+`extensions.queues`, with the Functions host's defaults when absent; an idle queue is polled as the Functions host
+polls it (`PollingBackoff`), at most `maxPollingInterval` apart (see README.md).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import binascii
 import contextlib
 import logging
 import math
+import random
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -32,7 +34,12 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CONNECTION = "AzureWebJobsStorage"
 LEASE_SECONDS = 600  # the Functions host's visibility timeout while a message is being processed
+# The storage queues extension's polling (Azure/azure-sdk-for-net, sdk/storage/
+# Microsoft.Azure.WebJobs.Extensions.Storage.Common/src/Shared/Queues/QueuePollingIntervals.cs): at least 100 ms
+# apart, at most a minute by default; Timers/RandomizedExponentialBackoffStrategy.cs randomizes each step by 20%.
 MIN_POLL_SECONDS = 0.1
+DEFAULT_MAX_POLL_SECONDS = 60.0
+POLL_RANDOMIZATION = 0.2
 POISON_SUFFIX = "-poison"
 _QUEUE_NAME = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 _TIMESPAN = re.compile(r"^(?:(\d+)\.)?(\d{1,2}):(\d{2}):(\d{2}(?:\.\d+)?)$")
@@ -48,7 +55,7 @@ class QueueOptions:
     max_dequeue_count: int = 5
     visibility_timeout: float = 0.0  # seconds before a failed message is tried again (the host's default)
     batch_size: int = 16
-    max_polling_interval: float = 1.0  # the Functions host's default is a minute; locally a second
+    max_polling_interval: float = DEFAULT_MAX_POLL_SECONDS  # the Functions host's default, deployed
 
     @classmethod
     def from_host_json(cls, document: Mapping[str, Any]) -> QueueOptions:
@@ -65,7 +72,7 @@ class QueueOptions:
             max_dequeue_count=_count(queues, "maxDequeueCount", cls.max_dequeue_count, maximum=1000),
             visibility_timeout=_seconds(queues, "visibilityTimeout", cls.visibility_timeout),
             batch_size=_count(queues, "batchSize", cls.batch_size, maximum=32),
-            max_polling_interval=max(MIN_POLL_SECONDS, _seconds(queues, "maxPollingInterval", 1.0)),
+            max_polling_interval=_polling_interval(queues),
         )
 
 
@@ -121,6 +128,47 @@ def _seconds(queues: Mapping[str, Any], name: str, default: float) -> float:
     return int(days or 0) * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
+def _polling_interval(queues: Mapping[str, Any]) -> float:
+    """Read `maxPollingInterval`: below 100 ms the Functions host refuses it (QueuesOptions.MaxPollingInterval)."""
+    value = _seconds(queues, "maxPollingInterval", DEFAULT_MAX_POLL_SECONDS)
+    if value < MIN_POLL_SECONDS:
+        raise settings.SettingsError(f"host.json: maxPollingInterval must not be less than 00:00:00.1, not {value} s")
+    return value
+
+
+class PollingBackoff:
+    """The Functions host's wait before the next poll (RandomizedExponentialBackoffStrategy, as QueueListener uses it).
+
+    After a poll that found messages the next follows at once; the first empty one after them waits 0.1 s. The n-th
+    empty poll in a row waits 0.1 s + 0.1 s x 2^(n-1) x a random factor in [0.8, 1.2) (about 0.2, 0.3, 0.5, 0.9,
+    1.7 s, ...) until that reaches `maximum`, and `maximum` from then on: an idle queue is polled every `maximum`.
+    """
+
+    def __init__(self, maximum: float, *, minimum: float = MIN_POLL_SECONDS, rng: random.Random | None = None) -> None:
+        if not 0 <= minimum <= maximum:
+            raise ValueError(f"the polling interval must be from {minimum} s up, not {maximum} s")
+        self.minimum = minimum
+        self.maximum = maximum
+        self._current = 0.0
+        self._exponent = 0
+        self._random = rng or random.Random()  # noqa: S311  # jitter, not a secret
+
+    def next_delay(self, found_messages: bool) -> float:
+        """Return the wait after an empty poll; `found_messages`: whether polls since the last wait found any."""
+        if found_messages:
+            self._current, self._exponent = self.minimum, 1
+        elif self._current != self.maximum:
+            delay = self.minimum
+            if self._exponent > 0:
+                factor = self._random.uniform(1 - POLL_RANDOMIZATION, 1 + POLL_RANDOMIZATION)
+                delay += factor * 2 ** (self._exponent - 1) * self.minimum
+            if delay < self.maximum:
+                self._current, self._exponent = delay, self._exponent + 1
+            else:
+                self._current = self.maximum
+        return self._current
+
+
 class QueuePoller:
     """Runs one queue-triggered function on the messages of its queue until cancelled."""
 
@@ -133,19 +181,20 @@ class QueuePoller:
         self._failing = False
 
     async def run(self) -> None:
-        """Poll: at once again after a message, otherwise backing off from 0.1 s to `max_polling_interval`."""
+        """Poll: at once again after messages; after an empty (or failed) poll, wait as `PollingBackoff` says."""
         queue = self._client(self.binding.queue_name)
         poison = self._client(self.binding.poison_queue_name)
+        backoff = PollingBackoff(self.options.max_polling_interval)
         try:
-            pause = MIN_POLL_SECONDS
+            found = False
             while True:
                 messages = await self._poll(queue)
                 if messages:
-                    pause = MIN_POLL_SECONDS
+                    found = True
                     await self._handle_batch(queue, poison, messages)
                     continue
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, self.options.max_polling_interval)
+                await asyncio.sleep(backoff.next_delay(found))
+                found = False
         finally:
             await queue.close()
             await poison.close()

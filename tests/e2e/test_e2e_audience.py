@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -17,11 +18,12 @@ from azure.data.tables.aio import TableClient
 from azure.storage.queue import TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
+from local.host.queues import QueueOptions
 from mapping.keys import connection_key, room_partition, user_key
 from mapping.presence.grace import Decision
 from mapping.settings import GRACE_QUEUE
 from mapping.signalr.audience import presence_group
-from testkit.azurite import Azurite, running_azurite
+from testkit.azurite import ROOT, Azurite, running_azurite
 from testkit.emulator_billing import billed_messages
 from testkit.stack import SignalRClients, Stack, api, running_stack, unique_user, wait_until
 from testkit.tables import drop_table
@@ -507,6 +509,9 @@ async def test_the_watch_policy_refuses_with_one_error_and_allows_room_mates(azu
 
 
 GRACE = 3  # seconds: PRESENCE_GRACE_SECONDS of the grace tests
+# host.json's extensions.queues.maxPollingInterval (the Functions host's default, a minute, when absent): the longest
+# the local host, as the Functions host, lets an idle queue's visible decision wait for its poll.
+POLLING = QueueOptions.from_host_json(json.loads((ROOT / "host.json").read_text())).max_polling_interval
 DECIDED = "Executed 'Functions.presence_grace' (Succeeded"
 
 
@@ -613,18 +618,22 @@ async def test_a_reload_within_the_grace_announces_nothing_to_anyone() -> None:
 async def test_the_grace_expiring_announces_offline_once_last_seen_at_the_disconnect() -> None:
     """A last tab closing stays online through the grace; then the decision announces offline exactly once, with
     lastSeen the disconnect's time (EndedAt), not the decision's (the version, a time in ms, is past the grace), to
-    the watcher and the room mate (the copy naming the room)."""
+    the watcher and the room mate (the copy naming the room), and in time: within grace + host.json's
+    maxPollingInterval + 2 s of the tab closing."""
     ann, room = unique_user("ann"), room_name("den")
     with grace_stack() as (azurite, stack):
         async with SignalRClients(stack) as clients:
             connection_id = await audience_of(clients, ann, room)
             await quiet_billing(stack, await live_connections(stack))
+            closing = time.monotonic()
             await clients.stop("a1")
             ended = await ended_at(azurite, stack, ann, connection_id)
             assert (await server_state(stack, ann))[0] is True  # the grace holds it online
             [offline] = await clients.wait_message(
                 "w1", "presence", lambda a: a[0]["user"] == ann and not a[0]["online"]
             )
+            assert time.monotonic() - closing <= GRACE + POLLING + 2  # heard by the watcher in time
+            assert offline["version"] <= (ended + timedelta(seconds=GRACE + POLLING + 2)).timestamp() * 1000
             await wait_until(lambda: decisions_made(stack) >= 1, what="the grace decision to be logged")
             billed = await settled_billing(stack)
             assert offline_heard(clients, "w1", ann) == [offline]

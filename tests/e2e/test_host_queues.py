@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import timedelta
@@ -19,10 +20,10 @@ from azure.storage.queue.aio import QueueClient
 
 from local.host import settings
 from local.host.functions import FunctionSpec
-from local.host.queues import QueueBinding, QueueOptions, QueuePoller
+from local.host.queues import PollingBackoff, QueueBinding, QueueOptions, QueuePoller
 from mapping.settings import QueueConnection
 from mapping.storage.queue import QueueDelayedActions
-from testkit.azurite import Azurite
+from testkit.azurite import ROOT, Azurite
 from testkit.stack import SignalRClients, Stack, running_stack, unique_user, wait_until
 
 
@@ -65,10 +66,20 @@ def b64(text: str) -> str:
 
 
 def test_host_json_without_queue_options_gives_the_defaults() -> None:
-    """No `extensions.queues`: Base64, five tries, retry at once, batches of 16, polls at most a second apart."""
+    """No `extensions.queues`: the Functions host's defaults, deployed: Base64, five tries, retry at once, batches of
+    16, an idle queue polled once a minute (QueuesOptions, QueuePollingIntervals.DefaultMaximum)."""
     assert QueueOptions.from_host_json({"version": "2.0"}) == QueueOptions(
-        message_encoding="base64", max_dequeue_count=5, visibility_timeout=0.0, batch_size=16, max_polling_interval=1.0
+        message_encoding="base64", max_dequeue_count=5, visibility_timeout=0.0, batch_size=16, max_polling_interval=60.0
     )
+    assert QueueOptions.from_host_json({"extensions": {"queues": {}}}).max_polling_interval == 60.0
+
+
+def test_the_shipped_host_json_polls_an_idle_queue_every_two_seconds() -> None:
+    """The repository's host.json sets maxPollingInterval to 2 s: a grace decision runs within grace + 2 s (+ a cold
+    start) in Azure, and the local host, which reads the same file, polls as often."""
+    document = json.loads((ROOT / "host.json").read_text())
+    assert document["extensions"]["queues"]["maxPollingInterval"] == "00:00:02"
+    assert QueueOptions.from_host_json(document).max_polling_interval == 2.0
 
 
 def test_host_json_queue_options_are_read() -> None:
@@ -98,6 +109,7 @@ def test_host_json_queue_options_are_read() -> None:
         {"batchSize": 33},
         {"visibilityTimeout": "3 seconds"},
         {"maxPollingInterval": 2},
+        {"maxPollingInterval": "00:00:00.050"},
     ],
 )
 def test_bad_host_json_queue_options_raise(queues: dict[str, Any]) -> None:
@@ -135,6 +147,45 @@ def test_a_binding_that_cannot_be_served_raises(
         monkeypatch.setenv(name, value)
     with pytest.raises(settings.SettingsError, match=message):
         QueueBinding.of({"type": "queueTrigger", **trigger})
+
+
+def backoff_delays(maximum: float, found: list[bool], seed: int = 7) -> list[float]:
+    """Return a PollingBackoff's waits after polls whose `found` (messages since the last wait) is as given."""
+    backoff = PollingBackoff(maximum, rng=random.Random(seed))
+    return [backoff.next_delay(f) for f in found]
+
+
+def test_an_idle_queue_is_polled_as_the_functions_host_polls_it() -> None:
+    """Empty polls in a row wait 0.1 s, then 0.1 s + 0.1 s x 2^(n-1) x [0.8, 1.2), until that reaches the maximum,
+    which holds from then on (RandomizedExponentialBackoffStrategy with QueuePollingIntervals.Minimum)."""
+    delays = backoff_delays(2.0, [False] * 12)
+    assert delays[0] == pytest.approx(0.1)
+    for n, delay in enumerate(delays[1:6], start=1):
+        assert 0.1 + 0.8 * 0.1 * 2 ** (n - 1) <= delay < 0.1 + 1.2 * 0.1 * 2 ** (n - 1)
+    assert delays[6:] == [2.0] * 6  # 0.1 + 0.1 x 32 x [0.8, 1.2) is past 2 s
+    assert delays == sorted(delays)
+
+
+def test_messages_reset_the_polling_to_its_minimum() -> None:
+    """After polls that found messages the first wait is 0.1 s, and the backoff climbs again from there."""
+    delays = backoff_delays(2.0, [False] * 10 + [True, False, False])
+    assert delays[9] == 2.0
+    assert delays[10] == pytest.approx(0.1)
+    assert 0.18 <= delays[11] < 0.22
+    assert 0.26 <= delays[12] < 0.34
+
+
+def test_with_the_default_maximum_an_idle_queue_is_polled_once_a_minute() -> None:
+    """With the default minute the waits climb for 10 or 11 polls (under about two minutes in all), then hold a
+    minute: an idle instance polls its queue 1,440 times a day (43,200 times at the shipped 2 s)."""
+    for seed in range(20):
+        delays = backoff_delays(60.0, [False] * 14, seed=seed)
+        climbing = [d for d in delays if d < 60.0]
+        assert len(climbing) in (10, 11)
+        assert sum(climbing) < 125
+        assert delays[len(climbing) :] == [60.0] * (14 - len(climbing))
+    assert round(86_400 / 60.0) == 1_440
+    assert round(86_400 / 2.0) == 43_200
 
 
 # ---- the poller against Azurite -------------------------------------------------------------------------------
@@ -282,7 +333,10 @@ MAX_TRIES = 3
 @pytest.fixture(scope="module")
 def queue_stack(azurite: Azurite) -> Iterator[Stack]:
     """The emulator and the local host running testkit/queue_app.py, with maxDequeueCount 3 in its host.json."""
-    host_json = {"version": "2.0", "extensions": {"queues": {"maxDequeueCount": MAX_TRIES}}}
+    host_json = {
+        "version": "2.0",
+        "extensions": {"queues": {"maxDequeueCount": MAX_TRIES, "maxPollingInterval": "00:00:01"}},
+    }
     extra = {"ECHO_QUEUE": ECHO_QUEUE, "FAILING_QUEUE": FAILING_QUEUE}
     with running_stack(azurite, app="testkit.queue_app:app", extra_settings=extra, host_json=host_json) as stack:
         yield stack
