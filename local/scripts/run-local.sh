@@ -23,14 +23,18 @@ SIGNALR="Endpoint=http://localhost;Port=$EMULATOR_PORT;AccessKey=$ACCESS_KEY;Ver
 
 pids=()
 workdir=""
+# Stop everything once, whatever ends the script (Ctrl-C, a process exiting, a failed start), saying so first.
 stop() {
   trap - INT TERM EXIT
+  echo "stopping the local stack"
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "${workdir:-}"
   echo "local stack stopped"
 }
-trap stop INT TERM EXIT
+trap 'stop; exit 130' INT
+trap 'stop; exit 143' TERM
+trap stop EXIT
 
 wait_port() {  # wait_port PORT NAME PID
   for _ in $(seq 150); do
@@ -80,5 +84,4 @@ cat <<EOT
     Azurite            blob $BLOB_PORT, queue $QUEUE_PORT, table $TABLE_PORT (in memory)
 
 EOT
-wait -n "${pids[@]}" || true
-echo "stopping the local stack" >&2
+wait -n "${pids[@]}" || true  # one of them exited: the EXIT trap stops the others
