@@ -19,7 +19,7 @@ AZURITE_ALL = ROOT / "node_modules" / ".bin" / "azurite"  # blob, queue and tabl
 DEV_ACCOUNT = "devstoreaccount1"
 # Azurite's published development key; not a secret.
 DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-# azure-storage-queue sends a newer x-ms-version than Azurite 3.37 accepts: without this flag every queue call
+# azure-storage-queue sends a newer x-ms-version than Azurite 3.35 accepts: without this flag every queue call
 # is refused with 400 InvalidHeaderValue ("The API version ... is not supported by Azurite").
 AZURITE_FLAGS = ("--inMemoryPersistence", "--disableTelemetry", "--silent", "--skipApiVersionCheck")
 

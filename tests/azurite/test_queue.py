@@ -218,7 +218,7 @@ def test_a_delay_over_seven_days_is_refused() -> None:
 async def test_azurite_redelivers_a_received_message_once_its_visibility_timeout_passes(
     azurite: Azurite, queue_name: str
 ) -> None:
-    """Azurite (3.37 here) hides a received, undeleted message for its visibility timeout, then delivers it again
+    """Azurite (3.35 here) hides a received, undeleted message for its visibility timeout, then delivers it again
     with a higher dequeue count; the old pop receipt is then stale (the local host's retries rely on this)."""
     async with raw_client(azurite, queue_name) as client:
         await client.create_queue()
