@@ -26,6 +26,10 @@ from bench.scale import SMOKE as SCALE_SMOKE
 from bench.scale import goals as scale_goals
 from bench.scale import load as load_scale
 from bench.scale import measure as measure_scale
+from bench.spend import FULL as SPEND_FULL
+from bench.spend import SMOKE as SPEND_SMOKE
+from bench.spend import measure_spend
+from bench.spend import missed as spend_missed
 from bench.workload import EVENTS, IMPLS, Event, app_environment, prepared
 from testkit.azurite import running_azurite
 
@@ -131,6 +135,8 @@ async def run(plan: Plan, out: Path, *, smoke: bool) -> None:
         round_trips = await count_round_trips(connection, sweep_rows=plan.sweep_rows)
         logger.info("counting access: grants, revokes, refused joins, disconnect-all")
         access = await measure_access(azurite)
+        logger.info("measuring what one client may spend: the call budget off and on")
+        spend = await measure_spend(azurite, SPEND_SMOKE if smoke else SPEND_FULL)
         logger.info("measuring audiences and grace (%d connections online)", plan.online)
         audiences = await measure_audiences(azurite, AudiencePlan(online=plan.online))
         logger.info("measuring cold start")
@@ -147,6 +153,7 @@ async def run(plan: Plan, out: Path, *, smoke: bool) -> None:
         "round_trips": round_trips,
         "audiences": audiences,
         "access": access,
+        "spend": spend,
         "cold_start": cold,
         **({"scale": scale} if scale else {}),
         "duration_seconds": round(time.monotonic() - started, 1),
@@ -156,11 +163,12 @@ async def run(plan: Plan, out: Path, *, smoke: bool) -> None:
     missed = [row["figure"] for row in audiences["figures"] if not row["met"]]
     missed += [what for what, _measured, _goal, met in (scale_goals(scale) if scale else []) if not met]
     missed += access_missed(access)
+    missed += spend_missed(spend)
     for figure in missed:
         logger.error("over its goal: %s", figure)
     if missed and smoke:
         raise SystemExit(
-            f"{len(missed)} audience, scale or access figure(s) over their goals (see {out / 'latest.md'})"
+            f"{len(missed)} audience, scale, access or spend figure(s) over their goals (see {out / 'latest.md'})"
         )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from bench import charts
 from bench.scale import markdown as scale_markdown
 from bench.scale import per_event_counts
+from bench.spend import spend_markdown, spend_summary
 from bench.workload import EVENTS, IMPLS
 
 ROUND_TRIP_IMPLS = ("minimal", *IMPLS)
@@ -91,6 +92,7 @@ def markdown(results: dict[str, Any]) -> str:
         _round_trip_summary(results["round_trips"]),
         *_audience_summary(results.get("audiences")),
         *_access_summary(results.get("access")),
+        *spend_summary(results.get("spend")),
         "",
         "## Ratios",
         "",
@@ -135,6 +137,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         *audience_section(results.get("audiences")),
         *access_markdown(results.get("access")),
+        *spend_markdown(results.get("spend")),
         "## Cold start",
         "",
         "Each case in a fresh interpreter (this machine's Python, `.pyc` files already written), "
