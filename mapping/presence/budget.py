@@ -31,6 +31,7 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from mapping.errors import StorageError
 from mapping.keys import connection_key, user_key
@@ -157,6 +158,23 @@ class Budgets:
             logger.info("budget of a connection not published (next call tries again): %s", type(error).__name__)
             return
         known.tokens, known.at, known.etag, known.published_at, known.spent = tokens, now, etag, now, 0.0
+
+    def riding(self, partition: str, row_key: str, *, now: datetime) -> dict[str, Any]:
+        """Return the level to publish within a write the call makes to its own connection row anyway (a status), so
+        that write's ETag never leaves a publish stale (B2); empty when there is nothing to publish."""
+        known = self._known.get((partition, row_key))
+        if not self.enabled or known is None or known.spent <= 0:
+            return {}
+        return {"Tokens": self.bucket.level(known.tokens, known.at, now), "TokensAt": now}
+
+    def rode(self, partition: str, row_key: str, fields: dict[str, Any]) -> None:
+        """Record that a committed write published `fields` (from `riding`): nothing spent here is unpublished now;
+        the row's new ETag is learnt from the next read."""
+        known = self._known.get((partition, row_key))
+        if known is None or not fields:
+            return
+        known.tokens, known.at, known.published_at = fields["Tokens"], fields["TokensAt"], fields["TokensAt"]
+        known.spent, known.etag = 0.0, None
 
     def _remember(self, slot: tuple[str, str], known: _Known) -> None:
         self._known[slot] = known

@@ -232,6 +232,8 @@ class ConnectionStore:
                 return TouchOutcome(False)
             return TouchOutcome(True)
 
+        riding: dict[str, Any] = {}  # the call budget's level, published with the row's write (budget B2)
+
         def row_write(existing: ConnectionEntity | None, bucket: str, view: UserView) -> RowWrite | None:
             if existing is None or view.blocked:
                 return None  # not mapped (or swept), or blocked: a status needs a connection to hold it
@@ -248,6 +250,9 @@ class ConnectionStore:
                 "IndexBucket": bucket,
                 **status_fields(text, moment),
             }
+            riding.clear()
+            riding.update(self.writes.budgets.riding(partition, row, now=moment))
+            patch.update(riding)
             stored = replace(existing, last_seen=moment, index_bucket=bucket, status=text, status_at=moment)
             return RowWrite(stored, [merge(patch, etag=existing.etag)])
 
@@ -257,6 +262,7 @@ class ConnectionStore:
         recorded = written.view.presence.announced_as(name, rooms=written.view.rooms)
         if written.unchanged:  # nothing written: the status it had
             return TouchOutcome(True, recorded, unchanged=True)
+        self.writes.budgets.rode(partition, row, riding)
         self.refreshes.remember(partition, row, moment)
         presence = written.change or recorded
         return TouchOutcome(True, presence, self._rooms_if_revived(written, row, moment))
