@@ -475,10 +475,11 @@ async def _membership(
         return [*revived, _unavailable(caller.connection, method, error)]
     # The caller first (it is surely connected: it asked), even should its row be missing.
     connections = dict.fromkeys([caller.connection, *change.connections])
-    if not change.announce:  # nothing changed of long standing: the caller alone hears (rooms R5)
-        own = join_group(caller.connection, change.room) if joining else leave_group(caller.connection, change.room)
-        snapshot = sync_messages(caller.connection, entries, room=change.room) if joining else []
-        return [*revived, own, *snapshot]
+    if not change.announce:  # nothing changed of long standing: the room hears nothing (rooms R5), the groups follow
+        if not joining:
+            return [*revived, *(leave_group(c, change.room) for c in connections)]
+        joins = [join_group(c, change.room) for c in connections]
+        return [*revived, *joins, *sync_messages(caller.connection, entries, room=change.room)]
     announcement = room_message(change.room, user=change.user, joined=joining)
     if not joining:
         return [*revived, announcement, *(leave_group(c, change.room) for c in connections)]
@@ -555,12 +556,12 @@ async def _refresh(store: ConnectionStore, user_id: str, connection_id: str) -> 
 
 
 async def _map_late(store: ConnectionStore, user_id: str, connection_id: str) -> list[Message]:
-    """Map a calling connection that has no row: its `connected` failed without closing it, or is still on its way.
-    Not when the service says it is gone (a call that outlived its disconnect); without REST access it is mapped,
-    and were it closed after all, its row lapses with its lease. Best effort: a failure leaves it to the next call."""
+    """Map a calling connection that has no row (its `connected` failed without closing it, or is still on its way)
+    when the service confirms it is open: not a call that outlived its disconnect, nor, without REST access to ask,
+    any (the client maps itself by reconnecting). Best effort: a failure leaves it to the next call."""
     try:
-        if await store.probe.alive(store.settings.hub, connection_id) is False:
-            logger.info("client message: caller %s has no row and is gone at the service", connection_id)
+        if await store.probe.alive(store.settings.hub, connection_id) is not True:
+            logger.info("client message: caller %s has no row and the service does not vouch for it", connection_id)
             return []
         outcome = await store.connect(user_id, connection_id, hub=store.settings.hub)
         if outcome.blocked or outcome.over_cap:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from mapping.errors import StorageError
+from mapping.errors import InvalidNameError, StorageError
 from mapping.keys import connection_key, user_key
 from mapping.presence.rows import Clock, ConnectionEntity, utc_now
 from mapping.settings import Settings
@@ -119,9 +119,9 @@ class Budgets:
 
     def take(self, user: str, connection: str, weight: float, *, now: datetime) -> Verdict:
         """Take `weight` tokens for a call of `connection` if its bucket, as known here, can pay (B2)."""
-        if not self.enabled:
+        slot = _slot(user, connection) if self.enabled else None
+        if slot is None:  # no budget, or names no row could have (the call refuses them itself)
             return ALLOWED
-        slot = (user_key(user), connection_key(connection))
         known = self._known.get(slot)
         if known is None:  # never read here: one call goes through, and its read teaches the level (B3)
             self._remember(slot, _Known(self.bucket.burst - weight, now, None, None, spent=weight))
@@ -138,17 +138,18 @@ class Budgets:
 
     def charge(self, user: str, connection: str, weight: float) -> None:
         """Add what a call turned out to cost beyond what it took (a big room's snapshot) to its connection's spend."""
-        known = self._known.get((user_key(user), connection_key(connection)))
-        if self.enabled and known is not None and weight > 0:
+        slot = _slot(user, connection) if self.enabled else None
+        known = self._known.get(slot) if slot is not None else None
+        if known is not None and weight > 0:
             known.tokens -= weight
             known.spent += weight
 
     async def publish(self, user: str, connection: str, *, now: datetime) -> None:
         """Publish the connection's level once this process has spent `PUBLISH_EVERY` tokens of it (B2): one merge on
         the ETag last read; a changed or gone row, or a failure, leaves the spend counted here for the next try."""
-        slot = (user_key(user), connection_key(connection))
-        known = self._known.get(slot)
-        if not self.enabled or known is None or known.spent < PUBLISH_EVERY or known.etag is None:
+        slot = _slot(user, connection) if self.enabled else None
+        known = self._known.get(slot) if slot is not None else None
+        if slot is None or known is None or known.spent < PUBLISH_EVERY or known.etag is None:
             return
         tokens = self.bucket.level(known.tokens, known.at, now)
         fields = {"PartitionKey": slot[0], "RowKey": slot[1], "Tokens": tokens, "TokensAt": now}
@@ -180,6 +181,14 @@ class Budgets:
         self._known[slot] = known
         if len(self._known) > _REMEMBERED:
             self._known.popitem(last=False)
+
+
+def _slot(user: str, connection: str) -> tuple[str, str] | None:
+    """Return the keys of a connection's row, or None for names no row can have."""
+    try:
+        return user_key(user), connection_key(connection)
+    except InvalidNameError:
+        return None
 
 
 def weight_of(method: str, arguments: list[object] | None) -> float:

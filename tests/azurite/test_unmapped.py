@@ -1,5 +1,5 @@
 """A connection its `connected` did not map (a failure that did not refuse it, or a late event), against Azurite: the
-service is asked to close it, and its first call maps it unless the service says it is gone."""
+service is asked to close it, and its first call maps it when the service says it is open."""
 
 from __future__ import annotations
 
@@ -65,7 +65,8 @@ def call(event: str, user: str, connection: str, *arguments: object) -> Invocati
 async def test_a_failed_connected_closes_the_connection_and_its_first_call_maps_it(store: ConnectionStore) -> None:
     """Storage fails during `connected`: the service is asked to close the connection and the event raises; if the
     client stays connected anyway, its setStatus maps it (announced online) and a direct message reaches it."""
-    service = Service()
+    service = Service(open_connections={"a1"})
+    store.probe = service
     store.proxy.plan(then=Fault.answer(503))  # type: ignore[attr-defined]
     with pytest.raises(StorageError):
         await events.on_connected(store, connected("ann", "a1"), service=service)
@@ -84,6 +85,7 @@ async def test_a_failed_connected_closes_the_connection_and_its_first_call_maps_
 
 async def test_a_call_before_its_late_connected_maps_it_and_the_event_changes_nothing(store: ConnectionStore) -> None:
     """A client calls before its `connected` is processed: the call maps it; the late event finds the row."""
+    store.probe = Service(open_connections={"c1"})
     first = await events.on_send_to_room(store, call("sendToRoom", "cy", "c1", "lobby", "hello"))
     assert [m.get("target") for m in first if m.get("target") == "presence"] == ["presence"]
     late = await events.on_connected(store, connected("cy", "c1"))
@@ -91,8 +93,12 @@ async def test_a_call_before_its_late_connected_maps_it_and_the_event_changes_no
     assert [c.connection_id for c in await store.connections_of("cy")] == ["c1"]
 
 
-async def test_a_call_of_a_connection_the_service_says_is_gone_maps_nothing(store: ConnectionStore) -> None:
-    """A call that outlived its connection's disconnect (the service says it is gone) writes no row."""
-    store.probe = Service(open_connections=set())
+@pytest.mark.parametrize("open_connections", [set(), None], ids=["gone", "nobody to ask"])
+async def test_a_call_the_service_does_not_vouch_for_maps_nothing(
+    store: ConnectionStore, open_connections: set[str] | None
+) -> None:
+    """A call that outlived its connection's disconnect (the service says it is gone), or one nobody can vouch for (no
+    REST access), writes no row."""
+    store.probe = Service(open_connections=open_connections)
     await events.on_send_to_room(store, call("sendToRoom", "dee", "d1", "lobby", "late"))
     assert await store.connections_of("dee") == []
