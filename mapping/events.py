@@ -254,7 +254,8 @@ async def on_revoke(store: ConnectionStore, user_name: str, room: str, *, servic
     confirmed = await gather_bounded(list(change.connections), remove, limit=_EARLY_ADDS)
     if service.asks_service and not all(confirmed):
         raise SignalRUnavailableError("SignalR Service did not confirm the removal from the room's group; try again")
-    messages = [leave_group(connection, change.room) for connection in change.connections]
+    # Removed through REST already where the service can: the output binding's removals only where it cannot.
+    messages = [] if service.asks_service else [leave_group(c, change.room) for c in change.connections]
     if change.announce:  # not for a user who was no member (rooms R5)
         messages.append(room_message(change.room, user=change.user, joined=False))
         messages += [room_message(change.room, user=change.user, joined=False, to=c) for c in change.connections]
