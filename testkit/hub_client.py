@@ -41,9 +41,17 @@ class HubClient:
 
     @classmethod
     async def open(
-        cls, session: aiohttp.ClientSession, emulator_url: str, *, hub: str, user: str, access_key: str
+        cls,
+        session: aiohttp.ClientSession,
+        emulator_url: str,
+        *,
+        hub: str,
+        user: str,
+        access_key: str,
+        settled: bool = True,
     ) -> HubClient:
-        """Negotiate with the emulator, open the WebSocket and shake hands (the app's `connected` has run then)."""
+        """Negotiate with the emulator, open the WebSocket and shake hands; with `settled` (the default) also wait
+        until the app answered its connected event, which in Azure comes after the handshake's answer."""
         base = emulator_url.rstrip("/")
         client_url = f"{base}/client/?hub={quote(hub, safe='')}"
         token = access_key_token(access_key, audience=client_url, claims={"nameid": user})
@@ -66,6 +74,8 @@ class HubClient:
         client = cls(user, str(answer["connectionId"]), socket)
         for record in reply.data.split(RECORD_SEPARATOR)[1:]:  # messages that came with the handshake's answer
             client._record(record)
+        if settled:
+            await connected_answered(session, base, client.connection_id)
         return client
 
     async def send(self, method: str, *arguments: Any) -> None:
@@ -99,3 +109,22 @@ class HubClient:
                 target = str(parsed.get("target"))
                 self.received[target] += 1
                 self.messages.append((target, list(parsed.get("arguments") or [])))
+
+
+async def connected_answered(
+    session: aiohttp.ClientSession, emulator_url: str, connection_id: str, *, within: float = 30.0
+) -> int | None:
+    """Wait until the emulator has the app's answer to a connection's connected event (`/admin/connections/{id}`);
+    return it (0: the app was unreachable), or None when the connection is gone."""
+    url = f"{emulator_url.rstrip('/')}/admin/connections/{quote(connection_id, safe='')}"
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        async with session.get(url) as response:
+            if response.status == 404:
+                return None
+            status = (await response.json())["connectedStatus"]
+        if status is not None:
+            return int(status)
+        if asyncio.get_running_loop().time() > deadline:
+            raise HubClientError(f"the app never answered connected for {connection_id} within {within:g}s")
+        await asyncio.sleep(0.02)

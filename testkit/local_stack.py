@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,15 +110,22 @@ class LocalStack:
         self._processes["host"] = _start(command, self.host_port, log, env=options.environment(), cwd=options.app_dir)
 
     def start_emulator(
-        self, *, secondary_key: str, client_timeout: float, keepalive: float, log_level: str | None
+        self,
+        *,
+        secondary_key: str,
+        client_timeout: float,
+        keepalive: float,
+        log_level: str | None,
+        options: Sequence[str] = (),
     ) -> None:
-        """Start the emulator, its upstream the local host's SignalR webhook."""
+        """Start the emulator, its upstream the local host's SignalR webhook, with `options` on its command line."""
         command = [
             *(sys.executable, "-m", "local.emulator", "--host", "127.0.0.1", "--port", str(self.emulator_port)),
             *("--public-url", self.emulator_url, "--upstream", f"{self.host_url}/runtime/webhooks/signalr"),
             *("--access-key", self.access_key, "--secondary-key", secondary_key),
             *("--client-timeout", str(client_timeout), "--keepalive", str(keepalive)),
             *_log_level_option(log_level),
+            *options,
         ]
         self._processes["emulator"] = _start(command, self.emulator_port, self.logs / "emulator.log")
 
@@ -184,11 +191,13 @@ def running_local_stack(
     secondary_key: str = SECONDARY_KEY,
     host_options: HostOptions | None = None,
     log_prefix: str = "local-stack-",
+    emulator_options: Sequence[str] = (),
 ) -> Iterator[LocalStack]:
     """Start the emulator and the local host running `function_app.py` (or `host_options.app`) with `settings`
     (plus the hub and the emulator's connection string); stop both when the block ends. `client_timeout` and
     `keepalive` are the emulator's (seconds a client may stay silent, seconds between its pings); `log_level` is
-    both processes' (None: their defaults); `host_json` replaces the repository's host.json."""
+    both processes' (None: their defaults); `host_json` replaces the repository's host.json; `emulator_options` go
+    on the emulator's command line."""
     logs = Path(tempfile.mkdtemp(prefix=log_prefix))
     stack: LocalStack | None = None
     try:
@@ -217,7 +226,11 @@ def running_local_stack(
             )
             try:
                 stack.start_emulator(
-                    secondary_key=secondary_key, client_timeout=client_timeout, keepalive=keepalive, log_level=log_level
+                    secondary_key=secondary_key,
+                    client_timeout=client_timeout,
+                    keepalive=keepalive,
+                    log_level=log_level,
+                    options=emulator_options,
                 )
                 stack.start_host()
                 break

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ import pytest
 
 from local.node_driver import NodeDriver
 from testkit.azurite import Azurite
+from testkit.hub_client import connected_answered
 from testkit.local_stack import HostOptions, log_tail, running_local_stack
 from testkit.openapi_contract import check_answer
 from testkit.tables import unique_table_name
@@ -64,6 +65,7 @@ def running_stack(
     rooms_open: str = "*",
     client_call_rate: int = 0,
     function_key: str | None = None,
+    emulator_options: Sequence[str] = (),
 ) -> Iterator[Stack]:
     """Start the emulator and the local host for the app (or `app`, a module:attribute importable from the
     repository root, such as `testkit.group_app:app`) on a fresh table, with `extra_settings` among the app settings
@@ -72,7 +74,7 @@ def running_stack(
     PRESENCE_WATCH, DIRECT_MESSAGES and ROOMS_OPEN, and `client_call_rate` CLIENT_CALL_RATE (by default a hub-wide
     audience, no grace, anyone watched and messaged, every room open, no call budget, unlike the app's defaults, for
     the tests written before those settings existed).
-    With `function_key` the host checks keys as Azure does."""
+    With `function_key` the host checks keys as Azure does; `emulator_options` go on the emulator's command line."""
     table = unique_table_name()
     settings = {
         # The host storage: queue triggers read their queues through it (Azurite's queue endpoint).
@@ -102,6 +104,7 @@ def running_stack(
         secondary_key=SECONDARY_KEY,
         host_options=host_options,
         log_prefix="e2e-stack-",
+        emulator_options=emulator_options,
     ) as local:
         yield Stack(host_url=local.host_url, emulator_url=local.emulator_url, table=table, logs=local.logs)
 
@@ -153,10 +156,15 @@ class SignalRClients(NodeDriver):
             raise ClientCallFailed(answer["error"])
         return answer
 
-    async def connect(self, client: str, user: str | None, **options: Any) -> str:
-        """Negotiate through the app and open a connection; return its connection id."""
+    async def connect(self, client: str, user: str | None, *, settled: bool = True, **options: Any) -> str:
+        """Negotiate through the app and open a connection; return its connection id. As in Azure the client's start
+        ends before the app's connected function ran: `settled` waits until the emulator has the app's answer."""
         answer = await self.command("connect", id=client, url=self.stack.api, user=user, **options)
-        return str(answer["connectionId"])
+        connection_id = str(answer["connectionId"])
+        if settled:
+            async with aiohttp.ClientSession() as session:
+                await connected_answered(session, self.stack.emulator_url, connection_id)
+        return connection_id
 
     async def send(self, client: str, method: str, *args: Any) -> None:
         """Call `connection.send(method, ...args)` (fire-and-forget)."""

@@ -83,11 +83,22 @@ export function connectionFor(stack, user, { reconnect = false } = {}) {
   return builder.build();
 }
 
-/** Start a connection for `user`. */
+/** Start a connection for `user`, and wait until the app answered its connected event (in Azure, and in the
+ * emulator by default, `start()` ends when the handshake is answered, before the app's connected function ran). */
 export async function connected(stack, user, options) {
   const connection = connectionFor(stack, user, options);
   await connection.start();
+  await connectedAnswered(stack, connection.connectionId);
   return connection;
+}
+
+/** Wait until the emulator has the app's answer to a connection's connected event (or the connection is gone). */
+export async function connectedAnswered(stack, connectionId) {
+  const url = `${stack.emulator}/admin/connections/${encodeURIComponent(connectionId)}`;
+  await until(async () => {
+    const answer = await fetch(url);
+    return answer.status === 404 || (await answer.json()).connectedStatus !== null;
+  }, `the app's answer to ${connectionId}'s connected event`);
 }
 
 /** Resolve once `check()` is truthy (polled), or reject with `what` after `within` ms. */

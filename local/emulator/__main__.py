@@ -47,6 +47,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--keepalive", type=float, default=float(env("SIGNALR_EMULATOR_KEEPALIVE", "15")), help="ping interval"
     )
     parser.add_argument("--upstream-timeout", type=float, default=20.0, help="seconds to wait for the app")
+    parser.add_argument(
+        "--refuse-failed-connected",
+        action="store_true",
+        default=env("SIGNALR_EMULATOR_REFUSE_FAILED_CONNECTED", "").lower() in {"1", "true", "yes"},
+        help="call connected before answering the handshake and refuse the client when it fails (the default, as "
+        "Microsoft's emulator: answer the handshake, then call connected and only log its failure)",
+    )
     parser.add_argument("--log-level", default=env("SIGNALR_EMULATOR_LOG_LEVEL", "INFO"))
     return parser.parse_args(argv)
 
@@ -61,6 +68,7 @@ async def serve(args: argparse.Namespace) -> None:
         client_timeout=args.client_timeout,
         keepalive_interval=args.keepalive,
         upstream_timeout=args.upstream_timeout,
+        refuse_failed_connected=args.refuse_failed_connected,
     )
     banner = (
         f"SignalR emulator: {public_url} (upstream {args.upstream})\n"

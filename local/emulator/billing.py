@@ -1,4 +1,8 @@
-"""Outbound messages counted as Azure SignalR Service bills them: one per recipient connection per started 2 KB."""
+"""Outbound messages counted as Azure SignalR Service bills them: one per recipient connection per started 2 KB, and
+one per started 2 KB of each client message the service forwards to the app's upstream ("One client sends a 4-KB
+message to let the server broadcast to all clients. The billed message count is eight: one message from the service
+to the application server and three messages from the service to the clients. Each message is counted as two 2-KB
+messages", learn.microsoft.com/azure/azure-signalr/signalr-concept-messages-and-connections)."""
 
 from __future__ import annotations
 
@@ -38,10 +42,13 @@ class Counts:
         if group is not None:
             self.by_group[group] += billed
 
-    def snapshot(self) -> dict[str, Any]:
-        """Return the counts as the admin API shows them."""
+    def snapshot(self, *, upstream: int = 0) -> dict[str, Any]:
+        """Return the counts as the admin API shows them: `total` to clients, `upstream` to the app, `billed` both."""
+        total = sum(self.by_kind.values())
         return {
-            "total": sum(self.by_kind.values()),
+            "total": total,
+            "upstream": upstream,
+            "billed": total + upstream,
             "byKind": {kind: self.by_kind[kind] for kind in KINDS},
             "byTarget": dict(sorted(self.by_target.items())),
             "byTargetAndKind": {
@@ -57,6 +64,7 @@ class BilledMessages:
 
     overall: Counts = field(default_factory=Counts)
     by_connection: defaultdict[str, Counts] = field(default_factory=lambda: defaultdict(Counts))
+    upstream: int = 0  # client messages forwarded to the app, billed as messages from the service
 
     def count(
         self, record: str, *, kind: str, target: str, recipients: Collection[str], group: str | None = None
@@ -72,10 +80,17 @@ class BilledMessages:
         logger.debug("billed %d message(s): %s send of %s to %d connection(s)", billed, kind, target, len(recipients))
         return billed
 
+    def count_upstream(self, body: str) -> int:
+        """Count one client message forwarded to the app's upstream (its JSON body); return the messages billed."""
+        billed = billed_units(body)
+        self.upstream += billed
+        return billed
+
     def snapshot(self, connection_id: str | None = None) -> dict[str, Any]:
-        """Return the counts as the admin API shows them: in all, or those billed to one connection."""
+        """Return the counts as the admin API shows them: in all, or those billed to one connection (deliveries to
+        it; what it sent upstream counts only in all)."""
         if connection_id is None:
-            return self.overall.snapshot()
+            return self.overall.snapshot(upstream=self.upstream)
         found = self.by_connection.get(connection_id)
         return (found or Counts()).snapshot()
 
@@ -83,3 +98,4 @@ class BilledMessages:
         """Start counting again from zero."""
         self.overall = Counts()
         self.by_connection.clear()
+        self.upstream = 0

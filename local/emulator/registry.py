@@ -32,6 +32,7 @@ class ClientConnection:
     last_received: float = field(default_factory=time.monotonic)
     close_error: str | None = None
     closed_by_service: bool = False
+    connected_status: int | None = None  # the app's answer to connected (0: unreachable), once it came
     # Until the handshake is answered, records for the client wait here (e.g. a send during its connected event).
     backlog: list[str] | None = field(default_factory=list)
 

@@ -10,7 +10,10 @@ connection from a group (or all groups) answers 200 whether or not the service h
 
 Admin (loopback callers only, no token):
 - `POST /admin/drop-next-disconnect[?count=n]`, `GET` the same: skip the next disconnected upstream calls.
-- `GET /admin/connections`: the live connections.
+- `POST /admin/drop-next-connected[?count=n]`: skip the next connected upstream calls (the clients stay, unmapped).
+- `POST /admin/delay-connected?seconds=s`: every connected upstream call waits `s` seconds first (0 ends it).
+- `GET /admin/connections`: the live connections; `GET /admin/connections/{id}` one, with `connectedStatus`, the
+  app's answer to its connected event (null until it came, 0 when the app could not be reached).
 - `POST /admin/connections/{id}/drop`: cut a client's WebSocket without a close record, as a network failure would
   (a client with automatic reconnect reconnects).
 - `GET /admin/rest-calls`: `{"total": n, "byRoute": {"<METHOD> <route template>": n}}`, every REST call answered
@@ -19,7 +22,8 @@ Admin (loopback callers only, no token):
   "byKind": {"connection": n, "user": n, "group": n, "broadcast": n}, "byTarget": {"<target>": n},
   "byTargetAndKind": {"<target>": {"<kind>": n}}, "byGroup": {"<group>": n}}`; each REST send counts, per
   connection it reached, one message per started 2 KB of the framed record (pings, handshakes, close records,
-  completions and group calls count nothing); `?connection=<id>` answers, in the same shape, what was billed to
+  completions and group calls count nothing); `upstream` counts each client message passed to the app, one per
+  started 2 KB, and `billed` is `total` + `upstream`; `?connection=<id>` answers, in the same shape, what was billed to
   that one connection; `DELETE /admin/messages` answers the totals and resets every count.
 """
 
@@ -44,7 +48,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from local.emulator import errors, paging, protocol, tokens
 from local.emulator.billing import BilledMessages
 from local.emulator.registry import ClientConnection, PendingConnection, Registry, hub_key, send_to
-from local.emulator.upstream import CONNECTIONS, MESSAGES, Caller, Upstream
+from local.emulator.upstream import CONNECTIONS, MESSAGES, Caller, Upstream, UpstreamResult
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +74,9 @@ class EmulatorConfig:
     client_timeout: float = 30.0
     keepalive_interval: float = 15.0
     upstream_timeout: float = 20.0
+    # False (Microsoft's emulator): the handshake is answered first, `connected` called after and its failure only
+    # logged. True: `connected` is called before the handshake's answer and a failure refuses the client.
+    refuse_failed_connected: bool = False
 
 
 @dataclass
@@ -78,6 +85,9 @@ class Faults:
 
     drop_disconnected: int = 0
     dropped: list[str] = field(default_factory=list)
+    drop_connected: int = 0
+    dropped_connected: list[str] = field(default_factory=list)
+    connected_delay: float = 0.0
 
 
 @dataclass
@@ -118,7 +128,10 @@ def create_app(config: EmulatorConfig) -> web.Application:
     _add_rest_routes(app)
     app.router.add_post("/admin/drop-next-disconnect", drop_next_disconnect)
     app.router.add_get("/admin/drop-next-disconnect", drop_status)
+    app.router.add_post("/admin/drop-next-connected", drop_next_connected)
+    app.router.add_post("/admin/delay-connected", delay_connected)
     app.router.add_get("/admin/connections", list_connections)
+    app.router.add_get("/admin/connections/{connection}", show_connection)
     app.router.add_post("/admin/connections/{connection}/drop", drop_connection)
     app.router.add_get("/admin/rest-calls", rest_calls)
     app.router.add_delete("/admin/rest-calls", reset_rest_calls)
@@ -186,7 +199,6 @@ async def client_socket(request: web.Request) -> web.StreamResponse:
         user_id=pending.user_id,
         claims=pending.claims,
         query=_client_query(request),
-        user_agent=request.headers.get("User-Agent", ""),
     )
     connection = ClientConnection(caller, socket)
     # Registered before the connected event, so the app can already send to it (delivered after the handshake).
@@ -206,7 +218,8 @@ async def client_socket(request: web.Request) -> web.StreamResponse:
 
 
 async def _handshake(app: web.Application, connection: ClientConnection) -> bool:
-    """Read the handshake, call connected upstream, answer; False when the connection is refused."""
+    """Read the handshake, answer it and call connected upstream (in the configured order); False when the
+    connection ends here."""
     try:
         message = await connection.socket.receive(timeout=HANDSHAKE_TIMEOUT)
     except TimeoutError:
@@ -223,7 +236,19 @@ async def _handshake(app: web.Application, connection: ClientConnection) -> bool
         connection.backlog = None
         await connection.send(protocol.encode({"error": problem}))
         return False
-    result = await app[UPSTREAM].call(connection.caller, category=CONNECTIONS, event="connected", body={"type": 10})
+    if app[CONFIG].refuse_failed_connected:
+        if not await _refusing_connected(app, connection):
+            return False
+    elif not await _connected_after_handshake(app, connection):
+        return False
+    for extra in records[1:]:
+        await _on_record(app, connection, extra)
+    return True
+
+
+async def _refusing_connected(app: web.Application, connection: ClientConnection) -> bool:
+    """The option: `connected` before the handshake's answer; a failure refuses the client with a handshake error."""
+    result = await _call_connected(app, connection)
     if not result.ok:
         logger.info("connection %s refused: connected upstream answered %d", connection.id, result.status)
         connection.backlog = None
@@ -232,10 +257,43 @@ async def _handshake(app: web.Application, connection: ClientConnection) -> bool
         )
         return False
     await connection.open(protocol.HANDSHAKE_OK)
-    logger.info("connected %s (user %s) to hub %s", connection.id, connection.caller.user_id, connection.caller.hub)
-    for extra in records[1:]:
-        await _on_record(app, connection, extra)
+    _log_connected(connection)
     return True
+
+
+async def _connected_after_handshake(app: web.Application, connection: ClientConnection) -> bool:
+    """The default, as Microsoft's emulator (`HubProxyHandler.RunHubAsync`): answer the handshake, then call
+    `connected`; an answer other than 2xx is logged and the client stays, an unreachable app closes it without
+    reconnecting (and hears no disconnected). The client's messages wait until `connected` returns."""
+    await connection.open(protocol.HANDSHAKE_OK)
+    _log_connected(connection)
+    result = await _call_connected(app, connection)
+    if result.status == 0:  # as Microsoft's emulator: closed, no disconnected event follows
+        await connection.close("An error occurred on the server while the connection was opening.")
+        return False
+    if not result.ok:
+        logger.warning("connected upstream for %s answered %d: the connection stays", connection.id, result.status)
+    return True
+
+
+async def _call_connected(app: web.Application, connection: ClientConnection) -> UpstreamResult:
+    """Call `connected` upstream, unless a fault drops or delays it (a dropped call counts as answered 200)."""
+    faults = app[FAULTS]
+    if faults.connected_delay > 0:
+        await asyncio.sleep(faults.connected_delay)
+    if faults.drop_connected > 0:
+        faults.drop_connected -= 1
+        faults.dropped_connected.append(connection.id)
+        logger.warning("dropped the connected upstream call for %s (fault injection)", connection.id)
+        connection.connected_status = 200
+        return UpstreamResult(200)
+    result = await app[UPSTREAM].call(connection.caller, category=CONNECTIONS, event="connected", body={"type": 10})
+    connection.connected_status = result.status
+    return result
+
+
+def _log_connected(connection: ClientConnection) -> None:
+    logger.info("connected %s (user %s) to hub %s", connection.id, connection.caller.user_id, connection.caller.hub)
 
 
 async def _serve(app: web.Application, connection: ClientConnection) -> None:
@@ -315,6 +373,9 @@ async def _invoke_upstream(app: web.Application, connection: ClientConnection, m
     invocation_id = message.get("invocationId")
     if isinstance(invocation_id, str):
         body["invocationId"] = invocation_id
+    # A client message the service passes to the app is billed as a message from the service; connection events are
+    # not counted (no source says they are billed).
+    app[BILLED].count_upstream(json.dumps(body, ensure_ascii=False))
     result = await app[UPSTREAM].call(connection.caller, category=MESSAGES, event=target, body=body)
     if not isinstance(invocation_id, str):
         return
@@ -585,6 +646,32 @@ async def drop_next_disconnect(request: web.Request) -> web.Response:
     return web.json_response({"dropNextDisconnected": count, "droppedSoFar": list(faults.dropped)})
 
 
+async def drop_next_connected(request: web.Request) -> web.Response:
+    """Make the emulator skip the next `count` (default 1) connected upstream calls, as an app that never ran its
+    connected function (the client stays connected, unmapped)."""
+    try:
+        count = int(request.query.get("count", "1"))
+    except ValueError:
+        return _error(400, "count must be a whole number")
+    if not 0 <= count <= 1000:
+        return _error(400, "count must be between 0 and 1000")
+    faults = request.app[FAULTS]
+    faults.drop_connected = count
+    return web.json_response({"dropNextConnected": count, "droppedSoFar": list(faults.dropped_connected)})
+
+
+async def delay_connected(request: web.Request) -> web.Response:
+    """Make every connected upstream call wait `seconds` (0 to 60; 0 ends the delay) before it is made."""
+    try:
+        seconds = float(request.query.get("seconds", ""))
+    except ValueError:
+        return _error(400, "seconds must be a number")
+    if not 0 <= seconds <= 60:
+        return _error(400, "seconds must be between 0 and 60")
+    request.app[FAULTS].connected_delay = seconds
+    return web.json_response({"connectedDelaySeconds": seconds})
+
+
 async def drop_status(request: web.Request) -> web.Response:
     """Tell how many disconnected calls will still be dropped, and which connections' calls were (loopback only)."""
     faults = request.app[FAULTS]
@@ -593,11 +680,26 @@ async def drop_status(request: web.Request) -> web.Response:
 
 async def list_connections(request: web.Request) -> web.Response:
     """List live connections (loopback only): id, hub, user."""
-    connections = [
-        {"connectionId": c.id, "hub": c.caller.hub, "userId": c.caller.user_id}
-        for c in request.app[REGISTRY].connections.values()
-    ]
+    connections = [_admin_view(c) for c in request.app[REGISTRY].connections.values()]
     return web.json_response({"connections": connections})
+
+
+async def show_connection(request: web.Request) -> web.Response:
+    """Show one live connection (loopback only), with the app's answer to its connected event once it came."""
+    connection = request.app[REGISTRY].connections.get(request.match_info["connection"])
+    if connection is None:
+        return _error(404, "no such connection")
+    return web.json_response(_admin_view(connection))
+
+
+def _admin_view(connection: ClientConnection) -> dict[str, Any]:
+    caller = connection.caller
+    return {
+        "connectionId": connection.id,
+        "hub": caller.hub,
+        "userId": caller.user_id,
+        "connectedStatus": connection.connected_status,
+    }
 
 
 async def drop_connection(request: web.Request) -> web.Response:

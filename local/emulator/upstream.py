@@ -41,7 +41,6 @@ class Caller:
     user_id: str | None
     claims: Sequence[tuple[str, str]]
     query: str
-    user_agent: str
 
 
 def signature(connection_id: str, keys: Sequence[str]) -> str:
@@ -70,7 +69,8 @@ class Upstream:
         self._session: aiohttp.ClientSession | None = None
 
     async def call(self, caller: Caller, *, category: str, event: str, body: dict[str, Any]) -> UpstreamResult:
-        """POST one event; never raises for an unreachable or failing app (the service does not retry)."""
+        """POST one event; never raises for an unreachable or failing app (the service does not retry). The headers
+        are the service's own (`HttpUpstreamTrigger` in Microsoft's emulator): no User-Agent, the browser's neither."""
         url = expand_url(self.url_template, hub=caller.hub, category=category, event=event)
         headers = {
             "Content-Type": "application/json",
@@ -86,8 +86,6 @@ class Upstream:
             headers["X-ASRS-User-Claims"] = ", ".join(f"{name}: {value}" for name, value in caller.claims)
         if caller.query:
             headers["X-ASRS-Client-Query"] = caller.query
-        if caller.user_agent:
-            headers["User-Agent"] = caller.user_agent
         payload = json.dumps(body, ensure_ascii=False).encode()
         try:
             async with self._client().post(url, data=payload, headers=headers) as response:

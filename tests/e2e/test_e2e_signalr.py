@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -14,7 +15,8 @@ import aiohttp
 import pytest
 
 from mapping.signalr.tokens import access_key_token
-from testkit.azurite import Azurite
+from testkit.azurite import Azurite, connection_string
+from testkit.faultproxy import Fault, FaultProxy
 from testkit.stack import (
     ACCESS_KEY,
     HUB,
@@ -67,7 +69,7 @@ async def test_negotiate_and_connect_write_the_row(azurite: Azurite, stack: Stac
     assert row["ConnectionId"] == connection_id
     assert row["UserName"] == alice
     assert row["Hub"] == "chat"
-    assert "SignalR" in row["UserAgent"]  # the Node client's own User-Agent, forwarded upstream
+    assert row["UserAgent"] == ""  # the upstream's headers are the service's own: no browser User-Agent
     assert await connection_ids(stack, alice.upper()) == {connection_id}
 
 
@@ -313,11 +315,14 @@ async def test_webhook_answers_like_the_extension(
         assert response.status == status, await response.text()
 
 
-async def test_connected_failure_refuses_the_client(azurite: Azurite, clients: SignalRClients) -> None:
-    """With storage down negotiate answers 503 (it reads the user's block); a client holding a token from before,
-    straight to the service, reaches the connected function, which fails: the host answers 403 and it cannot start."""
+async def test_connected_failure_refuses_the_client_when_the_emulator_is_told_to(
+    azurite: Azurite, clients: SignalRClients
+) -> None:
+    """With the emulator's --refuse-failed-connected and storage down, negotiate answers 503 (it reads the user's
+    block); a client holding a token from before, straight to the service, reaches the connected function, which
+    fails: the host answers 403 and the client cannot start."""
     dead_storage = Azurite(port=1)  # nothing listens on port 1: every storage call fails
-    with running_stack(dead_storage) as broken:
+    with running_stack(dead_storage, emulator_options=["--refuse-failed-connected"]) as broken:
         clients.stack = broken
         with pytest.raises(ClientCallFailed, match="503"):
             await clients.connect("x0", unique_user("alice"))
@@ -325,7 +330,101 @@ async def test_connected_failure_refuses_the_client(azurite: Azurite, clients: S
         token = access_key_token(ACCESS_KEY, audience=url, claims={"nameid": unique_user("alice")})
         with pytest.raises(ClientCallFailed):
             await clients.command("connect", id="x1", url=url, user=None, accessToken=token)
-        assert "connected function failed" in (broken.logs / "host.log").read_text()
+        log = broken.logs / "emulator.log"
+        await wait_until(lambda: "connected upstream answered 403" in log.read_text(), what="the refusal logged")
+
+
+async def emulator_admin(stack: Stack, path: str) -> dict[str, Any]:
+    """POST to one of the emulator's admin routes; return its JSON answer."""
+    async with aiohttp.ClientSession() as session, session.post(f"{stack.emulator_url}/admin/{path}") as response:
+        assert response.status == 200, await response.text()
+        return dict(await response.json())
+
+
+@pytest.fixture
+async def failing_storage(azurite: Azurite) -> AsyncIterator[tuple[Stack, asyncio.Event]]:
+    """A stack whose table requests pass a proxy that answers 503 while the event is set."""
+    failing = asyncio.Event()
+    proxy = FaultProxy(azurite.port)
+    proxy.rule = lambda _request, _body: Fault.answer(503) if failing.is_set() else None
+    await proxy.start()
+    try:
+        with running_stack(azurite, extra_settings={"MAPPING_STORAGE": connection_string(proxy.port)}) as running:
+            try:
+                yield running, failing
+            finally:
+                await proxy.stop()  # before the host: stopping it blocks this loop, which the proxy answers from
+    finally:
+        await proxy.stop()
+
+
+async def test_a_connected_that_fails_closes_the_client_which_then_connects_again(
+    failing_storage: tuple[Stack, asyncio.Event],
+) -> None:
+    """As in Azure the handshake is answered before connected runs; connected failing on storage closes the client
+    through the service at once (no sweep needed), and its next connection is mapped and works."""
+    stack, failing = failing_storage
+    alice, bob = unique_user("alice"), unique_user("bob")
+    async with SignalRClients(stack) as clients:
+        await emulator_admin(stack, "delay-connected?seconds=1")  # negotiate reads storage: fail only connected
+        connection_id = await clients.connect("a1", alice, settled=False)
+        failing.set()
+        closed = await clients.wait_for(lambda e: e.get("id") == "a1" and e.get("event") == "closed", within=10)
+        failing.clear()
+        await emulator_admin(stack, "delay-connected?seconds=0")
+        assert closed["error"] is not None  # closed by the service with a reason, not stopped by the client
+        assert "not mapped (storage failed); closed: True" in (stack.logs / "host.log").read_text()
+        assert await connection_ids(stack, alice) == set()
+        again = await clients.connect("a2", alice)
+        await clients.connect("b1", bob)
+        assert await connection_ids(stack, alice) == {again}
+        assert again != connection_id
+        await clients.send("b1", "send", alice, "hello")
+        assert await clients.wait_message("a2", "newMessage") == [{"from": bob, "to": alice, "message": "hello"}]
+
+
+async def test_a_client_whose_connected_never_ran_is_mapped_by_its_first_call(
+    stack: Stack, clients: SignalRClients
+) -> None:
+    """A connected event that never reached the app leaves the client connected and unmapped; its first call maps
+    it (the service vouches for it), so its status is set and a direct message reaches it."""
+    alice, bob = unique_user("alice"), unique_user("bob")
+    assert (await emulator_admin(stack, "drop-next-connected"))["dropNextConnected"] == 1
+    connection_id = await clients.connect("a1", alice)
+    assert await connection_ids(stack, alice) == set()
+    await clients.send("a1", "setStatus", "here")
+    await wait_until(lambda: connection_ids(stack, alice), what="alice mapped by her call")
+    status, body = await api(stack, "GET", f"users/{alice}")
+    assert (status, body["online"], [c["connectionId"] for c in body["connections"]]) == (200, True, [connection_id])
+    assert body["connections"][0]["status"] == "here"
+    await clients.connect("b1", bob)
+    await clients.send("b1", "send", alice, "found you")
+    assert await clients.wait_message("a1", "newMessage") == [{"from": bob, "to": alice, "message": "found you"}]
+
+
+async def test_calls_made_while_connected_is_delayed_wait_for_it(stack: Stack, clients: SignalRClients) -> None:
+    """With connected delayed 2 s the client's start ends at once and its calls, made at once, reach the app after
+    connected (as Microsoft's emulator orders them): the join and the status hold, and no call is told an error."""
+    alice, room = unique_user("alice"), f"room-{uuid.uuid4().hex[:8]}"
+    await emulator_admin(stack, "delay-connected?seconds=2")
+    try:
+        started = asyncio.get_running_loop().time()
+        connection_id = await clients.connect("a1", alice, settled=False)
+        assert asyncio.get_running_loop().time() - started < 2  # the handshake did not wait for connected
+        await clients.send("a1", "join", room)
+        await clients.send("a1", "setStatus", "early")
+    finally:
+        await emulator_admin(stack, "delay-connected?seconds=0")
+
+    async def status_set() -> bool:
+        _status, user = await api(stack, "GET", f"users/{alice}")
+        return [c.get("status") for c in user["connections"]] == ["early"]
+
+    await wait_until(status_set, what="the status set")
+    status, body = await api(stack, "GET", f"users/{alice}")
+    assert (status, body["rooms"], [c["connectionId"] for c in body["connections"]]) == (200, [room], [connection_id])
+    assert body["connections"][0]["status"] == "early"
+    assert clients.received("a1", "error") == []
 
 
 @pytest.fixture(scope="module")

@@ -36,13 +36,14 @@ UNIT = 2048
 def nothing_billed() -> dict[str, Any]:
     """Return the counts right after a reset."""
     kinds = {"connection": 0, "user": 0, "group": 0, "broadcast": 0}
-    return {"total": 0, "byKind": kinds, "byTarget": {}, "byTargetAndKind": {}, "byGroup": {}}
+    empty = {"byKind": kinds, "byTarget": {}, "byTargetAndKind": {}, "byGroup": {}}
+    return {"total": 0, "upstream": 0, "billed": 0, **empty}
 
 
 def billed(kind: str, target: str, n: int, *, group: str | None = None) -> dict[str, Any]:
     """Return the counts after sends of one kind and target that billed `n` messages in all."""
     expected = nothing_billed()
-    expected.update(total=n, byTarget={target: n}, byTargetAndKind={target: {kind: n}})
+    expected.update(total=n, billed=n, byTarget={target: n}, byTargetAndKind={target: {kind: n}})
     expected["byKind"][kind] = n
     if group is not None:
         expected["byGroup"] = {group: n}
@@ -217,8 +218,27 @@ async def test_delete_answers_the_counts_and_resets_them(stack: Stack, session: 
         assert await next_invocation(client, "tick") == [1]
         assert await next_invocation(client, "tick") == [2]
         expected = nothing_billed()
-        expected.update(total=2, byTarget={"tick": 2}, byTargetAndKind={"tick": {"connection": 1, "user": 1}})
+        expected.update(total=2, billed=2, byTarget={"tick": 2}, byTargetAndKind={"tick": {"connection": 1, "user": 1}})
         expected["byKind"].update(connection=1, user=1)
         assert await billed_messages(stack.emulator_url) == expected
         assert await billed_messages(stack.emulator_url, reset=True) == expected
         assert await billed_messages(stack.emulator_url) == nothing_billed()
+
+
+async def test_a_client_message_passed_upstream_is_billed_per_started_2_kb(
+    stack: Stack, session: aiohttp.ClientSession
+) -> None:
+    """A client's 5 KB invocation, passed to the app's upstream, bills 3 messages as `upstream` (in `billed`, not in
+    `total`, which counts deliveries to clients); a small one bills 1."""
+    async with clients(session, stack, [unique_user("talker")]) as [client]:
+        await billed_messages(stack.emulator_url, reset=True)
+        for target, argument in (("shout", "x" * 5 * 1024), ("whisper", "x")):
+            record = json.dumps({"type": 1, "target": target, "arguments": [argument]})
+            await client.socket.send_str(record + RECORD_SEPARATOR)
+
+        async def counted() -> bool:
+            return bool((await billed_messages(stack.emulator_url))["upstream"] >= 4)
+
+        await wait_until(counted, what="both invocations passed upstream")
+    counts = await billed_messages(stack.emulator_url)
+    assert (counts["upstream"], counts["total"], counts["billed"]) == (4, 0, 4)

@@ -321,6 +321,12 @@ async def test_a_call_answered_retry_is_sent_again_with_backoff(
     caplog.set_level(logging.INFO, logger="follow_presence")
     retry = Backoff(first=1.0, ceiling=2.0)
     async with following(stack, bot, on_error=errors.append, retry=retry, retries=20) as follower:
+
+        async def mapped() -> bool:  # connected runs after the handshake: storage fails only once it has
+            _status, body = await api(stack, "GET", f"users/{quote(bot, safe='')}")
+            return bool(body.get("online"))
+
+        await wait_until(mapped, what="the follower's connection mapped")
         failing.set()
         await follower.join(room)
 
