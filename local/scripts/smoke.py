@@ -393,7 +393,8 @@ class Smoke:
         self, session: aiohttp.ClientSession, user: str, connection_id: str, *, want_online: bool
     ) -> tuple[Status, str]:
         url = f"{self.target.api}/users/{quote(user, safe='')}"
-        deadline = asyncio.get_running_loop().time() + self.wait_seconds
+        started = asyncio.get_running_loop().time()
+        deadline = started + self.wait_seconds
         last = "no answer"
         while True:
             try:
@@ -402,10 +403,21 @@ class Smoke:
             except (aiohttp.ClientError, TimeoutError, ValueError) as error:
                 got, body, last = 0, None, f"request failed: {_describe(error)}"
             if got == 200 and isinstance(body, dict):
-                ids = {c.get("connectionId") for c in body.get("connections") or [] if isinstance(c, dict)}
+                connections = [c for c in body.get("connections") or [] if isinstance(c, dict)]
+                ids = {c.get("connectionId") for c in connections}
                 online = body.get("online") is True
                 if want_online and online and connection_id in ids:
-                    return "PASS", f"online with connection {connection_id}"
+                    # Only a deployment shows how long after the client's start the service ran connected, and
+                    # which User-Agent its upstream carries (docs/deploy.md): reported, not judged.
+                    agent = next(
+                        (c.get("userAgent") for c in connections if c.get("connectionId") == connection_id), ""
+                    )
+                    waited = asyncio.get_running_loop().time() - started
+                    return (
+                        "PASS",
+                        f"online with connection {connection_id} {waited:.1f}s after start, "
+                        f"upstream User-Agent {agent!r}",
+                    )
                 if not want_online and not online and connection_id not in ids:
                     return "PASS", "offline"
                 last = f"online={online}, {len(ids)} connection(s)"
