@@ -3,7 +3,7 @@ service is asked to close it, and its first call maps it when the service says i
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -12,7 +12,8 @@ from mapping.errors import StorageError
 from mapping.presence.store import ConnectionStore
 from mapping.signalr.invocation import Invocation
 from testkit.azurite import Azurite
-from testkit.faultproxy import Fault, fault_proxy
+from testkit.delayed import FakeDelayedActions
+from testkit.faultproxy import PASS, Fault, fault_proxy
 from testkit.tables import drop_table, make_settings, unique_table_name
 
 
@@ -102,3 +103,57 @@ async def test_a_call_the_service_does_not_vouch_for_maps_nothing(
     store.probe = Service(open_connections=open_connections)
     await events.on_send_to_room(store, call("sendToRoom", "dee", "d1", "lobby", "late"))
     assert await store.connections_of("dee") == []
+
+
+MODES: dict[str, Callable[[], tuple[Fault, Fault]]] = {
+    "outage from here on": lambda: (Fault.answer(503), Fault.answer(503)),
+    "one request fails": lambda: (Fault.answer(503), PASS),
+    "committed, answered 500": lambda: (Fault.committed(500), PASS),
+}
+
+
+@pytest.mark.parametrize("closed", [True, False], ids=["closed by the service", "still open"])
+async def test_every_crash_point_of_a_connected_that_refuses_nothing_converges(
+    store: ConnectionStore, closed: bool
+) -> None:
+    """Fail each table request of `connected` three ways; the client is not refused. Closed through the service, its
+    disconnected event follows and leaves no row; left open, its first call maps it: either way presence ends true."""
+    proxy = store.proxy  # type: ignore[attr-defined]
+    before = proxy.requests
+    await events.on_connected(store, connected("probe", "p1"))
+    total = proxy.requests - before
+    assert total > 0
+    converged = failures = 0
+    for k in range(1, total + 1):
+        for mode, faults in MODES.items():
+            label = f"request {k} of {total}, {mode}"
+            user, tab = f"u{k}{len(mode)}{int(closed)}", f"t{k}-{len(mode)}-{int(closed)}"
+            service = Service(open_connections=set() if closed else {tab})
+            store.probe = service
+            fault, then = faults()
+            proxy.plan(*([PASS] * (k - 1)), fault, then=then)
+            failed = False
+            try:
+                await events.on_connected(store, connected(user, tab), service=service)
+            except StorageError:
+                failed = True
+            proxy.plan()
+            assert failed == (service.closed == [tab]), label  # a failure asks the service to close it, only then
+            if failed and closed:
+                await events.on_disconnected(store, disconnected(user, tab), delayed=FakeDelayedActions)
+                expected: list[str] = []
+            else:
+                await events.on_set_status(store, call("setStatus", user, tab, "here"))
+                expected = [tab]
+            assert [c.connection_id for c in await store.connections_of(user)] == expected, label
+            presence = await store.presence_of(user)
+            assert (presence.state.online, presence.state.connections) == (bool(expected), len(expected)), label
+            converged += 1
+            failures += failed
+    assert converged == total * len(MODES)
+    assert failures >= total  # every request's outage failed the event: each point was reached
+
+
+def disconnected(user: str, connection: str) -> Invocation:
+    """The disconnected event of `connection`."""
+    return Invocation("connections", "disconnected", "chat", connection, user)
