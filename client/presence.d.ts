@@ -13,6 +13,16 @@ export interface PresenceState {
   readonly version: number;
 }
 
+/** An `occupancy` message: how many members a watched room has and how many of them are online; of two occupancies
+ * of one room, the higher version is current. */
+export interface Occupancy {
+  readonly room: string;
+  readonly members: number;
+  readonly online: number;
+  /** Grows with every change of the room's occupancy. */
+  readonly version: number;
+}
+
 /** An `error` message of the server: the call it answers, and, when `retry` is true, the call's arguments. */
 export interface PresenceError {
   readonly error: string;
@@ -29,6 +39,8 @@ export interface PresenceEvents {
   /** A room's snapshot arrived in full (`null`: a watch's snapshot). */
   sync: (room: string | null) => void;
   members: (room: string, user: string, joined: boolean) => void;
+  /** A watched room's occupancy changed (a newer version than the one held). */
+  occupancy: (occupancy: Occupancy) => void;
   error: (error: PresenceError) => void;
 }
 
@@ -49,11 +61,14 @@ export declare class PresenceTracker {
   leave(room: string): Promise<void>;
   watch(users: string[]): Promise<void>;
   unwatch(users: string[]): Promise<void>;
+  watchOccupancy(room: string): Promise<void>;
+  unwatchOccupancy(room: string): Promise<void>;
   setStatus(status: string | null): Promise<void>;
   sync(room: string): Promise<void>;
   resync(): Promise<void>;
   of(user: string): PresenceState | undefined;
   members(room: string): PresenceState[];
+  occupancy(room: string): Occupancy | undefined;
   rooms(): string[];
   watched(): string[];
   on<E extends keyof PresenceEvents>(event: E, handler: PresenceEvents[E]): () => void;

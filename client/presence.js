@@ -1,6 +1,7 @@
 // Presence for browsers (and Node) on top of an @microsoft/signalr HubConnection to the connection mapper.
-// It speaks the messages in ../README.md ("SignalR messages"): it sends join, leave, watch, unwatch, setStatus
-// and sync, and merges `presence` and `presenceSync` by version only.
+// It speaks the messages in ../README.md ("SignalR messages"): it sends join, leave, watch, unwatch, setStatus,
+// sync, watchOccupancy and unwatchOccupancy, and merges `presence`, `presenceSync`, `presenceBatch` and `occupancy`
+// by version only.
 import { foldUserName, normalizeUserName } from "./fold.js";
 
 export { foldUserName, normalizeUserName } from "./fold.js";
@@ -10,7 +11,7 @@ export const MAX_STATUS_LENGTH = 64;
 const ROOM = /^[A-Za-z0-9._-]{1,64}$/;
 const CONTROL = /[\p{Cc}\p{Cs}]/u;
 const CONNECTED = "Connected"; // signalR.HubConnectionState.Connected
-const EVENTS = ["change", "sync", "members", "error"];
+const EVENTS = ["change", "sync", "members", "occupancy", "error"];
 const DEFAULTS = { retries: 5, retryDelayMs: 250, maxRetryDelayMs: 8000 };
 
 /** Throw unless `room` is a room name the server accepts (1-64 letters, digits, '-', '_', '.'). */
@@ -66,6 +67,7 @@ export class PresenceTracker {
   #states = new Map(); // folded user -> the highest-versioned state heard
   #rooms = new Map(); // room -> { members: Map<folded, name>, pages, since, synced }
   #watched = new Map(); // folded user -> name as asked
+  #occupancy = new Map(); // room whose occupancy is watched -> the highest-versioned occupancy heard (or undefined)
   #status; // the status this tab asked for (undefined: never set)
   #handlers = new Map(EVENTS.map((event) => [event, new Set()]));
   #attempts = new Map(); // JSON of [call, arguments] -> retries made
@@ -83,11 +85,14 @@ export class PresenceTracker {
     this.#listeners = {
       presence: (entry) => this.#heard(entry),
       presenceSync: (snapshot) => this.#synced(snapshot),
+      presenceBatch: (batch) => this.#batched(batch),
+      occupancy: (occupancy) => this.#occupied(occupancy),
       room: (change) => this.#membership(change),
       error: (error) => this.#failed(error),
     };
     for (const [target, listener] of Object.entries(this.#listeners)) connection.on(target, listener);
-    // After an automatic reconnect the connection is a new one: its watches and status are gone.
+    // After an automatic reconnect the connection is a new one: its watches (of users and of occupancy) and status
+    // are gone.
     connection.onreconnected?.(() => {
       if (!this.#disposed) this.resync();
     });
@@ -125,6 +130,22 @@ export class PresenceTracker {
     return this.#call("unwatch", names);
   }
 
+  /** Receive the occupancy of `room` (its members and how many are online), whether or not this tab joined it. */
+  watchOccupancy(room) {
+    checkRoom(room);
+    this.#ready();
+    if (!this.#occupancy.has(room)) this.#occupancy.set(room, undefined);
+    return this.#call("watchOccupancy", room);
+  }
+
+  /** Stop receiving the occupancy of `room`, and forget it. */
+  unwatchOccupancy(room) {
+    checkRoom(room);
+    this.#ready();
+    this.#occupancy.delete(room);
+    return this.#call("unwatchOccupancy", room);
+  }
+
   /** Set this tab's status (a string of at most 64 characters; null or "" clears it). */
   setStatus(status) {
     const value = checkStatus(status);
@@ -141,7 +162,7 @@ export class PresenceTracker {
     return this.#call("sync", room);
   }
 
-  /** Send again every join, watch and the status (after the app restarted the connection itself). */
+  /** Send again every join, watch, occupancy watch and the status (after the app restarted the connection itself). */
   resync() {
     this.#ready();
     const calls = [...this.#rooms.keys()].map((room) => this.#call("join", room));
@@ -149,6 +170,7 @@ export class PresenceTracker {
     for (let start = 0; start < names.length; start += MAX_USERS_PER_CALL) {
       calls.push(this.#call("watch", names.slice(start, start + MAX_USERS_PER_CALL)));
     }
+    for (const room of this.#occupancy.keys()) calls.push(this.#call("watchOccupancy", room));
     if (this.#status !== undefined) calls.push(this.#call("setStatus", this.#status));
     return Promise.all(calls).then(() => undefined);
   }
@@ -166,6 +188,12 @@ export class PresenceTracker {
     return [...tracked.members].map(([key, name]) => this.#states.get(key) ?? stateOf(unknown(name)));
   }
 
+  /** Return the latest occupancy `{room, members, online, version}` heard of a watched room, or undefined. */
+  occupancy(room) {
+    checkRoom(room);
+    return this.#occupancy.get(room);
+  }
+
   /** Return the rooms this tracker has joined. */
   rooms() {
     return [...this.#rooms.keys()];
@@ -176,8 +204,8 @@ export class PresenceTracker {
     return [...this.#watched.values()];
   }
 
-  /** Call `handler` on "change" (user, state, previous), "sync" (room or null), "members" (room, user, joined)
-   * or "error" (the server's error object); return a function that removes it. */
+  /** Call `handler` on "change" (user, state, previous), "sync" (room or null), "members" (room, user, joined),
+   * "occupancy" (occupancy) or "error" (the server's error object); return a function that removes it. */
   on(event, handler) {
     if (!this.#handlers.has(event)) throw new RangeError(`unknown event ${event}: one of ${EVENTS.join(", ")}`);
     if (typeof handler !== "function") throw new TypeError("handler must be a function");
@@ -240,6 +268,22 @@ export class PresenceTracker {
     const state = stateOf(entry);
     this.#states.set(key, state);
     this.#emit("change", state.user, state, previous);
+  }
+
+  /** A big room's members' changes, coalesced: each entry merges as a `presence` message would. */
+  #batched(batch) {
+    if (!batch || !Array.isArray(batch.users)) return;
+    for (const entry of batch.users) this.#heard(entry);
+  }
+
+  #occupied(occupancy) {
+    if (!isOccupancy(occupancy) || !this.#occupancy.has(occupancy.room)) return; // not watched (any more)
+    const previous = this.#occupancy.get(occupancy.room);
+    if (previous && previous.version >= occupancy.version) return; // a repeat, or older than what we hold
+    const { room, members, online, version } = occupancy;
+    const state = Object.freeze({ room, members, online, version });
+    this.#occupancy.set(room, state);
+    this.#emit("occupancy", state);
   }
 
   #synced(snapshot) {
@@ -308,6 +352,10 @@ export class PresenceTracker {
         return Array.isArray(argument) && argument.some((user) => !this.#watched.has(safeFold(user)));
       case "setStatus":
         return this.#status === (argument ?? null);
+      case "watchOccupancy":
+        return this.#occupancy.has(argument);
+      case "unwatchOccupancy":
+        return !this.#occupancy.has(argument);
       default:
         return false; // not one of ours: the app's own calls are the app's to retry
     }
@@ -367,6 +415,14 @@ export class PresenceTracker {
 
 function isEntry(entry) {
   return Boolean(entry) && typeof entry.user === "string" && Number.isFinite(entry.version);
+}
+
+function isOccupancy(occupancy) {
+  return (
+    Boolean(occupancy) &&
+    typeof occupancy.room === "string" &&
+    ["members", "online", "version"].every((field) => Number.isInteger(occupancy[field]))
+  );
 }
 
 function unknown(name) {

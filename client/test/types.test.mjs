@@ -21,5 +21,5 @@ test("the declarations describe the library as used", () => {
 test("the declarations refuse wrong calls", () => {
   const result = compile("bad.ts");
   assert.notEqual(result.status, 0);
-  for (const line of ["bad.ts(6", "bad.ts(7", "bad.ts(8"]) assert.ok(result.stdout.includes(line), result.stdout);
+  for (const line of ["bad.ts(6", "bad.ts(7", "bad.ts(8", "bad.ts(9", "bad.ts(10"]) assert.ok(result.stdout.includes(line), result.stdout);
 });

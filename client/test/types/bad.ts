@@ -6,3 +6,5 @@ const presence = trackPresence(new signalR.HubConnectionBuilder().withUrl("/api"
 presence.join(5);
 presence.on("nothing", () => {});
 presence.watch("ada");
+presence.watchOccupancy(["lobby"]);
+const count: string | undefined = presence.occupancy("lobby")?.online;
