@@ -3,10 +3,11 @@
 The standard library and aiohttp only, so this file and the `presence_follower` package next to it can be copied
 into another project. It negotiates with the app's `POST /api/negotiate` using the caller's headers (in Azure
 `Authorization: Bearer <token>` that App Service Authentication accepts; locally `x-ms-client-principal-name:
-<user>`), opens the SignalR WebSocket (JSON hub protocol), sends `join(room)` and `watch(users)` fire-and-forget,
-and keeps a `Presence` map merged from `presence` and `presenceSync` by version only. A dropped socket is followed by
-a new negotiate and the joins and watches sent again (fresh snapshots); a call answered `error` with `retry: true` is
-sent again; both back off.
+<user>`), opens the SignalR WebSocket (JSON hub protocol), sends `join(room)`, `watch(users)` and
+`watchOccupancy(room)` fire-and-forget, and keeps a `Presence` map merged from `presence`, `presenceSync`,
+`presenceBatch` and `occupancy` by version only. A dropped socket is followed by a new negotiate and the joins,
+watches and occupancy watches sent again (fresh snapshots); a call answered `error` with `retry: true` is sent again;
+both back off.
 
     async with PresenceFollower(api, headers={"Authorization": f"Bearer {token}"}, rooms=["lobby"],
                                 on_change=lambda state, previous: print(state)) as follower:
@@ -50,6 +51,8 @@ __all__ = [
     "Headers",
     "MembersHandler",
     "NegotiateError",
+    "Occupancy",
+    "OccupancyHandler",
     "Presence",
     "PresenceFollower",
     "SyncHandler",
@@ -67,10 +70,12 @@ fold_user_name = names.fold_user_name
 check_room = names.check_room
 MAX_NAME_LENGTH = names.MAX_NAME_LENGTH
 UserState = presence.UserState
+Occupancy = presence.Occupancy
 Presence = presence.Presence
 ChangeHandler = presence.ChangeHandler
 SyncHandler = presence.SyncHandler
 MembersHandler = presence.MembersHandler
+OccupancyHandler = presence.OccupancyHandler
 PresenceFollower = connection.PresenceFollower
 Backoff = connection.Backoff
 NegotiateError = connection.NegotiateError
@@ -114,6 +119,9 @@ async def _follow(arguments: argparse.Namespace) -> int:
     def on_members(room: str, user: str, joined: bool) -> None:
         _print({"event": "members", "room": room, "user": user, "joined": joined})
 
+    def on_occupancy(occupancy: Occupancy) -> None:
+        _print({"event": "occupancy", **occupancy.to_json()})
+
     def on_error(error: Mapping[str, Any]) -> None:
         _print({"event": "error", "error": dict(error)})
 
@@ -125,9 +133,11 @@ async def _follow(arguments: argparse.Namespace) -> int:
         headers=headers,
         rooms=arguments.room,
         users=arguments.watch,
+        occupancy_rooms=arguments.occupancy,
         on_change=on_change,
         on_sync=on_sync,
         on_members=on_members,
+        on_occupancy=on_occupancy,
         on_error=on_error,
         on_connected=on_connected,
     )
@@ -164,10 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--header", action="append", default=[], help="another negotiate header, 'Name: value'")
     parser.add_argument("--room", action="append", default=[], help="a room to join and follow (repeatable)")
     parser.add_argument("--watch", action="append", default=[], help="a user to watch (repeatable)")
+    parser.add_argument("--occupancy", action="append", default=[], help="a room whose occupancy to watch (repeatable)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log connections and reconnects to stderr")
     arguments = parser.parse_args(argv)
-    if not arguments.room and not arguments.watch:
-        parser.error("give at least one --room or --watch")
+    if not arguments.room and not arguments.watch and not arguments.occupancy:
+        parser.error("give at least one --room, --watch or --occupancy")
     logging.basicConfig(level=logging.INFO if arguments.verbose else logging.WARNING, stream=sys.stderr)
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(_follow(arguments))

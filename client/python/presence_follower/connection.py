@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import aiohttp
 
 from .names import _distinct, _safe_fold, check_room, fold_user_name
-from .presence import ChangeHandler, MembersHandler, Presence, SyncHandler, _notify
+from .presence import ChangeHandler, MembersHandler, Occupancy, OccupancyHandler, Presence, SyncHandler, _notify
 
 logger = logging.getLogger("follow_presence")  # one log for the whole follower
 
@@ -79,7 +79,7 @@ class Backoff:
 
 
 class PresenceFollower:
-    """One SignalR connection to the connection mapper that follows rooms and watched users, reconnecting."""
+    """One SignalR connection to the connection mapper following rooms, users and rooms' occupancy, reconnecting."""
 
     def __init__(
         self,
@@ -88,10 +88,12 @@ class PresenceFollower:
         headers: Headers | None = None,
         rooms: Iterable[str] = (),
         users: Iterable[str] = (),
+        occupancy_rooms: Iterable[str] = (),
         presence: Presence | None = None,
         on_change: ChangeHandler | None = None,
         on_sync: SyncHandler | None = None,
         on_members: MembersHandler | None = None,
+        on_occupancy: OccupancyHandler | None = None,
         on_error: ErrorHandler | None = None,
         on_connected: Callable[[str], None] | None = None,
         on_message: Callable[[str, list[Any]], None] | None = None,
@@ -104,7 +106,8 @@ class PresenceFollower:
     ) -> None:
         self.api = api.rstrip("/")
         self.presence = presence or Presence()
-        for name, handler in (("on_change", on_change), ("on_sync", on_sync), ("on_members", on_members)):
+        handlers = {"on_change": on_change, "on_sync": on_sync, "on_members": on_members, "on_occupancy": on_occupancy}
+        for name, handler in handlers.items():
             if handler is not None:
                 setattr(self.presence, name, handler)
         self.on_error, self.on_connected, self.on_message = on_error, on_connected, on_message
@@ -119,6 +122,8 @@ class PresenceFollower:
             self.presence.follow(room)
         for name in _distinct(users):
             self._watched[fold_user_name(name)] = name
+        for room in occupancy_rooms:
+            self.presence.follow_occupancy(room)
         self._socket: aiohttp.ClientWebSocketResponse | None = None
         self._send_lock = asyncio.Lock()
         self._connection_id: str | None = None
@@ -145,9 +150,9 @@ class PresenceFollower:
         await self.close()
 
     async def start(self) -> None:
-        """Connect (negotiate, WebSocket, handshake, joins and watches sent); raise what kept the first connection
-        from opening (NegotiateError with `not_signed_in` when the headers are not accepted or name no principal).
-        Reconnects follow by themselves. Bound it with `asyncio.timeout` if the app may hang."""
+        """Connect (negotiate, WebSocket, handshake, joins, watches and occupancy watches sent); raise what kept the
+        first connection from opening (NegotiateError with `not_signed_in` when the headers are not accepted or name no
+        principal). Reconnects follow by themselves. Bound it with `asyncio.timeout` if the app may hang."""
         if self._task is not None:
             raise RuntimeError("already started")
         if self._session is None:
@@ -209,6 +214,21 @@ class PresenceFollower:
             self._watched.pop(fold_user_name(name), None)
         for start in range(0, len(names), MAX_USERS_PER_CALL):
             await self._call("unwatch", names[start : start + MAX_USERS_PER_CALL])
+
+    async def watch_occupancy(self, room: str) -> None:
+        """Follow the occupancy of `room`, joined or not (`on_occupancy` for each newer version)."""
+        self.presence.follow_occupancy(room)
+        await self._call("watchOccupancy", room)
+
+    async def unwatch_occupancy(self, room: str) -> None:
+        """Stop following the occupancy of `room`, and forget it."""
+        check_room(room)
+        self.presence.unfollow_occupancy(room)
+        await self._call("unwatchOccupancy", room)
+
+    def occupancy(self, room: str) -> Occupancy | None:
+        """Return the latest occupancy heard of a watched room, or None."""
+        return self.presence.occupancy(room)
 
     async def sync(self, room: str) -> None:
         """Ask again for a followed room's snapshot."""
@@ -297,7 +317,7 @@ class PresenceFollower:
     async def _serve(
         self, socket: aiohttp.ClientWebSocketResponse, connection_id: str, early: list[str], first: asyncio.Future[None]
     ) -> None:
-        """Send the joins and watches, then read records until the socket closes or the service falls silent."""
+        """Send the joins and every watch, then read records until the socket closes or the service falls silent."""
         self._socket, self._connection_id = socket, connection_id
         self.presence.restart()
         *records, buffer = RECORD_SEPARATOR.join(early).split(RECORD_SEPARATOR)
@@ -308,6 +328,8 @@ class PresenceFollower:
         watched = self.watched()
         for start in range(0, len(watched), MAX_USERS_PER_CALL):
             await self._call("watch", watched[start : start + MAX_USERS_PER_CALL])
+        for room in self.presence.occupancy_rooms():
+            await self._call("watchOccupancy", room)
         self._connected.set()
         logger.info("connected as %s", connection_id)
         if not first.done():
@@ -359,6 +381,10 @@ class PresenceFollower:
                 self.presence.merge(argument)
             elif target == "presenceSync":
                 self.presence.merge_sync(argument)
+            elif target == "presenceBatch":
+                self.presence.merge_batch(argument)
+            elif target == "occupancy":
+                self.presence.merge_occupancy(argument)
             elif target == "room":
                 self.presence.merge_room(argument)
             elif target == "error":
@@ -381,7 +407,7 @@ class PresenceFollower:
 
     async def _call(self, method: str, *arguments: Any) -> None:
         """Invoke a hub method fire-and-forget (no invocationId: the service answers nothing, like connection.send).
-        Not connected: nothing is sent now; the next connection sends every join and watch."""
+        Not connected: nothing is sent now; the next connection sends every join, watch and occupancy watch."""
         self._retries.pop(json.dumps([method, list(arguments)]), None)  # a fresh call starts its retries afresh
         record = json.dumps({"type": INVOCATION, "target": method, "arguments": list(arguments)})
         await self._send_record(record + RECORD_SEPARATOR)
@@ -423,6 +449,10 @@ class PresenceFollower:
             return any(_safe_fold(user) in self._watched for user in users)
         if call == "unwatch":
             return any(_safe_fold(user) not in self._watched for user in users)
+        if call == "watchOccupancy":
+            return argument in self.presence.occupancy_rooms()
+        if call == "unwatchOccupancy":
+            return argument not in self.presence.occupancy_rooms()
         return False  # not one of ours
 
     async def _resend(self, call: str, arguments: list[Any], made: int, delay: float) -> None:

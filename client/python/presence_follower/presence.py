@@ -1,11 +1,11 @@
-"""The presence map: users' states merged by version only, and the members of the rooms followed; no I/O."""
+"""The presence map: users' states merged by version only, followed rooms' members, watched rooms' occupancy; no I/O."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeGuard
 
 from .names import _safe_fold, check_room, fold_user_name
 
@@ -58,9 +58,34 @@ class UserState:
         return state
 
 
+@dataclass(frozen=True)
+class Occupancy:
+    """A room's occupancy as the server counted it: members, how many are online; `version` only grows per room."""
+
+    room: str
+    members: int
+    online: int
+    version: int
+
+    @classmethod
+    def from_json(cls, message: object) -> Occupancy | None:
+        """Read an `occupancy` message `{room, members, online, version}`; None when it is not one."""
+        if not isinstance(message, Mapping):
+            return None
+        room, members, online, version = (message.get(name) for name in ("room", "members", "online", "version"))
+        if not (isinstance(room, str) and _integer(members) and _integer(online) and _integer(version)):
+            return None
+        return cls(room=room, members=members, online=online, version=version)
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the occupancy in the server's shape."""
+        return asdict(self)
+
+
 ChangeHandler: TypeAlias = Callable[[UserState, UserState | None], None]
 SyncHandler: TypeAlias = Callable[[str | None], None]
 MembersHandler: TypeAlias = Callable[[str, str, bool], None]
+OccupancyHandler: TypeAlias = Callable[[Occupancy], None]
 
 
 @dataclass
@@ -73,7 +98,7 @@ class _Room:
 
 
 class Presence:
-    """Users' states merged by version only, and the members of the rooms followed. No I/O: feed it messages."""
+    """Users' states by version, followed rooms' members, watched rooms' occupancy. No I/O: feed it messages."""
 
     def __init__(
         self,
@@ -81,12 +106,15 @@ class Presence:
         on_change: ChangeHandler | None = None,
         on_sync: SyncHandler | None = None,
         on_members: MembersHandler | None = None,
+        on_occupancy: OccupancyHandler | None = None,
     ) -> None:
         self.on_change = on_change
         self.on_sync = on_sync
         self.on_members = on_members
+        self.on_occupancy = on_occupancy
         self._states: dict[str, UserState] = {}
         self._rooms: dict[str, _Room] = {}
+        self._occupancy: dict[str, Occupancy | None] = {}  # room watched -> the highest-versioned occupancy heard
 
     def of(self, user: str) -> UserState | None:
         """Return the latest state heard of `user` (any case of the name), or None."""
@@ -114,6 +142,22 @@ class Presence:
         tracked = self._rooms.get(room)
         return tracked is not None and tracked.synced
 
+    def occupancy(self, room: str) -> Occupancy | None:
+        """Return the latest occupancy heard of a watched room, or None."""
+        return self._occupancy.get(room)
+
+    def occupancy_rooms(self) -> list[str]:
+        """Return the rooms whose occupancy is watched."""
+        return list(self._occupancy)
+
+    def follow_occupancy(self, room: str) -> None:
+        """Start keeping the occupancy of `room` (its `occupancy` messages arrive after `watchOccupancy`)."""
+        self._occupancy.setdefault(check_room(room), None)
+
+    def unfollow_occupancy(self, room: str) -> None:
+        """Forget the occupancy of `room`; its messages are ignored from now on."""
+        self._occupancy.pop(room, None)
+
     def follow(self, room: str) -> None:
         """Start keeping the members of `room` (its snapshot arrives after the join)."""
         self._rooms.setdefault(check_room(room), _Room())
@@ -139,6 +183,25 @@ class Presence:
         self._states[key] = state
         _notify(self.on_change, state, previous)
         return state
+
+    def merge_batch(self, batch: object) -> list[UserState]:
+        """Merge a `presenceBatch` `{room, users}`, each entry as a `presence` message; return the states kept."""
+        if not isinstance(batch, Mapping) or not isinstance(batch.get("users"), list):
+            return []
+        kept = (self.merge(entry) for entry in batch["users"])
+        return [state for state in kept if state is not None]
+
+    def merge_occupancy(self, message: object) -> Occupancy | None:
+        """Keep a watched room's `occupancy` if its version is higher than the one held; return it then, else None."""
+        occupancy = Occupancy.from_json(message)
+        if occupancy is None or occupancy.room not in self._occupancy:
+            return None  # not one, or a room not watched (any more)
+        previous = self._occupancy[occupancy.room]
+        if previous is not None and previous.version >= occupancy.version:
+            return None  # a repeat, or older than what we hold
+        self._occupancy[occupancy.room] = occupancy
+        _notify(self.on_occupancy, occupancy)
+        return occupancy
 
     def merge_sync(self, snapshot: object) -> bool:
         """Merge a `presenceSync` page `{room, users, page, pages}`; True when a room's (or a watch's) snapshot is
@@ -192,6 +255,10 @@ def _apply_membership(members: dict[str, str], user: str, joined: bool) -> None:
         members[key] = user
     else:
         members.pop(key, None)
+
+
+def _integer(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _whole(value: object, default: int) -> int:
