@@ -182,6 +182,9 @@ param clientMessageMaxBytes int = 16384
 @description('The most members a client\'s join may make a room (ROOM_MAX_MEMBERS): a join beyond it is refused as full. Empty: no cap. Counting costs the join one table request per 1,000 members.')
 param roomMaxMembers string = ''
 
+@description('The queue of the host storage (AzureWebJobsStorage) that carries the presence feed for backends (PRESENCE_FEED_QUEUE): every presence and membership change as a JSON message, one Put Message each. Empty: no feed. 3 to 63 lowercase letters, digits and single hyphens; not presence-grace.')
+param presenceFeedQueue string = ''
+
 @description('The most live connections one user may hold (USER_MAX_CONNECTIONS): a connection beyond it is closed and not mapped. Empty: no cap.')
 param userMaxConnections string = ''
 
@@ -332,6 +335,7 @@ module functionApp 'app/function-app.bicep' = {
     clientCallRate: clientCallRate
     clientMessageMaxBytes: clientMessageMaxBytes
     roomMaxMembers: roomMaxMembers
+    presenceFeedQueue: presenceFeedQueue
     userMaxConnections: userMaxConnections
     mappingIndexShards: mappingIndexShards
     mappingListingGroups: mappingListingGroups

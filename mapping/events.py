@@ -19,10 +19,11 @@ from mapping.errors import (
 )
 from mapping.keys import normalize_user_name, parse_room, user_key
 from mapping.presence.budget import weight_of
+from mapping.presence.feed import BY_SERVER, BY_USER, membership_message
 from mapping.presence.grace import Decision, Grace
 from mapping.presence.state import PresenceChange
 from mapping.presence.store import ConnectionStore, ConnectOutcome, TouchOutcome
-from mapping.rooms.membership import Rooms
+from mapping.rooms.membership import RoomChange, Rooms
 from mapping.rooms.policy import SETTINGS_DECIDE, AccessPolicy
 from mapping.rooms.roster import Roster, RosterEntry
 from mapping.rooms.watch import Watching, parse_users
@@ -228,6 +229,7 @@ async def on_grant(store: ConnectionStore, user_name: str, room: str, *, service
     """Grant a room to a user and make them a member at once: their live connections join its group, the room hears
     the join and their presence, and their connections hear it and a snapshot of the room (`presenceSync`)."""
     change = await Rooms(store).grant(user_name, room)
+    await _feed_membership(store, change, by=BY_SERVER)
     for connection in change.connections:
         await _join_first(service, store, connection, [change.room])
     entries = await _roster(store, change.room)
@@ -246,6 +248,7 @@ async def on_revoke(store: ConnectionStore, user_name: str, room: str, *, servic
     the REST API; SignalRUnavailableError when the service did not confirm it: the revocation is recorded and the
     next event or sweep removes them again, rooms R4), then the room and the user's connections hear them leave."""
     change = await Rooms(store).revoke(user_name, room)
+    await _feed_membership(store, change, by=BY_SERVER)
     hub = store.settings.hub
 
     async def remove(connection: str) -> bool:
@@ -468,6 +471,7 @@ async def _membership(
             _charge_snapshot(store, caller, entries)
         else:
             change = await rooms.leave(caller.user, parse_room(caller.argument))
+        await _feed_membership(store, change, by=BY_USER)
     except RefusedError as error:
         return [*revived, error_message(caller.connection, str(error), **error.details)]
     except (InvalidRequestError, InvalidNameError) as error:
@@ -529,6 +533,17 @@ def _unavailable(connection_id: str, method: str, error: StorageError) -> Messag
     """The caller's answer when storage failed: nothing to lose by retrying (every event is idempotent)."""
     logger.warning("%s: storage failed: %s", method, error)
     return error_message(connection_id, "the connection store is unavailable, try again", retry=True)
+
+
+async def _feed_membership(store: ConnectionStore, change: RoomChange, *, by: str) -> None:
+    """Put a membership change that is announced on the presence feed (feed F2: a failure raises, and the caller's
+    retry repeats the announcement within a minute, rooms R5)."""
+    if change.announce:
+        changed_at = change.changed_at or store.now()
+        message = membership_message(
+            change.room, change.user, joined=change.joined, by=by, changed_at=changed_at, at=store.now()
+        )
+        await store.feed.put(message)
 
 
 async def _announced(store: ConnectionStore, change: PresenceChange | None) -> list[Message]:

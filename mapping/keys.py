@@ -55,10 +55,14 @@ def normalize_connection_id(connection_id: object) -> str:
     return _normalize(connection_id, what="connection id")
 
 
+def fold_user_name(name: object) -> str:
+    """Return the form under which two spellings of a user name are one user: the canonical name casefolded (NFC)."""
+    return unicodedata.normalize("NFC", normalize_user_name(name).casefold())
+
+
 def user_key(name: object) -> str:
-    """Return the PartitionKey for a user: the casefolded name, escaped."""
-    folded = unicodedata.normalize("NFC", normalize_user_name(name).casefold())
-    return _fit(escape_key(folded))
+    """Return the PartitionKey for a user: the folded name, escaped."""
+    return _fit(escape_key(fold_user_name(name)))
 
 
 def connection_key(connection_id: object) -> str:

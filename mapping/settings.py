@@ -30,6 +30,7 @@ VALUE_SETTINGS: tuple[str, ...] = (
     "PRESENCE_WATCH",
     "DIRECT_MESSAGES",
     "ROOMS_OPEN",
+    "PRESENCE_FEED_QUEUE",
     "CLIENT_CALL_BURST",
     "CLIENT_CALL_RATE",
     "CLIENT_MESSAGE_MAX_BYTES",
@@ -73,6 +74,8 @@ MAX_CAP = 1_000_000  # ROOM_MAX_MEMBERS and USER_MAX_CONNECTIONS at most
 DEFAULT_CLIENT_MESSAGE_BYTES = 16 * 1024
 MAX_CLIENT_MESSAGE_BYTES = 64 * 1024
 GRACE_QUEUE = "presence-grace"  # the queue in AzureWebJobsStorage that carries the grace period's decisions
+# A Storage queue's name: 3-63 lowercase letters, digits and single hyphens, starting and ending alphanumeric.
+QUEUE_NAME = re.compile(r"^(?=.{3,63}$)[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))*$")
 
 _TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
 _HUB_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
@@ -146,6 +149,7 @@ class Settings:
     room_max_members: int | None = None  # ROOM_MAX_MEMBERS: members a client's join may make a room (None: no cap)
     user_max_connections: int | None = None  # USER_MAX_CONNECTIONS: a user's live connections (None: no cap)
     rooms_open: tuple[str, ...] = ()  # ROOMS_OPEN: rooms any signed-in user may join (names, `prefix*`, `*`)
+    presence_feed_queue: str = ""  # PRESENCE_FEED_QUEUE: the queue of AzureWebJobsStorage backends hear on ("": off)
     # No grace unless asked: the app setting's default (15 s) is applied by from_environment.
     presence_grace: timedelta = timedelta(0)
     index_shards: int = DEFAULT_INDEX_SHARDS
@@ -169,6 +173,7 @@ class Settings:
             presence_watch=_choice(env, "PRESENCE_WATCH", WATCH_POLICIES),
             direct_messages=_choice(env, "DIRECT_MESSAGES", DM_POLICIES),
             rooms_open=_rooms_open(env),
+            presence_feed_queue=_feed_queue(env),
             client_call_burst=_count(env, "CLIENT_CALL_BURST", DEFAULT_CALL_BURST, MAX_CALL_BUDGET),
             client_call_rate=_whole_number(
                 env, "CLIENT_CALL_RATE", DEFAULT_CALL_RATE, minimum=0, maximum=MAX_CALL_BUDGET
@@ -337,6 +342,18 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     if raw.lower() not in choices:
         raise ConfigurationError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
     return raw.lower()
+
+
+def _feed_queue(env: Mapping[str, str]) -> str:
+    name = _value(env, "PRESENCE_FEED_QUEUE") or ""
+    if name and not QUEUE_NAME.match(name):
+        raise ConfigurationError(
+            f"PRESENCE_FEED_QUEUE={name!r} is not a queue name: 3 to 63 lowercase letters, digits and single hyphens, "
+            "starting and ending with a letter or digit"
+        )
+    if name == GRACE_QUEUE:
+        raise ConfigurationError(f"PRESENCE_FEED_QUEUE may not be {GRACE_QUEUE!r}: the app reads that queue itself")
+    return name
 
 
 def _rooms_open(env: Mapping[str, str]) -> tuple[str, ...]:

@@ -100,6 +100,9 @@ param clientMessageMaxBytes int
 @description('The most members a client\'s join may make a room (1 to 1000000); empty: no cap.')
 param roomMaxMembers string
 
+@description('The queue of the host storage that carries the presence feed for backends; empty: no feed.')
+param presenceFeedQueue string
+
 @description('The most live connections one user may hold (1 to 1000000); empty: no cap.')
 param userMaxConnections string
 
@@ -270,6 +273,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     CLIENT_CALL_RATE: string(clientCallRate)
     CLIENT_MESSAGE_MAX_BYTES: string(clientMessageMaxBytes)
     ROOM_MAX_MEMBERS: roomMaxMembers
+    PRESENCE_FEED_QUEUE: presenceFeedQueue
     USER_MAX_CONNECTIONS: userMaxConnections
     MAPPING_INDEX_SHARDS: string(mappingIndexShards)
     MAPPING_LISTING_GROUPS: string(mappingListingGroups)

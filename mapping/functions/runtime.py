@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mapping.errors import ConfigurationError
+from mapping.presence.feed import NO_FEED, Feed, QueueFeed
 from mapping.presence.store import ConnectionStore
 from mapping.rooms.policy import SETTINGS_DECIDE, AccessPolicy
 from mapping.settings import GRACE_QUEUE, Settings, SignalRConnection
@@ -39,7 +40,17 @@ def store() -> ConnectionStore:
     if _store is None:
         _store = ConnectionStore(settings())
         _store.probe = _Probe(_client(_store.settings.signalr))
+        _store.feed = _feed(_store.settings)
     return _store
+
+
+def _feed(current: Settings) -> Feed:
+    """The presence feed: on the queue `PRESENCE_FEED_QUEUE` names, in AzureWebJobsStorage, or none."""
+    if not current.presence_feed_queue:
+        return NO_FEED
+    if current.queue is None:
+        raise ConfigurationError("PRESENCE_FEED_QUEUE needs a queue: set AzureWebJobsStorage (or leave it empty)")
+    return QueueFeed(QueueDelayedActions(current.queue, current.presence_feed_queue))
 
 
 class _Probe:
@@ -113,6 +124,7 @@ async def reset() -> None:
     checkers = list(_checkers.values())
     _checkers.clear()
     if current is not None:
+        await current.feed.close()
         await current.close()
     for checker in checkers:
         await checker.close()

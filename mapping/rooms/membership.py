@@ -96,6 +96,7 @@ class RoomChange:
     # False: it changed nothing of long standing (a member joining, a non-member leaving), so only the caller hears
     # (R5); True also for a repeat soon after a change, whose announcement an error may have lost
     announce: bool = True
+    changed_at: datetime | None = None  # when the membership changed: a repeat names the change it repeats (feed F1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +198,8 @@ class Rooms:
 
             if not operations:
                 joined_at = view.rooms[room].joined_at
-                return Done(replace(change, announce=moment - joined_at < REPEAT_ANNOUNCED or attempts.tried))
+                announce = moment - joined_at < REPEAT_ANNOUNCED or attempts.tried
+                return Done(replace(change, announce=announce, changed_at=joined_at))
             operations.append(_presence_touch(view, name, attempts))
             return Commit(operations, change, then=then)
 
@@ -215,7 +217,10 @@ class Rooms:
             change = self._change(view, name, room, joined=False, moment=moment, lapsed_too=True)
             membership = view.rooms.get(room)
             if membership is None:
-                return Done(replace(change, announce=flagged or attempts.tried or await self._left_lately(room, view)))
+                if flagged or attempts.tried:
+                    return Done(change)
+                left_at = await self._left_lately(room, view)
+                return Done(replace(change, announce=left_at is not None, changed_at=left_at or moment))
             if not flagged:
                 # Roster C3: readers check the flagged row until it is settled.
                 await self.index.leaving(room, partition, moment)
@@ -225,11 +230,13 @@ class Rooms:
 
         return await self.store.writes.write(partition, step, action="leave")
 
-    async def _left_lately(self, room: str, view: UserView) -> bool:
-        """Whether a leave of the room flagged the user's index row lately: its announcement may have been lost (R5)."""
+    async def _left_lately(self, room: str, view: UserView) -> datetime | None:
+        """When a leave flagged the user's index row of the room, if lately (its announcement may be lost: R5)."""
         indexed = await self.index.read(room, view.partition)
         moment = self.store.now()
-        return indexed is not None and indexed.pending_at is not None and moment - indexed.pending_at < REPEAT_ANNOUNCED
+        if indexed is None or indexed.pending_at is None or moment - indexed.pending_at >= REPEAT_ANNOUNCED:
+            return None
+        return indexed.pending_at
 
     async def revoke(self, user_name: str, room: str, *, now: datetime | None = None) -> RoomChange:
         """Take the user out of `room` and revoke its grant (a server's call): the membership and the grant end, and a
@@ -255,7 +262,8 @@ class Rooms:
             if not operations:  # nothing to revoke: the room hears nothing, unless a revoke of ours is recent (R5)
                 revoked = view.revoked.get(room)
                 recent = revoked is not None and moment - revoked.at < REPEAT_ANNOUNCED
-                return Done(replace(change, announce=recent or attempts.tried))
+                changed_at = revoked.at if revoked is not None and not attempts.tried else moment
+                return Done(replace(change, announce=recent or attempts.tried, changed_at=changed_at))
             return Commit([*operations, _presence_touch(view, name, attempts)], change)
 
         return await self.store.writes.write(partition, step, action="revoke a room")
@@ -313,7 +321,7 @@ class Rooms:
         rows = view.rows.values() if lapsed_too else view.live(self.store.lease, now=moment)
         rows = [row for row in rows if row.ended_at is None]  # closed: a grace holds it for presence only
         pair = view.presence.announced_as(name, rooms=(room,))
-        return RoomChange(name, room, joined, tuple(row.connection_id for row in rows), pair)
+        return RoomChange(name, room, joined, tuple(row.connection_id for row in rows), pair, changed_at=moment)
 
 
 async def settle_revocations(store: ConnectionStore, view: UserView, *, gone: set[str]) -> list[tuple[str, str]]:

@@ -8,10 +8,11 @@ C1. A copy is a pair as recorded (P1): a snapshot entry and a presence message o
     same thing, so a client merges the two by version alone.
     (test_audience: test_a_snapshot_then_changes_converge_by_version)
 C2. Every announcement of a pair, new or repeated, first writes the pair onto the user's rooms' index
-    rows; an event whose copies fail raises, so its announcement is lost with them and made again
-    (P5: the sweep's repeat, or the client's retry). Events write blindly (one request per room); the
-    sweep writes only over a lower version (read, then write on the ETag read), so a copy that a slow
-    writer set back is put right by the sweep that repeats the user's pair.
+    rows, then puts it on the presence feed (`mapping.presence.feed` F2); an event whose copies or put fail
+    raises, so its announcement is lost with them and made again (P5: the sweep's repeat, or the client's
+    retry). Events write blindly (one request per room); the sweep writes only over a lower version (read,
+    then write on the ETag read), so a copy that a slow writer set back is put right by the sweep that
+    repeats the user's pair.
     (test_audience: test_the_sweep_puts_a_set_back_copy_right)
 C3. A row flagged pending (a join or leave in flight, or stopped half way) is checked against the user's
     partition; the reader clears the flag, or deletes the row of a user who is not a member, only once
@@ -28,6 +29,7 @@ from datetime import datetime
 
 from mapping.errors import RowChangedError
 from mapping.keys import parse_room, user_key
+from mapping.presence.feed import presence_message
 from mapping.presence.state import PresenceChange, PresenceState
 from mapping.presence.store import ConnectionStore
 from mapping.rooms.index import STALE_INDEX_ROW, IndexedMember, MemberIndex
@@ -65,14 +67,15 @@ class Roster:
         self.index = MemberIndex(store.table)
 
     async def publish(self, change: PresenceChange, *, guarded: bool = False) -> None:
-        """Copy a pair onto the index rows of the change's rooms (C2); raise StorageError if any copy failed."""
-        if not change.rooms:
-            return
+        """Copy a pair onto the index rows of the change's rooms (C2), then put it on the presence feed (feed F2);
+        raise StorageError if any copy or the put failed."""
 
         async def copy(room: str) -> None:
             await (self._copy_over_lower(change, room) if guarded else self._copy(change, room))
 
-        await gather_bounded(change.rooms, copy, limit=_ROOM_WRITES)
+        if change.rooms:
+            await gather_bounded(change.rooms, copy, limit=_ROOM_WRITES)
+        await self.store.feed.put(presence_message(change, at=self.store.now()))
 
     async def snapshot(self, room: str, *, now: datetime | None = None) -> AsyncIterator[list[RosterEntry]]:
         """Yield a room's members with their presence pairs, one index page at a time (C3: pending rows checked)."""

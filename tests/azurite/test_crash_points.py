@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -46,6 +46,7 @@ from mapping.events import (
     on_sync,
 )
 from mapping.keys import room_partition
+from mapping.presence.feed import presence_message
 from mapping.presence.state import PresenceChange, PresenceState
 from mapping.presence.store import ConnectionStore
 from mapping.rooms.index import IndexedMember
@@ -127,6 +128,37 @@ class Queue(FakeDelayedActions):
             raise StorageUnavailableError("queue storage is unavailable (fault, after the message was enqueued)")
 
 
+class FeedLog:
+    """The presence feed as a consumer would read its queue, with a fault plan for its puts (as the queue's)."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.messages: list[dict[str, Any]] = []
+        self.faults: deque[str] = deque()
+        self.then = "pass"
+
+    def plan(self, *faults: str, then: str = "pass") -> None:
+        """Apply `faults` to the next puts in order, then `then` to every later one."""
+        self.faults, self.then = deque(faults), then
+
+    async def put(self, message: Mapping[str, Any]) -> None:
+        """Put `message`, or fail as planned: not put, put twice, or put and then an error."""
+        self.requests += 1
+        fault = self.faults.popleft() if self.faults else self.then
+        if fault == "outage":
+            raise StorageUnavailableError("queue storage is unavailable (fault)")
+        self.messages += [dict(message)] * (2 if fault == "twice" else 1)
+        if fault == "committed":
+            raise StorageUnavailableError("queue storage is unavailable (fault, after the message was put)")
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    def presence(self) -> list[PresenceChange]:
+        """The presence pairs put, in order."""
+        return [pair_of(message) for message in self.messages if message["kind"] == "presence"]
+
+
 @dataclass
 class World:
     """One crash case: the stores (direct and through the proxy), the queue, the announcements heard, the service."""
@@ -137,6 +169,7 @@ class World:
     proxy: FaultProxy
     clock: Moment
     queue: Queue
+    feed: FeedLog
     heard: list[PresenceChange] = field(default_factory=list)
     synced: list[PresenceChange] = field(default_factory=list)  # snapshot entries sent (presenceSync)
     service: FakeService | None = None
@@ -144,6 +177,12 @@ class World:
     def hear(self, *changes: PresenceChange | None) -> None:
         """Record announcements that reached clients."""
         self.heard += [change for change in changes if change is not None]
+
+    def announced(self, *changes: PresenceChange | None) -> None:
+        """Record what a store-level step announced: it stands for an event whose announcement (roster copies, feed
+        put, messages) went through, so its pairs reached clients and the feed."""
+        self.hear(*changes)
+        self.feed.messages += [presence_message(c, at=self.clock.at) for c in changes if c is not None]
 
     def receive(self, messages: list[Message]) -> list[Message]:
         """Record the presence messages and snapshots a function returned (its outputs reached clients)."""
@@ -192,22 +231,22 @@ Step = Callable[[World, ConnectionStore], Awaitable[None]]
 
 async def connect(world: World, store: ConnectionStore, user: str, tab: str, now: datetime) -> None:
     """A connected event; its announcement is heard only if the function returns."""
-    world.hear((await store.connect(user, tab, now=now)).presence)
+    world.announced((await store.connect(user, tab, now=now)).presence)
 
 
 async def disconnect(world: World, store: ConnectionStore, user: str, tab: str, now: datetime) -> None:
     """A disconnected event."""
-    world.hear((await store.disconnect(user, tab, now=now)).presence)
+    world.announced((await store.disconnect(user, tab, now=now)).presence)
 
 
 async def message(world: World, store: ConnectionStore, user: str, tab: str, now: datetime) -> None:
     """A client message: the caller's lease is refreshed (a revival is announced)."""
-    world.hear((await store.touch(user, tab, now=now)).presence)
+    world.announced((await store.touch(user, tab, now=now)).presence)
 
 
 async def set_status(world: World, store: ConnectionStore, user: str, tab: str, status: str, now: datetime) -> None:
     """A client's `setStatus(status)`: stored on the tab, the user's presence announced."""
-    world.hear((await store.set_status(user, tab, status, now=now)).presence)
+    world.announced((await store.set_status(user, tab, status, now=now)).presence)
 
 
 def invocation(world: World, user: str, tab: str, event: str, *arguments: object) -> Invocation:
@@ -606,8 +645,10 @@ async def world(azurite: Azurite, proxy: FaultProxy, case: Case) -> AsyncIterato
     service = FakeService(case.service) if case.service is not None else None
     if service is not None and case.listed is not None:
         service.listing, service.listed = Listing.LISTED, set(case.listed)
+    feed = FeedLog()
+    store.feed = proxied.feed = feed
     try:
-        yield World(azurite, store, proxied, proxy, clock, Queue(clock), service=service)
+        yield World(azurite, store, proxied, proxy, clock, Queue(clock), feed, service=service)
     finally:
         proxy.plan(then=PASS)
         await proxied.close()
@@ -620,20 +661,20 @@ def proxied_connection(azurite: Azurite, proxy: FaultProxy) -> str:
     return azurite.connection_string.replace(f":{azurite.port}/", f":{proxy.port}/")
 
 
-async def requests_of(azurite: Azurite, proxy: FaultProxy, case: Case) -> tuple[int, int]:
-    """Run the event cleanly and return how many table requests and queue schedules it made."""
+async def requests_of(azurite: Azurite, proxy: FaultProxy, case: Case) -> tuple[int, int, int]:
+    """Run the event cleanly and return how many table requests, queue schedules and feed puts it made."""
     async with world(azurite, proxy, case) as w:
         await case.setup(w, w.proxied)
-        before, scheduled = proxy.requests, w.queue.requests
+        before, scheduled, fed = proxy.requests, w.queue.requests, w.feed.requests
         await case.event(w, w.proxied)
-        return proxy.requests - before, w.queue.requests - scheduled
+        return proxy.requests - before, w.queue.requests - scheduled, w.feed.requests - fed
 
 
 async def assert_converged(w: World, *, now: datetime, leases_lapsed: bool, label: str) -> None:
     """Each user's highest announced version states what GET says (online, connections, status); no version
     names two states (announcements, snapshots sent, presence rows, roster copies)."""
     named: dict[tuple[str, int], set[State]] = {}
-    for change in [*w.heard, *w.synced]:
+    for change in [*w.heard, *w.synced, *w.feed.presence()]:
         named.setdefault((change.user.casefold(), change.version), set()).add(state_of(change))
     for user_key_, row in (await presence_rows_of(w)).items():
         if row.get("Version") is not None:
@@ -651,6 +692,12 @@ async def assert_converged(w: World, *, now: datetime, leases_lapsed: bool, labe
         expected = (truth.online, truth.connections, truth.status)
         assert announced == expected, (label, user, expected, sorted((c.version, state_of(c)) for c in mine))
     if leases_lapsed:
+        # The feed (feed F2): the highest pair put of each user states what GET says, as a consumer keeps it.
+        for user in sorted(users):
+            truth = (await w.store.presence_of(user, now=now)).state
+            fed = [change for change in w.feed.presence() if change.user.casefold() == user]
+            highest = state_of(max(fed, key=lambda change: change.version)) if fed else (False, 0, None)
+            assert highest == (truth.online, truth.connections, truth.status), (label, user, "feed", highest)
         # Rows stay only for connections the service still has, or cannot say about (kept to the max age).
         kept = {key for key, answer in (w.service.answers if w.service else {}).items() if answer is not Liveness.GONE}
         kept |= w.service.listed if w.service else set()
@@ -705,7 +752,7 @@ Counts = dict[str, dict[str, int]]
 async def test_every_crash_point_converges(azurite: Azurite, proxy: FaultProxy, figures: Figures, case: Case) -> None:
     """Fail each table request and queue schedule of the event three ways; the promised recovery (the decisions
     delivered at least once, the sweeps) makes presence and the rosters true."""
-    total, queued = await requests_of(azurite, proxy, case)
+    total, queued, fed = await requests_of(azurite, proxy, case)
     assert total + queued > 0
     modes: Counts = {mode: {"points": 0, "converged": 0, "next_sweep": 0} for mode in MODES}
     for k in range(1, total + 1):
@@ -730,13 +777,30 @@ async def test_every_crash_point_converges(azurite: Azurite, proxy: FaultProxy, 
             promised = case.retried or mode != "outage"
             by_next_sweep = await crash_point(azurite, proxy, case, plan_queue, promised=promised, label=label)
             count(queue_modes[mode], by_next_sweep=by_next_sweep)
-    for kind, requests, counts in (("table", total, modes), ("queue", queued, queue_modes)):
+    feed_modes: Counts = {mode: {"points": 0, "converged": 0, "next_sweep": 0} for mode in QUEUE_MODES}
+    for k in range(1, fed + 1):
+        for mode, (fault_, after_) in QUEUE_MODES.items():
+            label = f"{case.name}: feed put {k} of {fed}, {mode}"
+
+            def plan_feed(w: World, fault: str = fault_, after: str = after_, k: int = k) -> None:
+                w.feed.plan(*(["pass"] * (k - 1)), fault, then=after)
+
+            # A put that raises loses its announcement with it (feed F2): the sweep's repeat (P5) is within a lease.
+            promised = mode == "committed, answered 500"
+            by_next_sweep = await crash_point(azurite, proxy, case, plan_feed, promised=promised, label=label)
+            count(feed_modes[mode], by_next_sweep=by_next_sweep)
+    kinds = (("table", total, modes), ("queue", queued, queue_modes), ("feed", fed, feed_modes))
+    for kind, requests, counts in kinds:
         if requests:
             points = sum(c["points"] for c in counts.values())
             next_sweep = sum(c["next_sweep"] for c in counts.values())
             print(f"\n{case.name}: {requests} {kind} requests, {points} crash points, {points} converged, ", end="")
             print(f"{next_sweep} by the next sweep")
-            name = case.name if kind == "table" else f"{case.name} (queue schedules)"
+            name = (
+                case.name
+                if kind == "table"
+                else f"{case.name} ({'queue schedules' if kind == 'queue' else 'feed puts'})"
+            )
             figures.put("crash_points", name, {"requests": requests, "kind": kind, "modes": counts})
 
 
@@ -765,6 +829,7 @@ async def crash_point(
             await case.event(w, w.proxied)
         w.proxy.plan(then=PASS)
         w.queue.plan()
+        w.feed.plan()
         # The decisions due: delivered (one whose function raised again), then each a second time.
         await w.deliver(w.proxied, DECISIONS)
         await w.redeliver(w.proxied, DECISIONS + timedelta(seconds=30))

@@ -36,6 +36,7 @@ def test_defaults_apply_when_only_a_connection_is_set() -> None:
         ("PRESENCE_AUDIENCE", "Hub", "presence_audience", "hub"),  # case-insensitive
         ("PRESENCE_WATCH", "anyone", "presence_watch", "anyone"),
         ("ROOMS_OPEN", "lobby  public.* lobby", "rooms_open", ("lobby", "public.*")),
+        ("PRESENCE_FEED_QUEUE", "presence-feed", "presence_feed_queue", "presence-feed"),
         ("CLIENT_CALL_BURST", "40", "client_call_burst", 40),
         ("CLIENT_CALL_RATE", "0", "client_call_rate", 0),  # 0 allowed: no budget
         ("CLIENT_MESSAGE_MAX_BYTES", "65536", "client_message_max_bytes", 65536),
@@ -115,6 +116,10 @@ def test_host_storage_fallbacks(env: dict[str, str], expected: tuple[str | None,
         {"MAPPING_STORAGE": "x", "SIGNALR_HUB": "bad hub"},
         {"MAPPING_STORAGE": "x", "PRESENCE_AUDIENCE": "everyone"},
         {"MAPPING_STORAGE": "x", "PRESENCE_WATCH": "friends"},
+        {"MAPPING_STORAGE": "x", "PRESENCE_FEED_QUEUE": "Presence_Feed"},
+        {"MAPPING_STORAGE": "x", "PRESENCE_FEED_QUEUE": "ab"},
+        {"MAPPING_STORAGE": "x", "PRESENCE_FEED_QUEUE": "feed--x"},
+        {"MAPPING_STORAGE": "x", "PRESENCE_FEED_QUEUE": "presence-grace"},
         {"MAPPING_STORAGE": "x", "DIRECT_MESSAGES": "friends"},
         {"MAPPING_STORAGE": "x", "PRESENCE_GRACE_SECONDS": "-1"},
         {"MAPPING_STORAGE": "x", "PRESENCE_GRACE_SECONDS": "3601"},
