@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,8 @@ import aiohttp
 import pytest
 
 from local.node_driver import NodeDriver
-from testkit.azurite import Azurite
+from testkit.azurite import Azurite, connection_string
+from testkit.faultproxy import Fault, FaultProxy
 from testkit.hub_client import connected_answered
 from testkit.local_stack import HostOptions, log_tail, running_local_stack
 from testkit.openapi_contract import check_answer
@@ -107,6 +108,27 @@ def running_stack(
         emulator_options=emulator_options,
     ) as local:
         yield Stack(host_url=local.host_url, emulator_url=local.emulator_url, table=table, logs=local.logs)
+
+
+@contextlib.asynccontextmanager
+async def failing_storage_stack(
+    azurite: Azurite, *, extra_settings: dict[str, str] | None = None
+) -> AsyncIterator[tuple[Stack, asyncio.Event]]:
+    """A stack whose table requests pass a proxy that answers 503 while the event is set (its queues go straight to
+    Azurite)."""
+    failing = asyncio.Event()
+    proxy = FaultProxy(azurite.port)
+    proxy.rule = lambda _request, _body: Fault.answer(503) if failing.is_set() else None
+    await proxy.start()
+    settings = {**(extra_settings or {}), "MAPPING_STORAGE": connection_string(proxy.port)}
+    try:
+        with running_stack(azurite, extra_settings=settings) as running:
+            try:
+                yield running, failing
+            finally:
+                await proxy.stop()  # before the host: stopping it blocks this loop, which the proxy answers from
+    finally:
+        await proxy.stop()
 
 
 def unique_user(prefix: str) -> str:

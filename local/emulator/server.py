@@ -635,12 +635,9 @@ def _next_link(request: web.Request, token: str) -> str:
 
 async def drop_next_disconnect(request: web.Request) -> web.Response:
     """Make the emulator skip the next `count` (default 1) disconnected upstream calls, as a crashed app would."""
-    try:
-        count = int(request.query.get("count", "1"))
-    except ValueError:
-        return _error(400, "count must be a whole number")
-    if not 0 <= count <= 1000:
-        return _error(400, "count must be between 0 and 1000")
+    count = _drop_count(request)
+    if isinstance(count, web.Response):
+        return count
     faults = request.app[FAULTS]
     faults.drop_disconnected = count
     return web.json_response({"dropNextDisconnected": count, "droppedSoFar": list(faults.dropped)})
@@ -649,15 +646,23 @@ async def drop_next_disconnect(request: web.Request) -> web.Response:
 async def drop_next_connected(request: web.Request) -> web.Response:
     """Make the emulator skip the next `count` (default 1) connected upstream calls, as an app that never ran its
     connected function (the client stays connected, unmapped)."""
+    count = _drop_count(request)
+    if isinstance(count, web.Response):
+        return count
+    faults = request.app[FAULTS]
+    faults.drop_connected = count
+    return web.json_response({"dropNextConnected": count, "droppedSoFar": list(faults.dropped_connected)})
+
+
+def _drop_count(request: web.Request) -> int | web.Response:
+    """The `count` of a drop fault (default 1, 0 to 1000), or the 400 that refuses it."""
     try:
         count = int(request.query.get("count", "1"))
     except ValueError:
         return _error(400, "count must be a whole number")
     if not 0 <= count <= 1000:
         return _error(400, "count must be between 0 and 1000")
-    faults = request.app[FAULTS]
-    faults.drop_connected = count
-    return web.json_response({"dropNextConnected": count, "droppedSoFar": list(faults.dropped_connected)})
+    return count
 
 
 async def delay_connected(request: web.Request) -> web.Response:

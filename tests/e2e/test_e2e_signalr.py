@@ -15,8 +15,7 @@ import aiohttp
 import pytest
 
 from mapping.signalr.tokens import access_key_token
-from testkit.azurite import Azurite, connection_string
-from testkit.faultproxy import Fault, FaultProxy
+from testkit.azurite import Azurite
 from testkit.stack import (
     ACCESS_KEY,
     HUB,
@@ -25,6 +24,7 @@ from testkit.stack import (
     SignalRClients,
     Stack,
     api,
+    failing_storage_stack,
     running_stack,
     unique_user,
     wait_until,
@@ -343,19 +343,9 @@ async def emulator_admin(stack: Stack, path: str) -> dict[str, Any]:
 
 @pytest.fixture
 async def failing_storage(azurite: Azurite) -> AsyncIterator[tuple[Stack, asyncio.Event]]:
-    """A stack whose table requests pass a proxy that answers 503 while the event is set."""
-    failing = asyncio.Event()
-    proxy = FaultProxy(azurite.port)
-    proxy.rule = lambda _request, _body: Fault.answer(503) if failing.is_set() else None
-    await proxy.start()
-    try:
-        with running_stack(azurite, extra_settings={"MAPPING_STORAGE": connection_string(proxy.port)}) as running:
-            try:
-                yield running, failing
-            finally:
-                await proxy.stop()  # before the host: stopping it blocks this loop, which the proxy answers from
-    finally:
-        await proxy.stop()
+    """A stack whose table requests answer 503 while the event is set."""
+    async with failing_storage_stack(azurite) as failing:
+        yield failing
 
 
 async def test_a_connected_that_fails_closes_the_client_which_then_connects_again(

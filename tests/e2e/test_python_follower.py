@@ -28,9 +28,8 @@ from client.python.follow_presence import (
     fold_user_name,
 )
 from mapping.keys import user_key
-from testkit.azurite import ROOT, Azurite, connection_string
-from testkit.faultproxy import Fault, FaultProxy
-from testkit.stack import SignalRClients, Stack, api, running_stack, unique_user, wait_until
+from testkit.azurite import ROOT, Azurite
+from testkit.stack import SignalRClients, Stack, api, failing_storage_stack, running_stack, unique_user, wait_until
 from testkit.tables import presence_rows
 
 PRINCIPAL = "x-ms-client-principal-name"
@@ -288,25 +287,10 @@ async def test_names_fold_as_the_server_folds_them(azurite: Azurite, stack: Stac
 
 @pytest.fixture
 async def failing_storage(azurite: Azurite) -> AsyncIterator[tuple[Stack, asyncio.Event]]:
-    """A stack whose table requests pass a proxy that answers 503 while the event is set (the queue goes direct)."""
-    failing = asyncio.Event()
-    proxy = FaultProxy(azurite.port)
-    proxy.rule = lambda _request, _body: Fault.answer(503) if failing.is_set() else None
-    await proxy.start()
-    settings = {
-        "PRESENCE_AUDIENCE": "scoped",
-        "PRESENCE_GRACE_SECONDS": "0",
-        "MAPPING_STORAGE": connection_string(proxy.port),
-    }
-    try:
-        with running_stack(azurite, extra_settings=settings) as running:
-            try:
-                yield running, failing
-            finally:
-                # Stopped before the host: stopping the host blocks this loop, which the proxy answers from.
-                await proxy.stop()
-    finally:
-        await proxy.stop()
+    """A stack whose table requests answer 503 while the event is set (scoped audience, no grace)."""
+    settings = {"PRESENCE_AUDIENCE": "scoped", "PRESENCE_GRACE_SECONDS": "0"}
+    async with failing_storage_stack(azurite, extra_settings=settings) as failing:
+        yield failing
 
 
 @pytest.mark.slow
