@@ -166,7 +166,12 @@ async def _mapped(store: ConnectionStore, outcome: ConnectOutcome) -> list[Messa
     if store.settings.presence_audience == "scoped":
         groups.append(join_group(connection_id, presence_group(outcome.entity.user_name)))  # hears its own user
     groups += [leave_group(connection, room) for connection, room in outcome.lingering]  # a revoke's (rooms R4)
-    return groups + await _announced(store, outcome.presence)
+    try:
+        return groups + await _announced(store, outcome.presence)
+    except StorageError as error:
+        # Mapped: its groups still go out. The lost announcement (copies, feed) is the sweep's to repeat (P5).
+        logger.warning("connected: %s mapped, its announcement left to the sweep: %s", connection_id, error)
+        return groups
 
 
 async def on_disconnected(
@@ -539,9 +544,8 @@ async def _feed_membership(store: ConnectionStore, change: RoomChange, *, by: st
     """Put a membership change that is announced on the presence feed (feed F2: a failure raises, and the caller's
     retry repeats the announcement within a minute, rooms R5)."""
     if change.announce:
-        changed_at = change.changed_at or store.now()
         message = membership_message(
-            change.room, change.user, joined=change.joined, by=by, changed_at=changed_at, at=store.now()
+            change.room, change.user, joined=change.joined, by=by, changed_at=change.changed_at, at=store.now()
         )
         await store.feed.put(message)
 

@@ -118,9 +118,11 @@ class Registry:
             members.discard(connection.id)
 
     def connection(self, hub: str, connection_id: str) -> ClientConnection | None:
-        """Return a live connection of a hub."""
+        """Return a live connection of a hub (not one the service is closing: it is gone for the REST API at once)."""
         found = self.connections.get(connection_id)
-        return found if found is not None and hub_key(found.caller.hub) == hub_key(hub) else None
+        if found is None or found.closed_by_service:
+            return None
+        return found if hub_key(found.caller.hub) == hub_key(hub) else None
 
     def of_hub(self, hub: str) -> list[ClientConnection]:
         """Return every live connection of a hub."""

@@ -241,8 +241,9 @@ async def _handshake(app: web.Application, connection: ClientConnection) -> bool
             return False
     elif not await _connected_after_handshake(app, connection):
         return False
-    for extra in records[1:]:
-        await _on_record(app, connection, extra)
+    if not connection.closed_by_service:  # closed during connected (the app's REST close): its calls go nowhere
+        for extra in records[1:]:
+            await _on_record(app, connection, extra)
     return True
 
 
@@ -267,7 +268,11 @@ async def _connected_after_handshake(app: web.Application, connection: ClientCon
     reconnecting (and hears no disconnected). The client's messages wait until `connected` returns."""
     await connection.open(protocol.HANDSHAKE_OK)
     _log_connected(connection)
-    result = await _call_connected(app, connection)
+    keepalive = asyncio.create_task(_keep_alive(connection, app[CONFIG]))  # pinged while connected runs, as ASP.NET
+    try:
+        result = await _call_connected(app, connection)
+    finally:
+        keepalive.cancel()
     if result.status == 0:  # as Microsoft's emulator: closed, no disconnected event follows
         await connection.close("An error occurred on the server while the connection was opening.")
         return False
@@ -299,6 +304,7 @@ def _log_connected(connection: ClientConnection) -> None:
 async def _serve(app: web.Application, connection: ClientConnection) -> None:
     """Pump records until the client or the service closes; keep alive and time out silent clients."""
     config = app[CONFIG]
+    connection.last_received = time.monotonic()  # the client timeout starts here, as Microsoft's emulator's
     invocations: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     worker = asyncio.create_task(_forward_invocations(app, connection, invocations))
     keepalive = asyncio.create_task(_keep_alive(connection, config))

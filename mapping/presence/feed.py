@@ -8,13 +8,14 @@ Each message has a `kind` (`presence`, `joined`, `left`), a `subject` (`user:<fo
 
 F1. A message states a pair as recorded (P1) or a membership as committed, under its version: a consumer keeps the
     highest version per subject and drops the rest, whatever the order of delivery. A membership's version is the
-    time of its change in milliseconds (the join's `JoinedAt`, the leave's or revoke's moment): a repeat of an
-    announcement states the same version.
+    time of its change in milliseconds, taken on the attempt that commits (the join's `JoinedAt`; the leave's or
+    revoke's flag, at least a millisecond after the join's): a grant of a member and a repeat state the same version.
 F2. A message is put with its announcement: after the roster copies (roster C2) and before the function's SignalR
     messages leave; a put that fails raises, so the announcement is lost with it and made again, with its message
     (P5: the sweep's repeat of a recorded pair; a client's or server's retry of a join, leave, grant or revoke, which
-    repeats the announcement within a minute, rooms R5). Delivery is at least once: a put answered with an error may
-    have enqueued the message, and a repeat puts it again.
+    repeats the announcement within a minute, rooms R5; nothing repeats a membership's message later). Delivery is at
+    least once: a put answered with an error may have enqueued the message, and the sweep's P5 repeat puts a
+    presence pair again even when the first put went through.
 """
 
 from __future__ import annotations

@@ -78,6 +78,7 @@ logger = logging.getLogger(__name__)
 MAX_ROOMS_PER_USER = 100
 # A join of a room one is in, or a leave of one one is not in, this soon after the change is announced again (R5).
 REPEAT_ANNOUNCED = timedelta(minutes=1)
+_AFTER = timedelta(milliseconds=1)  # a leave's time is at least this after its join's (feed F1: versions grow)
 _MEMBER_READS = 16  # member partitions read at once when listing a room
 
 
@@ -92,11 +93,11 @@ class RoomChange:
     room: str
     joined: bool
     connections: tuple[str, ...]
+    changed_at: datetime  # when the membership changed: a repeat names the change it repeats (feed F1)
     presence: PresenceChange | None = None  # the user's recorded pair, for the room's members
     # False: it changed nothing of long standing (a member joining, a non-member leaving), so only the caller hears
     # (R5); True also for a repeat soon after a change, whose announcement an error may have lost
     announce: bool = True
-    changed_at: datetime | None = None  # when the membership changed: a repeat names the change it repeats (feed F1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,12 +175,16 @@ class Rooms:
         self, name: str, room: str, check: _Check, *, now: datetime | None, action: str, granting: bool = False
     ) -> RoomChange:
         """The write loop of a join or a grant: the membership (and the grant) with the presence row's touch (R2)."""
-        partition, moment = user_key(name), self.store.now(now)
-        membership = Membership(room, moment)
+        partition = user_key(name)
 
         async def step(view: UserView, attempts: Attempts) -> Done[RoomChange] | Commit[RoomChange]:
             await check(view)
+            # Each attempt's own time: a retried join commits no older a change than it is (feed F1).
+            moment = self.store.now(now)
+            membership = Membership(room, moment)
             change = self._change(view, name, room, joined=True, moment=moment)
+            if (member := view.rooms.get(room)) is not None:
+                change = replace(change, changed_at=member.joined_at)  # a grant or a repeat restates the join
             operations: list[Operation] = []
             if granting and room not in view.grants:
                 operations.append(upsert(RoomMark(room, moment).to_table(partition, prefix=GRANT_PREFIX)))
@@ -198,8 +203,7 @@ class Rooms:
 
             if not operations:
                 joined_at = view.rooms[room].joined_at
-                announce = moment - joined_at < REPEAT_ANNOUNCED or attempts.tried
-                return Done(replace(change, announce=announce, changed_at=joined_at))
+                return Done(replace(change, announce=moment - joined_at < REPEAT_ANNOUNCED or attempts.tried))
             operations.append(_presence_touch(view, name, attempts))
             return Commit(operations, change, then=then)
 
@@ -209,7 +213,7 @@ class Rooms:
         """End the user's membership of `room`; leaving a room one is not in does no harm."""
         name, room = normalize_user_name(user_name), parse_room(room)
         partition, moment = user_key(name), self.store.now(now)
-        flagged = False
+        flagged: datetime | None = None  # when this leave flagged the index row: its change's time (feed F1)
 
         async def step(view: UserView, attempts: Attempts) -> Done[RoomChange] | Commit[RoomChange]:
             nonlocal flagged
@@ -217,16 +221,16 @@ class Rooms:
             change = self._change(view, name, room, joined=False, moment=moment, lapsed_too=True)
             membership = view.rooms.get(room)
             if membership is None:
-                if flagged or attempts.tried:
-                    return Done(change)
+                if flagged is not None or attempts.tried:
+                    return Done(replace(change, changed_at=flagged or moment))
                 left_at = await self._left_lately(room, view)
                 return Done(replace(change, announce=left_at is not None, changed_at=left_at or moment))
-            if not flagged:
-                # Roster C3: readers check the flagged row until it is settled.
-                await self.index.leaving(room, partition, moment)
-                flagged = True
+            if flagged is None:
+                # Roster C3: readers check the flagged row until it is settled. After its join, whatever the clocks.
+                flagged = max(self.store.now(now), membership.joined_at + _AFTER)
+                await self.index.leaving(room, partition, flagged)
             ending = delete(partition, membership_key(room), etag=membership.etag)
-            return Commit([ending, _presence_touch(view, name, attempts)], change)
+            return Commit([ending, _presence_touch(view, name, attempts)], replace(change, changed_at=flagged))
 
         return await self.store.writes.write(partition, step, action="leave")
 
@@ -236,14 +240,15 @@ class Rooms:
         moment = self.store.now()
         if indexed is None or indexed.pending_at is None or moment - indexed.pending_at >= REPEAT_ANNOUNCED:
             return None
-        return indexed.pending_at
+        # A join flags its row at its own time; only a leave's flag comes after the join.
+        return indexed.pending_at if indexed.pending_at > indexed.joined_at else None
 
     async def revoke(self, user_name: str, room: str, *, now: datetime | None = None) -> RoomChange:
         """Take the user out of `room` and revoke its grant (a server's call): the membership and the grant end, and a
         revocation names the connections the room's group may still hold (R4); revoking again does no harm."""
         name, room = normalize_user_name(user_name), parse_room(room)
         partition, moment = user_key(name), self.store.now(now)
-        flagged = False
+        flagged: datetime | None = None  # when this revoke flagged the index row: its change's time (feed F1)
 
         async def step(view: UserView, attempts: Attempts) -> Done[RoomChange] | Commit[RoomChange]:
             nonlocal flagged
@@ -254,15 +259,16 @@ class Rooms:
             if (grant := view.grants.get(room)) is not None:
                 operations.append(delete(partition, grant_key(room), etag=grant.etag))
             if (membership := view.rooms.get(room)) is not None:
-                if not flagged:
-                    await self.index.leaving(room, partition, moment)  # roster C3, as a leave
-                    flagged = True
+                if flagged is None:
+                    flagged = max(self.store.now(now), membership.joined_at + _AFTER)
+                    await self.index.leaving(room, partition, flagged)  # roster C3, as a leave
                 operations.append(delete(partition, membership_key(room), etag=membership.etag))
-                operations.append(upsert(RoomMark(room, moment).to_table(partition, prefix=REVOKED_PREFIX)))
+                operations.append(upsert(RoomMark(room, flagged).to_table(partition, prefix=REVOKED_PREFIX)))
+                change = replace(change, changed_at=flagged)
             if not operations:  # nothing to revoke: the room hears nothing, unless a revoke of ours is recent (R5)
                 revoked = view.revoked.get(room)
                 recent = revoked is not None and moment - revoked.at < REPEAT_ANNOUNCED
-                changed_at = revoked.at if revoked is not None and not attempts.tried else moment
+                changed_at = flagged or (revoked.at if revoked is not None else moment)
                 return Done(replace(change, announce=recent or attempts.tried, changed_at=changed_at))
             return Commit([*operations, _presence_touch(view, name, attempts)], change)
 
@@ -312,7 +318,8 @@ class Rooms:
 
     async def _clear_if_stale(self, room: str, indexed: IndexedMember, moment: datetime) -> None:
         """Delete an index row with no membership once no join can be writing it (R1); best effort."""
-        if moment - indexed.joined_at >= STALE_INDEX_ROW and indexed.etag is not None:
+        # Since its last join or leave (touched_at): a leave's flag stays for its repeat (R5) until then.
+        if moment - indexed.touched_at >= STALE_INDEX_ROW and indexed.etag is not None:
             await self.index.settle(room, indexed, member=False, pair=None)
 
     def _change(
@@ -321,7 +328,7 @@ class Rooms:
         rows = view.rows.values() if lapsed_too else view.live(self.store.lease, now=moment)
         rows = [row for row in rows if row.ended_at is None]  # closed: a grace holds it for presence only
         pair = view.presence.announced_as(name, rooms=(room,))
-        return RoomChange(name, room, joined, tuple(row.connection_id for row in rows), pair, changed_at=moment)
+        return RoomChange(name, room, joined, tuple(row.connection_id for row in rows), moment, pair)
 
 
 async def settle_revocations(store: ConnectionStore, view: UserView, *, gone: set[str]) -> list[tuple[str, str]]:

@@ -8,6 +8,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -19,7 +20,11 @@ from client.python.feed_consumer.function_app import keep_if_newer, state_of
 from mapping import events
 from mapping.errors import StorageUnavailableError
 from mapping.presence.feed import NO_FEED, QueueFeed
+from mapping.presence.rows import Membership
+from mapping.presence.state import Recorded
 from mapping.presence.store import ConnectionStore
+from mapping.rooms.index import MemberIndex
+from mapping.rooms.membership import Rooms
 from mapping.settings import QueueConnection
 from mapping.signalr.invocation import Invocation
 from mapping.signalr.liveness import AGE_ONLY
@@ -27,6 +32,8 @@ from mapping.storage.queue import QueueDelayedActions
 from testkit.azurite import Azurite
 from testkit.delayed import FakeDelayedActions
 from testkit.tables import drop_table, make_settings, unique_table_name
+
+T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -202,3 +209,26 @@ async def test_the_example_consumer_keeps_the_highest_version_whatever_the_order
             assert (state["version"], state["online"]) == (1796000000003, 1)
         finally:
             await table.delete_table()
+
+
+async def test_a_membership_version_grows_whatever_the_clocks_and_a_grant_restates_the_join(
+    store: ConnectionStore,
+) -> None:
+    """A leave stamped by a clock behind the join's still takes a later version; a grant of a member, and a join
+    repeated, state the join's version (feed F1)."""
+    rooms = Rooms(store)
+    joined = await rooms.join("fay", "lobby", now=T0)
+    granted = await rooms.grant("fay", "lobby", now=T0 + timedelta(seconds=5))
+    repeated = await rooms.join("fay", "lobby", now=T0 + timedelta(seconds=6))
+    left = await rooms.leave("fay", "lobby", now=T0 - timedelta(seconds=30))  # an instance whose clock is behind
+    assert joined.changed_at == granted.changed_at == repeated.changed_at == T0
+    assert joined.changed_at < left.changed_at
+
+
+async def test_a_leave_of_a_room_whose_join_stopped_half_way_announces_nothing(store: ConnectionStore) -> None:
+    """A join that wrote its index row but never its membership leaves a flagged row; a leave within the minute is of
+    a room the user is not in, so it puts nothing on the feed and the room hears nothing (rooms R5)."""
+    partition = "gus"
+    await MemberIndex(store.table).joining(Membership("lobby", T0), partition, "gus", recorded=Recorded())
+    left = await Rooms(store).leave("gus", "lobby", now=T0 + timedelta(seconds=10))
+    assert left.announce is False

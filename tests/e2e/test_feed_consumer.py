@@ -66,14 +66,23 @@ async def test_the_consumer_pushes_a_direct_message_only_while_its_recipient_is_
     stack, pushes = consumer
     ann = unique_user("Ann")
     subject = quote(f"user:{ann.casefold()}", safe="")
+    room = f"room-{uuid.uuid4().hex[:8]}"
 
     async def consumer_says(online: bool) -> bool:
-        status, body = await consumer_call(stack, "GET", f"subjects/{subject}")
+        status, body = await consumer_call(stack, "GET", f"subject?subject={subject}")
         return status == 200 and body["online"] is online
 
     async with SignalRClients(mapper) as clients:
         await clients.connect("a1", ann)
+        await clients.send("a1", "join", room)
         await wait_until(lambda: consumer_says(True), within=30, what="the consumer to hear Ann online")
+        member = quote(f"member:{room}/{ann.casefold()}", safe="")
+
+        async def joined() -> bool:
+            status, body = await consumer_call(stack, "GET", f"subject?subject={member}")
+            return status == 200 and (body["kind"], body["by"]) == ("joined", "user")
+
+        await wait_until(joined, within=30, what="the consumer to hear Ann join")
         assert await consumer_call(stack, "POST", "notify", {"to": ann.upper(), "message": "hi"}) == (
             200,
             {"push": False, "online": True},

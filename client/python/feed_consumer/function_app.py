@@ -7,7 +7,7 @@
   message: a recipient the feed last said is online gets it through SignalR as usual (`{"push": false}`); one
   offline, or never seen, gets a push instead (here a row in `FEED_PUSH_TABLE`, where a real app calls its push
   service), answered `{"push": true}`.
-- `GET /api/subjects/{subject}`: the state kept for one subject (404 if none), to look at.
+- `GET /api/subject?subject=...`: the state kept for one subject (404 if none), to look at.
 
 It imports nothing of the mapper: it reads the feed's JSON only (docs/feed.md).
 """
@@ -15,6 +15,7 @@ It imports nothing of the mapper: it reads the feed's JSON only (docs/feed.md).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -43,8 +44,9 @@ def fold(name: str) -> str:
 
 
 def _row_key(subject: str) -> str:
-    # Table keys may not hold / \\ # ? or control characters: the subject is stored hex-encoded.
-    return subject.encode("utf-8").hex()
+    # Table keys may not hold / \ # ? or control characters and are at most 1 KiB: a subject is kept under its
+    # SHA-256 (the subject itself is in the row's Body).
+    return hashlib.sha256(subject.encode("utf-8")).hexdigest()
 
 
 async def keep_if_newer(table: TableClient, message: dict[str, Any]) -> bool:
@@ -133,12 +135,15 @@ async def notify(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @app.function_name("subject")
-@app.route(route="subjects/{subject}", methods=["GET"])
+@app.route(route="subject", methods=["GET"])
 async def subject(req: func.HttpRequest) -> func.HttpResponse:
-    """Return the state kept for one subject."""
+    """Return the state kept for one subject (`?subject=`: subjects hold `/`, so not a route segment)."""
+    name = req.params.get("subject")
+    if not name:
+        return _json(400, {"error": "the query parameter subject is required"})
     async with _table("FEED_STATE_TABLE") as table:
         try:
-            state = await state_of(table, req.route_params["subject"])
+            state = await state_of(table, name)
         except ResourceNotFoundError:
             state = None
     return _json(404, {"error": "nothing heard of this subject"}) if state is None else _json(200, state)
