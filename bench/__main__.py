@@ -19,6 +19,10 @@ from bench.access import measure_access
 from bench.access import missed as access_missed
 from bench.audience import AudiencePlan, measure_audiences
 from bench.coldstart import measure_cold_start
+from bench.feed import FULL as FEED_FULL
+from bench.feed import SMOKE as FEED_SMOKE
+from bench.feed import measure_feed
+from bench.feed import missed as feed_missed
 from bench.load import Sample, drive, summarise
 from bench.report import merge_scale_into_latest, write_report
 from bench.roundtrips import count_round_trips
@@ -137,6 +141,8 @@ async def run(plan: Plan, out: Path, *, smoke: bool) -> None:
         access = await measure_access(azurite)
         logger.info("measuring what one client may spend: the call budget off and on")
         spend = await measure_spend(azurite, SPEND_SMOKE if smoke else SPEND_FULL)
+        logger.info("measuring the presence feed: each event's requests with the feed off and on")
+        feed = await measure_feed(azurite, FEED_SMOKE if smoke else FEED_FULL)
         logger.info("measuring audiences and grace (%d connections online)", plan.online)
         audiences = await measure_audiences(azurite, AudiencePlan(online=plan.online))
         logger.info("measuring cold start")
@@ -154,6 +160,7 @@ async def run(plan: Plan, out: Path, *, smoke: bool) -> None:
         "audiences": audiences,
         "access": access,
         "spend": spend,
+        "feed": feed,
         "cold_start": cold,
         **({"scale": scale} if scale else {}),
         "duration_seconds": round(time.monotonic() - started, 1),
@@ -164,11 +171,12 @@ async def run(plan: Plan, out: Path, *, smoke: bool) -> None:
     missed += [what for what, _measured, _goal, met in (scale_goals(scale) if scale else []) if not met]
     missed += access_missed(access)
     missed += spend_missed(spend)
+    missed += feed_missed(feed)
     for figure in missed:
         logger.error("over its goal: %s", figure)
     if missed and smoke:
         raise SystemExit(
-            f"{len(missed)} audience, scale, access or spend figure(s) over their goals (see {out / 'latest.md'})"
+            f"{len(missed)} audience, scale, access, spend or feed figure(s) over their goals (see {out / 'latest.md'})"
         )
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import charts
+from bench.feed import feed_markdown, feed_summary
 from bench.scale import markdown as scale_markdown
 from bench.scale import per_event_counts
 from bench.spend import spend_markdown, spend_summary
@@ -93,6 +94,7 @@ def markdown(results: dict[str, Any]) -> str:
         *_audience_summary(results.get("audiences")),
         *_access_summary(results.get("access")),
         *spend_summary(results.get("spend")),
+        *feed_summary(results.get("feed")),
         "",
         "## Ratios",
         "",
@@ -138,6 +140,7 @@ def markdown(results: dict[str, Any]) -> str:
         *audience_section(results.get("audiences")),
         *access_markdown(results.get("access")),
         *spend_markdown(results.get("spend")),
+        *feed_markdown(results.get("feed")),
         "## Cold start",
         "",
         "Each case in a fresh interpreter (this machine's Python, `.pyc` files already written), "
