@@ -235,8 +235,11 @@ async def on_grant(store: ConnectionStore, user_name: str, room: str, *, service
     the join and their presence, and their connections hear it and a snapshot of the room (`presenceSync`)."""
     change = await Rooms(store).grant(user_name, room)
     await _feed_membership(store, change, by=BY_SERVER)
-    for connection in change.connections:
+
+    async def add(connection: str) -> None:
         await _join_first(service, store, connection, [change.room])
+
+    await gather_bounded(list(change.connections), add, limit=_EARLY_ADDS)  # the tabs at once, a few at a time
     entries = await _roster(store, change.room)
     presence = [room_presence(change.presence, change.room)] if change.presence is not None else []
     messages = [
