@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import os
 import time
@@ -544,13 +543,9 @@ def missed(access: dict[str, Any]) -> list[str]:
 
 def write_alone(access: dict[str, Any], out: Path, report: Path) -> None:
     """Write access.json and access.md into `out`; put the figures into the report in `report` if there is one."""
-    from bench.report import access_markdown, merge_access_into_latest
+    from bench.report import access_markdown, write_section_alone
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "access.json").write_text(json.dumps(access, indent=1) + "\n")
-    (out / "access.md").write_text("\n".join(access_markdown(access, heading="#")))
-    if merge_access_into_latest(access, report):
-        logger.info("put the figures into %s", report / "latest.md")
+    write_section_alone("access", access, access_markdown(access, heading="#"), out, report)
 
 
 async def _measure_alone() -> dict[str, Any]:

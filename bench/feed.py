@@ -792,18 +792,9 @@ def feed_summary(feed: dict[str, Any] | None) -> list[str]:
 def write_alone(feed: dict[str, Any], out: Path, report: Path, *, merge: bool = True) -> None:
     """Write feed.json and feed.md into `out`; put the figures into the report in `report` if there is one (and
     `merge`)."""
-    from bench.report import markdown
+    from bench.report import write_section_alone
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "feed.json").write_text(json.dumps(feed, indent=1) + "\n")
-    (out / "feed.md").write_text("\n".join(feed_markdown(feed, heading="#")))
-    latest = report / "latest.json"
-    if merge and latest.exists():
-        results = json.loads(latest.read_text())
-        results["feed"] = feed
-        latest.write_text(json.dumps(results, indent=1) + "\n")
-        (report / "latest.md").write_text(markdown(results))
-        logger.info("put the figures into %s", report / "latest.md")
+    write_section_alone("feed", feed, feed_markdown(feed, heading="#"), out, report, merge=merge)
 
 
 async def _measure_alone(plan: FeedPlan) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from bench.scale import markdown as scale_markdown
 from bench.scale import per_event_counts
 from bench.spend import spend_markdown, spend_summary
 from bench.workload import EVENTS, IMPLS
+
+logger = logging.getLogger(__name__)
 
 ROUND_TRIP_IMPLS = ("minimal", *IMPLS)
 NOT_COUNTED = "–"  # a round-trip cell of an implementation that does not have the event
@@ -440,16 +443,29 @@ def _reads_writes(table: dict[str, Any]) -> str:
     return f"{reads} read{'' if reads == 1 else 's'} and {writes or 'no'} write{'' if writes == 1 else 's'}"
 
 
-def merge_access_into_latest(access: dict[str, Any], latest: Path) -> bool:
-    """Put the access figures into the last `make bench`'s report (latest.json's `access`), render latest.md."""
+def merge_into_latest(section: str, figures: dict[str, Any], latest: Path) -> bool:
+    """Put one section's figures into the last `make bench`'s report (latest.json's `section`), render latest.md;
+    False when there is no report."""
     path = latest / "latest.json"
     if not path.exists():
         return False
     report = json.loads(path.read_text())
-    report["access"] = access
+    report[section] = figures
     path.write_text(json.dumps(report, indent=1) + "\n")
     (latest / "latest.md").write_text(markdown(report))
     return True
+
+
+def write_section_alone(
+    section: str, figures: dict[str, Any], lines: list[str], out: Path, report: Path, *, merge: bool = True
+) -> None:
+    """Write a section run alone: `<section>.json` and `.md` (`lines`) into `out`, and its figures into the report in
+    `report` if there is one (and `merge`)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{section}.json").write_text(json.dumps(figures, indent=1) + "\n")
+    (out / f"{section}.md").write_text("\n".join(lines))
+    if merge and merge_into_latest(section, figures, report):
+        logger.info("put the figures into %s", report / "latest.md")
 
 
 def _ops(counted: dict[str, Any]) -> str:

@@ -850,18 +850,9 @@ def spend_summary(spend: dict[str, Any] | None) -> list[str]:
 def write_alone(spend: dict[str, Any], out: Path, report: Path, *, merge: bool = True) -> None:
     """Write spend.json and spend.md into `out`; put the figures into the report in `report` if there is one (and
     `merge`)."""
-    from bench.report import markdown
+    from bench.report import write_section_alone
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "spend.json").write_text(json.dumps(spend, indent=1) + "\n")
-    (out / "spend.md").write_text("\n".join(spend_markdown(spend, heading="#")))
-    latest = report / "latest.json"
-    if merge and latest.exists():
-        results = json.loads(latest.read_text())
-        results["spend"] = spend
-        latest.write_text(json.dumps(results, indent=1) + "\n")
-        (report / "latest.md").write_text(markdown(results))
-        logger.info("put the figures into %s", report / "latest.md")
+    write_section_alone("spend", spend, spend_markdown(spend, heading="#"), out, report, merge=merge)
 
 
 async def _measure_alone(plan: SpendPlan) -> dict[str, Any]:
