@@ -25,9 +25,19 @@ from mapping.presence.state import PresenceChange
 from mapping.presence.store import ConnectionStore, ConnectOutcome, TouchOutcome
 from mapping.rooms.membership import RoomChange, Rooms
 from mapping.rooms.policy import SETTINGS_DECIDE, AccessPolicy
-from mapping.rooms.roster import Roster, RosterEntry
+from mapping.rooms.roster import Roster, RosterEntry, put_tallies
+from mapping.rooms.tally import TallyChange
 from mapping.rooms.watch import Watching, parse_users
-from mapping.signalr.audience import SYNC_PAGE, presence_group, presence_messages, room_presence, sync_messages
+from mapping.signalr.audience import (
+    SYNC_PAGE,
+    occupancy_group,
+    occupancy_message,
+    occupancy_messages,
+    presence_group,
+    presence_messages,
+    room_presence,
+    sync_messages,
+)
 from mapping.signalr.invocation import Invocation
 from mapping.signalr.liveness import AGE_ONLY, ConnectionCloser, GroupAdder, LivenessCheck, listing_group
 from mapping.signalr.messages import (
@@ -234,7 +244,7 @@ async def on_grant(store: ConnectionStore, user_name: str, room: str, *, service
     """Grant a room to a user and make them a member at once: their live connections join its group, the room hears
     the join and their presence, and their connections hear it and a snapshot of the room (`presenceSync`)."""
     change = await Rooms(store).grant(user_name, room)
-    await _feed_membership(store, change, by=BY_SERVER)
+    occupancy = await _feed_membership(store, change, by=BY_SERVER)
 
     async def add(connection: str) -> None:
         await _join_first(service, store, connection, [change.room])
@@ -246,6 +256,7 @@ async def on_grant(store: ConnectionStore, user_name: str, room: str, *, service
         *(join_group(connection, change.room) for connection in change.connections),
         room_message(change.room, user=change.user, joined=True),
         *presence,
+        *occupancy,
         *(m for connection in change.connections for m in sync_messages(connection, entries, room=change.room)),
     ]
     return RoomAccess(change.room, change.user, True, messages)
@@ -256,7 +267,7 @@ async def on_revoke(store: ConnectionStore, user_name: str, room: str, *, servic
     the REST API; SignalRUnavailableError when the service did not confirm it: the revocation is recorded and the
     next event or sweep removes them again, rooms R4), then the room and the user's connections hear them leave."""
     change = await Rooms(store).revoke(user_name, room)
-    await _feed_membership(store, change, by=BY_SERVER)
+    occupancy = await _feed_membership(store, change, by=BY_SERVER)
     hub = store.settings.hub
 
     async def remove(connection: str) -> bool:
@@ -267,9 +278,12 @@ async def on_revoke(store: ConnectionStore, user_name: str, room: str, *, servic
         raise SignalRUnavailableError("SignalR Service did not confirm the removal from the room's group; try again")
     # Removed through REST already where the service can: the output binding's removals only where it cannot.
     messages = [] if service.asks_service else [leave_group(c, change.room) for c in change.connections]
+    # A watch of the room's occupancy ends with its access (best effort: the output binding's removal).
+    messages += [leave_group(c, occupancy_group(change.room)) for c in change.connections]
     if change.announce:  # not for a user who was no member (rooms R5)
         messages.append(room_message(change.room, user=change.user, joined=False))
         messages += [room_message(change.room, user=change.user, joined=False, to=c) for c in change.connections]
+        messages += occupancy
     return RoomAccess(change.room, change.user, False, messages)
 
 
@@ -383,9 +397,11 @@ async def on_timer(
     regrouped = [join_group(c, listing_group(c, groups)) for c in result.unlisted_alive]
     regrouped += [leave_group(connection, room) for connection, room in result.lingering]  # rooms R4
     audience = store.settings.presence_audience
-    return regrouped + [
-        message for change in result.presence for message in presence_messages(change, audience=audience)
-    ]
+    return (
+        regrouped
+        + [message for change in result.presence for message in presence_messages(change, audience=audience)]
+        + occupancy_messages(result.occupancy)
+    )
 
 
 @_client_call("watch", one_argument="(users)")
@@ -431,6 +447,41 @@ async def on_unwatch(store: ConnectionStore, caller: _Caller) -> list[Message]:
         return [*revived, _unavailable(caller.connection, "unwatch", error)]
     left = [leave_group(caller.connection, presence_group(user)) for user in users]
     return [*revived, *left] if mapped else [*revived, *left, _not_mapped_yet(caller.connection)]
+
+
+@_client_call("watchOccupancy", one_argument="(room)")
+async def on_watch_occupancy(
+    store: ConnectionStore,
+    caller: _Caller,
+    *,
+    service: GroupAdder = AGE_ONLY,
+    access: AccessPolicy = SETTINGS_DECIDE,
+) -> list[Message]:
+    """Watch a room's occupancy (`watchOccupancy(room)`) when the caller may see the room (a member, or one a join
+    would admit: rooms R4): join its occupancy group, and answer the caller the occupancy now."""
+    revived = await _refresh(store, caller.user, caller.connection)
+    try:
+        room = parse_room(caller.argument)
+        tally = await Rooms(store).visible_tally(caller.user, room, policy=access, claims=caller.claims)
+        await _join_first(service, store, caller.connection, [occupancy_group(room)])
+    except RefusedError as error:
+        return [*revived, error_message(caller.connection, str(error), **error.details)]
+    except (InvalidRequestError, InvalidNameError) as error:
+        return [*revived, error_message(caller.connection, str(error))]
+    except StorageError as error:
+        return [*revived, _unavailable(caller.connection, "watchOccupancy", error)]
+    group = join_group(caller.connection, occupancy_group(room))
+    return [*revived, group, occupancy_message(room, tally, to=caller.connection)]
+
+
+@_client_call("unwatchOccupancy", one_argument="(room)")
+async def on_unwatch_occupancy(store: ConnectionStore, caller: _Caller) -> list[Message]:
+    """End the caller's watch of a room's occupancy (`unwatchOccupancy(room)`; watching it not does no harm)."""
+    try:
+        room = parse_room(caller.argument)
+    except InvalidNameError as error:
+        return [error_message(caller.connection, str(error))]
+    return [leave_group(caller.connection, occupancy_group(room))]
 
 
 def _not_mapped_yet(connection_id: str) -> Message:
@@ -479,7 +530,7 @@ async def _membership(
             _charge_snapshot(store, caller, entries)
         else:
             change = await rooms.leave(caller.user, parse_room(caller.argument))
-        await _feed_membership(store, change, by=BY_USER)
+        occupancy = await _feed_membership(store, change, by=BY_USER)
     except RefusedError as error:
         return [*revived, error_message(caller.connection, str(error), **error.details)]
     except (InvalidRequestError, InvalidNameError) as error:
@@ -495,13 +546,14 @@ async def _membership(
         return [*revived, *joins, *sync_messages(caller.connection, entries, room=change.room)]
     announcement = room_message(change.room, user=change.user, joined=joining)
     if not joining:
-        return [*revived, announcement, *(leave_group(c, change.room) for c in connections)]
+        return [*revived, announcement, *occupancy, *(leave_group(c, change.room) for c in connections)]
     presence = [room_presence(change.presence, change.room)] if change.presence is not None else []
     return [
         *revived,
         *(join_group(c, change.room) for c in connections),
         announcement,
         *presence,
+        *occupancy,
         *sync_messages(caller.connection, entries, room=change.room),
     ]
 
@@ -543,22 +595,30 @@ def _unavailable(connection_id: str, method: str, error: StorageError) -> Messag
     return error_message(connection_id, "the connection store is unavailable, try again", retry=True)
 
 
-async def _feed_membership(store: ConnectionStore, change: RoomChange, *, by: str) -> None:
-    """Put a membership change that is announced on the presence feed (feed F2: a failure raises, and the caller's
-    retry repeats the announcement within a minute, rooms R5)."""
-    if change.announce:
-        message = membership_message(
-            change.room, change.user, joined=change.joined, by=by, changed_at=change.changed_at, at=store.now()
-        )
-        await store.feed.put(message)
+async def _feed_membership(store: ConnectionStore, change: RoomChange, *, by: str) -> list[Message]:
+    """Put a membership change that is announced, and the room's tally if occupied or vacated, on the presence feed
+    (feed F2: a failure raises, and the caller's retry repeats the announcement within a minute, rooms R5); return the
+    room's `occupancy` message. A repeat that changed no tally tells the tally as it stands (one read)."""
+    if not change.announce:
+        return []
+    message = membership_message(
+        change.room, change.user, joined=change.joined, by=by, changed_at=change.changed_at, at=store.now()
+    )
+    await store.feed.put(message)
+    tallies = list(change.tallies)
+    if not tallies:
+        tally = await Rooms(store).tally(change.room)
+        tallies = [TallyChange(change.room, tally, tally, repeat=True)]
+    await put_tallies(store, tallies)
+    return occupancy_messages(tallies)
 
 
 async def _announced(store: ConnectionStore, change: PresenceChange | None) -> list[Message]:
     """Copy a pair onto the user's rooms' rosters, then return its announcements (roster C2: copies first)."""
     if change is None:
         return []
-    await Roster(store).publish(change)
-    return presence_messages(change, audience=store.settings.presence_audience)
+    tallies = await Roster(store).publish(change)
+    return presence_messages(change, audience=store.settings.presence_audience) + occupancy_messages(tallies)
 
 
 async def _refresh(store: ConnectionStore, user_id: str, connection_id: str) -> list[Message]:

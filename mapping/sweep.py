@@ -42,6 +42,7 @@ from mapping.presence.state import PresenceChange
 from mapping.presence.store import ConnectionStore
 from mapping.rooms.membership import settle_revocations
 from mapping.rooms.roster import Roster
+from mapping.rooms.tally import TallyChange
 from mapping.signalr.liveness import AGE_ONLY, Listing, Liveness, LivenessCheck, list_groups, listing_groups
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class SweepResult:
     signalr_requests: int = 0
     failed_users: int = 0
     presence: list[PresenceChange] = field(default_factory=list)
+    occupancy: list[TallyChange] = field(default_factory=list)  # rooms' tallies the announcements changed or repeat
     complete: bool = True
 
     @property
@@ -325,7 +327,7 @@ async def _sweep_user(
         announce = settled.recorded.announced_as(name, rooms=view.rooms) if maybe_lost else None
     if announce is not None:
         # Roster C2: the copies first, over lower versions only; failing, the user's entries stay for the next run.
-        await Roster(store).publish(announce, guarded=True)
+        result.occupancy += await Roster(store).publish(announce, guarded=True)
         clock.announce(result, announce)
     return spent
 

@@ -156,6 +156,21 @@ async def unwatch_users(invocation: str, signalr: func.Out[str]) -> None:
     _send(signalr, await events.on_unwatch(runtime.store(), parse_invocation(invocation)))
 
 
+@blueprint.function_name("watch_occupancy")
+@signalr_event("messages", "watchOccupancy")
+async def watch_occupancy(invocation: str, signalr: func.Out[str]) -> None:
+    """Subscribe the caller to a room's occupancy (`watchOccupancy(room)`), answered with the occupancy now."""
+    store, event = runtime.store(), parse_invocation(invocation)
+    _send(signalr, await events.on_watch_occupancy(store, event, service=_rest(), access=runtime.access()))
+
+
+@blueprint.function_name("unwatch_occupancy")
+@signalr_event("messages", "unwatchOccupancy")
+async def unwatch_occupancy(invocation: str, signalr: func.Out[str]) -> None:
+    """End the caller's subscription to a room's occupancy (`unwatchOccupancy(room)`)."""
+    _send(signalr, await events.on_unwatch_occupancy(runtime.store(), parse_invocation(invocation)))
+
+
 @blueprint.function_name("sync_room")
 @signalr_event("messages", "sync")
 async def sync_room(invocation: str, signalr: func.Out[str]) -> None:
@@ -215,6 +230,18 @@ async def room_members(req: func.HttpRequest) -> func.HttpResponse:
         return _error(error)
     members = [{"user": member.user, **member.state.to_json()} for member in page.members]
     return _json(200, {"room": page.room, "members": members, "next": page.next})
+
+
+@blueprint.function_name("room_occupancy")
+@blueprint.route(route="rooms/{room}/occupancy", methods=["GET"], auth_level=KEYED)
+async def room_occupancy(req: func.HttpRequest) -> func.HttpResponse:
+    """Tell how many members a room has and how many of them are online, in one table request."""
+    try:
+        room = req.route_params.get("room", "")
+        tally = await Rooms(runtime.store()).tally(room)
+    except MappingError as error:
+        return _error(error)
+    return _json(200, tally.to_json(room))
 
 
 @blueprint.function_name("online_users")

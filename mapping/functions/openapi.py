@@ -197,6 +197,20 @@ def _paths() -> dict[str, Any]:
                 },
             },
         },
+        "/rooms/{room}/occupancy": {
+            "get": {
+                "operationId": "roomOccupancy",
+                "summary": "Tell how many members a room has and how many of them are online, in one table request "
+                "(no member list). An unknown room has no members.",
+                "parameters": [{"$ref": "#/components/parameters/Room"}],
+                "responses": {
+                    "200": _answer("The room's occupancy now.", "Occupancy"),
+                    "400": {"$ref": "#/components/responses/BadRequest"},
+                    "401": {"$ref": "#/components/responses/NoKey"},
+                    "503": {"$ref": "#/components/responses/StorageUnavailable"},
+                },
+            }
+        },
         "/rooms/{room}/members/{user}": {
             "put": {
                 "operationId": "grantRoom",
@@ -413,6 +427,20 @@ def _schemas() -> dict[str, Schema]:
                 "closed": {"type": "integer", "minimum": 0, "description": "PUT: the live connections closed."},
             },
             required=["user", "blocked"],
+        ),
+        "Occupancy": _closed(
+            {
+                "room": {"type": "string"},
+                "members": {"type": "integer", "minimum": 0, "description": "Members (a join in flight counts)."},
+                "online": {"type": "integer", "minimum": 0, "description": "Members online now."},
+                "version": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Grows with every change of the counts (0: never counted); the `occupancy` "
+                    "messages and feed messages carry the same version.",
+                },
+            },
+            required=["room", "members", "online", "version"],
         ),
         "RoomAccess": _closed(
             {

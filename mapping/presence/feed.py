@@ -2,9 +2,10 @@
 
 With `PRESENCE_FEED_QUEUE` set, every announcement also puts one message on that queue of `AzureWebJobsStorage`
 (Put Message, one queue request), so a queue-triggered function elsewhere hears presence without a SignalR client.
-Each message has a `kind` (`presence`, `joined`, `left`), a `subject` (`user:<folded name>` for presence,
-`member:<room>/<folded name>` for a membership: the name casefolded, as `mapping.keys.fold_user_name` and the client's
-`foldUserName` fold it), the subject's `version` and the time it was put (`at`). Invariants:
+Each message has a `kind` (`presence`, `joined`, `left`, `occupied`, `vacated`), a `subject` (`user:<folded name>`
+for presence, `member:<room>/<folded name>` for a membership: the name casefolded, as `mapping.keys.fold_user_name`
+and the client's `foldUserName` fold it; `room:<room>` for occupancy), the subject's `version` and the time it was put
+(`at`). Invariants:
 
 F1. A message states a pair as recorded (P1) or a membership as committed, under its version: a consumer keeps the
     highest version per subject and drops the rest, whatever the order of delivery. A membership's version is the
@@ -35,6 +36,8 @@ logger = logging.getLogger(__name__)
 PRESENCE = "presence"
 JOINED = "joined"
 LEFT = "left"
+OCCUPIED = "occupied"
+VACATED = "vacated"
 BY_USER = "user"
 BY_SERVER = "server"
 
@@ -117,6 +120,22 @@ def membership_message(
         "user": user,
         "by": by,
         "version": milliseconds(changed_at),
+        "at": iso(at),
+    }
+
+
+def occupancy_message(
+    room: str, *, occupied: bool, members: int, online: int, version: int, at: datetime
+) -> dict[str, Any]:
+    """Return the feed message of a room whose first member came online (`occupied`) or last went offline
+    (`vacated`), under its tally's version (`mapping.rooms.tally`, T2)."""
+    return {
+        "kind": OCCUPIED if occupied else VACATED,
+        "subject": f"room:{room}",
+        "room": room,
+        "members": members,
+        "online": online,
+        "version": version,
         "at": iso(at),
     }
 

@@ -96,11 +96,7 @@ class Attempts:
 
     def tries(self) -> Iterator[int]:
         """Yield attempt numbers: the first always, further ones while the time allowed lasts."""
-        deadline = time.monotonic() + self._seconds
-        attempt = 0
-        while attempt == 0 or time.monotonic() < deadline:
-            yield attempt
-            attempt += 1
+        return timed_tries(self._seconds)
 
     def mine(self, view: UserView) -> bool:
         """Return whether `view` shows this event's own presence write: an attempt answered with an error committed."""
@@ -122,7 +118,7 @@ class Attempts:
         """Note a transaction that met a conflict, and wait a little before reading again."""
         self.pending = self.pending or deciding
         self._failed = view
-        await _back_off(attempt)
+        await back_off(attempt)
 
 
 def repeat(view: UserView, user_name: str) -> PresenceChange | None:
@@ -136,7 +132,16 @@ def _same(first: UserView, second: UserView) -> bool:
     }
 
 
-async def _back_off(attempt: int) -> None:
+def timed_tries(seconds: float = ATTEMPT_SECONDS) -> Iterator[int]:
+    """Yield attempt numbers: the first always, further ones for `seconds` (a conflict storm is bounded by time)."""
+    deadline = time.monotonic() + seconds
+    attempt = 0
+    while attempt == 0 or time.monotonic() < deadline:
+        yield attempt
+        attempt += 1
+
+
+async def back_off(attempt: int) -> None:
     """Wait a random while after a conflict, so writers racing on one partition spread out."""
     ceiling = min(_BACKOFF_SECONDS * 2 ** min(attempt, 16), _MAX_BACKOFF_SECONDS)
     await asyncio.sleep(random.uniform(0, ceiling))  # noqa: S311 - jitter, not a secret

@@ -4,28 +4,41 @@ The index row also holds a copy of the member's presence pair (version and state
 `Pending` flag: set by a join before it commits and by a leave before it commits, cleared by the join
 that committed (on the ETag of its own write) or by a reader that verified the membership once the
 flag is older than any join or leave can run. A row without the flag is the truth; a flagged one is
-checked against the user's partition.
+checked against the user's partition. Every write that changes what a row adds to the room's tally commits with the
+tally (`mapping.rooms.tally`, T1): the row and the tally are read in one query, then written in one transaction.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from mapping.errors import RowChangedError, StorageError
+from mapping.errors import ConflictError, RowChangedError, StorageError
 from mapping.keys import room_partition, user_key
 from mapping.presence.rows import Membership
 from mapping.presence.state import PresenceChange, Recorded, pair_fields, recorded_from
-from mapping.storage.table import Table, delete, etag_of, merge, upsert
+from mapping.presence.write_loop import back_off, timed_tries
+from mapping.rooms.tally import TALLY_ROW, Tally, TallyChange, contribution, difference
+from mapping.storage.table import Operation, Table, create, delete, etag_of, int_value, merge
 
 # Longer than any join or leave can run (host.json's functionTimeout is 5 minutes): an index row this old, flagged
 # pending or without its membership, belongs to no join or leave in flight.
 STALE_INDEX_ROW = timedelta(minutes=10)
 
 logger = logging.getLogger(__name__)
+
+
+_Plan = tuple[str, dict[str, Any]] | None  # ("merge" | "put" | "delete", fields) from the row as read; None: no write
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """A counted write as done: the index row's new ETag (None: deleted or not written)."""
+
+    etag: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,28 +77,54 @@ class IndexedMember:
 
 
 class MemberIndex:
-    """The rows of rooms' member indexes in the store's table: every read and write of a room's partition."""
+    """The rows of rooms' member indexes in the store's table: every read and write of a room's partition.
 
-    def __init__(self, table: Table) -> None:
+    The tally changes its writes committed (T1) are kept in `changes`, in order, for the caller to announce; one
+    instance serves one invocation.
+    """
+
+    def __init__(self, table: Table, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._table = table
+        self._clock = clock
+        self.changes: list[TallyChange] = []
 
     async def pages(self, room: str, *, action: str, after: str | None = None) -> AsyncIterator[list[IndexedMember]]:
         """Yield the rows of a room's member index in key order (those after the key `after`), a page at a time."""
+        async for page in self._rows(room, action=action, after=after):
+            yield [IndexedMember.from_table(row, etag=etag_of(row)) for row in page]
+
+    async def _rows(
+        self, room: str, *, action: str, after: str | None = None, select: list[str] | None = None
+    ) -> AsyncIterator[list[Mapping[str, Any]]]:
+        """Yield the member rows of a room's partition (its tally left out), a service page at a time."""
         query = "PartitionKey eq @pk" if after is None else "PartitionKey eq @pk and RowKey gt @after"
         parameters = {"pk": room_partition(room), **({"after": after} if after is not None else {})}
-        async for page in self._table.pages(query, parameters, action=action):
-            yield [IndexedMember.from_table(row, etag=etag_of(row)) for row in page]
+        async for page in self._table.pages(query, parameters, action=action, select=select):
+            yield [row for row in page if row["RowKey"] != TALLY_ROW]
 
     async def count(self, room: str, *, up_to: int) -> int:
         """Return how many rows a room's member index has, counting no further than `up_to` (one request a thousand
         rows; rows of joins in flight or left lately count too: a cap is held conservatively)."""
         counted = 0
-        async for page in self._table.pages(
-            "PartitionKey eq @pk", {"pk": room_partition(room)}, action="count a room", select=["RowKey"]
-        ):
+        async for page in self._rows(room, action="count a room", select=["RowKey"]):
             counted += len(page)
             if counted >= up_to:
                 break
+        return counted
+
+    async def tally(self, room: str) -> Tally:
+        """Return a room's tally (T1): one point query; a room never counted has none yet, and is counted (T3)."""
+        rows = await self._table.query(
+            "PartitionKey eq @pk and RowKey eq @rk", {"pk": room_partition(room), "rk": TALLY_ROW}, action="count"
+        )
+        if rows:
+            return Tally.from_row(rows[0])
+        counted = await self._scanned(room)
+        if counted.members:  # kept, so the next read is one request (T3); a counted write that won the race stands
+            try:
+                await self._table.write(create(counted.to_row(room)), action="count a room")
+            except StorageError as error:
+                logger.info("room %s: its tally is left to the next write: %s", room, error)
         return counted
 
     async def read(self, room: str, user_partition: str) -> IndexedMember | None:
@@ -102,10 +141,12 @@ class MemberIndex:
     ) -> str | None:
         """Write a joining member's row, flagged pending, with their recorded pair (R1, roster C1); return its ETag."""
         row = index_row(membership, user_partition, user_name, recorded=recorded)
-        return await self._table.write(upsert(row), action="join a room")
+        written = await self._counted(membership.room, user_partition, lambda _: ("put", row), action="join a room")
+        return written.etag
 
     async def confirm(self, room: str, user_partition: str, etag: str | None) -> None:
-        """Clear the pending flag of a committed join's row, on the ETag of its own write; best effort."""
+        """Clear the pending flag of a committed join's row, on the ETag of its own write; best effort (a join's row
+        counts as a member either way: the tally is not touched)."""
         if etag is None:
             return
         fields = {"PartitionKey": room_partition(room), "RowKey": user_partition, "Pending": False}
@@ -117,36 +158,145 @@ class MemberIndex:
     async def leaving(self, room: str, user_partition: str, moment: datetime) -> None:
         """Flag the row of a membership about to end pending (a missing row is fine)."""
         fields = {"PartitionKey": room_partition(room), "RowKey": user_partition, **pending_fields(moment)}
-        try:
-            await self._table.write(merge(fields), action="leave a room")
-        except RowChangedError:
+        written = await self._counted(
+            room, user_partition, lambda row: None if row is None else ("merge", fields), action="leave a room"
+        )
+        if written.etag is None:
             logger.info("room %s: no index row to flag for a leave", room)
 
     async def settle(self, room: str, indexed: IndexedMember, *, member: bool, pair: PresenceChange | None) -> None:
         """Clear a stale flag of a member (with their current pair), or delete a stale row of a non-member, on the
         ETag read (R1, roster C3); best effort."""
-        partition = room_partition(room)
-        if member:
-            fields = {"PartitionKey": partition, "RowKey": indexed.user_key, "Pending": False}
-            if pair is not None:
-                fields.update(pair_fields(pair.state, pair.version))
-            operation = merge(fields, etag=indexed.etag)
-        else:
-            operation = delete(partition, indexed.user_key, etag=indexed.etag)
+        fields: dict[str, Any] = {"PartitionKey": room_partition(room), "RowKey": indexed.user_key, "Pending": False}
+        if pair is not None:
+            fields.update(pair_fields(pair.state, pair.version))
+
+        def plan(row: Mapping[str, Any] | None) -> _Plan:
+            if row is None or etag_of(row) != indexed.etag:  # a join or leave wrote it meanwhile: the next reader
+                return None
+            return ("merge", fields) if member else ("delete", fields)
+
         try:
-            await self._table.write(operation, action="settle a member-index row")
-        except StorageError as error:  # a join or leave wrote it meanwhile (412), or storage failed: next reader
+            await self._counted(room, indexed.user_key, plan, action="settle a member-index row")
+        except StorageError as error:  # storage failed: the next reader
             logger.info("room %s: a stale member-index row stays: %s", room, error)
 
-    async def copy(self, room: str, change: PresenceChange, *, etag: str | None = None) -> None:
-        """Copy a presence pair onto the member's row (on `etag` when given); raise RowChangedError if it is gone or
-        changed."""
+    async def copy(self, room: str, change: PresenceChange, *, over_lower: bool = False) -> bool:
+        """Copy a presence pair onto the member's row (over a lower version only, with `over_lower`); return False
+        when there is no row, or (`over_lower`) its copy is as new already; a repeat then announces the room's tally
+        again (it may have been lost with the copy's event)."""
         fields = {
             "PartitionKey": room_partition(room),
             "RowKey": user_key(change.user),
             **pair_fields(change.state, change.version),
         }
-        await self._table.write(merge(fields, etag=etag), action="copy presence to a roster")
+
+        def plan(row: Mapping[str, Any] | None) -> _Plan:
+            if row is None or (over_lower and recorded_from(row).version >= change.version):
+                return None
+            return ("merge", fields)
+
+        action = "copy presence to a roster"
+        written = await self._counted(room, user_key(change.user), plan, action=action, repeat=over_lower)
+        return written.etag is not None
+
+    async def _counted(
+        self,
+        room: str,
+        user_partition: str,
+        plan: Callable[[Mapping[str, Any] | None], _Plan],
+        *,
+        action: str,
+        repeat: bool = False,
+    ) -> Written:
+        """Write the user's index row as `plan` says from the row as read, with the room's tally when the row's
+        contribution changes (T1); read both again when either changed meanwhile. A try whose transaction may have
+        committed (a conflict answered) and a `repeat` record the tally as it stands, to be announced again."""
+        told_again = repeat
+        for attempt in timed_tries():
+            row, tally_row = await self._read_with_tally(room, user_partition, action=action)
+            planned = plan(row)
+            if planned is None:
+                return self._written(None, room, tally_row, told_again=told_again)
+            after = _after(row, *planned)
+            delta = difference(row, after)
+            operation = _operation(row, *planned)
+            try:
+                if delta == (0, 0):
+                    etag = etag_of(row) if _unchanged(row, after) else await self._table.write(operation, action=action)
+                    return self._written(etag, room, tally_row, told_again=told_again)
+                before = Tally.from_row(tally_row) if tally_row is not None else await self._scanned(room)
+                counted = before.plus(delta, at=self._clock())
+                tally_write = (
+                    merge(counted.to_row(room), etag=etag_of(tally_row)) if tally_row else create(counted.to_row(room))
+                )
+                told_again = True  # answered with a conflict, it may have committed: tell the tally as it stands
+                etags = await self._table.transact([operation, tally_write], action=action)
+            except ConflictError:
+                await back_off(attempt)
+                continue
+            self.changes.append(TallyChange(room, before, counted))
+            return Written(etags[0] if etags else None)
+        raise RowChangedError(f"{action}: room {room} kept changing")
+
+    def _written(
+        self, etag: str | None, room: str, tally_row: Mapping[str, Any] | None, *, told_again: bool
+    ) -> Written:
+        """A write that changed no tally: the tally as it stands is told again when it may not have been."""
+        if told_again and tally_row is not None:
+            tally = Tally.from_row(tally_row)
+            self.changes.append(TallyChange(room, tally, tally, repeat=True))
+        return Written(etag)
+
+    async def _read_with_tally(
+        self, room: str, user_partition: str, *, action: str
+    ) -> tuple[Mapping[str, Any] | None, Mapping[str, Any] | None]:
+        """Read the user's index row and the room's tally in one query."""
+        rows = await self._table.query(
+            "PartitionKey eq @pk and ( RowKey eq @rk or RowKey eq @tally )",
+            {"pk": room_partition(room), "rk": user_partition, "tally": TALLY_ROW},
+            action=action,
+        )
+        by_key = {row["RowKey"]: row for row in rows}
+        return by_key.get(user_partition), by_key.get(TALLY_ROW)
+
+    async def _scanned(self, room: str) -> Tally:
+        """Count a room that has no tally row by a scan of its index (T3; one request a thousand rows)."""
+        members = online = 0
+        async for page in self._rows(
+            room, action="count a room", select=["RowKey", "Pending", "PendingAt", "JoinedAt", "Online"]
+        ):
+            for row in page:
+                member, live = contribution(row)
+                members, online = members + member, online + live
+        return Tally(members, online, 0)
+
+
+def _after(row: Mapping[str, Any] | None, kind: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+    """Return the row as a planned write leaves it."""
+    if kind == "delete":
+        return None
+    return {**(row or {}), **fields}
+
+
+def _unchanged(row: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> bool:
+    """Whether a planned merge leaves the row as it is (a retry that meets its own write)."""
+    return row is not None and after is not None and all(_plain(row.get(k)) == _plain(v) for k, v in after.items())
+
+
+def _plain(value: Any) -> Any:
+    """Return a value as a read returns it (an Int64 property as its int)."""
+    return int_value(value) if isinstance(value, tuple) else value
+
+
+def _operation(row: Mapping[str, Any] | None, kind: str, fields: dict[str, Any]) -> Operation:
+    """Return a planned write, conditional on the row as read (its ETag; its absence for a new row)."""
+    etag = etag_of(row) if row is not None else None
+    if kind == "delete":
+        return delete(fields["PartitionKey"], fields["RowKey"], etag=etag)
+    if row is None:
+        return create(fields)
+    return merge(fields, etag=etag)
 
 
 def pending_fields(at: datetime) -> dict[str, Any]:

@@ -70,6 +70,7 @@ from mapping.presence.user_view import UserView
 from mapping.presence.write_loop import Attempts, Commit, Done
 from mapping.rooms.index import STALE_INDEX_ROW, IndexedMember, MemberIndex
 from mapping.rooms.policy import SETTINGS_DECIDE, AccessPolicy, Claims, asked
+from mapping.rooms.tally import Tally, TallyChange
 from mapping.storage.client import gather_bounded
 from mapping.storage.table import Operation, create, delete, upsert
 
@@ -98,6 +99,7 @@ class RoomChange:
     # False: it changed nothing of long standing (a member joining, a non-member leaving), so only the caller hears
     # (R5); True also for a repeat soon after a change, whose announcement an error may have lost
     announce: bool = True
+    tallies: tuple[TallyChange, ...] = ()  # the room's tally as its index writes changed it (tally T1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +133,7 @@ class Rooms:
 
     def __init__(self, store: ConnectionStore) -> None:
         self.store = store
-        self.index = MemberIndex(store.table)
+        self.index = MemberIndex(store.table, clock=store.now)
 
     async def join(
         self,
@@ -151,15 +153,12 @@ class Rooms:
             if self.store.settings.opens(room) or room in view.grants:
                 return True
             if not admitted:
-                answer = await asked(policy.may_join(name, room, dict(claims or {})), what="may_join")
-                admitted.append(answer is True)
+                admitted.append(await _policy_admits(policy, name, room, claims))
             return admitted[0]
 
         async def check(view: UserView) -> None:
-            if view.blocked:
-                raise RefusedError("this user is blocked", room=room)
-            if room not in view.rooms and not await admits(view):
-                raise RefusedError("this room is closed to you", room=room, refused=True)
+            # A blocked user is refused as such, without asking the policy.
+            _check_not_blocked_or_closed(view, room, admitted=view.blocked or room in view.rooms or await admits(view))
             cap = self.store.settings.room_max_members
             if room not in view.rooms and cap is not None and await self.index.count(room, up_to=cap) >= cap:
                 raise RefusedError("this room is full", room=room, refused=True, full=True)
@@ -207,7 +206,30 @@ class Rooms:
             operations.append(_presence_touch(view, name, attempts))
             return Commit(operations, change, then=then)
 
-        return await self.store.writes.write(partition, step, action=action)
+        return await self._counted(self.store.writes.write(partition, step, action=action))
+
+    async def _counted(self, done: Awaitable[RoomChange]) -> RoomChange:
+        """Return a join's, leave's or revoke's change with the tally changes its index writes made (tally T1)."""
+        mark = len(self.index.changes)
+        change = await done
+        return replace(change, tallies=tuple(self.index.changes[mark:]))
+
+    async def tally(self, room: str) -> Tally:
+        """Return a room's tally: its members and online members (one table request; tally T1)."""
+        return await self.index.tally(parse_room(room))
+
+    async def visible_tally(
+        self, user_name: str, room: str, *, policy: AccessPolicy = SETTINGS_DECIDE, claims: Claims | None = None
+    ) -> Tally:
+        """Return a room's tally to a user who may see the room: a member, or one a join would admit (R4); else
+        RefusedError. Two table requests: the user's partition, the tally."""
+        name, room = normalize_user_name(user_name), parse_room(room)
+        view = await self.store.read_user(user_key(name))
+        admitted = room in view.rooms or self.store.settings.opens(room) or room in view.grants
+        if not admitted and not view.blocked:
+            admitted = await _policy_admits(policy, name, room, claims)
+        _check_not_blocked_or_closed(view, room, admitted=admitted)
+        return await self.index.tally(room)
 
     async def leave(self, user_name: str, room: str, *, now: datetime | None = None) -> RoomChange:
         """End the user's membership of `room`; leaving a room one is not in does no harm."""
@@ -232,7 +254,7 @@ class Rooms:
             ending = delete(partition, membership_key(room), etag=membership.etag)
             return Commit([ending, _presence_touch(view, name, attempts)], replace(change, changed_at=flagged))
 
-        return await self.store.writes.write(partition, step, action="leave")
+        return await self._counted(self.store.writes.write(partition, step, action="leave"))
 
     async def _left_lately(self, room: str, view: UserView) -> datetime | None:
         """When a leave flagged the user's index row of the room, if lately (its announcement may be lost: R5)."""
@@ -272,7 +294,7 @@ class Rooms:
                 return Done(replace(change, announce=recent or attempts.tried, changed_at=changed_at))
             return Commit([*operations, _presence_touch(view, name, attempts)], change)
 
-        return await self.store.writes.write(partition, step, action="revoke a room")
+        return await self._counted(self.store.writes.write(partition, step, action="revoke a room"))
 
     async def standing(self, user_name: str) -> Standing:
         """Return the user's rooms, whether they are blocked and their revoked rooms: one query of their partition
@@ -344,6 +366,19 @@ async def settle_revocations(store: ConnectionStore, view: UserView, *, gone: se
         except StorageError as error:  # changed since (a join, a grant) or storage failed: the next visit
             logger.info("a revocation stays for the next visit: %s", error)
     return lingering
+
+
+async def _policy_admits(policy: AccessPolicy, name: str, room: str, claims: Claims | None) -> bool:
+    """Whether the app's policy admits the user to the room (fail closed: `mapping.rooms.policy`)."""
+    return await asked(policy.may_join(name, room, dict(claims or {})), what="may_join") is True
+
+
+def _check_not_blocked_or_closed(view: UserView, room: str, *, admitted: bool) -> None:
+    """Raise RefusedError for a blocked user, or one the room does not admit (R4)."""
+    if view.blocked:
+        raise RefusedError("this user is blocked", room=room)
+    if not admitted:
+        raise RefusedError("this room is closed to you", room=room, refused=True)
 
 
 async def _anyone(view: UserView) -> None:

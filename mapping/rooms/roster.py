@@ -27,19 +27,18 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from mapping.errors import RowChangedError
-from mapping.keys import parse_room, user_key
-from mapping.presence.feed import presence_message
+from mapping.keys import parse_room
+from mapping.presence.feed import occupancy_message, presence_message
 from mapping.presence.state import PresenceChange, PresenceState
 from mapping.presence.store import ConnectionStore
 from mapping.rooms.index import STALE_INDEX_ROW, IndexedMember, MemberIndex
+from mapping.rooms.tally import TallyChange
 from mapping.storage.client import gather_bounded
 
 logger = logging.getLogger(__name__)
 
 _ROOM_WRITES = 16  # copies written at once
 _VERIFY_READS = 16  # pending rows checked at once
-_GUARDED_TRIES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,18 +63,21 @@ class Roster:
 
     def __init__(self, store: ConnectionStore) -> None:
         self.store = store
-        self.index = MemberIndex(store.table)
+        self.index = MemberIndex(store.table, clock=store.now)
 
-    async def publish(self, change: PresenceChange, *, guarded: bool = False) -> None:
-        """Copy a pair onto the index rows of the change's rooms (C2), then put it on the presence feed (feed F2);
-        raise StorageError if any copy or the put failed."""
+    async def publish(self, change: PresenceChange, *, guarded: bool = False) -> list[TallyChange]:
+        """Copy a pair onto the index rows of the change's rooms (C2), then put it and the rooms' occupied or vacated
+        tallies on the presence feed (feed F2); return the tallies the copies changed (or, guarded, told again), to be
+        announced; raise StorageError if any copy or put failed."""
 
         async def copy(room: str) -> None:
-            await (self._copy_over_lower(change, room) if guarded else self._copy(change, room))
+            await self._copy(change, room, over_lower=guarded)
 
         if change.rooms:
             await gather_bounded(change.rooms, copy, limit=_ROOM_WRITES)
         await self.store.feed.put(presence_message(change, at=self.store.now()))
+        await put_tallies(self.store, self.index.changes)
+        return list(self.index.changes)
 
     async def snapshot(self, room: str, *, now: datetime | None = None) -> AsyncIterator[list[RosterEntry]]:
         """Yield a room's members with their presence pairs, one index page at a time (C3: pending rows checked)."""
@@ -103,21 +105,23 @@ class Roster:
             return None
         return RosterEntry.of(view.name(), view.presence.announced_as(view.name()))
 
-    async def _copy(self, change: PresenceChange, room: str) -> None:
-        try:
-            await self.index.copy(room, change)
-        except RowChangedError:
+    async def _copy(self, change: PresenceChange, room: str, *, over_lower: bool) -> None:
+        if not await self.index.copy(room, change, over_lower=over_lower) and not over_lower:
             logger.info("room %s: no roster row to copy %s's presence to", room, change.user)
 
-    async def _copy_over_lower(self, change: PresenceChange, room: str) -> None:
-        """Write the pair only over a lower version, on the ETag read (the sweep's repair of a set-back copy)."""
-        for _try in range(_GUARDED_TRIES):
-            indexed = await self.index.read(room, user_key(change.user))
-            if indexed is None or (indexed.pair is not None and indexed.pair.version >= change.version):
-                return
-            try:
-                await self.index.copy(room, change, etag=indexed.etag)
-                return
-            except RowChangedError:
-                continue
-        logger.info("room %s: %s's roster copy kept changing; left for the next repeat", room, change.user)
+
+async def put_tallies(store: ConnectionStore, changes: list[TallyChange]) -> None:
+    """Put each room that became occupied or vacated (or is told again) on the presence feed (feed F2)."""
+    moment = store.now()
+    for change in changes:
+        if change.occupied or change.vacated:
+            tally = change.after
+            message = occupancy_message(
+                change.room,
+                occupied=change.occupied,
+                members=tally.members,
+                online=tally.online,
+                version=tally.version,
+                at=moment,
+            )
+            await store.feed.put(message)

@@ -14,8 +14,10 @@ PRESENCE_TARGET = "presence"
 SYNC_TARGET = "presenceSync"
 ROOM_TARGET = "room"
 ERROR_TARGET = "error"
+OCCUPANCY_TARGET = "occupancy"
+BATCH_TARGET = "presenceBatch"
 # What the app itself sends: a server may not send under these names, in any case (no forged presence).
-RESERVED_TARGETS = (PRESENCE_TARGET, SYNC_TARGET, ROOM_TARGET, ERROR_TARGET)
+RESERVED_TARGETS = (PRESENCE_TARGET, SYNC_TARGET, ROOM_TARGET, ERROR_TARGET, OCCUPANCY_TARGET, BATCH_TARGET)
 
 
 def delivery_messages(

@@ -145,15 +145,16 @@ class Table:
                 return None
         raise ValueError(f"unknown table operation {kind!r}")
 
-    async def transact(self, operations: Sequence[Operation], *, action: str) -> None:
-        """Carry out up to 100 operations on one partition, all or none."""
+    async def transact(self, operations: Sequence[Operation], *, action: str) -> list[str | None]:
+        """Carry out up to 100 operations on one partition, all or none; return each written row's new ETag."""
         if not operations:
-            return
+            return []
         if len(operations) > MAX_BATCH:
             raise ValueError(f"a transaction holds at most {MAX_BATCH} operations")
         client = await self._client.get()
         with _TRANSLATION.translated(action):
-            await client.submit_transaction(list(operations))
+            answers = await client.submit_transaction(list(operations))
+        return [_written_etag(answer) for answer in answers or []]
 
     async def close(self) -> None:
         """Close the client and any credential; the next call opens them again."""

@@ -11,6 +11,7 @@ from mapping import events
 from mapping.errors import SignalRUnavailableError
 from mapping.functions import runtime
 from mapping.keys import REVOKED_PREFIX, room_partition, user_key
+from mapping.rooms.tally import TALLY_ROW
 from mapping.presence.store import ConnectionStore
 from mapping.rooms.membership import Rooms
 from mapping.rooms.policy import AccessPolicy, Claims
@@ -93,7 +94,8 @@ def group_actions(messages: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
 async def member_rows(azurite: Azurite, room: str) -> list[str]:
     """Return the user keys of a room's member index, read straight from Azurite."""
     table = runtime.store().settings.table_name
-    return [str(r["RowKey"]) for r in await all_rows(azurite, table) if r["PartitionKey"] == room_partition(room)]
+    rows = await all_rows(azurite, table)
+    return [str(r["RowKey"]) for r in rows if r["PartitionKey"] == room_partition(room) and r["RowKey"] != TALLY_ROW]
 
 
 async def user_rows(azurite: Azurite, user: str) -> list[str]:

@@ -12,6 +12,7 @@ from bench.proxy import CountingProxy
 from mapping import events
 from mapping.functions import runtime
 from mapping.keys import room_partition, user_key
+from mapping.rooms.tally import TALLY_ROW
 from mapping.presence.rows import Membership
 from mapping.presence.state import PresenceChange, PresenceState
 from mapping.presence.store import ConnectionStore
@@ -262,7 +263,7 @@ async def _pending(azurite: Azurite, table: str) -> dict[str, bool]:
     return {
         str(row["UserName"]): bool(row.get("Pending"))
         for row in await all_rows(azurite, table)
-        if str(row["PartitionKey"]).startswith("%~m")
+        if str(row["PartitionKey"]).startswith("%~m") and row["RowKey"] != TALLY_ROW
     }
 
 

@@ -92,7 +92,8 @@ async def test_every_kind_of_change_is_on_the_feed_with_its_subject_and_version(
     store: ConnectionStore, azurite: Azurite, feed_queue: str
 ) -> None:
     """Online, a status, a join and a leave by the user, a grant and a revoke by a server, offline with last seen: each
-    is one feed message, and the highest version per subject states what GET and the rooms say."""
+    is one feed message (a room its only member enters online is occupied, then vacated when they leave), and the
+    highest version per subject states what GET and the rooms say."""
     await events.on_connected(store, event("connections", "connected", "Ann", "a1"))
     await events.on_set_status(store, event("messages", "setStatus", "Ann", "a1", "away"))
     await events.on_join(store, event("messages", "join", "Ann", "a1", "lobby"))
@@ -106,13 +107,18 @@ async def test_every_kind_of_change_is_on_the_feed_with_its_subject_and_version(
         ("presence", None, None, True, None),
         ("presence", None, None, True, "away"),
         ("joined", "lobby", "user", None, None),
+        ("occupied", "lobby", None, 1, None),
         ("left", "lobby", "user", None, None),
+        ("vacated", "lobby", None, 0, None),
         ("joined", "staff", "server", None, None),
+        ("occupied", "staff", None, 1, None),
         ("left", "staff", "server", None, None),
+        ("vacated", "staff", None, 0, None),
         ("presence", None, None, False, None),
     ]
     kept = latest(messages)
-    assert set(kept) == {"user:ann", "member:lobby/ann", "member:staff/ann"}
+    assert set(kept) == {"user:ann", "member:lobby/ann", "member:staff/ann", "room:lobby", "room:staff"}
+    assert (kept["room:lobby"]["kind"], kept["room:lobby"]["members"]) == ("vacated", 0)
     truth = (await store.presence_of("ann")).state
     offline = kept["user:ann"]
     assert (offline["online"], offline["connections"], offline["user"]) == (truth.online, 0, "Ann")

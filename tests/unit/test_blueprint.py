@@ -12,7 +12,7 @@ import pytest
 from mapping.functions.blueprint import blueprint
 from mapping.functions.registration import Registered, RegistrationError, clashes, register
 
-MAPPER_FUNCTIONS = 22
+MAPPER_FUNCTIONS = 25
 
 
 def _app_with(*define: Callable[[func.FunctionApp], None], level: func.AuthLevel = func.AuthLevel.FUNCTION) -> Any:

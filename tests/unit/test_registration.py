@@ -17,6 +17,8 @@ SIGNALR_EVENTS = {
     "watch_users": ("messages", "watch"),
     "unwatch_users": ("messages", "unwatch"),
     "sync_room": ("messages", "sync"),
+    "watch_occupancy": ("messages", "watchOccupancy"),
+    "unwatch_occupancy": ("messages", "unwatchOccupancy"),
 }
 HTTP_ROUTES = {
     "negotiate": ("negotiate", ["POST"], "ANONYMOUS"),
@@ -28,6 +30,7 @@ HTTP_ROUTES = {
     "room_members": ("rooms/{room}", ["GET"], "FUNCTION"),
     "send_to_room": ("rooms/{room}/send", ["POST"], "FUNCTION"),
     "room_member": ("rooms/{room}/members/{user}", ["PUT", "DELETE"], "FUNCTION"),
+    "room_occupancy": ("rooms/{room}/occupancy", ["GET"], "FUNCTION"),
     "openapi": ("openapi.json", ["GET"], "ANONYMOUS"),
 }
 
