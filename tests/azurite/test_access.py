@@ -11,10 +11,10 @@ from mapping import events
 from mapping.errors import SignalRUnavailableError
 from mapping.functions import runtime
 from mapping.keys import REVOKED_PREFIX, room_partition, user_key
-from mapping.rooms.tally import TALLY_ROW
 from mapping.presence.store import ConnectionStore
 from mapping.rooms.membership import Rooms
 from mapping.rooms.policy import AccessPolicy, Claims
+from mapping.rooms.tally import TALLY_ROW
 from mapping.rooms.watch import MAX_WATCHED_PER_CONNECTION
 from mapping.signalr.invocation import parse_invocation
 from mapping.signalr.liveness import GroupMembers, Listing, Liveness

@@ -12,12 +12,12 @@ from bench.proxy import CountingProxy
 from mapping import events
 from mapping.functions import runtime
 from mapping.keys import room_partition, user_key
-from mapping.rooms.tally import TALLY_ROW
 from mapping.presence.rows import Membership
 from mapping.presence.state import PresenceChange, PresenceState
 from mapping.presence.store import ConnectionStore
 from mapping.rooms.index import STALE_INDEX_ROW, index_row
 from mapping.rooms.roster import Roster
+from mapping.rooms.tally import TALLY_ROW
 from mapping.signalr.audience import presence_group
 from mapping.signalr.invocation import parse_invocation
 from mapping.storage.table import merge, upsert
