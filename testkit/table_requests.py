@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
+
+from mapping.functions import runtime
+from mapping.storage.table import Table
 
 WRITES = frozenset({"POST", "PUT", "PATCH", "MERGE", "DELETE"})
 
@@ -31,3 +36,15 @@ class TableRequests:
     def reset(self) -> None:
         """Start counting again."""
         self.by_method.clear()
+
+
+@contextlib.contextmanager
+def counted_table_requests(table: Table | None = None) -> Iterator[TableRequests]:
+    """Count the table requests of `table` (the function app's, by default) while the block runs."""
+    table = table or runtime.store().table
+    requests, before = TableRequests(), table._response_hook
+    table._response_hook = requests.hook
+    try:
+        yield requests
+    finally:
+        table._response_hook = before

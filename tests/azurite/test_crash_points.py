@@ -52,10 +52,12 @@ from mapping.presence.store import ConnectionStore
 from mapping.rooms.index import IndexedMember
 from mapping.rooms.membership import RoomChange, Rooms
 from mapping.rooms.roster import Roster
+from mapping.rooms.tally import TALLY_ROW, Tally, contribution
 from mapping.settings import SignalRConnection
+from mapping.signalr.audience import occupancy_messages
 from mapping.signalr.invocation import Invocation
 from mapping.signalr.liveness import AGE_ONLY, Listing, Liveness
-from mapping.signalr.messages import ERROR_TARGET, PRESENCE_TARGET, SYNC_TARGET, Message
+from mapping.signalr.messages import ERROR_TARGET, OCCUPANCY_TARGET, PRESENCE_TARGET, SYNC_TARGET, Message
 from mapping.storage.table import etag_of, int_value
 from mapping.sweep import sweep
 from testkit.azurite import Azurite
@@ -173,6 +175,7 @@ class World:
     heard: list[PresenceChange] = field(default_factory=list)
     synced: list[PresenceChange] = field(default_factory=list)  # snapshot entries sent (presenceSync)
     service: FakeService | None = None
+    occupancy: list[dict[str, Any]] = field(default_factory=list)  # `occupancy` messages sent (tally T2)
 
     def hear(self, *changes: PresenceChange | None) -> None:
         """Record announcements that reached clients."""
@@ -191,12 +194,15 @@ class World:
                 self.hear(pair_of(sent["arguments"][0]))
             elif sent.get("target") == SYNC_TARGET:
                 self.synced += [pair_of(entry) for entry in sent["arguments"][0]["users"]]
+            elif sent.get("target") == OCCUPANCY_TARGET:
+                self.occupancy.append(sent["arguments"][0])
         return messages
 
     async def sweep(self, store: ConnectionStore, now: datetime) -> None:
         """Run one sweep and record what it announces (it copies pairs onto rosters first: roster C2)."""
         result = await sweep(store, liveness=self.service or AGE_ONLY, now=now)
         self.hear(*result.presence)
+        self.receive(occupancy_messages(result.occupancy))
 
     async def decide(self, store: ConnectionStore, body: str) -> None:
         """Run the presence_grace function on one queue message; what it returns is heard."""
@@ -718,6 +724,33 @@ async def assert_rosters(w: World, rooms: tuple[str, ...], *, now: datetime, lab
             highest = max(mine, key=lambda change: change.version, default=None)
             announced = (highest.version, state_of(highest)) if highest else (0, (False, 0, None))
             assert (entry.pair.version, state_of(entry.pair)) == announced, (label, room, entry, announced)
+        await assert_tally_is_the_sum(w, room, label=label)
+
+
+async def assert_tally_is_the_sum(w: World, room: str, *, label: str) -> None:
+    """Tally T1: the room's tally row states the sum of its index rows' contributions, whatever failed."""
+    rows = [
+        row
+        for row in await all_rows(w.azurite, w.store.settings.table_name)
+        if row["PartitionKey"] == room_partition(room)
+    ]
+    tally = Tally.from_row(next((row for row in rows if row["RowKey"] == TALLY_ROW), None))
+    summed = [contribution(row) for row in rows if row["RowKey"] != TALLY_ROW]
+    expected = (sum(member for member, _ in summed), sum(online for _, online in summed))
+    assert (tally.members, tally.online) == expected, (label, room, tally, expected)
+
+
+async def assert_occupancy_heard(w: World, rooms: tuple[str, ...], *, label: str) -> None:
+    """Tally T2: the highest version of each room's occupancy heard states its tally (once announcements are due)."""
+    for room in rooms:
+        tally = await Rooms(w.store).tally(room)
+        heard = [o for o in w.occupancy if o["room"] == room]
+        highest = max(heard, key=lambda o: o["version"], default={"members": 0, "online": 0, "version": 0})
+        assert (highest["members"], highest["online"], highest["version"]) == (
+            tally.members,
+            tally.online,
+            tally.version,
+        ), (label, room, highest, tally)
 
 
 State = tuple[bool, int, str | None]  # online, live connections, status
@@ -854,6 +887,7 @@ async def crash_point(
         await w.deliver(w.proxied, AFTER_LEASES + timedelta(minutes=5))
         final = AFTER_LEASES + timedelta(minutes=5)
         await assert_converged(w, now=final, leases_lapsed=True, label=label)
+        await assert_occupancy_heard(w, case.rooms, label=label)
         await assert_rosters(w, case.rooms, now=final, label=label)  # settles stale pending flags (roster C3)
         await assert_rosters(w, case.rooms, now=final, label=label)  # so this reads the copies themselves
         assert not w.queue.pending, (label, w.queue.pending)
@@ -1000,10 +1034,12 @@ async def test_every_room_function_crash_point_keeps_the_roster_true(
                 await w.sweep(w.store, NEXT_SWEEP)
                 await assert_converged(w, now=NEXT_SWEEP, leases_lapsed=False, label=label)
                 await assert_rosters(w, base.rooms, now=NEXT_SWEEP, label=label)
+                await assert_occupancy_heard(w, base.rooms, label=label)
                 final = AFTER_LEASES + timedelta(minutes=5)
                 await w.sweep(w.store, AFTER_LEASES)
                 await w.sweep(w.store, final)
                 await assert_converged(w, now=final, leases_lapsed=True, label=label)
+                await assert_occupancy_heard(w, base.rooms, label=label)
                 await assert_rosters(w, base.rooms, now=final, label=label)
             count(modes[mode], by_next_sweep=True)
     points = sum(counts["points"] for counts in modes.values())
