@@ -23,6 +23,7 @@ from mapping.presence.feed import BY_SERVER, BY_USER, membership_message
 from mapping.presence.grace import Decision, Grace
 from mapping.presence.state import PresenceChange
 from mapping.presence.store import ConnectionStore, ConnectOutcome, TouchOutcome
+from mapping.rooms.batch import Flush, run_flush
 from mapping.rooms.membership import RoomChange, Rooms
 from mapping.rooms.policy import SETTINGS_DECIDE, AccessPolicy
 from mapping.rooms.roster import Roster, RosterEntry, put_tallies
@@ -30,6 +31,7 @@ from mapping.rooms.tally import TallyChange
 from mapping.rooms.watch import Watching, parse_users
 from mapping.signalr.audience import (
     SYNC_PAGE,
+    batch_messages,
     occupancy_group,
     occupancy_message,
     occupancy_messages,
@@ -288,8 +290,11 @@ async def on_revoke(store: ConnectionStore, user_name: str, room: str, *, servic
 
 
 async def on_grace(store: ConnectionStore, body: str, *, delayed: Callable[[], DelayedActions]) -> list[Message]:
-    """Make a grace decision (a queue message): announce who went offline, or nothing if they came back."""
+    """Do a delayed action (a queue message): a grace decision (announce who went offline, or nothing if they came
+    back), or a big room's flush (its members' latest presence, batched: `mapping.rooms.batch`)."""
     try:
+        if (flush := Flush.from_body(body)) is not None:
+            return batch_messages(flush.room, await run_flush(store, flush))
         decision = Decision.from_body(body)
     except (InvalidRequestError, InvalidNameError) as error:
         logger.error("grace: a message that is no decision was dropped: %s", error)
@@ -617,8 +622,9 @@ async def _announced(store: ConnectionStore, change: PresenceChange | None) -> l
     """Copy a pair onto the user's rooms' rosters, then return its announcements (roster C2: copies first)."""
     if change is None:
         return []
-    tallies = await Roster(store).publish(change)
-    return presence_messages(change, audience=store.settings.presence_audience) + occupancy_messages(tallies)
+    published = await Roster(store).publish(change)
+    audience = store.settings.presence_audience
+    return presence_messages(published.unbatched(change), audience=audience) + occupancy_messages(published.tallies)
 
 
 async def _refresh(store: ConnectionStore, user_id: str, connection_id: str) -> list[Message]:

@@ -35,6 +35,8 @@ VALUE_SETTINGS: tuple[str, ...] = (
     "CLIENT_CALL_RATE",
     "CLIENT_MESSAGE_MAX_BYTES",
     "ROOM_MAX_MEMBERS",
+    "ROOM_BATCH_ABOVE",
+    "ROOM_BATCH_SECONDS",
     "USER_MAX_CONNECTIONS",
     "PRESENCE_GRACE_SECONDS",
     "MAPPING_INDEX_SHARDS",
@@ -70,6 +72,11 @@ DEFAULT_CALL_BURST = 20
 DEFAULT_CALL_RATE = 5
 MAX_CALL_BUDGET = 10_000
 MAX_CAP = 1_000_000  # ROOM_MAX_MEMBERS and USER_MAX_CONNECTIONS at most
+# ROOM_BATCH_ABOVE and ROOM_BATCH_SECONDS: a room with more members than this hears its members' presence coalesced,
+# one `presenceBatch` per room per this many seconds (mapping.rooms.batch).
+DEFAULT_BATCH_ABOVE = 200
+DEFAULT_BATCH_SECONDS = 2
+MAX_BATCH_SECONDS = 60
 # CLIENT_MESSAGE_MAX_BYTES: a client's send or sendToRoom message as JSON (the HTTP API for servers keeps 64 KiB).
 DEFAULT_CLIENT_MESSAGE_BYTES = 16 * 1024
 MAX_CLIENT_MESSAGE_BYTES = 64 * 1024
@@ -148,6 +155,8 @@ class Settings:
     client_message_max_bytes: int = DEFAULT_CLIENT_MESSAGE_BYTES  # CLIENT_MESSAGE_MAX_BYTES: a client send's message
     room_max_members: int | None = None  # ROOM_MAX_MEMBERS: members a client's join may make a room (None: no cap)
     user_max_connections: int | None = None  # USER_MAX_CONNECTIONS: a user's live connections (None: no cap)
+    room_batch_above: int = DEFAULT_BATCH_ABOVE  # ROOM_BATCH_ABOVE: members beyond which a room's presence is batched
+    room_batch_seconds: int = DEFAULT_BATCH_SECONDS  # ROOM_BATCH_SECONDS: how often a big room hears a batch
     rooms_open: tuple[str, ...] = ()  # ROOMS_OPEN: rooms any signed-in user may join (names, `prefix*`, `*`)
     presence_feed_queue: str = ""  # PRESENCE_FEED_QUEUE: the queue of AzureWebJobsStorage backends hear on ("": off)
     # No grace unless asked: the app setting's default (15 s) is applied by from_environment.
@@ -180,6 +189,8 @@ class Settings:
             ),
             room_max_members=_cap(env, "ROOM_MAX_MEMBERS"),
             user_max_connections=_cap(env, "USER_MAX_CONNECTIONS"),
+            room_batch_above=_whole_number(env, "ROOM_BATCH_ABOVE", DEFAULT_BATCH_ABOVE, minimum=0, maximum=MAX_CAP),
+            room_batch_seconds=_count(env, "ROOM_BATCH_SECONDS", DEFAULT_BATCH_SECONDS, MAX_BATCH_SECONDS),
             client_message_max_bytes=_count(
                 env, "CLIENT_MESSAGE_MAX_BYTES", DEFAULT_CLIENT_MESSAGE_BYTES, MAX_CLIENT_MESSAGE_BYTES
             ),
@@ -187,6 +198,10 @@ class Settings:
             index_shards=_count(env, "MAPPING_INDEX_SHARDS", DEFAULT_INDEX_SHARDS, MAX_INDEX_SHARDS),
             listing_groups=_count(env, "MAPPING_LISTING_GROUPS", DEFAULT_LISTING_GROUPS, MAX_LISTING_GROUPS),
         )
+
+    def batches(self, members: int) -> bool:
+        """Return whether a room of `members` hears its members' presence in batches (`ROOM_BATCH_ABOVE`)."""
+        return members > self.room_batch_above
 
     def opens(self, room: str) -> bool:
         """Return whether `ROOMS_OPEN` lets any signed-in user join `room` (by its name or a `prefix*` pattern)."""

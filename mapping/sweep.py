@@ -327,8 +327,9 @@ async def _sweep_user(
         announce = settled.recorded.announced_as(name, rooms=view.rooms) if maybe_lost else None
     if announce is not None:
         # Roster C2: the copies first, over lower versions only; failing, the user's entries stay for the next run.
-        result.occupancy += await Roster(store).publish(announce, guarded=True)
-        clock.announce(result, announce)
+        published = await Roster(store).publish(announce, guarded=True)
+        result.occupancy += published.tallies
+        clock.announce(result, published.unbatched(announce))  # a big room hears it in its next batch
     return spent
 
 

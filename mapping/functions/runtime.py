@@ -41,6 +41,8 @@ def store() -> ConnectionStore:
         _store = ConnectionStore(settings())
         _store.probe = _Probe(_client(_store.settings.signalr))
         _store.feed = _feed(_store.settings)
+        if _store.settings.queue is not None:  # big rooms' flushes wait on the delayed actions' queue
+            _store.later = delayed_actions()
     return _store
 
 

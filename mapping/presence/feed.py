@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from mapping.errors import ConfigurationError
 from mapping.keys import fold_user_name
 from mapping.presence.rows import iso
 from mapping.presence.state import PresenceChange
@@ -52,6 +53,20 @@ class Sender(Protocol):
     async def close(self) -> None:
         """Release the client."""
         ...
+
+
+class _Unqueued:
+    """No delayed queue (AzureWebJobsStorage has none): what would wait on one is done at once instead."""
+
+    async def schedule(self, body: str, *, delay: timedelta) -> None:
+        """Refuse: nothing may wait on a queue that is not there."""
+        raise ConfigurationError("no queue for delayed actions: set AzureWebJobsStorage")
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+UNQUEUED: Sender = _Unqueued()
 
 
 class Feed(Protocol):

@@ -26,7 +26,7 @@ from mapping.errors import RowChangedError
 from mapping.keys import BLOCKED_ROW, connection_key, normalize_user_name, user_key
 from mapping.presence import readers
 from mapping.presence.expiry import ExpiryIndex
-from mapping.presence.feed import NO_FEED, Feed
+from mapping.presence.feed import NO_FEED, UNQUEUED, Feed, Sender
 from mapping.presence.lease import Lease, RefreshMemory
 from mapping.presence.readers import UserPresence, UsersPage
 from mapping.presence.rows import Clock, ConnectionEntity, status_fields, utc_now
@@ -116,6 +116,8 @@ class ConnectionStore:
         self.refreshes = RefreshMemory()  # what this instance refreshed, and when
         self.probe: ConnectionProbe = UNPROBED  # the service's word on a connection (mapping.functions.runtime sets it)
         self.feed: Feed = NO_FEED  # the presence feed for backends (mapping.functions.runtime sets it when it is on)
+        # The delayed queue big rooms' flushes wait on (mapping.rooms.batch); without one no room is batched.
+        self.later: Sender = UNQUEUED
 
     # -- connection events ----------------------------------------------------------------------
 

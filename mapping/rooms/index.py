@@ -21,6 +21,7 @@ from mapping.keys import room_partition, user_key
 from mapping.presence.rows import Membership
 from mapping.presence.state import PresenceChange, Recorded, pair_fields, recorded_from
 from mapping.presence.write_loop import back_off, timed_tries
+from mapping.rooms.batch import Batching, Flush, mark_fields
 from mapping.rooms.tally import TALLY_ROW, Tally, TallyChange, contribution, difference
 from mapping.storage.table import Operation, Table, create, delete, etag_of, int_value, merge
 
@@ -83,10 +84,19 @@ class MemberIndex:
     instance serves one invocation.
     """
 
-    def __init__(self, table: Table, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        table: Table,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        batching: Batching | None = None,
+    ) -> None:
         self._table = table
         self._clock = clock
+        self._batching = batching  # None: no room is batched (no queue to wait on)
         self.changes: list[TallyChange] = []
+        self.flushes: list[Flush] = []  # flushes its copies marked (batch B1), to be queued
+        self.batched: set[str] = set()  # rooms its copies found big: their members hear the copies in a batch
 
     async def pages(self, room: str, *, action: str, after: str | None = None) -> AsyncIterator[list[IndexedMember]]:
         """Yield the rows of a room's member index in key order (those after the key `after`), a page at a time."""
@@ -189,6 +199,7 @@ class MemberIndex:
             "PartitionKey": room_partition(room),
             "RowKey": user_key(change.user),
             **pair_fields(change.state, change.version),
+            "CopiedAt": self._clock(),  # a big room's flush reads the rows copied since the last (batch B2)
         }
 
         def plan(row: Mapping[str, Any] | None) -> _Plan:
@@ -197,7 +208,9 @@ class MemberIndex:
             return ("merge", fields)
 
         action = "copy presence to a roster"
-        written = await self._counted(room, user_key(change.user), plan, action=action, repeat=over_lower)
+        written = await self._counted(
+            room, user_key(change.user), plan, action=action, repeat=over_lower, batchable=True
+        )
         return written.etag is not None
 
     async def _counted(
@@ -208,34 +221,47 @@ class MemberIndex:
         *,
         action: str,
         repeat: bool = False,
+        batchable: bool = False,
     ) -> Written:
         """Write the user's index row as `plan` says from the row as read, with the room's tally when the row's
         contribution changes (T1); read both again when either changed meanwhile. A try whose transaction may have
         committed (a conflict answered) and a `repeat` record the tally as it stands, to be announced again."""
         told_again = repeat
+        tried: Flush | None = None  # the flush a try marked, if its answer was a conflict
         for attempt in timed_tries():
             row, tally_row = await self._read_with_tally(room, user_partition, action=action)
             planned = plan(row)
+            if batchable and self._batching is not None and self._batching.big(tally_row):
+                self.batched.add(room)
             if planned is None:
                 return self._written(None, room, tally_row, told_again=told_again)
             after = _after(row, *planned)
             delta = difference(row, after)
             operation = _operation(row, *planned)
+            flush = (
+                self._batching.flush_of(room, tally_row, now=self._clock()) if batchable and self._batching else None
+            )
+            if tried is not None and (tally_row or {}).get("FlushDue") == tried.due:
+                self.flushes.append(tried)  # a try answered with a conflict marked it after all: queue it (B1)
+                tried, flush = None, None
             try:
-                if delta == (0, 0):
+                if delta == (0, 0) and flush is None:
                     etag = etag_of(row) if _unchanged(row, after) else await self._table.write(operation, action=action)
                     return self._written(etag, room, tally_row, told_again=told_again)
                 before = Tally.from_row(tally_row) if tally_row is not None else await self._scanned(room)
-                counted = before.plus(delta, at=self._clock())
-                tally_write = (
-                    merge(counted.to_row(room), etag=etag_of(tally_row)) if tally_row else create(counted.to_row(room))
-                )
-                told_again = True  # answered with a conflict, it may have committed: tell the tally as it stands
+                counted = before.plus(delta, at=self._clock()) if delta != (0, 0) else before
+                fields = {**counted.to_row(room), **(mark_fields(flush) if flush else {})}
+                tally_write = merge(fields, etag=etag_of(tally_row)) if tally_row else create(fields)
+                told_again = told_again or delta != (0, 0)  # a conflict may hide a commit: tell the tally again
+                tried = flush
                 etags = await self._table.transact([operation, tally_write], action=action)
             except ConflictError:
                 await back_off(attempt)
                 continue
-            self.changes.append(TallyChange(room, before, counted))
+            if flush is not None:
+                self.flushes.append(flush)
+            if delta != (0, 0):
+                self.changes.append(TallyChange(room, before, counted))
             return Written(etags[0] if etags else None)
         raise RowChangedError(f"{action}: room {room} kept changing")
 

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 
 from mapping.keys import parse_room
-from mapping.presence.feed import occupancy_message, presence_message
+from mapping.presence.feed import UNQUEUED, occupancy_message, presence_message
 from mapping.presence.state import PresenceChange, PresenceState
 from mapping.presence.store import ConnectionStore
+from mapping.rooms.batch import Batching
 from mapping.rooms.index import STALE_INDEX_ROW, IndexedMember, MemberIndex
 from mapping.rooms.tally import TallyChange
 from mapping.storage.client import gather_bounded
@@ -58,26 +59,46 @@ class RosterEntry:
         return self.pair.to_json()
 
 
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What a publish did beyond the copies: the rooms' tallies to announce, and the rooms that hear it batched."""
+
+    tallies: tuple[TallyChange, ...] = ()
+    batched: frozenset[str] = frozenset()
+
+    def unbatched(self, change: PresenceChange) -> PresenceChange:
+        """Return the change with only the rooms that hear it at once (a big room hears it in its next batch)."""
+        return replace(change, rooms=tuple(room for room in change.rooms if room not in self.batched))
+
+
 class Roster:
     """Reads rooms' member indexes as presence snapshots, and copies presence pairs onto them."""
 
     def __init__(self, store: ConnectionStore) -> None:
         self.store = store
-        self.index = MemberIndex(store.table, clock=store.now)
+        settings = store.settings
+        batching = (
+            Batching(settings.room_batch_above, settings.room_batch_seconds) if store.later is not UNQUEUED else None
+        )
+        self.index = MemberIndex(store.table, clock=store.now, batching=batching)
 
-    async def publish(self, change: PresenceChange, *, guarded: bool = False) -> list[TallyChange]:
-        """Copy a pair onto the index rows of the change's rooms (C2), then put it and the rooms' occupied or vacated
-        tallies on the presence feed (feed F2); return the tallies the copies changed (or, guarded, told again), to be
-        announced; raise StorageError if any copy or put failed."""
+    async def publish(self, change: PresenceChange, *, guarded: bool = False) -> Published:
+        """Copy a pair onto the index rows of the change's rooms (C2), queue the flushes of big rooms the copies marked
+        (batch B1), then put the pair and the rooms' occupied or vacated tallies on the presence feed (feed F2); return
+        the tallies the copies changed (or, guarded, told again) and the rooms that hear the pair in a batch; raise
+        StorageError if any copy, queueing or put failed."""
 
         async def copy(room: str) -> None:
             await self._copy(change, room, over_lower=guarded)
 
         if change.rooms:
             await gather_bounded(change.rooms, copy, limit=_ROOM_WRITES)
+        delay = timedelta(seconds=self.store.settings.room_batch_seconds)
+        for flush in self.index.flushes:
+            await self.store.later.schedule(flush.to_body(), delay=delay)
         await self.store.feed.put(presence_message(change, at=self.store.now()))
         await put_tallies(self.store, self.index.changes)
-        return list(self.index.changes)
+        return Published(tuple(self.index.changes), frozenset(self.index.batched))
 
     async def snapshot(self, room: str, *, now: datetime | None = None) -> AsyncIterator[list[RosterEntry]]:
         """Yield a room's members with their presence pairs, one index page at a time (C3: pending rows checked)."""

@@ -16,17 +16,20 @@ connections that `watchOccupancy(room)`, which hear the counts and not each memb
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from typing import Any
 
 from mapping.keys import user_key
 from mapping.presence.state import PresenceChange
 from mapping.rooms.roster import RosterEntry
 from mapping.rooms.tally import Tally, TallyChange
-from mapping.signalr.messages import OCCUPANCY_TARGET, PRESENCE_TARGET, SYNC_TARGET, Message
+from mapping.signalr.messages import BATCH_TARGET, OCCUPANCY_TARGET, PRESENCE_TARGET, SYNC_TARGET, Message
 
 PRESENCE_GROUP_PREFIX = "~presence."  # room names never hold `~`: no room's group can take this name
 OCCUPANCY_GROUP_PREFIX = "~occupancy."
 SYNC_PAGE = 100  # entries per presenceSync message (about 12 KB)
+BATCH_BYTES = 2000  # a presenceBatch message's JSON at most: SignalR bills a message by the 2 KB
 
 
 def presence_group(user: str) -> str:
@@ -69,6 +72,56 @@ def presence_messages(change: PresenceChange, *, audience: str) -> list[Message]
 def room_presence(change: PresenceChange, room: str) -> Message:
     """Return a user's pair to one room's group (a member who just joined, for the others)."""
     return {"target": PRESENCE_TARGET, "groupName": room, "arguments": [{**change.to_json(), "room": room}]}
+
+
+def batch_messages(room: str, pairs: Sequence[PresenceChange]) -> list[Message]:
+    """Return a flush's `presenceBatch` messages to a big room's group (`mapping.rooms.batch`): `{room, base, users}`,
+    each at most BATCH_BYTES of JSON, an entry `[user, online (1 or 0), connections, status, version - base,
+    lastSeen]`, so about 30 entries are one billed message."""
+    return [
+        {"target": BATCH_TARGET, "groupName": room, "arguments": [argument]}
+        for argument in batch_arguments(room, sorted(pairs, key=lambda pair: pair.version))
+    ]
+
+
+def batch_arguments(room: str, pairs: Sequence[PresenceChange]) -> list[dict[str, Any]]:
+    """Return the arguments of a flush's messages: pairs in version order, split at BATCH_BYTES."""
+    batches: list[dict[str, Any]] = []
+    current: list[list[Any]] = []
+    base, size = 0, 0
+    for pair in pairs:
+        if not current:
+            base = pair.version
+            size = _json_size({"room": room, "base": base, "users": []})
+        entry = _entry(pair, base)
+        entry_size = _json_size(entry) + 1
+        if current and size + entry_size > BATCH_BYTES:
+            batches.append({"room": room, "base": base, "users": current})
+            current, base = [], pair.version
+            size = _json_size({"room": room, "base": base, "users": []})
+            entry = _entry(pair, base)
+        current.append(entry)
+        size += entry_size
+    if current:
+        batches.append({"room": room, "base": base, "users": current})
+    return batches
+
+
+def _entry(pair: PresenceChange, base: int) -> list[Any]:
+    """One member's pair in a batch, as a `presence` message states it (its version less the batch's base)."""
+    state = pair.state.to_json()
+    return [
+        pair.user,
+        1 if pair.state.online else 0,
+        state["connections"],
+        state["status"],
+        pair.version - base,
+        state["lastSeen"],
+    ]
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
 
 
 def sync_messages(connection_id: str, entries: Sequence[RosterEntry], *, room: str | None) -> list[Message]:
