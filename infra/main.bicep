@@ -182,8 +182,18 @@ param clientMessageMaxBytes int = 16384
 @description('The most members a client\'s join may make a room (ROOM_MAX_MEMBERS): a join beyond it is refused as full. Empty: no cap. Counting costs the join one table request per 1,000 members.')
 param roomMaxMembers string = ''
 
-@description('The queue of the host storage (AzureWebJobsStorage) that carries the presence feed for backends (PRESENCE_FEED_QUEUE): every presence and membership change as a JSON message, one Put Message each. Empty: no feed. 3 to 63 lowercase letters, digits and single hyphens; not presence-grace.')
+@description('The queue of the host storage (AzureWebJobsStorage) that carries the presence feed for backends (PRESENCE_FEED_QUEUE): every presence, membership and room occupancy change as a JSON message, one Put Message each. Empty: no feed. 3 to 63 lowercase letters, digits and single hyphens; not presence-grace.')
 param presenceFeedQueue string = ''
+
+@description('Members beyond which a room hears its members\' presence in batches (ROOM_BATCH_ABOVE): one presenceBatch a room per ROOM_BATCH_SECONDS instead of one message per change.')
+@minValue(0)
+@maxValue(1000000)
+param roomBatchAbove int = 200
+
+@description('How often a big room hears its batch of presence changes, in seconds (ROOM_BATCH_SECONDS).')
+@minValue(1)
+@maxValue(60)
+param roomBatchSeconds int = 2
 
 @description('The most live connections one user may hold (USER_MAX_CONNECTIONS): a connection beyond it is closed and not mapped. Empty: no cap.')
 param userMaxConnections string = ''
@@ -336,6 +346,8 @@ module functionApp 'app/function-app.bicep' = {
     clientMessageMaxBytes: clientMessageMaxBytes
     roomMaxMembers: roomMaxMembers
     presenceFeedQueue: presenceFeedQueue
+    roomBatchAbove: roomBatchAbove
+    roomBatchSeconds: roomBatchSeconds
     userMaxConnections: userMaxConnections
     mappingIndexShards: mappingIndexShards
     mappingListingGroups: mappingListingGroups

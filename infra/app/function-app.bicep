@@ -103,6 +103,16 @@ param roomMaxMembers string
 @description('The queue of the host storage that carries the presence feed for backends; empty: no feed.')
 param presenceFeedQueue string
 
+@description('Members beyond which a room hears its members\' presence in batches.')
+@minValue(0)
+@maxValue(1000000)
+param roomBatchAbove int
+
+@description('How often a big room hears its batch of presence changes, in seconds.')
+@minValue(1)
+@maxValue(60)
+param roomBatchSeconds int
+
 @description('The most live connections one user may hold (1 to 1000000); empty: no cap.')
 param userMaxConnections string
 
@@ -274,6 +284,8 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     CLIENT_MESSAGE_MAX_BYTES: string(clientMessageMaxBytes)
     ROOM_MAX_MEMBERS: roomMaxMembers
     PRESENCE_FEED_QUEUE: presenceFeedQueue
+    ROOM_BATCH_ABOVE: string(roomBatchAbove)
+    ROOM_BATCH_SECONDS: string(roomBatchSeconds)
     USER_MAX_CONNECTIONS: userMaxConnections
     MAPPING_INDEX_SHARDS: string(mappingIndexShards)
     MAPPING_LISTING_GROUPS: string(mappingListingGroups)
