@@ -67,13 +67,21 @@ class BilledMessages:
     upstream: int = 0  # client messages forwarded to the app, billed as messages from the service
 
     def count(
-        self, record: str, *, kind: str, target: str, recipients: Collection[str], group: str | None = None
+        self,
+        record: str,
+        *,
+        kind: str,
+        target: str,
+        recipients: Collection[str],
+        group: str | None = None,
+        simulated: int = 0,
     ) -> int:
-        """Count one record delivered to the `recipients` connections (their ids); return the messages billed."""
-        if not recipients:
+        """Count one record delivered to the `recipients` connections (their ids) and to `simulated` connections of a
+        group (billed in all only); return the messages billed."""
+        if not recipients and not simulated:
             return 0
         units = billed_units(record)
-        billed = units * len(recipients)
+        billed = units * (len(recipients) + simulated)
         self.overall.add(billed, kind=kind, target=target, group=group)
         for connection_id in recipients:
             self.by_connection[connection_id].add(units, kind=kind, target=target, group=group)

@@ -90,6 +90,7 @@ class Registry:
         self.pending: dict[str, PendingConnection] = {}
         self._connection_groups: dict[tuple[str, str], set[str]] = defaultdict(set)  # (hub, group) -> ids
         self._user_groups: dict[tuple[str, str], set[str]] = defaultdict(set)  # (hub, group) -> users
+        self._simulated: dict[tuple[str, str], int] = {}  # (hub, group) -> members without a socket (benchmarks)
         self.lock = asyncio.Lock()
 
     def add_pending(self, token: str, pending: PendingConnection) -> None:
@@ -167,6 +168,18 @@ class Registry:
         for (group_hub, _group), users in self._user_groups.items():
             if group_hub == hub_key(hub) and user is not None:
                 users.discard(user)
+
+    def simulate(self, hub: str, group: str, count: int) -> None:
+        """Make a group hold `count` simulated connections besides its real ones: sends to the group are billed for
+        them as for a real recipient, and delivered to nobody (a room of 10,000 without 10,000 sockets)."""
+        if count:
+            self._simulated[(hub_key(hub), group)] = count
+        else:
+            self._simulated.pop((hub_key(hub), group), None)
+
+    def simulated_in(self, hub: str, group: str) -> int:
+        """Return how many simulated connections a group holds."""
+        return self._simulated.get((hub_key(hub), group), 0)
 
     def user_in_group(self, hub: str, group: str, user: str) -> bool:
         """Tell whether a user is a member of a group."""

@@ -25,6 +25,9 @@ Admin (loopback callers only, no token):
   completions and group calls count nothing); `upstream` counts each client message passed to the app, one per
   started 2 KB, and `billed` is `total` + `upstream`; `?connection=<id>` answers, in the same shape, what was billed to
   that one connection; `DELETE /admin/messages` answers the totals and resets every count.
+- `PUT /admin/hubs/{hub}/groups/{group}/simulated?count=n`: the group holds `n` simulated connections besides its
+  real ones (0: none), each billed for every send to the group as a real recipient and sent nothing (`byGroup` and
+  the totals count them; `?connection=` does not): a room of 10,000 without 10,000 sockets, for benchmarks.
 """
 
 from __future__ import annotations
@@ -135,6 +138,7 @@ def create_app(config: EmulatorConfig) -> web.Application:
     app.router.add_post("/admin/connections/{connection}/drop", drop_connection)
     app.router.add_get("/admin/rest-calls", rest_calls)
     app.router.add_delete("/admin/rest-calls", reset_rest_calls)
+    app.router.add_put("/admin/hubs/{hub}/groups/{group}/simulated", simulate_group_members)
     app.router.add_get("/admin/messages", billed_messages)
     app.router.add_delete("/admin/messages", reset_billed_messages)
     app.router.add_get("/health", health)
@@ -511,7 +515,10 @@ async def _send(request: web.Request, *, pick: str) -> web.Response:
         targets = registry.of_group(hub, request.match_info["group"])
     reached = await send_to([t for t in targets if t.id not in excluded], record)
     group = request.match_info["group"] if pick == "group" else None
-    billed = request.app[BILLED].count(record, kind=SEND_KINDS[pick], target=target, recipients=reached, group=group)
+    simulated = registry.simulated_in(hub, group) if group is not None else 0
+    billed = request.app[BILLED].count(
+        record, kind=SEND_KINDS[pick], target=target, recipients=reached, group=group, simulated=simulated
+    )
     logger.info("REST send to %s in %s: %d connection(s), %d billed message(s)", pick, hub, len(reached), billed)
     return web.Response(status=202)
 
@@ -734,6 +741,20 @@ async def reset_rest_calls(request: web.Request) -> web.Response:
     snapshot = calls.snapshot()
     calls.by_route.clear()
     return web.json_response(snapshot)
+
+
+async def simulate_group_members(request: web.Request) -> web.Response:
+    """Give a group `?count=n` simulated connections (0 removes them): billed for every send to the group, delivered
+    to nobody; for benchmarks of big rooms (loopback only)."""
+    try:
+        count = int(request.query.get("count", ""))
+    except ValueError:
+        return _error(400, "count must be a whole number")
+    if not 0 <= count <= 1_000_000:
+        return _error(400, "count must be 0 to 1000000")
+    hub, group = request.match_info["hub"], request.match_info["group"]
+    request.app[REGISTRY].simulate(hub, group, count)
+    return web.json_response({"hub": hub, "group": group, "simulated": count})
 
 
 async def billed_messages(request: web.Request) -> web.Response:

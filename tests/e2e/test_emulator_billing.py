@@ -141,6 +141,35 @@ async def test_a_group_send_to_two_members_counts_two(stack: Stack, session: aio
         assert await billed_messages(stack.emulator_url) == billed("group", "presence", 2, group=group)
 
 
+async def test_simulated_members_of_a_group_are_billed_and_sent_nothing(
+    stack: Stack, session: aiohttp.ClientSession
+) -> None:
+    """A group of one real member and 9,999 simulated ones bills 10,000 messages a send of under 2 KB, and 20,000 one
+    of over 2 KB; the real member receives it; removing the simulated ones bills the real member alone."""
+    group = unique_user("big")
+    url = f"{stack.emulator_url}/admin/hubs/{HUB}/groups/{quote(group, safe='')}/simulated"
+    async with clients(session, stack, [unique_user("member")]) as (member,):
+        await join(session, stack, group, member.connection_id)
+        async with session.put(url, params={"count": "9999"}) as response:
+            assert response.status == 200, await response.text()
+        await billed_messages(stack.emulator_url, reset=True)
+        await rest_send(session, stack, f"/groups/{quote(group, safe='')}/:send", "presence", [{"online": True}])
+        assert await next_invocation(member, "presence") == [{"online": True}]
+        assert (await billed_messages(stack.emulator_url))["byGroup"] == {group: 10_000}
+        await rest_send(session, stack, f"/groups/{quote(group, safe='')}/:send", "big", ["x" * 2100])
+        assert await next_invocation(member, "big") == ["x" * 2100]
+        assert (await billed_messages(stack.emulator_url))["byGroup"] == {group: 30_000}
+        assert (await billed_messages(stack.emulator_url, connection=member.connection_id))["total"] == 3
+        async with session.put(url, params={"count": "0"}) as response:
+            assert response.status == 200
+        await billed_messages(stack.emulator_url, reset=True)
+        await rest_send(session, stack, f"/groups/{quote(group, safe='')}/:send", "presence", [{"online": False}])
+        assert await next_invocation(member, "presence") == [{"online": False}]
+        assert await billed_messages(stack.emulator_url) == billed("group", "presence", 1, group=group)
+    async with session.put(url, params={"count": "-1"}) as response:
+        assert response.status == 400
+
+
 async def test_a_broadcast_counts_every_connection(stack: Stack, session: aiohttp.ClientSession) -> None:
     """A broadcast bills one `broadcast` message per live connection of the hub, and none for an excluded one."""
     async with clients(session, stack, [unique_user("everyone") for _ in range(4)]) as opened:
