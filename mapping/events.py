@@ -613,7 +613,7 @@ async def _feed_membership(store: ConnectionStore, change: RoomChange, *, by: st
     tallies = list(change.tallies)
     if not tallies:
         tally = await Rooms(store).tally(change.room)
-        tallies = [TallyChange(change.room, tally, tally, repeat=True)]
+        tallies = [TallyChange.repeated(change.room, tally, user=user_key(change.user))]
     await put_tallies(store, tallies)
     return occupancy_messages(tallies)
 

@@ -234,7 +234,7 @@ class MemberIndex:
             if batchable and self._batching is not None and self._batching.big(tally_row):
                 self.batched.add(room)
             if planned is None:
-                return self._written(None, room, tally_row, told_again=told_again)
+                return self._written(None, room, user_partition, tally_row, told_again=told_again)
             after = _after(row, *planned)
             delta = difference(row, after)
             operation = _operation(row, *planned)
@@ -247,9 +247,9 @@ class MemberIndex:
             try:
                 if delta == (0, 0) and flush is None:
                     etag = etag_of(row) if _unchanged(row, after) else await self._table.write(operation, action=action)
-                    return self._written(etag, room, tally_row, told_again=told_again)
+                    return self._written(etag, room, user_partition, tally_row, told_again=told_again)
                 before = Tally.from_row(tally_row) if tally_row is not None else await self._scanned(room)
-                counted = before.plus(delta, at=self._clock()) if delta != (0, 0) else before
+                counted = before.plus(delta, at=self._clock(), by=user_partition) if delta != (0, 0) else before
                 fields = {**counted.to_row(room), **(mark_fields(flush) if flush else {})}
                 tally_write = merge(fields, etag=etag_of(tally_row)) if tally_row else create(fields)
                 told_again = told_again or delta != (0, 0)  # a conflict may hide a commit: tell the tally again
@@ -266,12 +266,12 @@ class MemberIndex:
         raise RowChangedError(f"{action}: room {room} kept changing")
 
     def _written(
-        self, etag: str | None, room: str, tally_row: Mapping[str, Any] | None, *, told_again: bool
+        self, etag: str | None, room: str, user: str, tally_row: Mapping[str, Any] | None, *, told_again: bool
     ) -> Written:
-        """A write that changed no tally: the tally as it stands is told again when it may not have been."""
+        """A write that changed no tally: the tally as it stands is told again, with a repeat of `user`'s
+        announcement, when it may not have been."""
         if told_again and tally_row is not None:
-            tally = Tally.from_row(tally_row)
-            self.changes.append(TallyChange(room, tally, tally, repeat=True))
+            self.changes.append(TallyChange.repeated(room, Tally.from_row(tally_row), user=user))
         return Written(etag)
 
     async def _read_with_tally(

@@ -15,6 +15,9 @@ T2. Each new count takes a version higher than any before it, `max(previous + 1,
 T3. A room whose tally row is missing (it was made before tallies existed) is counted by a scan of its index, and the
     tally created: in the same transaction as the write that needed it, or alone by a reader of a room with members.
     Two creators at once: one fails (409) and reads again, so a count made before a change never overwrites it.
+T4. A room made occupied or vacated is a change of its own on the presence feed. The tally names whose change last
+    did it (`CrossedBy`, a user key), so a repeated announcement of that user (a retry, the sweep's repeat) puts the
+    room's state on the feed again, and a repeat of anyone else's puts nothing for the room.
 """
 
 from __future__ import annotations
@@ -37,18 +40,22 @@ class Tally:
     members: int = 0
     online: int = 0
     version: int = 0
+    crossed_by: str = ""  # the user key whose change last made the room occupied or vacated (T4)
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any] | None) -> Tally:
         """Read a tally row (None: a room nobody ever counted)."""
         if row is None:
             return cls()
-        return cls(int_value(row.get("Members")), int_value(row.get("Online")), int_value(row.get("Version")))
+        members, online, version = (int_value(row.get(name)) for name in ("Members", "Online", "Version"))
+        return cls(members, online, version, str(row.get("CrossedBy") or ""))
 
-    def plus(self, delta: tuple[int, int], *, at: datetime) -> Tally:
-        """Return the counts after a change of `delta` (members, online), under a new version (T2)."""
+    def plus(self, delta: tuple[int, int], *, at: datetime, by: str) -> Tally:
+        """Return the counts after user `by`'s change of `delta` (members, online), under a new version (T2)."""
         version = max(self.version + 1, int(at.timestamp() * 1000))
-        return Tally(max(0, self.members + delta[0]), max(0, self.online + delta[1]), version)
+        online = max(0, self.online + delta[1])
+        crossed_by = by if (online == 0) != (self.online == 0) else self.crossed_by
+        return Tally(max(0, self.members + delta[0]), online, version, crossed_by)
 
     def to_row(self, room: str) -> dict[str, Any]:
         """Return the tally row of `room`."""
@@ -58,6 +65,7 @@ class Tally:
             "Members": self.members,
             "Online": self.online,
             "Version": int64(self.version),
+            "CrossedBy": self.crossed_by,
         }
 
     def to_json(self, room: str) -> dict[str, Any]:
@@ -72,17 +80,29 @@ class TallyChange:
     room: str
     before: Tally
     after: Tally
-    repeat: bool = False  # the tally as it stands, told again: its first announcement may have been lost
+    # The tally as it stands, told again for user `repeat_of`'s repeated announcement: its first may have been lost.
+    repeat_of: str | None = None
+
+    @classmethod
+    def repeated(cls, room: str, tally: Tally, *, user: str) -> TallyChange:
+        """The tally as it stands, told again with a repeat of user key `user`'s announcement."""
+        return cls(room, tally, tally, repeat_of=user)
 
     @property
     def occupied(self) -> bool:
-        """Whether the room's first member came online (or, repeated, whether anyone is online)."""
-        return self.after.online > 0 and (self.repeat or self.before.online == 0)
+        """Whether the room's first member came online (repeated: by the change of the user repeated, T4)."""
+        return self.after.online > 0 and self._crossed
 
     @property
     def vacated(self) -> bool:
-        """Whether the room's last online member went offline (or, repeated, whether nobody is online)."""
-        return self.after.online == 0 and (self.repeat or self.before.online > 0)
+        """Whether the room's last online member went offline (repeated: by the change of the user repeated, T4)."""
+        return self.after.online == 0 and self._crossed
+
+    @property
+    def _crossed(self) -> bool:
+        if self.repeat_of is not None:
+            return self.after.crossed_by == self.repeat_of and self.after.version > 0
+        return (self.before.online == 0) != (self.after.online == 0)
 
 
 def contribution(row: Mapping[str, Any] | None) -> tuple[int, int]:

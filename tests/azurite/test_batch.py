@@ -13,6 +13,7 @@ import pytest
 from mapping import events
 from mapping.presence.store import ConnectionStore
 from mapping.rooms.batch import FLUSH_LOST_AFTER
+from mapping.signalr.audience import BATCH_BYTES
 from mapping.signalr.invocation import Invocation
 from mapping.signalr.messages import Message
 from testkit.azurite import Azurite
@@ -159,7 +160,8 @@ async def test_a_lost_or_doubled_flush_converges(world: Any) -> None:
 
 
 async def test_a_flush_splits_at_two_kilobytes_with_every_entry_kept(world: Any) -> None:
-    """A flush of many members is split into messages of at most 2,000 bytes of JSON, none lost or repeated."""
+    """A flush of many members is split into messages each billed as one (at most BATCH_BYTES of JSON, one 2 KB message
+    once framed), none lost or repeated."""
     store, queue, clock = world
     users = [f"member-with-a-longish-name-{n:03d}" for n in range(60)]
     await fill(store, clock, "crowd", users)
@@ -167,6 +169,11 @@ async def test_a_flush_splits_at_two_kilobytes_with_every_entry_kept(world: Any)
         await events.on_set_status(store, event("setStatus", user, f"{user}-1", "away"))
     flushed = to_group(await deliver(store, queue, clock), "crowd", "presenceBatch")
     assert len(flushed) > 1
-    assert all(len(json.dumps(batch, separators=(",", ":")).encode()) <= 2000 for batch in flushed)
+    assert all(len(json.dumps(batch, separators=(",", ":")).encode()) <= BATCH_BYTES for batch in flushed)
+    framed = [
+        json.dumps({"type": 1, "target": "presenceBatch", "arguments": [b]}, separators=(",", ":")) + "\x1e"
+        for b in flushed
+    ]
+    assert all(len(record.encode()) <= 2048 for record in framed)
     names = [entry[0] for batch in flushed for entry in batch["users"]]
     assert sorted(names) == sorted(users)  # every member once

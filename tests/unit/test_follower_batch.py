@@ -14,6 +14,7 @@ import pytest
 from client.python.follow_presence import Backoff, Occupancy, Presence, PresenceFollower, UserState
 
 RECORD_SEPARATOR = "\x1e"
+V = 1_780_000_000_000  # versions are milliseconds: a batch's base is near them, its offsets small
 
 
 def state(user: str, version: int, online: bool = True, **extra: Any) -> dict[str, Any]:
@@ -83,51 +84,136 @@ def invocation(target: str, argument: object) -> str:
     return json.dumps({"type": 1, "target": target, "arguments": [argument]})
 
 
+def batch_of(room: str, entries: list[dict[str, Any]], base: int | None = None) -> dict[str, Any]:
+    """Return a `presenceBatch` of `room` as the server encodes it: the entries as tuples, versions less `base`."""
+    base = min(entry["version"] for entry in entries) if base is None else base
+    fields = ("user", "online", "connections", "status", "version", "lastSeen")
+    users = [[entry[name] for name in fields] for entry in entries]
+    for user in users:
+        user[1], user[4] = 1 if user[1] else 0, user[4] - base
+    return {"room": room, "base": base, "users": users}
+
+
+def test_a_batch_entry_and_a_presence_message_of_the_same_version_give_the_same_state_and_change() -> None:
+    """A tuple decodes to its room's `presence` message: the same state kept, the same one on_change call."""
+    single, single_changes = recording()
+    batched, batched_changes = recording()
+    entry = state("Ada", V + 7, connections=3, status="in a call")
+    assert single.merge({**entry, "room": "big"}) is not None
+    kept = batched.merge_batch({"room": "big", "base": V, "users": [["Ada", 1, 3, "in a call", 7, None]]})
+    assert single_changes == [(UserState("Ada", True, 3, "in a call", None, V + 7), None)]
+    assert batched_changes == single_changes
+    assert kept == [single_changes[0][0]]
+    assert batched.of("ada") == single.of("ada")
+    assert batched.merge_batch(batch_of("big", [entry])) == []
+    assert single.merge({**entry, "room": "big"}) is None
+    assert len(batched_changes) == len(single_changes) == 1
+
+
 def test_a_batch_gives_the_same_changes_as_its_entries_sent_one_by_one() -> None:
     """Each batch entry merges as a single `presence` message would: the same on_change calls with the same states."""
     entries = [
-        state("ada", 5),
-        state("Bob", 3, status="busy"),
-        state("ADA", 4, online=False),  # older than ada's 5 in the same batch
-        state("bob", 9, online=False),  # newer than Bob's 3
-        state("ada", 5),  # a repeat
-        {"user": "no version"},  # not an entry
+        state("ada", V + 5),
+        state("Bob", V + 3, status="busy"),
+        state("ADA", V + 4, online=False),  # older than ada's 5 in the same batch
+        state("bob", V + 9, online=False),  # newer than Bob's 3
+        state("ada", V + 5),  # a repeat
     ]
     single, single_changes = recording()
     batched, batched_changes = recording()
     for presence in (single, batched):
         presence.follow("big")
-        presence.merge(state("ada", 2))
+        presence.merge(state("ada", V + 2))
     for entry in entries:
         single.merge({**entry, "room": "big"})
-    kept = batched.merge_batch({"room": "big", "users": entries})
-    summary = [(current.user, current.version, previous and previous.version) for current, previous in single_changes]
+    kept = batched.merge_batch(batch_of("big", entries))
+    summary = [
+        (current.user, current.version - V, previous and previous.version - V) for current, previous in single_changes
+    ]
     assert summary == [("ada", 2, None), ("ada", 5, 2), ("Bob", 3, None), ("bob", 9, 3)]
     assert batched_changes == single_changes
-    assert [entry.version for entry in kept] == [5, 3, 9]
+    assert [entry.version - V for entry in kept] == [5, 3, 9]
     assert batched.of("BOB") == single.of("BOB")
-    assert batched.merge_batch({"room": "big"}) == []
+    assert batched.merge_batch({"room": "big", "base": V}) == []
     assert batched.merge_batch(None) == []
     assert len(batched_changes) == 4
 
 
-def test_a_batch_entry_older_than_a_single_change_is_dropped_and_the_reverse() -> None:
+def test_a_batch_entry_of_a_lower_version_than_a_single_change_is_dropped_and_the_reverse() -> None:
     """Version alone decides between a single change and a batch entry of one user, whichever arrives first."""
     presence, changes = recording()
-    presence.merge(state("ada", 20, status="here", room="big"))
-    presence.merge_batch({"room": "big", "users": [state("ada", 10, online=False), state("bob", 30, online=False)]})
-    presence.merge(state("bob", 25, room="big"))
-    presence.merge(state("bob", 30, room="big"))  # the entry's version: a repeat
-    assert [(current.user, current.version) for current, _ in changes] == [("ada", 20), ("bob", 30)]
+    presence.merge(state("ada", V + 20, status="here", room="big"))
+    presence.merge_batch(batch_of("big", [state("ada", V + 10, online=False), state("bob", V + 30, online=False)]))
+    presence.merge(state("bob", V + 25, room="big"))
+    presence.merge(state("bob", V + 30, room="big"))  # the entry's version: a repeat
+    assert [(current.user, current.version - V) for current, _ in changes] == [("ada", 20), ("bob", 30)]
     ada, bob = presence.of("ada"), presence.of("bob")
     assert ada is not None
     assert (ada.online, ada.status) == (True, "here")
     assert bob is not None
     assert not bob.online
-    presence.merge_batch({"room": "big", "users": [state("ada", 21, online=False)]})
+    assert presence.merge_batch(batch_of("big", [state("ada", V + 20, online=False)])) == []  # equal: dropped
+    assert presence.merge_batch(batch_of("big", [state("ada", V + 21, online=False)])) != []
     ada = presence.of("ada")
     assert ada is not None
-    assert (ada.version, ada.online) == (21, False)
+    assert (ada.version, ada.online) == (V + 21, False)
+    assert len(changes) == 3
+
+
+def test_an_offline_entry_keeps_its_last_seen_string_exactly() -> None:
+    """An offline tuple's lastSeen is kept as the very string sent, with its status."""
+    presence, _ = recording()
+    last_seen = "2026-12-03T10:00:00.123456+00:00"
+    presence.merge_batch({"room": "big", "base": V, "users": [["ada", 0, 0, "away", 0, last_seen]]})
+    assert presence.of("ada") == UserState("ada", False, 0, "away", last_seen, V)
+    ada = presence.of("ada")
+    assert ada is not None
+    assert ada.to_json()["lastSeen"] == last_seen
+
+
+def test_malformed_tuples_are_skipped_one_by_one_and_the_good_ones_kept() -> None:
+    """A malformed tuple is skipped without raising; the good tuples of the same batch are kept, and a batch without
+    a base or a room keeps nothing."""
+    presence, changes = recording()
+
+    def good(user: str, offset: int) -> list[Any]:
+        """Return a well-formed tuple of an online user."""
+        return [user, 1, 1, None, offset, None]
+
+    users: list[Any] = [
+        good("ada", 1),
+        ["bob", 1, 1, None, 2],  # too short
+        ["bob", 1, 1, None, 2, None, "extra"],  # too long
+        [42, 1, 1, None, 2, None],  # the user not a string
+        ["  ", 1, 1, None, 2, None],  # not a user name
+        ["bob", True, 1, None, 2, None],  # online a boolean, not 1 or 0
+        ["bob", 2, 1, None, 2, None],
+        ["bob", 1, "1", None, 2, None],  # connections not an integer
+        ["bob", 1, 1.5, None, 2, None],
+        ["bob", 1, -1, None, 2, None],
+        ["bob", 1, False, None, 2, None],
+        ["bob", 1, 1, 7, 2, None],  # status neither a string nor None
+        ["bob", 1, 1, None, -1, None],  # the offset negative, fractional, a string or a boolean
+        ["bob", 1, 1, None, 0.5, None],
+        ["bob", 1, 1, None, "2", None],
+        ["bob", 1, 1, None, True, None],
+        ["bob", 0, 0, None, 2, 1764756000000],  # lastSeen not a string
+        state("bob", V + 2),  # the old format: an object, not a tuple
+        None,
+        "bobbie",  # a string of six characters is not a tuple
+        good("cy", 3),
+    ]
+    kept = presence.merge_batch({"room": "big", "base": V, "users": users})
+    assert [(kept_state.user, kept_state.version - V) for kept_state in kept] == [("ada", 1), ("cy", 3)]
+    assert [current for current, _ in changes] == kept
+    assert presence.of("bob") is None
+    for base in (None, str(V), 1.5, True):
+        assert presence.merge_batch({"room": "big", "base": base, "users": [good("dee", 1)]}) == []
+    assert presence.merge_batch({"base": V, "users": [good("dee", 1)]}) == []  # no room
+    assert presence.merge_batch({"room": "big", "users": [good("dee", 1)]}) == []  # no base
+    assert presence.merge_batch({"room": "big", "base": V, "users": "dee"}) == []
+    assert presence.of("dee") is None
+    assert len(changes) == 2
 
 
 def test_a_snapshot_after_a_batch_merges_by_version() -> None:
@@ -136,22 +222,22 @@ def test_a_snapshot_after_a_batch_merges_by_version() -> None:
     presence, changes = recording()
     presence.on_sync = synced.append
     presence.follow("big")
-    presence.merge_batch({"room": "big", "users": [state("ada", 5), state("bob", 7)]})
-    snapshot = [state("ada", 6, online=False), state("bob", 3, online=False), state("cy", 1)]
+    presence.merge_batch(batch_of("big", [state("ada", V + 5), state("bob", V + 7)]))
+    snapshot = [state("ada", V + 6, online=False), state("bob", V + 3, online=False), state("cy", V + 1)]
     assert presence.merge_sync({"room": "big", "users": snapshot, "page": 1, "pages": 1})
-    assert [(current.user, current.version) for current, _ in changes] == [
+    assert [(current.user, current.version - V) for current, _ in changes] == [
         ("ada", 5),
         ("bob", 7),
         ("ada", 6),
         ("cy", 1),
     ]
     assert synced == ["big"]
-    members = [(member.user, member.version, member.online) for member in presence.members("big")]
+    members = [(member.user, member.version - V, member.online) for member in presence.members("big")]
     assert members == [("ada", 6, False), ("bob", 7, True), ("cy", 1, True)]
-    presence.merge_batch({"room": "big", "users": [state("cy", 1, online=False), state("cy", 2, online=False)]})
+    presence.merge_batch(batch_of("big", [state("cy", V + 1, online=False), state("cy", V + 2, online=False)]))
     cy = presence.of("cy")
     assert cy is not None
-    assert (cy.version, cy.online) == (2, False)
+    assert (cy.version, cy.online) == (V + 2, False)
 
 
 def test_a_batch_for_a_room_not_followed_merges_as_a_single_presence_message_does() -> None:
@@ -159,8 +245,8 @@ def test_a_batch_for_a_room_not_followed_merges_as_a_single_presence_message_doe
     member."""
     single, single_changes = recording()
     batched, batched_changes = recording()
-    single.merge(state("ada", 4, room="elsewhere"))
-    batched.merge_batch({"room": "elsewhere", "users": [state("ada", 4)]})
+    single.merge(state("ada", V + 4, room="elsewhere"))
+    batched.merge_batch(batch_of("elsewhere", [state("ada", V + 4)]))
     assert len(single_changes) == 1
     assert batched_changes == single_changes
     assert batched.members("elsewhere") == []
@@ -201,7 +287,7 @@ async def test_the_follower_routes_batches_and_occupancy_to_the_map() -> None:
         on_occupancy=heard.append,
         on_message=lambda target, arguments: other.append(target),
     )
-    await follower._record(invocation("presenceBatch", {"room": "big", "users": [state("ada", 1), state("bob", 2)]}))
+    await follower._record(invocation("presenceBatch", batch_of("big", [state("ada", V + 1), state("bob", V + 2)])))
     await follower._record(invocation("occupancy", occupancy("hall", 1, 2)))
     await follower._record(invocation("newMessage", {"from": "ada", "message": "hi"}))
     assert [current.user for current, _ in changes] == ["ada", "bob"]
