@@ -13,6 +13,29 @@ export interface PresenceState {
   readonly version: number;
 }
 
+/** One member's state in a `presenceBatch`: `[user, online, connections, status, versionOffset, lastSeen]`.
+ * `online` is 1 or 0; `connections` an integer >= 0; `versionOffset` an integer >= 0, the state's version being the
+ * batch's `base` plus it; `lastSeen` an ISO 8601 time (as a `presence` message's), or null. The tracker decodes it to
+ * the `presence` message `{user, online, connections, status, lastSeen, version, room}` of the batch's room and merges
+ * it by version as that message; a malformed tuple is skipped (the others of the batch are kept). */
+export type PresenceBatchEntry = readonly [
+  user: string,
+  online: 0 | 1,
+  connections: number,
+  status: string | null,
+  versionOffset: number,
+  lastSeen: string | null,
+];
+
+/** A `presenceBatch` message: a big room's members' changes, coalesced in a compact form (about 30 fit in one billed
+ * 2 KB SignalR message). The tracker handles it itself: it emits the entries' `change` events, none for the batch. */
+export interface PresenceBatch {
+  readonly room: string;
+  /** Milliseconds: each entry's version is `base + versionOffset`. */
+  readonly base: number;
+  readonly users: readonly PresenceBatchEntry[];
+}
+
 /** An `occupancy` message: how many members a watched room has and how many of them are online; of two occupancies
  * of one room, the higher version is current. */
 export interface Occupancy {

@@ -270,10 +270,15 @@ export class PresenceTracker {
     this.#emit("change", state.user, state, previous);
   }
 
-  /** A big room's members' changes, coalesced: each entry merges as a `presence` message would. */
+  /** A big room's members' changes, coalesced as `[user, online, connections, status, versionOffset, lastSeen]`
+   * tuples: each one decodes to the `presence` message of the batch's room and merges as that message would. */
   #batched(batch) {
-    if (!batch || !Array.isArray(batch.users)) return;
-    for (const entry of batch.users) this.#heard(entry);
+    if (!batch || typeof batch.room !== "string" || !Number.isSafeInteger(batch.base)) return;
+    if (!Array.isArray(batch.users)) return;
+    for (const tuple of batch.users) {
+      const entry = batchEntry(batch.room, batch.base, tuple);
+      if (entry) this.#heard(entry);
+    }
   }
 
   #occupied(occupancy) {
@@ -415,6 +420,18 @@ export class PresenceTracker {
 
 function isEntry(entry) {
   return Boolean(entry) && typeof entry.user === "string" && Number.isFinite(entry.version);
+}
+
+/** Return the `presence` message of `room` a `presenceBatch` tuple stands for, or undefined for a malformed one. */
+function batchEntry(room, base, tuple) {
+  if (!Array.isArray(tuple) || tuple.length !== 6) return undefined;
+  const [user, online, connections, status, offset, lastSeen] = tuple;
+  if (typeof user !== "string" || safeFold(user) === undefined) return undefined;
+  if ((online !== 0 && online !== 1) || !Number.isSafeInteger(connections) || connections < 0) return undefined;
+  if (status !== null && typeof status !== "string") return undefined;
+  if (lastSeen !== null && typeof lastSeen !== "string") return undefined;
+  if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(base + offset)) return undefined;
+  return { user, online: online === 1, connections, status, lastSeen, version: base + offset, room };
 }
 
 function isOccupancy(occupancy) {

@@ -33,6 +33,8 @@ class LoopbackConnection {
   }
 }
 
+const V = 1_780_000_000_000; // versions are milliseconds: a batch's base is near them, its offsets small
+
 const state = (user, version, online = true, extra = {}) => ({
   user,
   online,
@@ -42,6 +44,19 @@ const state = (user, version, online = true, extra = {}) => ({
   version,
   ...extra,
 });
+
+/** A `presenceBatch` of `room` as the server encodes it: the entries as tuples, their versions less `base`. */
+function batchOf(room, entries, base = Math.min(...entries.map((entry) => entry.version))) {
+  const users = entries.map(({ user, online, connections, status, version, lastSeen }) => [
+    user,
+    online ? 1 : 0,
+    connections,
+    status,
+    version - base,
+    lastSeen,
+  ]);
+  return { room, base, users };
+}
 
 /** A tracker on a fresh loopback, with every event it emits recorded in order as [event, ...arguments]. */
 function tracked() {
@@ -56,49 +71,64 @@ function tracked() {
 
 const settle = () => new Promise((resolve) => setTimeout(resolve, 20));
 
+test("a batch entry and a presence message of the same version give the same state and the same one change", () => {
+  const single = tracked();
+  const batched = tracked();
+  const entry = state("Ada", V + 7, true, { connections: 3, status: "in a call" });
+  single.connection.deliver("presence", { ...entry, room: "big" });
+  batched.connection.deliver("presenceBatch", { room: "big", base: V, users: [["Ada", 1, 3, "in a call", 7, null]] });
+  assert.deepEqual(single.events, [["change", "Ada", { ...entry }, undefined]]);
+  assert.deepEqual(batched.events, single.events);
+  assert.deepEqual(batched.presence.of("ada"), single.presence.of("ada"));
+  assert.equal(batched.presence.of("ada").online, true, "1 decodes to true, not to 1");
+  assert.equal(Object.hasOwn(batched.presence.of("ada"), "room"), false, "a state carries no room, as a message's");
+  batched.connection.deliver("presenceBatch", batchOf("big", [entry]));
+  single.connection.deliver("presence", { ...entry, room: "big" });
+  assert.equal(batched.events.length, 1, "the same version again: a repeat, dropped by both");
+  assert.equal(single.events.length, 1);
+});
+
 test("a batch gives the same change events, with the same arguments, as its entries sent one by one", async () => {
   const entries = [
-    state("ada", 5),
-    state("Bob", 3, true, { status: "busy" }),
-    state("ADA", 4, false), // older than ada's 5 in the same batch: dropped
-    state("bob", 9, false), // newer than Bob's 3: a change with Bob's state as previous
-    state("ada", 5), // a repeat
-    { user: "no version" }, // not an entry: skipped as a single message would be
+    state("ada", V + 5),
+    state("Bob", V + 3, true, { status: "busy" }),
+    state("ADA", V + 4, false), // older than ada's 5 in the same batch: dropped
+    state("bob", V + 9, false), // newer than Bob's 3: a change with Bob's state as previous
+    state("ada", V + 5), // a repeat
   ];
   const single = tracked();
   const batched = tracked();
   for (const one of [single, batched]) {
     await one.presence.join("big");
-    one.connection.deliver("presence", state("ada", 2)); // known before: the first change is ada's second
+    one.connection.deliver("presence", state("ada", V + 2)); // known before: the first change is ada's second
   }
   for (const entry of entries) single.connection.deliver("presence", { ...entry, room: "big" });
-  batched.connection.deliver("presenceBatch", { room: "big", users: entries });
+  batched.connection.deliver("presenceBatch", batchOf("big", entries));
   assert.deepEqual(
-    single.events.map(([event, user, current, previous]) => [event, user, current.version, previous?.version]),
+    single.events.map(([event, user, current, previous]) => [event, user, current.version - V, previous?.version - V]),
     [
-      ["change", "ada", 2, undefined],
+      ["change", "ada", 2, NaN],
       ["change", "ada", 5, 2],
-      ["change", "Bob", 3, undefined],
+      ["change", "Bob", 3, NaN],
       ["change", "bob", 9, 3],
     ],
   );
   assert.deepEqual(batched.events, single.events, "the same events, same arguments, nothing for the batch itself");
   assert.deepEqual(batched.presence.of("BOB"), single.presence.of("BOB"));
-  assert.equal(Object.hasOwn(batched.presence.of("ada"), "room"), false, "a state carries no room");
-  batched.connection.deliver("presenceBatch", { room: "big" }); // no users: ignored
+  batched.connection.deliver("presenceBatch", { room: "big", base: V }); // no users: ignored
   batched.connection.deliver("presenceBatch", null);
   await settle();
   assert.equal(batched.events.length, 4);
 });
 
-test("a batch entry older than a single change already heard is dropped, and a single change older than an entry", () => {
+test("a batch entry of a lower version than a single change already heard is dropped, and a single change too", () => {
   const { connection, presence, events } = tracked();
-  connection.deliver("presence", state("ada", 20, true, { room: "big", status: "here" }));
-  connection.deliver("presenceBatch", { room: "big", users: [state("ada", 10, false), state("bob", 30, false)] });
-  connection.deliver("presence", state("bob", 25, true, { room: "big" }));
-  connection.deliver("presence", state("bob", 30, true, { room: "big" })); // the same version as the entry: a repeat
+  connection.deliver("presence", state("ada", V + 20, true, { room: "big", status: "here" }));
+  connection.deliver("presenceBatch", batchOf("big", [state("ada", V + 10, false), state("bob", V + 30, false)]));
+  connection.deliver("presence", state("bob", V + 25, true, { room: "big" }));
+  connection.deliver("presence", state("bob", V + 30, true, { room: "big" })); // the entry's version: a repeat
   assert.deepEqual(
-    events.map(([, user, current]) => [user, current.version]),
+    events.map(([, user, current]) => [user, current.version - V]),
     [
       ["ada", 20],
       ["bob", 30],
@@ -106,22 +136,84 @@ test("a batch entry older than a single change already heard is dropped, and a s
   );
   assert.deepEqual([presence.of("ada").online, presence.of("ada").status], [true, "here"]);
   assert.equal(presence.of("bob").online, false);
-  connection.deliver("presenceBatch", { room: "big", users: [state("ada", 21, false)] });
-  assert.deepEqual([presence.of("ada").version, presence.of("ada").online], [21, false], "a newer entry wins");
+  connection.deliver("presenceBatch", batchOf("big", [state("ada", V + 20, false)])); // equal: dropped
+  assert.deepEqual([presence.of("ada").version, presence.of("ada").online], [V + 20, true]);
+  connection.deliver("presenceBatch", batchOf("big", [state("ada", V + 21, false)]));
+  assert.deepEqual([presence.of("ada").version, presence.of("ada").online], [V + 21, false], "a newer entry wins");
+  assert.equal(events.length, 3);
+});
+
+test("an offline entry keeps its lastSeen string exactly, and its status", () => {
+  const { connection, presence, events } = tracked();
+  const lastSeen = "2026-12-03T10:00:00.123456+00:00"; // not re-written as a Date would (…00.123Z)
+  connection.deliver("presenceBatch", { room: "big", base: V, users: [["ada", 0, 0, "away", 0, lastSeen]] });
+  assert.deepEqual(presence.of("ada"), {
+    user: "ada",
+    online: false,
+    connections: 0,
+    status: "away",
+    lastSeen,
+    version: V,
+  });
+  assert.equal(events.length, 1);
+});
+
+test("malformed tuples are skipped one by one, without throwing, and the good ones of the batch are kept", async () => {
+  const { connection, presence, events } = tracked();
+  const good = (user, offset) => [user, 1, 1, null, offset, null];
+  const users = [
+    good("ada", 1),
+    ["bob", 1, 1, null, 2], // too short
+    ["bob", 1, 1, null, 2, null, "extra"], // too long
+    [42, 1, 1, null, 2, null], // the user not a string
+    ["  ", 1, 1, null, 2, null], // not a user name
+    ["bob", true, 1, null, 2, null], // online a boolean, not 1 or 0
+    ["bob", 2, 1, null, 2, null],
+    ["bob", 1, "1", null, 2, null], // connections not an integer
+    ["bob", 1, 1.5, null, 2, null],
+    ["bob", 1, -1, null, 2, null],
+    ["bob", 1, 1, 7, 2, null], // status neither a string nor null
+    ["bob", 1, 1, undefined, 2, null],
+    ["bob", 1, 1, null, -1, null], // the offset negative, fractional or not a number
+    ["bob", 1, 1, null, 0.5, null],
+    ["bob", 1, 1, null, "2", null],
+    ["bob", 0, 0, null, 2, 1764756000000], // lastSeen not a string
+    state("bob", V + 2), // the old format: an object, not a tuple
+    null,
+    "bob",
+    good("cy", 3),
+  ];
+  assert.doesNotThrow(() => connection.deliver("presenceBatch", { room: "big", base: V, users }));
+  assert.deepEqual(
+    events.map(([event, user, current]) => [event, user, current.version - V]),
+    [
+      ["change", "ada", 1],
+      ["change", "cy", 3],
+    ],
+  );
+  assert.equal(presence.of("bob"), undefined);
+  for (const base of [undefined, "1780000000000", 1.5, null]) {
+    connection.deliver("presenceBatch", { room: "big", base, users: [good("dee", 1)] }); // no base: no version
+  }
+  connection.deliver("presenceBatch", { base: V, users: [good("dee", 1)] }); // no room
+  connection.deliver("presenceBatch", { room: "big", base: V, users: "dee" });
+  await settle();
+  assert.equal(presence.of("dee"), undefined);
+  assert.equal(events.length, 2, "nothing else, and no error event");
 });
 
 test("a snapshot after a batch merges by version, entry by entry", async () => {
   const { connection, presence, events } = tracked();
   await presence.join("big");
-  connection.deliver("presenceBatch", { room: "big", users: [state("ada", 5), state("bob", 7)] });
+  connection.deliver("presenceBatch", batchOf("big", [state("ada", V + 5), state("bob", V + 7)]));
   connection.deliver("presenceSync", {
     room: "big",
-    users: [state("ada", 6, false), state("bob", 3, false), state("cy", 1)],
+    users: [state("ada", V + 6, false), state("bob", V + 3, false), state("cy", V + 1)],
     page: 1,
     pages: 1,
   });
   assert.deepEqual(
-    events.map(([event, first, second]) => [event, first, second?.version]),
+    events.map(([event, first, second]) => [event, first, second && second.version - V]),
     [
       ["change", "ada", 5],
       ["change", "bob", 7],
@@ -131,22 +223,22 @@ test("a snapshot after a batch merges by version, entry by entry", async () => {
     ],
   );
   assert.deepEqual(
-    presence.members("big").map((member) => [member.user, member.version, member.online]),
+    presence.members("big").map((member) => [member.user, member.version - V, member.online]),
     [
       ["ada", 6, false],
       ["bob", 7, true],
       ["cy", 1, true],
     ],
   );
-  connection.deliver("presenceBatch", { room: "big", users: [state("cy", 1, false), state("cy", 2, false)] });
-  assert.deepEqual([presence.of("cy").version, presence.of("cy").online], [2, false], "and a batch after a snapshot");
+  connection.deliver("presenceBatch", batchOf("big", [state("cy", V + 1, false), state("cy", V + 2, false)]));
+  assert.deepEqual([presence.of("cy").version, presence.of("cy").online], [V + 2, false], "and a batch after it");
 });
 
 test("a batch for a room not joined merges as a single presence message of that room does (by version)", () => {
   const single = tracked();
   const batched = tracked();
-  single.connection.deliver("presence", state("ada", 4, true, { room: "elsewhere" }));
-  batched.connection.deliver("presenceBatch", { room: "elsewhere", users: [state("ada", 4)] });
+  single.connection.deliver("presence", state("ada", V + 4, true, { room: "elsewhere" }));
+  batched.connection.deliver("presenceBatch", batchOf("elsewhere", [state("ada", V + 4)]));
   assert.equal(single.events.length, 1, "today's rule: a presence message merges whatever its room");
   assert.deepEqual(batched.events, single.events);
   assert.deepEqual(batched.presence.members("elsewhere"), [], "and it makes nobody a member");

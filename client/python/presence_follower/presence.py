@@ -185,10 +185,14 @@ class Presence:
         return state
 
     def merge_batch(self, batch: object) -> list[UserState]:
-        """Merge a `presenceBatch` `{room, users}`, each entry as a `presence` message; return the states kept."""
+        """Merge a `presenceBatch` `{room, base, users}`, each tuple as a `presence` message; return the states kept."""
         if not isinstance(batch, Mapping) or not isinstance(batch.get("users"), list):
             return []
-        kept = (self.merge(entry) for entry in batch["users"])
+        room, base = batch.get("room"), batch.get("base")
+        if not isinstance(room, str) or not _integer(base):
+            return []
+        entries = (_batch_entry(room, base, entry) for entry in batch["users"])
+        kept = (self.merge(entry) for entry in entries if entry is not None)
         return [state for state in kept if state is not None]
 
     def merge_occupancy(self, message: object) -> Occupancy | None:
@@ -245,6 +249,31 @@ class Presence:
         if tracked.pages is not None:
             tracked.since.append((user, joined))
         _notify(self.on_members, room, user, joined)
+
+
+def _batch_entry(room: str, base: int, entry: object) -> dict[str, Any] | None:
+    """Return the `presence` message of `room` a batch tuple stands for (see `merge_batch`), or None if malformed."""
+    # [user, online (1 or 0), connections, status or None, versionOffset (the version less the batch's base), lastSeen]
+    if not isinstance(entry, list | tuple) or len(entry) != 6:
+        return None
+    user, online, connections, status, offset, last_seen = entry
+    if not isinstance(user, str) or _safe_fold(user) is None:
+        return None
+    if not (_integer(online) and online in (0, 1) and _integer(connections) and connections >= 0):
+        return None
+    if not (_integer(offset) and offset >= 0):
+        return None
+    if not (status is None or isinstance(status, str)) or not (last_seen is None or isinstance(last_seen, str)):
+        return None
+    return {
+        "user": user,
+        "online": online == 1,
+        "connections": connections,
+        "status": status,
+        "lastSeen": last_seen,
+        "version": base + offset,
+        "room": room,
+    }
 
 
 def _apply_membership(members: dict[str, str], user: str, joined: bool) -> None:
