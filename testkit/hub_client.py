@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections import Counter
 from typing import Any
 from urllib.parse import quote
@@ -37,6 +38,7 @@ class HubClient:
         self.socket = socket
         self.received: Counter[str] = Counter()
         self.messages: list[tuple[str, list[Any]]] = []
+        self.arrived: list[float] = []  # when each of `messages` arrived (time.monotonic())
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
@@ -109,6 +111,7 @@ class HubClient:
                 target = str(parsed.get("target"))
                 self.received[target] += 1
                 self.messages.append((target, list(parsed.get("arguments") or [])))
+                self.arrived.append(time.monotonic())
 
 
 async def connected_answered(

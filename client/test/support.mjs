@@ -150,3 +150,8 @@ export async function drop(stack, connectionId) {
 export async function presenceOf(stack, user) {
   return (await fetch(`${stack.api}/users/${encodeURIComponent(user)}`)).json();
 }
+
+/** A room's occupancy as `GET /api/rooms/{room}/occupancy` answers it: `{room, members, online, version}`. */
+export async function occupancyOf(stack, room) {
+  return (await fetch(`${stack.api}/rooms/${encodeURIComponent(room)}/occupancy`)).json();
+}

@@ -141,9 +141,9 @@ def timed_tries(seconds: float = ATTEMPT_SECONDS) -> Iterator[int]:
         attempt += 1
 
 
-async def back_off(attempt: int) -> None:
-    """Wait a random while after a conflict, so writers racing on one partition spread out."""
-    ceiling = min(_BACKOFF_SECONDS * 2 ** min(attempt, 16), _MAX_BACKOFF_SECONDS)
+async def back_off(attempt: int, *, most: float = _MAX_BACKOFF_SECONDS) -> None:
+    """Wait a random while after a conflict (up to `most` seconds), so writers racing on one partition spread out."""
+    ceiling = min(_BACKOFF_SECONDS * 2 ** min(attempt, 16), most)
     await asyncio.sleep(random.uniform(0, ceiling))  # noqa: S311 - jitter, not a secret
 
 

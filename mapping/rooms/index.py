@@ -20,7 +20,7 @@ from mapping.errors import ConflictError, RowChangedError, StorageError
 from mapping.keys import room_partition, user_key
 from mapping.presence.rows import Membership
 from mapping.presence.state import PresenceChange, Recorded, pair_fields, recorded_from
-from mapping.presence.write_loop import back_off, timed_tries
+from mapping.presence.write_loop import UserTurns, back_off, timed_tries
 from mapping.rooms.batch import Batching, Flush, mark_fields
 from mapping.rooms.tally import TALLY_ROW, Tally, TallyChange, contribution, difference
 from mapping.storage.table import Operation, Table, create, delete, etag_of, int_value, merge
@@ -31,6 +31,10 @@ STALE_INDEX_ROW = timedelta(minutes=10)
 
 logger = logging.getLogger(__name__)
 
+
+# A room's tally is one row that every change of the room writes: its writers retry soon (a few round trips), or
+# a burst of joins of one room waits on the back-off more than on the table.
+_TALLY_BACKOFF = 0.02
 
 _Plan = tuple[str, dict[str, Any]] | None  # ("merge" | "put" | "delete", fields) from the row as read; None: no write
 
@@ -90,10 +94,14 @@ class MemberIndex:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         batching: Batching | None = None,
+        turns: UserTurns | None = None,
     ) -> None:
         self._table = table
         self._clock = clock
         self._batching = batching  # None: no room is batched (no queue to wait on)
+        # This instance's writes of one room's tally in turn (the store's turns, keyed by the room's partition):
+        # without them, concurrent joins of one room on one instance would mostly meet each other's ETags.
+        self._turns = turns or UserTurns()
         self.changes: list[TallyChange] = []
         self.flushes: list[Flush] = []  # flushes its copies marked (batch B1), to be queued
         self.batched: set[str] = set()  # rooms its copies found big: their members hear the copies in a batch
@@ -226,6 +234,22 @@ class MemberIndex:
         """Write the user's index row as `plan` says from the row as read, with the room's tally when the row's
         contribution changes (T1); read both again when either changed meanwhile. A try whose transaction may have
         committed (a conflict answered) and a `repeat` record the tally as it stands, to be announced again."""
+        async with self._turns.turn(room_partition(room)):
+            return await self._counted_in_turn(
+                room, user_partition, plan, action=action, repeat=repeat, batchable=batchable
+            )
+
+    async def _counted_in_turn(
+        self,
+        room: str,
+        user_partition: str,
+        plan: Callable[[Mapping[str, Any] | None], _Plan],
+        *,
+        action: str,
+        repeat: bool,
+        batchable: bool,
+    ) -> Written:
+        """`_counted`, in this instance's turn of the room."""
         told_again = repeat
         tried: Flush | None = None  # the flush a try marked, if its answer was a conflict
         for attempt in timed_tries():
@@ -256,7 +280,7 @@ class MemberIndex:
                 tried = flush
                 etags = await self._table.transact([operation, tally_write], action=action)
             except ConflictError:
-                await back_off(attempt)
+                await back_off(attempt, most=_TALLY_BACKOFF)
                 continue
             if flush is not None:
                 self.flushes.append(flush)

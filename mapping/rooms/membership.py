@@ -133,7 +133,7 @@ class Rooms:
 
     def __init__(self, store: ConnectionStore) -> None:
         self.store = store
-        self.index = MemberIndex(store.table, clock=store.now)
+        self.index = MemberIndex(store.table, clock=store.now, turns=store.turns)
 
     async def join(
         self,

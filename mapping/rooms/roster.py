@@ -80,7 +80,7 @@ class Roster:
         batching = (
             Batching(settings.room_batch_above, settings.room_batch_seconds) if store.later is not UNQUEUED else None
         )
-        self.index = MemberIndex(store.table, clock=store.now, batching=batching)
+        self.index = MemberIndex(store.table, clock=store.now, batching=batching, turns=store.turns)
 
     async def publish(self, change: PresenceChange, *, guarded: bool = False) -> Published:
         """Copy a pair onto the index rows of the change's rooms (C2), queue the flushes of big rooms the copies marked
