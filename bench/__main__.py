@@ -18,6 +18,10 @@ from typing import Any
 from bench.access import measure_access
 from bench.access import missed as access_missed
 from bench.audience import AudiencePlan, measure_audiences
+from bench.bigroom import FULL as BIGROOM_FULL
+from bench.bigroom import SMOKE as BIGROOM_SMOKE
+from bench.bigroom import measure_big_room
+from bench.bigroom import missed as bigroom_missed
 from bench.coldstart import measure_cold_start
 from bench.feed import FULL as FEED_FULL
 from bench.feed import SMOKE as FEED_SMOKE
@@ -143,6 +147,8 @@ async def run(plan: Plan, out: Path, *, smoke: bool) -> None:
         spend = await measure_spend(azurite, SPEND_SMOKE if smoke else SPEND_FULL)
         logger.info("measuring the presence feed: each event's requests with the feed off and on")
         feed = await measure_feed(azurite, FEED_SMOKE if smoke else FEED_FULL)
+        logger.info("measuring a big room: member changes batched and unbatched")
+        bigroom = await measure_big_room(azurite, BIGROOM_SMOKE if smoke else BIGROOM_FULL)
         logger.info("measuring audiences and grace (%d connections online)", plan.online)
         audiences = await measure_audiences(azurite, AudiencePlan(online=plan.online))
         logger.info("measuring cold start")
@@ -161,6 +167,7 @@ async def run(plan: Plan, out: Path, *, smoke: bool) -> None:
         "access": access,
         "spend": spend,
         "feed": feed,
+        "bigroom": bigroom,
         "cold_start": cold,
         **({"scale": scale} if scale else {}),
         "duration_seconds": round(time.monotonic() - started, 1),
@@ -172,11 +179,13 @@ async def run(plan: Plan, out: Path, *, smoke: bool) -> None:
     missed += access_missed(access)
     missed += spend_missed(spend)
     missed += feed_missed(feed)
+    missed += bigroom_missed(bigroom)
     for figure in missed:
         logger.error("over its goal: %s", figure)
     if missed and smoke:
         raise SystemExit(
-            f"{len(missed)} audience, scale, access, spend or feed figure(s) over their goals (see {out / 'latest.md'})"
+            f"{len(missed)} audience, scale, access, spend, feed or big-room figure(s) over their goals "
+            f"(see {out / 'latest.md'})"
         )
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import charts
+from bench.bigroom import bigroom_markdown, bigroom_summary
 from bench.feed import feed_markdown, feed_summary
 from bench.scale import markdown as scale_markdown
 from bench.scale import per_event_counts
@@ -98,6 +99,7 @@ def markdown(results: dict[str, Any]) -> str:
         *_access_summary(results.get("access")),
         *spend_summary(results.get("spend")),
         *feed_summary(results.get("feed")),
+        *bigroom_summary(results.get("bigroom")),
         "",
         "## Ratios",
         "",
@@ -144,6 +146,7 @@ def markdown(results: dict[str, Any]) -> str:
         *access_markdown(results.get("access")),
         *spend_markdown(results.get("spend")),
         *feed_markdown(results.get("feed")),
+        *bigroom_markdown(results.get("bigroom")),
         "## Cold start",
         "",
         "Each case in a fresh interpreter (this machine's Python, `.pyc` files already written), "
