@@ -60,5 +60,6 @@ def test_the_section_renders(figures: dict[str, Any]) -> None:
     assert missed(figures) == []
     assert figures["goal"]["applies"] is False
     section = "\n".join(bigroom_markdown(figures))
-    assert "| batched |" in section and "| unbatched |" in section
+    assert "| batched |" in section
+    assert "| unbatched |" in section
     assert "not judged" in bigroom_summary(figures)[0]
