@@ -2,19 +2,21 @@
 latest pairs as `presenceBatch` messages.
 
 A room with more members than `ROOM_BATCH_ABOVE` does not send each member's presence change to its group as it
-happens. The change is copied onto the member's index row as in any room (roster C2, with the time of the copy,
-`CopiedAt`), and a flush is due. Invariants (each named by the test that checks it):
+happens. The change is copied onto the member's index row as in any room (roster C2), in one transaction with a write
+of the room's tally, and a flush is due. The table's own `Timestamp` (the server's time of each write, in order within
+a partition) says what a flush has to send. Invariants (each named by the test that checks it):
 
 B1. At most one flush is pending per room: the copy that finds none pending (or one overdue by `FLUSH_LOST_AFTER`:
     its queue message was lost) marks the tally `FlushDue` in the transaction of its write, on the ETags read, and
     then puts one delayed queue message (`ROOM_BATCH_SECONDS`); a put that fails raises, so the event fails and its
     announcement is made again (presence P5), and the mark becomes overdue and is taken over by the next change.
-B2. A flush first clears the mark it was sent for (on the tally's ETag), then reads the rows copied since the
-    previous flush began (less `CLOCK_SKEW`), and sends each member's pair once, the latest copied. A copy that
-    commits after the clearing marks a new flush; one that commits between the clearing and the read is sent twice.
-    Sending again is harmless: entries are pairs as recorded (roster C1), and clients merge them by version alone.
-    So a flush is idempotent and safe to run twice, and the message of a flush whose function failed is delivered
-    again (the queue retries it) and reads the same rows.
+B2. Every copy into a big room writes the tally too, on its ETag, so copies and a flush's clearing of its mark are
+    ordered: a flush clears its mark on the ETag of the tally it read, noting that tally's `Timestamp` (`Flushed`),
+    then reads the rows written since the previous flush's (one query) and sends each member's latest pair once. A
+    copy before the clearing is in that read; a copy after it finds no mark, marks the next flush, and is written
+    after `Flushed`, where that flush reads from. Sending again is harmless: entries are pairs as recorded (roster
+    C1), and clients merge them by version alone. So a flush is idempotent and safe to run twice, and the message of
+    a flush whose function failed is delivered again (the queue retries it) and reads the same rows.
 B3. The latency bound: a change reaches a big room's members within `ROOM_BATCH_SECONDS` and the queue's polling
     (host.json `maxPollingInterval`, 2 s) of its copy; a lost flush is taken over by the room's next change once it
     is overdue, or by the sweep's repeat of the user (presence P5), which copies again.
@@ -38,12 +40,11 @@ from mapping.presence.state import PresenceChange, recorded_from
 from mapping.presence.store import ConnectionStore
 from mapping.presence.write_loop import back_off, timed_tries
 from mapping.rooms.tally import TALLY_ROW, is_leave_flag
-from mapping.storage.table import etag_of, merge
+from mapping.storage.table import etag_of, merge, timestamp_of
 
 logger = logging.getLogger(__name__)
 
 FLUSH_LOST_AFTER = timedelta(seconds=60)  # a flush this overdue was lost (its message, or its function for good)
-CLOCK_SKEW = timedelta(seconds=5)  # instances' clocks may differ this much: a flush reads back this far more
 NOT_DUE = datetime(1970, 1, 1, tzinfo=UTC)  # a tally's FlushDue when no flush is pending (a property cannot be unset)
 
 
@@ -106,14 +107,14 @@ def mark_fields(flush: Flush) -> dict[str, Any]:
 
 
 async def run_flush(store: ConnectionStore, flush: Flush) -> list[PresenceChange]:
-    """Clear the flush's mark, then read the room's members copied since the flush's `since` (B2); return each one's
+    """Clear the flush's mark, then read the room's rows written since the flush's `since` (B2); return each member's
     latest pair, for `presenceBatch` messages."""
-    started = store.now()
     await _clear_mark(store, flush)
     pairs: dict[str, PresenceChange] = {}
-    query = "PartitionKey eq @pk and CopiedAt ge @since"
-    parameters = {"pk": room_partition(flush.room), "since": flush.since - CLOCK_SKEW}
-    async for page in store.table.pages(query, parameters, action="flush a room"):
+    query = "PartitionKey eq @pk and Timestamp ge @since"
+    async for page in store.table.pages(
+        query, {"pk": room_partition(flush.room), "since": flush.since}, action="flush"
+    ):
         for row in page:
             if row["RowKey"] == TALLY_ROW or row.get("Pending") or is_leave_flag(row) or not row.get("UserName"):
                 continue  # a join or leave in flight: its own messages tell the room
@@ -121,12 +122,12 @@ async def run_flush(store: ConnectionStore, flush: Flush) -> list[PresenceChange
             held = pairs.get(pair.user) if pair is not None else None
             if pair is not None and (held is None or pair.version > held.version):
                 pairs[pair.user] = pair
-    await _note_flushed(store, flush.room, started)
     return sorted(pairs.values(), key=lambda pair: pair.version)
 
 
 async def _clear_mark(store: ConnectionStore, flush: Flush) -> None:
-    """Clear the tally's mark of this flush, on its ETag (copies write the tally too: read again on a conflict)."""
+    """Clear the tally's mark of this flush on its ETag, noting the tally's `Timestamp` as where the next flush reads
+    from (B2); copies write the tally too: read again on a conflict."""
     key = {"PartitionKey": room_partition(flush.room), "RowKey": TALLY_ROW}
     for attempt in timed_tries():
         rows = await store.table.query(
@@ -134,22 +135,15 @@ async def _clear_mark(store: ConnectionStore, flush: Flush) -> None:
         )
         due = rows[0].get("FlushDue") if rows else None
         if not isinstance(due, datetime) or _aware(due) != flush.due:
-            return  # cleared already (a flush run twice), or marked again since: that flush will be sent too
+            return  # cleared already (a flush run twice), or marked again since: that flush reads on from here
+        written = timestamp_of(rows[0])
+        fields = {**key, "FlushDue": NOT_DUE, **({"Flushed": written} if written is not None else {})}
         try:
-            await store.table.write(merge({**key, "FlushDue": NOT_DUE}, etag=etag_of(rows[0])), action="flush a room")
+            await store.table.write(merge(fields, etag=etag_of(rows[0])), action="flush a room")
             return
         except ConflictError:
             await back_off(attempt)
     raise StorageError(f"room {flush.room}: its tally kept changing; the flush is retried")
-
-
-async def _note_flushed(store: ConnectionStore, room: str, started: datetime) -> None:
-    """Note when this flush began reading, where the next one reads from (best effort: it reads back further)."""
-    fields = {"PartitionKey": room_partition(room), "RowKey": TALLY_ROW, "Flushed": started}
-    try:
-        await store.table.write(merge(fields), action="note a flush")
-    except StorageError as error:
-        logger.info("room %s: the next flush reads back further: %s", room, error)
 
 
 def _moment(value: Any) -> datetime:

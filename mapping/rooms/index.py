@@ -207,7 +207,6 @@ class MemberIndex:
             "PartitionKey": room_partition(room),
             "RowKey": user_key(change.user),
             **pair_fields(change.state, change.version),
-            "CopiedAt": self._clock(),  # a big room's flush reads the rows copied since the last (batch B2)
         }
 
         def plan(row: Mapping[str, Any] | None) -> _Plan:
@@ -255,7 +254,8 @@ class MemberIndex:
         for attempt in timed_tries():
             row, tally_row = await self._read_with_tally(room, user_partition, action=action)
             planned = plan(row)
-            if batchable and self._batching is not None and self._batching.big(tally_row):
+            big = batchable and self._batching is not None and self._batching.big(tally_row)
+            if big:
                 self.batched.add(room)
             if planned is None:
                 return self._written(None, room, user_partition, tally_row, told_again=told_again)
@@ -269,7 +269,7 @@ class MemberIndex:
                 self.flushes.append(tried)  # a try answered with a conflict marked it after all: queue it (B1)
                 tried, flush = None, None
             try:
-                if delta == (0, 0) and flush is None:
+                if delta == (0, 0) and not big:  # a big room's copy writes its tally too (batch B2)
                     etag = etag_of(row) if _unchanged(row, after) else await self._table.write(operation, action=action)
                     return self._written(etag, room, user_partition, tally_row, told_again=told_again)
                 before = Tally.from_row(tally_row) if tally_row is not None else await self._scanned(room)
