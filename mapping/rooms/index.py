@@ -258,6 +258,9 @@ class MemberIndex:
             if big:
                 self.batched.add(room)
             if planned is None:
+                if big and repeat and row is not None and not await self._take_over(room, tally_row, action=action):
+                    await back_off(attempt, most=_TALLY_BACKOFF)
+                    continue
                 return self._written(None, room, user_partition, tally_row, told_again=told_again)
             after = _after(row, *planned)
             delta = difference(row, after)
@@ -288,6 +291,20 @@ class MemberIndex:
                 self.changes.append(TallyChange(room, before, counted))
             return Written(etags[0] if etags else None)
         raise RowChangedError(f"{action}: room {room} kept changing")
+
+    async def _take_over(self, room: str, tally_row: Mapping[str, Any] | None, *, action: str) -> bool:
+        """A repeat of a copy already written (the sweep's, presence P5) into a big room: mark a flush if none is
+        pending or the pending one is overdue, so a lost flush is taken over (batch B3); False on a conflict."""
+        flush = self._batching.flush_of(room, tally_row, now=self._clock()) if self._batching else None
+        if flush is None or tally_row is None:
+            return True
+        fields = {"PartitionKey": room_partition(room), "RowKey": TALLY_ROW, **mark_fields(flush)}
+        try:
+            await self._table.write(merge(fields, etag=etag_of(tally_row)), action=action)
+        except ConflictError:
+            return False
+        self.flushes.append(flush)
+        return True
 
     def _written(
         self, etag: str | None, room: str, user: str, tally_row: Mapping[str, Any] | None, *, told_again: bool
