@@ -22,7 +22,8 @@ actor after actor, each a `setStatus` to a value of its own (`s<n>`), so every c
 
 Settings: the app's defaults (`ROOM_BATCH_ABOVE=200`, `ROOM_BATCH_SECONDS=2`, the call budget on), the batched run;
 `ROOM_BATCH_ABOVE=1000000` for the unbatched one; `ROOMS_OPEN=*`, grace 2 s. Run alone: `python -m bench.bigroom
-[--smoke]` (its own Azurite; prints the figures as JSON).
+[--smoke] [--out DIR] [--report DIR]` (its own Azurite; a full run writes bigroom.json and bigroom.md into
+bench/results/bigroom/ and puts its section into the report's latest.md and latest.json).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -57,6 +59,8 @@ from testkit.hub_client import HubClient
 from testkit.local_stack import LocalStack, running_local_stack
 
 logger = logging.getLogger("bench.bigroom")
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 ROOM = "arena"
 NEVER = "0 0 0 1 1 *"  # the sweep's schedule: never within a run
@@ -380,19 +384,36 @@ def bigroom_summary(figures: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def write_alone(figures: dict[str, Any], out: Path, report: Path, *, merge: bool = True) -> None:
+    """Write the section run alone: bigroom.json and bigroom.md into `out`, the figures into the report in `report`."""
+    from bench.report import write_section_alone  # the report renders this section: imported when run alone
+
+    write_section_alone("bigroom", figures, bigroom_markdown(figures, heading="#"), out, report, merge=merge)
+
+
 def main() -> None:
-    """Run the section alone against its own Azurite and print the figures."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true")
+    """Run the section alone against its own Azurite; write its figures (a full run: also into the report)."""
+    parser = argparse.ArgumentParser(prog="python -m bench.bigroom", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help=f"a room of {SMOKE.members}")
+    parser.add_argument("--out", type=Path, default=None, help="where to write bigroom.json and .md")
+    parser.add_argument("--report", type=Path, default=RESULTS, help="the report to put the figures into")
     arguments = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("azure").setLevel(logging.WARNING)
+    for quiet in ("azure", "mapping"):
+        logging.getLogger(quiet).setLevel(logging.WARNING)
 
     async def run() -> dict[str, Any]:
         with running_azurite() as azurite:
             return await measure_big_room(azurite, SMOKE if arguments.smoke else FULL)
 
-    print(json.dumps(asyncio.run(run()), indent=2))
+    figures = asyncio.run(run())
+    if arguments.out is not None:
+        write_alone(figures, arguments.out, arguments.report, merge=not arguments.smoke)
+    elif not arguments.smoke:  # a smoke run's figures go nowhere unless asked
+        write_alone(figures, RESULTS / "bigroom", arguments.report)
+    print(json.dumps({mode: run["billed_per_change"] for mode, run in figures["runs"].items()}))
+    if failed := missed(figures):
+        raise SystemExit(f"over the issue's goals: {'; '.join(failed)}")
 
 
 if __name__ == "__main__":
