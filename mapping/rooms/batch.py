@@ -12,7 +12,8 @@ B1. At most one flush is pending per room: the copy that finds none pending (or 
     announcement is made again (presence P5), and the mark becomes overdue and is taken over by the next change.
 B2. Every copy into a big room writes the tally too, on its ETag, so copies and a flush's clearing of its mark are
     ordered: a flush clears its mark on the ETag of the tally it read, noting that tally's `Timestamp` (`Flushed`),
-    then reads the rows written since the previous flush's (one query) and sends each member's latest pair once. A
+    then reads the rows written since the previous flush's (the room's first flush: all of them, once; one query a
+    thousand) and sends each member's latest pair once. A
     copy before the clearing is in that read; a copy after it finds no mark, marks the next flush, and is written
     after `Flushed`, where that flush reads from. Sending again is harmless: entries are pairs as recorded (roster
     C1), and clients merge them by version alone. So a flush is idempotent and safe to run twice, and the message of
@@ -45,7 +46,8 @@ from mapping.storage.table import etag_of, merge, timestamp_of
 logger = logging.getLogger(__name__)
 
 FLUSH_LOST_AFTER = timedelta(seconds=60)  # a flush this overdue was lost (its message, or its function for good)
-NOT_DUE = datetime(1970, 1, 1, tzinfo=UTC)  # a tally's FlushDue when no flush is pending (a property cannot be unset)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+NOT_DUE = EPOCH  # a tally's FlushDue when no flush is pending (a property cannot be unset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +67,9 @@ class Batching:
         if isinstance(due, datetime) and now - _aware(due) < FLUSH_LOST_AFTER:
             return None
         flushed = row.get("Flushed")
-        since = _aware(flushed) if isinstance(flushed, datetime) else now - FLUSH_LOST_AFTER
+        # A room's first flush reads every row once (a room just over the threshold: about that many entries); the
+        # app's clock is never compared with the table's Timestamp.
+        since = _aware(flushed) if isinstance(flushed, datetime) else EPOCH
         return Flush(room, now + timedelta(seconds=self.seconds), since)
 
     def big(self, tally_row: Mapping[str, Any] | None) -> bool:

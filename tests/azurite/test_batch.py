@@ -404,11 +404,6 @@ async def test_every_big_room_crash_point_converges(azurite: Azurite, proxy: Fau
     print(f"{lost} flushes lost with their mark: {swept} taken over by the sweep, {later} by a later change")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a room's first flush reads from `now - FLUSH_LOST_AFTER` (the tally has no `Flushed` yet), so the "
-    "flush taking a lost one over, 60 s or more after its mark, misses the copies the lost one was marked for",
-)
 async def test_a_lost_first_flush_is_taken_over_with_its_copy(
     azurite: Azurite, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
