@@ -13,8 +13,9 @@ LATEST = ROOT / "bench" / "results" / "latest.md"
 
 async def test_the_access_section_holds_the_issues_floors(azurite: Azurite, restored_environment: None) -> None:
     """Every access event is counted; a granted join, a policy's join, an open room's join again and a grant each make
-    today's join's table requests (a new room's first one a request more, to count it), a refused join one read, a revoke a leave's; the SignalR REST requests are one
-    per tab where the app acts on every tab (a grant, a revoke, a disconnect-all) and one for a client's join."""
+    today's join's table requests (a new room's first one a request more, to count it), a refused join one read, a
+    revoke a leave's; the SignalR REST requests are one per tab where the app acts on every tab (a grant, a revoke,
+    a disconnect-all) and one for a client's join."""
     access = await measure_access(azurite)
     rows = {row["key"]: row for row in access["figures"]}
     assert list(rows) == [row.key for row in ROWS]
