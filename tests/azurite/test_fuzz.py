@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from mapping.functions import runtime
 from mapping.keys import encode_cursor
+from mapping.rooms.tally import TALLY_ROW
 from mapping.settings import DEFAULT_CLIENT_MESSAGE_BYTES
 from testkit.azurite import Azurite
 from testkit.figures import FIGURES
@@ -422,6 +423,15 @@ def kind_of(message: Any, caller: str | None) -> str:
         for state in sync["users"]:
             presence_state_ok(state, version_at_least=0)
         return "sync"
+    if message.get("target") == "occupancy":
+        assert set(message) in ({"target", "groupName", "arguments"}, {"target", "connectionId", "arguments"}), message
+        [occupancy] = message["arguments"]
+        assert set(occupancy) == {"room", "members", "online", "version"}, occupancy
+        assert valid_room(occupancy["room"])
+        assert message.get("groupName", f"~occupancy.{occupancy['room']}") == f"~occupancy.{occupancy['room']}"
+        assert 0 <= occupancy["online"] <= occupancy["members"], occupancy
+        assert occupancy["version"] >= 0, occupancy
+        return "occupancy"
     if "action" in message:
         assert set(message) == {"action", "groupName", "connectionId"}, message
         assert message["action"] in ("add", "remove")
@@ -487,7 +497,9 @@ async def memberships_in_table(azurite: Azurite, table: str) -> tuple[set[tuple[
         if str(row["RowKey"]).startswith("%~r") and not str(row["PartitionKey"]).startswith("%~")
     }
     indexed = {
-        (str(row["RowKey"]), str(row["PartitionKey"])[3:]) for row in rows if str(row["PartitionKey"]).startswith("%~m")
+        (str(row["RowKey"]), str(row["PartitionKey"])[3:])
+        for row in rows
+        if str(row["PartitionKey"]).startswith("%~m") and row["RowKey"] != TALLY_ROW
     }
     return members, indexed
 
@@ -623,7 +635,7 @@ async def test_fuzzed_room_and_status_arguments_get_one_error_or_their_actions(
             else:
                 joining = function == "join_room"
                 action = "add" if joining else "remove"
-                assert set(found) <= {"presence", action, "announcement", "sync"}
+                assert set(found) <= {"presence", action, "announcement", "sync", "occupancy"}
                 # Rooms R5: a leave of a room the user is not in (a fresh table: never joined) tells the room nothing.
                 announced = [m for m in out.messages if m.get("target") == "room"]
                 assert len(announced) == (1 if joining or room in joined else 0), out.messages
@@ -694,12 +706,12 @@ async def test_fuzzed_joins_and_leaves_agree_with_a_model(
             caller = f"c{slot}-{USER_KEYS[person]}"
             if operation == "connect":
                 out = await connect(user, caller)
-                assert set(kinds(out, caller)) <= {"add", "presence"}
+                assert set(kinds(out, caller)) <= {"add", "presence", "occupancy"}
                 assert sorted(m["groupName"] for m in out.messages if "action" in m) == sorted(rooms[person])
                 assert all(m["connectionId"] == caller for m in out.messages if "action" in m)
                 live[person].add(caller)
             elif operation == "disconnect":
-                assert set(kinds(await disconnect(user, caller), caller)) <= {"presence"}
+                assert set(kinds(await disconnect(user, caller), caller)) <= {"presence", "occupancy"}
                 live[person].discard(caller)
             else:
                 out = await client_event("join_room" if operation == "join" else "leave_room", user, caller, room)
@@ -710,7 +722,7 @@ async def test_fuzzed_joins_and_leaves_agree_with_a_model(
                 event(f"{operation}: {'a member' if room in rooms[person] else 'not a member'}")
                 event(f"{operation}: {min(len(live[person] - {caller}), 2)} other live connections")
                 action = "add" if operation == "join" else "remove"
-                assert set(kinds(out, caller)) <= {action, "announcement", "presence", "sync"}
+                assert set(kinds(out, caller)) <= {action, "announcement", "presence", "sync", "occupancy"}
                 grouped = {m["connectionId"] for m in out.messages if m.get("action") == action}
                 assert grouped == live[person] | {caller}, "R3: the group follows the membership"
                 # Rooms R5: a leave of a room the user is not in is announced only when its index row was written
