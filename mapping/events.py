@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec
@@ -177,7 +177,7 @@ async def _mapped(store: ConnectionStore, outcome: ConnectOutcome) -> list[Messa
         groups.append(join_group(connection_id, listing_group(connection_id, store.settings.listing_groups)))
     if store.settings.presence_audience == "scoped":
         groups.append(join_group(connection_id, presence_group(outcome.entity.user_name)))  # hears its own user
-    groups += [leave_group(connection, room) for connection, room in outcome.lingering]  # a revoke's (rooms R4)
+    groups += _left_revoked(outcome.lingering)  # a revoke's (rooms R4)
     try:
         return groups + await _announced(store, outcome.presence)
     except StorageError as error:
@@ -252,9 +252,10 @@ async def on_grant(store: ConnectionStore, user_name: str, room: str, *, service
         await _join_first(service, store, connection, [change.room])
 
     await gather_bounded(list(change.connections), add, limit=_EARLY_ADDS)  # the tabs at once, a few at a time
-    entries = await _roster(store, change.room)
+    entries, settled = await _roster(store, change.room)
     presence = [room_presence(change.presence, change.room)] if change.presence is not None else []
     messages = [
+        *settled,
         *(join_group(connection, change.room) for connection in change.connections),
         room_message(change.room, user=change.user, joined=True),
         *presence,
@@ -384,7 +385,8 @@ async def on_send_to_room(store: ConnectionStore, caller: _Caller) -> list[Messa
             return [*revived, error_message(caller.connection, "this user is blocked", room=request.room)]
         if request.room not in standing.rooms:
             # A connection still in the group of a room revoked from its user leaves it (rooms R4).
-            left = [leave_group(caller.connection, request.room)] if request.room in standing.revoked else []
+            revoked = [(caller.connection, request.room)] if request.room in standing.revoked else []
+            left = _left_revoked(revoked)
             return [*revived, *left, error_message(caller.connection, "not a member of this room", room=request.room)]
     except (InvalidRequestError, InvalidNameError) as error:
         return [*revived, error_message(caller.connection, str(error))]
@@ -400,7 +402,7 @@ async def on_timer(
     result = await sweep(store, liveness=liveness, now=now)
     groups = store.settings.listing_groups
     regrouped = [join_group(c, listing_group(c, groups)) for c in result.unlisted_alive]
-    regrouped += [leave_group(connection, room) for connection, room in result.lingering]  # rooms R4
+    regrouped += _left_revoked(result.lingering)  # rooms R4
     audience = store.settings.presence_audience
     return (
         regrouped
@@ -467,8 +469,11 @@ async def on_watch_occupancy(
     revived = await _refresh(store, caller.user, caller.connection)
     try:
         room = parse_room(caller.argument)
-        tally = await Rooms(store).visible_tally(caller.user, room, policy=access, claims=caller.claims)
+        rooms = Rooms(store)
+        await rooms.check_visible(caller.user, room, policy=access, claims=caller.claims)
+        # In the group before the counts are read: no change falls between the two.
         await _join_first(service, store, caller.connection, [occupancy_group(room)])
+        tally = await rooms.tally(room)
     except RefusedError as error:
         return [*revived, error_message(caller.connection, str(error), **error.details)]
     except (InvalidRequestError, InvalidNameError) as error:
@@ -489,6 +494,12 @@ async def on_unwatch_occupancy(store: ConnectionStore, caller: _Caller) -> list[
     return [leave_group(caller.connection, occupancy_group(room))]
 
 
+def _left_revoked(lingering: Sequence[tuple[str, str]]) -> list[Message]:
+    """The group removals of connections a revoke took out of rooms (rooms R4): each room's group, and its occupancy
+    group (a watch of the room's counts ends with the access)."""
+    return [leave_group(c, group) for c, room in lingering for group in (room, occupancy_group(room))]
+
+
 def _not_mapped_yet(connection_id: str) -> Message:
     """The caller's answer when its connection has no row yet (its `connected` event is still on its way)."""
     return error_message(connection_id, "this connection is not mapped yet, try again", retry=True)
@@ -504,15 +515,15 @@ async def on_sync(store: ConnectionStore, caller: _Caller) -> list[Message]:
         if view.blocked:
             return [*revived, error_message(caller.connection, "this user is blocked", room=room)]
         if room not in view.rooms:
-            left = [leave_group(connection, gone) for connection, gone in view.lingering() if gone == room]  # R4
+            left = _left_revoked([(connection, gone) for connection, gone in view.lingering() if gone == room])  # R4
             return [*revived, *left, error_message(caller.connection, "not a member of this room", room=room)]
-        entries = await _roster(store, room)
+        entries, settled = await _roster(store, room)
         _charge_snapshot(store, caller, entries)
     except (InvalidRequestError, InvalidNameError) as error:
         return [*revived, error_message(caller.connection, str(error))]
     except StorageError as error:
         return [*revived, _unavailable(caller.connection, "sync", error)]
-    return [*revived, *sync_messages(caller.connection, entries, room=room)]
+    return [*revived, *settled, *sync_messages(caller.connection, entries, room=room)]
 
 
 async def _membership(
@@ -531,9 +542,10 @@ async def _membership(
             room = parse_room(caller.argument)
             change = await rooms.join(caller.user, room, policy=access, claims=caller.claims)
             await _join_first(service, store, caller.connection, [change.room])
-            entries = await _roster(store, change.room)
+            entries, settled = await _roster(store, change.room)
             _charge_snapshot(store, caller, entries)
         else:
+            settled = []
             change = await rooms.leave(caller.user, parse_room(caller.argument))
         occupancy = await _feed_membership(store, change, by=BY_USER)
     except RefusedError as error:
@@ -548,7 +560,7 @@ async def _membership(
         if not joining:
             return [*revived, *(leave_group(c, change.room) for c in connections)]
         joins = [join_group(c, change.room) for c in connections]
-        return [*revived, *joins, *sync_messages(caller.connection, entries, room=change.room)]
+        return [*revived, *joins, *settled, *sync_messages(caller.connection, entries, room=change.room)]
     announcement = room_message(change.room, user=change.user, joined=joining)
     if not joining:
         return [*revived, announcement, *occupancy, *(leave_group(c, change.room) for c in connections)]
@@ -558,6 +570,7 @@ async def _membership(
         *(join_group(c, change.room) for c in connections),
         announcement,
         *presence,
+        *settled,
         *occupancy,
         *sync_messages(caller.connection, entries, room=change.room),
     ]
@@ -573,9 +586,13 @@ async def _join_first(service: GroupAdder, store: ConnectionStore, connection_id
     await gather_bounded(names, add, limit=_EARLY_ADDS)
 
 
-async def _roster(store: ConnectionStore, room: str) -> list[RosterEntry]:
-    """Return a room's snapshot: every member with their presence pair (one index query a thousand members)."""
-    return [entry async for page in Roster(store).snapshot(room) for entry in page]
+async def _roster(store: ConnectionStore, room: str) -> tuple[list[RosterEntry], list[Message]]:
+    """Return a room's snapshot: every member with their presence pair (one index query a thousand members); and the
+    room's `occupancy` if settling a stale row changed it (its feed message put: feed F2)."""
+    roster = Roster(store)
+    entries = [entry async for page in roster.snapshot(room) for entry in page]
+    await put_tallies(store, roster.index.changes)
+    return entries, occupancy_messages(roster.index.changes)
 
 
 def _caller(event: Invocation, method: str, *, one_argument: str | None = None) -> _Caller | list[Message]:

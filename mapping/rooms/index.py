@@ -23,7 +23,7 @@ from mapping.presence.state import PresenceChange, Recorded, pair_fields, record
 from mapping.presence.write_loop import UserTurns, back_off, timed_tries
 from mapping.rooms.batch import Batching, Flush, mark_fields
 from mapping.rooms.tally import TALLY_ROW, Tally, TallyChange, contribution, difference
-from mapping.storage.table import Operation, Table, create, delete, etag_of, int_value, merge
+from mapping.storage.table import Operation, Table, create, delete, etag_of, int64, int_value, merge
 
 # Longer than any join or leave can run (host.json's functionTimeout is 5 minutes): an index row this old, flagged
 # pending or without its membership, belongs to no join or leave in flight.
@@ -120,12 +120,13 @@ class MemberIndex:
         async for page in self._table.pages(query, parameters, action=action, select=select):
             yield [row for row in page if row["RowKey"] != TALLY_ROW]
 
-    async def count(self, room: str, *, up_to: int) -> int:
-        """Return how many rows a room's member index has, counting no further than `up_to` (one request a thousand
-        rows; rows of joins in flight or left lately count too: a cap is held conservatively)."""
+    async def count(self, room: str, *, up_to: int, excluding: str | None = None) -> int:
+        """Return how many rows a room's member index has (the user key `excluding` left out), counting no further
+        than `up_to` (one request a thousand rows; rows of joins in flight or left lately count too: a cap is held
+        conservatively)."""
         counted = 0
         async for page in self._rows(room, action="count a room", select=["RowKey"]):
-            counted += len(page)
+            counted += sum(row["RowKey"] != excluding for row in page)
             if counted >= up_to:
                 break
         return counted
@@ -199,10 +200,11 @@ class MemberIndex:
         except StorageError as error:  # storage failed: the next reader
             logger.info("room %s: a stale member-index row stays: %s", room, error)
 
-    async def copy(self, room: str, change: PresenceChange, *, over_lower: bool = False) -> bool:
-        """Copy a presence pair onto the member's row (over a lower version only, with `over_lower`); return False
-        when there is no row, or (`over_lower`) its copy is as new already; a repeat then announces the room's tally
-        again (it may have been lost with the copy's event)."""
+    async def copy(self, room: str, change: PresenceChange, *, repeat: bool = False) -> bool:
+        """Copy a presence pair onto the member's row, over a lower version only (the row is read anyway, with the
+        tally: a slow writer never sets a newer copy back); return False when there is no row or its copy is as new.
+        A `repeat` (the sweep's, presence P5) announces the room's tally again and re-queues a big room's pending
+        flush: either may have been lost with the event it repeats."""
         fields = {
             "PartitionKey": room_partition(room),
             "RowKey": user_key(change.user),
@@ -210,14 +212,12 @@ class MemberIndex:
         }
 
         def plan(row: Mapping[str, Any] | None) -> _Plan:
-            if row is None or (over_lower and recorded_from(row).version >= change.version):
+            if row is None or recorded_from(row).version >= change.version:
                 return None
             return ("merge", fields)
 
         action = "copy presence to a roster"
-        written = await self._counted(
-            room, user_key(change.user), plan, action=action, repeat=over_lower, batchable=True
-        )
+        written = await self._counted(room, user_key(change.user), plan, action=action, repeat=repeat, batchable=True)
         return written.etag is not None
 
     async def _counted(
@@ -253,31 +253,37 @@ class MemberIndex:
         tried: Flush | None = None  # the flush a try marked, if its answer was a conflict
         for attempt in timed_tries():
             row, tally_row = await self._read_with_tally(room, user_partition, action=action)
-            planned = plan(row)
+            self.batched.discard(room)
+            # A big room hears the copy in its next flush; a pending row's member (a join or leave in flight, or
+            # stopped half way) is heard at once, as the flush skips pending rows (batch B2).
             big = batchable and self._batching is not None and self._batching.big(tally_row)
+            big = big and row is not None and not row.get("Pending", True)
             if big:
                 self.batched.add(room)
+            if tried is not None and (tally_row or {}).get("FlushDue") == tried.due:
+                self.flushes.append(tried)  # a try answered with a conflict marked it after all: queue it (B1)
+                tried = None
+            planned = plan(row)
             if planned is None:
-                if big and repeat and row is not None and not await self._take_over(room, tally_row, action=action):
+                if big and repeat and not await self._take_over(room, tally_row, action=action):
                     await back_off(attempt, most=_TALLY_BACKOFF)
                     continue
                 return self._written(None, room, user_partition, tally_row, told_again=told_again)
             after = _after(row, *planned)
             delta = difference(row, after)
             operation = _operation(row, *planned)
-            flush = (
-                self._batching.flush_of(room, tally_row, now=self._clock()) if batchable and self._batching else None
-            )
-            if tried is not None and (tally_row or {}).get("FlushDue") == tried.due:
-                self.flushes.append(tried)  # a try answered with a conflict marked it after all: queue it (B1)
-                tried, flush = None, None
             try:
-                if delta == (0, 0) and not big:  # a big room's copy writes its tally too (batch B2)
+                if delta == (0, 0) and not big:
                     etag = etag_of(row) if _unchanged(row, after) else await self._table.write(operation, action=action)
                     return self._written(etag, room, user_partition, tally_row, told_again=told_again)
                 before = Tally.from_row(tally_row) if tally_row is not None else await self._scanned(room)
                 counted = before.plus(delta, at=self._clock(), by=user_partition) if delta != (0, 0) else before
-                fields = {**counted.to_row(room), **(mark_fields(flush) if flush else {})}
+                fields = counted.to_row(room)
+                flush = self._batching.flush_of(room, tally_row, now=self._clock()) if big and self._batching else None
+                if big:  # batch B2: the copy and the tally in order, the row numbered by the tally's sequence
+                    sequence = int64(int_value((tally_row or {}).get("Seq")) + 1)
+                    fields["Seq"] = operation[1]["Seq"] = sequence
+                    fields.update(mark_fields(flush) if flush else {})
                 tally_write = merge(fields, etag=etag_of(tally_row)) if tally_row else create(fields)
                 told_again = told_again or delta != (0, 0)  # a conflict may hide a commit: tell the tally again
                 tried = flush
@@ -289,14 +295,22 @@ class MemberIndex:
                 self.flushes.append(flush)
             if delta != (0, 0):
                 self.changes.append(TallyChange(room, before, counted))
+            elif told_again and tally_row is not None:
+                self.changes.append(TallyChange.repeated(room, counted, user=user_partition))
             return Written(etags[0] if etags else None)
         raise RowChangedError(f"{action}: room {room} kept changing")
 
     async def _take_over(self, room: str, tally_row: Mapping[str, Any] | None, *, action: str) -> bool:
-        """A repeat of a copy already written (the sweep's, presence P5) into a big room: mark a flush if none is
-        pending or the pending one is overdue, so a lost flush is taken over (batch B3); False on a conflict."""
-        flush = self._batching.flush_of(room, tally_row, now=self._clock()) if self._batching else None
-        if flush is None or tally_row is None:
+        """A repeat of a copy already written (the sweep's, presence P5) into a big room: queue the pending flush
+        again (a duplicate is harmless, batch B2), or mark one if none is pending or the pending one is overdue, so a
+        lost flush is taken over (batch B3); False on a conflict (read again: the mark may be ours)."""
+        if self._batching is None or tally_row is None:
+            return True
+        flush = self._batching.flush_of(room, tally_row, now=self._clock())
+        if flush is None:
+            pending = self._batching.pending(room, tally_row)
+            if pending is not None:
+                self.flushes.append(pending)
             return True
         fields = {"PartitionKey": room_partition(room), "RowKey": TALLY_ROW, **mark_fields(flush)}
         try:

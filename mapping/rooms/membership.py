@@ -160,7 +160,11 @@ class Rooms:
             # A blocked user is refused as such, without asking the policy.
             _check_not_blocked_or_closed(view, room, admitted=view.blocked or room in view.rooms or await admits(view))
             cap = self.store.settings.room_max_members
-            if room not in view.rooms and cap is not None and await self.index.count(room, up_to=cap) >= cap:
+            # The joiner's own row (an earlier attempt's) is not counted: a retry is never refused by itself.
+            others = 0
+            if room not in view.rooms and cap is not None:
+                others = await self.index.count(room, up_to=cap, excluding=view.partition)
+            if cap is not None and others >= cap:
                 raise RefusedError("this room is full", room=room, refused=True, full=True)
 
         return await self._enter(name, room, check, now=now, action="join")
@@ -218,18 +222,17 @@ class Rooms:
         """Return a room's tally: its members and online members (one table request; tally T1)."""
         return await self.index.tally(parse_room(room))
 
-    async def visible_tally(
+    async def check_visible(
         self, user_name: str, room: str, *, policy: AccessPolicy = SETTINGS_DECIDE, claims: Claims | None = None
-    ) -> Tally:
-        """Return a room's tally to a user who may see the room: a member, or one a join would admit (R4); else
-        RefusedError. Two table requests: the user's partition, the tally."""
+    ) -> None:
+        """Raise RefusedError unless the user may see the room: a member, or one a join would admit (R4); one read of
+        the user's partition."""
         name, room = normalize_user_name(user_name), parse_room(room)
         view = await self.store.read_user(user_key(name))
         admitted = room in view.rooms or self.store.settings.opens(room) or room in view.grants
         if not admitted and not view.blocked:
             admitted = await _policy_admits(policy, name, room, claims)
         _check_not_blocked_or_closed(view, room, admitted=admitted)
-        return await self.index.tally(room)
 
     async def leave(self, user_name: str, room: str, *, now: datetime | None = None) -> RoomChange:
         """End the user's membership of `room`; leaving a room one is not in does no harm."""

@@ -7,11 +7,11 @@ Invariants (each named by the test that checks it):
 C1. A copy is a pair as recorded (P1): a snapshot entry and a presence message of one version state the
     same thing, so a client merges the two by version alone.
     (test_audience: test_a_snapshot_then_changes_converge_by_version)
-C2. Every announcement of a pair, new or repeated, first writes the pair onto the user's rooms' index
-    rows, then puts it on the presence feed (`mapping.presence.feed` F2); an event whose copies or put fail
-    raises, so its announcement is lost with them and made again (P5: the sweep's repeat, or the client's
-    retry). Events write blindly (one request per room); the sweep writes only over a lower version (read,
-    then write on the ETag read), so a copy that a slow writer set back is put right by the sweep that
+C2. Every announcement of a pair, new or repeated, first writes the pair onto the user's rooms' index rows, then puts
+    it on the presence feed (`mapping.presence.feed` F2); an event whose copies or put fail raises, so its
+    announcement is lost with them and made again (P5: the sweep's repeat, or the client's retry). A copy reads the
+    row with the room's tally (one query) and writes only over a lower version, on the ETag read (two requests a
+    room), so no slow writer sets a newer copy back; a copy set back by other means is put right by the sweep that
     repeats the user's pair.
     (test_audience: test_the_sweep_puts_a_set_back_copy_right)
 C3. A row flagged pending (a join or leave in flight, or stopped half way) is checked against the user's
@@ -89,7 +89,7 @@ class Roster:
         StorageError if any copy, queueing or put failed."""
 
         async def copy(room: str) -> None:
-            await self._copy(change, room, over_lower=guarded)
+            await self._copy(change, room, repeat=guarded)
 
         if change.rooms:
             await gather_bounded(change.rooms, copy, limit=_ROOM_WRITES)
@@ -126,8 +126,8 @@ class Roster:
             return None
         return RosterEntry.of(view.name(), view.presence.announced_as(view.name()))
 
-    async def _copy(self, change: PresenceChange, room: str, *, over_lower: bool) -> None:
-        if not await self.index.copy(room, change, over_lower=over_lower) and not over_lower:
+    async def _copy(self, change: PresenceChange, room: str, *, repeat: bool) -> None:
+        if not await self.index.copy(room, change, repeat=repeat) and not repeat:
             logger.info("room %s: no roster row to copy %s's presence to", room, change.user)
 
 

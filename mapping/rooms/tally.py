@@ -9,7 +9,8 @@ T1. The tally states the sum of its index rows' contributions: a row counts as a
     group transaction with the tally's new counts, both on the ETags of the one query that read them (`MemberIndex`);
     a write that changes no contribution leaves the tally alone, on its row's ETag. So the sum holds after every
     request, whatever fails, and a retry that meets its own committed write finds no change left to count.
-    (test_crash_points: every room crash point; test_occupancy: test_the_tally_is_the_sum_of_its_rows)
+    (test_crash_points: every room crash point; test_occupancy:
+    test_the_tally_counts_members_and_online_members_and_answers_in_one_request)
 T2. Each new count takes a version higher than any before it, `max(previous + 1, the write's time in milliseconds)`,
     so a client or a feed consumer keeps the highest version of a room's occupancy and drops the rest.
 T3. A room whose tally row is missing (it was made before tallies existed) is counted by a scan of its index, and the

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from azure.core import MatchConditions
@@ -254,14 +253,6 @@ def etag_of(entity: Any) -> str | None:
     metadata = getattr(entity, "metadata", None) or {}
     etag = metadata.get("etag")
     return str(etag) if etag else None
-
-
-def timestamp_of(entity: Any) -> datetime | None:
-    """Return an entity's `Timestamp` as read: the server's time of its last write (None when the service gave none)."""
-    moment = (getattr(entity, "metadata", None) or {}).get("timestamp")
-    if not isinstance(moment, datetime):
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _written_etag(answer: Any) -> str | None:

@@ -48,7 +48,7 @@ class Clock:
 
 
 class WallClock(Clock):
-    """The wall clock, Azurite's own (its rows' `Timestamp`), which the test's `at` does not move."""
+    """The wall clock, which the test's `at` does not move (overdue marks taken over in real time)."""
 
     def __call__(self) -> datetime:
         return datetime.now(UTC)
@@ -199,9 +199,9 @@ async def test_a_flush_splits_at_two_kilobytes_with_every_entry_kept(world: Any)
 
 
 # Crash points of a big room (the style of tests/azurite/test_crash_points.py): every table request of one member's
-# setStatus and of the flush it marks, failed three ways, then the recovery the design promises. The test's clock runs
-# behind Azurite's (the rows' `Timestamp`), so a room's first flush, which reads from `now - FLUSH_LOST_AFTER`, reads
-# every row here: test_a_lost_first_flush_is_taken_over_with_its_copy runs its crash point on the wall clock.
+# setStatus and of the flush it marks, failed three ways, then the recovery the design promises. A flush reads the rows
+# numbered after the previous flush (the tally's sequence, batch B2), so no clock takes part; the lost first flush's
+# crash point is also run on the wall clock (test_a_lost_first_flush_is_taken_over_with_its_copy).
 
 OUTAGE = Fault.answer(503)
 MODES: dict[str, Callable[[], tuple[Fault, Fault]]] = {
@@ -437,5 +437,7 @@ async def test_a_lost_first_flush_is_taken_over_with_its_copy(
         await room.deliver(T0, queue_now=datetime.now(UTC) + timedelta(minutes=1))
         entries = decoded(to_group(room.sent, "big", "presenceBatch"))
         assert entries["bob"]["status"] == "busy"  # the taking-over flush ran
-        assert entries.get("ann", {}).get("status") == "away", entries  # fails: her copy is older than its `since`
+        assert entries.get("ann", {}).get("status") == "away", (
+            entries
+        )  # her copy is numbered after the lost flush's `since`
         await assert_big_room_converged(room, label="a lost first flush taken over")
