@@ -96,6 +96,44 @@ async def test_the_consumer_pushes_a_direct_message_only_while_its_recipient_is_
     assert [(row["PartitionKey"], row["Message"]) for row in rows] == [(ann.casefold(), "while you were away")]
 
 
+async def test_the_consumer_marks_a_room_vacated_when_its_last_member_goes_offline(
+    mapper: Stack, consumer: tuple[LocalStack, str]
+) -> None:
+    """Two agents in a support room: the consumer says it is attended while either is online, and unattended (the
+    feed's `vacated`) once the last one closes their tab; a room never heard of is unattended."""
+    stack, _pushes = consumer
+    room = f"support-{uuid.uuid4().hex[:8]}"
+    bo, cy = unique_user("Bo"), unique_user("Cy")
+
+    async def consumer_says(attended: bool, online: int) -> bool:
+        status, body = await consumer_call(stack, "GET", f"rooms/{room}/attended")
+        return status == 200 and (body["attended"], body["online"]) == (attended, online)
+
+    assert await consumer_says(False, 0)  # never heard of
+    async with SignalRClients(mapper) as clients:
+        await clients.connect("b1", bo)
+        await clients.send("b1", "join", room)
+        await wait_until(lambda: consumer_says(True, 1), within=30, what="the room occupied")
+        await clients.connect("c1", cy)
+        await clients.send("c1", "join", room)
+        await clients.stop("b1")
+        await wait_until(lambda: mapper_says_online(mapper, room, 1), within=30, what="Bo gone, Cy still in")
+        assert await consumer_says(True, 1)  # still attended: the feed has no message between the crossings
+        await clients.stop("c1")
+    await wait_until(lambda: consumer_says(False, 0), within=30, what="the room vacated")
+    _status, body = await consumer_call(stack, "GET", f"rooms/{room}/attended")
+    assert body["since"] is not None
+
+
+async def mapper_says_online(mapper: Stack, room: str, online: int) -> bool:
+    """Whether the mapper's occupancy of `room` says `online` members online."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{mapper.host_url}/api/rooms/{room}/occupancy") as response,
+    ):
+        return response.status == 200 and (await response.json())["online"] == online
+
+
 async def test_the_consumer_refuses_a_body_without_a_recipient(consumer: tuple[LocalStack, str]) -> None:
     """A notify without `to` is a 400 with a JSON error, and nothing is pushed."""
     stack, _pushes = consumer

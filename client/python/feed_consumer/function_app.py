@@ -7,6 +7,9 @@
   message: a recipient the feed last said is online gets it through SignalR as usual (`{"push": false}`); one
   offline, or never seen, gets a push instead (here a row in `FEED_PUSH_TABLE`, where a real app calls its push
   service), answered `{"push": true}`.
+- `GET /api/rooms/{room}/attended`: whether anyone is in a room, as the feed last said (`occupied` or `vacated`):
+  `{"room", "attended", "online", "since"}`, `attended: false` for a room never heard of (say, a support room whose
+  last agent left: the ticket is unattended).
 - `GET /api/subject?subject=...`: the state kept for one subject (404 if none), to look at.
 
 It imports nothing of the mapper: it reads the feed's JSON only (docs/feed.md).
@@ -132,6 +135,22 @@ async def notify(req: func.HttpRequest) -> func.HttpResponse:
         push = {"PartitionKey": fold(to), "RowKey": os.urandom(8).hex(), "Message": text}
         await pushes.create_entity(push)  # stands in for the push service's call
     return _json(200, {"push": True, "online": False, "lastSeen": (state or {}).get("lastSeen")})
+
+
+@app.function_name("attended")
+@app.route(route="rooms/{room}/attended", methods=["GET"])
+async def attended(req: func.HttpRequest) -> func.HttpResponse:
+    """Tell whether anyone is in a room, by the feed's last `occupied` or `vacated` of it (and since when)."""
+    room = req.route_params.get("room", "")
+    async with _table("FEED_STATE_TABLE") as table:
+        try:
+            state = await state_of(table, f"room:{room}")
+        except ResourceNotFoundError:
+            state = None
+    if state is None:
+        return _json(200, {"room": room, "attended": False, "online": 0, "since": None})
+    occupied = state.get("kind") == "occupied"
+    return _json(200, {"room": room, "attended": occupied, "online": state.get("online", 0), "since": state.get("at")})
 
 
 @app.function_name("subject")
