@@ -24,7 +24,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -33,7 +33,7 @@ from urllib.parse import unquote
 import aiohttp
 import azure.functions as func
 
-from bench.proxy import APP_QUEUE_OPERATIONS, CountingProxy, classify, classify_queue
+from bench.proxy import APP_QUEUE_OPERATIONS, CountingProxy, classify, storage_proxies
 from bench.workload import TTL, fresh_table, use_app_settings
 from mapping.keys import ROOM_PREFIX, user_key
 from mapping.presence.grace import Decision
@@ -235,18 +235,6 @@ def classify_rooms(method: str, path: str) -> str:
     return operation
 
 
-@contextlib.contextmanager
-def _proxies(azurite: Azurite) -> Iterator[tuple[CountingProxy, CountingProxy]]:
-    """A counting proxy in front of Azurite's table service, and one in front of its queue service."""
-    if azurite.queue_port is None:
-        raise RuntimeError("the audiences section needs Azurite's queue service")
-    with (
-        CountingProxy(azurite.port, classifier=classify_rooms) as table,
-        CountingProxy(azurite.queue_port, classifier=classify_queue) as queue,
-    ):
-        yield table, queue
-
-
 async def _until(check: Callable[[], bool | Awaitable[bool]], what: str, *, within: float = WAIT_SECONDS) -> None:
     deadline = time.monotonic() + within
     while True:
@@ -267,7 +255,7 @@ async def count_requests(azurite: Azurite, plan: AudiencePlan) -> dict[str, Any]
     """Count, through the app's functions in this process, a change of a user in R rooms and a big room's join."""
     direct = azurite.connection_string
     changes: dict[str, Any] = {}
-    with _proxies(azurite) as (table_proxy, queue_proxy):
+    with storage_proxies(azurite.port, azurite.queue_port, classifier=classify_rooms) as (table_proxy, queue_proxy):
         env = _env(connection_string(table_proxy.port, queue_port=queue_proxy.port), grace=INPROCESS_GRACE_SECONDS)
         for rooms in plan.room_counts:
             async with fresh_table(direct) as table:
@@ -429,7 +417,7 @@ async def measure_fanout(azurite: Azurite, plan: AudiencePlan) -> dict[str, Any]
     others = plan.online - 1 - plan.rooms * (plan.room_size - 1) - plan.watchers
     if others < 0:
         raise ValueError(f"{plan.online} connections cannot hold the audience of {plan.audience}")
-    with _proxies(azurite) as (table_proxy, queue_proxy):
+    with storage_proxies(azurite.port, azurite.queue_port, classifier=classify_rooms) as (table_proxy, queue_proxy):
         storage = connection_string(table_proxy.port, queue_port=queue_proxy.port)
         settings = {
             **_env(storage, grace=GRACE_SECONDS),

@@ -30,13 +30,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import statistics
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,7 +43,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from bench.proxy import CountingProxy, classify, classify_queue
+from bench.proxy import CountingProxy, storage_proxies
 from mapping.keys import user_key
 from mapping.presence.rows import Membership
 from mapping.presence.state import PresenceState, pair_fields
@@ -106,21 +104,10 @@ def missed(figures: dict[str, Any]) -> list[str]:
     return [f"big room: unbatched / batched billed messages {figures['ratio']} (goal {GOAL_RATIO}x)"]
 
 
-@contextlib.contextmanager
-def _proxies(azurite: Azurite) -> Iterator[tuple[CountingProxy, CountingProxy]]:
-    if azurite.queue_port is None:
-        raise RuntimeError("the big-room section needs Azurite's queue service")
-    with (
-        CountingProxy(azurite.port, classifier=classify) as table,
-        CountingProxy(azurite.queue_port, classifier=classify_queue) as queue,
-    ):
-        yield table, queue
-
-
 async def _run(azurite: Azurite, plan: BigRoomPlan, mode: str) -> dict[str, Any]:
     """One run: the stack up, the room filled, the changes made and measured, a late join measured."""
     table_name = f"big{uuid.uuid4().hex[:16]}"
-    with _proxies(azurite) as (table_proxy, queue_proxy):
+    with storage_proxies(azurite.port, azurite.queue_port) as (table_proxy, queue_proxy):
         storage = connection_string(table_proxy.port, queue_port=queue_proxy.port)
         settings = {
             "MAPPING_STORAGE": storage,

@@ -162,3 +162,18 @@ def _send(
 ) -> http.client.HTTPResponse:
     connection.request(method, path, body=body, headers=headers)
     return connection.getresponse()
+
+
+@contextlib.contextmanager
+def storage_proxies(
+    table_port: int, queue_port: int | None, *, classifier: Callable[[str, str], str] = classify
+) -> Iterator[tuple[CountingProxy, CountingProxy]]:
+    """A counting proxy in front of Azurite's table service (requests named by `classifier`), and one in front of its
+    queue service."""
+    if queue_port is None:
+        raise RuntimeError("this section needs Azurite's queue service")
+    with (
+        CountingProxy(table_port, classifier=classifier) as table,
+        CountingProxy(queue_port, classifier=classify_queue) as queue,
+    ):
+        yield table, queue

@@ -44,6 +44,13 @@ class Fault:
 PASS = Fault("pass")
 CUT = Fault("cut")  # close the connection without an answer
 HANG = Fault("hang")  # accept the request and never answer
+# A store's table options behind a fault proxy: one fast retry, short timeouts (an outage fails in seconds).
+FEW_FAST_RETRIES: dict[str, float] = {
+    "retry_total": 1,
+    "retry_backoff_factor": 0.01,
+    "retry_timeout": 2.0,
+    "read_timeout": 2.0,
+}
 
 
 class FaultProxy:

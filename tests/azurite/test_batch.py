@@ -29,7 +29,7 @@ from mapping.sweep import sweep
 from testkit.azurite import Azurite
 from testkit.delayed import FakeDelayedActions
 from testkit.fake_service import FakeService
-from testkit.faultproxy import PASS, Fault, FaultProxy, fault_proxy
+from testkit.faultproxy import FEW_FAST_RETRIES, PASS, Fault, FaultProxy, fault_proxy
 from testkit.tables import all_rows, drop_table, make_settings, unique_table_name
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -287,12 +287,7 @@ async def big_room(azurite: Azurite, proxy: FaultProxy, clock: Clock | None = No
     given) and one in-memory queue, and the room `big` of four members, each online with one tab, set up through the
     proxy."""
     table = unique_table_name()
-    options: dict[str, Any] = {
-        "retry_total": 1,
-        "retry_backoff_factor": 0.01,
-        "retry_timeout": 2.0,
-        "read_timeout": 2.0,
-    }
+    options: dict[str, Any] = dict(FEW_FAST_RETRIES)
     clock = clock or Clock()
     overrides: dict[str, Any] = {"room_batch_above": BIG, "room_batch_seconds": 2}
     store = ConnectionStore(make_settings(azurite.connection_string, table, **overrides), clock=clock)

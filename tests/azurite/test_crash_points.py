@@ -63,7 +63,7 @@ from mapping.sweep import sweep
 from testkit.azurite import Azurite
 from testkit.delayed import FakeDelayedActions
 from testkit.fake_service import FakeService
-from testkit.faultproxy import PASS, Fault, FaultProxy, fault_proxy
+from testkit.faultproxy import FEW_FAST_RETRIES, PASS, Fault, FaultProxy, fault_proxy
 from testkit.figures import Figures
 from testkit.tables import all_rows, drop_table, make_settings, presence_rows, table_rows, unique_table_name
 
@@ -631,12 +631,7 @@ async def world(azurite: Azurite, proxy: FaultProxy, case: Case) -> AsyncIterato
     """A fresh table, a direct store and a store through the proxy (few, fast retries), both warmed up, both on
     the case's clock, and an empty queue on it."""
     table = unique_table_name()
-    options: dict[str, Any] = {
-        "retry_total": 1,
-        "retry_backoff_factor": 0.01,
-        "retry_timeout": 2.0,
-        "read_timeout": 2.0,
-    }
+    options: dict[str, Any] = dict(FEW_FAST_RETRIES)
     overrides: dict[str, Any] = {"ttl": TTL, "presence_grace": case.grace}
     if case.listed is not None:
         overrides["signalr"] = RECONCILED
