@@ -189,10 +189,10 @@ def _change_figures(requests: dict[str, Any]) -> list[dict[str, Any]]:
     """Return the table requests of a user's change, for each count of rooms R the user is in."""
     rows: list[dict[str, Any]] = []
     for rooms, counted in requests["changes"].items():
-        bound = 3 + int(rooms)
+        bound = 3 + 2 * int(rooms)  # a copy per room: the row and the room's tally read together, then written
         for event, what in (("set_status", "setStatus"), ("decision", "grace decision (offline)")):
             label = f"a change of a user in R = {rooms} rooms, {what}: table requests"
-            goal = f"≤ 3 + R = {bound}"
+            goal = f"≤ 3 + 2R = {bound}"
             rows.append(_at_most(f"change_r{rooms}_{event}", label, counted[event]["table"], bound, goal=goal))
     return rows
 

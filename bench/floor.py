@@ -127,12 +127,17 @@ class Floor(_Client):
         rows = await self._partition(user)
         if self._row(rows, MEMBERSHIP_PREFIX + room) is not None:
             await self._roster(room)  # the caller's snapshot
+            # Within a minute of the join the announcement is repeated (rooms R5), with the room's tally as it stands.
+            await self._tally(room, "%~o")
             return False
         if sum(str(row["RowKey"]).startswith(MEMBERSHIP_PREFIX) for row in rows) >= MAX_ROOMS:
             raise ValueError("at most 100 rooms")
         now = datetime.now(UTC)
         index = {"PartitionKey": ROOM_PREFIX + room, "RowKey": user, "UserName": user, "JoinedAt": now}
-        written = await self.client.upsert_entity({**index, "Pending": True, "PendingAt": now}, mode=UpdateMode.MERGE)
+        # The member-index row with the room's tally (rooms T1): read both in one query, write both in one
+        # transaction; a room without a tally is counted by a scan first (T3).
+        tally = await self._tally(room, user)
+        written = await self._with_tally(room, tally, ("upsert", {**index, "Pending": True, "PendingAt": now}, {}))
         membership = {"PartitionKey": user, "RowKey": MEMBERSHIP_PREFIX + room, "Room": room, "JoinedAt": now}
         await self.client.submit_transaction([("create", membership, {}), self._guard(user, rows)])
         confirm = {"PartitionKey": ROOM_PREFIX + room, "RowKey": user, "Pending": False}
@@ -140,6 +145,26 @@ class Floor(_Client):
         await self.client.update_entity(confirm, mode=UpdateMode.MERGE, **options)  # roster C3: the flag goes
         await self._roster(room)  # the caller's snapshot (roster: one query a thousand members)
         return True
+
+    async def _tally(self, room: str, user: str) -> Any:
+        """Read a member's index row and the room's tally in one query; a room with no tally is scanned (T3)."""
+        query = "PartitionKey eq @pk and ( RowKey eq @rk or RowKey eq @tally )"
+        parameters = {"pk": ROOM_PREFIX + room, "rk": user, "tally": "%~o"}
+        rows = [row async for row in self.client.query_entities(query, parameters=parameters)]
+        tally = next((row for row in rows if row["RowKey"] == "%~o"), None)
+        if tally is None:
+            await self._roster(room)
+        return tally
+
+    async def _with_tally(self, room: str, tally: Any, operation: Any) -> dict[str, Any]:
+        """Write an index row and the room's tally (its count moved) in one transaction, on the tally's ETag."""
+        fields = {"PartitionKey": ROOM_PREFIX + room, "RowKey": "%~o", "Members": 1, "Online": 1}
+        if tally is None:
+            written = await self.client.submit_transaction([operation, ("create", fields, {})])
+        else:
+            options = {"etag": tally.metadata["etag"], "match_condition": IF_MATCH, "mode": UpdateMode.MERGE}
+            written = await self.client.submit_transaction([operation, ("update", fields, options)])
+        return dict(written[0])
 
     async def _roster(self, room: str) -> None:
         async for _row in self.client.query_entities("PartitionKey eq @pk", parameters={"pk": ROOM_PREFIX + room}):
@@ -152,8 +177,9 @@ class Floor(_Client):
         rows = await self._partition(user)
         membership = self._row(rows, MEMBERSHIP_PREFIX + room)
         if membership is not None:
-            flag = {"PartitionKey": ROOM_PREFIX + room, "RowKey": user, "Pending": True}
-            await self.client.update_entity(flag, mode=UpdateMode.MERGE)  # roster C3: readers check it meanwhile
+            flag = {"PartitionKey": ROOM_PREFIX + room, "RowKey": user, "Pending": True, "PendingAt": datetime.now(UTC)}
+            tally = await self._tally(room, user)
+            await self._with_tally(room, tally, ("upsert", flag, {}))  # roster C3 and the tally (rooms T1)
             keys = {"PartitionKey": user, "RowKey": MEMBERSHIP_PREFIX + room}
             delete = ("delete", keys, {"etag": membership.metadata["etag"], "match_condition": IF_MATCH})
             await self.client.submit_transaction([delete, self._guard(user, rows)])
