@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.data.tables import EdmType, EntityProperty, UpdateMode
+from azure.data.tables import EdmType, EntityProperty, TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient
 
 from mapping.keys import MEMBERSHIP_PREFIX, PRESENCE_ROW, ROOM_PREFIX
@@ -136,8 +136,7 @@ class Floor(_Client):
         index = {"PartitionKey": ROOM_PREFIX + room, "RowKey": user, "UserName": user, "JoinedAt": now}
         # The member-index row with the room's tally (rooms T1): read both in one query, write both in one
         # transaction; a room without a tally is counted by a scan first (T3).
-        tally = await self._tally(room, user)
-        written = await self._with_tally(room, tally, ("upsert", {**index, "Pending": True, "PendingAt": now}, {}))
+        written = await self._with_tally(room, user, ("upsert", {**index, "Pending": True, "PendingAt": now}, {}))
         membership = {"PartitionKey": user, "RowKey": MEMBERSHIP_PREFIX + room, "Room": room, "JoinedAt": now}
         await self.client.submit_transaction([("create", membership, {}), self._guard(user, rows)])
         confirm = {"PartitionKey": ROOM_PREFIX + room, "RowKey": user, "Pending": False}
@@ -156,15 +155,22 @@ class Floor(_Client):
             await self._roster(room)
         return tally
 
-    async def _with_tally(self, room: str, tally: Any, operation: Any) -> dict[str, Any]:
-        """Write an index row and the room's tally (its count moved) in one transaction, on the tally's ETag."""
+    async def _with_tally(self, room: str, user: str, operation: Any) -> dict[str, Any]:
+        """Read the row and the room's tally, then write the row and the tally (its count moved) in one transaction
+        on the tally's ETag; read again when another writer of the room came first (as the app does)."""
         fields = {"PartitionKey": ROOM_PREFIX + room, "RowKey": "%~o", "Members": 1, "Online": 1}
-        if tally is None:
-            written = await self.client.submit_transaction([operation, ("create", fields, {})])
-        else:
-            options = {"etag": tally.metadata["etag"], "match_condition": IF_MATCH, "mode": UpdateMode.MERGE}
-            written = await self.client.submit_transaction([operation, ("update", fields, options)])
-        return dict(written[0])
+        while True:
+            tally = await self._tally(room, user)
+            try:
+                if tally is None:
+                    written = await self.client.submit_transaction([operation, ("create", fields, {})])
+                else:
+                    options = {"etag": tally.metadata["etag"], "match_condition": IF_MATCH, "mode": UpdateMode.MERGE}
+                    written = await self.client.submit_transaction([operation, ("update", fields, options)])
+                return dict(written[0])
+            except TableTransactionError as error:
+                if error.status_code not in (409, 412):
+                    raise
 
     async def _roster(self, room: str) -> None:
         async for _row in self.client.query_entities("PartitionKey eq @pk", parameters={"pk": ROOM_PREFIX + room}):
@@ -178,8 +184,7 @@ class Floor(_Client):
         membership = self._row(rows, MEMBERSHIP_PREFIX + room)
         if membership is not None:
             flag = {"PartitionKey": ROOM_PREFIX + room, "RowKey": user, "Pending": True, "PendingAt": datetime.now(UTC)}
-            tally = await self._tally(room, user)
-            await self._with_tally(room, tally, ("upsert", flag, {}))  # roster C3 and the tally (rooms T1)
+            await self._with_tally(room, user, ("upsert", flag, {}))  # roster C3 and the tally (rooms T1)
             keys = {"PartitionKey": user, "RowKey": MEMBERSHIP_PREFIX + room}
             delete = ("delete", keys, {"etag": membership.metadata["etag"], "match_condition": IF_MATCH})
             await self.client.submit_transaction([delete, self._guard(user, rows)])
