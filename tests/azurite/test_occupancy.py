@@ -136,3 +136,36 @@ async def test_concurrent_changes_of_one_room_all_count() -> None:
     await asyncio.gather(*(disconnected(user, f"{user}-t") for user in users[:10]))
     body = (await occupancy("crowd"))[1]
     assert (body["members"], body["online"]) == (20, 10)
+
+
+@pytest.mark.parametrize("user", [",a", "0\u20280"])
+async def test_a_member_whose_transactions_azurite_refuses_is_still_counted(
+    user: str, azurite: Azurite, app_env: dict[str, str]
+) -> None:
+    """Azurite answers 404 (a key beginning with a comma, found by fuzzing) or 400 (U+2028) to a transaction with
+    nothing changed: the row and the tally are then written one after the other, and every change still counts."""
+
+    async def counts() -> tuple[int, int]:
+        body = (await occupancy("odd"))[1]
+        rows = [
+            r for r in await all_rows(azurite, app_env["MAPPING_TABLE"]) if r["PartitionKey"] == room_partition("odd")
+        ]
+        summed = [contribution(r) for r in rows if r["RowKey"] != TALLY_ROW]
+        assert (body["members"], body["online"]) == (sum(m for m, _ in summed), sum(o for _, o in summed))  # T1
+        return body["members"], body["online"]
+
+    def no_error(out: Out) -> Out:
+        assert not [m for m in out.messages if m.get("target") == "error"], out.messages
+        return out
+
+    await connected("anchor", "n1")
+    no_error(await client_sent("join_room", "join", "anchor", "n1", "odd"))
+    await connected(user, "u1")
+    no_error(await client_sent("join_room", "join", user, "u1", "odd"))
+    assert await counts() == (2, 2)
+    await disconnected(user, "u1")
+    assert await counts() == (2, 1)
+    await connected(user, "u2")
+    assert await counts() == (2, 2)
+    no_error(await client_sent("leave_room", "leave", user, "u2", "odd"))
+    assert await counts() == (1, 1)
