@@ -81,10 +81,12 @@ _EventHandler = Callable[Concatenate[ConnectionStore, Invocation, _Options], Awa
 
 
 def _client_call(
-    method: str, *, one_argument: str | None = None
+    method: str, *, one_argument: str | None = None, refreshes: bool = True
 ) -> Callable[[_Handler[_Options]], _EventHandler[_Options]]:
-    """Make a client-call handler of an event: the caller checked first (`_caller`), and the call named in every
-    error answered to the caller; a retryable one echoes the arguments, so a client knows what to send again."""
+    """Make a client-call handler of an event: the caller checked first (`_caller`) and charged to its budget, its
+    lease refreshed (unless the call `refreshes` nothing), a refused, invalid or failed call answered with one error
+    (`_answered`), and the call named in every error to the caller; a retryable one echoes the arguments, so a
+    client knows what to send again."""
 
     def wrap(handler: _Handler[_Options]) -> _EventHandler[_Options]:
         async def handle(
@@ -96,7 +98,9 @@ def _client_call(
             elif (refused := _over_budget(store, caller, method)) is not None:
                 messages = refused
             else:
-                messages = await handler(store, caller, *args, **options)
+                revived = await _refresh(store, caller.user, caller.connection) if refreshes else []
+                answer = await _answered(handler(store, caller, *args, **options), caller, method)
+                messages = [*revived, *answer]
                 await store.writes.budgets.publish(caller.user, caller.connection, now=store.now())
             return [_named(message, event, method) for message in messages]
 
@@ -104,6 +108,19 @@ def _client_call(
         return handle
 
     return wrap
+
+
+async def _answered(call: Awaitable[list[Message]], caller: _Caller, method: str) -> list[Message]:
+    """A client call's messages, or the one error that answers the caller a refused, invalid or failed call
+    (nothing else is sent: what failed wrote nothing it cannot finish on the client's retry)."""
+    try:
+        return await call
+    except RefusedError as error:
+        return [error_message(caller.connection, str(error), **error.details)]
+    except (InvalidRequestError, InvalidNameError) as error:
+        return [error_message(caller.connection, str(error))]
+    except StorageError as error:
+        return [_unavailable(caller.connection, method, error)]
 
 
 def _over_budget(store: ConnectionStore, caller: _Caller, method: str) -> list[Message] | None:
@@ -307,27 +324,18 @@ async def on_grace(store: ConnectionStore, body: str, *, delayed: Callable[[], D
 async def on_send(store: ConnectionStore, caller: _Caller, *, access: AccessPolicy = SETTINGS_DECIDE) -> list[Message]:
     """Deliver a client's `send(to, message)` to the recipient when the app's policy or `DIRECT_MESSAGES` allows it,
     or answer the caller one error (a refused message as an offline recipient: `send` tells nothing of presence)."""
-    revived = await _refresh(store, caller.user, caller.connection)
+    request = parse_send_arguments(caller.arguments, max_bytes=store.settings.client_message_max_bytes)
     try:
-        request = parse_send_arguments(caller.arguments, max_bytes=store.settings.client_message_max_bytes)
-        return revived + await send_direct(store, request, sender=caller.user, policy=access, claims=caller.claims)
-    except (InvalidRequestError, InvalidNameError) as error:
-        return [*revived, error_message(caller.connection, str(error))]
+        return await send_direct(store, request, sender=caller.user, policy=access, claims=caller.claims)
     except UserOfflineError:
-        return [*revived, error_message(caller.connection, "recipient is offline", to=request.to)]
-    except StorageError as error:
-        return [*revived, _unavailable(caller.connection, "send", error)]
+        return [error_message(caller.connection, "recipient is offline", to=request.to)]
 
 
-@_client_call("setStatus", one_argument="(status)")
+@_client_call("setStatus", one_argument="(status)", refreshes=False)
 async def on_set_status(store: ConnectionStore, caller: _Caller) -> list[Message]:
-    """Record the caller's `setStatus(status)` and announce the user's presence, or answer the caller an error."""
-    try:
-        outcome = await store.set_status(caller.user, caller.connection, caller.argument)
-    except (InvalidRequestError, InvalidNameError) as error:
-        return [error_message(caller.connection, str(error))]
-    except StorageError as error:
-        return [_unavailable(caller.connection, "setStatus", error)]
+    """Record the caller's `setStatus(status)` (which refreshes its lease) and announce the user's presence, or
+    answer the caller an error."""
+    outcome = await store.set_status(caller.user, caller.connection, caller.argument)
     if not outcome.found:
         mapped = await _map_late(store, caller.user, caller.connection)
         if not mapped:
@@ -377,22 +385,18 @@ async def on_leave(store: ConnectionStore, caller: _Caller) -> list[Message]:
 @_client_call("sendToRoom")
 async def on_send_to_room(store: ConnectionStore, caller: _Caller) -> list[Message]:
     """Deliver a member's `sendToRoom(room, message)` to the room's group, or answer the caller an error."""
-    revived = await _refresh(store, caller.user, caller.connection)
-    try:
-        request = parse_room_send_arguments(caller.arguments, max_bytes=store.settings.client_message_max_bytes)
-        standing = await Rooms(store).standing(caller.user)
-        if standing.blocked:
-            return [*revived, error_message(caller.connection, "this user is blocked", room=request.room)]
-        if request.room not in standing.rooms:
-            # A connection still in the group of a room revoked from its user leaves it (rooms R4).
-            revoked = [(caller.connection, request.room)] if request.room in standing.revoked else []
-            left = _left_revoked(revoked)
-            return [*revived, *left, error_message(caller.connection, "not a member of this room", room=request.room)]
-    except (InvalidRequestError, InvalidNameError) as error:
-        return [*revived, error_message(caller.connection, str(error))]
-    except StorageError as error:
-        return [*revived, _unavailable(caller.connection, "sendToRoom", error)]
-    return [*revived, room_delivery_of(request, sender=caller.user)]
+    request = parse_room_send_arguments(caller.arguments, max_bytes=store.settings.client_message_max_bytes)
+    standing = await Rooms(store).standing(caller.user)
+    if standing.blocked:
+        return [error_message(caller.connection, "this user is blocked", room=request.room)]
+    if request.room not in standing.rooms:
+        # A connection still in the group of a room revoked from its user leaves it (rooms R4).
+        revoked = [(caller.connection, request.room)] if request.room in standing.revoked else []
+        return [
+            *_left_revoked(revoked),
+            error_message(caller.connection, "not a member of this room", room=request.room),
+        ]
+    return [room_delivery_of(request, sender=caller.user)]
 
 
 async def on_timer(
@@ -421,39 +425,25 @@ async def on_watch(
 ) -> list[Message]:
     """Watch the presence of `watch(users)` when the app's policy or `PRESENCE_WATCH` allows it (at most 200 users a
     connection), and answer the caller their snapshot (`presenceSync`)."""
-    revived = await _refresh(store, caller.user, caller.connection)
-    try:
-        users = parse_users("watch", caller.argument)
-        watching = Watching(store, policy=access, claims=caller.claims)
-        admitted = await watching.admit(caller.user, caller.connection, users)
-        if not admitted.mapped:
-            return [*revived, _not_mapped_yet(caller.connection)]
-        subscriptions = [presence_group(user) for user in admitted.subscribed]
-        await _join_first(service, store, caller.connection, subscriptions)
-        entries = await watching.snapshot(users)
-    except RefusedError as error:
-        return [*revived, error_message(caller.connection, str(error), **error.details)]
-    except (InvalidRequestError, InvalidNameError) as error:
-        return [*revived, error_message(caller.connection, str(error))]
-    except StorageError as error:
-        return [*revived, _unavailable(caller.connection, "watch", error)]
+    users = parse_users("watch", caller.argument)
+    watching = Watching(store, policy=access, claims=caller.claims)
+    admitted = await watching.admit(caller.user, caller.connection, users)
+    if not admitted.mapped:
+        return [_not_mapped_yet(caller.connection)]
+    subscriptions = [presence_group(user) for user in admitted.subscribed]
+    await _join_first(service, store, caller.connection, subscriptions)
+    entries = await watching.snapshot(users)
     groups = [join_group(caller.connection, group) for group in subscriptions]
-    return [*revived, *groups, *sync_messages(caller.connection, entries, room=None)]
+    return [*groups, *sync_messages(caller.connection, entries, room=None)]
 
 
 @_client_call("unwatch", one_argument="(users)")
 async def on_unwatch(store: ConnectionStore, caller: _Caller) -> list[Message]:
     """End the caller's watch of `unwatch(users)` (watching nobody of them does no harm)."""
-    revived = await _refresh(store, caller.user, caller.connection)
-    try:
-        users = parse_users("unwatch", caller.argument)
-        mapped = await Watching(store).forget(caller.user, caller.connection, users)
-    except (InvalidRequestError, InvalidNameError) as error:
-        return [*revived, error_message(caller.connection, str(error))]
-    except StorageError as error:
-        return [*revived, _unavailable(caller.connection, "unwatch", error)]
+    users = parse_users("unwatch", caller.argument)
+    mapped = await Watching(store).forget(caller.user, caller.connection, users)
     left = [leave_group(caller.connection, presence_group(user)) for user in users]
-    return [*revived, *left] if mapped else [*revived, *left, _not_mapped_yet(caller.connection)]
+    return left if mapped else [*left, _not_mapped_yet(caller.connection)]
 
 
 @_client_call("watchOccupancy", one_argument="(room)")
@@ -466,32 +456,21 @@ async def on_watch_occupancy(
 ) -> list[Message]:
     """Watch a room's occupancy (`watchOccupancy(room)`) when the caller may see the room (a member, or one a join
     would admit: rooms R4): join its occupancy group, and answer the caller the occupancy now."""
-    revived = await _refresh(store, caller.user, caller.connection)
-    try:
-        room = parse_room(caller.argument)
-        rooms = Rooms(store)
-        await rooms.check_visible(caller.user, room, policy=access, claims=caller.claims)
-        # In the group before the counts are read: no change falls between the two.
-        await _join_first(service, store, caller.connection, [occupancy_group(room)])
-        tally = await rooms.tally(room)
-    except RefusedError as error:
-        return [*revived, error_message(caller.connection, str(error), **error.details)]
-    except (InvalidRequestError, InvalidNameError) as error:
-        return [*revived, error_message(caller.connection, str(error))]
-    except StorageError as error:
-        return [*revived, _unavailable(caller.connection, "watchOccupancy", error)]
+    room = parse_room(caller.argument)
+    rooms = Rooms(store)
+    await rooms.check_visible(caller.user, room, policy=access, claims=caller.claims)
+    # In the group before the counts are read: no change falls between the two.
+    await _join_first(service, store, caller.connection, [occupancy_group(room)])
+    tally = await rooms.tally(room)
     group = join_group(caller.connection, occupancy_group(room))
-    return [*revived, group, occupancy_message(room, tally, to=caller.connection)]
+    return [group, occupancy_message(room, tally, to=caller.connection)]
 
 
-@_client_call("unwatchOccupancy", one_argument="(room)")
+@_client_call("unwatchOccupancy", one_argument="(room)", refreshes=False)
 async def on_unwatch_occupancy(store: ConnectionStore, caller: _Caller) -> list[Message]:
-    """End the caller's watch of a room's occupancy (`unwatchOccupancy(room)`; watching it not does no harm)."""
-    try:
-        room = parse_room(caller.argument)
-    except InvalidNameError as error:
-        return [error_message(caller.connection, str(error))]
-    return [leave_group(caller.connection, occupancy_group(room))]
+    """End the caller's watch of a room's occupancy (`unwatchOccupancy(room)`; watching it not does no harm): no table
+    request, so no lease refreshed."""
+    return [leave_group(caller.connection, occupancy_group(parse_room(caller.argument)))]
 
 
 def _left_revoked(lingering: Sequence[tuple[str, str]]) -> list[Message]:
@@ -508,22 +487,16 @@ def _not_mapped_yet(connection_id: str) -> Message:
 @_client_call("sync", one_argument="(room)")
 async def on_sync(store: ConnectionStore, caller: _Caller) -> list[Message]:
     """Answer the caller a fresh snapshot of a room it is a member of (`sync(room)`)."""
-    revived = await _refresh(store, caller.user, caller.connection)
-    try:
-        room = parse_room(caller.argument)
-        view = await store.read_user(user_key(caller.user))
-        if view.blocked:
-            return [*revived, error_message(caller.connection, "this user is blocked", room=room)]
-        if room not in view.rooms:
-            left = _left_revoked([(connection, gone) for connection, gone in view.lingering() if gone == room])  # R4
-            return [*revived, *left, error_message(caller.connection, "not a member of this room", room=room)]
-        entries, settled = await _roster(store, room)
-        _charge_snapshot(store, caller, entries)
-    except (InvalidRequestError, InvalidNameError) as error:
-        return [*revived, error_message(caller.connection, str(error))]
-    except StorageError as error:
-        return [*revived, _unavailable(caller.connection, "sync", error)]
-    return [*revived, *settled, *sync_messages(caller.connection, entries, room=room)]
+    room = parse_room(caller.argument)
+    view = await store.read_user(user_key(caller.user))
+    if view.blocked:
+        return [error_message(caller.connection, "this user is blocked", room=room)]
+    if room not in view.rooms:
+        left = _left_revoked([(connection, gone) for connection, gone in view.lingering() if gone == room])  # R4
+        return [*left, error_message(caller.connection, "not a member of this room", room=room)]
+    entries, settled = await _roster(store, room)
+    _charge_snapshot(store, caller, entries)
+    return [*settled, *sync_messages(caller.connection, entries, room=room)]
 
 
 async def _membership(
@@ -534,39 +507,29 @@ async def _membership(
     service: GroupAdder = AGE_ONLY,
     access: AccessPolicy = SETTINGS_DECIDE,
 ) -> list[Message]:
-    method = "join" if joining else "leave"
-    revived = await _refresh(store, caller.user, caller.connection)
     rooms = Rooms(store)
-    try:
-        if joining:
-            room = parse_room(caller.argument)
-            change = await rooms.join(caller.user, room, policy=access, claims=caller.claims)
-            await _join_first(service, store, caller.connection, [change.room])
-            entries, settled = await _roster(store, change.room)
-            _charge_snapshot(store, caller, entries)
-        else:
-            settled = []
-            change = await rooms.leave(caller.user, parse_room(caller.argument))
-        occupancy = await _feed_membership(store, change, by=BY_USER)
-    except RefusedError as error:
-        return [*revived, error_message(caller.connection, str(error), **error.details)]
-    except (InvalidRequestError, InvalidNameError) as error:
-        return [*revived, error_message(caller.connection, str(error))]
-    except StorageError as error:
-        return [*revived, _unavailable(caller.connection, method, error)]
+    if joining:
+        room = parse_room(caller.argument)
+        change = await rooms.join(caller.user, room, policy=access, claims=caller.claims)
+        await _join_first(service, store, caller.connection, [change.room])
+        entries, settled = await _roster(store, change.room)
+        _charge_snapshot(store, caller, entries)
+    else:
+        settled = []
+        change = await rooms.leave(caller.user, parse_room(caller.argument))
+    occupancy = await _feed_membership(store, change, by=BY_USER)
     # The caller first (it is surely connected: it asked), even should its row be missing.
     connections = dict.fromkeys([caller.connection, *change.connections])
     if not change.announce:  # nothing changed of long standing: the room hears nothing (rooms R5), the groups follow
         if not joining:
-            return [*revived, *(leave_group(c, change.room) for c in connections)]
+            return [leave_group(c, change.room) for c in connections]
         joins = [join_group(c, change.room) for c in connections]
-        return [*revived, *joins, *settled, *sync_messages(caller.connection, entries, room=change.room)]
+        return [*joins, *settled, *sync_messages(caller.connection, entries, room=change.room)]
     announcement = room_message(change.room, user=change.user, joined=joining)
     if not joining:
-        return [*revived, announcement, *occupancy, *(leave_group(c, change.room) for c in connections)]
+        return [announcement, *occupancy, *(leave_group(c, change.room) for c in connections)]
     presence = [room_presence(change.presence, change.room)] if change.presence is not None else []
     return [
-        *revived,
         *(join_group(c, change.room) for c in connections),
         announcement,
         *presence,
