@@ -24,7 +24,7 @@ from mapping.presence.grace import Decision, Grace
 from mapping.presence.state import PresenceChange
 from mapping.presence.store import ConnectionStore, ConnectOutcome, TouchOutcome
 from mapping.rooms.batch import Flush, run_flush
-from mapping.rooms.membership import RoomChange, Rooms
+from mapping.rooms.membership import MembersPage, RoomChange, Rooms
 from mapping.rooms.policy import SETTINGS_DECIDE, AccessPolicy
 from mapping.rooms.roster import Roster, RosterEntry, put_tallies
 from mapping.rooms.tally import TallyChange
@@ -305,6 +305,16 @@ async def on_revoke(store: ConnectionStore, user_name: str, room: str, *, servic
         messages += [room_message(change.room, user=change.user, joined=False, to=c) for c in change.connections]
         messages += occupancy
     return RoomAccess(change.room, change.user, False, messages)
+
+
+async def on_list_members(
+    store: ConnectionStore, room: str, *, limit: int, cursor: str | None
+) -> tuple[MembersPage, list[Message]]:
+    """A page of a room's members (`GET /api/rooms/{room}`), and the room's `occupancy` if settling a stale row on
+    the way changed it (its feed message put: feed F2)."""
+    page = await Rooms(store).members(room, limit=limit, cursor=cursor)
+    await put_tallies(store, list(page.tallies))
+    return page, occupancy_messages(page.tallies)
 
 
 async def on_grace(store: ConnectionStore, body: str, *, delayed: Callable[[], DelayedActions]) -> list[Message]:

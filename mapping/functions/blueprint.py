@@ -218,16 +218,20 @@ async def send_to_room(req: func.HttpRequest, signalr: func.Out[str]) -> func.Ht
 
 @blueprint.function_name("room_members")
 @blueprint.route(route="rooms/{room}", methods=["GET"], auth_level=KEYED)
-async def room_members(req: func.HttpRequest) -> func.HttpResponse:
-    """List a room's members, each online or not with their live connection count, a page at a time."""
+@signalr_output
+async def room_members(req: func.HttpRequest, signalr: func.Out[str]) -> func.HttpResponse:
+    """List a room's members, each online or not with their live connection count, a page at a time (a stale row
+    settled on the way corrects the room's occupancy, told to its watchers)."""
     try:
-        page = await Rooms(runtime.store()).members(
+        page, announced = await events.on_list_members(
+            runtime.store(),
             req.route_params.get("room", ""),
             limit=_limit(req.params.get("limit")),
             cursor=req.params.get("next") or None,
         )
     except MappingError as error:
         return _error(error)
+    _send(signalr, announced)
     members = [{"user": member.user, **member.state.to_json()} for member in page.members]
     return _json(200, {"room": page.room, "members": members, "next": page.next})
 

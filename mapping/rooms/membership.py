@@ -117,6 +117,7 @@ class MembersPage:
     room: str
     members: list[RoomMember]
     next: str | None
+    tallies: tuple[TallyChange, ...] = ()  # the room's counts as corrected by settling a stale row: to announce
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,8 +309,12 @@ class Rooms:
     async def members(
         self, room: str, *, limit: int = 100, cursor: str | None = None, now: datetime | None = None
     ) -> MembersPage:
-        """Return a page of a room's members in key order, each with their presence now (R1: verified)."""
-        room, limit = parse_room(room), check_limit(limit)
+        """Return a page of a room's members in key order, each with their presence now (R1: verified); a stale row
+        deleted on the way corrects the room's tally: the page holds the corrected counts, to announce."""
+        page = await self._members_page(parse_room(room), limit=check_limit(limit), cursor=cursor, now=now)
+        return replace(page, tallies=tuple(self.index.changes))
+
+    async def _members_page(self, room: str, *, limit: int, cursor: str | None, now: datetime | None) -> MembersPage:
         after = decode_cursor(cursor) if cursor else None
         moment = self.store.now(now)
         members: list[RoomMember] = []

@@ -4,15 +4,18 @@ request, the `occupancy` messages a watching client hears, who may watch, and a 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from mapping.functions import runtime
-from mapping.keys import room_partition
+from mapping.keys import room_partition, user_key
+from mapping.presence.rows import Membership
+from mapping.rooms.index import STALE_INDEX_ROW, index_row
 from mapping.rooms.membership import Rooms
-from mapping.rooms.tally import TALLY_ROW, contribution
-from mapping.storage.table import delete
+from mapping.rooms.tally import TALLY_ROW, Tally, contribution
+from mapping.storage.table import create, delete, etag_of, merge
 from testkit.azurite import Azurite
 from testkit.functions_host import Out, client_sent, connected, disconnected, http, http_request
 from testkit.table_requests import counted_table_requests
@@ -103,6 +106,36 @@ async def test_only_a_user_who_may_see_the_room_may_watch_it(monkeypatch: pytest
     assert not [m for m in refused.messages if m.get("action") == "add"]
     [error] = [m["arguments"][0] for m in refused.messages if m.get("target") == "error"]
     assert (error["error"], error["call"]) == ("this room is closed to you", "watchOccupancy")
+
+
+async def test_listing_a_room_that_settles_a_stale_row_announces_the_corrected_counts() -> None:
+    """A join that stopped after writing its index row (counted as a member, T1) is deleted by the member listing once
+    stale (R1): the listing's output tells the room's watchers the corrected counts, with a higher version."""
+    await connected("ann", "a1")
+    await client_sent("join_room", "join", "ann", "a1", "den")
+    store = runtime.store()
+    partition = room_partition("den")
+    stopped = datetime.now(UTC) - STALE_INDEX_ROW - timedelta(minutes=1)
+    [tally] = await store.table.query(
+        "PartitionKey eq @pk and RowKey eq @rk", {"pk": partition, "rk": TALLY_ROW}, action="read a tally"
+    )
+    before = Tally.from_row(tally)
+    await store.table.transact(
+        [
+            create(index_row(Membership("den", stopped), user_key("ghost"), "ghost")),
+            merge({"PartitionKey": partition, "RowKey": TALLY_ROW, "Members": before.members + 1}, etag=etag_of(tally)),
+        ],
+        action="a join that stopped half way",
+    )
+    assert (await occupancy("den"))[1]["members"] == 2
+    out = Out()
+    request = http_request("GET", "rooms/den", route_params={"room": "den"})
+    status, body, _ = await http("room_members", request, signalr=out)
+    assert (status, [m["user"] for m in body["members"]]) == (200, ["ann"])
+    [(to, told)] = heard(out)
+    assert (to, told["members"], told["online"]) == ("~occupancy.den", 1, 1)
+    assert told["version"] > before.version
+    assert (await occupancy("den"))[1] == told
 
 
 async def test_a_room_from_before_tallies_is_counted_by_a_scan_once(azurite: Azurite, app_env: dict[str, str]) -> None:

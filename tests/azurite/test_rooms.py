@@ -40,7 +40,7 @@ async def leave(user: str, connection_id: str, room: Any) -> Out:
 async def members(room: str, **params: str) -> tuple[int, Any]:
     """GET /api/rooms/{room}; return the status and JSON body."""
     request = http_request("GET", f"rooms/{room}", route_params={"room": room}, params=params)
-    status, body, _ = await http("room_members", request)
+    status, body, _ = await http("room_members", request, signalr=Out())
     return status, body
 
 

@@ -69,9 +69,10 @@ def test_signalr_triggers_and_outputs(name: str, expected: tuple[str, str]) -> N
     assert (output["direction"], output["hubName"], output["name"]) == ("OUT", "%SIGNALR_HUB%", "signalr")
 
 
-@pytest.mark.parametrize("name", ["send", "send_to_room", "disconnect_user", "block_user"])
+@pytest.mark.parametrize("name", ["send", "send_to_room", "disconnect_user", "block_user", "room_members"])
 def test_http_functions_that_announce_have_a_signalr_output(name: str) -> None:
-    """The HTTP sends and the operator's disconnect and block deliver through a signalR output on the configured hub."""
+    """The HTTP sends, the operator's disconnect and block, and the member listing (a settled row corrects the
+    occupancy) deliver through a signalR output on the configured hub."""
     output = binding(name, "signalR")
     assert (output["direction"], output["hubName"]) == ("OUT", "%SIGNALR_HUB%")
 
