@@ -150,8 +150,9 @@ ROWS = (
     Row(
         "disconnect_all",
         f"POST /api/users/{{user}}/disconnect, {TABS} tabs, in 1 room, grace off",
-        floor_total=3,
-        why="1 read, 1 transaction (every tab's row deleted, the presence row), 1 roster copy per room",
+        floor_total=4,
+        why="1 read, 1 transaction (every tab's row deleted, the presence row), 1 roster copy per room (its index "
+        "row read with the room's tally, then both written: tally T1)",
     ),
     Row(
         "disconnect_events",
@@ -163,7 +164,7 @@ ROWS = (
     Row(
         "grace_disconnect_all",
         f"POST /api/users/{{user}}/disconnect, {TABS} tabs, in 1 room, grace on ({GRACE_SECONDS} s)",
-        floor_total=3,
+        floor_total=4,
         floor_queue=0,
         why="an operator's close is final, so no grace: as with the grace off, and nothing queued",
     ),

@@ -17,6 +17,7 @@ Two parts, both against the bench's Azurite, every table and queue request count
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import functools
@@ -27,6 +28,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -40,15 +42,18 @@ from mapping.presence.grace import Decision
 from mapping.presence.rows import Membership
 from mapping.presence.store import ConnectionStore
 from mapping.rooms.index import index_row
+from mapping.rooms.tally import Tally
 from mapping.settings import Settings, StorageConnection
 from mapping.storage.table import MAX_BATCH, upsert
-from testkit.azurite import Azurite, connection_string
+from testkit.azurite import Azurite, connection_string, running_azurite
 from testkit.emulator_billing import billed_messages
 from testkit.functions_host import FUNCTIONS, Out, invocation
 from testkit.hub_client import HubClient
 from testkit.local_stack import LocalStack, running_local_stack
 
 logger = logging.getLogger("bench.audience")
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 GRACE_SECONDS = 2  # the stack's grace: long enough for a reload, short enough to wait for its decision
 INPROCESS_GRACE_SECONDS = 1
@@ -228,10 +233,14 @@ def _trigger_queue(counts: Counter[str]) -> Counter[str]:
 
 
 def classify_rooms(method: str, path: str) -> str:
-    """Name a table request as `classify` does, telling a query of a room's member index apart (a snapshot)."""
+    """Name a table request as `classify` does, telling a page of a room's member index (a snapshot) and a read of
+    one member's index row with the room's tally apart."""
     operation = classify(method, path)
-    if operation == "query" and f"'{ROOM_PREFIX}" in unquote(unquote(path)):
-        return "query (a room's member index)"
+    filtered = unquote(unquote(path))
+    if operation == "query" and f"'{ROOM_PREFIX}" in filtered:
+        return (
+            "query (a member's index row and the tally)" if "RowKey eq" in filtered else "query (a room's member index)"
+        )
     return operation
 
 
@@ -358,6 +367,8 @@ async def _count_big_join(direct: str, table: str, table_proxy: CountingProxy, m
                 for i in range(0, len(rows), MAX_BATCH)
             )
         )
+        # The room's tally as the app keeps it (T1): its members, none online (the seeded rows copy no pair).
+        await store.table.write(upsert(Tally(members, 0, 1).to_row("arena")), action="seed")
     finally:
         await store.close()
     for user in ("warm", "joiner"):
@@ -586,3 +597,40 @@ class _Meter:
             await self._open_subject()
             await _until(lambda: self.queue.recorder.seen("delete message") >= 1, "the grace decision", within=60)
         return result
+
+
+# ---- alone: python -m bench.audience ---------------------------------------------------------------------------------
+
+
+async def _measure_alone(plan: AudiencePlan) -> dict[str, Any]:
+    with running_azurite() as azurite:
+        return await measure_audiences(azurite, plan)
+
+
+def main() -> None:
+    """Measure the section alone, write audiences.json and .md, and put the figures into the last report."""
+    from bench.report import audience_section, write_section_alone
+
+    parser = argparse.ArgumentParser(prog="python -m bench.audience", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--online", type=int, default=1000, help="connections online in the fan-out")
+    parser.add_argument("--out", type=Path, default=RESULTS / "audiences", help="where to write audiences.json and .md")
+    parser.add_argument(
+        "--report", type=Path, default=RESULTS, help="the report (latest.json, latest.md) to put the figures into"
+    )
+    arguments = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    for quiet in ("azure", "mapping", "local", "aiohttp"):
+        logging.getLogger(quiet).setLevel(logging.WARNING)
+    audiences = asyncio.run(_measure_alone(AudiencePlan(online=arguments.online)))
+    write_section_alone("audiences", audiences, audience_section(audiences), arguments.out, arguments.report)
+    over = [row["figure"] for row in audiences["figures"] if row["bound"] is not None and not row["met"]]
+    for row in audiences["figures"]:
+        logger.info(
+            "%-4s %s: %s (%s)", "OVER" if row["figure"] in over else "ok", row["figure"], row["measured"], row["goal"]
+        )
+    if over:
+        raise SystemExit(f"over the issue's goals: {'; '.join(over)}")
+
+
+if __name__ == "__main__":
+    main()

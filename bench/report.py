@@ -312,10 +312,11 @@ def audience_section(audiences: dict[str, Any] | None) -> list[str]:
         f"{_ops(reload['trigger_queue'])}.",
         "- **Requests** (in-process: the app's functions called as the host calls them, grace 1 s, after a warm-up "
         "user doing the same): a user in R rooms with one tab sets a status (the read, the index entry, the "
-        "transaction, one copy per room), closes its tab (the row stamped ended, the decision enqueued) and its "
-        "grace decision runs (the read, the transaction, one copy per room). A join into a room whose member index "
-        f"holds {audiences['requests']['snapshot']['members']:,} rows: its snapshot is the index queries (1,000 "
-        "rows a page; the joiner's own row makes one more), beside the join's own requests "
+        "transaction, and per room one copy: the member's index row read with the room's tally, then both written "
+        "in one transaction, tally T1), closes its tab (the row stamped ended, the decision enqueued) and its grace "
+        "decision runs (the read, the transaction, the copies). A join into a room whose member index holds "
+        f"{audiences['requests']['snapshot']['members']:,} rows and its tally: its snapshot is the index's pages "
+        "(1,000 rows a page; the joiner's own row makes one more), beside the join's own requests "
         f"({_ops(audiences['requests']['snapshot']['join'])} in all).",
         "",
     ]
