@@ -335,7 +335,8 @@ class MemberIndex:
                 continue
             self.changes.append(TallyChange(room, before, after))
             return Written(etag)
-        raise RowChangedError(f"{action}: room {room} kept changing")
+        # Not a conflict: the caller's loop would read the row as written and count nothing.
+        raise StorageError(f"{action}: room {room}: its tally kept changing after the row was written")
 
     async def _take_over(self, room: str, tally_row: Mapping[str, Any] | None, *, action: str) -> bool:
         """A repeat of a copy already written (the sweep's, presence P5) into a big room: queue the pending flush
