@@ -24,7 +24,6 @@ bench/results/, when it has a latest.json: its section and headline line in late
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import functools
@@ -44,6 +43,7 @@ from aiohttp import web
 from azure.storage.queue import TextBase64DecodePolicy
 from azure.storage.queue.aio import QueueClient
 
+from bench.alone import destination, quiet_logging, section_arguments
 from bench.proxy import APP_QUEUE_OPERATIONS, CountingProxy, classify, classify_queue
 from bench.workload import app_environment, fresh_table, use_app_settings
 from local.emulator.server import REST_CALLS, EmulatorConfig, create_app
@@ -56,8 +56,6 @@ from testkit.functions_host import FUNCTIONS, Out, http, http_request, invocatio
 
 logger = logging.getLogger("bench.access")
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 TABS = 3  # each user's open tabs
 OPEN = "public.*"  # ROOMS_OPEN
 GRACE_SECONDS = 1  # the second disconnect-all's grace: short, the decisions are waited for
@@ -556,17 +554,11 @@ async def _measure_alone() -> dict[str, Any]:
 
 def main() -> None:
     """Parse the command line and run the section alone."""
-    parser = argparse.ArgumentParser(prog="python -m bench.access", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=RESULTS / "access", help="where to write access.json and .md")
-    parser.add_argument(
-        "--report", type=Path, default=RESULTS, help="the report (latest.json, latest.md) to put the figures into"
-    )
-    arguments = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    for quiet in ("azure", "mapping", "local", "aiohttp"):
-        logging.getLogger(quiet).setLevel(logging.WARNING)
+    arguments = section_arguments("python -m bench.access", __doc__, section="access").parse_args()
+    quiet_logging()
     access = asyncio.run(_measure_alone())
-    write_alone(access, arguments.out, arguments.report)
+    if (to := destination(arguments, "access")) is not None:
+        write_alone(access, to[0], arguments.report)
     for row in access["figures"]:
         logger.info(
             "%-4s %3d table (floor %s)  %s",

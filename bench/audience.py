@@ -17,7 +17,6 @@ Two parts, both against the bench's Azurite, every table and queue request count
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import functools
@@ -28,13 +27,13 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 import aiohttp
 import azure.functions as func
 
+from bench.alone import destination, quiet_logging, section_arguments
 from bench.proxy import APP_QUEUE_OPERATIONS, CountingProxy, classify, storage_proxies
 from bench.workload import TTL, fresh_table, use_app_settings
 from mapping.keys import ROOM_PREFIX, user_key
@@ -52,8 +51,6 @@ from testkit.hub_client import HubClient
 from testkit.local_stack import LocalStack, running_local_stack
 
 logger = logging.getLogger("bench.audience")
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 GRACE_SECONDS = 2  # the stack's grace: long enough for a reload, short enough to wait for its decision
 INPROCESS_GRACE_SECONDS = 1
@@ -611,18 +608,14 @@ def main() -> None:
     """Measure the section alone, write audiences.json and .md, and put the figures into the last report."""
     from bench.report import audience_section, write_section_alone
 
-    parser = argparse.ArgumentParser(prog="python -m bench.audience", description=__doc__.split("\n\n")[0])
+    parser = section_arguments("python -m bench.audience", __doc__, section="audiences")
     parser.add_argument("--online", type=int, default=1000, help="connections online in the fan-out")
-    parser.add_argument("--out", type=Path, default=RESULTS / "audiences", help="where to write audiences.json and .md")
-    parser.add_argument(
-        "--report", type=Path, default=RESULTS, help="the report (latest.json, latest.md) to put the figures into"
-    )
     arguments = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    for quiet in ("azure", "mapping", "local", "aiohttp"):
-        logging.getLogger(quiet).setLevel(logging.WARNING)
+    quiet_logging()
     audiences = asyncio.run(_measure_alone(AudiencePlan(online=arguments.online)))
-    write_section_alone("audiences", audiences, audience_section(audiences), arguments.out, arguments.report)
+    if (to := destination(arguments, "audiences")) is not None:
+        out, merge = to
+        write_section_alone("audiences", audiences, audience_section(audiences), out, arguments.report, merge=merge)
     over = [row["figure"] for row in audiences["figures"] if row["bound"] is not None and not row["met"]]
     for row in audiences["figures"]:
         logger.info(

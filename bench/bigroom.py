@@ -28,7 +28,6 @@ bench/results/bigroom/ and puts its section into the report's latest.md and late
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -43,6 +42,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from bench.alone import destination, quiet_logging, section_arguments
 from bench.proxy import CountingProxy, storage_proxies
 from mapping.keys import user_key
 from mapping.presence.rows import Membership
@@ -58,7 +58,6 @@ from testkit.local_stack import LocalStack, running_local_stack
 
 logger = logging.getLogger("bench.bigroom")
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 ROOM = "arena"
 NEVER = "0 0 0 1 1 *"  # the sweep's schedule: never within a run
@@ -380,24 +379,19 @@ def write_alone(figures: dict[str, Any], out: Path, report: Path, *, merge: bool
 
 def main() -> None:
     """Run the section alone against its own Azurite; write its figures (a full run: also into the report)."""
-    parser = argparse.ArgumentParser(prog="python -m bench.bigroom", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--smoke", action="store_true", help=f"a room of {SMOKE.members}")
-    parser.add_argument("--out", type=Path, default=None, help="where to write bigroom.json and .md")
-    parser.add_argument("--report", type=Path, default=RESULTS, help="the report to put the figures into")
+    parser = section_arguments(
+        "python -m bench.bigroom", __doc__, section="bigroom", smoke=f"a room of {SMOKE.members}"
+    )
     arguments = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    for quiet in ("azure", "mapping"):
-        logging.getLogger(quiet).setLevel(logging.WARNING)
+    quiet_logging()
 
     async def run() -> dict[str, Any]:
         with running_azurite() as azurite:
             return await measure_big_room(azurite, SMOKE if arguments.smoke else FULL)
 
     figures = asyncio.run(run())
-    if arguments.out is not None:
-        write_alone(figures, arguments.out, arguments.report, merge=not arguments.smoke)
-    elif not arguments.smoke:  # a smoke run's figures go nowhere unless asked
-        write_alone(figures, RESULTS / "bigroom", arguments.report)
+    if (to := destination(arguments, "bigroom")) is not None:
+        write_alone(figures, to[0], arguments.report, merge=to[1])
     print(json.dumps({mode: run["billed_per_change"] for mode, run in figures["runs"].items()}))
     if failed := missed(figures):
         raise SystemExit(f"over the issue's goals: {'; '.join(failed)}")

@@ -32,7 +32,6 @@ bench/results/, when it has a latest.json: its section and headline line in late
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import contextlib
@@ -51,6 +50,7 @@ from typing import Any
 from azure.core.exceptions import AzureError
 from azure.storage.queue.aio import QueueClient
 
+from bench.alone import destination, quiet_logging, section_arguments
 from bench.proxy import CountingProxy, classify, classify_queue
 from bench.workload import fresh_table
 from mapping import events
@@ -66,8 +66,6 @@ from testkit.azurite import Azurite, connection_string, running_azurite
 
 logger = logging.getLogger("bench.feed")
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 HUB = "chat"
 ROOM = "lobby"  # ROOMS_OPEN: the room the users join and leave themselves
 GRANTED = "staff"  # a closed room: a server grants it and revokes it
@@ -826,23 +824,12 @@ async def _measure_alone(plan: FeedPlan) -> dict[str, Any]:
 
 def main() -> None:
     """Parse the command line and run the section alone."""
-    parser = argparse.ArgumentParser(prog="python -m bench.feed", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--smoke", action="store_true", help=f"{SMOKE.users} users")
-    parser.add_argument(
-        "--out", type=Path, default=None, help="where to write feed.json and .md (default bench/results/feed/)"
-    )
-    parser.add_argument(
-        "--report", type=Path, default=RESULTS, help="the report (latest.json, latest.md) to put the figures into"
-    )
+    parser = section_arguments("python -m bench.feed", __doc__, section="feed", smoke=f"{SMOKE.users} users")
     arguments = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    for quiet in ("azure", "mapping"):
-        logging.getLogger(quiet).setLevel(logging.WARNING)
+    quiet_logging()
     feed = asyncio.run(_measure_alone(SMOKE if arguments.smoke else FULL))
-    if arguments.out is not None:
-        write_alone(feed, arguments.out, arguments.report, merge=not arguments.smoke)
-    elif not arguments.smoke:  # a smoke run's figures go nowhere unless asked
-        write_alone(feed, RESULTS / "feed", arguments.report)
+    if (to := destination(arguments, "feed")) is not None:
+        write_alone(feed, to[0], arguments.report, merge=to[1])
     if failed := missed(feed):
         raise SystemExit(f"over the issue's goals: {'; '.join(failed)}")
 

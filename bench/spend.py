@@ -30,7 +30,6 @@ bench/results/, when it has a latest.json: its section and headline line in late
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import itertools
@@ -49,6 +48,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from bench.alone import destination, quiet_logging, section_arguments
 from bench.proxy import APP_QUEUE_OPERATIONS, CountingProxy, classify, classify_queue
 from bench.workload import TTL, app_environment, fresh_table, use_app_settings
 from local.emulator.server import BILLED, REST_CALLS, EmulatorConfig
@@ -69,8 +69,6 @@ from testkit.tables import make_settings
 
 logger = logging.getLogger("bench.spend")
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 ACCESS_KEY = "bench-spend-emulator-key-0123456789abcdefghij"
 HUB = "chat"
 ROOM = "spend.lobby"
@@ -862,23 +860,14 @@ async def _measure_alone(plan: SpendPlan) -> dict[str, Any]:
 
 def main() -> None:
     """Parse the command line and run the section alone."""
-    parser = argparse.ArgumentParser(prog="python -m bench.spend", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--smoke", action="store_true", help=f"{SMOKE.calls} calls of each kind")
-    parser.add_argument(
-        "--out", type=Path, default=None, help="where to write spend.json and .md (default bench/results/spend/)"
-    )
-    parser.add_argument(
-        "--report", type=Path, default=RESULTS, help="the report (latest.json, latest.md) to put the figures into"
+    parser = section_arguments(
+        "python -m bench.spend", __doc__, section="spend", smoke=f"{SMOKE.calls} calls of each kind"
     )
     arguments = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    for quiet in ("azure", "mapping", "local", "aiohttp"):
-        logging.getLogger(quiet).setLevel(logging.WARNING)
+    quiet_logging()
     spend = asyncio.run(_measure_alone(SMOKE if arguments.smoke else FULL))
-    if arguments.out is not None:
-        write_alone(spend, arguments.out, arguments.report, merge=not arguments.smoke)
-    elif not arguments.smoke:  # a smoke run's figures go nowhere unless asked
-        write_alone(spend, RESULTS / "spend", arguments.report)
+    if (to := destination(arguments, "spend")) is not None:
+        write_alone(spend, to[0], arguments.report, merge=to[1])
     if failed := missed(spend):
         raise SystemExit(f"over the issue's goals: {'; '.join(failed)}")
 
