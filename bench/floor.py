@@ -35,6 +35,7 @@ from azure.data.tables import EdmType, EntityProperty, TableTransactionError, Up
 from azure.data.tables.aio import TableClient
 
 from mapping.keys import MEMBERSHIP_PREFIX, PRESENCE_ROW, ROOM_PREFIX
+from mapping.rooms.tally import TALLY_ROW
 
 LIVE = "PartitionKey eq @pk and LastSeen gt @cutoff"
 PARTITION = "PartitionKey eq @pk"
@@ -128,7 +129,7 @@ class Floor(_Client):
         if self._row(rows, MEMBERSHIP_PREFIX + room) is not None:
             await self._roster(room)  # the caller's snapshot
             # Within a minute of the join the announcement is repeated (rooms R5), with the room's tally as it stands.
-            await self._tally(room, "%~o")
+            await self._tally(room, TALLY_ROW)
             return False
         if sum(str(row["RowKey"]).startswith(MEMBERSHIP_PREFIX) for row in rows) >= MAX_ROOMS:
             raise ValueError("at most 100 rooms")
@@ -148,9 +149,9 @@ class Floor(_Client):
     async def _tally(self, room: str, user: str) -> Any:
         """Read a member's index row and the room's tally in one query; a room with no tally is scanned (T3)."""
         query = "PartitionKey eq @pk and ( RowKey eq @rk or RowKey eq @tally )"
-        parameters = {"pk": ROOM_PREFIX + room, "rk": user, "tally": "%~o"}
+        parameters = {"pk": ROOM_PREFIX + room, "rk": user, "tally": TALLY_ROW}
         rows = [row async for row in self.client.query_entities(query, parameters=parameters)]
-        tally = next((row for row in rows if row["RowKey"] == "%~o"), None)
+        tally = next((row for row in rows if row["RowKey"] == TALLY_ROW), None)
         if tally is None:
             await self._roster(room)
         return tally
@@ -158,7 +159,7 @@ class Floor(_Client):
     async def _with_tally(self, room: str, user: str, operation: Any) -> dict[str, Any]:
         """Read the row and the room's tally, then write the row and the tally (its count moved) in one transaction
         on the tally's ETag; read again when another writer of the room came first (as the app does)."""
-        fields = {"PartitionKey": ROOM_PREFIX + room, "RowKey": "%~o", "Members": 1, "Online": 1}
+        fields = {"PartitionKey": ROOM_PREFIX + room, "RowKey": TALLY_ROW, "Members": 1, "Online": 1}
         while True:
             tally = await self._tally(room, user)
             try:
